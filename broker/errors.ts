@@ -1,0 +1,54 @@
+/**
+ * Broker errors carry a stable code (API: documented in README, never
+ * renamed) and an HTTP status. One middleware renders them as
+ * {"error": {"code", "message"}}; messages never contain secrets.
+ */
+export const ERROR_STATUS = {
+  BAD_REQUEST: 400,
+  BODY_TOO_LARGE: 413,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  UNAUTHENTICATED: 401,
+  FORBIDDEN: 403,
+  NOT_FOUND: 404,
+  TOKEN_UNKNOWN: 401,
+  TOKEN_USED: 409,
+  TOKEN_EXPIRED: 410,
+  TOKEN_REVOKED: 410,
+  TOKEN_BINDING_MISMATCH: 403,
+  KEY_UNSUPPORTED: 400,
+  KEY_INVALID: 400,
+  KEY_ALREADY_ENROLLED: 409,
+  NAME_TAKEN: 409,
+  PORT_POOL_EXHAUSTED: 503,
+  DEVICE_UNKNOWN: 404,
+  DEVICE_REVOKED: 403,
+  DEVICE_OFFLINE: 502,
+  SIGNATURE_INVALID: 401,
+  REQUEST_STALE: 401,
+  REQUEST_REPLAYED: 409,
+  RENEWAL_GRACE_EXCEEDED: 403,
+  CONFIG_INVALID: 500,
+  DATA_DIR_EXISTS: 409,
+  INTERNAL: 500,
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_STATUS;
+
+export class BrokerError extends Error {
+  override name = 'BrokerError';
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+
+  get status(): number {
+    return ERROR_STATUS[this.code];
+  }
+}
+
+export function isBrokerError(err: unknown, code?: ErrorCode): err is BrokerError {
+  return err instanceof BrokerError && (code === undefined || err.code === code);
+}
