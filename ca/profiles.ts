@@ -1,0 +1,212 @@
+/**
+ * Certificate profiles: what certunnel's CA is willing to sign. Each limit is
+ * a small named rule (as step-ca's validators); a profile is a list of rules
+ * checked before anything is signed.
+ */
+import { CaError } from './errors.js';
+import { signCertificate, type Certificate, type CertificateFields } from './cert.js';
+import type { KeyPair, PublicKey } from './keys.js';
+
+export type CertRule = (fields: CertificateFields) => void;
+
+function violation(message: string): never {
+  throw new CaError('CERT_PROFILE_VIOLATION', message);
+}
+
+export const maxValidity = (seconds: number): CertRule => (f) => {
+  if (f.validBefore - f.validAfter > BigInt(seconds)) violation(`validity exceeds the profile's ${seconds} s limit`);
+};
+
+export const positiveValidity: CertRule = (f) => {
+  if (f.validBefore <= f.validAfter) violation('validity window is empty');
+};
+
+export const nonZeroSerial: CertRule = (f) => {
+  if (f.serial <= 0n || f.serial >= 1n << 64n) violation('serial must be a nonzero 64-bit number');
+};
+
+export const exactlyOnePrincipal = (pattern: RegExp): CertRule => (f) => {
+  if (f.principals.length !== 1 || !pattern.test(f.principals[0]!)) violation('certificate must name exactly one valid principal');
+};
+
+export const atLeastOnePrincipal: CertRule = (f) => {
+  if (f.principals.length === 0) violation('certificate must name at least one principal');
+};
+
+export const onlyExtensions = (allowed: readonly string[]): CertRule => (f) => {
+  for (const name of Object.keys(f.extensions)) {
+    if (!allowed.includes(name)) violation(`extension "${name}" is not allowed by this profile`);
+  }
+};
+
+export const noCriticalOptions: CertRule = (f) => {
+  if (Object.keys(f.criticalOptions).length > 0) violation('critical options are not allowed by this profile');
+};
+
+export const keyIdPattern = (pattern: RegExp): CertRule => (f) => {
+  if (!pattern.test(f.keyId)) violation('key id does not match the profile');
+};
+
+export function checkRules(fields: CertificateFields, rules: readonly CertRule[]): void {
+  for (const rule of rules) rule(fields);
+}
+
+/** A contiguous block of ports; first..last inclusive. */
+export interface PortBlock {
+  readonly first: number;
+  readonly last: number;
+}
+
+const PORT_PRINCIPAL = /^(ports|reach)-([1-9][0-9]{0,4})-([1-9][0-9]{0,4})$/;
+
+export function devicePrincipal(block: PortBlock): string {
+  return `ports-${block.first}-${block.last}`;
+}
+
+export function operatorPrincipal(block: PortBlock): string {
+  return `reach-${block.first}-${block.last}`;
+}
+
+/** Parses "ports-A-B" (kind "ports") or "reach-A-B" (kind "reach"); undefined if malformed. */
+export function parsePortPrincipal(principal: string): { kind: 'ports' | 'reach'; block: PortBlock } | undefined {
+  const m = PORT_PRINCIPAL.exec(principal);
+  if (!m) return undefined;
+  const first = Number(m[2]);
+  const last = Number(m[3]);
+  if (first > last || last > 65535) return undefined;
+  return { kind: m[1] as 'ports' | 'reach', block: { first, last } };
+}
+
+const DEVICE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
+export const DEVICE_CERT_MAX_VALIDITY_S = 7 * 24 * 3600;
+export const OPERATOR_CERT_MAX_VALIDITY_S = 60 * 60;
+export const HOST_CERT_MAX_VALIDITY_S = 5 * 366 * 24 * 3600;
+/** Backdating absorbs clock skew between the broker and devices. */
+export const BACKDATE_S = 60;
+
+const deviceRules: readonly CertRule[] = [
+  nonZeroSerial,
+  positiveValidity,
+  maxValidity(DEVICE_CERT_MAX_VALIDITY_S + BACKDATE_S),
+  keyIdPattern(/^device:[A-Za-z0-9_-]{1,64}$/),
+  exactlyOnePrincipal(/^ports-\d+-\d+$/),
+  onlyExtensions(['permit-port-forwarding']),
+  noCriticalOptions,
+];
+
+const operatorRules: readonly CertRule[] = [
+  nonZeroSerial,
+  positiveValidity,
+  maxValidity(OPERATOR_CERT_MAX_VALIDITY_S + BACKDATE_S),
+  keyIdPattern(/^operator:[^\s]{1,128}$/),
+  exactlyOnePrincipal(/^reach-\d+-\d+$/),
+  onlyExtensions(['permit-port-forwarding']),
+  noCriticalOptions,
+];
+
+const hostRules: readonly CertRule[] = [
+  nonZeroSerial,
+  positiveValidity,
+  maxValidity(HOST_CERT_MAX_VALIDITY_S + BACKDATE_S),
+  atLeastOnePrincipal,
+  onlyExtensions([]),
+  noCriticalOptions,
+];
+
+function assertBlock(block: PortBlock): void {
+  if (!Number.isInteger(block.first) || !Number.isInteger(block.last) || block.first < 1 || block.last > 65535 || block.first > block.last) {
+    violation('port block is not a valid range');
+  }
+}
+
+function window(now: Date, validitySeconds: number): { validAfter: bigint; validBefore: bigint } {
+  const nowS = Math.floor(now.getTime() / 1000);
+  return { validAfter: BigInt(nowS - BACKDATE_S), validBefore: BigInt(nowS + Math.floor(validitySeconds)) };
+}
+
+export interface DeviceCertRequest {
+  readonly ca: KeyPair;
+  readonly publicKey: PublicKey;
+  readonly deviceId: string;
+  readonly ports: PortBlock;
+  readonly serial: bigint;
+  readonly now: Date;
+  /** Default one hour. */
+  readonly validitySeconds?: number;
+}
+
+/** A device certificate: key id device:<id>, principal ports-<first>-<last>, permit-port-forwarding only. */
+export function signDeviceCert(req: DeviceCertRequest): Certificate {
+  if (!DEVICE_ID.test(req.deviceId)) violation('device id has unexpected characters');
+  assertBlock(req.ports);
+  const fields: CertificateFields = {
+    type: 'user',
+    publicKey: req.publicKey,
+    serial: req.serial,
+    keyId: `device:${req.deviceId}`,
+    principals: [devicePrincipal(req.ports)],
+    ...window(req.now, req.validitySeconds ?? 3600),
+    criticalOptions: {},
+    extensions: { 'permit-port-forwarding': '' },
+  };
+  checkRules(fields, deviceRules);
+  return signCertificate(fields, req.ca);
+}
+
+export interface OperatorCertRequest {
+  readonly ca: KeyPair;
+  readonly publicKey: PublicKey;
+  /** Who the operator is (API key name or id); recorded in the key id. */
+  readonly operator: string;
+  readonly deviceId: string;
+  readonly ports: PortBlock;
+  readonly serial: bigint;
+  readonly now: Date;
+  /** Default ten minutes. */
+  readonly validityMinutes?: number;
+}
+
+/** An operator certificate: principal reach-<first>-<last> for one device's block, minutes long. */
+export function signOperatorCert(req: OperatorCertRequest): Certificate {
+  if (!DEVICE_ID.test(req.deviceId)) violation('device id has unexpected characters');
+  assertBlock(req.ports);
+  const fields: CertificateFields = {
+    type: 'user',
+    publicKey: req.publicKey,
+    serial: req.serial,
+    keyId: `operator:${req.operator.replace(/[^A-Za-z0-9_.@-]/g, '_')}:device:${req.deviceId}`,
+    principals: [operatorPrincipal(req.ports)],
+    ...window(req.now, (req.validityMinutes ?? 10) * 60),
+    criticalOptions: {},
+    extensions: { 'permit-port-forwarding': '' },
+  };
+  checkRules(fields, operatorRules);
+  return signCertificate(fields, req.ca);
+}
+
+export interface HostCertRequest {
+  readonly hostCa: KeyPair;
+  readonly publicKey: PublicKey;
+  readonly hostnames: readonly string[];
+  readonly serial: bigint;
+  readonly now: Date;
+  /** Default one year. */
+  readonly validitySeconds?: number;
+}
+
+/** The broker's host certificate, signed by the host CA, so devices trust the host CA rather than one key. */
+export function signHostCert(req: HostCertRequest): Certificate {
+  const fields: CertificateFields = {
+    type: 'host',
+    publicKey: req.publicKey,
+    serial: req.serial,
+    keyId: `host:${req.hostnames[0] ?? ''}`,
+    principals: [...req.hostnames],
+    ...window(req.now, req.validitySeconds ?? 365 * 24 * 3600),
+    criticalOptions: {},
+    extensions: {},
+  };
+  checkRules(fields, hostRules);
+  return signCertificate(fields, req.hostCa);
+}
