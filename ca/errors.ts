@@ -23,7 +23,8 @@ export type CaErrorCode =
   | 'SSHSIG_MALFORMED'
   | 'SSHSIG_NAMESPACE_MISMATCH'
   | 'SSHSIG_BAD_SIGNATURE'
-  | 'SSHSIG_UNSUPPORTED';
+  | 'SSHSIG_UNSUPPORTED'
+  | 'SSHSIG_WRONG_KEY';
 
 export class CaError extends Error {
   override name = 'CaError';
