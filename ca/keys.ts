@@ -133,9 +133,8 @@ export function formatPublicKey(raw: PublicKey, comment?: string): string {
  * is not a key line with KEY_INVALID.
  */
 export function parsePublicKey(text: string): PublicKey {
-  const fields = text.trim().split(/\s+/);
-  const [algorithm, base64] = fields;
-  if (!algorithm || !base64 || fields.length > 3 || !/^[A-Za-z0-9+/]+={0,2}$/.test(base64)) {
+  const [algorithm, base64] = text.trim().split(/\s+/, 2); // the comment may hold spaces
+  if (!algorithm || !base64 || !/^[A-Za-z0-9+/]+={0,2}$/.test(base64)) {
     throw new CaError('KEY_INVALID', 'not an OpenSSH public key line');
   }
   assertEd25519(algorithm);

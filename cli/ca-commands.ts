@@ -1,0 +1,112 @@
+/** `certunnel ca …`: the CA by hand, against key files in a directory. */
+import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import {
+  CaError,
+  describeCertificate,
+  fingerprint,
+  formatCertificate,
+  generateKeyPair,
+  loadKeyPair,
+  loadPublicKey,
+  parseCertificateLine,
+  parsePortPrincipal,
+  saveKeyPair,
+  signDeviceCert,
+  verifyCertificate,
+} from '../ca/index.js';
+import { readPassphrase } from './passphrase.js';
+import { CliError } from './output.js';
+
+export const USER_CA_FILE = 'user_ca';
+export const HOST_CA_FILE = 'host_ca';
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(() => true, () => false);
+}
+
+/** Parses "1h", "30m", "90s", "2d" or plain seconds. */
+export function parseDuration(text: string): number {
+  const m = /^(\d+)([smhd]?)$/.exec(text.trim());
+  if (!m) throw new CliError('BAD_ARGUMENT', `not a duration: ${text} (use e.g. 90s, 30m, 1h, 2d)`);
+  const unit = { '': 1, s: 1, m: 60, h: 3600, d: 86400 }[m[2] as '' | 's' | 'm' | 'h' | 'd'];
+  return Number(m[1]) * unit;
+}
+
+export function parsePortRange(text: string): { first: number; last: number } {
+  const parsed = parsePortPrincipal(`ports-${text}`);
+  if (!parsed) throw new CliError('BAD_ARGUMENT', `not a port range: ${text} (use FIRST-LAST, e.g. 20000-20001)`);
+  return parsed.block;
+}
+
+export function registerCaCommands(program: Command, env: NodeJS.ProcessEnv): void {
+  const ca = program.command('ca').description('the SSH certificate authority by hand');
+
+  ca.command('init')
+    .description('create a user CA and a host CA (Ed25519) in a directory')
+    .requiredOption('--dir <dir>', 'directory for the CA keys')
+    .option('--passphrase-file <file>', 'encrypt the CA private keys with the passphrase in this file (or set CERTUNNEL_CA_PASSPHRASE)')
+    .action(async (opts: { dir: string; passphraseFile?: string }) => {
+      const passphrase = await readPassphrase(opts.passphraseFile, env);
+      for (const name of [USER_CA_FILE, HOST_CA_FILE]) {
+        if (await exists(join(opts.dir, name))) {
+          throw new CliError('CA_EXISTS', `${join(opts.dir, name)} already exists; refusing to overwrite a CA`);
+        }
+      }
+      await mkdir(opts.dir, { recursive: true, mode: 0o700 });
+      for (const name of [USER_CA_FILE, HOST_CA_FILE]) {
+        const pair = generateKeyPair();
+        await saveKeyPair(join(opts.dir, name), pair, { passphrase, comment: `certunnel ${name.replace('_', ' ')}` });
+        process.stdout.write(`${name}: ${fingerprint(pair.publicKey)}\n`);
+      }
+    });
+
+  ca.command('sign-device')
+    .description('sign a device certificate for a public key')
+    .requiredOption('--ca <file>', 'user CA private key file')
+    .requiredOption('--key <file>', "device's Ed25519 public key file")
+    .requiredOption('--device-id <id>', 'device id (key id becomes device:<id>)')
+    .requiredOption('--ports <first-last>', 'the device port block, e.g. 20000-20001')
+    .requiredOption('--serial <n>', 'certificate serial (nonzero)')
+    .option('--validity <duration>', 'validity, e.g. 1h', '1h')
+    .option('--passphrase-file <file>', 'passphrase of the CA key (or set CERTUNNEL_CA_PASSPHRASE)')
+    .option('--out <file>', 'write the certificate here instead of standard output')
+    .action(async (opts: { ca: string; key: string; deviceId: string; ports: string; serial: string; validity: string; passphraseFile?: string; out?: string }) => {
+      if (!/^\d+$/.test(opts.serial)) throw new CliError('BAD_ARGUMENT', 'serial must be a decimal number');
+      const caKey = await loadKeyPair(opts.ca, { passphrase: await readPassphrase(opts.passphraseFile, env) });
+      const cert = signDeviceCert({
+        ca: caKey,
+        publicKey: await loadPublicKey(opts.key),
+        deviceId: opts.deviceId,
+        ports: parsePortRange(opts.ports),
+        serial: BigInt(opts.serial),
+        now: new Date(),
+        validitySeconds: parseDuration(opts.validity),
+      });
+      const line = `${formatCertificate(cert, `device:${opts.deviceId}`)}\n`;
+      if (opts.out) await writeFile(opts.out, line, { mode: 0o644 });
+      else process.stdout.write(line);
+    });
+
+  ca.command('inspect')
+    .description('print a certificate as ssh-keygen -L does, and check its signature against a CA')
+    .argument('<certfile>', 'certificate file (…-cert.pub)')
+    .option('--ca <pubfile>', 'CA public key to verify the signature against')
+    .option('--type <type>', 'expected certificate type (user or host)', 'user')
+    .action(async (certfile: string, opts: { ca?: string; type: string }) => {
+      const cert = parseCertificateLine(await readFile(certfile, 'utf8'));
+      process.stdout.write(`${describeCertificate(cert, certfile)}\n`);
+      if (!opts.ca) return;
+      if (opts.type !== 'user' && opts.type !== 'host') throw new CliError('BAD_ARGUMENT', '--type must be user or host');
+      const caKey = await loadPublicKey(opts.ca);
+      try {
+        verifyCertificate(cert, { trustedCaKeys: [caKey], type: opts.type, now: new Date() });
+        process.stdout.write(`        Verification: OK (signed by ${fingerprint(caKey)})\n`);
+      } catch (err) {
+        if (!(err instanceof CaError)) throw err;
+        process.stdout.write(`        Verification: FAILED ${err.code}: ${err.message}\n`);
+        process.exitCode = 3;
+      }
+    });
+}
