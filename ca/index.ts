@@ -6,3 +6,5 @@ export * from './keys.js';
 export * from './cert.js';
 export * from './profiles.js';
 export { describeCertificate } from './describe.js';
+export { encodeKrl, writeKrl, type KrlInput } from './krl.js';
+export { SSHSIG_HASHES, signSshsig, parseSshsig, verifySshsig, type SshsigHash, type SshsigVerified, type ParsedSshsig } from './sshsig.js';
