@@ -8,3 +8,4 @@ export * from './profiles.js';
 export { describeCertificate } from './describe.js';
 export { encodeKrl, writeKrl, type KrlInput } from './krl.js';
 export { SSHSIG_HASHES, signSshsig, parseSshsig, verifySshsig, type SshsigHash, type SshsigVerified, type ParsedSshsig } from './sshsig.js';
+export { tlsPinOfSpki, isTlsPin } from './tls-pin.js';

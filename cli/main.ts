@@ -2,7 +2,9 @@
 /** The single `certunnel` entry point: parses the command line and dispatches. */
 import { Command, CommanderError } from 'commander';
 import { CaError } from '../ca/index.js';
+import { registerBrokerCommands } from './broker-commands.js';
 import { registerCaCommands } from './ca-commands.js';
+import { registerOperatorCommands } from './operator-commands.js';
 import { CliError } from './output.js';
 
 export function buildProgram(env: NodeJS.ProcessEnv): Command {
@@ -11,6 +13,8 @@ export function buildProgram(env: NodeJS.ProcessEnv): Command {
     .showHelpAfterError()
     .exitOverride();
   registerCaCommands(program, env);
+  registerBrokerCommands(program, env);
+  registerOperatorCommands(program, env);
   return program;
 }
 

@@ -1,0 +1,176 @@
+/**
+ * Broker configuration: read once in the entry point from the data
+ * directory's config.json, overridden by environment variables and then by
+ * flags, validated, defaulted and frozen (Teleport's checkAndSetDefaults).
+ * Nothing below the entry point reads process.env. Secrets (the CA
+ * passphrase) never live here.
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { BrokerError } from './errors.js';
+
+export const CONFIG_FILE = 'config.json';
+
+const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT');
+
+const configSchema = z
+  .object({
+    /** Hostname suffix for device HTTP proxying (<device>.<domain>) and the host certificate's names. */
+    domain: z.string().regex(/^[a-z0-9.-]+$/i).default('certunnel.local'),
+    api: z
+      .object({
+        listen: hostPort.default('0.0.0.0:8443'),
+        /** Plain HTTP, only behind a TLS-terminating proxy. */
+        insecureHttp: z.boolean().default(false),
+        /** URL devices and operators use; defaults from listen. */
+        publicUrl: z.string().url().optional(),
+        bodyLimitBytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(64 * 1024),
+      })
+      .strict()
+      .prefault({}),
+    ssh: z
+      .object({
+        mode: z.enum(['embedded', 'openssh']).default('embedded'),
+        listen: hostPort.default('0.0.0.0:2222'),
+        /** Host and port devices dial; defaults from listen. */
+        publicHost: z.string().optional(),
+        publicPort: z.number().int().min(1).max(65535).optional(),
+        keepaliveIntervalSeconds: z.number().int().min(1).max(3600).default(15),
+        keepaliveCountMax: z.number().int().min(1).max(100).default(3),
+        /** Where OpenSSH mode writes sshd's files; relative to the data dir. */
+        opensshDir: z.string().default('openssh'),
+      })
+      .strict()
+      .prefault({}),
+    ports: z
+      .object({
+        first: z.number().int().min(1024).max(65535).default(20000),
+        last: z.number().int().min(1024).max(65535).default(29999),
+        perDevice: z.number().int().min(1).max(64).default(2),
+      })
+      .strict()
+      .prefault({})
+      .refine((p) => p.last - p.first + 1 >= p.perDevice, { message: 'port range is smaller than one block' }),
+    certs: z
+      .object({
+        deviceValiditySeconds: z.number().int().min(60).max(7 * 86400).default(3600),
+        operatorValidityMinutes: z.number().int().min(1).max(60).default(10),
+        /** An expired device certificate may still be renewed for this long. */
+        renewGraceSeconds: z.number().int().min(0).max(365 * 86400).default(30 * 86400),
+        /** Devices are told to renew at this fraction of the validity. */
+        renewAtFraction: z.number().min(0.1).max(0.95).default(2 / 3),
+      })
+      .strict()
+      .prefault({}),
+    tokens: z
+      .object({
+        defaultTtlSeconds: z.number().int().min(60).max(366 * 86400).default(30 * 86400),
+        maxBatch: z.number().int().min(1).max(100000).default(10000),
+      })
+      .strict()
+      .prefault({}),
+    renew: z
+      .object({
+        /** Renewal requests whose timestamp is further than this from the broker's clock are stale. */
+        maxSkewSeconds: z.number().int().min(5).max(3600).default(300),
+      })
+      .strict()
+      .prefault({}),
+    log: z
+      .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export type BrokerConfig = Readonly<z.infer<typeof configSchema>> & { readonly dataDir: string };
+
+type PlainObject = Record<string, unknown>;
+
+function isPlainObject(value: unknown): value is PlainObject {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function merge(base: PlainObject, over: PlainObject): PlainObject {
+  const out: PlainObject = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    if (value === undefined) continue;
+    out[key] = isPlainObject(value) && isPlainObject(out[key]) ? merge(out[key] as PlainObject, value) : value;
+  }
+  return out;
+}
+
+/** Environment variables that override config fields (documented in README). */
+const ENV_FIELDS: ReadonlyArray<[string, string[], 'string' | 'number' | 'boolean']> = [
+  ['CERTUNNEL_DOMAIN', ['domain'], 'string'],
+  ['CERTUNNEL_API_LISTEN', ['api', 'listen'], 'string'],
+  ['CERTUNNEL_API_PUBLIC_URL', ['api', 'publicUrl'], 'string'],
+  ['CERTUNNEL_INSECURE_HTTP', ['api', 'insecureHttp'], 'boolean'],
+  ['CERTUNNEL_SSH_MODE', ['ssh', 'mode'], 'string'],
+  ['CERTUNNEL_SSH_LISTEN', ['ssh', 'listen'], 'string'],
+  ['CERTUNNEL_SSH_PUBLIC_HOST', ['ssh', 'publicHost'], 'string'],
+  ['CERTUNNEL_SSH_PUBLIC_PORT', ['ssh', 'publicPort'], 'number'],
+  ['CERTUNNEL_LOG_LEVEL', ['log', 'level'], 'string'],
+];
+
+function fromEnv(env: NodeJS.ProcessEnv): PlainObject {
+  let out: PlainObject = {};
+  for (const [name, path, type] of ENV_FIELDS) {
+    const raw = env[name];
+    if (raw === undefined || raw === '') continue;
+    const value = type === 'number' ? Number(raw) : type === 'boolean' ? /^(1|true|yes)$/i.test(raw) : raw;
+    out = merge(out, path.reduceRight<unknown>((acc, key) => ({ [key]: acc }), value) as PlainObject);
+  }
+  return out;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (isPlainObject(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/** Validates a config object (file contents merged with overrides). Throws CONFIG_INVALID naming the field. */
+export function parseConfig(input: unknown, dataDir: string): BrokerConfig {
+  const result = configSchema.safeParse(input);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const field = issue.path.join('.') || '(top level)';
+    throw new BrokerError('CONFIG_INVALID', `config field ${field}: ${issue.message}`);
+  }
+  return deepFreeze({ ...result.data, dataDir });
+}
+
+export interface LoadConfigOptions {
+  readonly dataDir: string;
+  readonly env?: NodeJS.ProcessEnv;
+  /** Overrides from command-line flags, shaped like the config. */
+  readonly overrides?: PlainObject;
+}
+
+export async function loadConfig(options: LoadConfigOptions): Promise<BrokerConfig> {
+  const path = join(options.dataDir, CONFIG_FILE);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    throw new BrokerError('CONFIG_INVALID', `no ${CONFIG_FILE} in ${options.dataDir}; run certunnel init --data ${options.dataDir}`);
+  }
+  let file: unknown;
+  try {
+    file = JSON.parse(text);
+  } catch {
+    throw new BrokerError('CONFIG_INVALID', `${path} is not valid JSON`);
+  }
+  if (!isPlainObject(file)) throw new BrokerError('CONFIG_INVALID', `${path} must hold a JSON object`);
+  const merged = merge(merge(file, fromEnv(options.env ?? {})), options.overrides ?? {});
+  return parseConfig(merged, options.dataDir);
+}
+
+export function splitHostPort(listen: string): { host: string; port: number } {
+  const i = listen.lastIndexOf(':');
+  return { host: listen.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(listen.slice(i + 1)) };
+}

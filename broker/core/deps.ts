@@ -1,0 +1,38 @@
+/**
+ * What the enrollment / renewal / revocation rules need, as narrow
+ * interfaces: a store, the CA keys, a clock, the config, and hooks for what
+ * happens after a commit. No koa, no ssh2 here.
+ */
+import type { KeyPair, PublicKey } from '../../ca/index.js';
+import type { BrokerConfig } from '../config.js';
+import type { Store } from '../store/types.js';
+import type { SshEndpointWire } from '../wire-types.js';
+
+export interface CaKeys {
+  readonly userCa: KeyPair;
+  readonly hostCaPublicKey: PublicKey;
+}
+
+/** Who is acting and from where, for authorization and the audit trail. */
+export interface Actor {
+  /** `apikey:<id>`, `device:<id>`, `token:<id>`, `system`. */
+  readonly id: string;
+  readonly role?: 'admin' | 'operator' | 'provisioner';
+  /** The API key's name, for operator certificates' key ids. */
+  readonly name?: string;
+  readonly remoteAddr: string | null;
+}
+
+export interface CoreHooks {
+  /** After a revocation commits: rewrite the KRL, close live sessions. Errors are logged by the caller. */
+  deviceRevoked(deviceId: string): Promise<void>;
+}
+
+export interface CoreDeps {
+  readonly store: Store;
+  readonly ca: CaKeys;
+  readonly config: BrokerConfig;
+  readonly clock: () => Date;
+  readonly ssh: SshEndpointWire;
+  readonly hooks: CoreHooks;
+}

@@ -1,0 +1,81 @@
+/**
+ * Enrollment: a single-use token and a device public key become a device, a
+ * port block and a certificate — all in one transaction, so a failed
+ * enrollment consumes nothing and creates nothing. The token is redeemed
+ * with one conditional UPDATE (never read-then-write).
+ */
+import { fingerprint, formatPublicKey, isCaError, parsePublicKey, type PublicKey } from '../../ca/index.js';
+import { BrokerError } from '../errors.js';
+import type { TokenRecord } from '../store/types.js';
+import type { CertificateGrantWire, EnrollRequest } from '../wire-types.js';
+import type { Actor, CoreDeps } from './deps.js';
+import { issueDeviceCertificate } from './grant.js';
+import { hashSecret, newId } from './secrets.js';
+
+export function parseDeviceKey(line: string): PublicKey {
+  try {
+    return parsePublicKey(line);
+  } catch (err) {
+    if (isCaError(err, 'KEY_UNSUPPORTED')) throw new BrokerError('KEY_UNSUPPORTED', err.message);
+    throw new BrokerError('KEY_INVALID', 'publicKey is not an OpenSSH Ed25519 public key line');
+  }
+}
+
+/** Why a token could not be redeemed, from its row (read after the conditional update failed). */
+function explainToken(token: TokenRecord | null, now: Date): BrokerError {
+  if (!token) return new BrokerError('TOKEN_UNKNOWN', 'the enrollment token is not known');
+  if (token.usedAt) return new BrokerError('TOKEN_USED', 'the enrollment token has already been used');
+  if (token.revokedAt) return new BrokerError('TOKEN_REVOKED', 'the enrollment token has been revoked');
+  if (token.expiresAt <= now) return new BrokerError('TOKEN_EXPIRED', 'the enrollment token has expired');
+  return new BrokerError('TOKEN_UNKNOWN', 'the enrollment token cannot be used');
+}
+
+function checkBinding(token: TokenRecord, req: EnrollRequest): void {
+  if (token.bindName !== null && req.name !== undefined && req.name !== token.bindName) {
+    throw new BrokerError('TOKEN_BINDING_MISMATCH', 'the token is bound to another device name');
+  }
+  if (token.bindSerial !== null && req.hardwareSerial !== token.bindSerial) {
+    throw new BrokerError('TOKEN_BINDING_MISMATCH', 'the token is bound to another hardware serial');
+  }
+}
+
+export async function enrollDevice(deps: CoreDeps, req: EnrollRequest, actor: Pick<Actor, 'remoteAddr'>): Promise<CertificateGrantWire> {
+  const now = deps.clock();
+  const tokenHash = hashSecret(req.token);
+  let tokenId: string | null = null;
+  try {
+    const publicKey = parseDeviceKey(req.publicKey);
+    const keyFingerprint = fingerprint(publicKey);
+    return await deps.store.transaction(async (tx) => {
+      const token = await tx.findTokenByHash(tokenHash);
+      tokenId = token?.id ?? null;
+      if (token) checkBinding(token, req);
+      const deviceId = newId('dev');
+      if (!token || !(await tx.redeemToken(tokenHash, deviceId, now))) throw explainToken(token, now);
+      const name = req.name ?? token.bindName;
+      await tx.insertDevice({
+        id: deviceId,
+        name,
+        hardwareSerial: req.hardwareSerial ?? null,
+        publicKey: formatPublicKey(publicKey),
+        keyFingerprint,
+        labels: token.batch ? { batch: token.batch } : {},
+        tokenId: token.id,
+        createdAt: now,
+      });
+      const block = await tx.allocatePortBlock(deviceId, { poolFirst: deps.config.ports.first, poolLast: deps.config.ports.last, size: deps.config.ports.perDevice, now });
+      const grant = await issueDeviceCertificate(deps, tx, { id: deviceId, name, keyFingerprint }, publicKey, block, now);
+      await tx.appendAudit({
+        at: now, actor: `token:${token.id}`, action: 'device.enroll', target: deviceId, remoteAddr: actor.remoteAddr, outcome: 'ok',
+        details: { name, ports: `${block.first}-${block.last}`, serial: grant.serial, fingerprint: keyFingerprint },
+      });
+      return grant;
+    });
+  } catch (err) {
+    const code = err instanceof BrokerError ? err.code : 'INTERNAL';
+    await deps.store.appendAudit({
+      at: now, actor: tokenId ? `token:${tokenId}` : 'anonymous', action: 'device.enroll', target: null, remoteAddr: actor.remoteAddr, outcome: code,
+    }).catch(() => undefined);
+    throw err;
+  }
+}

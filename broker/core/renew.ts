@@ -1,0 +1,91 @@
+/**
+ * Renewal: the device proves possession of its enrolled key with an SSHSIG
+ * signature (namespace certunnel-renew) over renewMessage(), which carries a
+ * timestamp and a nonce for replay protection. Allowed before expiry and
+ * within a grace period after it, for the same key; key rotation is a renewal
+ * that also carries the new key, signed by both keys.
+ */
+import { fingerprint, formatPublicKey, isCaError, parsePublicKey, verifySshsig, type PublicKey } from '../../ca/index.js';
+import { BrokerError } from '../errors.js';
+import type { DeviceRecord } from '../store/types.js';
+import { RENEW_NAMESPACE, renewMessage, type CertificateGrantWire, type RenewRequest } from '../wire-types.js';
+import type { Actor, CoreDeps } from './deps.js';
+import { parseDeviceKey } from './enroll.js';
+import { issueDeviceCertificate } from './grant.js';
+
+function verifySignedBy(signature: string, message: string, key: PublicKey): void {
+  try {
+    verifySshsig(signature, message, RENEW_NAMESPACE, key);
+  } catch (err) {
+    if (isCaError(err)) throw new BrokerError('SIGNATURE_INVALID', `renewal signature refused (${err.code})`);
+    throw err;
+  }
+}
+
+async function findActiveDevice(deps: CoreDeps, deviceId: string): Promise<DeviceRecord> {
+  const device = await deps.store.findDevice(deviceId);
+  if (!device) throw new BrokerError('DEVICE_UNKNOWN', 'no such device');
+  if (device.status === 'revoked') throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
+  if (device.portFirst === null || device.portLast === null) throw new BrokerError('INTERNAL', 'device has no port block');
+  return device;
+}
+
+export async function renewDevice(deps: CoreDeps, req: RenewRequest, actor: Pick<Actor, 'remoteAddr'>): Promise<CertificateGrantWire> {
+  const now = deps.clock();
+  try {
+    const device = await findActiveDevice(deps, req.deviceId);
+    const skew = Math.abs(now.getTime() / 1000 - req.timestamp);
+    if (skew > deps.config.renew.maxSkewSeconds) {
+      throw new BrokerError('REQUEST_STALE', `request timestamp is ${Math.round(skew)} s away from the broker's clock`);
+    }
+    const message = renewMessage(req);
+    const currentKey = parsePublicKey(device.publicKey);
+    verifySignedBy(req.signature, message, currentKey);
+
+    let newKey: PublicKey | undefined;
+    if (req.newPublicKey !== undefined) {
+      newKey = parseDeviceKey(req.newPublicKey);
+      if (!req.newKeySignature) throw new BrokerError('BAD_REQUEST', 'key rotation needs newKeySignature by the new key');
+      verifySignedBy(req.newKeySignature, message, newKey);
+    } else if (req.newKeySignature !== undefined) {
+      throw new BrokerError('BAD_REQUEST', 'newKeySignature without newPublicKey');
+    }
+
+    const latest = await deps.store.latestCertificateOfDevice(device.id);
+    const graceEnd = latest ? latest.validBefore.getTime() + deps.config.certs.renewGraceSeconds * 1000 : 0;
+    if (!latest || latest.keyFingerprint !== device.keyFingerprint || now.getTime() > graceEnd) {
+      throw new BrokerError('RENEWAL_GRACE_EXCEEDED', 'the last certificate expired longer ago than the grace period; re-enroll the device');
+    }
+
+    return await deps.store.transaction(async (tx) => {
+      const nonceExpiry = new Date(now.getTime() + 2 * deps.config.renew.maxSkewSeconds * 1000);
+      if (!(await tx.insertNonce(`${device.id}:${req.nonce}`, device.id, nonceExpiry))) {
+        throw new BrokerError('REQUEST_REPLAYED', 'this renewal request was already used');
+      }
+      const again = await tx.findDevice(device.id);
+      if (!again || again.status !== 'active') throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
+      let key = currentKey;
+      let keyFingerprint = device.keyFingerprint;
+      if (newKey) {
+        key = newKey;
+        keyFingerprint = fingerprint(newKey);
+        if (!(await tx.updateDeviceKey(device.id, formatPublicKey(newKey), keyFingerprint))) {
+          throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
+        }
+      }
+      const block = { first: device.portFirst!, last: device.portLast! };
+      const grant = await issueDeviceCertificate(deps, tx, { id: device.id, name: device.name, keyFingerprint }, key, block, now);
+      await tx.appendAudit({
+        at: now, actor: `device:${device.id}`, action: newKey ? 'device.rotate' : 'device.renew', target: device.id,
+        remoteAddr: actor.remoteAddr, outcome: 'ok', details: { serial: grant.serial, fingerprint: keyFingerprint },
+      });
+      return grant;
+    });
+  } catch (err) {
+    const code = err instanceof BrokerError ? err.code : 'INTERNAL';
+    await deps.store.appendAudit({
+      at: now, actor: `device:${req.deviceId}`, action: 'device.renew', target: req.deviceId, remoteAddr: actor.remoteAddr, outcome: code,
+    }).catch(() => undefined);
+    throw err;
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * Enrollment tokens: minted singly or in batches by admin or provisioner
+ * keys, shown once, stored only as hashes, listed without secrets, revoked
+ * one by one or by batch.
+ */
+import { BrokerError } from '../errors.js';
+import type { Page, TokenRecord, TokenStatus } from '../store/types.js';
+import type { Actor, CoreDeps } from './deps.js';
+import { hashSecret, newId, newTokenSecret } from './secrets.js';
+
+export interface MintTokensRequest {
+  count: number;
+  batch?: string;
+  ttlSeconds?: number;
+  /** One device name per token (length must equal count). */
+  bindNames?: string[];
+  /** One hardware serial per token (length must equal count). */
+  bindSerials?: string[];
+}
+
+export interface MintedToken {
+  id: string;
+  /** The secret, shown only in this response. */
+  token: string;
+  batch: string | null;
+  bindName: string | null;
+  bindSerial: string | null;
+  expiresAt: string;
+}
+
+export interface TokenView {
+  id: string;
+  batch: string | null;
+  bindName: string | null;
+  bindSerial: string | null;
+  status: TokenStatus;
+  createdAt: string;
+  createdBy: string;
+  expiresAt: string;
+  usedAt: string | null;
+  usedByDevice: string | null;
+  revokedAt: string | null;
+}
+
+export function tokenStatus(t: TokenRecord, now: Date): TokenStatus {
+  if (t.usedAt) return 'used';
+  if (t.revokedAt) return 'revoked';
+  if (t.expiresAt <= now) return 'expired';
+  return 'active';
+}
+
+export function viewToken(t: TokenRecord, now: Date): TokenView {
+  return {
+    id: t.id, batch: t.batch, bindName: t.bindName, bindSerial: t.bindSerial, status: tokenStatus(t, now),
+    createdAt: t.createdAt.toISOString(), createdBy: t.createdBy, expiresAt: t.expiresAt.toISOString(),
+    usedAt: t.usedAt?.toISOString() ?? null, usedByDevice: t.usedByDevice, revokedAt: t.revokedAt?.toISOString() ?? null,
+  };
+}
+
+export async function mintTokens(deps: CoreDeps, req: MintTokensRequest, actor: Actor): Promise<{ batch: string | null; tokens: MintedToken[] }> {
+  const now = deps.clock();
+  if (req.count < 1 || req.count > deps.config.tokens.maxBatch) {
+    throw new BrokerError('BAD_REQUEST', `count must be between 1 and ${deps.config.tokens.maxBatch}`);
+  }
+  for (const [field, list] of [['bindNames', req.bindNames], ['bindSerials', req.bindSerials]] as const) {
+    if (list && list.length !== req.count) throw new BrokerError('BAD_REQUEST', `${field} must have one entry per token (${req.count})`);
+  }
+  const expiresAt = new Date(now.getTime() + (req.ttlSeconds ?? deps.config.tokens.defaultTtlSeconds) * 1000);
+  const batch = req.batch ?? null;
+  const minted: MintedToken[] = [];
+  const rows = Array.from({ length: req.count }, (_, i) => {
+    const secret = newTokenSecret();
+    const row = {
+      id: newId('tok'), tokenHash: hashSecret(secret), batch, bindName: req.bindNames?.[i] ?? null, bindSerial: req.bindSerials?.[i] ?? null,
+      createdAt: now, createdBy: actor.id, expiresAt,
+    };
+    minted.push({ id: row.id, token: secret, batch, bindName: row.bindName, bindSerial: row.bindSerial, expiresAt: expiresAt.toISOString() });
+    return row;
+  });
+  await deps.store.transaction(async (tx) => {
+    await tx.insertTokens(rows);
+    await tx.appendAudit({
+      at: now, actor: actor.id, action: 'token.mint', target: batch, remoteAddr: actor.remoteAddr, outcome: 'ok',
+      details: { count: req.count, batch, expiresAt: expiresAt.toISOString(), ids: req.count <= 20 ? rows.map((r) => r.id) : undefined },
+    });
+  });
+  return { batch, tokens: minted };
+}
+
+export async function listTokens(
+  deps: CoreDeps,
+  filter: { batch?: string; status?: TokenStatus; limit?: number; cursor?: string },
+): Promise<Page<TokenView>> {
+  const now = deps.clock();
+  const page = await deps.store.listTokens({ ...filter, now });
+  return { items: page.items.map((t) => viewToken(t, now)), nextCursor: page.nextCursor };
+}
+
+export async function revokeTokens(deps: CoreDeps, which: { id: string } | { batch: string }, actor: Actor): Promise<{ revoked: number }> {
+  const now = deps.clock();
+  return deps.store.transaction(async (tx) => {
+    const revoked = await tx.revokeTokens(which, actor.id, now);
+    await tx.appendAudit({
+      at: now, actor: actor.id, action: 'token.revoke', target: 'id' in which ? which.id : `batch:${which.batch}`,
+      remoteAddr: actor.remoteAddr, outcome: 'ok', details: { revoked },
+    });
+    return { revoked };
+  });
+}

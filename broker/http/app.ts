@@ -1,0 +1,113 @@
+/**
+ * The koa application: error rendering, body limits, authentication, and the
+ * routes. Handlers are a few lines each: parse, authorize, call the core,
+ * render. Only this folder imports koa.
+ */
+import { bodyParser } from '@koa/bodyparser';
+import Router, { type RouterContext } from '@koa/router';
+import Koa from 'koa';
+import type { Logger } from '../logger.js';
+import { BrokerError } from '../errors.js';
+import type { BrokerMetrics } from '../metrics.js';
+import type { RevocationList } from '../revocation.js';
+import type { Actor, CoreDeps } from '../core/deps.js';
+import { authenticateApiKey } from '../core/api-keys.js';
+import { registerDeviceRoutes } from './routes-device.js';
+import { registerOperatorRoutes } from './routes-operator.js';
+
+export interface HttpDeps {
+  readonly core: CoreDeps;
+  readonly logger: Logger;
+  readonly metrics: BrokerMetrics;
+  readonly revocations: RevocationList;
+  readonly publicKeys: { userCa: string; hostCa: string; hostKey: string };
+  readonly apiPin: string | null;
+}
+
+export type AppState = { actor?: Actor };
+export type AppContext = Koa.ParameterizedContext<AppState, RouterContext>;
+
+function remoteAddr(ctx: Koa.Context): string | null {
+  return ctx.request.ip || ctx.req.socket.remoteAddress || null;
+}
+
+/** Authenticates the API key in `Authorization: Bearer …` and returns the actor. */
+export async function authenticate(ctx: AppContext, deps: HttpDeps): Promise<Actor> {
+  const header = ctx.get('authorization');
+  const presented = /^Bearer (\S+)$/i.exec(header)?.[1];
+  const record = await authenticateApiKey(deps.core.store, presented, deps.core.clock()).catch(async (err: unknown) => {
+    await deps.core.store.appendAudit({
+      at: deps.core.clock(), actor: 'anonymous', action: 'auth.failure', target: ctx.path, remoteAddr: remoteAddr(ctx), outcome: 'UNAUTHENTICATED',
+    }).catch(() => undefined);
+    throw err;
+  });
+  const actor: Actor = { id: `apikey:${record.id}`, role: record.role, name: record.name, remoteAddr: remoteAddr(ctx) };
+  ctx.state.actor = actor;
+  return actor;
+}
+
+export function clientAddress(ctx: AppContext): string | null {
+  return remoteAddr(ctx);
+}
+
+/** koa-bodyparser (co-body / raw-body) errors carry a type and a status. */
+function bodyError(err: unknown): BrokerError | undefined {
+  const e = err as { type?: string; status?: number };
+  if (e.type === 'entity.too.large' || e.status === 413) return new BrokerError('BODY_TOO_LARGE', 'request body is too large');
+  if (e.type === 'entity.parse.failed' || e.type === 'entity.verify.failed') return new BrokerError('BAD_REQUEST', 'request body is not valid JSON');
+  if (e.type === 'encoding.unsupported' || e.type === 'charset.unsupported') return new BrokerError('UNSUPPORTED_MEDIA_TYPE', 'unsupported body encoding');
+  if (e.status === 400) return new BrokerError('BAD_REQUEST', 'malformed request');
+  return undefined;
+}
+
+export function createApp(deps: HttpDeps): Koa<AppState> {
+  const app = new Koa<AppState>({ proxy: deps.core.config.api.insecureHttp });
+  const router = new Router<AppState>();
+
+  app.use(async (ctx, next) => {
+    const started = process.hrtime.bigint();
+    try {
+      await next();
+      if (ctx.status === 404 && ctx.body === undefined) throw new BrokerError('NOT_FOUND', 'no such route');
+    } catch (caught) {
+      const err = caught instanceof BrokerError ? caught : (bodyError(caught) ?? caught);
+      if (err instanceof BrokerError) {
+        ctx.status = err.status;
+        ctx.body = { error: { code: err.code, message: err.status >= 500 ? 'internal error' : err.message } };
+        if (err.status >= 500) deps.logger.error({ err, path: ctx.path }, 'request failed');
+      } else {
+        deps.logger.error({ err, path: ctx.path }, 'request failed');
+        ctx.status = 500;
+        ctx.body = { error: { code: 'INTERNAL', message: 'internal error' } };
+      }
+    } finally {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const route = (ctx as unknown as { _matchedRoute?: string })._matchedRoute ?? 'unmatched';
+      deps.metrics.httpDuration.observe({ route, status: String(ctx.status) }, seconds);
+      deps.logger.debug({ method: ctx.method, route, status: ctx.status, ms: Math.round(seconds * 1e4) / 10, remote: remoteAddr(ctx) }, 'http');
+    }
+  });
+
+  app.use(async (ctx, next) => {
+    if (ctx.method === 'POST' && ctx.request.length && !ctx.is('application/json')) {
+      throw new BrokerError('UNSUPPORTED_MEDIA_TYPE', 'request bodies must be application/json');
+    }
+    await next();
+  });
+  app.use(
+    bodyParser({
+      enableTypes: ['json'],
+      jsonLimit: deps.core.config.api.bodyLimitBytes,
+      jsonStrict: true,
+      onError: (err) => {
+        throw bodyError(err) ?? err;
+      },
+    }),
+  );
+
+  registerDeviceRoutes(router, deps);
+  registerOperatorRoutes(router, deps);
+  app.use(router.routes());
+  app.use(router.allowedMethods());
+  return app;
+}

@@ -1,0 +1,60 @@
+/** Routes devices and anyone may call: enrollment, renewal, public CA keys, the KRL, health. */
+import type Router from '@koa/router';
+import { enrollDevice } from '../core/enroll.js';
+import { renewDevice } from '../core/renew.js';
+import { BrokerError } from '../errors.js';
+import { clientAddress, type AppState, type HttpDeps } from './app.js';
+import { enrollSchema, parseWith, renewSchema } from './schemas.js';
+
+function outcomeOf(err: unknown): string {
+  return err instanceof BrokerError ? err.code : 'INTERNAL';
+}
+
+export function registerDeviceRoutes(router: Router<AppState>, deps: HttpDeps): void {
+  router.get('/healthz', (ctx) => {
+    ctx.body = { status: 'ok' };
+  });
+
+  router.get('/metrics', async (ctx) => {
+    ctx.type = deps.metrics.registry.contentType;
+    ctx.body = await deps.metrics.registry.metrics();
+  });
+
+  router.get('/v1/ca', (ctx) => {
+    ctx.body = {
+      userCertificateAuthority: deps.publicKeys.userCa,
+      hostCertificateAuthority: deps.publicKeys.hostCa,
+      hostKey: deps.publicKeys.hostKey,
+      apiPin: deps.apiPin,
+      ssh: deps.core.ssh,
+    };
+  });
+
+  router.get('/v1/krl', (ctx) => {
+    ctx.type = 'application/octet-stream';
+    ctx.body = deps.revocations.krl;
+  });
+
+  router.post('/v1/enroll', async (ctx) => {
+    try {
+      const req = parseWith(enrollSchema, ctx.request.body);
+      ctx.body = await enrollDevice(deps.core, req, { remoteAddr: clientAddress(ctx) });
+      ctx.status = 201;
+      deps.metrics.enrollments.inc({ outcome: 'ok' });
+    } catch (err) {
+      deps.metrics.enrollments.inc({ outcome: outcomeOf(err) });
+      throw err;
+    }
+  });
+
+  router.post('/v1/renew', async (ctx) => {
+    try {
+      const req = parseWith(renewSchema, ctx.request.body);
+      ctx.body = await renewDevice(deps.core, req, { remoteAddr: clientAddress(ctx) });
+      deps.metrics.renewals.inc({ outcome: 'ok' });
+    } catch (err) {
+      deps.metrics.renewals.inc({ outcome: outcomeOf(err) });
+      throw err;
+    }
+  });
+}

@@ -1,0 +1,82 @@
+/**
+ * Request validation at the edge (zod): unknown fields are refused, sizes are
+ * bounded, and a failure becomes BAD_REQUEST naming the field — never the value.
+ */
+import { z } from 'zod';
+import { BrokerError } from '../errors.js';
+
+const name = z.string().min(1).max(63).regex(/^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/, 'lowercase letters, digits and inner hyphens (a DNS label)');
+const serial = z.string().min(1).max(128).regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
+const batch = z.string().min(1).max(64).regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, dot, underscore, hyphen');
+const keyLine = z.string().min(1).max(8192);
+const armored = z.string().min(1).max(8192);
+
+export const enrollSchema = z.strictObject({
+  token: z.string().min(1).max(256),
+  publicKey: keyLine,
+  name: name.optional(),
+  hardwareSerial: serial.optional(),
+});
+
+export const renewSchema = z.strictObject({
+  deviceId: z.string().min(1).max(64).regex(/^dev_[a-z2-7]{16}$/, 'a device id'),
+  timestamp: z.number().int().min(0).max(2 ** 40),
+  nonce: z.string().min(16).max(64).regex(/^[A-Za-z0-9_-]+$/, 'base64url'),
+  newPublicKey: keyLine.optional(),
+  signature: armored,
+  newKeySignature: armored.optional(),
+});
+
+export const mintTokensSchema = z.strictObject({
+  count: z.number().int().min(1).max(100000).default(1),
+  batch: batch.optional(),
+  ttlSeconds: z.number().int().min(60).max(366 * 86400).optional(),
+  bindNames: z.array(name).max(100000).optional(),
+  bindSerials: z.array(serial).max(100000).optional(),
+});
+
+export const revokeTokensSchema = z.union([z.strictObject({ id: z.string().min(1).max(64) }), z.strictObject({ batch })]);
+
+export const revokeDeviceSchema = z.strictObject({ reason: z.string().max(500).optional() });
+
+export const createApiKeySchema = z.strictObject({
+  role: z.enum(['admin', 'operator', 'provisioner']),
+  name: z.string().min(1).max(100).regex(/^[A-Za-z0-9._@-]+$/),
+});
+
+const limit = z.coerce.number().int().min(1).max(1000).optional();
+const cursor = z.string().max(512).optional();
+
+export const listTokensQuery = z.strictObject({
+  batch: batch.optional(),
+  status: z.enum(['active', 'used', 'expired', 'revoked']).optional(),
+  limit,
+  cursor,
+});
+
+export const listDevicesQuery = z.strictObject({
+  status: z.enum(['active', 'revoked']).optional(),
+  name: z.string().max(63).optional(),
+  label: z.string().max(200).regex(/^[^=]+=.*$/, 'KEY=VALUE').optional(),
+  limit,
+  cursor,
+});
+
+export const listAuditQuery = z.strictObject({
+  since: z.iso.datetime({ offset: true }).optional(),
+  action: z.string().max(64).optional(),
+  actor: z.string().max(128).optional(),
+  limit,
+  cursor,
+});
+
+export function parseWith<T extends z.ZodType>(schema: T, input: unknown): z.infer<T> {
+  const result = schema.safeParse(input ?? {});
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const field = issue.path.join('.') || 'body';
+    const what = issue.code === 'unrecognized_keys' ? `unknown field(s): ${issue.keys.join(', ')}` : issue.message;
+    throw new BrokerError('BAD_REQUEST', `${field}: ${what}`);
+  }
+  return result.data;
+}

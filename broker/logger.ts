@@ -1,0 +1,26 @@
+/**
+ * Structured JSON logs (pino), one line per event. Secret-bearing fields are
+ * redacted by path as a second line of defence; the first is never passing
+ * secrets to a logger at all.
+ */
+import { pino, type Logger, type DestinationStream } from 'pino';
+
+export type { Logger };
+
+const REDACT = [
+  'token', '*.token', 'secret', '*.secret', 'apiKey', '*.apiKey', 'authorization', '*.authorization',
+  'req.headers.authorization', 'req.headers["x-api-key"]', 'passphrase', '*.passphrase', 'privateKey', '*.privateKey',
+];
+
+export function createLogger(level: string, destination?: DestinationStream): Logger {
+  return pino(
+    {
+      level,
+      base: { service: 'certunnel-broker' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      redact: { paths: REDACT, censor: '[redacted]' },
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    destination,
+  );
+}

@@ -1,0 +1,127 @@
+/**
+ * A running broker: opens the store, loads the keys, rebuilds the KRL,
+ * starts the HTTPS API and the SSH side (embedded gateway, or OpenSSH-mode
+ * files for a system sshd), and wires revocation from the control plane to
+ * the data plane. close() undoes it all.
+ */
+import { readFile } from 'node:fs/promises';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { formatPublicKey, loadKeyPair, loadPublicKey } from '../ca/index.js';
+import { splitHostPort, type BrokerConfig } from './config.js';
+import type { CoreDeps } from './core/deps.js';
+import { dataPaths } from './data-dir.js';
+import { createApp } from './http/app.js';
+import type { Logger } from './logger.js';
+import { BrokerMetrics } from './metrics.js';
+import { RevocationList } from './revocation.js';
+import { startSshSide, type SshSide } from './ssh-side.js';
+import { openStore } from './store/index.js';
+import type { Store } from './store/types.js';
+import type { SshEndpointWire } from './wire-types.js';
+
+export interface StartBrokerOptions {
+  readonly config: BrokerConfig;
+  readonly logger: Logger;
+  /** Decrypts the CA keys if they are encrypted. */
+  readonly passphrase?: string;
+  readonly clock?: () => Date;
+}
+
+export interface RunningBroker {
+  readonly apiUrl: string;
+  readonly apiPort: number;
+  readonly sshPort: number;
+  readonly store: Store;
+  readonly core: CoreDeps;
+  readonly revocations: RevocationList;
+  readonly ssh: SshSide;
+  close(): Promise<void>;
+}
+
+function listen(server: HttpServer, hostPort: string): Promise<number> {
+  const { host, port } = splitHostPort(hostPort);
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}
+
+function publicHost(listenHost: string, config: BrokerConfig): string {
+  return listenHost === '0.0.0.0' || listenHost === '::' ? config.domain : listenHost;
+}
+
+export async function startBroker(options: StartBrokerOptions): Promise<RunningBroker> {
+  const { config, logger } = options;
+  const clock = options.clock ?? (() => new Date());
+  const paths = dataPaths(config.dataDir);
+  const userCa = await loadKeyPair(paths.userCa, { passphrase: options.passphrase });
+  const hostCaPublicKey = await loadPublicKey(`${paths.hostCa}.pub`);
+  const hostKey = await loadKeyPair(paths.hostKey);
+  const hostCertificate = (await readFile(paths.hostCert, 'utf8')).trim();
+  const store = await openStore({ filename: paths.database });
+  const closers: Array<() => Promise<void>> = [() => store.close()];
+  const close = async (): Promise<void> => {
+    for (const fn of closers.reverse()) await fn().catch((err: unknown) => logger.error({ err }, 'shutdown step failed'));
+  };
+  try {
+    const revocations = new RevocationList(store, userCa.publicKey, paths.krl, clock);
+    await revocations.refresh();
+    const metrics = new BrokerMetrics(store, config, clock);
+
+    const ssh = await startSshSide({ config, logger, store, clock, userCa, hostKey, hostCertificate, revocations, paths });
+    closers.push(() => ssh.close());
+    if (ssh.statsSource) metrics.attachGateway(ssh.statsSource);
+
+    const sshListen = splitHostPort(config.ssh.listen);
+    const sshEndpoint: SshEndpointWire = {
+      host: config.ssh.publicHost ?? publicHost(sshListen.host, config),
+      port: config.ssh.publicPort ?? ssh.port,
+      username: 'tunnel',
+      hostKey: formatPublicKey(hostKey.publicKey),
+      hostCertificateAuthority: formatPublicKey(hostCaPublicKey),
+    };
+    const core: CoreDeps = {
+      store, config, clock, ssh: sshEndpoint,
+      ca: { userCa, hostCaPublicKey },
+      hooks: {
+        deviceRevoked: async (deviceId) => {
+          await revocations.refresh();
+          await ssh.deviceRevoked(deviceId);
+          logger.info({ deviceId }, 'device revoked; KRL rewritten and live sessions closed');
+        },
+      },
+    };
+    const apiPin = config.api.insecureHttp ? null : (await readFile(paths.apiPin, 'utf8')).trim();
+    const app = createApp({
+      core, logger, metrics, revocations, apiPin,
+      publicKeys: { userCa: formatPublicKey(userCa.publicKey), hostCa: formatPublicKey(hostCaPublicKey), hostKey: sshEndpoint.hostKey },
+    });
+    const server = config.api.insecureHttp
+      ? createHttpServer(app.callback())
+      : createHttpsServer({ key: await readFile(paths.tlsKey), cert: await readFile(paths.tlsCert) }, app.callback());
+    server.keepAliveTimeout = 30_000;
+    server.headersTimeout = 20_000;
+    server.requestTimeout = 30_000;
+    const apiPort = await listen(server, config.api.listen);
+    closers.push(
+      () =>
+        new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeAllConnections();
+        }),
+    );
+    const apiHost = splitHostPort(config.api.listen).host;
+    const scheme = config.api.insecureHttp ? 'http' : 'https';
+    const apiUrl = config.api.publicUrl ?? `${scheme}://${apiHost === '0.0.0.0' || apiHost === '::' ? '127.0.0.1' : apiHost}:${apiPort}`;
+    logger.info({ apiUrl, sshPort: ssh.port, sshMode: config.ssh.mode }, 'broker started');
+    return { apiUrl, apiPort, sshPort: ssh.port, store, core, revocations, ssh, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * The broker's SSH side, in either mode, behind one small interface:
+ * - embedded: the ssh2 gateway in this process;
+ * - openssh: the files a stock sshd needs, rewritten when revocations
+ *   change, and the sshd session holding a revoked device's ports ended.
+ */
+import { join } from 'node:path';
+import type { KeyPair } from '../ca/index.js';
+import { splitHostPort, type BrokerConfig } from './config.js';
+import type { DataPaths } from './data-dir.js';
+import type { Logger } from './logger.js';
+import type { GatewayStatsSource } from './metrics.js';
+import { writeOpensshFiles } from './openssh/config-files.js';
+import { killSessionsHoldingPorts } from './openssh/session-killer.js';
+import type { RevocationList } from './revocation.js';
+import { createGateway } from './ssh/index.js';
+import type { Store } from './store/types.js';
+
+export interface SshSide {
+  /** The port the SSH server listens on (the gateway's, or the configured sshd's). */
+  readonly port: number;
+  readonly statsSource?: GatewayStatsSource;
+  /** Called after the KRL has been rewritten: drop the device's live tunnel. */
+  deviceRevoked(deviceId: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface SshSideOptions {
+  readonly config: BrokerConfig;
+  readonly logger: Logger;
+  readonly store: Store;
+  readonly clock: () => Date;
+  readonly userCa: KeyPair;
+  readonly hostKey: KeyPair;
+  readonly hostCertificate: string;
+  readonly revocations: RevocationList;
+  readonly paths: DataPaths;
+}
+
+export const DEVICE_USER = 'tunnel';
+export const OPERATOR_USER = 'operator';
+
+async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
+  const log = o.logger.child({ component: 'ssh-gateway' });
+  const gateway = createGateway({
+    hostKey: o.hostKey,
+    userCaKeys: [o.userCa.publicKey],
+    isRevoked: (cert) => o.revocations.isRevoked(cert),
+    clock: o.clock,
+    logger: log,
+    audit: (event) => {
+      o.store
+        .appendAudit({ at: o.clock(), actor: event.actor, action: event.action, target: event.target ?? null, remoteAddr: event.remoteAddr ?? null, outcome: event.outcome as 'ok', details: event.details })
+        .catch((err: unknown) => log.error({ err }, 'audit write failed'));
+    },
+    presence: (update) => {
+      o.store
+        .setDeviceOnline(update.deviceId, { online: update.online, since: update.online ? (update.since ?? o.clock()) : null, remoteAddr: update.remoteAddr ?? null, lastSeen: o.clock() })
+        .catch((err: unknown) => log.error({ err }, 'presence write failed'));
+    },
+    limits: { keepaliveIntervalMs: o.config.ssh.keepaliveIntervalSeconds * 1000, keepaliveCountMax: o.config.ssh.keepaliveCountMax },
+  });
+  const { host, port } = splitHostPort(o.config.ssh.listen);
+  const bound = await gateway.listen(port, host);
+  return {
+    port: bound.port,
+    statsSource: gateway,
+    deviceRevoked: async (deviceId) => gateway.revokeDevice(deviceId),
+    close: () => gateway.close(),
+  };
+}
+
+async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
+  const outDir = join(o.config.dataDir, o.config.ssh.opensshDir);
+  const write = (): Promise<string[]> =>
+    writeOpensshFiles({
+      outDir,
+      userCaKey: o.userCa.publicKey,
+      hostKeyPath: o.paths.hostKey,
+      hostCertificate: o.hostCertificate,
+      krl: o.revocations.krl,
+      pool: { first: o.config.ports.first, last: o.config.ports.last, perDevice: o.config.ports.perDevice },
+      deviceUser: DEVICE_USER,
+      operatorUser: OPERATOR_USER,
+    });
+  await write();
+  o.logger.info({ outDir }, 'OpenSSH mode: wrote sshd configuration files');
+  return {
+    port: o.config.ssh.publicPort ?? splitHostPort(o.config.ssh.listen).port,
+    deviceRevoked: async (deviceId) => {
+      await write();
+      const device = await o.store.findDevice(deviceId);
+      if (device?.portFirst == null || device.portLast == null) return;
+      const ports = Array.from({ length: device.portLast - device.portFirst + 1 }, (_, i) => device.portFirst! + i);
+      const killed = await killSessionsHoldingPorts(ports);
+      o.logger.info({ deviceId, killed }, 'OpenSSH mode: ended the sshd sessions holding the revoked device ports');
+    },
+    close: async () => undefined,
+  };
+}
+
+export function startSshSide(options: SshSideOptions): Promise<SshSide> {
+  return options.config.ssh.mode === 'openssh' ? startOpenssh(options) : startEmbedded(options);
+}

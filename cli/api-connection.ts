@@ -1,0 +1,51 @@
+/**
+ * How operator commands find the API: --api/--api-key/--pin flags, or the
+ * CERTUNNEL_API_URL / CERTUNNEL_API_KEY / CERTUNNEL_API_PIN environment, or a
+ * local broker's data directory (--data) for the URL and pin.
+ */
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { apiRequest, type ApiClientOptions } from '../agent/api-client.js';
+import { loadConfig, splitHostPort } from '../broker/config.js';
+import { dataPaths } from '../broker/data-dir.js';
+import { CliError } from './output.js';
+
+export interface ApiFlags {
+  api?: string;
+  apiKey?: string;
+  pin?: string;
+  data?: string;
+  json?: boolean;
+}
+
+export function addApiOptions(cmd: Command): Command {
+  return cmd
+    .option('--api <url>', 'broker API URL (or CERTUNNEL_API_URL)')
+    .option('--api-key <key>', 'API key (or CERTUNNEL_API_KEY; prefer the environment)')
+    .option('--pin <sha256//…>', "the broker's TLS key pin (or CERTUNNEL_API_PIN)")
+    .option('--data <dir>', 'read the API URL and pin from a local broker data directory')
+    .option('--json', 'print JSON for scripts');
+}
+
+export async function resolveApi(flags: ApiFlags, env: NodeJS.ProcessEnv): Promise<ApiClientOptions> {
+  let baseUrl = flags.api ?? env.CERTUNNEL_API_URL;
+  let pin = flags.pin ?? env.CERTUNNEL_API_PIN;
+  if (flags.data) {
+    const config = await loadConfig({ dataDir: flags.data, env });
+    const { host, port } = splitHostPort(config.api.listen);
+    const local = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
+    baseUrl ??= config.api.publicUrl ?? `${config.api.insecureHttp ? 'http' : 'https'}://${local}:${port}`;
+    if (!config.api.insecureHttp) pin ??= (await readFile(dataPaths(flags.data).apiPin, 'utf8')).trim();
+  }
+  if (!baseUrl) throw new CliError('BAD_ARGUMENT', 'no API URL: give --api, CERTUNNEL_API_URL or --data');
+  const apiKey = flags.apiKey ?? env.CERTUNNEL_API_KEY;
+  if (!apiKey) throw new CliError('UNAUTHENTICATED', 'no API key: set CERTUNNEL_API_KEY (or --api-key)');
+  if (baseUrl.startsWith('https:') && !pin) {
+    process.stderr.write('certunnel: no --pin given; verifying the broker with the system CA store\n');
+  }
+  return { baseUrl, apiKey, pin };
+}
+
+export async function callApi<T>(flags: ApiFlags, env: NodeJS.ProcessEnv, method: string, path: string, body?: unknown): Promise<T> {
+  return apiRequest<T>(await resolveApi(flags, env), method, path, body);
+}

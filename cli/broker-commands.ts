@@ -1,0 +1,148 @@
+/** `certunnel init`, `certunnel broker`, `certunnel start`, `certunnel apikey create`: running a broker from a data directory. */
+import { access } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { loadConfig, type BrokerConfig } from '../broker/config.js';
+import { createApiKey, ROLES } from '../broker/core/api-keys.js';
+import { dataPaths, initDataDir } from '../broker/data-dir.js';
+import { createLogger } from '../broker/logger.js';
+import { startBroker } from '../broker/server.js';
+import { openStore } from '../broker/store/index.js';
+import type { ApiKeyRole } from '../broker/store/types.js';
+import { CliError } from './output.js';
+import { readPassphrase } from './passphrase.js';
+
+interface InitFlags {
+  data: string;
+  domain?: string;
+  portRange?: string;
+  portsPerDevice?: string;
+  sshListen?: string;
+  apiListen?: string;
+  sshMode?: string;
+  insecureHttp?: boolean;
+  passphraseFile?: string;
+}
+
+function initConfig(flags: InitFlags): Record<string, unknown> {
+  const config: Record<string, Record<string, unknown> | string> = { api: {}, ssh: {}, ports: {} };
+  if (flags.domain) config.domain = flags.domain;
+  const api = config.api as Record<string, unknown>;
+  const ssh = config.ssh as Record<string, unknown>;
+  const ports = config.ports as Record<string, unknown>;
+  if (flags.apiListen) api.listen = flags.apiListen;
+  if (flags.insecureHttp) api.insecureHttp = true;
+  if (flags.sshListen) ssh.listen = flags.sshListen;
+  if (flags.sshMode) ssh.mode = flags.sshMode;
+  if (flags.portRange) {
+    const m = /^(\d+)-(\d+)$/.exec(flags.portRange);
+    if (!m) throw new CliError('BAD_ARGUMENT', '--port-range must be FIRST-LAST, e.g. 20000-29999');
+    ports.first = Number(m[1]);
+    ports.last = Number(m[2]);
+  }
+  if (flags.portsPerDevice) ports.perDevice = Number(flags.portsPerDevice);
+  return config;
+}
+
+async function runInit(flags: InitFlags, env: NodeJS.ProcessEnv): Promise<void> {
+  const result = await initDataDir({ dir: flags.data, config: initConfig(flags), passphrase: await readPassphrase(flags.passphraseFile, env) });
+  const out = process.stdout;
+  out.write(`Initialised certunnel broker data in ${flags.data}\n`);
+  out.write(`  user CA:  ${result.userCaFingerprint}\n  host CA:  ${result.hostCaFingerprint}\n`);
+  out.write(`  API pin:  ${result.apiPin}   (devices pin this; also in ${dataPaths(flags.data).apiPin})\n`);
+  out.write(`\nAdmin API key (shown once, store it now):\n  ${result.adminKey}\n`);
+}
+
+interface ServeFlags {
+  data: string;
+  apiListen?: string;
+  sshListen?: string;
+  sshMode?: string;
+  insecureHttp?: boolean;
+  logLevel?: string;
+  passphraseFile?: string;
+}
+
+function serveOverrides(flags: ServeFlags): Record<string, unknown> {
+  return {
+    api: { listen: flags.apiListen, insecureHttp: flags.insecureHttp ? true : undefined },
+    ssh: { listen: flags.sshListen, mode: flags.sshMode },
+    log: { level: flags.logLevel },
+  };
+}
+
+async function serve(flags: ServeFlags, env: NodeJS.ProcessEnv): Promise<void> {
+  const config: BrokerConfig = await loadConfig({ dataDir: flags.data, env, overrides: serveOverrides(flags) });
+  const logger = createLogger(config.log.level);
+  const broker = await startBroker({ config, logger, passphrase: await readPassphrase(flags.passphraseFile, env) });
+  // One line on stdout that scripts (and tests) can wait for.
+  process.stdout.write(`${JSON.stringify({ ready: true, apiUrl: broker.apiUrl, apiPort: broker.apiPort, sshPort: broker.sshPort })}\n`);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      logger.info({ signal }, 'shutting down');
+      broker.close().then(resolve, resolve);
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  logger.flush();
+}
+
+function addServeOptions(cmd: Command): Command {
+  return cmd
+    .requiredOption('--data <dir>', 'broker data directory')
+    .option('--api-listen <host:port>', 'HTTPS API listen address (overrides config)')
+    .option('--ssh-listen <host:port>', 'SSH gateway listen address (overrides config)')
+    .option('--ssh-mode <mode>', 'embedded or openssh')
+    .option('--insecure-http', 'serve plain HTTP (only behind a TLS-terminating proxy)')
+    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace, silent')
+    .option('--passphrase-file <file>', 'passphrase of the CA keys (or set CERTUNNEL_CA_PASSPHRASE)');
+}
+
+function addInitOptions(cmd: Command): Command {
+  return cmd
+    .option('--domain <domain>', 'domain for device hostnames and certificates', undefined)
+    .option('--port-range <first-last>', 'pool of tunnel ports, e.g. 20000-29999')
+    .option('--ports-per-device <n>', 'ports in each device block (default 2: ssh, http)')
+    .option('--ssh-listen <host:port>', 'SSH gateway listen address (default 0.0.0.0:2222)')
+    .option('--api-listen <host:port>', 'HTTPS API listen address (default 0.0.0.0:8443)')
+    .option('--ssh-mode <mode>', 'embedded (default) or openssh')
+    .option('--insecure-http', 'serve plain HTTP (only behind a TLS-terminating proxy)')
+    .option('--passphrase-file <file>', 'encrypt the CA keys with this passphrase (or set CERTUNNEL_CA_PASSPHRASE)');
+}
+
+export function registerBrokerCommands(program: Command, env: NodeJS.ProcessEnv): void {
+  addInitOptions(program.command('init').description('create a broker data directory (config, database, CAs, keys, TLS, admin API key)'))
+    .requiredOption('--data <dir>', 'data directory to create')
+    .action((flags: InitFlags) => runInit(flags, env));
+
+  addServeOptions(program.command('broker').description('run the broker (HTTPS API and SSH gateway) from a data directory'))
+    .action((flags: ServeFlags) => serve(flags, env));
+
+  addServeOptions(program.command('start').description('initialise the data directory on first run, then run the broker'))
+    .action(async (flags: ServeFlags) => {
+      const initialised = await access(join(flags.data, 'config.json')).then(() => true, () => false);
+      if (!initialised) await runInit({ data: flags.data, apiListen: flags.apiListen, sshListen: flags.sshListen, sshMode: flags.sshMode, insecureHttp: flags.insecureHttp, passphraseFile: flags.passphraseFile }, env);
+      await serve(flags, env);
+    });
+
+  const apikey = program.command('apikey').description('API keys, locally against the data directory');
+  apikey.command('create')
+    .requiredOption('--data <dir>', 'broker data directory')
+    .requiredOption('--role <role>', `one of ${ROLES.join(', ')}`)
+    .requiredOption('--name <name>', 'who or what holds the key')
+    .action(async (flags: { data: string; role: string; name: string }) => {
+      if (!ROLES.includes(flags.role as ApiKeyRole)) throw new CliError('BAD_ARGUMENT', `--role must be one of ${ROLES.join(', ')}`);
+      if (!/^[A-Za-z0-9._@-]{1,100}$/.test(flags.name)) throw new CliError('BAD_ARGUMENT', '--name: letters, digits, . _ @ -');
+      const initialised = await access(dataPaths(flags.data).config).then(() => true, () => false);
+      if (!initialised) throw new CliError('CONFIG_INVALID', `${flags.data} is not a broker data directory; run certunnel init first`);
+      const store = await openStore({ filename: dataPaths(flags.data).database });
+      try {
+        const key = await createApiKey(store, { role: flags.role as ApiKeyRole, name: flags.name }, { id: 'local-cli', remoteAddr: null }, new Date());
+        process.stdout.write(`${key.key}\n`);
+        process.stderr.write(`created ${key.role} key ${key.id} (${key.name}); the key is shown once\n`);
+      } finally {
+        await store.close();
+      }
+    });
+}
