@@ -1,0 +1,75 @@
+/** audit_events and renew_nonces: append-mostly tables. */
+import { decodeCursor, encodeCursor, pageLimit, parseJsonObject, toDate, toMillis, type Db } from './db.js';
+import type { AuditEvent, AuditFilter, NewAuditEvent, Page } from './types.js';
+
+interface AuditRow {
+  id: number | string;
+  at: number | string;
+  actor: string;
+  action: string;
+  target: string | null;
+  remote_addr: string | null;
+  outcome: AuditEvent['outcome'];
+  details: string;
+}
+
+function fromRow(row: AuditRow): AuditEvent {
+  return {
+    id: Number(row.id),
+    at: toDate(row.at),
+    actor: row.actor,
+    action: row.action,
+    target: row.target,
+    remoteAddr: row.remote_addr,
+    outcome: row.outcome,
+    details: parseJsonObject(row.details),
+  };
+}
+
+export async function appendAudit(db: Db, e: NewAuditEvent): Promise<void> {
+  await db('audit_events').insert({
+    at: toMillis(e.at),
+    actor: e.actor,
+    action: e.action,
+    target: e.target,
+    remote_addr: e.remoteAddr,
+    outcome: e.outcome,
+    details: JSON.stringify(e.details ?? {}),
+  });
+}
+
+export async function listAudit(db: Db, filter: AuditFilter): Promise<Page<AuditEvent>> {
+  const limit = pageLimit(filter);
+  // id is monotonic with insertion, so it alone orders and pages the log.
+  const q = db<AuditRow>('audit_events').select('*').orderBy('id', 'asc').limit(limit + 1);
+  if (filter.since !== undefined) q.where('at', '>=', toMillis(filter.since));
+  if (filter.action !== undefined) q.where({ action: filter.action });
+  if (filter.actor !== undefined) q.where({ actor: filter.actor });
+  if (filter.cursor) {
+    const [id] = decodeCursor(filter.cursor, ['number']);
+    q.where('id', '>', id!);
+  }
+  const rows = await q;
+  const items = rows.slice(0, limit).map(fromRow);
+  const last = items[items.length - 1];
+  return { items, nextCursor: rows.length > limit && last ? encodeCursor([last.id]) : null };
+}
+
+/**
+ * The primary key detects a replay; ON CONFLICT DO NOTHING (rather than
+ * catching the violation) keeps a PostgreSQL transaction usable afterwards.
+ * Nonces must outlive the renewal request's freshness window, or a request
+ * could be replayed once its nonce is pruned.
+ */
+export async function insertNonce(db: Db, nonce: string, deviceId: string, expiresAt: Date): Promise<boolean> {
+  const rows = await db('renew_nonces')
+    .insert({ nonce, device_id: deviceId, expires_at: toMillis(expiresAt) })
+    .onConflict('nonce')
+    .ignore()
+    .returning('nonce');
+  return rows.length === 1;
+}
+
+export async function pruneNonces(db: Db, now: Date): Promise<number> {
+  return db('renew_nonces').where('expires_at', '<=', toMillis(now)).del();
+}

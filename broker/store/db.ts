@@ -1,0 +1,184 @@
+/**
+ * Helpers shared by the table modules: the connection type they run on,
+ * conversions at the store boundary, keyset cursors, and driver-error
+ * translation (knex prefixes driver messages with the SQL and its bindings,
+ * so a driver error must never reach a caller as is).
+ */
+import type { Knex } from 'knex';
+import { BrokerError, type ErrorCode } from '../errors.js';
+import type { PageRequest } from './types.js';
+
+/** The knex instance, or a transaction on it. */
+export type Db = Knex | Knex.Transaction;
+
+/** Runs fn in db's transaction if there is one, else in a new transaction. */
+export function atomically<T>(db: Db, fn: (trx: Knex.Transaction) => Promise<T>): Promise<T> {
+  return db.isTransaction ? fn(db as Knex.Transaction) : db.transaction(fn);
+}
+
+/**
+ * Rows of a raw statement. knex.raw returns the driver's own result: an
+ * array of rows for SQLite, `{ rows }` for PostgreSQL.
+ */
+export async function rawRows<T>(db: Db, sql: string, bindings: readonly Knex.RawBinding[]): Promise<T[]> {
+  const result: unknown = await db.raw(sql, bindings);
+  if (Array.isArray(result)) return result as T[];
+  return ((result as { rows?: T[] } | null)?.rows ?? []) as T[];
+}
+
+// ---- conversions ----------------------------------------------------------
+// Integers arrive as numbers from SQLite and as strings from PostgreSQL's
+// int8, hence `number | string`.
+
+type DbInt = number | string;
+
+export function toMillis(date: Date): number {
+  const ms = date.getTime();
+  if (!Number.isFinite(ms)) throw new BrokerError('INTERNAL', 'store: invalid date');
+  return ms;
+}
+export function toMillisOrNull(date: Date | null | undefined): number | null {
+  return date === null || date === undefined ? null : toMillis(date);
+}
+export function toDate(value: DbInt): Date {
+  return new Date(Number(value));
+}
+export function toDateOrNull(value: DbInt | null): Date | null {
+  return value === null ? null : toDate(value);
+}
+export function toNumberOrNull(value: DbInt | null): number | null {
+  return value === null ? null : Number(value);
+}
+export function toBool(value: number | boolean): boolean {
+  return value === true || value === 1;
+}
+
+/**
+ * uint64 values (serials, KRL version) are bound as decimal strings: node's
+ * sqlite3 binds JS numbers as doubles (exact only to 2^53), while an
+ * integer-looking string is stored as INTEGER by the column's affinity.
+ * They are read back through CAST(... AS TEXT) for the same reason.
+ */
+export function bindUint64(value: bigint): string {
+  if (value <= 0n || value > 0x7fffffffffffffffn) {
+    throw new BrokerError('INTERNAL', 'store: 64-bit value out of range');
+  }
+  return value.toString();
+}
+
+export function parseJsonObject(text: string): Record<string, unknown> {
+  const value: unknown = JSON.parse(text);
+  return value !== null && typeof value === 'object' && !Array.isArray(value)
+    ? (value as Record<string, unknown>)
+    : {};
+}
+
+/** Escapes LIKE wildcards so that user text matches literally (ESCAPE '\'). */
+export function likeLiteral(text: string): string {
+  return `%${text.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+}
+
+// ---- keyset pagination ----------------------------------------------------
+
+export const DEFAULT_LIMIT = 100;
+export const MAX_LIMIT = 1000;
+
+export function pageLimit(req: PageRequest): number {
+  const limit = req.limit ?? DEFAULT_LIMIT;
+  if (!Number.isInteger(limit) || limit < 1) throw new BrokerError('BAD_REQUEST', 'limit must be a positive integer');
+  return Math.min(limit, MAX_LIMIT);
+}
+
+/** Opaque cursor: the sort key of the last row returned. */
+export function encodeCursor(key: readonly (number | string)[]): string {
+  return Buffer.from(JSON.stringify(key)).toString('base64url');
+}
+
+export function decodeCursor(cursor: string, shape: readonly ('number' | 'string')[]): (number | string)[] {
+  try {
+    const key: unknown = JSON.parse(Buffer.from(cursor, 'base64url').toString());
+    if (Array.isArray(key) && key.length === shape.length && key.every((k, i) => typeof k === shape[i])) {
+      return key as (number | string)[];
+    }
+  } catch {
+    // fall through: malformed
+  }
+  throw new BrokerError('BAD_REQUEST', 'invalid cursor');
+}
+
+// ---- driver errors --------------------------------------------------------
+
+export interface ConstraintViolation {
+  kind: 'unique' | 'foreign-key' | 'check' | 'not-null' | 'other';
+  /** `table.column` entries for unique violations, when the driver says. */
+  columns: string[];
+}
+
+function errorProps(err: unknown): { code?: unknown; message?: unknown; constraint?: unknown; table?: unknown } {
+  return typeof err === 'object' && err !== null ? (err as Record<string, unknown>) : {};
+}
+
+/**
+ * Classifies a constraint violation. SQLite: code SQLITE_CONSTRAINT and a
+ * message like `UNIQUE constraint failed: devices.key_fingerprint`.
+ * PostgreSQL (future): SQLSTATE 23505/23503/23514/23502 with the constraint
+ * name, which knex builds as `<table>_<column>_unique`.
+ */
+export function constraintViolation(err: unknown): ConstraintViolation | null {
+  const { code, message, constraint, table } = errorProps(err);
+  if (code === 'SQLITE_CONSTRAINT' && typeof message === 'string') {
+    const m = /(UNIQUE|FOREIGN KEY|CHECK|NOT NULL|PRIMARY KEY) constraint failed(?::\s*([\w.]+(?:,\s*[\w.]+)*))?/.exec(message);
+    const kinds: Record<string, ConstraintViolation['kind']> = {
+      UNIQUE: 'unique',
+      'PRIMARY KEY': 'unique',
+      'FOREIGN KEY': 'foreign-key',
+      CHECK: 'check',
+      'NOT NULL': 'not-null',
+    };
+    return {
+      kind: (m && kinds[m[1] ?? '']) ?? 'other',
+      columns: m?.[2] ? m[2].split(/,\s*/) : [],
+    };
+  }
+  const pgKinds: Record<string, ConstraintViolation['kind']> = {
+    '23505': 'unique',
+    '23503': 'foreign-key',
+    '23514': 'check',
+    '23502': 'not-null',
+  };
+  if (typeof code === 'string' && code in pgKinds) {
+    const columns: string[] = [];
+    if (typeof constraint === 'string' && typeof table === 'string' && constraint.startsWith(`${table}_`)) {
+      const column = constraint.slice(table.length + 1).replace(/_(unique|pkey)$/, '');
+      columns.push(`${table}.${column}`);
+    }
+    return { kind: pgKinds[code] ?? 'other', columns };
+  }
+  return null;
+}
+
+export function isUniqueViolation(err: unknown, column?: string): boolean {
+  const v = constraintViolation(err);
+  return v?.kind === 'unique' && (column === undefined || v.columns.includes(column));
+}
+
+/** Rethrows a unique violation on `column` as a BrokerError with `code`. */
+export function mapUnique(err: unknown, column: string, code: ErrorCode, message: string): never {
+  if (isUniqueViolation(err, column)) throw new BrokerError(code, message);
+  throw err;
+}
+
+/**
+ * Turns anything that is not already a BrokerError into INTERNAL, keeping
+ * only the driver's error code and constraint kind (never SQL or bindings,
+ * which may hold hashes) so that logging the cause is safe.
+ */
+export function toStoreError(err: unknown, operation: string): BrokerError {
+  if (err instanceof BrokerError) return err;
+  const { code } = errorProps(err);
+  const violation = constraintViolation(err);
+  const detail = [typeof code === 'string' ? code : 'unknown', violation ? `${violation.kind} ${violation.columns.join(',')}` : '']
+    .join(' ')
+    .trim();
+  return new BrokerError('INTERNAL', `store: ${operation} failed`, { cause: new Error(detail) });
+}

@@ -1,0 +1,186 @@
+/** devices: enrolled keys, their port block, status and live state. */
+import { BrokerError } from '../errors.js';
+import {
+  decodeCursor,
+  encodeCursor,
+  isUniqueViolation,
+  likeLiteral,
+  pageLimit,
+  parseJsonObject,
+  toBool,
+  toDate,
+  toDateOrNull,
+  toMillis,
+  toMillisOrNull,
+  toNumberOrNull,
+  type Db,
+} from './db.js';
+import type { DeviceCounts, DeviceFilter, DevicePresence, DeviceRecord, Labels, NewDevice, Page } from './types.js';
+
+interface DeviceRow {
+  id: string;
+  name: string | null;
+  hardware_serial: string | null;
+  public_key: string;
+  key_fingerprint: string;
+  port_first: number | string | null;
+  port_last: number | string | null;
+  status: 'active' | 'revoked';
+  labels: string;
+  token_id: string | null;
+  created_at: number | string;
+  last_seen_at: number | string | null;
+  revoked_at: number | string | null;
+  revoked_by: string | null;
+  revoke_reason: string | null;
+  online: number | boolean;
+  connected_since: number | string | null;
+  remote_addr: string | null;
+}
+
+function toLabels(text: string): Labels {
+  const labels: Labels = {};
+  for (const [k, v] of Object.entries(parseJsonObject(text))) {
+    if (typeof v === 'string') labels[k] = v;
+  }
+  return labels;
+}
+
+function fromRow(row: DeviceRow): DeviceRecord {
+  return {
+    id: row.id,
+    name: row.name,
+    hardwareSerial: row.hardware_serial,
+    publicKey: row.public_key,
+    keyFingerprint: row.key_fingerprint,
+    labels: toLabels(row.labels),
+    tokenId: row.token_id,
+    createdAt: toDate(row.created_at),
+    portFirst: toNumberOrNull(row.port_first),
+    portLast: toNumberOrNull(row.port_last),
+    status: row.status,
+    lastSeenAt: toDateOrNull(row.last_seen_at),
+    revokedAt: toDateOrNull(row.revoked_at),
+    revokedBy: row.revoked_by,
+    revokeReason: row.revoke_reason,
+    online: toBool(row.online),
+    connectedSince: toDateOrNull(row.connected_since),
+    remoteAddr: row.remote_addr,
+  };
+}
+
+/** Unique violations a caller can act on; anything else stays INTERNAL. */
+function mapDeviceConflict(err: unknown): never {
+  if (isUniqueViolation(err, 'devices.key_fingerprint')) {
+    throw new BrokerError('KEY_ALREADY_ENROLLED', 'this public key is already enrolled');
+  }
+  if (isUniqueViolation(err, 'devices.name')) {
+    throw new BrokerError('NAME_TAKEN', 'a device with this name already exists');
+  }
+  throw err;
+}
+
+export async function insertDevice(db: Db, d: NewDevice): Promise<void> {
+  try {
+    await db('devices').insert({
+      id: d.id,
+      name: d.name,
+      hardware_serial: d.hardwareSerial,
+      public_key: d.publicKey,
+      key_fingerprint: d.keyFingerprint,
+      labels: JSON.stringify(d.labels),
+      token_id: d.tokenId,
+      created_at: toMillis(d.createdAt),
+      status: 'active',
+      online: false,
+    });
+  } catch (err) {
+    mapDeviceConflict(err);
+  }
+}
+
+async function findBy(db: Db, where: Partial<DeviceRow>): Promise<DeviceRecord | null> {
+  const row = await db<DeviceRow>('devices').where(where).first();
+  return row ? fromRow(row) : null;
+}
+
+export const findDevice = (db: Db, id: string) => findBy(db, { id });
+export const findDeviceByName = (db: Db, name: string) => findBy(db, { name });
+export const findDeviceByFingerprint = (db: Db, fingerprint: string) => findBy(db, { key_fingerprint: fingerprint });
+
+export async function listDevices(db: Db, filter: DeviceFilter): Promise<Page<DeviceRecord>> {
+  const limit = pageLimit(filter);
+  const q = db<DeviceRow>('devices')
+    .select('*')
+    .orderBy([
+      { column: 'created_at', order: 'asc' },
+      { column: 'id', order: 'asc' },
+    ])
+    .limit(limit + 1);
+  if (filter.status !== undefined) q.where({ status: filter.status });
+  if (filter.nameContains !== undefined) {
+    // LIKE is case-insensitive for ASCII in SQLite, case-sensitive in PostgreSQL.
+    q.whereRaw(`?? LIKE ? ESCAPE '\\'`, ['name', likeLiteral(filter.nameContains)]);
+  }
+  if (filter.label !== undefined) {
+    // SQLite-specific: json_each over the labels text, with key and value
+    // bound (no JSON path built from user text). PostgreSQL would use
+    // `labels::jsonb @> jsonb_build_object(?, ?)`.
+    q.whereRaw(
+      'EXISTS (SELECT 1 FROM json_each(devices.labels) AS l WHERE l.key = ? AND l.type = ? AND l.value = ?)',
+      [filter.label.key, 'text', filter.label.value],
+    );
+  }
+  if (filter.cursor) {
+    const [createdAt, id] = decodeCursor(filter.cursor, ['number', 'string']);
+    q.where((w) => w.where('created_at', '>', createdAt!).orWhere((w2) => w2.where('created_at', createdAt!).where('id', '>', id!)));
+  }
+  const rows = await q;
+  const items = rows.slice(0, limit).map(fromRow);
+  const last = items[items.length - 1];
+  return {
+    items,
+    nextCursor: rows.length > limit && last ? encodeCursor([last.createdAt.getTime(), last.id]) : null,
+  };
+}
+
+export async function markDeviceRevoked(db: Db, id: string, by: string, reason: string | null, now: Date): Promise<boolean> {
+  const changed = await db('devices')
+    .update({ status: 'revoked', revoked_at: toMillis(now), revoked_by: by, revoke_reason: reason })
+    .where({ id, status: 'active' });
+  return changed === 1;
+}
+
+export async function updateDeviceKey(db: Db, id: string, publicKey: string, fingerprint: string): Promise<boolean> {
+  try {
+    const changed = await db('devices')
+      .update({ public_key: publicKey, key_fingerprint: fingerprint })
+      .where({ id, status: 'active' });
+    return changed === 1;
+  } catch (err) {
+    mapDeviceConflict(err);
+  }
+}
+
+export async function setDeviceOnline(db: Db, id: string, p: DevicePresence): Promise<void> {
+  await db('devices')
+    .update({
+      online: p.online,
+      connected_since: toMillisOrNull(p.since),
+      remote_addr: p.remoteAddr,
+      last_seen_at: toMillis(p.lastSeen),
+    })
+    .where({ id });
+}
+
+export async function countDevicesByStatus(db: Db): Promise<DeviceCounts> {
+  // One pass; SUM(CASE ...) is portable where FILTER (WHERE ...) is not everywhere.
+  const row = (await db('devices')
+    .select(
+      db.raw(`COALESCE(SUM(CASE WHEN status = 'active' THEN 1 ELSE 0 END), 0) AS active`),
+      db.raw(`COALESCE(SUM(CASE WHEN status = 'revoked' THEN 1 ELSE 0 END), 0) AS revoked`),
+      db.raw(`COALESCE(SUM(CASE WHEN online THEN 1 ELSE 0 END), 0) AS online`),
+    )
+    .first()) as { active: number | string; revoked: number | string; online: number | string } | undefined;
+  return { active: Number(row?.active ?? 0), revoked: Number(row?.revoked ?? 0), online: Number(row?.online ?? 0) };
+}

@@ -1,0 +1,20 @@
+/**
+ * Static migration source: every migration is imported here by name, so the
+ * same list runs from TS sources under tsx and from compiled JS (a directory
+ * scan would look for the wrong extension in one of the two).
+ * Append new migrations; never edit or reorder applied ones.
+ */
+import type { Knex } from 'knex';
+import * as m001 from './001-initial.js';
+
+interface NamedMigration extends Knex.Migration {
+  name: string;
+}
+
+export const MIGRATIONS: readonly NamedMigration[] = [m001];
+
+export const migrationSource: Knex.MigrationSource<NamedMigration> = {
+  getMigrations: async () => [...MIGRATIONS],
+  getMigrationName: (migration) => migration.name,
+  getMigration: async (migration) => migration,
+};

@@ -1,0 +1,121 @@
+/**
+ * port_blocks: each device holds one block of `size` contiguous ports. The
+ * primary key (first_port) makes double allocation impossible and the
+ * UNIQUE device_id makes a second block per device impossible, whatever the
+ * callers do; allocation itself is a single upsert statement.
+ */
+import { BrokerError } from '../errors.js';
+import { atomically, constraintViolation, isUniqueViolation, rawRows, toMillis, type Db } from './db.js';
+import type { PortBlock, PortPool, PortPoolUsage } from './types.js';
+
+interface BlockRow {
+  first_port: number | string;
+  last_port: number | string;
+}
+
+function checkPool({ poolFirst, poolLast, size }: PortPool): void {
+  const ok =
+    [poolFirst, poolLast, size].every(Number.isInteger) && poolFirst >= 1 && poolLast <= 65535 && size >= 1 && poolFirst + size - 1 <= poolLast;
+  if (!ok) throw new BrokerError('CONFIG_INVALID', 'invalid port pool');
+}
+
+function toBlock(row: BlockRow): PortBlock {
+  return { first: Number(row.first_port), last: Number(row.last_port) };
+}
+
+/**
+ * One statement: the candidate is the lowest same-size block of the pool
+ * whose quarantine has ended, else the block right after the highest one.
+ * A reusable candidate already exists, so the INSERT conflicts on
+ * first_port and the DO UPDATE takes it over, re-checking on the row itself
+ * that it is still reusable. A block is thus never handed out twice, by
+ * construction of the primary key, whatever the concurrency. No row back
+ * means the pool is full — or, with several writers (PostgreSQL), that a
+ * concurrent allocation took the candidate first: hence the retries. With
+ * SQLite's single writer that never happens.
+ */
+const ALLOCATE_SQL = `
+  INSERT INTO port_blocks (first_port, last_port, device_id)
+  SELECT c.first_port, c.first_port + ? - 1, ?
+  FROM (SELECT COALESCE(
+          (SELECT MIN(first_port) FROM port_blocks
+           WHERE released_at IS NOT NULL AND quarantine_until <= ?
+             AND first_port >= ? AND last_port <= ? AND last_port - first_port = ?),
+          (SELECT last_port FROM port_blocks
+           WHERE first_port >= ? AND first_port <= ?
+           ORDER BY first_port DESC LIMIT 1) + 1,
+          ?) AS first_port) AS c
+  WHERE c.first_port + ? - 1 <= ?
+  ON CONFLICT (first_port) DO UPDATE
+    SET device_id = excluded.device_id, released_at = NULL, quarantine_until = NULL
+    WHERE port_blocks.released_at IS NOT NULL AND port_blocks.quarantine_until <= ?
+  RETURNING first_port, last_port`;
+const ALLOCATE_ATTEMPTS = 3;
+
+async function takeBlock(db: Db, deviceId: string, p: PortPool, now: number): Promise<PortBlock | null> {
+  const { poolFirst, poolLast, size } = p;
+  for (let attempt = 0; attempt < ALLOCATE_ATTEMPTS; attempt++) {
+    const rows = await rawRows<BlockRow>(db, ALLOCATE_SQL, [
+      size, deviceId,
+      now, poolFirst, poolLast, size - 1,
+      poolFirst, poolLast,
+      poolFirst,
+      size, poolLast,
+      now,
+    ]);
+    if (rows[0]) return toBlock(rows[0]);
+  }
+  return null;
+}
+
+export async function allocatePortBlock(db: Db, deviceId: string, opts: PortPool & { now: Date }): Promise<PortBlock> {
+  checkPool(opts);
+  const now = toMillis(opts.now);
+  return atomically(db, async (trx) => {
+    let block: PortBlock | null;
+    try {
+      block = await takeBlock(trx, deviceId, opts, now);
+    } catch (err) {
+      if (isUniqueViolation(err, 'port_blocks.device_id')) {
+        throw new BrokerError('INTERNAL', 'store: device already holds a port block');
+      }
+      if (constraintViolation(err)?.kind === 'foreign-key') throw new BrokerError('DEVICE_UNKNOWN', 'unknown device');
+      throw err;
+    }
+    if (!block) throw new BrokerError('PORT_POOL_EXHAUSTED', 'no free port block');
+    await trx('devices').update({ port_first: block.first, port_last: block.last }).where({ id: deviceId });
+    return block;
+  });
+}
+
+export async function releasePortBlock(db: Db, deviceId: string, opts: { quarantineUntil: Date; now: Date }): Promise<boolean> {
+  const until = toMillis(opts.quarantineUntil);
+  // max(until, latest valid_before) as CASE: MAX(a, b) is SQLite-only and
+  // GREATEST is not in SQLite.
+  const latest = '(SELECT MAX(valid_before) FROM certificates WHERE device_id = ?)';
+  const changed = await db('port_blocks')
+    .update({
+      released_at: toMillis(opts.now),
+      quarantine_until: db.raw(`CASE WHEN COALESCE(${latest}, 0) > ? THEN ${latest} ELSE ? END`, [deviceId, until, deviceId, until]),
+    })
+    .where({ device_id: deviceId })
+    .whereNull('released_at');
+  return changed === 1;
+}
+
+export async function portPoolUsage(db: Db, opts: PortPool & { now: Date }): Promise<PortPoolUsage> {
+  checkPool(opts);
+  const now = toMillis(opts.now);
+  const row = (await db('port_blocks')
+    .select(
+      db.raw('COALESCE(SUM(CASE WHEN released_at IS NULL THEN 1 ELSE 0 END), 0) AS allocated'),
+      db.raw('COALESCE(SUM(CASE WHEN released_at IS NOT NULL AND quarantine_until > ? THEN 1 ELSE 0 END), 0) AS quarantined', [now]),
+    )
+    .where('first_port', '>=', opts.poolFirst)
+    .where('last_port', '<=', opts.poolLast)
+    .first()) as { allocated: number | string; quarantined: number | string } | undefined;
+  const total = Math.floor((opts.poolLast - opts.poolFirst + 1) / opts.size);
+  const allocated = Number(row?.allocated ?? 0);
+  const quarantined = Number(row?.quarantined ?? 0);
+  return { total, allocated, quarantined, free: Math.max(0, total - allocated - quarantined) };
+}

@@ -1,0 +1,153 @@
+/** enrollment_tokens: single-use, expiring, stored only as a hash. */
+import {
+  atomically,
+  decodeCursor,
+  encodeCursor,
+  pageLimit,
+  toDate,
+  toDateOrNull,
+  toMillis,
+  toMillisOrNull,
+  type Db,
+} from './db.js';
+import type { NewToken, Page, TokenFilter, TokenRecord, TokenSelector, TokenStatus } from './types.js';
+
+interface TokenRow {
+  id: string;
+  token_hash: string;
+  batch: string | null;
+  bind_name: string | null;
+  bind_serial: string | null;
+  created_at: number | string;
+  created_by: string;
+  expires_at: number | string;
+  used_at: number | string | null;
+  used_by_device: string | null;
+  revoked_at: number | string | null;
+  revoked_by: string | null;
+}
+
+function fromRow(row: TokenRow): TokenRecord {
+  return {
+    id: row.id,
+    tokenHash: row.token_hash,
+    batch: row.batch,
+    bindName: row.bind_name,
+    bindSerial: row.bind_serial,
+    createdAt: toDate(row.created_at),
+    createdBy: row.created_by,
+    expiresAt: toDate(row.expires_at),
+    usedAt: toDateOrNull(row.used_at),
+    usedByDevice: row.used_by_device,
+    revokedAt: toDateOrNull(row.revoked_at),
+    revokedBy: row.revoked_by,
+  };
+}
+
+/** Why a token can or cannot be redeemed at `now` (precedence: used, revoked, expired). */
+export function tokenStatus(token: TokenRecord, now: Date): TokenStatus {
+  if (token.usedAt) return 'used';
+  if (token.revokedAt) return 'revoked';
+  if (token.expiresAt.getTime() <= now.getTime()) return 'expired';
+  return 'active';
+}
+
+// SQLite allows 32766 bound variables per statement; 8 columns x 500 rows
+// stays far below, and below PostgreSQL's 65535 too.
+const INSERT_CHUNK = 500;
+
+export async function insertTokens(db: Db, rows: readonly NewToken[]): Promise<void> {
+  if (rows.length === 0) return;
+  const values = rows.map((r) => ({
+    id: r.id,
+    token_hash: r.tokenHash,
+    batch: r.batch,
+    bind_name: r.bindName,
+    bind_serial: r.bindSerial,
+    created_at: toMillis(r.createdAt),
+    created_by: r.createdBy,
+    expires_at: toMillis(r.expiresAt),
+  }));
+  await atomically(db, async (trx) => {
+    for (let i = 0; i < values.length; i += INSERT_CHUNK) {
+      await trx('enrollment_tokens').insert(values.slice(i, i + INSERT_CHUNK));
+    }
+  });
+}
+
+/** A compare-and-swap: one conditional UPDATE, never read-then-write. */
+export async function redeemToken(db: Db, tokenHash: string, deviceId: string, now: Date): Promise<boolean> {
+  const ms = toMillis(now);
+  const changed = await db('enrollment_tokens')
+    .update({ used_at: ms, used_by_device: deviceId })
+    .where({ token_hash: tokenHash })
+    .whereNull('used_at')
+    .whereNull('revoked_at')
+    .where('expires_at', '>', ms);
+  return changed === 1;
+}
+
+export async function findTokenByHash(db: Db, tokenHash: string): Promise<TokenRecord | null> {
+  const row = await db<TokenRow>('enrollment_tokens').where({ token_hash: tokenHash }).first();
+  return row ? fromRow(row) : null;
+}
+
+export async function listTokens(db: Db, filter: TokenFilter): Promise<Page<TokenRecord>> {
+  const limit = pageLimit(filter);
+  const now = toMillis(filter.now);
+  const q = db<TokenRow>('enrollment_tokens')
+    .select('*')
+    .orderBy([
+      { column: 'created_at', order: 'asc' },
+      { column: 'id', order: 'asc' },
+    ])
+    .limit(limit + 1);
+  if (filter.batch !== undefined) q.where({ batch: filter.batch });
+  switch (filter.status) {
+    case undefined:
+      break;
+    case 'used':
+      q.whereNotNull('used_at');
+      break;
+    case 'revoked':
+      q.whereNull('used_at').whereNotNull('revoked_at');
+      break;
+    case 'expired':
+      q.whereNull('used_at').whereNull('revoked_at').where('expires_at', '<=', now);
+      break;
+    case 'active':
+      q.whereNull('used_at').whereNull('revoked_at').where('expires_at', '>', now);
+      break;
+  }
+  if (filter.cursor) {
+    const [createdAt, id] = decodeCursor(filter.cursor, ['number', 'string']);
+    q.where((w) => w.where('created_at', '>', createdAt!).orWhere((w2) => w2.where('created_at', createdAt!).where('id', '>', id!)));
+  }
+  const rows = await q;
+  const items = rows.slice(0, limit).map(fromRow);
+  const last = items[items.length - 1];
+  return {
+    items,
+    nextCursor: rows.length > limit && last ? encodeCursor([last.createdAt.getTime(), last.id]) : null,
+  };
+}
+
+export async function revokeTokens(db: Db, which: TokenSelector, by: string, now: Date): Promise<number> {
+  const q = db('enrollment_tokens')
+    .update({ revoked_at: toMillisOrNull(now), revoked_by: by })
+    .whereNull('used_at')
+    .whereNull('revoked_at');
+  if ('id' in which) q.where({ id: which.id });
+  else q.where({ batch: which.batch });
+  return q;
+}
+
+export async function countActiveTokens(db: Db, now: Date): Promise<number> {
+  const row = (await db('enrollment_tokens')
+    .count({ n: '*' })
+    .whereNull('used_at')
+    .whereNull('revoked_at')
+    .where('expires_at', '>', toMillis(now))
+    .first()) as { n: number | string } | undefined;
+  return Number(row?.n ?? 0);
+}

@@ -1,0 +1,120 @@
+/**
+ * Store throughput for enrollment-shaped transactions: redeem a token,
+ * insert the device, allocate its port block, take a serial, record the
+ * certificate, append an audit event, with `concurrency` transactions in
+ * flight. Throwaway measurement, not a test.
+ *
+ *   node --import tsx scripts/bench/store-bench.ts [--n 5000] [--concurrency 32] [--connections 1]
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { openStore, type NewToken, type Store } from '../../broker/store/index.js';
+
+const { values } = parseArgs({
+  options: {
+    n: { type: 'string', default: '5000' },
+    concurrency: { type: 'string', default: '32' },
+    connections: { type: 'string', default: '1' },
+    rounds: { type: 'string', default: '3' },
+  },
+});
+const N = Number(values.n);
+const CONCURRENCY = Number(values.concurrency);
+const CONNECTIONS = Number(values.connections);
+const ROUNDS = Number(values.rounds);
+const POOL = { poolFirst: 10000, poolLast: 65000, size: 2 };
+const HOUR = 3_600_000;
+
+const hex = (n: number) => randomBytes(n).toString('hex');
+
+async function enroll(store: Store, tok: NewToken): Promise<void> {
+  const now = new Date();
+  const deviceId = `dev_${hex(8)}`;
+  await store.transaction(async (tx) => {
+    if (!(await tx.redeemToken(tok.tokenHash, deviceId, now))) throw new Error('token refused');
+    const fingerprint = `SHA256:${hex(32)}`;
+    await tx.insertDevice({
+      id: deviceId,
+      name: `bench-${deviceId}`,
+      hardwareSerial: null,
+      publicKey: `ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI${hex(16)}`,
+      keyFingerprint: fingerprint,
+      labels: { site: 'bench' },
+      tokenId: tok.id,
+      createdAt: now,
+    });
+    const block = await tx.allocatePortBlock(deviceId, { ...POOL, now });
+    const serial = await tx.nextSerial();
+    await tx.insertCertificate({
+      serial,
+      deviceId,
+      kind: 'device',
+      keyFingerprint: fingerprint,
+      keyId: `device:${deviceId}`,
+      principal: `ports-${block.first}-${block.last}`,
+      validAfter: new Date(now.getTime() - 60_000),
+      validBefore: new Date(now.getTime() + HOUR),
+      issuedAt: now,
+    });
+    await tx.appendAudit({
+      at: now,
+      actor: `token:${tok.id}`,
+      action: 'device.enroll',
+      target: deviceId,
+      remoteAddr: '192.0.2.1',
+      outcome: 'ok',
+      details: { serial: serial.toString(), ports: [block.first, block.last] },
+    });
+  });
+}
+
+async function round(): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'certunnel-bench-'));
+  const store = await openStore({ filename: join(dir, 'bench.db'), connections: CONNECTIONS });
+  try {
+    const now = new Date();
+    const tokens: NewToken[] = Array.from({ length: N }, (_, i) => ({
+      id: `tok_${i}_${hex(4)}`,
+      tokenHash: hex(32),
+      batch: 'bench',
+      bindName: null,
+      bindSerial: null,
+      createdAt: now,
+      createdBy: 'bench',
+      expiresAt: new Date(now.getTime() + HOUR),
+    }));
+    await store.insertTokens(tokens);
+
+    let next = 0;
+    const errors = new Map<string, number>();
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: CONCURRENCY }, async () => {
+        while (next < tokens.length) {
+          const tok = tokens[next++]!;
+          await enroll(store, tok).catch((err: unknown) => {
+            const key = (err as { code?: string }).code ?? String(err);
+            errors.set(key, (errors.get(key) ?? 0) + 1);
+          });
+        }
+      }),
+    );
+    const seconds = (performance.now() - t0) / 1000;
+    const cpu = process.cpuUsage(cpu0);
+    const ok = N - [...errors.values()].reduce((a, b) => a + b, 0);
+    console.log(
+      `connections=${CONNECTIONS} concurrency=${CONCURRENCY} n=${N}: ${(ok / seconds).toFixed(0)} enroll tx/s, ` +
+        `main-process CPU ${((cpu.user + cpu.system) / 1000 / N).toFixed(3)} ms/tx` +
+        (errors.size ? `, errors ${JSON.stringify(Object.fromEntries(errors))}` : ''),
+    );
+  } finally {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+for (let i = 0; i < ROUNDS; i++) await round();
