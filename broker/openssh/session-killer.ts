@@ -1,0 +1,218 @@
+/**
+ * Ends the sshd sessions that hold a revoked device's ports. sshd checks
+ * RevokedKeys only when a key authenticates, so a session that is already
+ * up survives a KRL change; the broker must end it itself.
+ *
+ * Linux only: it reads /proc/net/tcp and /proc/net/tcp6 for sockets in LISTEN
+ * state on the given ports (loopback or wildcard address), then maps socket
+ * inodes to processes through the /proc/<pid>/fd symlinks. With privilege
+ * separation the listener of a remote forward belongs to the per-connection
+ * child that runs as the device user ("sshd: tunnel"), not to the sshd
+ * master ("[listener]") nor to the root monitor ("[priv]"): ending that child
+ * ends the connection (the monitor exits with it) and leaves the master
+ * serving.
+ *
+ * The broker must run in sshd's network namespace (/proc/net is per
+ * namespace) and as root, or with CAP_SYS_PTRACE and CAP_KILL: the child is
+ * another user's process and sshd marks it non-dumpable, which makes its
+ * /proc/<pid>/fd unreadable even to that user.
+ */
+import { readdir, readFile, readlink } from 'node:fs/promises';
+import { endianness } from 'node:os';
+import { join } from 'node:path';
+
+/** include/net/tcp_states.h: TCP_LISTEN. */
+export const TCP_LISTEN = 0x0a;
+
+export interface ProcNetTcpEntry {
+  /** Local address, dotted quad or compressed IPv6 (v4-mapped as ::ffff:a.b.c.d). */
+  readonly address: string;
+  readonly port: number;
+  /** Kernel TCP state (TCP_LISTEN = 0x0A). */
+  readonly state: number;
+  readonly uid: number;
+  /** Socket inode; /proc/<pid>/fd/N links to "socket:[inode]". 0 for sockets without one (TIME_WAIT). */
+  readonly inode: number;
+}
+
+export interface ParseProcNetTcpOptions {
+  /**
+   * The kernel prints each 32-bit word of the address with %08X of the
+   * network-order value read as a native integer, so on a little-endian host
+   * every word's bytes come out reversed. Default: this host's byte order.
+   */
+  readonly littleEndian?: boolean;
+}
+
+const HOST_IS_LE = endianness() === 'LE';
+
+function decodeAddressBytes(hex: string, littleEndian: boolean): Buffer | undefined {
+  if ((hex.length !== 8 && hex.length !== 32) || !/^[0-9A-Fa-f]+$/.test(hex)) return undefined;
+  const bytes = Buffer.from(hex, 'hex');
+  if (littleEndian) for (let i = 0; i < bytes.length; i += 4) bytes.subarray(i, i + 4).reverse();
+  return bytes;
+}
+
+function formatIpv4(bytes: Buffer): string {
+  return Array.from(bytes).join('.');
+}
+
+/** RFC 5952 text: longest run (>= 2) of zero groups becomes "::"; v4-mapped keeps a dotted tail. */
+export function formatIpv6(bytes: Buffer): string {
+  if (bytes.subarray(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) {
+    return `::ffff:${formatIpv4(bytes.subarray(12))}`;
+  }
+  const groups: number[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(bytes.readUInt16BE(i));
+  let bestStart = -1;
+  let bestLength = 1;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLength) [bestStart, bestLength] = [i, j - i];
+    i = j;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (bestStart < 0) return hex.join(':');
+  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLength).join(':')}`;
+}
+
+/**
+ * Parses the text of /proc/net/tcp or /proc/net/tcp6 (the header line and
+ * malformed lines are skipped). Columns: sl local_address rem_address st
+ * tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...
+ */
+export function parseProcNetTcp(text: string, options: ParseProcNetTcpOptions = {}): ProcNetTcpEntry[] {
+  const littleEndian = options.littleEndian ?? HOST_IS_LE;
+  const entries: ProcNetTcpEntry[] = [];
+  for (const line of text.split('\n')) {
+    const fields = line.trim().split(/\s+/);
+    if (fields.length < 10 || !/^\d+:$/.test(fields[0]!)) continue;
+    const [addressHex, portHex] = fields[1]!.split(':');
+    const bytes = decodeAddressBytes(addressHex ?? '', littleEndian);
+    if (!bytes || !portHex || !/^[0-9A-Fa-f]{4}$/.test(portHex) || !/^[0-9A-Fa-f]{2}$/.test(fields[3]!)) continue;
+    const uid = Number(fields[7]);
+    const inode = Number(fields[9]);
+    if (!Number.isSafeInteger(uid) || !Number.isSafeInteger(inode)) continue;
+    entries.push({
+      address: bytes.length === 4 ? formatIpv4(bytes) : formatIpv6(bytes),
+      port: parseInt(portHex, 16),
+      state: parseInt(fields[3]!, 16),
+      uid,
+      inode,
+    });
+  }
+  return entries;
+}
+
+/** Where a remote forward's listener can be: loopback or the wildcard address, IPv4, IPv6 or v4-mapped. */
+export function isLoopbackOrAny(address: string): boolean {
+  const v4 = address.startsWith('::ffff:') && address.includes('.') ? address.slice('::ffff:'.length) : address;
+  return v4 === '0.0.0.0' || v4.startsWith('127.') || address === '::' || address === '::1';
+}
+
+/** Inodes of the LISTEN sockets on PORTS (loopback or wildcard address) among ENTRIES. */
+export function listenerInodes(entries: readonly ProcNetTcpEntry[], ports: ReadonlySet<number>): Set<number> {
+  const inodes = new Set<number>();
+  for (const e of entries) {
+    if (e.state === TCP_LISTEN && e.inode !== 0 && ports.has(e.port) && isLoopbackOrAny(e.address)) inodes.add(e.inode);
+  }
+  return inodes;
+}
+
+export interface ProcOptions {
+  /** Default /proc; tests may point elsewhere. */
+  readonly procRoot?: string;
+}
+
+function checkPorts(ports: readonly number[]): Set<number> {
+  for (const port of ports) {
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`not a TCP port: ${port}`);
+  }
+  return new Set(ports);
+}
+
+async function readIfPresent(path: string): Promise<string> {
+  try {
+    return await readFile(path, 'utf8');
+  } catch (err) {
+    // No tcp6 when IPv6 is disabled.
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
+    throw err;
+  }
+}
+
+async function socketInodesOf(procRoot: string, pid: number): Promise<number[]> {
+  const fdDir = join(procRoot, String(pid), 'fd');
+  let fds: string[];
+  try {
+    fds = await readdir(fdDir);
+  } catch {
+    return []; // exited meanwhile, or not ours to read
+  }
+  const inodes: number[] = [];
+  for (const fd of fds) {
+    const target = await readlink(join(fdDir, fd)).catch(() => '');
+    const m = /^socket:\[(\d+)\]$/.exec(target);
+    if (m) inodes.push(Number(m[1]));
+  }
+  return inodes;
+}
+
+/** Pids of the processes that hold a LISTEN socket on one of PORTS (loopback or wildcard), ascending. */
+export async function findListenerPids(ports: readonly number[], options: ProcOptions = {}): Promise<number[]> {
+  const procRoot = options.procRoot ?? '/proc';
+  const wanted = checkPorts(ports);
+  if (wanted.size === 0) return [];
+  const entries = [
+    ...parseProcNetTcp(await readIfPresent(join(procRoot, 'net', 'tcp'))),
+    ...parseProcNetTcp(await readIfPresent(join(procRoot, 'net', 'tcp6'))),
+  ];
+  const inodes = listenerInodes(entries, wanted);
+  if (inodes.size === 0) return [];
+  const pids: number[] = [];
+  for (const name of await readdir(procRoot)) {
+    if (!/^\d+$/.test(name)) continue;
+    const pid = Number(name);
+    if ((await socketInodesOf(procRoot, pid)).some((inode) => inodes.has(inode))) pids.push(pid);
+  }
+  return pids.sort((a, b) => a - b);
+}
+
+export interface KillSessionsOptions extends ProcOptions {
+  /** Default SIGTERM: sshd's child exits and its monitor closes the connection. */
+  readonly signal?: NodeJS.Signals;
+  /**
+   * /proc/<pid>/comm values that may be signalled. Default sshd (through
+   * OpenSSH 9.7) and sshd-session (9.8 and later run sessions in that
+   * binary). Anything else holding a pool port is not an sshd session, and
+   * killing it would be a bug elsewhere turned into an outage.
+   */
+  readonly commands?: readonly string[];
+}
+
+/**
+ * Signals the sshd session processes that listen on PORTS; returns the pids
+ * signalled. A process that is gone by then is not counted.
+ */
+export async function killSessionsHoldingPorts(ports: readonly number[], options: KillSessionsOptions = {}): Promise<number[]> {
+  const procRoot = options.procRoot ?? '/proc';
+  const commands = new Set(options.commands ?? ['sshd', 'sshd-session']);
+  const killed: number[] = [];
+  for (const pid of await findListenerPids(ports, options)) {
+    if (pid === 1 || pid === process.pid) continue;
+    const comm = (await readFile(join(procRoot, String(pid), 'comm'), 'utf8').catch(() => '')).trim();
+    if (!commands.has(comm)) continue;
+    try {
+      process.kill(pid, options.signal ?? 'SIGTERM');
+      killed.push(pid);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    }
+  }
+  return killed;
+}
