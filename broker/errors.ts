@@ -30,6 +30,8 @@ export const ERROR_STATUS = {
   CONFIG_INVALID: 500,
   DATA_DIR_EXISTS: 409,
   INTERNAL: 500,
+  /** The store could not take the request in time (saturated, or its file locked by another process). */
+  STORE_BUSY: 503,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

@@ -27,18 +27,20 @@ function fromRow(row: ApiKeyRow): ApiKeyRecord {
 }
 
 export async function insertApiKey(db: Db, k: NewApiKey): Promise<void> {
-  await db('api_keys').insert({
-    id: k.id,
-    name: k.name,
-    role: k.role,
-    key_hash: k.keyHash,
-    created_at: toMillis(k.createdAt),
-    created_by: k.createdBy,
-  });
+  await db.run(
+    db.qb('api_keys').insert({
+      id: k.id,
+      name: k.name,
+      role: k.role,
+      key_hash: k.keyHash,
+      created_at: toMillis(k.createdAt),
+      created_by: k.createdBy,
+    }),
+  );
 }
 
 export async function findApiKey(db: Db, id: string): Promise<ApiKeyRecord | null> {
-  const row = await db<ApiKeyRow>('api_keys').where({ id }).first();
+  const row = await db.first<ApiKeyRow>('SELECT * FROM api_keys WHERE id = ?', [id]);
   return row ? fromRow(row) : null;
 }
 
@@ -47,18 +49,19 @@ const TOUCH_RESOLUTION_MS = 60_000;
 
 export async function touchApiKey(db: Db, id: string, now: Date): Promise<void> {
   const ms = toMillis(now);
-  await db('api_keys')
-    .update({ last_used_at: ms })
-    .where({ id })
-    .where((w) => w.whereNull('last_used_at').orWhere('last_used_at', '<=', ms - TOUCH_RESOLUTION_MS));
+  await db.run('UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at <= ?)', [
+    ms,
+    id,
+    ms - TOUCH_RESOLUTION_MS,
+  ]);
 }
 
 export async function listApiKeys(db: Db): Promise<ApiKeyRecord[]> {
-  const rows = await db<ApiKeyRow>('api_keys').select('*').orderBy([{ column: 'created_at' }, { column: 'id' }]);
+  const rows = await db.all<ApiKeyRow>('SELECT * FROM api_keys ORDER BY created_at, id');
   return rows.map(fromRow);
 }
 
 export async function revokeApiKey(db: Db, id: string, now: Date): Promise<boolean> {
-  const changed = await db('api_keys').update({ revoked_at: toMillis(now) }).where({ id }).whereNull('revoked_at');
+  const changed = await db.run('UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL', [toMillis(now), id]);
   return changed === 1;
 }

@@ -26,22 +26,26 @@ function fromRow(row: AuditRow): AuditEvent {
   };
 }
 
+const INSERT_SQL = `
+  INSERT INTO audit_events (at, actor, action, target, remote_addr, outcome, details)
+  VALUES (?, ?, ?, ?, ?, ?, ?)`;
+
 export async function appendAudit(db: Db, e: NewAuditEvent): Promise<void> {
-  await db('audit_events').insert({
-    at: toMillis(e.at),
-    actor: e.actor,
-    action: e.action,
-    target: e.target,
-    remote_addr: e.remoteAddr,
-    outcome: e.outcome,
-    details: JSON.stringify(e.details ?? {}),
-  });
+  await db.run(INSERT_SQL, [
+    toMillis(e.at),
+    e.actor,
+    e.action,
+    e.target,
+    e.remoteAddr,
+    e.outcome,
+    JSON.stringify(e.details ?? {}),
+  ]);
 }
 
 export async function listAudit(db: Db, filter: AuditFilter): Promise<Page<AuditEvent>> {
   const limit = pageLimit(filter);
   // id is monotonic with insertion, so it alone orders and pages the log.
-  const q = db<AuditRow>('audit_events').select('*').orderBy('id', 'asc').limit(limit + 1);
+  const q = db.qb('audit_events').select('*').orderBy('id', 'asc').limit(limit + 1);
   if (filter.since !== undefined) q.where('at', '>=', toMillis(filter.since));
   if (filter.action !== undefined) q.where({ action: filter.action });
   if (filter.actor !== undefined) q.where({ actor: filter.actor });
@@ -49,7 +53,7 @@ export async function listAudit(db: Db, filter: AuditFilter): Promise<Page<Audit
     const [id] = decodeCursor(filter.cursor, ['number']);
     q.where('id', '>', id!);
   }
-  const rows = await q;
+  const rows = await db.all<AuditRow>(q);
   const items = rows.slice(0, limit).map(fromRow);
   const last = items[items.length - 1];
   return { items, nextCursor: rows.length > limit && last ? encodeCursor([last.id]) : null };
@@ -62,14 +66,13 @@ export async function listAudit(db: Db, filter: AuditFilter): Promise<Page<Audit
  * could be replayed once its nonce is pruned.
  */
 export async function insertNonce(db: Db, nonce: string, deviceId: string, expiresAt: Date): Promise<boolean> {
-  const rows = await db('renew_nonces')
-    .insert({ nonce, device_id: deviceId, expires_at: toMillis(expiresAt) })
-    .onConflict('nonce')
-    .ignore()
-    .returning('nonce');
-  return rows.length === 1;
+  const inserted = await db.first(
+    'INSERT INTO renew_nonces (nonce, device_id, expires_at) VALUES (?, ?, ?) ON CONFLICT (nonce) DO NOTHING RETURNING nonce',
+    [nonce, deviceId, toMillis(expiresAt)],
+  );
+  return inserted !== undefined;
 }
 
 export async function pruneNonces(db: Db, now: Date): Promise<number> {
-  return db('renew_nonces').where('expires_at', '<=', toMillis(now)).del();
+  return db.run('DELETE FROM renew_nonces WHERE expires_at <= ?', [toMillis(now)]);
 }

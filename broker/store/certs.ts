@@ -5,7 +5,7 @@
  * doubles (exact only up to 2^53).
  */
 import { BrokerError } from '../errors.js';
-import { bindUint64, rawRows, toDate, toDateOrNull, toMillis, type Db } from './db.js';
+import { bindUint64, toDate, toDateOrNull, toMillis, type Db } from './db.js';
 import type { CertificateRecord, NewCertificate } from './types.js';
 
 interface CertRow {
@@ -43,97 +43,83 @@ function fromRow(row: CertRow): CertificateRecord {
  * where SQLite would silently turn the sum into a REAL.
  */
 export async function nextSerial(db: Db): Promise<bigint> {
-  const rows = await rawRows<{ value: string }>(
-    db,
+  const row = await db.first<{ value: string }>(
     `UPDATE serial_counter SET value = value + 1
      WHERE id = 1 AND value < 9223372036854775807
      RETURNING CAST(value AS TEXT) AS value`,
-    [],
   );
-  if (!rows[0]) throw new BrokerError('INTERNAL', 'store: certificate serials exhausted');
-  return BigInt(rows[0].value);
+  if (!row) throw new BrokerError('INTERNAL', 'store: certificate serials exhausted');
+  return BigInt(row.value);
 }
 
 /** Same pattern; meta.value is TEXT so that meta can hold any setting. */
 export async function nextKrlVersion(db: Db): Promise<bigint> {
-  const rows = await rawRows<{ value: string }>(
-    db,
+  const row = await db.first<{ value: string }>(
     `UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT)
      WHERE key = ? RETURNING value`,
     ['krl_version'],
   );
-  if (!rows[0]) throw new BrokerError('INTERNAL', 'store: krl_version missing');
-  return BigInt(rows[0].value);
+  if (!row) throw new BrokerError('INTERNAL', 'store: krl_version missing');
+  return BigInt(row.value);
 }
+
+const INSERT_SQL = `
+  INSERT INTO certificates (serial, device_id, kind, key_fingerprint, key_id, principal, valid_after, valid_before, issued_at)
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`;
 
 export async function insertCertificate(db: Db, c: NewCertificate): Promise<void> {
-  await db('certificates').insert({
-    serial: bindUint64(c.serial),
-    device_id: c.deviceId,
-    kind: c.kind,
-    key_fingerprint: c.keyFingerprint,
-    key_id: c.keyId,
-    principal: c.principal,
-    valid_after: toMillis(c.validAfter),
-    valid_before: toMillis(c.validBefore),
-    issued_at: toMillis(c.issuedAt),
-  });
+  await db.run(INSERT_SQL, [
+    bindUint64(c.serial),
+    c.deviceId,
+    c.kind,
+    c.keyFingerprint,
+    c.keyId,
+    c.principal,
+    toMillis(c.validAfter),
+    toMillis(c.validBefore),
+    toMillis(c.issuedAt),
+  ]);
 }
 
-const CERT_COLUMNS = [
-  'device_id',
-  'kind',
-  'key_fingerprint',
-  'key_id',
-  'principal',
-  'valid_after',
-  'valid_before',
-  'issued_at',
-  'revoked_at',
-];
+const SELECT_CERT = `
+  SELECT CAST(serial AS TEXT) AS serial, device_id, kind, key_fingerprint, key_id, principal,
+         valid_after, valid_before, issued_at, revoked_at
+  FROM certificates`;
 
 export async function findCertificate(db: Db, serial: bigint): Promise<CertificateRecord | null> {
-  const row = (await db('certificates')
-    .select(db.raw('CAST(serial AS TEXT) AS serial'), ...CERT_COLUMNS)
-    .where('serial', bindUint64(serial))
-    .first()) as CertRow | undefined;
+  const row = await db.first<CertRow>(`${SELECT_CERT} WHERE serial = ?`, [bindUint64(serial)]);
   return row ? fromRow(row) : null;
 }
 
 /** Serials grow with issuance, so the highest serial is the latest certificate. */
 export async function latestCertificateOfDevice(db: Db, deviceId: string): Promise<CertificateRecord | null> {
-  const row = (await db('certificates')
-    .select(db.raw('CAST(serial AS TEXT) AS serial'), ...CERT_COLUMNS)
-    .where({ device_id: deviceId, kind: 'device' })
-    .orderBy('serial', 'desc')
-    .first()) as CertRow | undefined;
+  const row = await db.first<CertRow>(`${SELECT_CERT} WHERE device_id = ? AND kind = 'device' ORDER BY serial DESC LIMIT 1`, [deviceId]);
   return row ? fromRow(row) : null;
 }
 
 export async function revokeCertificatesOfDevice(db: Db, deviceId: string, now: Date): Promise<number> {
-  return db('certificates').update({ revoked_at: toMillis(now) }).where({ device_id: deviceId }).whereNull('revoked_at');
+  return db.run('UPDATE certificates SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL', [toMillis(now), deviceId]);
 }
 
 export async function listRevokedUnexpiredSerials(db: Db, now: Date): Promise<bigint[]> {
-  const rows = (await db('certificates')
-    .select(db.raw('CAST(serial AS TEXT) AS serial'))
-    .whereNotNull('revoked_at')
-    .where('valid_before', '>', toMillis(now))
-    .orderBy('serial', 'asc')) as { serial: string }[];
+  const rows = await db.all<{ serial: string }>(
+    'SELECT CAST(serial AS TEXT) AS serial FROM certificates WHERE revoked_at IS NOT NULL AND valid_before > ? ORDER BY serial',
+    [toMillis(now)],
+  );
   return rows.map((r) => BigInt(r.serial));
 }
 
 export async function listRevokedDeviceIds(db: Db): Promise<string[]> {
-  const rows = (await db('devices').select('id').where({ status: 'revoked' }).orderBy('id')) as { id: string }[];
+  const rows = await db.all<{ id: string }>(`SELECT id FROM devices WHERE status = 'revoked' ORDER BY id`);
   return rows.map((r) => r.id);
 }
 
 export async function isSerialRevoked(db: Db, serial: bigint): Promise<boolean> {
-  const row: unknown = await db('certificates').select('revoked_at').where('serial', bindUint64(serial)).whereNotNull('revoked_at').first();
+  const row = await db.first('SELECT 1 AS revoked FROM certificates WHERE serial = ? AND revoked_at IS NOT NULL', [bindUint64(serial)]);
   return row !== undefined;
 }
 
 /** Certificates expired before `expiredBefore` matter neither to the KRL nor to quarantine. */
 export async function pruneCertificates(db: Db, expiredBefore: Date): Promise<number> {
-  return db('certificates').where('valid_before', '<', toMillis(expiredBefore)).del();
+  return db.run('DELETE FROM certificates WHERE valid_before < ?', [toMillis(expiredBefore)]);
 }

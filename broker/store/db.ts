@@ -1,27 +1,46 @@
 /**
- * Helpers shared by the table modules: the connection type they run on,
- * conversions at the store boundary, keyset cursors, and driver-error
- * translation (knex prefixes driver messages with the SQL and its bindings,
- * so a driver error must never reach a caller as is).
+ * Helpers shared by the table modules: the Db they run on, conversions at
+ * the store boundary, keyset cursors, and driver-error translation (a driver
+ * error must never reach a caller as is: knex prefixes driver messages with
+ * the SQL and its bindings, and SQLite's name tables and columns).
  */
 import type { Knex } from 'knex';
 import { BrokerError, type ErrorCode } from '../errors.js';
 import type { PageRequest } from './types.js';
 
-/** The knex instance, or a transaction on it. */
-export type Db = Knex | Knex.Transaction;
+/** A compiled statement: SQL text with `?` placeholders and its bindings. */
+export type Binding = string | number | boolean | null;
 
-/** Runs fn in db's transaction if there is one, else in a new transaction. */
-export function atomically<T>(db: Db, fn: (trx: Knex.Transaction) => Promise<T>): Promise<T> {
-  return db.isTransaction ? fn(db as Knex.Transaction) : db.transaction(fn);
+/** Anything knex can compile: a query builder or a raw. */
+export interface Compilable {
+  toSQL(): { toNative(): { sql: string; bindings: readonly unknown[] } };
+}
+
+/**
+ * Where a table module's statements run: one connection, in or out of a
+ * transaction. knex compiles the queries (`qb` never executes anything);
+ * the store executes them itself on prepared statements, which is several
+ * times cheaper per statement than knex's runner (see sqlite-driver.ts).
+ */
+export interface Db {
+  /** A knex instance without a connection: a portable SQL compiler. */
+  readonly qb: Knex;
+  /** Rows of a query: a knex builder, or SQL text with `?` placeholders. */
+  all<T>(query: Compilable | string, bindings?: readonly Binding[]): Promise<T[]>;
+  /** The first row, or undefined. */
+  first<T>(query: Compilable | string, bindings?: readonly Binding[]): Promise<T | undefined>;
+  /** How many rows an INSERT, UPDATE or DELETE changed. */
+  run(query: Compilable | string, bindings?: readonly Binding[]): Promise<number>;
+  /** Runs fn atomically: in the current transaction, else in a new one. */
+  atomically<T>(fn: (db: Db) => Promise<T>): Promise<T>;
 }
 
 /**
  * Rows of a raw statement. knex.raw returns the driver's own result: an
- * array of rows for SQLite, `{ rows }` for PostgreSQL.
+ * array of rows for SQLite, `{ rows }` for PostgreSQL. Used by openStore's
+ * checks, which run through knex.
  */
-export async function rawRows<T>(db: Db, sql: string, bindings: readonly Knex.RawBinding[]): Promise<T[]> {
-  const result: unknown = await db.raw(sql, bindings);
+export function rawRows<T>(result: unknown): T[] {
   if (Array.isArray(result)) return result as T[];
   return ((result as { rows?: T[] } | null)?.rows ?? []) as T[];
 }
@@ -176,6 +195,8 @@ export function mapUnique(err: unknown, column: string, code: ErrorCode, message
 export function toStoreError(err: unknown, operation: string): BrokerError {
   if (err instanceof BrokerError) return err;
   const { code } = errorProps(err);
+  // Another process held the file's lock for longer than busy_timeout.
+  if (code === 'SQLITE_BUSY') return new BrokerError('STORE_BUSY', `store: ${operation} timed out on the database lock`);
   const violation = constraintViolation(err);
   const detail = [typeof code === 'string' ? code : 'unknown', violation ? `${violation.kind} ${violation.columns.join(',')}` : '']
     .join(' ')

@@ -80,37 +80,42 @@ function mapDeviceConflict(err: unknown): never {
   throw err;
 }
 
+const INSERT_SQL = `
+  INSERT INTO devices (id, name, hardware_serial, public_key, key_fingerprint, labels, token_id, created_at, status, online)
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?)`;
+
 export async function insertDevice(db: Db, d: NewDevice): Promise<void> {
   try {
-    await db('devices').insert({
-      id: d.id,
-      name: d.name,
-      hardware_serial: d.hardwareSerial,
-      public_key: d.publicKey,
-      key_fingerprint: d.keyFingerprint,
-      labels: JSON.stringify(d.labels),
-      token_id: d.tokenId,
-      created_at: toMillis(d.createdAt),
-      status: 'active',
-      online: false,
-    });
+    await db.run(INSERT_SQL, [
+      d.id,
+      d.name,
+      d.hardwareSerial,
+      d.publicKey,
+      d.keyFingerprint,
+      JSON.stringify(d.labels),
+      d.tokenId,
+      toMillis(d.createdAt),
+      false,
+    ]);
   } catch (err) {
     mapDeviceConflict(err);
   }
 }
 
-async function findBy(db: Db, where: Partial<DeviceRow>): Promise<DeviceRecord | null> {
-  const row = await db<DeviceRow>('devices').where(where).first();
+// Fixed SQL text per lookup column (never built from input).
+async function findBy(db: Db, column: 'id' | 'name' | 'key_fingerprint', value: string): Promise<DeviceRecord | null> {
+  const row = await db.first<DeviceRow>(`SELECT * FROM devices WHERE ${column} = ?`, [value]);
   return row ? fromRow(row) : null;
 }
 
-export const findDevice = (db: Db, id: string) => findBy(db, { id });
-export const findDeviceByName = (db: Db, name: string) => findBy(db, { name });
-export const findDeviceByFingerprint = (db: Db, fingerprint: string) => findBy(db, { key_fingerprint: fingerprint });
+export const findDevice = (db: Db, id: string) => findBy(db, 'id', id);
+export const findDeviceByName = (db: Db, name: string) => findBy(db, 'name', name);
+export const findDeviceByFingerprint = (db: Db, fingerprint: string) => findBy(db, 'key_fingerprint', fingerprint);
 
 export async function listDevices(db: Db, filter: DeviceFilter): Promise<Page<DeviceRecord>> {
   const limit = pageLimit(filter);
-  const q = db<DeviceRow>('devices')
+  const q = db
+    .qb('devices')
     .select('*')
     .orderBy([
       { column: 'created_at', order: 'asc' },
@@ -135,7 +140,7 @@ export async function listDevices(db: Db, filter: DeviceFilter): Promise<Page<De
     const [createdAt, id] = decodeCursor(filter.cursor, ['number', 'string']);
     q.where((w) => w.where('created_at', '>', createdAt!).orWhere((w2) => w2.where('created_at', createdAt!).where('id', '>', id!)));
   }
-  const rows = await q;
+  const rows = await db.all<DeviceRow>(q);
   const items = rows.slice(0, limit).map(fromRow);
   const last = items[items.length - 1];
   return {
@@ -145,17 +150,17 @@ export async function listDevices(db: Db, filter: DeviceFilter): Promise<Page<De
 }
 
 export async function markDeviceRevoked(db: Db, id: string, by: string, reason: string | null, now: Date): Promise<boolean> {
-  const changed = await db('devices')
-    .update({ status: 'revoked', revoked_at: toMillis(now), revoked_by: by, revoke_reason: reason })
-    .where({ id, status: 'active' });
+  const changed = await db.run(
+    db.qb('devices').update({ status: 'revoked', revoked_at: toMillis(now), revoked_by: by, revoke_reason: reason }).where({ id, status: 'active' }),
+  );
   return changed === 1;
 }
 
 export async function updateDeviceKey(db: Db, id: string, publicKey: string, fingerprint: string): Promise<boolean> {
   try {
-    const changed = await db('devices')
-      .update({ public_key: publicKey, key_fingerprint: fingerprint })
-      .where({ id, status: 'active' });
+    const changed = await db.run(
+      db.qb('devices').update({ public_key: publicKey, key_fingerprint: fingerprint }).where({ id, status: 'active' }),
+    );
     return changed === 1;
   } catch (err) {
     mapDeviceConflict(err);
@@ -163,24 +168,26 @@ export async function updateDeviceKey(db: Db, id: string, publicKey: string, fin
 }
 
 export async function setDeviceOnline(db: Db, id: string, p: DevicePresence): Promise<void> {
-  await db('devices')
-    .update({
-      online: p.online,
-      connected_since: toMillisOrNull(p.since),
-      remote_addr: p.remoteAddr,
-      last_seen_at: toMillis(p.lastSeen),
-    })
-    .where({ id });
+  await db.run(
+    db
+      .qb('devices')
+      .update({
+        online: p.online,
+        connected_since: toMillisOrNull(p.since),
+        remote_addr: p.remoteAddr,
+        last_seen_at: toMillis(p.lastSeen),
+      })
+      .where({ id }),
+  );
 }
 
 export async function countDevicesByStatus(db: Db): Promise<DeviceCounts> {
   // One pass; SUM(CASE ...) is portable where FILTER (WHERE ...) is not everywhere.
-  const row = (await db('devices')
-    .select(
-      db.raw(`COALESCE(SUM(CASE WHEN status = 'active' THEN 1 ELSE 0 END), 0) AS active`),
-      db.raw(`COALESCE(SUM(CASE WHEN status = 'revoked' THEN 1 ELSE 0 END), 0) AS revoked`),
-      db.raw(`COALESCE(SUM(CASE WHEN online THEN 1 ELSE 0 END), 0) AS online`),
-    )
-    .first()) as { active: number | string; revoked: number | string; online: number | string } | undefined;
+  const row = await db.first<{ active: number | string; revoked: number | string; online: number | string }>(
+    `SELECT COALESCE(SUM(CASE WHEN status = 'active' THEN 1 ELSE 0 END), 0) AS active,
+            COALESCE(SUM(CASE WHEN status = 'revoked' THEN 1 ELSE 0 END), 0) AS revoked,
+            COALESCE(SUM(CASE WHEN online THEN 1 ELSE 0 END), 0) AS online
+     FROM devices`,
+  );
   return { active: Number(row?.active ?? 0), revoked: Number(row?.revoked ?? 0), online: Number(row?.online ?? 0) };
 }

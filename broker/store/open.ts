@@ -1,46 +1,44 @@
 /**
- * openStore: the SQLite connection, its pragmas, migrations, and the Store
- * object binding every table module to a connection or a transaction.
+ * openStore: the SQLite connection, its pragmas, migrations, transactions,
+ * and the Store object binding every table module to a connection.
  *
  * One connection, on purpose. SQLite allows one writer at a time; with more
  * connections, concurrent transactions would wait on the file lock with
- * busy_timeout's sleep-and-retry (and a deferred BEGIN that reads before it
- * writes can fail with SQLITE_BUSY instead of waiting). With one connection,
- * knex's pool queues transactions in memory, FIFO, without ever touching the
- * lock: no BUSY, no deadlock, and measurably higher throughput (see
- * scripts/bench/store-bench.ts). busy_timeout still matters for other
- * processes (a read-only CLI, a backup) sharing the file.
+ * busy_timeout's sleep-and-retry. With one connection, knex's pool queues
+ * transactions in memory, FIFO, without ever touching the lock: no BUSY, no
+ * deadlock, and the best throughput measured (scripts/bench/store-bench.ts).
+ * busy_timeout still matters for other processes (a read-only CLI, a
+ * backup) sharing the file.
+ *
+ * The flip side: a Store method awaited inside `store.transaction` waits for
+ * the connection that transaction holds, until ACQUIRE_TIMEOUT_MS, then fails
+ * STORE_BUSY. Use the `tx` the callback receives.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { access } from 'node:fs/promises';
 import knex, { type Knex } from 'knex';
 import { BrokerError } from '../errors.js';
 import * as apiKeys from './api-keys.js';
 import * as audit from './audit.js';
 import * as certs from './certs.js';
-import { toStoreError, type Db } from './db.js';
+import { rawRows, toStoreError, type Binding, type Compilable, type Db } from './db.js';
 import * as devices from './devices.js';
 import { MIGRATIONS, migrationSource } from './migrations/index.js';
 import * as ports from './ports.js';
-import { CachingSqliteClient } from './sqlite-client.js';
+import { queryAll, queryRun, StatementCachingSqliteClient, type SqliteConnection } from './sqlite-driver.js';
 import * as tokens from './tokens.js';
 import type { OpenStoreOptions, Store, StoreTx } from './types.js';
 
 const BUSY_TIMEOUT_MS = 5000;
-/** How long a call may queue for the connection before failing. */
-const ACQUIRE_TIMEOUT_MS = 30_000;
+/** How long a call may queue for the connection before failing STORE_BUSY. */
+const ACQUIRE_TIMEOUT_MS = 10_000;
 const MIGRATIONS_TABLE = 'knex_migrations';
-
-interface SqliteConnection {
-  exec(sql: string, cb: (err: Error | null) => void): void;
-}
 
 /**
  * Per-connection settings (SQLite-specific; PostgreSQL needs none of them):
  * - journal_mode=WAL: readers never block the writer; persistent in the file;
- * - synchronous=NORMAL: in WAL mode a commit is durable against a process
- *   kill and the database stays consistent on power loss (the last commits
- *   may roll back), at a fraction of FULL's fsyncs;
+ * - synchronous=NORMAL: in WAL mode a commit survives a process kill and the
+ *   database stays consistent on power loss (the last commits may roll
+ *   back), at a fraction of FULL's fsyncs;
  * - foreign_keys=ON: off by default in SQLite, per connection;
  * - query_only for read-only stores, as a second lock besides mode=ro.
  */
@@ -54,20 +52,98 @@ function readonlyUri(filename: string): string {
   return `file:${filename.replace(/[%?#]/g, (c) => `%${c.charCodeAt(0).toString(16)}`)}?mode=ro`;
 }
 
-type Op<A extends unknown[], R> = (db: Db, ...args: A) => Promise<R>;
+function compile(query: Compilable | string, bindings: readonly Binding[] = []): { sql: string; bindings: readonly unknown[] } {
+  // SQL text is written with `?` placeholders, SQLite's own; a PostgreSQL
+  // executor would take it through knex.raw(...).toSQL().toNative().
+  return typeof query === 'string' ? { sql: query, bindings } : query.toSQL().toNative();
+}
 
-/** Binds every operation to db; errors leave as BrokerError only. */
-function bindOps(db: Db, guard: () => void): StoreTx {
+interface Session {
+  qb: Knex;
+  /**
+   * BEGIN IMMEDIATE takes the write lock up front, so that a transaction
+   * never fails half-way with SQLITE_BUSY_SNAPSHOT because another process
+   * wrote in between (it waits busy_timeout at BEGIN instead). Within this
+   * process transactions are serialized by the pool anyway. A read-only
+   * store cannot take the write lock: plain BEGIN.
+   */
+  begin: string;
+}
+
+/** Runs fn in a transaction on connection; rolls back (and rethrows) if fn throws. */
+async function inTransaction<T>(session: Session, connection: SqliteConnection, fn: (db: Db) => Promise<T>): Promise<T> {
+  try {
+    await queryRun(connection, session.begin, []);
+  } catch (err) {
+    throw toStoreError(err, 'begin');
+  }
+  const lease = { open: true };
+  let result: T;
+  try {
+    result = await fn(connectionDb(session, connection, lease, true));
+  } catch (err) {
+    lease.open = false;
+    await rollback(connection);
+    throw err;
+  }
+  lease.open = false;
+  try {
+    await queryRun(connection, 'COMMIT', []);
+  } catch (err) {
+    await rollback(connection);
+    throw toStoreError(err, 'commit');
+  }
+  return result;
+}
+
+async function rollback(connection: SqliteConnection): Promise<void> {
+  try {
+    await queryRun(connection, 'ROLLBACK', []);
+  } catch (err) {
+    // SQLite may already have rolled back (e.g. SQLITE_FULL); if not, the
+    // connection is in an unknown state: have the pool replace it.
+    if (!/no transaction is active/.test(String((err as Error).message))) connection.__knex__disposed = err;
+  }
+}
+
+/**
+ * A Db on a connection for as long as `lease.open`: a statement issued
+ * later (a tx kept past its transaction) would otherwise run on whatever
+ * the connection does next, e.g. someone else's transaction.
+ */
+function connectionDb(session: Session, connection: SqliteConnection, lease: { open: boolean }, transactional: boolean): Db {
+  const compileOnLease = (query: Compilable | string, bindings?: readonly Binding[]) => {
+    if (!lease.open) throw new BrokerError('INTERNAL', 'store: statement issued after its transaction or call ended');
+    return compile(query, bindings);
+  };
+  const db: Db = {
+    qb: session.qb,
+    all: async (query, bindings) => {
+      const c = compileOnLease(query, bindings);
+      return queryAll(connection, c.sql, c.bindings);
+    },
+    first: async (query, bindings) => {
+      const c = compileOnLease(query, bindings);
+      return (await queryAll<never>(connection, c.sql, c.bindings))[0];
+    },
+    run: async (query, bindings) => {
+      const c = compileOnLease(query, bindings);
+      return queryRun(connection, c.sql, c.bindings);
+    },
+    atomically: (fn) => (transactional ? fn(db) : inTransaction(session, connection, fn)),
+  };
+  return db;
+}
+
+/** How a bound operation gets its Db: a fresh connection per call, or the transaction's. */
+type WithDb = <R>(operation: string, body: (db: Db) => Promise<R>) => Promise<R>;
+
+/** Binds every operation; errors leave as BrokerError only. */
+function bindOps(withDb: WithDb): StoreTx {
   const op =
-    <A extends unknown[], R>(name: string, fn: Op<A, R>) =>
-    async (...args: A): Promise<R> => {
-      guard();
-      try {
-        return await fn(db, ...args);
-      } catch (err) {
-        throw toStoreError(err, name);
-      }
-    };
+    <A extends unknown[], R>(name: string, fn: (db: Db, ...args: A) => Promise<R>) =>
+    (...args: A): Promise<R> =>
+      withDb(name, (db) => fn(db, ...args));
   return {
     insertTokens: op('insertTokens', tokens.insertTokens),
     redeemToken: op('redeemToken', tokens.redeemToken),
@@ -126,23 +202,29 @@ async function checkSchemaCurrent(db: Knex): Promise<void> {
   }
 }
 
+function isAcquireTimeout(err: unknown): boolean {
+  return (err as { name?: unknown } | null)?.name === 'KnexTimeoutError';
+}
+
 export async function openStore(options: OpenStoreOptions): Promise<Store> {
   const readonly = options.readonly ?? false;
-  const connections = options.connections ?? 1;
   if (readonly) {
     // mode=ro never creates a file, but say so clearly rather than SQLITE_CANTOPEN.
     await access(options.filename).catch(() => {
       throw new BrokerError('CONFIG_INVALID', 'store file does not exist');
     });
   }
-  const db = knex({
-    client: CachingSqliteClient as unknown as typeof Knex.Client,
+  const pool = knex({
+    client: StatementCachingSqliteClient as unknown as typeof Knex.Client,
     connection: readonly ? { filename: readonlyUri(options.filename), flags: ['OPEN_URI'] } : { filename: options.filename },
     useNullAsDefault: true,
-    acquireConnectionTimeout: ACQUIRE_TIMEOUT_MS,
+    // Every failure reaches the caller as a BrokerError; knex would also
+    // print some (e.g. acquire timeouts) to the console.
+    log: { error: () => {}, debug: () => {} },
+    acquireConnectionTimeout: options.acquireTimeoutMs ?? ACQUIRE_TIMEOUT_MS,
     pool: {
       min: 1,
-      max: connections,
+      max: options.connections ?? 1,
       afterCreate: (conn: SqliteConnection, done: (err: Error | null, conn: SqliteConnection) => void) => {
         conn.exec(pragmas(readonly), (err) => done(err, conn));
       },
@@ -151,58 +233,68 @@ export async function openStore(options: OpenStoreOptions): Promise<Store> {
 
   try {
     if (readonly) {
-      await checkSchemaCurrent(db);
+      await checkSchemaCurrent(pool);
     } else {
-      const mode = ((await db.raw('PRAGMA journal_mode')) as { journal_mode: string }[])[0]?.journal_mode;
+      const mode = rawRows<{ journal_mode: string }>(await pool.raw('PRAGMA journal_mode'))[0]?.journal_mode;
       if (mode !== 'wal' && options.filename !== ':memory:') {
         throw new BrokerError('CONFIG_INVALID', `store could not enable WAL (journal_mode=${String(mode)})`);
       }
-      await db.migrate.latest({ migrationSource, tableName: MIGRATIONS_TABLE });
+      await pool.migrate.latest({ migrationSource, tableName: MIGRATIONS_TABLE });
     }
   } catch (err) {
-    await db.destroy();
+    await pool.destroy();
     throw toStoreError(err, 'open');
   }
 
-  // The transaction (if any) the current async call chain runs in. A Store
-  // method called there would queue behind the connection that transaction
-  // holds until ACQUIRE_TIMEOUT_MS: refuse it at once instead.
-  const current = new AsyncLocalStorage<Knex.Transaction>();
-  const refuseInsideTransaction = (): void => {
-    const trx = current.getStore();
-    if (trx && !trx.isCompleted()) {
-      throw new BrokerError('INTERNAL', 'store: Store method called inside a transaction; use its tx');
+  // A connection-less knex: compiles queries, can never execute one.
+  const session: Session = { qb: knex({ client: 'sqlite3', useNullAsDefault: true }), begin: readonly ? 'BEGIN' : 'BEGIN IMMEDIATE' };
+
+  async function withConnection<R>(operation: string, body: (connection: SqliteConnection) => Promise<R>): Promise<R> {
+    let connection: SqliteConnection;
+    try {
+      connection = (await pool.client.acquireConnection()) as SqliteConnection;
+    } catch (err) {
+      if (isAcquireTimeout(err)) {
+        throw new BrokerError('STORE_BUSY', 'store: timed out waiting for the connection (saturated, or a Store method awaited inside a transaction)');
+      }
+      throw toStoreError(err, operation);
+    }
+    try {
+      return await body(connection);
+    } finally {
+      await pool.client.releaseConnection(connection);
+    }
+  }
+
+  const mapErrors = async <R>(operation: string, body: () => Promise<R>): Promise<R> => {
+    try {
+      return await body();
+    } catch (err) {
+      throw toStoreError(err, operation);
     }
   };
-  const noGuard = (): void => {};
 
   return {
-    ...bindOps(db, refuseInsideTransaction),
+    ...bindOps((operation, body) =>
+      withConnection(operation, async (connection) => {
+        const lease = { open: true };
+        try {
+          return await mapErrors(operation, () => body(connectionDb(session, connection, lease, false)));
+        } finally {
+          lease.open = false;
+        }
+      }),
+    ),
 
-    async transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
-      refuseInsideTransaction();
-      // Errors thrown by fn go back to the caller unchanged; anything else
-      // (BEGIN, COMMIT, the pool) is a driver error and gets translated.
-      let thrown: { err: unknown } | undefined;
-      try {
-        return await db.transaction((trx) =>
-          current.run(trx, async () => {
-            try {
-              return await fn(bindOps(trx, noGuard));
-            } catch (err) {
-              thrown = { err };
-              throw err;
-            }
-          }),
-        );
-      } catch (err) {
-        if (thrown && thrown.err === err) throw err;
-        throw toStoreError(err, 'transaction');
-      }
+    transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+      // fn's own errors go back unchanged; BEGIN/COMMIT failures are translated.
+      return withConnection('transaction', (connection) =>
+        inTransaction(session, connection, (db) => fn(bindOps((operation, body) => mapErrors(operation, () => body(db))))),
+      );
     },
 
     async close(): Promise<void> {
-      await db.destroy();
+      await Promise.all([pool.destroy(), session.qb.destroy()]);
     },
   };
 }

@@ -5,7 +5,7 @@
  * callers do; allocation itself is a single upsert statement.
  */
 import { BrokerError } from '../errors.js';
-import { atomically, constraintViolation, isUniqueViolation, rawRows, toMillis, type Db } from './db.js';
+import { constraintViolation, isUniqueViolation, toMillis, type Db } from './db.js';
 import type { PortBlock, PortPool, PortPoolUsage } from './types.js';
 
 interface BlockRow {
@@ -44,7 +44,8 @@ const ALLOCATE_SQL = `
           (SELECT last_port FROM port_blocks
            WHERE first_port >= ? AND first_port <= ?
            ORDER BY first_port DESC LIMIT 1) + 1,
-          ?) AS first_port) AS c
+          ?) AS first_port
+        LIMIT 1) AS c -- LIMIT keeps SQLite from inlining c, which would run the subqueries twice
   WHERE c.first_port + ? - 1 <= ?
   ON CONFLICT (first_port) DO UPDATE
     SET device_id = excluded.device_id, released_at = NULL, quarantine_until = NULL
@@ -55,7 +56,7 @@ const ALLOCATE_ATTEMPTS = 3;
 async function takeBlock(db: Db, deviceId: string, p: PortPool, now: number): Promise<PortBlock | null> {
   const { poolFirst, poolLast, size } = p;
   for (let attempt = 0; attempt < ALLOCATE_ATTEMPTS; attempt++) {
-    const rows = await rawRows<BlockRow>(db, ALLOCATE_SQL, [
+    const row = await db.first<BlockRow>(ALLOCATE_SQL, [
       size, deviceId,
       now, poolFirst, poolLast, size - 1,
       poolFirst, poolLast,
@@ -63,7 +64,7 @@ async function takeBlock(db: Db, deviceId: string, p: PortPool, now: number): Pr
       size, poolLast,
       now,
     ]);
-    if (rows[0]) return toBlock(rows[0]);
+    if (row) return toBlock(row);
   }
   return null;
 }
@@ -71,7 +72,7 @@ async function takeBlock(db: Db, deviceId: string, p: PortPool, now: number): Pr
 export async function allocatePortBlock(db: Db, deviceId: string, opts: PortPool & { now: Date }): Promise<PortBlock> {
   checkPool(opts);
   const now = toMillis(opts.now);
-  return atomically(db, async (trx) => {
+  return db.atomically(async (trx) => {
     let block: PortBlock | null;
     try {
       block = await takeBlock(trx, deviceId, opts, now);
@@ -83,7 +84,7 @@ export async function allocatePortBlock(db: Db, deviceId: string, opts: PortPool
       throw err;
     }
     if (!block) throw new BrokerError('PORT_POOL_EXHAUSTED', 'no free port block');
-    await trx('devices').update({ port_first: block.first, port_last: block.last }).where({ id: deviceId });
+    await trx.run('UPDATE devices SET port_first = ?, port_last = ? WHERE id = ?', [block.first, block.last, deviceId]);
     return block;
   });
 }
@@ -93,27 +94,24 @@ export async function releasePortBlock(db: Db, deviceId: string, opts: { quarant
   // max(until, latest valid_before) as CASE: MAX(a, b) is SQLite-only and
   // GREATEST is not in SQLite.
   const latest = '(SELECT MAX(valid_before) FROM certificates WHERE device_id = ?)';
-  const changed = await db('port_blocks')
-    .update({
-      released_at: toMillis(opts.now),
-      quarantine_until: db.raw(`CASE WHEN COALESCE(${latest}, 0) > ? THEN ${latest} ELSE ? END`, [deviceId, until, deviceId, until]),
-    })
-    .where({ device_id: deviceId })
-    .whereNull('released_at');
+  const changed = await db.run(
+    `UPDATE port_blocks
+     SET released_at = ?, quarantine_until = CASE WHEN COALESCE(${latest}, 0) > ? THEN ${latest} ELSE ? END
+     WHERE device_id = ? AND released_at IS NULL`,
+    [toMillis(opts.now), deviceId, until, deviceId, until, deviceId],
+  );
   return changed === 1;
 }
 
 export async function portPoolUsage(db: Db, opts: PortPool & { now: Date }): Promise<PortPoolUsage> {
   checkPool(opts);
   const now = toMillis(opts.now);
-  const row = (await db('port_blocks')
-    .select(
-      db.raw('COALESCE(SUM(CASE WHEN released_at IS NULL THEN 1 ELSE 0 END), 0) AS allocated'),
-      db.raw('COALESCE(SUM(CASE WHEN released_at IS NOT NULL AND quarantine_until > ? THEN 1 ELSE 0 END), 0) AS quarantined', [now]),
-    )
-    .where('first_port', '>=', opts.poolFirst)
-    .where('last_port', '<=', opts.poolLast)
-    .first()) as { allocated: number | string; quarantined: number | string } | undefined;
+  const row = await db.first<{ allocated: number | string; quarantined: number | string }>(
+    `SELECT COALESCE(SUM(CASE WHEN released_at IS NULL THEN 1 ELSE 0 END), 0) AS allocated,
+            COALESCE(SUM(CASE WHEN released_at IS NOT NULL AND quarantine_until > ? THEN 1 ELSE 0 END), 0) AS quarantined
+     FROM port_blocks WHERE first_port >= ? AND last_port <= ?`,
+    [now, opts.poolFirst, opts.poolLast],
+  );
   const total = Math.floor((opts.poolLast - opts.poolFirst + 1) / opts.size);
   const allocated = Number(row?.allocated ?? 0);
   const quarantined = Number(row?.quarantined ?? 0);

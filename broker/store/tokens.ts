@@ -1,6 +1,5 @@
 /** enrollment_tokens: single-use, expiring, stored only as a hash. */
 import {
-  atomically,
   decodeCursor,
   encodeCursor,
   pageLimit,
@@ -68,34 +67,33 @@ export async function insertTokens(db: Db, rows: readonly NewToken[]): Promise<v
     created_by: r.createdBy,
     expires_at: toMillis(r.expiresAt),
   }));
-  await atomically(db, async (trx) => {
+  await db.atomically(async (trx) => {
     for (let i = 0; i < values.length; i += INSERT_CHUNK) {
-      await trx('enrollment_tokens').insert(values.slice(i, i + INSERT_CHUNK));
+      await trx.run(trx.qb('enrollment_tokens').insert(values.slice(i, i + INSERT_CHUNK)));
     }
   });
 }
 
 /** A compare-and-swap: one conditional UPDATE, never read-then-write. */
+const REDEEM_SQL = `
+  UPDATE enrollment_tokens SET used_at = ?, used_by_device = ?
+  WHERE token_hash = ? AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?`;
+
 export async function redeemToken(db: Db, tokenHash: string, deviceId: string, now: Date): Promise<boolean> {
   const ms = toMillis(now);
-  const changed = await db('enrollment_tokens')
-    .update({ used_at: ms, used_by_device: deviceId })
-    .where({ token_hash: tokenHash })
-    .whereNull('used_at')
-    .whereNull('revoked_at')
-    .where('expires_at', '>', ms);
-  return changed === 1;
+  return (await db.run(REDEEM_SQL, [ms, deviceId, tokenHash, ms])) === 1;
 }
 
 export async function findTokenByHash(db: Db, tokenHash: string): Promise<TokenRecord | null> {
-  const row = await db<TokenRow>('enrollment_tokens').where({ token_hash: tokenHash }).first();
+  const row = await db.first<TokenRow>('SELECT * FROM enrollment_tokens WHERE token_hash = ?', [tokenHash]);
   return row ? fromRow(row) : null;
 }
 
 export async function listTokens(db: Db, filter: TokenFilter): Promise<Page<TokenRecord>> {
   const limit = pageLimit(filter);
   const now = toMillis(filter.now);
-  const q = db<TokenRow>('enrollment_tokens')
+  const q = db
+    .qb('enrollment_tokens')
     .select('*')
     .orderBy([
       { column: 'created_at', order: 'asc' },
@@ -123,7 +121,7 @@ export async function listTokens(db: Db, filter: TokenFilter): Promise<Page<Toke
     const [createdAt, id] = decodeCursor(filter.cursor, ['number', 'string']);
     q.where((w) => w.where('created_at', '>', createdAt!).orWhere((w2) => w2.where('created_at', createdAt!).where('id', '>', id!)));
   }
-  const rows = await q;
+  const rows = await db.all<TokenRow>(q);
   const items = rows.slice(0, limit).map(fromRow);
   const last = items[items.length - 1];
   return {
@@ -133,21 +131,20 @@ export async function listTokens(db: Db, filter: TokenFilter): Promise<Page<Toke
 }
 
 export async function revokeTokens(db: Db, which: TokenSelector, by: string, now: Date): Promise<number> {
-  const q = db('enrollment_tokens')
+  const q = db
+    .qb('enrollment_tokens')
     .update({ revoked_at: toMillisOrNull(now), revoked_by: by })
     .whereNull('used_at')
     .whereNull('revoked_at');
   if ('id' in which) q.where({ id: which.id });
   else q.where({ batch: which.batch });
-  return q;
+  return db.run(q);
 }
 
 export async function countActiveTokens(db: Db, now: Date): Promise<number> {
-  const row = (await db('enrollment_tokens')
-    .count({ n: '*' })
-    .whereNull('used_at')
-    .whereNull('revoked_at')
-    .where('expires_at', '>', toMillis(now))
-    .first()) as { n: number | string } | undefined;
+  const row = await db.first<{ n: number | string }>(
+    'SELECT COUNT(*) AS n FROM enrollment_tokens WHERE used_at IS NULL AND revoked_at IS NULL AND expires_at > ?',
+    [toMillis(now)],
+  );
   return Number(row?.n ?? 0);
 }

@@ -201,7 +201,7 @@ export interface AuditFilter extends PageRequest {
  * Every operation, usable inside `Store.transaction` (through the `tx` it
  * passes) or directly on `Store` (each call is then atomic on its own).
  * Driver errors never escape: a caller sees BrokerError with a stable code
- * (KEY_ALREADY_ENROLLED, NAME_TAKEN, PORT_POOL_EXHAUSTED, …) or INTERNAL,
+ * (KEY_ALREADY_ENROLLED, NAME_TAKEN, PORT_POOL_EXHAUSTED, STORE_BUSY, …) or INTERNAL,
  * and messages carry no SQL.
  */
 export interface StoreTx {
@@ -298,10 +298,12 @@ export interface StoreTx {
 export interface Store extends StoreTx {
   /**
    * Runs fn atomically: commits when it resolves, rolls back when it throws
-   * (rethrowing its error). Transactions are serialized. Inside fn use only
-   * `tx`: calling `store` methods there throws INTERNAL instead of waiting
-   * for the connection the transaction holds. Keep fn short and free of
-   * network I/O; every other store call waits for it.
+   * (rethrowing its error). Transactions are serialized, and every other
+   * store call waits for the running one: keep fn short and free of network
+   * I/O. Inside fn use only `tx`: a `store` method awaited there waits for
+   * the connection the transaction holds, and fails STORE_BUSY after the
+   * acquire timeout. Independent `tx` calls may be issued together
+   * (Promise.all); they run one after the other, in no promised order.
    */
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
   close(): Promise<void>;
@@ -320,4 +322,6 @@ export interface OpenStoreOptions {
    * writer; see broker/store/open.ts). Other values exist for measurement.
    */
   connections?: number;
+  /** How long a call may wait for the connection before failing STORE_BUSY; default 10 s. */
+  acquireTimeoutMs?: number;
 }

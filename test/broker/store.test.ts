@@ -1,5 +1,6 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -75,6 +76,8 @@ test('ok/migrations run once; re-open keeps data; read-only open refuses writes'
   await withStore(async (store, file) => {
     await store.insertTokens([token({ id: 'tok_keep' })]);
     await store.close();
+    // a clean close (cached statements finalized) checkpoints and removes the WAL
+    t.false(existsSync(`${file}-wal`));
     const again = await openStore({ filename: file });
     await again.close();
     t.deepEqual(await sql(file, 'SELECT name FROM knex_migrations'), [{ name: '001-initial' }]);
@@ -213,11 +216,21 @@ test('fail/a throwing transaction rolls back everything', async (t) => {
   });
 });
 
-test('fail/Store method inside a transaction is refused at once', async (t) => {
-  await withStore(async (store) => {
-    const err = await t.throwsAsync(store.transaction(() => store.countDevicesByStatus()));
-    t.true(isBrokerError(err, 'INTERNAL'));
-    t.deepEqual(await store.countDevicesByStatus(), { active: 0, revoked: 0, online: 0 }); // still usable after
+test('fail/Store method awaited inside a transaction: STORE_BUSY; a tx kept past its transaction: INTERNAL', async (t) => {
+  await withStore(async (_store, file) => {
+    const store = await openStore({ filename: file, acquireTimeoutMs: 200 });
+    try {
+      const err = await t.throwsAsync(store.transaction(() => store.countDevicesByStatus()));
+      t.true(isBrokerError(err, 'STORE_BUSY'));
+      t.deepEqual(await store.countDevicesByStatus(), { active: 0, revoked: 0, online: 0 });
+      let leaked: StoreTx | undefined;
+      await store.transaction(async (tx) => {
+        leaked = tx;
+      });
+      t.true(isBrokerError(await t.throwsAsync(leaked!.countDevicesByStatus()), 'INTERNAL'));
+    } finally {
+      await store.close();
+    }
   });
 });
 

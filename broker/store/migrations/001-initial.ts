@@ -62,7 +62,10 @@ export async function up(knex: Knex): Promise<void> {
     t.string('device_id').nullable().unique().references('id').inTable('devices');
     t.bigInteger('released_at').nullable();
     t.bigInteger('quarantine_until').nullable();
-    t.index(['quarantine_until']);
+    // Released blocks in port order: the allocator's "lowest reusable block"
+    // walks this (partial indexes: SQLite and PostgreSQL alike). Without it
+    // SQLite's planner scans every allocated block through the primary key.
+    t.index(['first_port'], 'port_blocks_released_index', { predicate: knex.whereNotNull('released_at') });
     t.check('?? <= ??', ['first_port', 'last_port']);
   });
 
