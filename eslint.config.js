@@ -28,7 +28,7 @@ export default tseslint.config(
     rules: {
       'no-restricted-imports': ['error', { patterns: [
         { group: ['../broker/*', '!../broker/wire-types.js'], message: 'agent/ may import only the broker wire types' },
-        'koa', '@koa/*', 'knex', 'sqlite3',
+        { group: ['koa', '@koa/*', 'knex', 'sqlite3'], message: 'agent/ runs on devices: no server or store packages' },
       ] }],
     },
   },

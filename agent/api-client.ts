@@ -4,10 +4,11 @@
  * (token, API key, signature) is written; no CA store is consulted. Without a
  * pin, an https URL is verified against the system CAs and http is plain.
  */
-import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import { request as httpRequest, type IncomingMessage, type RequestOptions as HttpRequestOptions } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { isIP } from 'node:net';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import type { Duplex } from 'node:stream';
+import { connect as tlsConnect, type ConnectionOptions as TlsConnectionOptions } from 'node:tls';
 import { tlsPinOfSpki } from '../ca/index.js';
 
 export interface ApiClientOptions {
@@ -31,29 +32,42 @@ export class ApiError extends Error {
   }
 }
 
-function connectPinned(url: URL, pin: string, timeoutMs: number): Promise<TLSSocket> {
-  return new Promise((resolve, reject) => {
-    const host = url.hostname.replace(/^\[|\]$/g, '');
-    const socket = tlsConnect({
-      host,
-      port: Number(url.port || 443),
-      servername: isIP(host) ? undefined : host,
-      rejectUnauthorized: false, // trust comes from the pin, checked below before any write
-      ALPNProtocols: ['http/1.1'],
-    });
-    socket.setTimeout(timeoutMs, () => socket.destroy(new ApiError('UNREACHABLE', `no TLS handshake with ${url.host} within ${timeoutMs} ms`)));
-    socket.once('error', (err) => reject(err instanceof ApiError ? err : new ApiError('UNREACHABLE', `cannot reach ${url.host}: ${err.message}`)));
+/**
+ * An https.Agent whose connections are handed to the request only after the
+ * peer's public key matched the pin: the request (token, API key, signature)
+ * is never written to an unverified peer.
+ */
+class PinnedAgent extends HttpsAgent {
+  constructor(
+    private readonly pin: string,
+    private readonly timeoutMs: number,
+  ) {
+    super({ keepAlive: false });
+  }
+
+  override createConnection(options: HttpRequestOptions, callback?: (err: Error | null, stream: Duplex) => void): undefined {
+    const host = String(options.host ?? 'localhost');
+    const socket = tlsConnect({ ...(options as TlsConnectionOptions), rejectUnauthorized: false, servername: isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });
+    let done = false;
+    const finish = (err: Error | null): void => {
+      if (done) return;
+      done = true;
+      socket.setTimeout(0);
+      if (err) socket.destroy();
+      callback?.(err, socket);
+    };
+    socket.setTimeout(this.timeoutMs, () => finish(new ApiError('UNREACHABLE', `no TLS handshake with ${host} within ${this.timeoutMs} ms`)));
+    socket.once('error', (err) => finish(new ApiError('UNREACHABLE', `cannot reach ${host}: ${err.message}`)));
     socket.once('secureConnect', () => {
       const cert = socket.getPeerCertificate();
-      if (!cert || !cert.pubkey || tlsPinOfSpki(cert.pubkey) !== pin) {
-        socket.destroy();
-        reject(new ApiError('PIN_MISMATCH', `the broker at ${url.host} does not present the pinned TLS key`));
-        return;
+      if (!cert || !cert.pubkey || tlsPinOfSpki(cert.pubkey) !== this.pin) {
+        finish(new ApiError('PIN_MISMATCH', `the broker at ${host} does not present the pinned TLS key`));
+      } else {
+        finish(null);
       }
-      socket.setTimeout(0);
-      resolve(socket);
     });
-  });
+    return undefined;
+  }
 }
 
 async function readBody(res: IncomingMessage, limit = 16 * 1024 * 1024): Promise<Buffer> {
@@ -79,11 +93,10 @@ export async function apiRequest<T>(options: ApiClientOptions, method: string, p
   }
   if (options.apiKey) headers.authorization = `Bearer ${options.apiKey}`;
 
-  let socket: TLSSocket | undefined;
-  if (url.protocol === 'https:' && options.pin) socket = await connectPinned(url, options.pin, timeoutMs);
-  const send = url.protocol === 'https:' && !socket ? httpsRequest : httpRequest;
+  const https = url.protocol === 'https:';
+  const agent = https && options.pin ? new PinnedAgent(options.pin, timeoutMs) : false;
   const res = await new Promise<IncomingMessage>((resolve, reject) => {
-    const req = send(url, { method, headers, agent: false, ...(socket ? { createConnection: () => socket } : {}) }, resolve);
+    const req = (https ? httpsRequest : httpRequest)(url, { method, headers, agent }, resolve);
     req.setTimeout(timeoutMs, () => req.destroy(new ApiError('TIMEOUT', `${method} ${url.pathname} timed out after ${timeoutMs} ms`)));
     req.once('error', (err) => reject(err instanceof ApiError ? err : new ApiError('UNREACHABLE', `cannot reach ${url.host}: ${err.message}`)));
     req.end(payload);

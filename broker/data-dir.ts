@@ -26,6 +26,8 @@ export interface DataPaths {
   readonly tlsCert: string;
   readonly apiPin: string;
   readonly krl: string;
+  /** Written by a running broker: its pid and the addresses it actually bound (ports may be ephemeral). */
+  readonly runtime: string;
 }
 
 export function dataPaths(dir: string): DataPaths {
@@ -40,6 +42,7 @@ export function dataPaths(dir: string): DataPaths {
     tlsCert: join(dir, 'tls', 'api.crt'),
     apiPin: join(dir, 'tls', 'api.pin'),
     krl: join(dir, 'revoked.krl'),
+    runtime: join(dir, 'broker.runtime.json'),
   };
 }
 

@@ -4,11 +4,11 @@
  * files for a system sshd), and wires revocation from the control plane to
  * the data plane. close() undoes it all.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { formatPublicKey, loadKeyPair, loadPublicKey } from '../ca/index.js';
+import { formatPublicKey, loadKeyPair, loadPublicKey, writeFileAtomic } from '../ca/index.js';
 import { splitHostPort, type BrokerConfig } from './config.js';
 import type { CoreDeps } from './core/deps.js';
 import { dataPaths } from './data-dir.js';
@@ -118,6 +118,8 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const apiHost = splitHostPort(config.api.listen).host;
     const scheme = config.api.insecureHttp ? 'http' : 'https';
     const apiUrl = config.api.publicUrl ?? `${scheme}://${apiHost === '0.0.0.0' || apiHost === '::' ? '127.0.0.1' : apiHost}:${apiPort}`;
+    await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o644 });
+    closers.push(() => rm(paths.runtime, { force: true }));
     logger.info({ apiUrl, sshPort: ssh.port, sshMode: config.ssh.mode }, 'broker started');
     return { apiUrl, apiPort, sshPort: ssh.port, store, core, revocations, ssh, close };
   } catch (err) {

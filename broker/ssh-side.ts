@@ -90,7 +90,7 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
     deviceRevoked: async (deviceId) => {
       await write();
       const device = await o.store.findDevice(deviceId);
-      if (device?.portFirst == null || device.portLast == null) return;
+      if (!device || device.portFirst === null || device.portLast === null) return;
       const ports = Array.from({ length: device.portLast - device.portFirst + 1 }, (_, i) => device.portFirst! + i);
       const killed = await killSessionsHoldingPorts(ports);
       o.logger.info({ deviceId, killed }, 'OpenSSH mode: ended the sshd sessions holding the revoked device ports');

@@ -32,10 +32,13 @@ export async function resolveApi(flags: ApiFlags, env: NodeJS.ProcessEnv): Promi
   let pin = flags.pin ?? env.CERTUNNEL_API_PIN;
   if (flags.data) {
     const config = await loadConfig({ dataDir: flags.data, env });
+    const paths = dataPaths(flags.data);
+    // A running broker records the address it bound (the configured port may be 0).
+    const running = await readFile(paths.runtime, 'utf8').then((text) => (JSON.parse(text) as { apiUrl?: string }).apiUrl, () => undefined);
     const { host, port } = splitHostPort(config.api.listen);
     const local = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
-    baseUrl ??= config.api.publicUrl ?? `${config.api.insecureHttp ? 'http' : 'https'}://${local}:${port}`;
-    if (!config.api.insecureHttp) pin ??= (await readFile(dataPaths(flags.data).apiPin, 'utf8')).trim();
+    baseUrl ??= running ?? config.api.publicUrl ?? `${config.api.insecureHttp ? 'http' : 'https'}://${local}:${port}`;
+    if (!config.api.insecureHttp) pin ??= (await readFile(paths.apiPin, 'utf8')).trim();
   }
   if (!baseUrl) throw new CliError('BAD_ARGUMENT', 'no API URL: give --api, CERTUNNEL_API_URL or --data');
   const apiKey = flags.apiKey ?? env.CERTUNNEL_API_KEY;

@@ -18,6 +18,8 @@ export interface RunOptions {
   /** Written to the child's stdin, which is then closed. */
   readonly input?: Buffer | string;
   readonly cwd?: string;
+  /** Added to the parent's environment. */
+  readonly env?: NodeJS.ProcessEnv;
 }
 
 /**
@@ -26,7 +28,7 @@ export interface RunOptions {
  */
 export function runCommand(file: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { cwd: options.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(file, args, { cwd: options.cwd, env: { ...process.env, ...options.env }, stdio: ['pipe', 'pipe', 'pipe'] });
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
     child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));

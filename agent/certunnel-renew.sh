@@ -1,0 +1,72 @@
+#!/bin/sh
+# certunnel-renew.sh — renew a device certificate with nothing but a POSIX
+# shell, OpenSSH's ssh-keygen and curl (for devices without Node).
+#
+#   certunnel-renew.sh --url https://broker:8443 --pin 'sha256//…' \
+#       --device-id dev_… --key /var/lib/certunnel/device_key \
+#       [--out /var/lib/certunnel/device_key-cert.pub]
+#
+# The request is signed in the SSHSIG format (ssh-keygen -Y sign, namespace
+# certunnel-renew) over the same text the broker rebuilds from the fields,
+# with a timestamp and a fresh nonce against replay. The broker's TLS key is
+# pinned (curl --pinnedpubkey): nothing is sent to a broker that does not
+# hold the pinned key. Exit status: 0 renewed, 2 usage, 3 refused by the
+# broker (its error code is printed), 4 transport failure.
+set -eu
+
+url= pin= device_id= key= out=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --url) url=$2; shift 2 ;;
+    --pin) pin=$2; shift 2 ;;
+    --device-id) device_id=$2; shift 2 ;;
+    --key) key=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    *) echo "certunnel-renew: unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$url" ] || [ -z "$device_id" ] || [ -z "$key" ]; then
+  echo "usage: certunnel-renew.sh --url URL --pin PIN --device-id ID --key KEYFILE [--out CERTFILE]" >&2
+  exit 2
+fi
+[ -n "$out" ] || out="$key-cert.pub"
+case "$device_id" in *[!A-Za-z0-9_]*) echo "certunnel-renew: bad device id" >&2; exit 2 ;; esac
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT INT TERM
+
+timestamp=$(date +%s)
+nonce=$(head -c 18 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+printf 'certunnel-renew-v1\ndevice %s\ntimestamp %s\nnonce %s\nnew-key -\n' "$device_id" "$timestamp" "$nonce" >"$tmp/msg"
+ssh-keygen -q -Y sign -f "$key" -n certunnel-renew "$tmp/msg" </dev/null >/dev/null 2>"$tmp/err" || {
+  echo "certunnel-renew: ssh-keygen could not sign: $(cat "$tmp/err")" >&2
+  exit 4
+}
+# The armored signature is base64 lines: JSON-escape its newlines.
+signature=$(awk '{ printf "%s\\n", $0 }' "$tmp/msg.sig")
+printf '{"deviceId":"%s","timestamp":%s,"nonce":"%s","signature":"%s"}' \
+  "$device_id" "$timestamp" "$nonce" "$signature" >"$tmp/body"
+
+set -- -sS -o "$tmp/resp" -w '%{http_code}' --max-time 30 \
+  -H 'content-type: application/json' --data-binary "@$tmp/body"
+if [ -n "$pin" ]; then
+  # -k: trust comes from the pinned key, not from a CA store.
+  set -- "$@" -k --pinnedpubkey "$pin"
+fi
+status=$(curl "$@" "$url/v1/renew" 2>"$tmp/err") || {
+  echo "certunnel-renew: cannot reach the broker: $(cat "$tmp/err")" >&2
+  exit 4
+}
+if [ "$status" != 200 ]; then
+  code=$(sed -n 's/.*"code":"\([A-Z_]*\)".*/\1/p' "$tmp/resp")
+  echo "certunnel-renew: refused: ${code:-HTTP_$status}" >&2
+  exit 3
+fi
+cert=$(sed -n 's/.*"certificate":"\([^"]*\)".*/\1/p' "$tmp/resp")
+valid_before=$(sed -n 's/.*"validBefore":"\([^"]*\)".*/\1/p' "$tmp/resp")
+case "$cert" in ssh-ed25519-cert-v01@openssh.com\ *) ;; *) echo "certunnel-renew: no certificate in the answer" >&2; exit 4 ;; esac
+# Write beside the target and rename: a reader never sees half a certificate.
+printf '%s\n' "$cert" >"$out.tmp.$$"
+chmod 0644 "$out.tmp.$$"
+mv -f "$out.tmp.$$" "$out"
+echo "certunnel-renew: renewed; valid until $valid_before"

@@ -1,0 +1,95 @@
+import test from 'ava';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { formatPublicKey, generateKeyPair, encodePrivateKey } from '../../ca/index.js';
+import { apiRequest } from '../../agent/api-client.js';
+import type { EnrollResponse } from '../../broker/wire-types.js';
+import { runCli, spawnBroker, REPO_ROOT } from '../helpers/cli.js';
+import { runCommand, withTempDir } from '../helpers/openssh.js';
+
+const INIT = ['--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0', '--port-range', '21000-21999'];
+
+test('ok/init, serve, operate over the CLI, renew with the shell script, revoke, SIGTERM', async (t) => {
+  await withTempDir(async (dir) => {
+    const data = join(dir, 'data');
+    const init = await runCli(['init', '--data', data, ...INIT]);
+    t.is(init.code, 0, init.stderr);
+    const adminKey = /^\s+(ctk_\S+)$/m.exec(init.stdout)?.[1];
+    t.truthy(adminKey);
+    const pin = (await readFile(join(data, 'tls', 'api.pin'), 'utf8')).trim();
+    for (const f of ['ca/user_ca', 'ca/host_ca', 'ssh/host_key', 'tls/api.key', 'config.json']) {
+      t.is((await stat(join(data, f))).mode & 0o777, 0o600, f);
+    }
+    // A second init refuses and changes nothing.
+    const before = await readdir(data, { recursive: true });
+    const again = await runCli(['init', '--data', data, ...INIT]);
+    t.is(again.code, 1);
+    t.regex(again.stderr, /DATA_DIR_EXISTS/);
+    t.deepEqual(await readdir(data, { recursive: true }), before);
+
+    const broker = await spawnBroker(['--data', data, '--log-level', 'warn']);
+    try {
+      const env = { CERTUNNEL_API_KEY: adminKey! };
+      const minted = await runCli(['token', 'create', '--data', data, '--count', '2', '--batch', 'cli-batch', '--json'], env);
+      t.is(minted.code, 0, minted.stderr);
+      const tokens = (JSON.parse(minted.stdout) as { tokens: Array<{ token: string }> }).tokens.map((x) => x.token);
+      t.is(tokens.length, 2);
+
+      const key = generateKeyPair();
+      const grant = await apiRequest<EnrollResponse>({ baseUrl: broker.apiUrl, pin }, 'POST', '/v1/enroll', { token: tokens[0], publicKey: formatPublicKey(key.publicKey), name: 'kiosk-7' });
+
+      const list = await runCli(['device', 'list', '--data', data], env);
+      t.is(list.code, 0, list.stderr);
+      t.regex(list.stdout, /kiosk-7\s+active\s+21000-21001/);
+      const show = await runCli(['device', 'show', 'kiosk-7', '--data', data, '--json'], env);
+      t.is((JSON.parse(show.stdout) as { id: string }).id, grant.deviceId);
+
+      // The POSIX shell agent renews with ssh-keygen -Y sign and curl.
+      const keyPath = join(dir, 'device_key');
+      await writeFile(keyPath, encodePrivateKey(key), { mode: 0o600 });
+      const script = join(REPO_ROOT, 'agent', 'certunnel-renew.sh');
+      const renew = await runCommand('sh', [script, '--url', broker.apiUrl, '--pin', pin, '--device-id', grant.deviceId, '--key', keyPath]);
+      t.is(renew.code, 0, renew.stderr);
+      const cert = await readFile(`${keyPath}-cert.pub`, 'utf8');
+      const listed = await runCommand('ssh-keygen', ['-L', '-f', `${keyPath}-cert.pub`]);
+      t.regex(listed.stdout, /ports-21000-21001/);
+      t.not(cert.trim(), grant.certificate);
+      // A wrong pin: curl refuses before sending anything.
+      const spoofed = await runCommand('sh', [script, '--url', broker.apiUrl, '--pin', 'sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=', '--device-id', grant.deviceId, '--key', keyPath]);
+      t.is(spoofed.code, 4);
+
+      const revoke = await runCli(['device', 'revoke', 'kiosk-7', '--reason', 'lost', '--data', data], env);
+      t.is(revoke.code, 0, revoke.stderr);
+      t.regex(revoke.stdout, /revoked dev_/);
+      const refused = await runCommand('sh', [script, '--url', broker.apiUrl, '--pin', pin, '--device-id', grant.deviceId, '--key', keyPath]);
+      t.is(refused.code, 3);
+      t.regex(refused.stderr, /DEVICE_REVOKED/);
+
+      const revokeBatch = await runCli(['token', 'revoke', '--batch', 'cli-batch', '--data', data], env);
+      t.regex(revokeBatch.stdout, /revoked 1 token/);
+      const audit = await runCli(['audit', '--data', data, '--action', 'device.revoke'], env);
+      t.regex(audit.stdout, /device\.revoke\s+dev_\S+\s+ok/);
+      const noKey = await runCli(['device', 'list', '--data', data]);
+      t.is(noKey.code, 1);
+      t.regex(noKey.stderr, /UNAUTHENTICATED/);
+    } finally {
+      t.is(await broker.stop('SIGTERM'), 0, 'the broker exits cleanly on SIGTERM');
+    }
+  });
+});
+
+test('fail/invalid config is refused with the field named', async (t) => {
+  await withTempDir(async (dir) => {
+    const data = join(dir, 'data');
+    t.is((await runCli(['init', '--data', data, ...INIT])).code, 0);
+    const configPath = join(data, 'config.json');
+    const config = JSON.parse(await readFile(configPath, 'utf8')) as Record<string, Record<string, unknown>>;
+    config.ports!.perDevice = 'two';
+    await writeFile(configPath, JSON.stringify(config));
+    const run = await runCli(['broker', '--data', data]);
+    t.is(run.code, 1);
+    t.regex(run.stderr, /CONFIG_INVALID: config field ports\.perDevice/);
+    const badInit = await runCli(['init', '--data', join(dir, 'other'), '--port-range', '30000-1']);
+    t.regex(badInit.stderr, /CONFIG_INVALID|BAD_ARGUMENT/);
+  });
+});
