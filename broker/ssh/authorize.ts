@@ -1,0 +1,299 @@
+/**
+ * The embedded gateway's policy as pure decisions: which certificates may
+ * authenticate, which forwards and channels they may open. No ssh2, no
+ * sockets: the gateway translates protocol events into these calls, and
+ * anything these functions do not know is denied.
+ */
+import {
+  isCaError,
+  parseCertificate,
+  parsePortPrincipal,
+  verifyCertificate,
+  type CaErrorCode,
+  type Certificate,
+  type PortBlock,
+  type PublicKey,
+} from '../../ca/index.js';
+
+export type Decision<R extends string> = { readonly allow: true } | { readonly allow: false; readonly reason: R };
+
+const ALLOW = Object.freeze({ allow: true as const });
+
+function deny<R extends string>(reason: R): Decision<R> {
+  return { allow: false, reason };
+}
+
+/** The only address a tunnel may listen on, and the only one an operator may reach. */
+export const LOOPBACK = '127.0.0.1';
+
+function inBlock(port: number, block: PortBlock): boolean {
+  return Number.isInteger(port) && port >= block.first && port <= block.last;
+}
+
+// ---------------------------------------------------------------------------
+// Certificates
+
+/** Why a user certificate may not open a session. CA codes come from verifyCertificate. */
+export type CertRefusal =
+  | Extract<
+      CaErrorCode,
+      | 'CERT_MALFORMED'
+      | 'CERT_UNSUPPORTED'
+      | 'CERT_UNKNOWN_CA'
+      | 'CERT_BAD_SIGNATURE'
+      | 'CERT_WRONG_TYPE'
+      | 'CERT_EXPIRED'
+      | 'CERT_NOT_YET_VALID'
+      | 'CERT_UNKNOWN_CRITICAL_OPTION'
+    >
+  | 'KEY_ID_INVALID'
+  | 'PRINCIPAL_INVALID'
+  | 'FORWARDING_NOT_PERMITTED'
+  | 'REVOKED';
+
+export interface CertificateCheckDeps {
+  readonly trustedCaKeys: readonly PublicKey[];
+  /** Synchronous and in memory: the control plane keeps the revocation set fresh. */
+  isRevoked(cert: { serial: bigint; keyId: string }): boolean;
+}
+
+interface IdentityBase {
+  readonly keyId: string;
+  readonly serial: bigint;
+  /** The certificate's one principal, ports-A-B or reach-A-B. */
+  readonly principal: string;
+  readonly block: PortBlock;
+  /** Seconds since the epoch (PROTOCOL.certkeys valid_before). */
+  readonly validBefore: bigint;
+  /** The certified Ed25519 key: the session signature must verify with it. */
+  readonly publicKey: PublicKey;
+}
+
+export interface DeviceIdentity extends IdentityBase {
+  readonly role: 'device';
+  readonly deviceId: string;
+}
+
+export interface OperatorIdentity extends IdentityBase {
+  readonly role: 'operator';
+  readonly operator: string;
+  /** The device whose block the operator may reach. */
+  readonly deviceId: string;
+}
+
+export type Identity = DeviceIdentity | OperatorIdentity;
+
+export type CertCheck<I extends Identity> = { readonly ok: true; readonly identity: I } | { readonly ok: false; readonly reason: CertRefusal };
+
+const DEVICE_KEY_ID = /^device:([A-Za-z0-9_-]{1,64})$/;
+// profiles.ts writes operator:<sanitised name>:device:<deviceId>.
+const OPERATOR_KEY_ID = /^operator:([A-Za-z0-9_.@-]{1,128}):device:([A-Za-z0-9_-]{1,64})$/;
+
+const CA_REFUSALS: ReadonlySet<string> = new Set<CertRefusal>([
+  'CERT_MALFORMED', 'CERT_UNSUPPORTED', 'CERT_UNKNOWN_CA', 'CERT_BAD_SIGNATURE', 'CERT_WRONG_TYPE',
+  'CERT_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_UNKNOWN_CRITICAL_OPTION',
+]);
+
+function caRefusal(err: unknown): CertRefusal {
+  if (isCaError(err) && CA_REFUSALS.has(err.code)) return err.code as CertRefusal;
+  // Anything else ca/ throws while verifying is a certificate we cannot read.
+  if (isCaError(err)) return 'CERT_MALFORMED';
+  throw err;
+}
+
+/**
+ * The checks shared by device and operator certificates, in the order that
+ * keeps the signature first: nothing the CA signed is believed before
+ * verifyCertificate has checked the signature, type and validity window.
+ * No critical option is supported, so any (force-command, source-address…)
+ * refuses the certificate rather than being silently ignored.
+ */
+function checkCommon(
+  cert: Certificate,
+  now: Date,
+  deps: CertificateCheckDeps,
+  kind: 'ports' | 'reach',
+): { ok: true; block: PortBlock } | { ok: false; reason: CertRefusal } {
+  try {
+    verifyCertificate(cert, { trustedCaKeys: deps.trustedCaKeys, type: 'user', now });
+  } catch (err) {
+    return { ok: false, reason: caRefusal(err) };
+  }
+  const parsed = cert.principals.length === 1 ? parsePortPrincipal(cert.principals[0]!) : undefined;
+  if (!parsed || parsed.kind !== kind) return { ok: false, reason: 'PRINCIPAL_INVALID' };
+  // sshd refuses port forwarding to a certificate without this extension;
+  // the embedded gateway gives the same verdict (DESIGN: one policy, two modes).
+  if (!('permit-port-forwarding' in cert.extensions)) return { ok: false, reason: 'FORWARDING_NOT_PERMITTED' };
+  if (deps.isRevoked({ serial: cert.serial, keyId: cert.keyId })) return { ok: false, reason: 'REVOKED' };
+  return { ok: true, block: parsed.block };
+}
+
+/** A device certificate: key id device:<id>, exactly one ports-A-B principal, not revoked. */
+export function checkDeviceCertificate(cert: Certificate, now: Date, deps: CertificateCheckDeps): CertCheck<DeviceIdentity> {
+  const common = checkCommon(cert, now, deps, 'ports');
+  if (!common.ok) return common;
+  const m = DEVICE_KEY_ID.exec(cert.keyId);
+  if (!m) return { ok: false, reason: 'KEY_ID_INVALID' };
+  return {
+    ok: true,
+    identity: {
+      role: 'device',
+      deviceId: m[1]!,
+      keyId: cert.keyId,
+      serial: cert.serial,
+      principal: cert.principals[0]!,
+      block: common.block,
+      validBefore: cert.validBefore,
+      publicKey: cert.publicKey,
+    },
+  };
+}
+
+/** An operator certificate: key id operator:<name>:device:<id>, exactly one reach-A-B principal, not revoked. */
+export function checkOperatorCertificate(cert: Certificate, now: Date, deps: CertificateCheckDeps): CertCheck<OperatorIdentity> {
+  const common = checkCommon(cert, now, deps, 'reach');
+  if (!common.ok) return common;
+  const m = OPERATOR_KEY_ID.exec(cert.keyId);
+  if (!m) return { ok: false, reason: 'KEY_ID_INVALID' };
+  return {
+    ok: true,
+    identity: {
+      role: 'operator',
+      operator: m[1]!,
+      deviceId: m[2]!,
+      keyId: cert.keyId,
+      serial: cert.serial,
+      principal: cert.principals[0]!,
+      block: common.block,
+      validBefore: cert.validBefore,
+      publicKey: cert.publicKey,
+    },
+  };
+}
+
+/**
+ * Parses and checks a certificate blob as presented in SSH_MSG_USERAUTH_REQUEST;
+ * the key id's prefix picks the profile (device or operator). `claimed`
+ * carries the unverified key id and serial for logs, when they could be read.
+ */
+export function checkUserCertificate(
+  blob: Buffer,
+  now: Date,
+  deps: CertificateCheckDeps,
+): CertCheck<Identity> & { readonly claimed?: { keyId: string; serial: bigint } } {
+  let cert: Certificate;
+  try {
+    cert = parseCertificate(blob);
+  } catch (err) {
+    return { ok: false, reason: caRefusal(err) };
+  }
+  const claimed = { keyId: cert.keyId, serial: cert.serial };
+  const check = cert.keyId.startsWith('operator:')
+    ? checkOperatorCertificate(cert, now, deps)
+    : checkDeviceCertificate(cert, now, deps);
+  return { ...check, claimed };
+}
+
+// ---------------------------------------------------------------------------
+// Remote forwards (RFC 4254 section 7.1, "tcpip-forward")
+
+export type ForwardRefusal = 'NOT_A_DEVICE' | 'BIND_ADDRESS' | 'PORT_ZERO' | 'PORT_NOT_OWNED';
+
+export interface ForwardRequest {
+  readonly bindAddr: string;
+  readonly bindPort: number;
+}
+
+/**
+ * May the holder of PRINCIPAL listen on bindAddr:bindPort? Only a device
+ * (ports-A-B), only the literal 127.0.0.1 ("localhost" may also mean ::1;
+ * "", "0.0.0.0", "::" and "*" mean every interface, RFC 4254 section 7.1),
+ * never port 0 (which asks the server to choose one), only its own ports.
+ */
+export function authorizeForward(principal: string, req: ForwardRequest): Decision<ForwardRefusal> {
+  const parsed = parsePortPrincipal(principal);
+  if (!parsed || parsed.kind !== 'ports') return deny('NOT_A_DEVICE');
+  if (req.bindAddr !== LOOPBACK) return deny('BIND_ADDRESS');
+  if (req.bindPort === 0) return deny('PORT_ZERO');
+  if (!inBlock(req.bindPort, parsed.block)) return deny('PORT_NOT_OWNED');
+  return ALLOW;
+}
+
+// ---------------------------------------------------------------------------
+// Global requests (RFC 4254 section 4)
+
+export type GlobalRequestRefusal = 'STREAMLOCAL_PROHIBITED' | 'UNKNOWN_REQUEST';
+
+/** tcpip-forward and its cancel go on to authorizeForward; every other global request is refused. */
+export function authorizeGlobalRequest(name: string): Decision<GlobalRequestRefusal> {
+  if (name === 'tcpip-forward' || name === 'cancel-tcpip-forward') return ALLOW;
+  if (name === 'streamlocal-forward@openssh.com' || name === 'cancel-streamlocal-forward@openssh.com') {
+    return deny('STREAMLOCAL_PROHIBITED');
+  }
+  return deny('UNKNOWN_REQUEST');
+}
+
+// ---------------------------------------------------------------------------
+// Channels (RFC 4254 sections 5-7) and session requests
+
+export type ChannelRefusal =
+  | 'SESSION_PROHIBITED'
+  | 'DIRECT_TCPIP_PROHIBITED'
+  | 'STREAMLOCAL_PROHIBITED'
+  | 'AGENT_PROHIBITED'
+  | 'X11_PROHIBITED'
+  | 'UNKNOWN_CHANNEL';
+
+/**
+ * Channel types and session-channel requests we recognise, each with the
+ * reason it is refused to a device. A Map, so that a peer-chosen name such
+ * as "constructor" never hits Object.prototype.
+ */
+const KNOWN_KINDS: ReadonlyMap<string, ChannelRefusal> = new Map<string, ChannelRefusal>([
+  // RFC 4254 section 6: an interactive session and everything asked on it.
+  ['session', 'SESSION_PROHIBITED'],
+  ['exec', 'SESSION_PROHIBITED'],
+  ['shell', 'SESSION_PROHIBITED'],
+  ['pty-req', 'SESSION_PROHIBITED'],
+  ['subsystem', 'SESSION_PROHIBITED'],
+  ['env', 'SESSION_PROHIBITED'],
+  ['signal', 'SESSION_PROHIBITED'],
+  ['window-change', 'SESSION_PROHIBITED'],
+  ['x11-req', 'X11_PROHIBITED'],
+  ['x11', 'X11_PROHIBITED'],
+  ['auth-agent-req@openssh.com', 'AGENT_PROHIBITED'],
+  ['auth-agent@openssh.com', 'AGENT_PROHIBITED'],
+  // OpenSSH PROTOCOL section 2.4: Unix socket forwarding.
+  ['direct-streamlocal@openssh.com', 'STREAMLOCAL_PROHIBITED'],
+  ['forwarded-streamlocal@openssh.com', 'STREAMLOCAL_PROHIBITED'],
+  // RFC 4254 section 7.2: "ssh -L" / "ssh -W".
+  ['direct-tcpip', 'DIRECT_TCPIP_PROHIBITED'],
+]);
+
+/**
+ * May a ROLE open a channel (or make a session request) of KIND? A device
+ * may open none at all: its only business is the remote forward, whose
+ * forwarded-tcpip channels the gateway opens. An operator may open
+ * direct-tcpip only (checked further by authorizeDirectTcpip).
+ */
+export function authorizeChannel(role: Identity['role'], kind: string): Decision<ChannelRefusal> {
+  if (role === 'operator' && kind === 'direct-tcpip') return ALLOW;
+  return deny(KNOWN_KINDS.get(kind) ?? 'UNKNOWN_CHANNEL');
+}
+
+export type DirectTcpipRefusal = 'NOT_AN_OPERATOR' | 'DEST_ADDRESS' | 'PORT_ZERO' | 'PORT_NOT_OWNED';
+
+export interface DirectTcpipRequest {
+  readonly destAddr: string;
+  readonly destPort: number;
+}
+
+/** May the holder of PRINCIPAL (reach-A-B) connect to destAddr:destPort? Only 127.0.0.1 and its block. */
+export function authorizeDirectTcpip(principal: string, req: DirectTcpipRequest): Decision<DirectTcpipRefusal> {
+  const parsed = parsePortPrincipal(principal);
+  if (!parsed || parsed.kind !== 'reach') return deny('NOT_AN_OPERATOR');
+  if (req.destAddr !== LOOPBACK) return deny('DEST_ADDRESS');
+  if (req.destPort === 0) return deny('PORT_ZERO');
+  if (!inBlock(req.destPort, parsed.block)) return deny('PORT_NOT_OWNED');
+  return ALLOW;
+}

@@ -1,0 +1,137 @@
+/**
+ * Moving bytes: a device's remote forward (a listener on 127.0.0.1:<port>
+ * whose connections travel to the device in forwarded-tcpip channels,
+ * RFC 4254 section 7.2) and the relay between one TCP socket and one SSH
+ * channel, shared with operators' direct-tcpip channels.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Channel, Connection } from 'ssh2';
+import { LOOPBACK } from './authorize.js';
+import type { ByteCounters } from './stats.js';
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * Relays SOCKET <-> CHANNEL with backpressure both ways and half-close.
+ *
+ * pipe() pauses the source whenever the destination's buffer is full:
+ * ssh2's channel buffers up to one window (RFC 4254 section 5.2) and only
+ * sends as much as the peer's window allows, and when we stop reading from
+ * the channel ssh2 stops sending SSH_MSG_CHANNEL_WINDOW_ADJUST, so the
+ * device stops sending too. Nothing is buffered without bound.
+ *
+ * The socket -> channel pipe does not end the channel: ssh2's server-side
+ * Channel sends CHANNEL_CLOSE on end(), which would drop the reply to a
+ * client that half-closes. A TCP FIN becomes CHANNEL_EOF instead (RFC 4254
+ * section 5.3), and the channel is closed when the socket is.
+ */
+export function relay(socket: Socket, channel: Channel, bytes?: ByteCounters): void {
+  if (bytes) {
+    socket.on('data', (chunk: Buffer) => {
+      bytes.out += chunk.length;
+    });
+    channel.on('data', (chunk: Buffer) => {
+      bytes.in += chunk.length;
+    });
+  }
+  socket.pipe(channel, { end: false });
+  // CHANNEL_EOF only after everything written before it has gone out: an
+  // empty write completes after the chunks queued ahead of it (some may be
+  // waiting for window space), eof() itself would overtake them.
+  socket.once('end', () => channel.write(EMPTY, () => channel.eof()));
+  channel.pipe(socket);
+  socket.once('close', () => {
+    socket.unpipe(channel);
+    channel.close();
+  });
+  channel.once('close', () => {
+    socket.unpipe(channel);
+    // Flush what the device sent, then let go of the socket even if the
+    // client keeps its half open: there is no one left to read it.
+    if (!socket.destroyed) socket.end(() => socket.destroy());
+  });
+  // Errors end the relay; they are a peer's doing, not ours.
+  socket.on('error', () => socket.destroy());
+  channel.on('error', () => {
+    socket.destroy();
+    channel.close();
+  });
+}
+
+export interface RemoteForwardOptions {
+  readonly conn: Connection;
+  /** As the client asked, echoed in forwarded-tcpip so that it finds its forward (RFC 4254 section 7.2). */
+  readonly bindAddr: string;
+  readonly port: number;
+  readonly bytes: ByteCounters;
+}
+
+/** A listener on 127.0.0.1:port for one device session. */
+export class RemoteForward {
+  private readonly relays = new Set<Socket>();
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly server: Server,
+    private readonly options: RemoteForwardOptions,
+  ) {
+    server.on('connection', (socket) => this.onConnection(socket));
+  }
+
+  get port(): number {
+    return this.options.port;
+  }
+
+  get activeRelays(): number {
+    return this.relays.size;
+  }
+
+  /** Binds 127.0.0.1:port; rejects with the listen error (EADDRINUSE, EACCES…). */
+  static open(options: RemoteForwardOptions): Promise<RemoteForward> {
+    // allowHalfOpen: a client's FIN is passed on as CHANNEL_EOF and the reply
+    // still flows back. pauseOnConnect: nothing is read before the channel exists.
+    const server = createServer({ allowHalfOpen: true, pauseOnConnect: true });
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      // exclusive: never share the port with a cluster sibling.
+      server.listen({ host: LOOPBACK, port: options.port, exclusive: true }, () => {
+        server.off('error', reject);
+        server.on('error', () => undefined);
+        resolve(new RemoteForward(server, options));
+      });
+    });
+  }
+
+  private onConnection(socket: Socket): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    socket.on('error', () => socket.destroy());
+    this.relays.add(socket);
+    socket.once('close', () => this.relays.delete(socket));
+    const { conn, bindAddr, port, bytes } = this.options;
+    conn.forwardOut(bindAddr, port, socket.remoteAddress ?? LOOPBACK, socket.remotePort ?? 0, (err, channel) => {
+      if (err) {
+        // The device could not (or would not) connect to its local service.
+        socket.destroy();
+        return;
+      }
+      if (socket.destroyed || this.closing) {
+        channel.close();
+        socket.destroy();
+        return;
+      }
+      relay(socket, channel, bytes);
+    });
+  }
+
+  /** Stops listening and drops every relayed connection at once (revocation, takeover, cancel). */
+  close(): Promise<void> {
+    this.closing ??= new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      for (const socket of this.relays) socket.destroy();
+    });
+    return this.closing;
+  }
+}

@@ -1,0 +1,31 @@
+/** The embedded SSH gateway: the only broker module that imports ssh2. */
+export { createGateway } from './gateway.js';
+export {
+  DEFAULT_LIMITS,
+  type AuditEvent,
+  type Gateway,
+  type GatewayDeps,
+  type GatewayLimits,
+  type GatewayLogger,
+  type PresenceUpdate,
+} from './types.js';
+export type { SessionInfo } from './session.js';
+export type { ByteCounters, ConnectionRefusal, GatewayStats } from './stats.js';
+export type { AuthRefusal, SignatureForm } from './auth.js';
+export {
+  LOOPBACK,
+  authorizeChannel,
+  authorizeDirectTcpip,
+  authorizeForward,
+  authorizeGlobalRequest,
+  checkDeviceCertificate,
+  checkOperatorCertificate,
+  checkUserCertificate,
+  type CertRefusal,
+  type ChannelRefusal,
+  type DeviceIdentity,
+  type DirectTcpipRefusal,
+  type ForwardRefusal,
+  type Identity,
+  type OperatorIdentity,
+} from './authorize.js';

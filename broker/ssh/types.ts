@@ -1,0 +1,88 @@
+/**
+ * The gateway's contract with the broker process that wires it in: what it
+ * is given (injected dependencies, limits) and what it offers.
+ */
+import type { KeyPair, PublicKey } from '../../ca/index.js';
+import type { SessionInfo } from './session.js';
+import type { GatewayStats } from './stats.js';
+
+export interface AuditEvent {
+  readonly actor: string;
+  readonly action: string;
+  readonly target?: string;
+  readonly remoteAddr?: string;
+  readonly outcome: string;
+  readonly details?: Record<string, unknown>;
+}
+
+export interface PresenceUpdate {
+  readonly deviceId: string;
+  readonly online: boolean;
+  readonly since?: Date;
+  readonly remoteAddr?: string;
+}
+
+export interface GatewayLogger {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export interface GatewayLimits {
+  /** Connections that have not authenticated yet, all sources together (sshd MaxStartups). */
+  readonly maxUnauthenticated?: number;
+  /** From TCP accept to successful authentication (sshd LoginGraceTime). */
+  readonly authTimeoutMs?: number;
+  /** Refused attempts per connection before it is dropped (sshd MaxAuthTries). */
+  readonly maxAuthAttempts?: number;
+  /** Token bucket per IPv4 address / IPv6 /64: sustained new connections per second… */
+  readonly perIpRatePerSecond?: number;
+  /** …and how many may arrive at once. */
+  readonly perIpBurst?: number;
+  /** SSH keepalive (keepalive@openssh.com global request) period once authenticated. */
+  readonly keepaliveIntervalMs?: number;
+  /** Unanswered keepalives before the device is declared dead. */
+  readonly keepaliveCountMax?: number;
+}
+
+/**
+ * Defaults. The per-source burst is sized for a venue with a few hundred
+ * devices behind one NAT that all reconnect after a broker restart: 100 at
+ * once, then 10 a second (600 a minute) while their jittered backoff spreads
+ * them out. A dead device is noticed after about 15 s x (3 + 1) = 60 s.
+ */
+export const DEFAULT_LIMITS: Required<GatewayLimits> = Object.freeze({
+  maxUnauthenticated: 512,
+  authTimeoutMs: 30_000,
+  maxAuthAttempts: 6,
+  perIpRatePerSecond: 10,
+  perIpBurst: 100,
+  keepaliveIntervalMs: 15_000,
+  keepaliveCountMax: 3,
+});
+
+export interface GatewayDeps {
+  /** The broker's Ed25519 host key. */
+  readonly hostKey: KeyPair;
+  /** Trusted user CA keys (device and operator certificates). */
+  readonly userCaKeys: readonly PublicKey[];
+  /** Synchronous, in memory; the control plane keeps it fresh. */
+  isRevoked(cert: { serial: bigint; keyId: string }): boolean;
+  readonly clock: () => Date;
+  /** Fire-and-forget. */
+  audit(event: AuditEvent): void;
+  presence?(update: PresenceUpdate): void;
+  readonly logger: GatewayLogger;
+  readonly limits?: GatewayLimits;
+}
+
+export interface Gateway {
+  /** Starts accepting SSH connections; resolves with the bound port (useful with port 0). */
+  listen(port: number, host: string): Promise<{ port: number }>;
+  /** Stops accepting, ends every session, frees every port. */
+  close(): Promise<void>;
+  /** Ends every live session of DEVICEID and its listeners at once. */
+  revokeDevice(deviceId: string): void;
+  stats(): GatewayStats;
+  sessions(): SessionInfo[];
+}
