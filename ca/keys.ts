@@ -57,17 +57,21 @@ function privateKeyFromSeed(seed: Buffer, publicKey: Buffer): KeyObject {
   });
 }
 
+// LRU of KeyObjects: CA keys and recently seen device keys (renewals, logins).
+const PUBLIC_KEY_CACHE_SIZE = 8192;
 const publicKeyObjects = new Map<string, KeyObject>();
 
-/** node:crypto KeyObject for a raw Ed25519 key, cached (CA keys are few). */
+/** node:crypto KeyObject for a raw Ed25519 key, cached. */
 export function publicKeyObject(raw: PublicKey): KeyObject {
   const id = raw.toString('base64');
   let key = publicKeyObjects.get(id);
-  if (!key) {
+  if (key) {
+    publicKeyObjects.delete(id); // re-insert as most recently used
+  } else {
     key = createPublicKey({ key: Buffer.concat([SPKI_PREFIX, raw]), format: 'der', type: 'spki' });
-    if (publicKeyObjects.size >= 1024) publicKeyObjects.clear();
-    publicKeyObjects.set(id, key);
+    if (publicKeyObjects.size >= PUBLIC_KEY_CACHE_SIZE) publicKeyObjects.delete(publicKeyObjects.keys().next().value as string);
   }
+  publicKeyObjects.set(id, key);
   return key;
 }
 

@@ -63,11 +63,16 @@ export async function enrollDevice(deps: CoreDeps, req: EnrollRequest, actor: Pi
         tokenId: token.id,
         createdAt: now,
       });
-      const block = await tx.allocatePortBlock(deviceId, { poolFirst: deps.config.ports.first, poolLast: deps.config.ports.last, size: deps.config.ports.perDevice, now });
-      const grant = await issueDeviceCertificate(deps, tx, { id: deviceId, name, keyFingerprint }, publicKey, block, now);
-      await tx.appendAudit({
-        at: now, actor: `token:${token.id}`, action: 'device.enroll', target: deviceId, remoteAddr: actor.remoteAddr, outcome: 'ok',
-        details: { name, ports: `${block.first}-${block.last}`, serial: grant.serial, fingerprint: keyFingerprint },
+      const [block, serial] = await Promise.all([
+        tx.allocatePortBlock(deviceId, { poolFirst: deps.config.ports.first, poolLast: deps.config.ports.last, size: deps.config.ports.perDevice, now }),
+        tx.nextSerial(),
+      ]);
+      const grant = await issueDeviceCertificate(deps, tx, { id: deviceId, name, keyFingerprint }, publicKey, block, now, {
+        serial,
+        audit: (g) => ({
+          at: now, actor: `token:${token.id}`, action: 'device.enroll', target: deviceId, remoteAddr: actor.remoteAddr, outcome: 'ok',
+          details: { name, ports: `${block.first}-${block.last}`, serial: g.serial, fingerprint: keyFingerprint },
+        }),
       });
       return grant;
     });

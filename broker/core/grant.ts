@@ -1,9 +1,20 @@
 /** Issuing a device certificate inside a store transaction: shared by enrollment and renewal. */
 import { formatCertificate, signDeviceCert, type PublicKey } from '../../ca/index.js';
-import type { DeviceRecord, PortBlock, StoreTx } from '../store/types.js';
+import type { DeviceRecord, NewAuditEvent, PortBlock, StoreTx } from '../store/types.js';
 import type { CertificateGrantWire } from '../wire-types.js';
 import type { CoreDeps } from './deps.js';
 
+export interface IssueOptions {
+  /** From tx.nextSerial(), started by the caller alongside its other statements. */
+  readonly serial: bigint;
+  /** The audit event recorded with the certificate, in the same transaction. */
+  readonly audit: (grant: CertificateGrantWire) => NewAuditEvent;
+}
+
+/**
+ * Signs the certificate and records it and its audit event. The two writes
+ * are sent together: the store's single connection pipelines them.
+ */
 export async function issueDeviceCertificate(
   deps: CoreDeps,
   tx: StoreTx,
@@ -11,25 +22,15 @@ export async function issueDeviceCertificate(
   publicKey: PublicKey,
   block: PortBlock,
   now: Date,
+  options: IssueOptions,
 ): Promise<CertificateGrantWire> {
-  const serial = await tx.nextSerial();
+  const { serial } = options;
   const validitySeconds = deps.config.certs.deviceValiditySeconds;
   const cert = signDeviceCert({ ca: deps.ca.userCa, publicKey, deviceId: device.id, ports: block, serial, now, validitySeconds });
   const validAfter = new Date(Number(cert.validAfter) * 1000);
   const validBefore = new Date(Number(cert.validBefore) * 1000);
-  await tx.insertCertificate({
-    serial,
-    deviceId: device.id,
-    kind: 'device',
-    keyFingerprint: device.keyFingerprint,
-    keyId: cert.keyId,
-    principal: cert.principals[0]!,
-    validAfter,
-    validBefore,
-    issuedAt: now,
-  });
   const renewAfter = new Date(now.getTime() + validitySeconds * 1000 * deps.config.certs.renewAtFraction);
-  return {
+  const grant: CertificateGrantWire = {
     deviceId: device.id,
     name: device.name,
     ports: { first: block.first, last: block.last },
@@ -40,4 +41,12 @@ export async function issueDeviceCertificate(
     renewAfter: renewAfter.toISOString(),
     ssh: deps.ssh,
   };
+  await Promise.all([
+    tx.insertCertificate({
+      serial, deviceId: device.id, kind: 'device', keyFingerprint: device.keyFingerprint, keyId: cert.keyId,
+      principal: cert.principals[0]!, validAfter, validBefore, issuedAt: now,
+    }),
+    tx.appendAudit(options.audit(grant)),
+  ]);
+  return grant;
 }

@@ -33,7 +33,8 @@ async function findActiveDevice(deps: CoreDeps, deviceId: string): Promise<Devic
 export async function renewDevice(deps: CoreDeps, req: RenewRequest, actor: Pick<Actor, 'remoteAddr'>): Promise<CertificateGrantWire> {
   const now = deps.clock();
   try {
-    const device = await findActiveDevice(deps, req.deviceId);
+    // Independent reads go to the store together (its one connection pipelines them).
+    const [device, latest] = await Promise.all([findActiveDevice(deps, req.deviceId), deps.store.latestCertificateOfDevice(req.deviceId)]);
     const skew = Math.abs(now.getTime() / 1000 - req.timestamp);
     if (skew > deps.config.renew.maxSkewSeconds) {
       throw new BrokerError('REQUEST_STALE', `request timestamp is ${Math.round(skew)} s away from the broker's clock`);
@@ -51,7 +52,6 @@ export async function renewDevice(deps: CoreDeps, req: RenewRequest, actor: Pick
       throw new BrokerError('BAD_REQUEST', 'newKeySignature without newPublicKey');
     }
 
-    const latest = await deps.store.latestCertificateOfDevice(device.id);
     const graceEnd = latest ? latest.validBefore.getTime() + deps.config.certs.renewGraceSeconds * 1000 : 0;
     if (!latest || latest.keyFingerprint !== device.keyFingerprint || now.getTime() > graceEnd) {
       throw new BrokerError('RENEWAL_GRACE_EXCEEDED', 'the last certificate expired longer ago than the grace period; re-enroll the device');
@@ -59,10 +59,13 @@ export async function renewDevice(deps: CoreDeps, req: RenewRequest, actor: Pick
 
     return await deps.store.transaction(async (tx) => {
       const nonceExpiry = new Date(now.getTime() + 2 * deps.config.renew.maxSkewSeconds * 1000);
-      if (!(await tx.insertNonce(`${device.id}:${req.nonce}`, device.id, nonceExpiry))) {
-        throw new BrokerError('REQUEST_REPLAYED', 'this renewal request was already used');
-      }
-      const again = await tx.findDevice(device.id);
+      const [fresh, again, serial] = await Promise.all([
+        tx.insertNonce(`${device.id}:${req.nonce}`, device.id, nonceExpiry),
+        tx.findDevice(device.id),
+        tx.nextSerial(),
+      ]);
+      if (!fresh) throw new BrokerError('REQUEST_REPLAYED', 'this renewal request was already used');
+      // Re-read inside the transaction: a revocation may have committed since the first read.
       if (!again || again.status !== 'active') throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
       let key = currentKey;
       let keyFingerprint = device.keyFingerprint;
@@ -74,10 +77,12 @@ export async function renewDevice(deps: CoreDeps, req: RenewRequest, actor: Pick
         }
       }
       const block = { first: device.portFirst!, last: device.portLast! };
-      const grant = await issueDeviceCertificate(deps, tx, { id: device.id, name: device.name, keyFingerprint }, key, block, now);
-      await tx.appendAudit({
-        at: now, actor: `device:${device.id}`, action: newKey ? 'device.rotate' : 'device.renew', target: device.id,
-        remoteAddr: actor.remoteAddr, outcome: 'ok', details: { serial: grant.serial, fingerprint: keyFingerprint },
+      const grant = await issueDeviceCertificate(deps, tx, { id: device.id, name: device.name, keyFingerprint }, key, block, now, {
+        serial,
+        audit: (g) => ({
+          at: now, actor: `device:${device.id}`, action: newKey ? 'device.rotate' : 'device.renew', target: device.id,
+          remoteAddr: actor.remoteAddr, outcome: 'ok', details: { serial: g.serial, fingerprint: keyFingerprint },
+        }),
       });
       return grant;
     });
