@@ -14,6 +14,7 @@ import type { CoreDeps } from './core/deps.js';
 import { dataPaths } from './data-dir.js';
 import { createApp } from './http/app.js';
 import type { Logger } from './logger.js';
+import { startMaintenance } from './maintenance.js';
 import { BrokerMetrics } from './metrics.js';
 import { RevocationList } from './revocation.js';
 import { startSshSide, type SshSide } from './ssh-side.js';
@@ -72,6 +73,12 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const revocations = new RevocationList(store, userCa.publicKey, paths.krl, clock);
     await revocations.refresh();
     const metrics = new BrokerMetrics(store, config, clock);
+    const stopMaintenance = startMaintenance({
+      store, revocations, clock, logger,
+      // Renewal within the grace period needs the last certificate of a device.
+      keepExpiredCertificatesMs: (config.certs.renewGraceSeconds + 86400) * 1000,
+    });
+    closers.push(async () => stopMaintenance());
 
     const ssh = await startSshSide({ config, logger, store, clock, userCa, hostKey, hostCertificate, revocations, paths });
     closers.push(() => ssh.close());

@@ -1,0 +1,34 @@
+import test from 'ava';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { buildRenewRequest } from '../../agent/renew-request.js';
+import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
+import { createLogger } from '../../broker/logger.js';
+import { runMaintenance } from '../../broker/maintenance.js';
+import type { EnrollResponse } from '../../broker/wire-types.js';
+import { withBroker } from '../helpers/broker.js';
+import { sshKeygen } from '../helpers/openssh.js';
+
+test('ok/maintenance drops expired serials from the KRL but keeps the revoked key id, and forgets old nonces', async (t) => {
+  await withBroker(async (b) => {
+    const { tokens } = await b.call<{ tokens: Array<{ token: string }> }>(b.admin, 'POST', '/v1/tokens', { count: 1 });
+    const key = generateKeyPair();
+    const grant = await b.call<EnrollResponse>(b.anonymous, 'POST', '/v1/enroll', { token: tokens[0]!.token, publicKey: formatPublicKey(key.publicKey) });
+    await b.call(b.anonymous, 'POST', '/v1/renew', buildRenewRequest({ deviceId: grant.deviceId, key }));
+    await b.call(b.admin, 'POST', `/v1/devices/${grant.deviceId}/revoke`, {});
+    const listed = async (): Promise<string> => {
+      const path = join(b.dir, 'k.krl');
+      await writeFile(path, await b.call<Buffer>(b.anonymous, 'GET', '/v1/krl'));
+      return (await sshKeygen(['-Q', '-l', '-f', path])).stdout;
+    };
+    t.regex(await listed(), /serial: 2-3/); // enrollment (serial 2) and renewal (3); serial 1 is the host certificate
+    t.regex(await listed(), new RegExp(`id: device:${grant.deviceId}`));
+
+    b.clock.advance(2 * 3600_000); // every certificate of the device has expired
+    const pruned = await runMaintenance({ store: b.broker.store, revocations: b.broker.revocations, clock: b.clock.now, logger: createLogger('silent'), keepExpiredCertificatesMs: 86400_000 });
+    t.is(pruned.nonces, 1);
+    const after = await listed();
+    t.notRegex(after, /serial: /);
+    t.regex(after, new RegExp(`id: device:${grant.deviceId}`));
+  });
+});
