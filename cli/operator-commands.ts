@@ -71,7 +71,7 @@ export function registerOperatorCommands(program: Command, env: NodeJS.ProcessEn
     .action(async (ref: string, flags: ApiFlags & { reason?: string }) => {
       const res = await callApi<{ device: { id: string; name: string | null }; alreadyRevoked: boolean; certificatesRevoked: number }>(flags, env, 'POST', `/v1/devices/${encodeURIComponent(ref)}/revoke`, { reason: flags.reason });
       if (flags.json) printJson(res);
-      else process.stdout.write(res.alreadyRevoked ? `${res.device.id} was already revoked\n` : `revoked ${res.device.id}${res.device.name ? ` (${res.device.name})` : ''}: ${res.certificatesRevoked} certificate(s), tunnel closed\n`);
+      else process.stdout.write(res.alreadyRevoked ? `${res.device.id} was already revoked\n` : `revoked ${res.device.id}${res.device.name ? ` (${res.device.name})` : ''}: ${res.certificatesRevoked} certificate(s) revoked, KRL updated, live tunnel (if any) closed\n`);
     });
 
   addApiOptions(program.command('audit').description('the audit trail (admin or operator key)'))
