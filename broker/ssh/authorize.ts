@@ -30,6 +30,16 @@ function inBlock(port: number, block: PortBlock): boolean {
   return Number.isInteger(port) && port >= block.first && port <= block.last;
 }
 
+/** Is BLOCK one of the blocks the allocator hands out from POOL (first + k * perDevice, perDevice wide)? */
+export function isPoolBlock(block: PortBlock, pool: PortPool): boolean {
+  return (
+    block.first >= pool.first &&
+    block.last <= pool.last &&
+    (block.first - pool.first) % pool.perDevice === 0 &&
+    block.last - block.first + 1 === pool.perDevice
+  );
+}
+
 // ---------------------------------------------------------------------------
 // Certificates
 
@@ -48,11 +58,26 @@ export type CertRefusal =
     >
   | 'KEY_ID_INVALID'
   | 'PRINCIPAL_INVALID'
+  | 'PRINCIPAL_OUTSIDE_POOL'
   | 'FORWARDING_NOT_PERMITTED'
   | 'REVOKED';
 
+/** The broker's port pool, as the allocator lays it out: blocks of perDevice ports from first. */
+export interface PortPool {
+  readonly first: number;
+  readonly last: number;
+  readonly perDevice: number;
+}
+
 export interface CertificateCheckDeps {
   readonly trustedCaKeys: readonly PublicKey[];
+  /**
+   * When given, a principal must name one block of the pool exactly, as in
+   * OpenSSH mode, whose principals files list only those blocks: a
+   * certificate for any other range (signed by hand, or before the pool was
+   * reconfigured) gets in neither way.
+   */
+  readonly pool?: PortPool;
   /** Synchronous and in memory: the control plane keeps the revocation set fresh. */
   isRevoked(cert: { serial: bigint; keyId: string }): boolean;
 }
@@ -121,6 +146,7 @@ function checkCommon(
   }
   const parsed = cert.principals.length === 1 ? parsePortPrincipal(cert.principals[0]!) : undefined;
   if (!parsed || parsed.kind !== kind) return { ok: false, reason: 'PRINCIPAL_INVALID' };
+  if (deps.pool && !isPoolBlock(parsed.block, deps.pool)) return { ok: false, reason: 'PRINCIPAL_OUTSIDE_POOL' };
   // sshd refuses port forwarding to a certificate without this extension;
   // the embedded gateway gives the same verdict (DESIGN: one policy, two modes).
   if (!('permit-port-forwarding' in cert.extensions)) return { ok: false, reason: 'FORWARDING_NOT_PERMITTED' };

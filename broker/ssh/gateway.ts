@@ -59,7 +59,11 @@ function truncate(text: string, max = 128): string {
 export function createGateway(deps: GatewayDeps): Gateway {
   const limits = resolveLimits(deps.limits);
   const { logger, clock } = deps;
-  const certDeps: CertificateCheckDeps = { trustedCaKeys: deps.userCaKeys, isRevoked: (c) => deps.isRevoked(c) };
+  const certDeps: CertificateCheckDeps = {
+    trustedCaKeys: deps.userCaKeys,
+    isRevoked: (c) => deps.isRevoked(c),
+    ...(deps.portPool ? { pool: deps.portPool } : {}),
+  };
   const counters = new GatewayCounters();
   const limiter = new ConnectionRateLimiter({ ratePerSecond: limits.perIpRatePerSecond, burst: limits.perIpBurst });
   const states = new Set<ConnState>();

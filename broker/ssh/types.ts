@@ -66,6 +66,12 @@ export interface GatewayDeps {
   readonly hostKey: KeyPair;
   /** Trusted user CA keys (device and operator certificates). */
   readonly userCaKeys: readonly PublicKey[];
+  /**
+   * The port pool: when given, only certificates whose principal names one
+   * of its blocks exactly get in (OpenSSH mode's principals files list no
+   * other). Without it the gateway trusts whatever block the CA signed.
+   */
+  readonly portPool?: { readonly first: number; readonly last: number; readonly perDevice: number };
   /** Synchronous, in memory; the control plane keeps it fresh. */
   isRevoked(cert: { serial: bigint; keyId: string }): boolean;
   readonly clock: () => Date;

@@ -9,6 +9,7 @@
  * those rows; the ok rows are the positive controls.
  */
 import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import {
   execSession,
@@ -19,6 +20,7 @@ import {
   sftpSession,
   sha256,
   sleep,
+  ssh2Tunnel,
   stdioForward,
   type ClientObservation,
   type Forward,
@@ -67,11 +69,11 @@ async function tryReverse(
   return assertNothingListens(tunnel.observation, forbidden);
 }
 
-/** A device certificate for a fresh block, refused or not at login, tried on its own first port. */
-function deviceLoginCase(name: string, issue: (env: CaseEnv) => Promise<Identity>, at: 'auth' | 'any stage' = 'auth'): ConformanceCase {
+/** A device certificate that must be refused at login, tried on its own first port. */
+function deviceLoginCase(name: string, issue: (env: CaseEnv) => Promise<Identity>): ConformanceCase {
   return defineCase({
     name,
-    expect: at === 'auth' ? { verdict: 'refused', stage: 'auth' } : { verdict: 'refused' },
+    expect: { verdict: 'refused', stage: 'auth' },
     setup: issue,
     run: (env, identity) => tryReverse(env, identity, env.gateway.deviceUser, [{ bind: '127.0.0.1', port: identity.block.first }]),
   });
@@ -147,16 +149,32 @@ export const CASES: readonly ConformanceCase[] = [
         [other.first],
       ),
   }),
-  // Principal ports-A-B for a block outside the pool: sshd finds no line for
-  // it (refused at login); a gateway may also refuse the forward instead.
-  deviceLoginCase(
-    'fail/port-outside-pool',
-    (env) => issueDevice(env.world, { first: env.world.pool.last + 1, last: env.world.pool.last + env.world.pool.perDevice }),
-    'any stage',
+  // Certificates the CA should never have signed (by hand, or before the
+  // pool was reconfigured) for a range that is not one block of the pool:
+  // sshd finds no principals line for them, the gateway checks its pool.
+  deviceLoginCase('fail/port-outside-pool', (env) =>
+    issueDevice(env.world, { first: env.world.pool.last + 1, last: env.world.pool.last + env.world.pool.perDevice }),
   ),
+  deviceLoginCase('fail/block-straddling-two-blocks', async (env) => {
+    const block = await env.world.nextBlock();
+    return issueDevice(env.world, { first: block.first + 1, last: block.first + env.world.pool.perDevice });
+  }),
+  deviceLoginCase('fail/block-wider-than-one', async (env) => {
+    const mine = await env.world.nextBlock();
+    const neighbour = await env.world.nextBlock();
+    if (neighbour.first !== mine.last + 1) throw new Error('control: no two adjacent free blocks');
+    return issueDevice(env.world, { first: mine.first, last: neighbour.last });
+  }),
   bindCase('fail/bind-localhost', 'localhost'),
   bindCase('fail/bind-any-address', '0.0.0.0'),
   bindCase('fail/bind-ipv6-loopback', '[::1]'),
+  defineCase({
+    // Port 0 asks the server to pick a port (RFC 4254 section 7.1).
+    name: 'fail/port-zero',
+    expect: { verdict: 'refused', stage: 'request' },
+    setup: async (env) => issueDevice(env.world, await env.world.nextBlock()),
+    run: (env, identity) => tryReverse(env, identity, env.gateway.deviceUser, [{ bind: '127.0.0.1', port: 0 }], portsOf(identity.block)),
+  }),
   defineCase({
     name: 'fail/device-local-forward',
     expect: { verdict: 'refused', stage: 'request' },
@@ -182,6 +200,12 @@ export const CASES: readonly ConformanceCase[] = [
     run: (env, identity) => execSession(env.target, identity, env.gateway.deviceUser, undefined),
   }),
   defineCase({
+    name: 'fail/pty',
+    expect: { verdict: 'refused', stage: 'request' },
+    setup: async (env) => issueDevice(env.world, await env.world.nextBlock()),
+    run: (env, identity) => execSession(env.target, identity, env.gateway.deviceUser, 'tty', { pty: true }),
+  }),
+  defineCase({
     name: 'fail/sftp',
     expect: { verdict: 'refused', stage: 'request' },
     setup: async (env) => issueDevice(env.world, await env.world.nextBlock()),
@@ -193,6 +217,30 @@ export const CASES: readonly ConformanceCase[] = [
   deviceLoginCase('fail/other-ca', async (env) => issueDevice(env.world, await env.world.nextBlock(), { ca: env.world.otherCa })),
   deviceLoginCase('fail/host-certificate', async (env) => issueHostTypeCert(env.world, await env.world.nextBlock())),
   deviceLoginCase('fail/plain-key', async (env) => plainKey(env.world, await env.world.nextBlock())),
+  defineCase({
+    // The principal rewritten to name another device's block, signature
+    // left as it was. OpenSSH's client drops such a certificate when loading
+    // it, so the ssh2 client with the agent's shim presents it; the same
+    // client with the untouched certificate is the positive control.
+    name: 'fail/tampered',
+    expect: { verdict: 'refused', stage: 'auth' },
+    setup: async (env) => ({ identity: await issueDevice(env.world, await env.world.nextBlock()), other: await env.world.nextBlock() }),
+    async run(env, { identity, other }) {
+      const line = (await readFile(identity.certPath!, 'utf8')).trim();
+      const [algorithm, base64] = line.split(/\s+/);
+      const blob = Buffer.from(base64!, 'base64');
+      const mine = Buffer.from(`ports-${identity.block.first}-${identity.block.last}`);
+      const theirs = Buffer.from(`ports-${other.first}-${other.last}`);
+      const at = blob.indexOf(mine);
+      if (at < 0 || mine.length !== theirs.length) throw new Error('control: cannot rewrite the principal in place');
+      theirs.copy(blob, at);
+      const tampered = `${algorithm} ${blob.toString('base64')}`;
+      const control = await ssh2Tunnel(env.target, identity.keyPath, line, env.gateway.deviceUser, identity.block.first);
+      if (control.verdict !== 'ok') throw new Error(`control: the untampered certificate was refused: ${control.detail}`);
+      const observed = await ssh2Tunnel(env.target, identity.keyPath, tampered, env.gateway.deviceUser, other.first);
+      return assertNothingListens(observed, [other.first]);
+    },
+  }),
   defineCase({
     name: 'fail/revoked',
     expect: { verdict: 'refused', stage: 'auth' },

@@ -11,6 +11,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import ssh2 from 'ssh2';
+import { loadKeyPair } from '../../ca/index.js';
+import { certificateAuthHandler } from '../../agent/ssh2-cert-auth.js';
 import { sshArgs } from '../helpers/ssh-client.js';
 import type { Verdict } from './world.js';
 
@@ -206,15 +209,19 @@ export async function localForward(
   }
 }
 
-/** Runs a command (or, without one, a shell) as USER; ok if it ran and said its marker. */
+/**
+ * Runs a command (or, without one, a shell) as USER; ok if it ran and said
+ * its marker. PTY: ask for a terminal too (-tt, forced although stdin is a pipe).
+ */
 export async function execSession(
   target: SshTarget,
   identity: SshIdentity,
   user: string,
   command: string | undefined,
+  options: { pty?: boolean } = {},
 ): Promise<ClientObservation> {
   const marker = 'certunnel-marker-4711';
-  const args = ['-v', ...sshOptions(target, identity, user), target.host];
+  const args = ['-v', ...(options.pty ? ['-tt'] : []), ...sshOptions(target, identity, user), target.host];
   if (command !== undefined) args.push(`${command}; echo ${marker}`);
   const result = await runClient('ssh', args, command === undefined ? `echo ${marker}\nexit\n` : '');
   const stage: Stage = authenticated(result.stderr) ? 'request' : 'auth';
@@ -232,6 +239,48 @@ export async function sftpSession(target: SshTarget, identity: SshIdentity, user
   const result = await runClient('sftp', args);
   const stage: Stage = authenticated(result.stderr) ? 'request' : 'auth';
   return { verdict: result.code === 0 ? 'ok' : 'refused', stage, detail: `exit ${result.code}: ${lastError(result.stderr)}` };
+}
+
+/**
+ * The ssh2 client with the agent's certificate shim (agent/ssh2-cert-auth.ts)
+ * presenting CERTIFICATE (a line, possibly tampered) for KEYPATH's key, then
+ * asking for a remote forward of PORT. Used where OpenSSH cannot be the
+ * client: it verifies a certificate's CA signature when loading it and drops
+ * a tampered one, so a server would never see it. The host key is not
+ * checked: the verdict is about the server's decision, on loopback.
+ */
+export async function ssh2Tunnel(target: SshTarget, keyPath: string, certificate: string, user: string, port: number): Promise<ClientObservation> {
+  const key = await loadKeyPair(keyPath);
+  const client = new ssh2.Client();
+  try {
+    return await new Promise<ClientObservation>((resolve) => {
+      const timer = setTimeout(() => resolve({ verdict: 'refused', stage: 'auth', detail: 'ssh2: no answer' }), CLIENT_TIMEOUT_MS);
+      const settle = (o: ClientObservation): void => {
+        clearTimeout(timer);
+        resolve(o);
+      };
+      // ssh2 may report several errors (the refusal, then the reset): the first decides.
+      let ready = false;
+      client.on('error', () => undefined);
+      client.once('error', (err: Error) => settle({ verdict: 'refused', stage: ready ? 'request' : 'auth', detail: `ssh2: ${err.message}` }));
+      client.once('ready', () => {
+        ready = true;
+        client.forwardIn('127.0.0.1', port, (err) =>
+          settle(err ? { verdict: 'refused', stage: 'request', detail: `ssh2: ${err.message}` } : { verdict: 'ok', stage: 'request', detail: `ssh2 bound 127.0.0.1:${port}` }),
+        );
+      });
+      client.connect({
+        host: target.host,
+        port: target.port,
+        username: user,
+        hostVerifier: () => true,
+        authHandler: certificateAuthHandler(client, { username: user, key, certificate }),
+        readyTimeout: CLIENT_TIMEOUT_MS,
+      });
+    });
+  } finally {
+    client.end();
+  }
 }
 
 // --- TCP plumbing -----------------------------------------------------------

@@ -66,10 +66,10 @@ export interface GatewayDriver {
  * kernel's ephemeral range (32768+) and away from the broker's default pool
  * (20000-29999) that other tests use; blocks with a busy port are skipped.
  */
-export async function createWorld(dir: string, options: { blocks?: number; perDevice?: number } = {}): Promise<World> {
+export async function createWorld(dir: string, options: { blocks?: number; perDevice?: number; first?: number } = {}): Promise<World> {
   const perDevice = options.perDevice ?? 2;
   const size = (options.blocks ?? 48) * perDevice;
-  const first = 11000 + perDevice * Math.floor((Math.random() * (8000 - size)) / perDevice);
+  const first = options.first ?? 11000 + perDevice * Math.floor((Math.random() * (8000 - size)) / perDevice);
   const pool: PoolSpec = { first, last: first + size - 1, perDevice };
   const hostCa = generateKeyPair();
   const knownHostsPath = join(dir, 'known_hosts');
@@ -252,4 +252,40 @@ export function formatTable(gateway: string, rows: readonly Row[]): string {
   return all
     .map((r, i) => `${i === 0 ? '  ' : r.pass ? '✔ ' : '✘ '}${r.name.padEnd(wn)}  ${r.expected.padEnd(we)}  ${r.observed.padEnd(wo)}  ${r.detail}`)
     .join('\n');
+}
+
+/** The rows of one case in every mode that ran it, for formatMatrix. */
+export interface MatrixRow {
+  readonly name: string;
+  readonly byMode: Readonly<Record<string, Row | undefined>>;
+}
+
+/**
+ * One line per case, one column per mode: what the mode was expected to do
+ * and what it did, ✔ or ✘ per cell; a documented difference shows its
+ * expectation in the cell ("refused (request)≠ok").
+ */
+export function formatMatrix(modes: readonly string[], rows: readonly MatrixRow[], cases: readonly ConformanceCase[]): string {
+  const byName = new Map(cases.map((c) => [c.name, c]));
+  const cell = (row: MatrixRow, mode: string): string => {
+    const r = row.byMode[mode];
+    if (!r) return '- skipped';
+    const c = byName.get(row.name);
+    const differs = c?.differences?.[mode] !== undefined;
+    return `${r.pass ? '✔' : '✘'} ${r.observed}${differs ? ' (known difference)' : ''}${!r.pass ? ` ≠ ${r.expected}` : ''}`;
+  };
+  const header = ['case', 'expected', ...modes];
+  const lines = rows.map((row) => [row.name, designExpectation(byName.get(row.name)), ...modes.map((m) => cell(row, m))]);
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+  const table = [header, ...lines].map((l) => l.map((x, i) => x.padEnd(widths[i]!)).join('  ').trimEnd());
+  const notes = cases.flatMap((c) =>
+    Object.entries(c.differences ?? {})
+      .filter(([mode]) => modes.includes(mode))
+      .map(([mode, d]) => `known difference, ${c.name} (${mode}): ${show(d)}: ${d.why}`),
+  );
+  return [...table, ...(notes.length > 0 ? ['', ...notes] : [])].join('\n');
+}
+
+function designExpectation(c: ConformanceCase | undefined): string {
+  return c ? show(c.expect) : '?';
 }
