@@ -6,6 +6,7 @@
  */
 import { join } from 'node:path';
 import type { KeyPair } from '../ca/index.js';
+import type { TunnelPresence } from './access/presence.js';
 import { splitHostPort, type BrokerConfig } from './config.js';
 import type { DataPaths } from './data-dir.js';
 import type { Logger } from './logger.js';
@@ -20,6 +21,8 @@ export interface SshSide {
   /** The port the SSH server listens on (the gateway's, or the configured sshd's). */
   readonly port: number;
   readonly statsSource?: GatewayStatsSource;
+  /** Which ports each device's tunnel holds (embedded gateway); absent in OpenSSH mode, where sshd holds them. */
+  readonly presence?: TunnelPresence;
   /** Called after the KRL has been rewritten: drop the device's live tunnel. */
   deviceRevoked(deviceId: string): Promise<void>;
   close(): Promise<void>;
@@ -45,6 +48,8 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   const gateway = createGateway({
     hostKey: o.hostKey,
     userCaKeys: [o.userCa.publicKey],
+    // Only certificates naming a real block of this broker's pool get in.
+    portPool: { first: o.config.ports.first, last: o.config.ports.last, perDevice: o.config.ports.perDevice },
     isRevoked: (cert) => o.revocations.isRevoked(cert),
     clock: o.clock,
     logger: log,
@@ -58,6 +63,11 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
         .setDeviceOnline(update.deviceId, { online: update.online, since: update.online ? (update.since ?? o.clock()) : null, remoteAddr: update.remoteAddr ?? null, lastSeen: o.clock() })
         .catch((err: unknown) => log.error({ err }, 'presence write failed'));
     },
+    resolveDevice: async (name) => {
+      const device = await o.store.findDeviceByName(name);
+      if (!device || device.status !== 'active' || device.portFirst === null || device.portLast === null) return undefined;
+      return { deviceId: device.id, block: { first: device.portFirst, last: device.portLast } };
+    },
     limits: { keepaliveIntervalMs: o.config.ssh.keepaliveIntervalSeconds * 1000, keepaliveCountMax: o.config.ssh.keepaliveCountMax },
   });
   const { host, port } = splitHostPort(o.config.ssh.listen);
@@ -65,6 +75,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   return {
     port: bound.port,
     statsSource: gateway,
+    presence: { forwardedPorts: (deviceId) => gateway.tunnelPorts(deviceId) },
     deviceRevoked: async (deviceId) => gateway.revokeDevice(deviceId),
     close: () => gateway.close(),
   };
