@@ -77,6 +77,20 @@ const configSchema = z
       })
       .strict()
       .prefault({}),
+    proxy: z
+      .object({
+        /** Serve https://<device-name>.<domain>/ by relaying to the device's http slot (operators only). */
+        enabled: z.boolean().default(true),
+        /** How long a browser login (the session cookie) lasts. */
+        sessionMinutes: z.number().int().min(5).max(7 * 24 * 60).default(8 * 60),
+        /**
+         * The longest a whole request may take to arrive (node's requestTimeout, for the API too):
+         * uploads through the proxy (firmware images) need more than an API call.
+         */
+        requestTimeoutSeconds: z.number().int().min(10).max(3600).default(300),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .strict()

@@ -28,6 +28,8 @@ export interface DataPaths {
   readonly krl: string;
   /** Written by a running broker: its pid and the addresses it actually bound (ports may be ephemeral). */
   readonly runtime: string;
+  /** HMAC key of the HTTP proxy's login sessions (0600); made by the broker on first start. */
+  readonly proxySessionKey: string;
 }
 
 export function dataPaths(dir: string): DataPaths {
@@ -43,6 +45,7 @@ export function dataPaths(dir: string): DataPaths {
     apiPin: join(dir, 'tls', 'api.pin'),
     krl: join(dir, 'revoked.krl'),
     runtime: join(dir, 'broker.runtime.json'),
+    proxySessionKey: join(dir, 'tls', 'proxy-session.key'),
   };
 }
 
@@ -54,6 +57,15 @@ export function brokerHostnames(config: BrokerConfig): string[] {
   if (apiHost !== '0.0.0.0' && apiHost !== '::') names.add(apiHost);
   if (config.api.publicUrl) names.add(new URL(config.api.publicUrl).hostname);
   return [...names];
+}
+
+/**
+ * Names the API's TLS certificate covers: the broker's names and
+ * `*.<domain>`, the hostnames of the HTTP proxy (one label deep, RFC 6125
+ * section 6.4.3), served on the same port.
+ */
+export function tlsHostnames(config: BrokerConfig): string[] {
+  return [...brokerHostnames(config), `*.${config.domain}`];
 }
 
 export interface InitOptions {
@@ -99,7 +111,7 @@ export async function initDataDir(options: InitOptions): Promise<InitResult> {
   await saveKeyPair(paths.hostCa, hostCa, { passphrase: options.passphrase, comment: 'certunnel host CA' });
   await saveKeyPair(paths.hostKey, hostKey, { comment: 'certunnel broker host key' });
 
-  const tls = generateTlsIdentity(brokerHostnames(config), now);
+  const tls = generateTlsIdentity(tlsHostnames(config), now);
   await writeFileAtomic(paths.tlsKey, tls.keyPem, { mode: 0o600 });
   await writeFileAtomic(paths.tlsCert, tls.certPem, { mode: 0o644 });
   await writeFileAtomic(paths.apiPin, `${tls.pin}\n`, { mode: 0o644 });

@@ -32,6 +32,8 @@ export const ERROR_STATUS = {
   INTERNAL: 500,
   /** The store could not take the request in time (saturated, or its file locked by another process). */
   STORE_BUSY: 503,
+  /** The device's tunnel is up, but its HTTP service refused or did not answer (or the device forwards no http slot). */
+  DEVICE_SERVICE_UNAVAILABLE: 502,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

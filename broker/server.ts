@@ -9,9 +9,10 @@ import { createServer as createHttpServer, type Server as HttpServer } from 'nod
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { formatPublicKey, loadKeyPair, loadPublicKey, writeFileAtomic } from '../ca/index.js';
+import { createAccessLayer, UNKNOWN_PRESENCE, type AccessLayer } from './access/index.js';
 import { splitHostPort, type BrokerConfig } from './config.js';
 import type { CoreDeps } from './core/deps.js';
-import { dataPaths } from './data-dir.js';
+import { brokerHostnames, dataPaths } from './data-dir.js';
 import { createApp } from './http/app.js';
 import type { Logger } from './logger.js';
 import { startMaintenance } from './maintenance.js';
@@ -38,6 +39,7 @@ export interface RunningBroker {
   readonly core: CoreDeps;
   readonly revocations: RevocationList;
   readonly ssh: SshSide;
+  readonly access: AccessLayer;
   close(): Promise<void>;
 }
 
@@ -99,21 +101,29 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
         deviceRevoked: async (deviceId) => {
           await revocations.refresh();
           await ssh.deviceRevoked(deviceId);
+          access.deviceRevoked(deviceId);
           logger.info({ deviceId }, 'device revoked; KRL rewritten and live sessions closed');
         },
       },
     };
+    const access = await createAccessLayer({
+      core, logger, presence: ssh.presence ?? UNKNOWN_PRESENCE, sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config),
+    });
+    closers.push(async () => access.close());
     const apiPin = config.api.insecureHttp ? null : (await readFile(paths.apiPin, 'utf8')).trim();
     const app = createApp({
-      core, logger, metrics, revocations, apiPin,
+      core, logger, metrics, revocations, apiPin, access,
       publicKeys: { userCa: formatPublicKey(userCa.publicKey), hostCa: formatPublicKey(hostCaPublicKey), hostKey: sshEndpoint.hostKey },
     });
+    // Device hostnames go to the HTTP proxy, everything else to the API.
+    const listener = access.requestListener(app.callback());
     const server = config.api.insecureHttp
-      ? createHttpServer(app.callback())
-      : createHttpsServer({ key: await readFile(paths.tlsKey), cert: await readFile(paths.tlsCert) }, app.callback());
+      ? createHttpServer(listener)
+      : createHttpsServer({ key: await readFile(paths.tlsKey), cert: await readFile(paths.tlsCert) }, listener);
+    server.on('upgrade', (req, socket, head) => access.onUpgrade(req, socket, head));
     server.keepAliveTimeout = 30_000;
     server.headersTimeout = 20_000;
-    server.requestTimeout = 30_000;
+    server.requestTimeout = config.proxy.enabled ? config.proxy.requestTimeoutSeconds * 1000 : 30_000;
     const apiPort = await listen(server, config.api.listen);
     closers.push(
       () =>
@@ -128,7 +138,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o644 });
     closers.push(() => rm(paths.runtime, { force: true }));
     logger.info({ apiUrl, sshPort: ssh.port, sshMode: config.ssh.mode }, 'broker started');
-    return { apiUrl, apiPort, sshPort: ssh.port, store, core, revocations, ssh, close };
+    return { apiUrl, apiPort, sshPort: ssh.port, store, core, revocations, ssh, access, close };
   } catch (err) {
     await close();
     throw err;

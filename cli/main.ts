@@ -5,6 +5,8 @@ import { CaError } from '../ca/index.js';
 import { registerBrokerCommands } from './broker-commands.js';
 import { registerCaCommands } from './ca-commands.js';
 import { registerOperatorCommands } from './operator-commands.js';
+import { registerProxyCommands } from './proxy-commands.js';
+import { registerSshCommands } from './ssh-commands.js';
 import { CliError } from './output.js';
 
 export function buildProgram(env: NodeJS.ProcessEnv): Command {
@@ -15,6 +17,8 @@ export function buildProgram(env: NodeJS.ProcessEnv): Command {
   registerCaCommands(program, env);
   registerBrokerCommands(program, env);
   registerOperatorCommands(program, env);
+  registerSshCommands(program, env);
+  registerProxyCommands(program, env);
   return program;
 }
 

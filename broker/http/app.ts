@@ -12,6 +12,8 @@ import type { BrokerMetrics } from '../metrics.js';
 import type { RevocationList } from '../revocation.js';
 import type { Actor, CoreDeps } from '../core/deps.js';
 import { authenticateApiKey } from '../core/api-keys.js';
+import type { AccessLayer } from '../access/index.js';
+import { registerAccessRoutes } from './routes-access.js';
 import { registerDeviceRoutes } from './routes-device.js';
 import { registerOperatorRoutes } from './routes-operator.js';
 
@@ -22,6 +24,8 @@ export interface HttpDeps {
   readonly revocations: RevocationList;
   readonly publicKeys: { userCa: string; hostCa: string; hostKey: string };
   readonly apiPin: string | null;
+  /** Operator certificates and the proxy's auth_request endpoint (broker/access). */
+  readonly access?: AccessLayer;
 }
 
 export type AppState = { actor?: Actor };
@@ -50,6 +54,9 @@ export function clientAddress(ctx: AppContext): string | null {
   return remoteAddr(ctx);
 }
 
+/** 5xx answers about a device (offline since …), not about the broker: their messages are written for the caller. */
+const DEVICE_5XX: ReadonlySet<string> = new Set(['DEVICE_OFFLINE', 'DEVICE_SERVICE_UNAVAILABLE']);
+
 /** koa-bodyparser (co-body / raw-body) errors carry a type and a status. */
 function bodyError(err: unknown): BrokerError | undefined {
   const e = err as { type?: string; status?: number };
@@ -72,9 +79,10 @@ export function createApp(deps: HttpDeps): Koa<AppState> {
     } catch (caught) {
       const err = caught instanceof BrokerError ? caught : (bodyError(caught) ?? caught);
       if (err instanceof BrokerError) {
+        const hidden = err.status >= 500 && !DEVICE_5XX.has(err.code);
         ctx.status = err.status;
-        ctx.body = { error: { code: err.code, message: err.status >= 500 ? 'internal error' : err.message } };
-        if (err.status >= 500) deps.logger.error({ err, path: ctx.path }, 'request failed');
+        ctx.body = { error: { code: err.code, message: hidden ? 'internal error' : err.message } };
+        if (hidden) deps.logger.error({ err, path: ctx.path }, 'request failed');
       } else {
         deps.logger.error({ err, path: ctx.path }, 'request failed');
         ctx.status = 500;
@@ -107,6 +115,7 @@ export function createApp(deps: HttpDeps): Koa<AppState> {
 
   registerDeviceRoutes(router, deps);
   registerOperatorRoutes(router, deps);
+  if (deps.access) registerAccessRoutes(router, deps, deps.access);
   app.use(router.routes());
   app.use(router.allowedMethods());
   return app;

@@ -323,3 +323,42 @@ export function authorizeDirectTcpip(principal: string, req: DirectTcpipRequest)
   if (!inBlock(req.destPort, parsed.block)) return deny('PORT_NOT_OWNED');
   return ALLOW;
 }
+
+// ---------------------------------------------------------------------------
+// Direct-tcpip targets that name a device (`ssh -W kiosk-42:22`)
+
+/** A DNS label, as device names are: only such a target is looked up as a device. */
+export const DEVICE_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/**
+ * Well-known service ports an operator may name instead of a port of the
+ * block, mapped to the block's slot (DESIGN: slot 0 ssh, slot 1 http), so
+ * that `ssh -J operator@broker kiosk-42` (which asks for kiosk-42:22) works.
+ */
+export const SERVICE_PORT_SLOTS: ReadonlyMap<number, number> = new Map([
+  [22, 0],
+  [80, 1],
+]);
+
+export type NamedTargetRefusal = 'DEVICE_UNKNOWN' | 'OTHER_DEVICE' | 'PORT_NOT_OWNED';
+
+/**
+ * Maps a direct-tcpip request naming DEVICE (as resolved from the name; undefined
+ * if there is no such active device) onto 127.0.0.1:<port of its block>, for the
+ * holder of IDENTITY. Only the operator's own device: the name is no way around
+ * the principal, which authorizeDirectTcpip checks again on the mapped port.
+ */
+export function resolveNamedTarget(
+  identity: Pick<OperatorIdentity, 'deviceId' | 'block'>,
+  device: { readonly deviceId: string; readonly block: PortBlock } | undefined,
+  destPort: number,
+): { readonly allow: true; readonly destAddr: string; readonly destPort: number } | { readonly allow: false; readonly reason: NamedTargetRefusal } {
+  if (!device) return { allow: false, reason: 'DEVICE_UNKNOWN' };
+  if (device.deviceId !== identity.deviceId || device.block.first !== identity.block.first || device.block.last !== identity.block.last) {
+    return { allow: false, reason: 'OTHER_DEVICE' };
+  }
+  const slot = SERVICE_PORT_SLOTS.get(destPort);
+  const port = inBlock(destPort, device.block) ? destPort : slot !== undefined ? device.block.first + slot : undefined;
+  if (port === undefined || !inBlock(port, device.block)) return { allow: false, reason: 'PORT_NOT_OWNED' };
+  return { allow: true, destAddr: LOOPBACK, destPort: port };
+}

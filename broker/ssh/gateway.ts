@@ -23,6 +23,8 @@ import {
   authorizeDirectTcpip,
   authorizeForward,
   authorizeGlobalRequest,
+  DEVICE_NAME,
+  resolveNamedTarget,
   type CertificateCheckDeps,
   type Identity,
 } from './authorize.js';
@@ -335,9 +337,37 @@ export function createGateway(deps: GatewayDeps): Gateway {
     info: { destIP: string; destPort: number },
   ): void {
     const kind = 'direct-tcpip';
-    const target = `${info.destIP}:${info.destPort}`;
+    const target = `${truncate(info.destIP, 64)}:${info.destPort}`;
     const channelDecision = authorizeChannel(session.identity.role, kind);
     if (!channelDecision.allow) return refuseChannel(session, kind, reject, channelDecision.reason, target);
+    const { identity } = session;
+    // A device name as the target host: resolved to 127.0.0.1:<port of its block>, only for the certificate's own device.
+    if (info.destIP !== LOOPBACK && deps.resolveDevice && identity.role === 'operator' && DEVICE_NAME.test(info.destIP)) {
+      deps
+        .resolveDevice(info.destIP)
+        .then((device) => {
+          if (session.closed) return reject();
+          const named = resolveNamedTarget(identity, device, info.destPort);
+          if (!named.allow) return refuseChannel(session, kind, reject, named.reason, target);
+          openDirectTcpip(session, accept, reject, { destIP: named.destAddr, destPort: named.destPort });
+        })
+        .catch((err: unknown) => {
+          logger.error({ err, sessionId: session.id }, 'ssh device lookup failed');
+          refuseChannel(session, kind, reject, 'INTERNAL_ERROR', target);
+        });
+      return;
+    }
+    openDirectTcpip(session, accept, reject, info);
+  }
+
+  function openDirectTcpip(
+    session: GatewaySession,
+    accept: () => ServerChannel,
+    reject: RejectConnection,
+    info: { destIP: string; destPort: number },
+  ): void {
+    const kind = 'direct-tcpip';
+    const target = `${info.destIP}:${info.destPort}`;
     const decision = authorizeDirectTcpip(session.identity.principal, { destAddr: info.destIP, destPort: info.destPort });
     if (!decision.allow) return refuseChannel(session, kind, reject, decision.reason, target);
     // Only a port some device tunnel holds right now: never whatever else
@@ -347,7 +377,11 @@ export function createGateway(deps: GatewayDeps): Gateway {
       return refuseChannel(session, kind, reject, 'TUNNEL_NOT_CONNECTED', target);
     }
     const actor = actorOf(session.identity);
-    audit({ actor, action: 'ssh.reach', target, remoteAddr: session.remoteAddr, outcome: 'allowed', details: { deviceId: owner.deviceId } });
+    // Who reached which device: the target is the device, the certificate (key id, serial) links to its issuance audit.
+    audit({
+      actor, action: 'ssh.reach', target: owner.deviceId, remoteAddr: session.remoteAddr, outcome: 'allowed',
+      details: { deviceId: owner.deviceId, port: info.destPort, keyId: session.identity.keyId, serial: session.identity.serial.toString() },
+    });
     const socket = createConnection({ host: LOOPBACK, port: info.destPort, allowHalfOpen: true });
     socket.on('error', () => undefined);
     session.directRelays.add(socket);
@@ -396,6 +430,11 @@ export function createGateway(deps: GatewayDeps): Gateway {
 
     revokeDevice(deviceId) {
       for (const session of registry.ofDevice(deviceId)) void endSession(session, 'REVOKED');
+    },
+
+    tunnelPorts(deviceId) {
+      const ports = registry.ofDevice(deviceId).flatMap((s) => [...s.forwards.keys()]);
+      return [...new Set(ports)].sort((a, b) => a - b);
     },
 
     stats() {

@@ -7,6 +7,7 @@ export {
   type GatewayDeps,
   type GatewayLimits,
   type GatewayLogger,
+  type NamedDevice,
   type PresenceUpdate,
 } from './types.js';
 export type { SessionInfo } from './session.js';
@@ -18,6 +19,8 @@ export {
   authorizeDirectTcpip,
   authorizeForward,
   authorizeGlobalRequest,
+  resolveNamedTarget,
+  SERVICE_PORT_SLOTS,
   checkDeviceCertificate,
   checkOperatorCertificate,
   checkUserCertificate,
@@ -26,6 +29,7 @@ export {
   type DeviceIdentity,
   type DirectTcpipRefusal,
   type ForwardRefusal,
+  type NamedTargetRefusal,
   type Identity,
   type OperatorIdentity,
 } from './authorize.js';

@@ -15,6 +15,12 @@ export interface AuditEvent {
   readonly details?: Record<string, unknown>;
 }
 
+/** An active device as resolveDevice reports it: its id and port block. */
+export interface NamedDevice {
+  readonly deviceId: string;
+  readonly block: { readonly first: number; readonly last: number };
+}
+
 export interface PresenceUpdate {
   readonly deviceId: string;
   readonly online: boolean;
@@ -75,6 +81,12 @@ export interface GatewayDeps {
   /** Synchronous, in memory; the control plane keeps it fresh. */
   isRevoked(cert: { serial: bigint; keyId: string }): boolean;
   readonly clock: () => Date;
+  /**
+   * Looks up an active device by name, so that an operator may name the
+   * device as the direct-tcpip target (`ssh -W kiosk-42:22`); without it
+   * only 127.0.0.1 is a target.
+   */
+  resolveDevice?(name: string): Promise<NamedDevice | undefined>;
   /** Fire-and-forget. */
   audit(event: AuditEvent): void;
   presence?(update: PresenceUpdate): void;
@@ -89,6 +101,8 @@ export interface Gateway {
   close(): Promise<void>;
   /** Ends every live session of DEVICEID and its listeners at once. */
   revokeDevice(deviceId: string): void;
+  /** Ports DEVICEID's live sessions listen on right now, ascending ([] = offline). */
+  tunnelPorts(deviceId: string): number[];
   stats(): GatewayStats;
   sessions(): SessionInfo[];
 }

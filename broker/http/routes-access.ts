@@ -1,0 +1,57 @@
+/**
+ * Operator access over the API: operator certificates for `certunnel ssh`,
+ * and the auth_request endpoint an nginx in front of the broker asks before
+ * relaying a device hostname itself (`certunnel proxy nginx-config`).
+ */
+import type Router from '@koa/router';
+import { z } from 'zod';
+import type { AccessLayer } from '../access/index.js';
+import { issueOperatorCertificate } from '../access/operator-certificate.js';
+import { hostOf } from '../access/hostname.js';
+import { AUTHORIZE_HEADERS } from '../access/wire.js';
+import { requireRole } from '../core/api-keys.js';
+import { BrokerError } from '../errors.js';
+import { authenticate, clientAddress, type AppState, type HttpDeps } from './app.js';
+import { parseWith } from './schemas.js';
+
+const operatorCertificateSchema = z.strictObject({ publicKey: z.string().min(1).max(8192) });
+
+export function registerAccessRoutes(router: Router<AppState>, deps: HttpDeps, access: AccessLayer): void {
+  router.post('/v1/devices/:ref/operator-certificate', async (ctx) => {
+    const actor = await authenticate(ctx, deps);
+    requireRole(actor, ['admin', 'operator']);
+    const req = parseWith(operatorCertificateSchema, ctx.request.body);
+    ctx.body = await issueOperatorCertificate({ core: deps.core, presence: access.presence }, ctx.params.ref!, req, actor);
+    ctx.status = 201;
+  });
+
+  /**
+   * nginx auth_request: 2xx lets nginx relay (to the port in
+   * X-Certunnel-Upstream-Port, with the credential-free Cookie and
+   * Authorization it is given); nginx understands only 401 and 403 besides,
+   * so every other refusal is a 403 whose code is in X-Certunnel-Error, and
+   * nginx fetches the page that explains it from the broker.
+   */
+  router.get('/v1/proxy/authorize', async (ctx) => {
+    if (!deps.core.config.proxy.enabled) throw new BrokerError('NOT_FOUND', 'the HTTP proxy is disabled (config proxy.enabled)');
+    const forwardedHost = ctx.get('x-forwarded-host').split(',')[0]!.trim();
+    const deviceName = access.matchDevice(forwardedHost);
+    if (deviceName === undefined) throw new BrokerError('BAD_REQUEST', 'X-Forwarded-Host must be <device-name>.<domain>');
+    const decision = await access.authorizer.decide({
+      deviceName, host: hostOf(forwardedHost)!, authorization: ctx.get('authorization') || undefined, cookie: ctx.get('cookie') || undefined,
+      remoteAddr: clientAddress(ctx),
+    });
+    ctx.set('cache-control', 'no-store');
+    if (!decision.allow) {
+      ctx.status = decision.code === 'UNAUTHENTICATED' ? 401 : 403;
+      ctx.set(AUTHORIZE_HEADERS.error, decision.code);
+      ctx.body = { error: { code: decision.code, message: decision.message } };
+      return;
+    }
+    ctx.set(AUTHORIZE_HEADERS.upstreamPort, String(decision.port));
+    ctx.set(AUTHORIZE_HEADERS.deviceId, decision.device.id);
+    ctx.set(AUTHORIZE_HEADERS.cookie, decision.forward.cookie ?? '');
+    ctx.set(AUTHORIZE_HEADERS.authorization, decision.forward.authorization ?? '');
+    ctx.status = 204;
+  });
+}

@@ -1,0 +1,76 @@
+/** `certunnel proxy nginx-config`: the nginx configuration for sites that front the broker with nginx. */
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { renderNginxConfig } from '../broker/access/nginx-config.js';
+import { loadConfig, splitHostPort } from '../broker/config.js';
+import { dataPaths } from '../broker/data-dir.js';
+import { CliError } from './output.js';
+
+interface NginxFlags {
+  data?: string;
+  domain?: string;
+  broker?: string;
+  brokerCertificate?: string;
+  brokerTlsName?: string;
+  listen?: string;
+  sslCertificate?: string;
+  sslCertificateKey?: string;
+  apiHost?: string[];
+}
+
+/** The broker's API URL as a local nginx reaches it: what the running broker recorded, else its listen address. */
+async function brokerUrlFromData(dir: string, env: NodeJS.ProcessEnv): Promise<{ url: string; domain: string; certificate?: string }> {
+  const config = await loadConfig({ dataDir: dir, env });
+  const paths = dataPaths(dir);
+  const running = await readFile(paths.runtime, 'utf8').then((text) => (JSON.parse(text) as { apiPort?: number }).apiPort, () => undefined);
+  const { host, port } = splitHostPort(config.api.listen);
+  const local = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
+  const scheme = config.api.insecureHttp ? 'http' : 'https';
+  return {
+    url: `${scheme}://${local}:${running ?? port}`,
+    domain: config.domain,
+    certificate: config.api.insecureHttp ? undefined : resolve(paths.tlsCert),
+  };
+}
+
+export function registerProxyCommands(program: Command, env: NodeJS.ProcessEnv): void {
+  const proxy = program.command('proxy').description('the HTTP reverse proxy by hostname (<device>.<domain>)');
+  proxy
+    .command('nginx-config')
+    .description('print an nginx configuration (http {} context) routing <device>.<domain> through the tunnels, authorized by the broker')
+    .option('--data <dir>', 'read the domain, the broker URL and its TLS certificate from a local broker data directory')
+    .option('--domain <domain>', 'device hostnames are <name>.<domain>')
+    .option('--broker <url>', 'the broker API as nginx reaches it, e.g. http://127.0.0.1:8443')
+    .option('--broker-certificate <file>', "with an https broker: its TLS certificate (data/tls/api.crt), which nginx verifies")
+    .option('--broker-tls-name <name>', 'the name nginx checks in that certificate (default: the domain)')
+    .option('--listen <port>', 'port nginx listens on (default 443 with --ssl-certificate, else 80)')
+    .option('--ssl-certificate <file>', 'wildcard certificate for *.<domain>')
+    .option('--ssl-certificate-key <file>', 'its key')
+    .option('--api-host <name...>', 'more hostnames routed to the API (the domain itself always is)')
+    .action(async (flags: NginxFlags) => {
+      const fromData = flags.data ? await brokerUrlFromData(flags.data, env) : undefined;
+      const domain = flags.domain ?? fromData?.domain;
+      const brokerUrl = flags.broker ?? fromData?.url;
+      if (!domain || !brokerUrl) throw new CliError('BAD_ARGUMENT', 'give --data, or --domain and --broker');
+      if (Boolean(flags.sslCertificate) !== Boolean(flags.sslCertificateKey)) throw new CliError('BAD_ARGUMENT', '--ssl-certificate and --ssl-certificate-key go together');
+      const listenPort = flags.listen === undefined ? undefined : Number(flags.listen);
+      const abs = (p: string | undefined): string | undefined => (p === undefined ? undefined : resolve(p));
+      try {
+        process.stdout.write(
+          renderNginxConfig({
+            domain,
+            brokerUrl,
+            brokerCertificate: abs(flags.brokerCertificate) ?? (brokerUrl.startsWith('https:') ? fromData?.certificate : undefined),
+            brokerTlsName: flags.brokerTlsName,
+            listenPort,
+            tls: flags.sslCertificate ? { certificate: abs(flags.sslCertificate)!, key: abs(flags.sslCertificateKey)! } : undefined,
+            apiHostnames: flags.apiHost,
+          }),
+        );
+      } catch (err) {
+        const e = err as { code?: string; message?: string };
+        throw new CliError(e.code === 'BAD_REQUEST' ? 'BAD_ARGUMENT' : (e.code ?? 'INTERNAL'), e.message ?? String(err));
+      }
+    });
+}
