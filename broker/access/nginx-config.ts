@@ -111,7 +111,8 @@ map $http_upgrade $certunnel_connection {
 server {
 ${indent([
   ...listen,
-  `server_name ~^(?<certunnel_device>[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)\\.${escapedDomain}$;`,
+  // Quoted: nginx reads { } in a bare regex as a block.
+  `server_name "~^(?<certunnel_device>[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)\\.${escapedDomain}$";`,
   '',
   ...brokerTls,
   ...(brokerTls.length ? [''] : []),
