@@ -60,7 +60,7 @@ export interface SshdGateway extends Gateway {
   log(): string;
 }
 
-async function startGateway(world: World, deviceUser: string, operatorUser: string): Promise<SshdGateway> {
+async function startGateway(world: World, deviceUser: string, operatorUser: string, extraConfig: readonly string[]): Promise<SshdGateway> {
   await ensureGatewayUsers([deviceUser, operatorUser]);
   const outDir = join(world.dir, 'openssh');
   // sshd reads AuthorizedPrincipalsFile with the user's uid (measured:
@@ -98,6 +98,7 @@ async function startGateway(world: World, deviceUser: string, operatorUser: stri
       'AllowTcpForwarding yes',
       'PermitTTY yes',
       'Subsystem sftp /usr/lib/openssh/sftp-server',
+      ...extraConfig,
     ],
   });
   // The master is whoever listens on sshd's own port.
@@ -139,9 +140,16 @@ export interface SshdDriver extends GatewayDriver {
   start(world: World): Promise<SshdGateway>;
 }
 
-export function sshdDriver(options: { deviceUser?: string; operatorUser?: string } = {}): SshdDriver {
+export interface SshdDriverOptions {
+  readonly deviceUser?: string;
+  readonly operatorUser?: string;
+  /** More global lines for the "system" sshd_config (after the Include), e.g. MaxStartups for a benchmark. */
+  readonly extraConfig?: readonly string[];
+}
+
+export function sshdDriver(options: SshdDriverOptions = {}): SshdDriver {
   return {
     name: 'sshd',
-    start: (world) => startGateway(world, options.deviceUser ?? DEFAULT_DEVICE_USER, options.operatorUser ?? DEFAULT_OPERATOR_USER),
+    start: (world) => startGateway(world, options.deviceUser ?? DEFAULT_DEVICE_USER, options.operatorUser ?? DEFAULT_OPERATOR_USER, options.extraConfig ?? []),
   };
 }
