@@ -771,7 +771,9 @@ let cleaned: Promise<void> | undefined;
 function cleanup(dir: string, services: Services): Promise<void> {
   cleaned ??= (async () => {
     for (const child of started) child.kill('SIGKILL');
-    // By the pids recorded, and only if each is still an sshd (a pid may have been reused).
+    // By the pids recorded (and whatever the recorded ones forked since), and
+    // only if each is still an sshd (a pid may have been reused).
+    for (const pid of [...sshdPids]) for (const child of await descendants(pid)) sshdPids.add(child);
     for (const pid of sshdPids) {
       const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
       if (cmdline.startsWith('sshd') || cmdline.startsWith('/usr/sbin/sshd')) process.kill(pid, 'SIGKILL');
