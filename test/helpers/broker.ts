@@ -12,6 +12,7 @@ import { loadConfig } from '../../broker/config.js';
 import { dataPaths, initDataDir, type InitResult } from '../../broker/data-dir.js';
 import { createLogger } from '../../broker/logger.js';
 import { startBroker, type RunningBroker } from '../../broker/server.js';
+import { TEST_PORTS_FIRST, TEST_PORTS_LAST } from './gateway.js';
 
 export interface TestClock {
   now(): Date;
@@ -54,7 +55,10 @@ export async function withBroker<T>(fn: (b: TestBroker) => Promise<T>, options: 
   const logs: string[] = [];
   let broker: RunningBroker | undefined;
   try {
-    const base = { api: { listen: '127.0.0.1:0' }, ssh: { listen: '127.0.0.1:0' } };
+    // Each broker gets its own random window of the test port range, so that
+    // brokers in concurrent test workers do not hand out the same tunnel ports.
+    const windowFirst = TEST_PORTS_FIRST + 2 * Math.floor(Math.random() * ((TEST_PORTS_LAST - TEST_PORTS_FIRST - 1000) / 2));
+    const base = { api: { listen: '127.0.0.1:0' }, ssh: { listen: '127.0.0.1:0' }, ports: { first: windowFirst, last: windowFirst + 999 } };
     const config = { ...base, ...options.config, api: { ...base.api, ...(options.config?.api as object) }, ssh: { ...base.ssh, ...(options.config?.ssh as object) } };
     const init = await initDataDir({ dir, config });
     const clock = testClock();

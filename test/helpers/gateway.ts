@@ -127,16 +127,14 @@ function listenOn(server: Server, port: number): Promise<number> {
 const closeServer = (server: Server): Promise<void> => new Promise((resolve) => server.close(() => resolve()));
 
 /**
- * SIZE consecutive ports that are free right now on 127.0.0.1, found the way
- * the tests need them (the port pool lives elsewhere): an ephemeral port
- * from the kernel, then the ones after it probed by binding.
+ * SIZE consecutive ports that are free right now on 127.0.0.1, picked at
+ * random below the kernel's ephemeral range (32768-60999): a port from the
+ * ephemeral range can be taken by any outgoing connection (an ssh client's,
+ * another test's) between the probe and the gateway's bind.
  */
 export async function freePortBlock(size = 2): Promise<PortBlock> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const probe = createServer();
-    const first = await listenOn(probe, 0);
-    await closeServer(probe);
-    if (first + size - 1 > 65535) continue;
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const first = TEST_PORTS_FIRST + 2 * Math.floor(Math.random() * ((TEST_PORTS_LAST - TEST_PORTS_FIRST - size) / 2));
     const servers: Server[] = [];
     try {
       for (let p = first; p < first + size; p++) {
@@ -153,6 +151,10 @@ export async function freePortBlock(size = 2): Promise<PortBlock> {
   }
   throw new Error('no free port block');
 }
+
+/** Where tests put tunnel ports: below the ephemeral range, above the well-known services. */
+export const TEST_PORTS_FIRST = 20000;
+export const TEST_PORTS_LAST = 32767;
 
 export interface DeviceService {
   readonly port: number;
