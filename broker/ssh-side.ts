@@ -75,7 +75,10 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   return {
     port: bound.port,
     statsSource: gateway,
-    presence: { forwardedPorts: (deviceId) => gateway.tunnelPorts(deviceId) },
+    presence: {
+      forwardedPorts: (deviceId) => gateway.tunnelPorts(deviceId),
+      dial: (deviceId, port, origin) => gateway.dialTunnel(deviceId, port, origin),
+    },
     deviceRevoked: async (deviceId) => gateway.revokeDevice(deviceId),
     close: () => gateway.close(),
   };

@@ -14,11 +14,11 @@
  * the proxy's and are extended; otherwise they are the client's and are
  * replaced. The Host header stays the device hostname.
  */
-import { Agent, request as httpRequest, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import { Agent, request as httpRequest, type AgentOptions, type ClientRequest, type IncomingMessage, type RequestOptions, type ServerResponse } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { pipeline } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
+import type { TunnelPresence } from './presence.js';
 import { BrokerError, ERROR_STATUS, type ErrorCode } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { LOGIN_PATH, LOGOUT_PATH, PAGE_HEADERS, loggedOutPage, loginPage, refusalPage, safeNext, type Page } from './pages.js';
@@ -29,6 +29,8 @@ import { RESERVED_PREFIX } from './wire.js';
 
 export interface DeviceProxyOptions {
   readonly authorizer: ProxyAuthorizer;
+  /** With dial (embedded gateway), upstream connections are SSH channels opened in process; else TCP to 127.0.0.1:<port>. */
+  readonly presence: TunnelPresence;
   readonly logger: Logger;
   readonly clock: () => Date;
   /** api.insecureHttp: a TLS-terminating proxy in front sets X-Forwarded-*. */
@@ -121,10 +123,54 @@ function readSmallBody(req: IncomingMessage, limit: number): Promise<string> {
   });
 }
 
+/** What node's http client calls on a socket, for a stream that is not one. */
+function asSocket(stream: Duplex): Duplex {
+  const noop = function (this: Duplex): Duplex {
+    return this;
+  };
+  return Object.assign(stream, {
+    setKeepAlive: noop, setNoDelay: noop, ref: noop, unref: noop,
+    setTimeout(this: Duplex & { timeout?: number }, ms: number) {
+      this.timeout = ms;
+      return this;
+    },
+  });
+}
+
+/** Upstream request options carry the device, so that the agent can dial its tunnel. */
+interface TunnelRequestOptions {
+  readonly port: number;
+  readonly certunnelDevice: string;
+  readonly certunnelOrigin: { address: string; port: number };
+}
+
+/**
+ * Keeps upstream connections alive (each one is an SSH channel through the
+ * device's tunnel, worth reusing), pooled by port. With the embedded
+ * gateway the channel is opened in process: no loopback TCP hop.
+ */
+class TunnelAgent extends Agent {
+  constructor(
+    private readonly presence: TunnelPresence,
+    options: AgentOptions,
+  ) {
+    super(options);
+  }
+
+  override createConnection(options: TunnelRequestOptions, callback: (err: Error | null, stream: Duplex) => void): Duplex | undefined {
+    const dial = this.presence.dial;
+    if (!dial) return connect({ host: LOOPBACK, port: options.port });
+    dial(options.certunnelDevice, options.port, options.certunnelOrigin).then(
+      (stream) => callback(null, asSocket(stream)),
+      (err: Error) => callback(err, undefined as unknown as Duplex),
+    );
+    return undefined;
+  }
+}
+
 export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
-  const { authorizer, logger, clock } = options;
-  // Each upstream connection is an SSH channel through the device's tunnel: keep them.
-  const agent = new Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: 'lifo' });
+  const { authorizer, logger, clock, presence } = options;
+  const agent = new TunnelAgent(presence, { keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: 'lifo' });
   const relays = new Set<Socket | Duplex>();
 
   function sendPage(res: ServerResponse, page: Page, extra: Record<string, string> = {}, status = page.status): void {
@@ -202,13 +248,17 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
     });
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     let responded = false;
-    const upstream: ClientRequest = httpRequest({ host: LOOPBACK, port: decision.port, method: req.method, path: req.url, headers, agent, setHost: false });
+    const upstream: ClientRequest = httpRequest({
+      host: LOOPBACK, port: decision.port, method: req.method, path: req.url, headers, agent, setHost: false,
+      certunnelDevice: decision.device.id, certunnelOrigin: { address: remoteAddressOf(req), port: req.socket.remotePort ?? 0 },
+    } as RequestOptions);
     upstream.on('response', (ures) => {
       responded = true;
       res.writeHead(ures.statusCode ?? 502, ures.statusMessage, downstreamHeaders(ures.rawHeaders, ures.headers.connection));
-      pipeline(ures, res, (err) => {
-        if (err) upstream.destroy();
-      });
+      // pipe(), not pipeline(): pipeline's per-call AbortController costs a DOMException per request (measured).
+      ures.pipe(res);
+      ures.once('aborted', () => res.destroy());
+      ures.once('error', () => res.destroy());
     });
     upstream.on('error', (err: NodeJS.ErrnoException) => {
       if (responded || res.headersSent) {
@@ -231,7 +281,8 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
       if (!res.writableFinished) upstream.destroy();
     });
     if (hasBody) {
-      pipeline(req, upstream, () => undefined);
+      req.pipe(upstream);
+      req.once('error', () => upstream.destroy());
     } else {
       upstream.end();
     }
@@ -264,8 +315,14 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
     const headers = upstreamHeaders(req, decision.forward, {
       remoteAddr: remoteAddressOf(req), encrypted: Boolean((req.socket as TLSSocket).encrypted), behindProxy: options.behindProxy, upgrade: true,
     });
-    const upstream = connect({ host: LOOPBACK, port: decision.port });
-    let connected = false;
+    let upstream: Duplex;
+    try {
+      upstream = await openUpstream(decision.device.id, decision.port, { address: remoteAddressOf(req), port: req.socket.remotePort ?? 0 });
+    } catch (err) {
+      const code: ErrorCode = (err as NodeJS.ErrnoException).code === 'ECONNREFUSED' ? 'DEVICE_OFFLINE' : 'DEVICE_SERVICE_UNAVAILABLE';
+      rawResponse(socket, refusalPage({ code, device: deviceName, message: `${deviceName} did not answer on its http slot`, offlineSince: decision.device.lastSeenAt, now: clock() }, 502));
+      return;
+    }
     relays.add(socket);
     relays.add(upstream);
     const forget = (): void => {
@@ -274,27 +331,28 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
       socket.destroy();
       upstream.destroy();
     };
-    upstream.once('connect', () => {
-      connected = true;
-      let text = `${req.method} ${req.url} HTTP/1.1\r\n`;
-      for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
-      upstream.write(`${text}\r\n`);
-      if (head.length) upstream.write(head);
-      upstream.pipe(socket);
-      socket.pipe(upstream);
-    });
-    upstream.on('error', (err: NodeJS.ErrnoException) => {
-      if (!connected) {
-        relays.delete(socket);
-        relays.delete(upstream);
-        const code: ErrorCode = err.code === 'ECONNREFUSED' ? 'DEVICE_OFFLINE' : 'DEVICE_SERVICE_UNAVAILABLE';
-        rawResponse(socket, refusalPage({ code, device: deviceName, message: `${deviceName} did not answer on its http slot`, offlineSince: decision.device.lastSeenAt, now: clock() }, 502));
-        return;
-      }
-      forget();
-    });
+    upstream.on('error', forget);
     upstream.once('close', forget);
     socket.once('close', forget);
+    let text = `${req.method} ${req.url} HTTP/1.1\r\n`;
+    for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
+    upstream.write(`${text}\r\n`);
+    if (head.length) upstream.write(head);
+    upstream.pipe(socket);
+    socket.pipe(upstream);
+  }
+
+  /** A connection into the device's tunnel for an upgraded request: an in-process channel, or TCP to the port. */
+  function openUpstream(deviceId: string, port: number, origin: { address: string; port: number }): Promise<Duplex> {
+    if (presence.dial) return presence.dial(deviceId, port, origin);
+    return new Promise((resolve, reject) => {
+      const tcp = connect({ host: LOOPBACK, port });
+      tcp.once('connect', () => {
+        tcp.off('error', reject);
+        resolve(tcp);
+      });
+      tcp.once('error', reject);
+    });
   }
 
   return {

@@ -45,7 +45,7 @@ export async function createAccessLayer(o: AccessOptions): Promise<AccessLayer> 
   const matchDevice = deviceHostMatcher(config.domain, o.reservedHosts);
   const proxy: DeviceProxy | undefined = config.proxy.enabled
     ? createDeviceProxy({
-        authorizer, logger: o.logger.child({ component: 'http-proxy' }), clock: o.core.clock,
+        authorizer, presence: o.presence, logger: o.logger.child({ component: 'http-proxy' }), clock: o.core.clock,
         behindProxy: config.api.insecureHttp, sessionMinutes: config.proxy.sessionMinutes,
       })
     : undefined;

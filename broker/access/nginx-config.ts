@@ -71,6 +71,10 @@ function indent(lines: readonly string[], depth = 1): string {
 export function renderNginxConfig(input: NginxConfigInput): string {
   const { broker, port } = checkInput(input);
   const origin = `${broker.protocol}//${broker.host}`;
+  // Through an upstream block, so that nginx keeps connections (and TLS sessions) to the broker alive:
+  // one auth_request per request would otherwise cost a TCP (and TLS) handshake each.
+  const upstream = `${broker.protocol}//certunnel_broker`;
+  const brokerPort = broker.port || (broker.protocol === 'https:' ? '443' : '80');
   const escapedDomain = input.domain.replace(/\./g, '\\.');
   const listen = input.tls ? [`listen ${port} ssl;`, `ssl_certificate ${input.tls.certificate};`, `ssl_certificate_key ${input.tls.key};`] : [`listen ${port};`];
   const brokerTls =
@@ -84,8 +88,9 @@ export function renderNginxConfig(input: NginxConfigInput): string {
         ]
       : [];
   const toBroker = [
-    `proxy_pass ${origin};`,
+    `proxy_pass ${upstream};`,
     'proxy_http_version 1.1;',
+    'proxy_set_header Connection "";',
     'proxy_set_header Host $host;',
     'proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;',
     'proxy_set_header X-Forwarded-Proto $scheme;',
@@ -101,6 +106,12 @@ export function renderNginxConfig(input: NginxConfigInput): string {
 # "Authorization: Bearer …", or the login cookie), then relayed to the device's
 # http slot, a port on 127.0.0.1 that its tunnel holds. Refusals (login,
 # unknown, revoked, offline) are pages the broker renders.
+
+# The broker's API, kept alive.
+upstream certunnel_broker {
+    server ${broker.hostname}:${brokerPort};
+    keepalive 16;
+}
 
 # WebSocket (any Upgrade) requests keep their Upgrade; others get a plain keep-alive connection.
 map $http_upgrade $certunnel_connection {
@@ -124,7 +135,9 @@ ${indent([
   '# The authorization subrequest: the broker checks the credential and finds the device.',
   'location = /.certunnel-authorize {',
   '    internal;',
-  `    proxy_pass ${origin}/v1/proxy/authorize;`,
+  `    proxy_pass ${upstream}/v1/proxy/authorize;`,
+  '    proxy_http_version 1.1;',
+  '    proxy_set_header Connection "";',
   '    proxy_pass_request_body off;',
   '    proxy_set_header Content-Length "";',
   '    proxy_set_header X-Forwarded-Host $host;',

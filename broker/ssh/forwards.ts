@@ -5,6 +5,7 @@
  * channel, shared with operators' direct-tcpip channels.
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { Duplex } from 'node:stream';
 import type { Channel, Connection } from 'ssh2';
 import { LOOPBACK } from './authorize.js';
 import type { ByteCounters } from './stats.js';
@@ -69,6 +70,8 @@ export interface RemoteForwardOptions {
 /** A listener on 127.0.0.1:port for one device session. */
 export class RemoteForward {
   private readonly relays = new Set<Socket>();
+  /** Streams handed out by openChannel. */
+  private readonly channels = new Set<ChannelStream>();
   private closing: Promise<void> | undefined;
 
   private constructor(
@@ -83,7 +86,7 @@ export class RemoteForward {
   }
 
   get activeRelays(): number {
-    return this.relays.size;
+    return this.relays.size + this.channels.size;
   }
 
   /** Binds 127.0.0.1:port; rejects with the listen error (EADDRINUSE, EACCES…). */
@@ -126,12 +129,83 @@ export class RemoteForward {
     });
   }
 
+  /**
+   * A forwarded-tcpip channel to the device without the loopback listener:
+   * what a connection to 127.0.0.1:<port> would get, for an in-process
+   * client (the HTTP proxy) that would otherwise pay two extra TCP hops.
+   * ORIGIN is reported to the device as the connection's source.
+   */
+  openChannel(origin: { address: string; port: number }): Promise<Duplex> {
+    if (this.closing) return Promise.reject(new Error('the forward is closing'));
+    const { conn, bindAddr, port, bytes } = this.options;
+    return new Promise((resolve, reject) => {
+      conn.forwardOut(bindAddr, port, origin.address, origin.port, (err, channel) => {
+        if (err) return reject(err);
+        if (this.closing) {
+          channel.close();
+          return reject(new Error('the forward is closing'));
+        }
+        const stream = new ChannelStream(channel, bytes);
+        this.channels.add(stream);
+        stream.once('close', () => this.channels.delete(stream));
+        resolve(stream);
+      });
+    });
+  }
+
   /** Stops listening and drops every relayed connection at once (revocation, takeover, cancel). */
   close(): Promise<void> {
     this.closing ??= new Promise<void>((resolve) => {
       this.server.close(() => resolve());
       for (const socket of this.relays) socket.destroy();
+      for (const stream of this.channels) stream.destroy();
     });
     return this.closing;
+  }
+}
+
+/**
+ * An SSH channel with the stream semantics node's own code expects of a
+ * socket: `destroyed` and 'close' when either side goes away, pending writes
+ * failed rather than left hanging when the channel closes (ssh2's Channel
+ * drops writes on a closed channel without calling back). Backpressure both
+ * ways: the channel is paused while the reader is full, and writes complete
+ * when ssh2 has taken them (it waits for window space, RFC 4254 section 5.2).
+ */
+export class ChannelStream extends Duplex {
+  constructor(
+    private readonly channel: Channel,
+    private readonly bytes?: ByteCounters,
+  ) {
+    super({ allowHalfOpen: false });
+    channel.on('data', (chunk: Buffer) => {
+      if (this.bytes) this.bytes.in += chunk.length;
+      if (!this.push(chunk)) channel.pause();
+    });
+    channel.once('end', () => this.push(null));
+    channel.once('close', () => this.destroy());
+    channel.on('error', (err: Error) => this.destroy(err));
+  }
+
+  override _read(): void {
+    this.channel.resume();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
+    if (this.bytes) this.bytes.out += chunk.length;
+    this.channel.write(chunk, callback);
+  }
+
+  override _final(callback: (err?: Error | null) => void): void {
+    // CHANNEL_EOF only after everything written before it has gone out (see relay()).
+    this.channel.write(EMPTY, () => {
+      this.channel.eof();
+      callback();
+    });
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    this.channel.close();
+    callback(err);
   }
 }

@@ -432,9 +432,20 @@ export function createGateway(deps: GatewayDeps): Gateway {
       for (const session of registry.ofDevice(deviceId)) void endSession(session, 'REVOKED');
     },
 
+    dialTunnel(deviceId, port, origin) {
+      const owner = registry.owner(port);
+      const forward = owner?.forwards.get(port);
+      if (!owner || owner.closed || owner.identity.role !== 'device' || owner.deviceId !== deviceId || !forward) {
+        return Promise.reject(Object.assign(new Error(`no tunnel of ${deviceId} holds port ${port}`), { code: 'ECONNREFUSED' }));
+      }
+      return forward.openChannel(origin);
+    },
+
     tunnelPorts(deviceId) {
-      const ports = registry.ofDevice(deviceId).flatMap((s) => [...s.forwards.keys()]);
-      return [...new Set(ports)].sort((a, b) => a - b);
+      // Per proxied request: keep it cheap (one session, a port or two, is the usual case).
+      const sessions = registry.ofDevice(deviceId);
+      const ports = sessions.length === 1 ? [...sessions[0]!.forwards.keys()] : [...new Set(sessions.flatMap((s) => [...s.forwards.keys()]))];
+      return ports.length > 1 ? ports.sort((a, b) => a - b) : ports;
     },
 
     stats() {

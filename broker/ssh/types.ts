@@ -2,6 +2,7 @@
  * The gateway's contract with the broker process that wires it in: what it
  * is given (injected dependencies, limits) and what it offers.
  */
+import type { Duplex } from 'node:stream';
 import type { KeyPair, PublicKey } from '../../ca/index.js';
 import type { SessionInfo } from './session.js';
 import type { GatewayStats } from './stats.js';
@@ -103,6 +104,12 @@ export interface Gateway {
   revokeDevice(deviceId: string): void;
   /** Ports DEVICEID's live sessions listen on right now, ascending ([] = offline). */
   tunnelPorts(deviceId: string): number[];
+  /**
+   * A stream to whatever DEVICEID forwards PORT to, as a connection to
+   * 127.0.0.1:PORT would get, without the loopback hop (for the broker's own
+   * HTTP proxy). Rejects when the device's tunnel does not hold PORT.
+   */
+  dialTunnel(deviceId: string, port: number, origin: { address: string; port: number }): Promise<Duplex>;
   stats(): GatewayStats;
   sessions(): SessionInfo[];
 }

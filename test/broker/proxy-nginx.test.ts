@@ -93,7 +93,8 @@ test('ok/the generated configuration: auth_request to the broker, verified TLS t
   const text = renderNginxConfig({ domain: 'fleet.example.com', brokerUrl: 'https://127.0.0.1:8443', brokerCertificate: '/srv/certunnel/tls/api.crt', tls: { certificate: '/etc/ssl/fleet.crt', key: '/etc/ssl/fleet.key' } });
   t.regex(text, /server_name "~\^\(\?<certunnel_device>\[a-z0-9\]\(\[a-z0-9-\]\{0,61\}\[a-z0-9\]\)\?\)\\\.fleet\\\.example\\\.com\$";/);
   t.regex(text, /auth_request \/\.certunnel-authorize;/);
-  t.regex(text, /proxy_pass https:\/\/127\.0\.0\.1:8443\/v1\/proxy\/authorize;/);
+  t.regex(text, /upstream certunnel_broker \{\n\s+server 127\.0\.0\.1:8443;\n\s+keepalive \d+;/);
+  t.regex(text, /proxy_pass https:\/\/certunnel_broker\/v1\/proxy\/authorize;/);
   t.regex(text, /auth_request_set \$certunnel_port \$upstream_http_x_certunnel_upstream_port;/);
   t.regex(text, /proxy_pass http:\/\/127\.0\.0\.1:\$certunnel_port;/);
   t.regex(text, /proxy_set_header Cookie \$certunnel_cookie;/);

@@ -295,3 +295,27 @@ test('ok/behind a TLS-terminating proxy (insecureHttp): X-Forwarded-* are extend
     },
     { config: { api: { listen: '127.0.0.1:0', insecureHttp: true } } },
   ));
+
+test('ok/OpenSSH mode: the proxy connects to the tunnel port itself; nothing listening is "offline"', (t) =>
+  withFleet(
+    async (f) => {
+      const dev = await f.enroll('kiosk-o');
+      const auth = await bearer(f);
+      // Nothing holds the http slot yet: sshd would hold it for a connected device.
+      const offline = await deviceRequest(f.b.broker.apiUrl, 'kiosk-o', { headers: auth });
+      t.is(offline.status, 502);
+      t.is(offline.headers['x-certunnel-error'], 'DEVICE_OFFLINE');
+      // Stand in for sshd's listener on 127.0.0.1:<http slot>.
+      const { createServer } = await import('node:http');
+      const listener = createServer((req, res) => res.end(`sshd-forward ${req.headers['x-forwarded-host']}`));
+      await new Promise<void>((resolve) => listener.listen(dev.grant.ports.first + 1, '127.0.0.1', resolve));
+      try {
+        const ok = await deviceRequest(f.b.broker.apiUrl, 'kiosk-o', { headers: auth });
+        t.is(ok.status, 200);
+        t.is(ok.body, `sshd-forward kiosk-o.${DOMAIN}:${f.b.broker.apiPort}`);
+      } finally {
+        await new Promise((resolve) => listener.close(resolve));
+      }
+    },
+    { config: { api: { listen: '127.0.0.1:0', insecureHttp: true }, ssh: { mode: 'openssh', listen: '127.0.0.1:0' } } },
+  ));

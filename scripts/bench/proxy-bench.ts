@@ -1,0 +1,264 @@
+/**
+ * The HTTP data plane in one run, at one fixed concurrency (wrk, keep-alive):
+ *
+ *   direct        the device's web service on loopback
+ *   tunnel        the same through its tunnel alone: 127.0.0.1:<http slot> on
+ *                 the broker (embedded gateway, ssh2) → real `ssh -R` → service
+ *   broker proxy  http://<device>.<domain> on the broker's API port (bearer
+ *                 API key) → the tunnel
+ *   nginx static  nginx → the same tunnel port (upstream keepalive, no
+ *                 authentication: the hand-written config of the old design)
+ *   nginx+auth    nginx with `certunnel proxy nginx-config` (auth_request to
+ *                 the broker per request, variable upstream port)
+ *
+ * Plain HTTP throughout (the broker with api.insecureHttp), so that TLS
+ * termination is not what is measured. The broker, the device's ssh, its
+ * service, nginx (one worker) and wrk are separate processes; this process
+ * only orchestrates. Everything runs on this machine and is torn down at the
+ * end (or after --timeout seconds).
+ *
+ * Usage: npm run bench:proxy [-- --duration 8 --connections 16 --timeout 240]
+ * Needs: wrk, nginx, ssh (OpenSSH client), sshd not needed.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { apiRequest } from '../../agent/api-client.js';
+import { encodePrivateKey, formatPublicKey, generateKeyPair } from '../../ca/index.js';
+import { renderNginxConfig } from '../../broker/access/nginx-config.js';
+import type { EnrollResponse } from '../../broker/wire-types.js';
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : fallback;
+}
+const DURATION = arg('duration', 8);
+const CONNECTIONS = arg('connections', 16);
+const TIMEOUT = arg('timeout', 240);
+const ENTRY = fileURLToPath(new URL('../../cli/main.ts', import.meta.url));
+const DOMAIN = 'bench.test';
+const DEVICE = 'kiosk-bench';
+
+const children: ChildProcess[] = [];
+
+function track(child: ChildProcess): ChildProcess {
+  children.push(child);
+  child.on('error', () => undefined);
+  return child;
+}
+
+const PROFILE = (() => {
+  const i = process.argv.indexOf('--profile-broker');
+  return i > 0 ? process.argv[i + 1] : undefined;
+})();
+
+function cli(args: string[], nodeArgs: string[] = []): ChildProcess {
+  return track(spawn(process.execPath, [...nodeArgs, '--import', 'tsx', ENTRY, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }));
+}
+
+function output(child: ChildProcess, until: (text: string) => boolean, label: string, timeoutMs = 30_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    let err = '';
+    const timer = setTimeout(() => reject(new Error(`${label}: no answer in ${timeoutMs} ms: ${err}`)), timeoutMs);
+    child.stdout!.on('data', (c: Buffer) => {
+      text += c.toString();
+      if (until(text)) {
+        clearTimeout(timer);
+        resolve(text);
+      }
+    });
+    child.stderr!.on('data', (c: Buffer) => {
+      err += c.toString();
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      if (!until(text)) reject(new Error(`${label} exited ${code}: ${err}`));
+    });
+  });
+}
+
+function listening(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+async function waitListening(port: number, label: string): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (!(await listening(port))) {
+    if (Date.now() > deadline) throw new Error(`${label} is not listening on ${port}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const probe = spawnSync(process.execPath, ['-e', "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"]);
+    resolve(Number(probe.stdout.toString().trim()));
+  });
+}
+
+/** The device's web service: a 2-byte body on keep-alive, in its own process. */
+const SERVICE = `
+const http = require('node:http');
+const s = http.createServer((req, res) => { res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '2' }); res.end('ok'); });
+s.keepAliveTimeout = 60000;
+s.listen(0, '127.0.0.1', () => console.log(s.address().port));
+`;
+
+interface Result {
+  readonly target: string;
+  readonly rps: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly errors: string;
+}
+
+/** wrk's latency figures in ms ("812.00us", "1.23ms", "1.02s"). */
+function ms(text: string): number {
+  const m = /^([\d.]+)(us|ms|s)$/.exec(text.trim());
+  if (!m) return NaN;
+  return Number(m[1]) * (m[2] === 'us' ? 0.001 : m[2] === 's' ? 1000 : 1);
+}
+
+function wrk(target: string, url: string, headers: string[], seconds: number): Result {
+  const args = ['-t1', `-c${CONNECTIONS}`, `-d${seconds}s`, '--latency', ...headers.flatMap((h) => ['-H', h]), url];
+  const run = spawnSync('wrk', args, { encoding: 'utf8', timeout: (seconds + 30) * 1000 });
+  if (run.status !== 0) throw new Error(`wrk failed for ${target}: ${run.stderr || run.error?.message}`);
+  const text = run.stdout;
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(text)?.[1]);
+  const p50 = ms(/^\s+50%\s+(\S+)/m.exec(text)?.[1] ?? '');
+  const p99 = ms(/^\s+99%\s+(\S+)/m.exec(text)?.[1] ?? '');
+  const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(text)?.[1];
+  const socketErrors = /Socket errors: (.*)/.exec(text)?.[1];
+  return { target, rps, p50, p99, errors: [non2xx ? `${non2xx} non-2xx` : '', socketErrors ?? ''].filter(Boolean).join('; ') || '-' };
+}
+
+async function main(): Promise<void> {
+  for (const tool of ['wrk', 'nginx', 'ssh']) {
+    if (spawnSync('sh', ['-c', `command -v ${tool} || test -x /usr/sbin/${tool}`]).status !== 0) throw new Error(`${tool} is needed (apt-get install ${tool === 'ssh' ? 'openssh-client' : tool})`);
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'certunnel-proxy-bench-'));
+  try {
+    const data = join(dir, 'data');
+    const poolFirst = 40000 + Math.floor(Math.random() * 500) * 2;
+    const init = cli(['init', '--data', data, '--domain', DOMAIN, '--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0', '--insecure-http', '--port-range', `${poolFirst}-${poolFirst + 9}`]);
+    const initOut = await output(init, (t) => /ctk_\S+/.test(t), 'init');
+    const adminKey = /(ctk_\S+)/.exec(initOut)![1]!;
+
+    // --profile-broker DIR: a V8 CPU profile of the broker (written when it exits).
+    const broker = cli(['broker', '--data', data, '--log-level', 'warn'], PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE}`] : []);
+    const ready = JSON.parse((await output(broker, (t) => t.includes('{"ready":true'), 'broker')).split('\n').find((l) => l.startsWith('{"ready"'))!) as { apiUrl: string; sshPort: number; apiPort: number };
+    const admin = { baseUrl: ready.apiUrl, apiKey: adminKey };
+    const operator = (await apiRequest<{ key: string }>(admin, 'POST', '/v1/apikeys', { role: 'operator', name: 'bench' })).key;
+    const token = (await apiRequest<{ tokens: Array<{ token: string }> }>(admin, 'POST', '/v1/tokens', { count: 1 })).tokens[0]!.token;
+    const key = generateKeyPair();
+    const grant = await apiRequest<EnrollResponse>({ baseUrl: ready.apiUrl }, 'POST', '/v1/enroll', { token, publicKey: formatPublicKey(key.publicKey), name: DEVICE });
+    const httpSlot = grant.ports.first + 1;
+
+    const service = track(spawn(process.execPath, ['-e', SERVICE], { stdio: ['ignore', 'pipe', 'pipe'] }));
+    const servicePort = Number((await output(service, (t) => /^\d+\n/.test(t), 'device service')).trim());
+
+    // The device: OpenSSH's client holding its http slot.
+    await writeFile(join(dir, 'device'), encodePrivateKey(key), { mode: 0o600 });
+    await writeFile(join(dir, 'device-cert.pub'), `${grant.certificate}\n`);
+    await writeFile(join(dir, 'known_hosts'), `[127.0.0.1]:${grant.ssh.port} ${grant.ssh.hostKey}\n`);
+    track(spawn('ssh', [
+      '-F', '/dev/null', '-o', `UserKnownHostsFile=${join(dir, 'known_hosts')}`, '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes',
+      '-o', 'IdentitiesOnly=yes', '-o', 'IdentityAgent=none', '-i', join(dir, 'device'), '-o', `CertificateFile=${join(dir, 'device-cert.pub')}`,
+      '-o', 'ExitOnForwardFailure=yes', '-p', String(grant.ssh.port), '-l', grant.ssh.username, '-N',
+      '-R', `127.0.0.1:${httpSlot}:127.0.0.1:${servicePort}`, '127.0.0.1',
+    ], { stdio: 'ignore' }));
+    await waitListening(httpSlot, 'the tunnel');
+    // Presence reaches the proxy through the gateway at once; give the store its write too.
+    await new Promise((r) => setTimeout(r, 300));
+
+    // nginx, one worker: a static upstream with keepalive to the tunnel port, and the generated config.
+    const nginxDir = join(dir, 'nginx');
+    await mkdir(join(nginxDir, 'temp'), { recursive: true });
+    const staticPort = await freePort();
+    const authPort = await freePort();
+    const generated = renderNginxConfig({ domain: DOMAIN, brokerUrl: `http://127.0.0.1:${ready.apiPort}`, listenPort: authPort });
+    await writeFile(join(nginxDir, 'nginx.conf'), `user root;
+worker_processes 1;
+pid ${nginxDir}/nginx.pid;
+error_log ${nginxDir}/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path ${nginxDir}/temp/body;
+    proxy_temp_path ${nginxDir}/temp/proxy;
+    fastcgi_temp_path ${nginxDir}/temp/fastcgi;
+    uwsgi_temp_path ${nginxDir}/temp/uwsgi;
+    scgi_temp_path ${nginxDir}/temp/scgi;
+    upstream certunnel_tunnel { server 127.0.0.1:${httpSlot}; keepalive 64; }
+    server {
+        listen ${staticPort};
+        location / { proxy_pass http://certunnel_tunnel; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; }
+    }
+${generated.replace(/^/gm, '    ')}
+}
+`);
+    track(spawn('nginx', ['-p', nginxDir, '-c', join(nginxDir, 'nginx.conf'), '-e', join(nginxDir, 'error.log'), '-g', 'daemon off;'], { stdio: 'ignore' }));
+    await waitListening(staticPort, 'nginx');
+
+    const host = `${DEVICE}.${DOMAIN}`;
+    const auth = `Authorization: Bearer ${operator}`;
+    const only = process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1]!.split(',') : undefined;
+    const targets: Array<[string, string, string[]]> = ([
+      ['direct (loopback)', `http://127.0.0.1:${servicePort}/`, []],
+      ['tunnel alone', `http://127.0.0.1:${httpSlot}/`, []],
+      ['broker proxy', `http://127.0.0.1:${ready.apiPort}/`, [`Host: ${host}`, auth]],
+      ['nginx static -> tunnel', `http://127.0.0.1:${staticPort}/`, [`Host: ${host}`]],
+      ['nginx + auth_request', `http://127.0.0.1:${authPort}/`, [`Host: ${host}`, auth]],
+    ] as Array<[string, string, string[]]>).filter(([label]) => !only || only.some((o) => label.startsWith(o)));
+    const results: Result[] = [];
+    for (const [label, url, headers] of targets) {
+      wrk(label, url, headers, 1); // warm-up: connections, JIT, upstream pools
+      results.push(wrk(label, url, headers, DURATION));
+    }
+
+    const byName = new Map(results.map((r) => [r.target, r]));
+    const tunnel = byName.get('tunnel alone')!;
+    const proxy = byName.get('broker proxy')!;
+    const nginx = byName.get('nginx static -> tunnel')!;
+    const pad = (s: string, n: number): string => s.padEnd(n);
+    const num = (x: number, d = 2): string => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
+    console.log(`\ncertunnel proxy bench: wrk -t1 -c${CONNECTIONS} -d${DURATION}s, keep-alive, 2-byte responses, node ${process.version}`);
+    console.log(`${pad('target', 26)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}errors`);
+    for (const r of results) console.log(`${pad(r.target, 26)}${pad(num(r.rps, 0), 10)}${pad(num(r.p50), 9)}${pad(num(r.p99), 9)}${r.errors}`);
+    console.log(`\nbroker proxy vs tunnel alone: p50 +${num(proxy.p50 - tunnel.p50)} ms (goal <= 1 ms), p99 +${num(proxy.p99 - tunnel.p99)} ms`);
+    console.log(`broker proxy vs nginx static: ${num((proxy.rps / nginx.rps) * 100, 0)}% of nginx's req/s (goal >= 70%)`);
+    console.log(JSON.stringify({ connections: CONNECTIONS, durationSeconds: DURATION, results }));
+  } finally {
+    for (const c of children.reverse()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 300));
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+    await readFile('/dev/null');
+  }
+}
+
+const watchdog = setTimeout(() => {
+  console.error(`proxy-bench: gave up after ${TIMEOUT} s`);
+  for (const c of children) c.kill('SIGKILL');
+  process.exit(2);
+}, TIMEOUT * 1000);
+watchdog.unref();
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err);
+    process.exitCode = 1;
+  },
+);
