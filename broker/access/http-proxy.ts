@@ -14,11 +14,12 @@
  * the proxy's and are extended; otherwise they are the client's and are
  * replaced. The Host header stays the device hostname.
  */
-import { Agent, request as httpRequest, type AgentOptions, type ClientRequest, type IncomingMessage, type RequestOptions, type ServerResponse } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import { request as httpRequest, type Agent, type ClientRequest, type IncomingMessage, type RequestOptions, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { TunnelPresence } from './presence.js';
+import { openUpstream, UpstreamPool } from './upstream-pool.js';
 import { BrokerError, ERROR_STATUS, type ErrorCode } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { LOGIN_PATH, LOGOUT_PATH, PAGE_HEADERS, loggedOutPage, loginPage, refusalPage, safeNext, type Page } from './pages.js';
@@ -52,7 +53,12 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'tra
 /** Set by the broker (or by the proxy in front of it); a client's own values are not believed. */
 const FORWARDING = new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'forwarded', 'x-real-ip']);
 
-function connectionTokens(value: string | string[] | undefined): Set<string> {
+const NO_TOKENS: ReadonlySet<string> = new Set();
+const KEEP_ALIVE: ReadonlySet<string> = new Set(['keep-alive']);
+
+function connectionTokens(value: string | string[] | undefined): ReadonlySet<string> {
+  // The usual values, without building a set per message.
+  if (value === undefined || value === 'keep-alive' || value === 'close') return value === 'keep-alive' ? KEEP_ALIVE : NO_TOKENS;
   const text = Array.isArray(value) ? value.join(',') : (value ?? '');
   return new Set(text.split(',').map((t) => t.trim().toLowerCase()).filter(Boolean));
 }
@@ -123,54 +129,9 @@ function readSmallBody(req: IncomingMessage, limit: number): Promise<string> {
   });
 }
 
-/** What node's http client calls on a socket, for a stream that is not one. */
-function asSocket(stream: Duplex): Duplex {
-  const noop = function (this: Duplex): Duplex {
-    return this;
-  };
-  return Object.assign(stream, {
-    setKeepAlive: noop, setNoDelay: noop, ref: noop, unref: noop,
-    setTimeout(this: Duplex & { timeout?: number }, ms: number) {
-      this.timeout = ms;
-      return this;
-    },
-  });
-}
-
-/** Upstream request options carry the device, so that the agent can dial its tunnel. */
-interface TunnelRequestOptions {
-  readonly port: number;
-  readonly certunnelDevice: string;
-  readonly certunnelOrigin: { address: string; port: number };
-}
-
-/**
- * Keeps upstream connections alive (each one is an SSH channel through the
- * device's tunnel, worth reusing), pooled by port. With the embedded
- * gateway the channel is opened in process: no loopback TCP hop.
- */
-class TunnelAgent extends Agent {
-  constructor(
-    private readonly presence: TunnelPresence,
-    options: AgentOptions,
-  ) {
-    super(options);
-  }
-
-  override createConnection(options: TunnelRequestOptions, callback: (err: Error | null, stream: Duplex) => void): Duplex | undefined {
-    const dial = this.presence.dial;
-    if (!dial) return connect({ host: LOOPBACK, port: options.port });
-    dial(options.certunnelDevice, options.port, options.certunnelOrigin).then(
-      (stream) => callback(null, asSocket(stream)),
-      (err: Error) => callback(err, undefined as unknown as Duplex),
-    );
-    return undefined;
-  }
-}
-
 export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
   const { authorizer, logger, clock, presence } = options;
-  const agent = new TunnelAgent(presence, { keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: 'lifo' });
+  const agent = new UpstreamPool(presence);
   const relays = new Set<Socket | Duplex>();
 
   function sendPage(res: ServerResponse, page: Page, extra: Record<string, string> = {}, status = page.status): void {
@@ -234,7 +195,7 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
       if (path === LOGOUT_PATH) return sendPage(res, loggedOutPage(deviceName), { 'set-cookie': clearSessionCookieHeader() });
       return sendPage(res, refusalPage({ code: 'NOT_FOUND', device: deviceName, message: `${RESERVED_PREFIX} is reserved for the broker`, now: clock() }, 404));
     }
-    const decision = await authorizer.decide({ deviceName, host, authorization: req.headers.authorization, cookie: req.headers.cookie, remoteAddr: remoteAddressOf(req) });
+    const decision = await authorizer.decide({ deviceName, host, authorization: req.headers.authorization, cookie: req.headers.cookie, remoteAddr: remoteAddressOf(req), connection: req.socket });
     if (!decision.allow) {
       const { page, extra } = refusal(decision, deviceName, req);
       return sendPage(res, page, extra);
@@ -249,7 +210,7 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     let responded = false;
     const upstream: ClientRequest = httpRequest({
-      host: LOOPBACK, port: decision.port, method: req.method, path: req.url, headers, agent, setHost: false,
+      host: LOOPBACK, port: decision.port, method: req.method, path: req.url, headers, agent: agent as unknown as Agent, setHost: false,
       certunnelDevice: decision.device.id, certunnelOrigin: { address: remoteAddressOf(req), port: req.socket.remotePort ?? 0 },
     } as RequestOptions);
     upstream.on('response', (ures) => {
@@ -317,7 +278,7 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
     });
     let upstream: Duplex;
     try {
-      upstream = await openUpstream(decision.device.id, decision.port, { address: remoteAddressOf(req), port: req.socket.remotePort ?? 0 });
+      upstream = await openUpstream(presence, decision.device.id, decision.port, { address: remoteAddressOf(req), port: req.socket.remotePort ?? 0 });
     } catch (err) {
       const code: ErrorCode = (err as NodeJS.ErrnoException).code === 'ECONNREFUSED' ? 'DEVICE_OFFLINE' : 'DEVICE_SERVICE_UNAVAILABLE';
       rawResponse(socket, refusalPage({ code, device: deviceName, message: `${deviceName} did not answer on its http slot`, offlineSince: decision.device.lastSeenAt, now: clock() }, 502));
@@ -340,19 +301,6 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
     if (head.length) upstream.write(head);
     upstream.pipe(socket);
     socket.pipe(upstream);
-  }
-
-  /** A connection into the device's tunnel for an upgraded request: an in-process channel, or TCP to the port. */
-  function openUpstream(deviceId: string, port: number, origin: { address: string; port: number }): Promise<Duplex> {
-    if (presence.dial) return presence.dial(deviceId, port, origin);
-    return new Promise((resolve, reject) => {
-      const tcp = connect({ host: LOOPBACK, port });
-      tcp.once('connect', () => {
-        tcp.off('error', reject);
-        resolve(tcp);
-      });
-      tcp.once('error', reject);
-    });
   }
 
   return {

@@ -42,6 +42,8 @@ export interface ProxyRequestInfo {
   readonly authorization?: string;
   readonly cookie?: string;
   readonly remoteAddr: string | null;
+  /** The client connection (its socket): a bearer key checked once is remembered on it for KEY_CACHE_MS. */
+  readonly connection?: object;
 }
 
 /** Headers to send on to the device: the broker's own credentials removed, the device's own ones kept. */
@@ -92,6 +94,8 @@ export class ProxyAuthorizer {
   private readonly keys = new Map<string, Cached<ApiKeyRecord>>();
   private readonly devices = new Map<string, Cached<DeviceRecord | null>>();
   private readonly audited = new Map<string, number>();
+  /** Per client connection: the last bearer key it presented and what it was (skips hashing on keep-alive). */
+  private readonly byConnection = new WeakMap<object, { presented: string; cached: Cached<ApiKeyRecord> }>();
 
   constructor(private readonly deps: ProxyAuthDeps) {}
 
@@ -108,15 +112,20 @@ export class ProxyAuthorizer {
     await this.deps.core.store.appendAudit({ at: this.now(), actor, action, target, remoteAddr, outcome, details }).catch(() => undefined);
   }
 
-  /** The API key for a presented secret (cached by its hash); UNAUTHENTICATED otherwise. */
-  async apiKey(presented: string): Promise<ApiKeyRecord> {
-    const cacheKey = createHash('sha256').update(presented).digest('base64url');
-    const hit = this.keys.get(cacheKey);
+  /** The API key for a presented secret (cached by its hash, and on the connection); UNAUTHENTICATED otherwise. */
+  async apiKey(presented: string, connection?: object): Promise<ApiKeyRecord> {
     const nowMs = Date.now();
-    if (hit && hit.until > nowMs) return hit.value;
-    const record = await authenticateApiKey(this.deps.core.store, presented, this.now());
-    setBounded(this.keys, cacheKey, { value: record, until: nowMs + KEY_CACHE_MS });
-    return record;
+    const memo = connection ? this.byConnection.get(connection) : undefined;
+    if (memo && memo.presented === presented && memo.cached.until > nowMs) return memo.cached.value;
+    const cacheKey = createHash('sha256').update(presented).digest('base64url');
+    let hit = this.keys.get(cacheKey);
+    if (!hit || hit.until <= nowMs) {
+      const record = await authenticateApiKey(this.deps.core.store, presented, this.now());
+      hit = { value: record, until: nowMs + KEY_CACHE_MS };
+      setBounded(this.keys, cacheKey, hit);
+    }
+    if (connection) this.byConnection.set(connection, { presented, cached: hit });
+    return hit.value;
   }
 
   private async keyById(id: string): Promise<ApiKeyRecord | null> {
@@ -174,7 +183,7 @@ export class ProxyAuthorizer {
     let record: ApiKeyRecord | null;
     if (bearer) {
       try {
-        record = await this.apiKey(bearer);
+        record = await this.apiKey(bearer, info.connection);
       } catch (err) {
         if (!(err instanceof BrokerError)) throw err;
         await this.audit('anonymous', 'auth.failure', info.host, info.remoteAddr, 'UNAUTHENTICATED', { via: 'proxy' });

@@ -111,6 +111,7 @@ export class RemoteForward {
       return;
     }
     socket.on('error', () => socket.destroy());
+    socket.setNoDelay(true);
     this.relays.add(socket);
     socket.once('close', () => this.relays.delete(socket));
     const { conn, bindAddr, port, bytes } = this.options;

@@ -17,7 +17,10 @@
  * only orchestrates. Everything runs on this machine and is torn down at the
  * end (or after --timeout seconds).
  *
- * Usage: npm run bench:proxy [-- --duration 8 --connections 16 --timeout 240]
+ * Usage: npm run bench:proxy [-- --duration 5 --rounds 3 --connections 16 --timeout 300]
+ *   --diagnose adds what nginx + auth_request pays per request (a new tunnel
+ *   connection per request; the authorize endpoint alone); --only a,b picks
+ *   targets by prefix; --profile-broker DIR writes a V8 CPU profile.
  * Needs: wrk, nginx, ssh (OpenSSH client), sshd not needed.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -35,9 +38,10 @@ function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 ? Number(process.argv[i + 1]) : fallback;
 }
-const DURATION = arg('duration', 8);
+const DURATION = arg('duration', 5);
+const ROUNDS = arg('rounds', 3);
 const CONNECTIONS = arg('connections', 16);
-const TIMEOUT = arg('timeout', 240);
+const TIMEOUT = arg('timeout', 300);
 const ENTRY = fileURLToPath(new URL('../../cli/main.ts', import.meta.url));
 const DOMAIN = 'bench.test';
 const DEVICE = 'kiosk-bench';
@@ -220,12 +224,29 @@ ${generated.replace(/^/gm, '    ')}
       ['broker proxy', `http://127.0.0.1:${ready.apiPort}/`, [`Host: ${host}`, auth]],
       ['nginx static -> tunnel', `http://127.0.0.1:${staticPort}/`, [`Host: ${host}`]],
       ['nginx + auth_request', `http://127.0.0.1:${authPort}/`, [`Host: ${host}`, auth]],
+      // --diagnose: what nginx + auth_request pays per request, piece by piece.
+      ...(process.argv.includes('--diagnose')
+        ? ([
+            ['tunnel, new conn/request', `http://127.0.0.1:${httpSlot}/`, ['Connection: close']],
+            ['broker /v1/proxy/authorize', `http://127.0.0.1:${ready.apiPort}/v1/proxy/authorize`, [`X-Forwarded-Host: ${host}`, auth]],
+          ] as Array<[string, string, string[]]>)
+        : []),
     ] as Array<[string, string, string[]]>).filter(([label]) => !only || only.some((o) => label.startsWith(o)));
-    const results: Result[] = [];
-    for (const [label, url, headers] of targets) {
-      wrk(label, url, headers, 1); // warm-up: connections, JIT, upstream pools
-      results.push(wrk(label, url, headers, DURATION));
+    // Rounds, each target once per round, medians reported: the machine may be busy with other work,
+    // and interleaving spreads that over every target instead of penalising one.
+    for (const [label, url, headers] of targets) wrk(label, url, headers, 1); // warm-up: connections, JIT, upstream pools
+    const runs = new Map<string, Result[]>();
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const [label, url, headers] of targets) {
+        const r = wrk(label, url, headers, DURATION);
+        runs.set(label, [...(runs.get(label) ?? []), r]);
+      }
     }
+    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    const results: Result[] = targets.map(([label]) => {
+      const rs = runs.get(label)!;
+      return { target: label, rps: median(rs.map((r) => r.rps)), p50: median(rs.map((r) => r.p50)), p99: median(rs.map((r) => r.p99)), errors: [...new Set(rs.map((r) => r.errors))].join(' ') };
+    });
 
     const byName = new Map(results.map((r) => [r.target, r]));
     const tunnel = byName.get('tunnel alone')!;
@@ -233,12 +254,12 @@ ${generated.replace(/^/gm, '    ')}
     const nginx = byName.get('nginx static -> tunnel')!;
     const pad = (s: string, n: number): string => s.padEnd(n);
     const num = (x: number, d = 2): string => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
-    console.log(`\ncertunnel proxy bench: wrk -t1 -c${CONNECTIONS} -d${DURATION}s, keep-alive, 2-byte responses, node ${process.version}`);
+    console.log(`\ncertunnel proxy bench: wrk -t1 -c${CONNECTIONS} -d${DURATION}s x ${ROUNDS} rounds (medians), keep-alive, 2-byte responses, node ${process.version}`);
     console.log(`${pad('target', 26)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}errors`);
     for (const r of results) console.log(`${pad(r.target, 26)}${pad(num(r.rps, 0), 10)}${pad(num(r.p50), 9)}${pad(num(r.p99), 9)}${r.errors}`);
     console.log(`\nbroker proxy vs tunnel alone: p50 +${num(proxy.p50 - tunnel.p50)} ms (goal <= 1 ms), p99 +${num(proxy.p99 - tunnel.p99)} ms`);
     console.log(`broker proxy vs nginx static: ${num((proxy.rps / nginx.rps) * 100, 0)}% of nginx's req/s (goal >= 70%)`);
-    console.log(JSON.stringify({ connections: CONNECTIONS, durationSeconds: DURATION, results }));
+    console.log(JSON.stringify({ connections: CONNECTIONS, durationSeconds: DURATION, rounds: ROUNDS, results, runs: Object.fromEntries(runs) }));
   } finally {
     for (const c of children.reverse()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
     await new Promise((r) => setTimeout(r, 300));
