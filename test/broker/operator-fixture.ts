@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair, parseCertificateLine, parsePublicKey, type KeyPair } from '../../ca/index.js';
 import type { EnrollResponse } from '../../broker/wire-types.js';
 import { withBroker, type BrokerFixtureOptions, type TestBroker } from '../helpers/broker.js';
-import { freePortBlock } from '../helpers/gateway.js';
+import { freePortBlock, isListening } from '../helpers/gateway.js';
 import { makeOpensshKey } from '../helpers/openssh.js';
 import { spawnSsh, sshArgs, waitFor, writeClientIdentity, writeKnownHosts, type SshProcess } from '../helpers/ssh-client.js';
 import { startSshd, type RunningSshd } from '../helpers/sshd.js';
@@ -121,6 +121,8 @@ export interface Fleet {
 export interface FleetOptions {
   /** Devices the pool must hold (default 6). */
   readonly capacity?: number;
+  /** Runs after the broker started, before any device: e.g. a system sshd for OpenSSH mode. Returns its teardown. */
+  readonly before?: (b: TestBroker) => Promise<() => Promise<void>>;
   readonly config?: Record<string, unknown>;
   readonly logLevel?: string;
 }
@@ -174,7 +176,15 @@ export async function withFleet<T>(fn: (fleet: Fleet) => Promise<T>, options: Fl
         device.tunnel = ssh;
         cleanups.push(() => ssh.stop().then(() => undefined));
         const want = device.sshd ? 2 : 1;
-        await waitFor(() => (b.broker.ssh.presence?.forwardedPorts(grant.deviceId)?.length ?? 0) === want || ssh.child.exitCode !== null, `the tunnel of ${device.name}`);
+        const presence = b.broker.ssh.presence;
+        if (!presence) {
+          // OpenSSH mode: sshd holds the ports; the broker sees nothing.
+          const ports = device.sshd ? [grant.ports.first, grant.ports.first + 1] : [grant.ports.first + 1];
+          await waitFor(async () => (await Promise.all(ports.map(isListening))).every(Boolean) || ssh.child.exitCode !== null, `the tunnel of ${device.name}`);
+          if (ssh.child.exitCode !== null) throw new Error(`tunnel of ${device.name} failed: ${ssh.stderr()}`);
+          return;
+        }
+        await waitFor(() => (presence.forwardedPorts(grant.deviceId)?.length ?? 0) === want || ssh.child.exitCode !== null, `the tunnel of ${device.name}`);
         if (ssh.child.exitCode !== null) throw new Error(`tunnel of ${device.name} failed: ${ssh.stderr()}`);
         // The gateway writes presence to the store asynchronously.
         await waitFor(async () => (await b.broker.store.findDevice(grant.deviceId))?.online === true, `${device.name} online in the store`);
@@ -187,6 +197,7 @@ export async function withFleet<T>(fn: (fleet: Fleet) => Promise<T>, options: Fl
       },
     };
     try {
+      if (options.before) cleanups.push(await options.before(b));
       return await fn(fleet);
     } finally {
       for (const c of cleanups.reverse()) await c().catch(() => undefined);

@@ -1,0 +1,62 @@
+/**
+ * `certunnel ssh` against a broker in OpenSSH mode: a real system sshd
+ * configured only by the broker's generated files (user "operator",
+ * principals.operators with permitopen for each block, the host certificate),
+ * the device's tunnel held by sshd, and the device's own sshd behind it.
+ * Needs root (sshd switches to the tunnel and operator users, created if missing).
+ */
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { chmod } from 'node:fs/promises';
+import { join } from 'node:path';
+import { OPENSSH_FILES } from '../../broker/openssh/config-files.js';
+import { killSessionsHoldingPorts } from '../../broker/openssh/session-killer.js';
+import { ensureGatewayUsers } from '../conformance/sshd-driver.js';
+import { freePortBlock } from '../helpers/gateway.js';
+import { runCli } from '../helpers/cli.js';
+import { startSshd } from '../helpers/sshd.js';
+import { withFleet } from '../broker/operator-fixture.js';
+
+const CAN_RUN_SSHD = process.platform === 'linux' && process.getuid?.() === 0 && existsSync('/usr/sbin/sshd');
+const sshdTest = CAN_RUN_SSHD ? test : test.skip;
+
+sshdTest('ok/OpenSSH mode: certunnel ssh goes through sshd as "operator"; another device\'s port is refused by permitopen', async (t) => {
+  const sshPort = (await freePortBlock(1)).first;
+  await withFleet(
+    async (f) => {
+      await f.enroll('kiosk-a', { connect: true, sshd: true });
+      const b = await f.enroll('kiosk-b', { connect: true, sshd: true });
+      const key = await f.b.apiKey('operator');
+      const env = { CERTUNNEL_API_KEY: key.apiKey!, CERTUNNEL_HOME: join(f.b.dir, 'operator-home') };
+      const api = ['--api', f.b.broker.apiUrl, '--pin', f.b.init.apiPin];
+      const login = ['-F', '/dev/null', '-i', f.login.keyPath, '-o', 'IdentitiesOnly=yes', '-o', `UserKnownHostsFile=${f.login.knownHosts}`, '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', '-l', 'root'];
+
+      // Not refused as offline: the broker cannot see sshd's tunnels.
+      const ok = await runCli(['ssh', 'kiosk-a', ...api, '--', ...login, 'echo', 'through sshd'], env);
+      t.is(ok.code, 0, ok.stderr);
+      t.is(ok.stdout, 'through sshd\n');
+
+      const other = await runCli(['ssh', 'kiosk-a', '--port', String(b.grant.ports.first), ...api, '--', ...login, 'echo', 'should not run'], env);
+      t.is(other.code, 255);
+      t.regex(other.stderr, /certunnel: REACH_REFUSED: the broker refused port \d+: the certificate for kiosk-a reaches its block \d+-\d+ only/);
+      t.is(b.sshd!.output().match(/Accepted publickey/g), null);
+    },
+    {
+      config: { ssh: { mode: 'openssh', listen: `127.0.0.1:${sshPort}` } },
+      before: async (broker) => {
+        await ensureGatewayUsers(['tunnel', 'operator']);
+        // sshd reads the principals files as the connecting user: the data directory must be searchable.
+        await chmod(broker.dir, 0o755);
+        const sshd = await startSshd({
+          // Port is cumulative in sshd_config: the broker's SSH port, besides the helper's own.
+          config: [`Include ${join(broker.dir, broker.broker.core.config.ssh.opensshDir, OPENSSH_FILES.config)}`, `Port ${sshPort}`],
+        });
+        return async () => {
+          const pool = broker.broker.core.config.ports;
+          await killSessionsHoldingPorts(Array.from({ length: pool.last - pool.first + 1 }, (_, i) => pool.first + i));
+          await sshd.stop();
+        };
+      },
+    },
+  );
+});
