@@ -2,6 +2,7 @@
 /** The single `certunnel` entry point: parses the command line and dispatches. */
 import { Command, CommanderError } from 'commander';
 import { CaError } from '../ca/index.js';
+import { registerAgentCommands } from './agent-commands.js';
 import { registerBrokerCommands } from './broker-commands.js';
 import { registerCaCommands } from './ca-commands.js';
 import { registerOperatorCommands } from './operator-commands.js';
@@ -19,6 +20,7 @@ export function buildProgram(env: NodeJS.ProcessEnv): Command {
   registerOperatorCommands(program, env);
   registerSshCommands(program, env);
   registerProxyCommands(program, env);
+  registerAgentCommands(program, env);
   return program;
 }
 

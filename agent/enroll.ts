@@ -1,0 +1,73 @@
+/**
+ * Enrollment: the device makes its Ed25519 key here (the private half is
+ * written 0600 and never leaves the device), redeems its single-use token
+ * with the public half, and stores what the broker grants: certificate,
+ * port block, SSH endpoint, the broker's host key and host CA.
+ *
+ * The new key is written as device_key.pending before the request and moved
+ * into place only after the broker accepted it, so a refused `--force`
+ * re-enrollment leaves the old, working enrollment untouched.
+ */
+import { rename, unlink } from 'node:fs/promises';
+import { encodePrivateKey, formatPublicKey, generateKeyPair, writeFileAtomic } from '../ca/index.js';
+import type { EnrollRequest, EnrollResponse } from '../broker/wire-types.js';
+import { ApiError, apiRequest } from './api-client.js';
+import { AgentError, ENROLL_FATAL_CODES, EXIT } from './errors.js';
+import type { ApiCall } from './renewer.js';
+import { checkGrant, ensureStateDir, isEnrolled, loadEnrollment, runningAgentPid, writeGrant, type BrokerApiRef, type Enrollment } from './state-dir.js';
+
+export interface EnrollOptions {
+  readonly stateDir: string;
+  readonly broker: BrokerApiRef;
+  readonly token: string;
+  readonly name?: string;
+  readonly hardwareSerial?: string;
+  /** Replace an existing enrollment (only once the new one succeeded). */
+  readonly force?: boolean;
+  readonly timeoutMs?: number;
+  readonly now?: () => Date;
+  readonly api?: ApiCall;
+}
+
+/**
+ * Enrolls once. Throws AgentError: ALREADY_ENROLLED, ALREADY_RUNNING, the
+ * broker's refusal code with exit status REFUSED (TOKEN_USED, …), or a
+ * transport code (UNREACHABLE, PIN_MISMATCH, TIMEOUT) with status ERROR.
+ */
+export async function enrollDevice(options: EnrollOptions): Promise<Enrollment> {
+  const paths = await ensureStateDir(options.stateDir);
+  if (await isEnrolled(options.stateDir)) {
+    if (!options.force) {
+      throw new AgentError('ALREADY_ENROLLED', `${options.stateDir} is already enrolled; use --force to replace that enrollment`, EXIT.ERROR);
+    }
+    const running = await runningAgentPid(paths);
+    if (running !== null) throw new AgentError('ALREADY_RUNNING', `stop the agent (pid ${running}) before re-enrolling`, EXIT.ERROR);
+  }
+  const now = options.now ?? (() => new Date());
+  const api = options.api ?? apiRequest;
+  const key = generateKeyPair();
+  const pending = `${paths.key}.pending`;
+  await writeFileAtomic(pending, encodePrivateKey(key, { comment: 'certunnel device key' }), { mode: 0o600 });
+  let grant: EnrollResponse;
+  try {
+    const body: EnrollRequest = { token: options.token, publicKey: formatPublicKey(key.publicKey) };
+    if (options.name) body.name = options.name;
+    if (options.hardwareSerial) body.hardwareSerial = options.hardwareSerial;
+    grant = await api<EnrollResponse>({ baseUrl: options.broker.url, pin: options.broker.pin, timeoutMs: options.timeoutMs ?? 30_000 }, 'POST', '/v1/enroll', body);
+    checkGrant(grant, key.publicKey);
+  } catch (err) {
+    await unlink(pending).catch(() => undefined);
+    if (err instanceof ApiError) {
+      const fatal = ENROLL_FATAL_CODES.includes(err.code);
+      throw new AgentError(err.code, `enrollment ${fatal ? 'refused' : 'failed'}: ${err.message}`, fatal ? EXIT.REFUSED : EXIT.ERROR);
+    }
+    throw err;
+  }
+  await rename(pending, paths.key);
+  await writeFileAtomic(paths.publicKey, `${formatPublicKey(key.publicKey, `certunnel device ${grant.deviceId}`)}\n`, { mode: 0o644 });
+  const at = now().toISOString();
+  await writeGrant(paths, grant, options.broker, { enrolledAt: at, renewedAt: null });
+  const enrollment = await loadEnrollment(options.stateDir);
+  if (!enrollment) throw new AgentError('STATE_INVALID', `${options.stateDir}: enrollment was written but cannot be read back`);
+  return enrollment;
+}

@@ -1,0 +1,109 @@
+/**
+ * `certunnel agent status`: what the state directory says (enrolled?,
+ * device, port block, certificate expiry) and what the running agent last
+ * wrote to status.json (tunnel state, last error), for people or --json.
+ */
+import type { ServiceMapping } from './config.js';
+import { loadEnrollment, readStatus, runningAgentPid, statePaths } from './state-dir.js';
+
+export interface AgentStatusReport {
+  readonly enrolled: boolean;
+  readonly stateDir: string;
+  readonly deviceId: string | null;
+  readonly name: string | null;
+  readonly ports: { readonly first: number; readonly last: number } | null;
+  readonly services: ReadonlyArray<{ readonly name: string; readonly brokerPort: number; readonly target: string }>;
+  readonly certificate: {
+    readonly serial: string;
+    readonly validAfter: string;
+    readonly validBefore: string;
+    readonly expired: boolean;
+    readonly expiresInSeconds: number;
+  } | null;
+  readonly broker: { readonly url: string; readonly sshHost: string; readonly sshPort: number } | null;
+  readonly tunnel: {
+    /** The agent's state (connected, backoff, …); "not running" when no agent runs (revoked/closed stay visible). */
+    readonly state: string;
+    readonly running: boolean;
+    readonly pid: number | null;
+    readonly transport: string | null;
+    readonly since: string | null;
+    readonly connectedSince: string | null;
+  };
+  readonly lastError: { readonly code: string; readonly message: string; readonly at: string } | null;
+}
+
+export async function readAgentStatus(stateDir: string, services: readonly ServiceMapping[], now: Date = new Date()): Promise<AgentStatusReport> {
+  const paths = statePaths(stateDir);
+  const enrollment = await loadEnrollment(stateDir);
+  const runtime = await readStatus(paths);
+  const pid = await runningAgentPid(paths);
+  const running = pid !== null && runtime !== null && runtime.pid === pid;
+  const lastState = runtime?.state ?? null;
+  const state = running ? lastState! : lastState === 'revoked' || lastState === 'closed' ? lastState : 'not running';
+  const tunnel = {
+    state,
+    running,
+    pid: running ? pid : null,
+    transport: runtime?.transport ?? null,
+    since: runtime?.since ?? null,
+    connectedSince: running ? runtime?.connectedSince ?? null : null,
+  };
+  if (!enrollment) {
+    return {
+      enrolled: false, stateDir, deviceId: null, name: null, ports: null, services: [], certificate: null, broker: null, tunnel,
+      lastError: runtime?.lastError ?? null,
+    };
+  }
+  const { state: s, certificate } = enrollment;
+  const validBefore = Number(certificate.validBefore) * 1000;
+  const size = s.ports.last - s.ports.first + 1;
+  return {
+    enrolled: true,
+    stateDir,
+    deviceId: s.deviceId,
+    name: s.name,
+    ports: s.ports,
+    services: services.filter((m) => m.slot < size).map((m) => ({
+      name: m.name, brokerPort: s.ports.first + m.slot, target: `${m.host.includes(':') ? `[${m.host}]` : m.host}:${m.port}`,
+    })),
+    certificate: {
+      serial: certificate.serial.toString(),
+      validAfter: new Date(Number(certificate.validAfter) * 1000).toISOString(),
+      validBefore: new Date(validBefore).toISOString(),
+      expired: now.getTime() >= validBefore,
+      expiresInSeconds: Math.round((validBefore - now.getTime()) / 1000),
+    },
+    broker: { url: s.broker.url, sshHost: s.ssh.host, sshPort: s.ssh.port },
+    tunnel,
+    lastError: runtime?.lastError ?? null,
+  };
+}
+
+function duration(seconds: number): string {
+  const s = Math.abs(seconds);
+  const text = s >= 86400 ? `${Math.floor(s / 86400)}d${Math.floor((s % 86400) / 3600)}h` : s >= 3600 ? `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m` : s >= 60 ? `${Math.floor(s / 60)}m${s % 60}s` : `${s}s`;
+  return seconds < 0 ? `${text} ago` : `in ${text}`;
+}
+
+export function formatAgentStatus(r: AgentStatusReport): string {
+  const lines: string[] = [];
+  const row = (label: string, value: string): void => {
+    lines.push(`${`${label}:`.padEnd(14)}${value}`);
+  };
+  row('enrolled', r.enrolled ? 'yes' : 'no');
+  row('state dir', r.stateDir);
+  if (r.enrolled) {
+    row('device', `${r.deviceId}${r.name ? ` (${r.name})` : ''}`);
+    row('ports', `${r.ports!.first}-${r.ports!.last}`);
+    for (const s of r.services) row(`  ${s.name}`, `broker 127.0.0.1:${s.brokerPort} -> ${s.target}`);
+    const c = r.certificate!;
+    row('certificate', `serial ${c.serial}, ${c.expired ? 'EXPIRED' : 'valid'} until ${c.validBefore} (${duration(c.expiresInSeconds)})`);
+    row('broker', `${r.broker!.url}, ssh ${r.broker!.sshHost}:${r.broker!.sshPort}`);
+  }
+  const t = r.tunnel;
+  const detail = t.running ? ` (pid ${t.pid}, ${t.transport}${t.since ? `, since ${t.since}` : ''})` : t.since ? ` (last change ${t.since})` : '';
+  row('tunnel', `${t.state}${detail}`);
+  row('last error', r.lastError ? `${r.lastError.code} at ${r.lastError.at}: ${r.lastError.message}` : '-');
+  return `${lines.join('\n')}\n`;
+}

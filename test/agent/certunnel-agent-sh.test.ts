@@ -1,0 +1,168 @@
+/**
+ * agent/certunnel-agent.sh, the POSIX shell agent (run by dash here), tested
+ * like the Node agent: enroll with curl → tunnel up with ssh -N -R → traffic
+ * reaches the device's service → renewal with ssh-keygen -Y sign + curl →
+ * the tunnel comes back with the new certificate → revoke → exit 10. Its
+ * state directory is the Node agent's: `certunnel agent status` reads it.
+ */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { EXIT } from '../../agent/errors.js';
+import { loadEnrollment } from '../../agent/state-dir.js';
+import { readAgentStatus, type AgentStatusReport } from '../../agent/status.js';
+import { withBroker } from '../helpers/broker.js';
+import { REPO_ROOT, runCli } from '../helpers/cli.js';
+import { isListening, startDeviceService } from '../helpers/gateway.js';
+import { runCommand, withTempDir } from '../helpers/openssh.js';
+import { waitFor } from '../helpers/ssh-client.js';
+import { ensureGatewayUsers } from '../conformance/sshd-driver.js';
+import { exchangeWithin, mintToken, within } from './fixtures.js';
+import { freePool, freePort, startBrokerSshd, type BrokerSshd } from './net-fixtures.js';
+
+const SCRIPT = join(REPO_ROOT, 'agent', 'certunnel-agent.sh');
+
+test.before(async () => {
+  await ensureGatewayUsers(['tunnel', 'operator']);
+});
+
+function runShellAgent(args: readonly string[]) {
+  const child = spawn('sh', [SCRIPT, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const lines: Array<Record<string, unknown>> = [];
+  let raw = '';
+  let pending = '';
+  child.stdout.setEncoding('utf8');
+  child.stderr.setEncoding('utf8');
+  child.stdout.on('data', (c: string) => {
+    raw += c;
+    pending += c;
+    let nl: number;
+    while ((nl = pending.indexOf('\n')) !== -1) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      try {
+        lines.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        // not JSON: the test fails below on lines that should be there
+      }
+    }
+  });
+  child.stderr.on('data', (c: string) => (raw += c));
+  const exited = new Promise<number>((resolve) => child.once('close', (code) => resolve(code ?? -1)));
+  const waitForEvent = async (event: string, from = 0, timeoutMs = 20_000): Promise<Record<string, unknown>> => {
+    let hit: Record<string, unknown> | undefined;
+    await waitFor(() => (hit = lines.slice(from).find((l) => l.event === event)) !== undefined || child.exitCode !== null, event, timeoutMs).catch(() => undefined);
+    if (!hit) throw new Error(`no ${event} event; output:\n${raw.slice(-3000)}`);
+    return hit;
+  };
+  return { child, lines, exited, output: () => raw, waitForEvent };
+}
+
+for (const mode of ['embedded', 'openssh'] as const) {
+  test(`${mode} broker: shell agent: enroll with curl, tunnel with ssh -N -R, renewal with ssh-keygen -Y sign, reconnect, revoke -> 10`, async (t) => {
+    const pool = await freePool(2);
+    const sshPort = mode === 'openssh' ? await freePort() : 0;
+    const config: Record<string, unknown> = { certs: { deviceValiditySeconds: 60, renewAtFraction: 0.1 }, ports: { ...pool, perDevice: 2 } };
+    if (mode === 'openssh') config.ssh = { mode: 'openssh', listen: `127.0.0.1:${sshPort}`, publicPort: sshPort };
+    await withBroker(async (b) => {
+      let sshd: BrokerSshd | undefined;
+      const svc = await startDeviceService('ssh:');
+      const web = await startDeviceService('http:');
+      try {
+        if (mode === 'openssh') sshd = await startBrokerSshd(b.dir, sshPort, pool);
+        await withTempDir(async (dir) => {
+          const state = join(dir, 'state');
+          const token = await mintToken(b);
+          const enroll = await runCommand('sh', [SCRIPT, 'enroll', '--url', b.broker.apiUrl, '--pin', b.init.apiPin, '--state-dir', state, '--name', 'shell-1'], {
+            env: { CERTUNNEL_ENROLL_TOKEN: token },
+          });
+          t.is(enroll.code, 0, enroll.stderr);
+          t.regex(enroll.stdout, /^enrolled dev_\w+: ports \d+-\d+/);
+          t.is((await stat(join(state, 'device_key'))).mode & 0o777, 0o600);
+          // The Node agent reads what the shell agent wrote.
+          const enrollment = await loadEnrollment(state);
+          t.truthy(enrollment);
+          t.deepEqual(enrollment!.state.ports, pool);
+          t.is(enrollment!.state.name, 'shell-1');
+          const again = await runCommand('sh', [SCRIPT, 'enroll', '--url', b.broker.apiUrl, '--pin', b.init.apiPin, '--state-dir', state], { env: { CERTUNNEL_ENROLL_TOKEN: token } });
+          t.is(again.code, EXIT.ERROR);
+          t.regex(again.stderr, /ALREADY_ENROLLED/);
+          const used = await runCommand('sh', [SCRIPT, 'enroll', '--url', b.broker.apiUrl, '--pin', b.init.apiPin, '--state-dir', join(dir, 'other')], { env: { CERTUNNEL_ENROLL_TOKEN: token } });
+          t.is(used.code, EXIT.REFUSED);
+          t.regex(used.stderr, /TOKEN_USED/);
+
+          const agent = runShellAgent(['run', '--state-dir', state, '--service', `0:127.0.0.1:${svc.port}`, '--service', `1:127.0.0.1:${web.port}`,
+            '--keepalive', '2', '--backoff-cap', '2', '--poll', '1']);
+          try {
+            const up = await agent.waitForEvent('connected');
+            t.is(up.serial, enrollment!.state.serial);
+            // The Node agent's status reader understands the shell agent's status.json and run.pid.
+            const status = await readAgentStatus(state, []);
+            t.is(status.tunnel.state, 'connected');
+            t.true(status.tunnel.running);
+            t.is(status.tunnel.transport, 'openssh-sh');
+            t.is(await exchangeWithin(pool.first, 'sh'), 'ssh:sh');
+            t.is(await exchangeWithin(pool.last, 'web'), 'http:web');
+
+            const renewed = await agent.waitForEvent('renewed', 0, 30_000);
+            t.not(renewed.serial, up.serial);
+            const from = agent.lines.indexOf(renewed);
+            await waitFor(() => agent.lines.slice(from).some((l) => l.event === 'connected' && l.serial === renewed.serial), 'reconnected with the new certificate', 15_000);
+            if (sshd) t.regex(sshd.output(), new RegExp(`serial ${String(renewed.serial)}\\)`));
+            else t.true(b.logs.some((l) => l.includes('ssh session authenticated') && l.includes(`"serial":"${String(renewed.serial)}"`)));
+            await waitFor(async () => (await exchangeWithin(pool.first, 'again')) === 'ssh:again', 'traffic after renewal', 10_000);
+            const stateJson = JSON.parse(await readFile(join(state, 'state.json'), 'utf8')) as { serial: string; renewedAt: string | null };
+            t.is(stateJson.serial, String(renewed.serial));
+            t.truthy(stateJson.renewedAt);
+
+            await b.call(b.admin, 'POST', `/v1/devices/${enrollment!.state.deviceId}/revoke`, { reason: 'shell' });
+            const code = await within(agent.exited, 30_000, -99);
+            t.is(code, EXIT.REVOKED, agent.output().slice(-3000));
+            t.true(agent.lines.some((l) => l.event === 'revoked'));
+            t.false(await isListening(pool.first));
+            const after = JSON.parse((await runCli(['agent', 'status', '--state-dir', state, '--json'])).stdout) as AgentStatusReport;
+            t.is(after.tunnel.state, 'revoked');
+            t.false(agent.output().includes(token));
+            t.true(agent.lines.length > 3 && agent.lines.every((l) => typeof l.event === 'string'), 'JSON lines');
+          } finally {
+            agent.child.kill('SIGTERM');
+            await agent.exited;
+          }
+        });
+      } finally {
+        await sshd?.stop();
+        await svc.close();
+        await web.close();
+      }
+    }, { config });
+  });
+}
+
+test('shell agent: stops cleanly on SIGTERM with status 0 and ends its ssh', async (t) => {
+  await withBroker(async (b) => {
+    const svc = await startDeviceService('ssh:');
+    try {
+      await withTempDir(async (dir) => {
+        const state = join(dir, 'state');
+        const enroll = await runCommand('sh', [SCRIPT, 'enroll', '--url', b.broker.apiUrl, '--pin', b.init.apiPin, '--state-dir', state], { env: { CERTUNNEL_ENROLL_TOKEN: await mintToken(b) } });
+        t.is(enroll.code, 0, enroll.stderr);
+        const { ports } = (await loadEnrollment(state))!.state;
+        const agent = runShellAgent(['run', '--state-dir', state, '--service', `0:127.0.0.1:${svc.port}`, '--poll', '1']);
+        await agent.waitForEvent('connected');
+        t.is(await exchangeWithin(ports.first, 'x'), 'ssh:x');
+        const started = Date.now();
+        agent.child.kill('SIGTERM');
+        t.is(await agent.exited, 0);
+        t.true(Date.now() - started < 5000);
+        await waitFor(async () => !(await isListening(ports.first)), 'the tunnel is gone', 5000);
+        const usage = await runCommand('sh', [SCRIPT, 'run']);
+        t.is(usage.code, EXIT.USAGE);
+        const notEnrolled = await runCommand('sh', [SCRIPT, 'run', '--state-dir', join(dir, 'none')]);
+        t.is(notEnrolled.code, EXIT.NOT_ENROLLED);
+      });
+    } finally {
+      await svc.close();
+    }
+  });
+});

@@ -1,0 +1,168 @@
+/**
+ * The agent end to end, as a device runs it: the real CLI (`certunnel agent
+ * enroll`, `run`, `status`) as child processes against a real broker, with
+ * the embedded gateway and with a real sshd in OpenSSH mode, for both
+ * transports: enroll → tunnel up → a TCP request to the device's broker
+ * port reaches its local service → renewal → the tunnel comes back with the
+ * new certificate → revoke → the agent stops with its revoked status.
+ */
+import test from 'ava';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { EXIT } from '../../agent/errors.js';
+import type { AgentStatusReport } from '../../agent/status.js';
+import { withBroker } from '../helpers/broker.js';
+import { runCli } from '../helpers/cli.js';
+import { isListening, startDeviceService } from '../helpers/gateway.js';
+import { withTempDir } from '../helpers/openssh.js';
+import { waitFor } from '../helpers/ssh-client.js';
+import { ensureGatewayUsers } from '../conformance/sshd-driver.js';
+import { agentConfig, exchangeWithin, mintToken, spawnAgent, within } from './fixtures.js';
+import { freePool, freePort, startBrokerSshd, type BrokerSshd } from './net-fixtures.js';
+
+test.before(async () => {
+  await ensureGatewayUsers(['tunnel', 'operator']); // once, before tests run side by side
+});
+
+/** Short certificates (renewal about 6-12 s after issue) and fast retries. */
+const CERTS = { deviceValiditySeconds: 60, renewAtFraction: 0.1 };
+
+const ok = (text: string) => (line: Record<string, unknown>): boolean => line.event === text;
+
+for (const mode of ['embedded', 'openssh'] as const) {
+  for (const transport of ['ssh2', 'openssh'] as const) {
+    test(`${mode} broker, ${transport} transport: enroll, tunnel, renewal, reconnect with the new certificate, revoke`, async (t) => {
+      const pool = await freePool(2);
+      const sshPort = mode === 'openssh' ? await freePort() : 0;
+      const config: Record<string, unknown> = { certs: CERTS, ports: { ...pool, perDevice: 2 } };
+      if (mode === 'openssh') config.ssh = { mode: 'openssh', listen: `127.0.0.1:${sshPort}`, publicPort: sshPort };
+      await withBroker(async (b) => {
+        let sshd: BrokerSshd | undefined;
+        const svcSsh = await startDeviceService('ssh:');
+        const svcHttp = await startDeviceService('http:');
+        try {
+          if (mode === 'openssh') sshd = await startBrokerSshd(b.dir, sshPort, pool);
+          await withTempDir(async (dir) => {
+            const stateDir = join(dir, 'state');
+            const cfg = join(dir, 'agent.json');
+            await writeFile(cfg, JSON.stringify(agentConfig({ apiUrl: b.broker.apiUrl, pin: b.init.apiPin }, stateDir, transport, svcSsh, svcHttp)));
+            const token = await mintToken(b);
+
+            const enrolled = await runCli(['agent', 'enroll', '--config', cfg, '--name', 'kiosk-1', '--json'], { CERTUNNEL_ENROLL_TOKEN: token });
+            t.is(enrolled.code, 0, enrolled.stderr);
+            const grant = JSON.parse(enrolled.stdout) as { deviceId: string; ports: { first: number; last: number }; serial: string };
+            t.deepEqual(grant.ports, pool);
+            t.is((await stat(join(stateDir, 'device_key'))).mode & 0o777, 0o600);
+            t.is((await stat(stateDir)).mode & 0o777, 0o700);
+
+            const agent = spawnAgent(['run', '--config', cfg]);
+            try {
+              const t0 = Date.now();
+              const first = await agent.waitForLog(ok('connected'), 'tunnel up');
+              t.log(`up after ${Date.now() - t0} ms`);
+              t.is(first.serial, grant.serial);
+              t.is(await exchangeWithin(pool.first, 'hello'), 'ssh:hello');
+              t.is(await exchangeWithin(pool.last, 'GET /'), 'http:GET /');
+
+              // Renewal at about 6-12 s, then a reconnection with the new certificate.
+              const renewed = await agent.waitForLog(ok('renewed'), 'renewal', 30_000);
+              t.log(`renewed after ${Date.now() - t0} ms`);
+              const newSerial = String(renewed.serial);
+              t.not(newSerial, grant.serial);
+              const from = agent.logs.indexOf(renewed);
+              await agent.waitForLog((l) => l.event === 'connected' && l.serial === newSerial, 'reconnected with the new certificate', 20_000, from);
+              if (sshd) {
+                t.regex(sshd.output(), new RegExp(`Accepted publickey for tunnel .*ID device:${grant.deviceId} \\(serial ${newSerial}\\)`));
+              } else {
+                t.true(b.logs.some((l) => l.includes('ssh session authenticated') && l.includes(`"serial":"${newSerial}"`)), 'the gateway saw the new serial');
+              }
+              await waitFor(async () => (await exchangeWithin(pool.first, 'again')) === 'ssh:again', 'traffic after the reconnection', 10_000);
+
+              const status = await runCli(['agent', 'status', '--config', cfg, '--json']);
+              t.is(status.code, 0, status.stderr);
+              const report = JSON.parse(status.stdout) as AgentStatusReport;
+              t.true(report.enrolled);
+              t.is(report.deviceId, grant.deviceId);
+              t.true(report.tunnel.running);
+              t.false(report.certificate!.expired);
+              t.deepEqual(report.services.map((s) => s.brokerPort), [pool.first, pool.last]);
+
+              t.log(`status done after ${Date.now() - t0} ms`);
+              await b.call(b.admin, 'POST', `/v1/devices/${grant.deviceId}/revoke`, { reason: 'e2e' });
+              const code = await within(agent.exited, 30_000, -99);
+              t.is(code, EXIT.REVOKED, agent.output().slice(-3000));
+              t.log(`exited after ${Date.now() - t0} ms`);
+              const revoked = agent.logs.find(ok('revoked'));
+              t.is(revoked?.msg, 'device revoked by the broker; stopping for good');
+              t.false(await isListening(pool.first));
+              const after = JSON.parse((await runCli(['agent', 'status', '--config', cfg, '--json'])).stdout) as AgentStatusReport;
+              t.is(after.tunnel.state, 'revoked');
+              t.false(after.tunnel.running);
+
+              // Never a token, a private key or a certificate in the logs.
+              const output = agent.output() + enrolled.stdout + enrolled.stderr;
+              const keyBody = (await readFile(join(stateDir, 'device_key'), 'utf8')).split('\n').filter((l) => l && !l.startsWith('-----'));
+              const certBlob = (await readFile(join(stateDir, 'device_key-cert.pub'), 'utf8')).split(' ')[1]!;
+              t.false(output.includes(token), 'token in the logs');
+              t.false(keyBody.some((l) => output.includes(l)), 'private key in the logs');
+              t.false(output.includes(certBlob.slice(0, 60)), 'certificate in the logs');
+              t.true(agent.logs.length > 5 && agent.logs.every((l) => typeof l.level === 'string' && typeof l.time === 'string'), 'JSON lines');
+            } finally {
+              await agent.stop();
+            }
+          });
+        } finally {
+          await sshd?.stop();
+          await svcSsh.close();
+          await svcHttp.close();
+        }
+      }, { config });
+    });
+  }
+}
+
+test('enroll: a used token is a clear error naming the code (status 11); an enrolled state dir refuses without --force; a failed --force keeps the old enrollment', async (t) => {
+  await withBroker(async (b) => {
+    await withTempDir(async (dir) => {
+      const stateDir = join(dir, 'state');
+      const args = ['agent', 'enroll', '--url', b.broker.apiUrl, '--pin', b.init.apiPin, '--state-dir', stateDir];
+      const token = await mintToken(b);
+      await writeFile(join(dir, 'token'), `${token}\n`);
+      const first = await runCli([...args, '--token-file', join(dir, 'token')]);
+      t.is(first.code, 0, first.stderr);
+      const state = await readFile(join(stateDir, 'state.json'), 'utf8');
+      const key = await readFile(join(stateDir, 'device_key'), 'utf8');
+
+      const again = await runCli([...args, '--token-file', join(dir, 'token')]);
+      t.is(again.code, EXIT.ERROR);
+      t.regex(again.stderr, /^certunnel: ALREADY_ENROLLED: /m);
+
+      const used = await runCli([...args, '--token-file', join(dir, 'token'), '--force']);
+      t.is(used.code, EXIT.REFUSED);
+      t.regex(used.stderr, /^certunnel: TOKEN_USED: /m);
+      t.false(used.stderr.includes(token));
+      t.is(await readFile(join(stateDir, 'state.json'), 'utf8'), state, 'the old enrollment is intact');
+      t.is(await readFile(join(stateDir, 'device_key'), 'utf8'), key);
+      await t.throwsAsync(stat(join(stateDir, 'device_key.pending')));
+
+      // Independent of each other: run side by side.
+      const [bogus, pinned, usage, unknown, notEnrolled, status] = await Promise.all([
+        runCli([...args.slice(0, -1), join(dir, 'other')], { CERTUNNEL_ENROLL_TOKEN: 'ctt_not_a_real_token_at_all' }),
+        mintToken(b).then((tok) => runCli(['agent', 'enroll', '--url', b.broker.apiUrl, '--pin', `sha256//${'B'.repeat(43)}=`, '--state-dir', join(dir, 'third')], { CERTUNNEL_ENROLL_TOKEN: tok })),
+        runCli(['agent', 'enroll', '--state-dir', join(dir, 'x')]),
+        runCli(['agent', 'run', '--no-such-flag']),
+        runCli(['agent', 'run', '--state-dir', join(dir, 'empty')]),
+        runCli(['agent', 'status', '--state-dir', join(dir, 'empty2')]),
+      ]);
+      t.is(bogus.code, EXIT.REFUSED);
+      t.regex(bogus.stderr, /TOKEN_UNKNOWN/);
+      t.is(pinned.code, EXIT.ERROR);
+      t.regex(pinned.stderr, /PIN_MISMATCH/);
+      t.is(usage.code, EXIT.USAGE);
+      t.is(unknown.code, EXIT.USAGE);
+      t.is(notEnrolled.code, EXIT.NOT_ENROLLED, notEnrolled.stdout + notEnrolled.stderr);
+      t.is(status.code, 0);
+      t.regex(status.stdout, /^enrolled:\s+no$/m);
+    });
+  });
+});
