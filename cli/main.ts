@@ -8,6 +8,7 @@ import { registerCaCommands } from './ca-commands.js';
 import { registerOperatorCommands } from './operator-commands.js';
 import { registerProxyCommands } from './proxy-commands.js';
 import { registerSshCommands } from './ssh-commands.js';
+import { registerProvisionCommands } from './provision-commands.js';
 import { CliError } from './output.js';
 
 export function buildProgram(env: NodeJS.ProcessEnv): Command {
@@ -20,6 +21,7 @@ export function buildProgram(env: NodeJS.ProcessEnv): Command {
   registerOperatorCommands(program, env);
   registerSshCommands(program, env);
   registerProxyCommands(program, env);
+  registerProvisionCommands(program, env);
   registerAgentCommands(program, env);
   return program;
 }

@@ -1,0 +1,229 @@
+/**
+ * `provision flash`: writes one device bundle into a device image's root
+ * filesystem (mounted at ROOT). Paths are the device's own; nothing is
+ * rewritten for the mount point, so the image boots as written:
+ *
+ *   /etc/certunnel/agent.json          0600 agent user   the bundle's agent config (holds the token)
+ *   /etc/certunnel/provisioning.json   0644 root         batch, token id, expiry, the broker's keys and pin (no secret)
+ *   /var/lib/certunnel/                0700 agent user   the state directory, empty
+ *   /etc/systemd/system/certunnel-agent.service          installed unless the image has the unit already
+ *   /etc/systemd/system/<WantedBy>.wants/certunnel-agent.service -> the unit   (enabled)
+ *
+ * The agent config path and the state directory follow the unit's
+ * ExecStart (--config, --state-dir) when it names them. To run an agent
+ * from a mounted image on this machine (tests, the demo):
+ *   certunnel agent run --config ROOT/etc/certunnel/agent.json --state-dir ROOT/var/lib/certunnel
+ *
+ * The agent user: the unit's User=, or with DynamicUser= and no User= the
+ * unit's name (certunnel-agent), looked up in the IMAGE's /etc/passwd
+ * (Group= in its /etc/group), never this machine's. systemd runs a
+ * DynamicUser= unit as a static user of that name when there is one. With
+ * no such user: a User= unit would not start (files are owned by root, and
+ * a warning says so); a DynamicUser= unit gets a uid only when it starts,
+ * so the state directory stays root's 0700 (at the first start systemd moves
+ * it to /var/lib/private/ and gives it to that uid: StateDirectory=) and
+ * agent.json must be 0644 for the agent to read it (a warning says that its
+ * token is then readable by local users until enrollment).
+ */
+import { lstat, readFile } from 'node:fs/promises';
+import { dirname, posix } from 'node:path';
+import { statePaths } from '../agent/state-dir.js';
+import { DEFAULT_STATE_DIR, type DeviceBundle } from './bundle.js';
+import { ProvisionError } from './errors.js';
+import { ensureDir, isRoot, resolveInRoot, ROOT_OWNER, writeOwnedFile, type Owner } from './image-root.js';
+import { lookupImageGroup, lookupImageGroupName, lookupImageUser } from './image-users.js';
+import { enableUnit, findImageUnit, findRepoUnit, parseAgentUnit, readUnitFile, UNIT_NAME, type AgentUnit } from './systemd-unit.js';
+
+export const PROVISIONING_FORMAT = 'certunnel-provisioning/1';
+
+/** provisioning.json: what verify checks the image against. No secret. */
+export interface ProvisioningRecord {
+  readonly format: typeof PROVISIONING_FORMAT;
+  readonly batch: string;
+  readonly index: number;
+  readonly tokenId: string;
+  readonly expiresAt: string;
+  readonly bindName: string | null;
+  readonly bindSerial: string | null;
+  readonly broker: DeviceBundle['broker'];
+  readonly configPath: string;
+  readonly stateDir: string;
+  readonly flashedAt: string;
+}
+
+export interface AgentOwner {
+  readonly owner: Owner;
+  /** "certunnel-agent(998):certunnel-agent(998)" */
+  readonly label: string;
+  /** agent.json's mode: 0600, or 0644 when the agent runs as a dynamic user that no fixed owner can match. */
+  readonly configMode: number;
+  readonly warning: string | null;
+}
+
+/** The user systemd runs the agent as: User=, or with DynamicUser= and no User=, the unit's name. */
+export function agentUserName(unit: AgentUnit): string | null {
+  if (unit.user !== null) return unit.user;
+  return unit.dynamicUser ? UNIT_NAME.replace(/\.service$/, '') : null;
+}
+
+/**
+ * Who owns the agent's files in ROOT. The unit's user as the IMAGE defines
+ * it (its /etc/passwd and /etc/group). With DynamicUser=, systemd uses a
+ * static user of that name when the image has one; otherwise it picks a
+ * uid at each start, which no file can be given in advance: agent.json is
+ * then made readable by all (0644) — the one choice with which the agent
+ * can read its config — and flash says what that costs.
+ */
+export async function resolveAgentOwner(root: string, unit: AgentUnit): Promise<AgentOwner> {
+  const name = agentUserName(unit);
+  const asRoot = { owner: ROOT_OWNER, label: 'root(0):root(0)', configMode: 0o600 };
+  if (name === null) return { ...asRoot, warning: null };
+  const user = await lookupImageUser(root, name);
+  if (!user && unit.dynamicUser) {
+    return {
+      ...asRoot, configMode: 0o644,
+      warning: `the unit runs the agent as a dynamic user (DynamicUser=yes) and the image has no user ${name}: ` +
+        `agent.json must be readable by all (0644), so its single-use token is readable by local users until the device enrolls; ` +
+        `add a system user ${name} to the image to keep it 0600`,
+    };
+  }
+  if (!user) {
+    return { ...asRoot, warning: `user ${name} (the unit's User=) is not in the image's /etc/passwd: files are owned by root; create the user in the image, or systemd will not start the agent` };
+  }
+  const groupName = unit.group ?? name;
+  const gid = unit.group ? await lookupImageGroup(root, unit.group) : user.gid;
+  if (gid === null) {
+    return { owner: user, label: `${name}(${user.uid}):(${user.gid})`, configMode: 0o600, warning: `group ${unit.group} (the unit's Group=) is not in the image's /etc/group: using the user's primary group ${user.gid}` };
+  }
+  const group = unit.group ? groupName : ((await lookupImageGroupName(root, gid)) ?? '');
+  return { owner: { uid: user.uid, gid }, label: `${name}(${user.uid}):${group}(${gid})`, configMode: 0o600, warning: null };
+}
+
+export interface ImageLayout {
+  readonly unit: AgentUnit;
+  /** Where the unit is (or will be) in the image, as on the device. */
+  readonly unitDevicePath: string;
+  /** The unit is not in the image yet; flash installs this text. */
+  readonly installUnit: boolean;
+  readonly configPath: string;
+  readonly provisioningPath: string;
+  readonly stateDir: string;
+  readonly owner: AgentOwner;
+}
+
+/** What a flash would write where, from the image's unit (or the one given / shipped in scripts/systemd/). */
+export async function imageLayout(root: string, stateDirFromConfig: string, unitSource?: string): Promise<ImageLayout> {
+  const inImage = await findImageUnit(root);
+  if (inImage?.masked) throw new ProvisionError('UNIT_INVALID', `${UNIT_NAME} is masked in the image (${inImage.devicePath} -> /dev/null)`);
+  let unit: AgentUnit;
+  if (inImage) {
+    unit = parseAgentUnit(await readFile(inImage.hostPath, 'utf8'), inImage.devicePath);
+  } else {
+    const source = unitSource ?? (await findRepoUnit());
+    if (!source) throw new ProvisionError('UNIT_MISSING', `the image has no ${UNIT_NAME} and none was found in scripts/systemd/; give --unit FILE`);
+    unit = await readUnitFile(source);
+  }
+  return {
+    unit,
+    unitDevicePath: inImage?.devicePath ?? `/etc/systemd/system/${UNIT_NAME}`,
+    installUnit: !inImage,
+    configPath: unit.configPath,
+    provisioningPath: posix.join(posix.dirname(unit.configPath), 'provisioning.json'),
+    stateDir: unit.stateDirOverride ?? stateDirFromConfig,
+    owner: await resolveAgentOwner(root, unit),
+  };
+}
+
+export interface FlashOptions {
+  readonly root: string;
+  readonly bundle: DeviceBundle;
+  /** The unit to install when the image has none (default: scripts/systemd/certunnel-agent.service). */
+  readonly unitSource?: string;
+  /** Replace another bundle's config (a device that is not enrolled yet). */
+  readonly force?: boolean;
+  /** The board's hardware serial: refused unless the bundle's token is bound to it. */
+  readonly expectSerial?: string;
+  readonly now?: () => Date;
+}
+
+export interface FlashedFile {
+  readonly path: string;
+  readonly mode: string;
+  readonly owner: string;
+  readonly note?: string;
+}
+
+export interface FlashReport {
+  readonly root: string;
+  readonly batch: string;
+  readonly index: number;
+  readonly tokenId: string;
+  readonly expiresAt: string;
+  readonly files: readonly FlashedFile[];
+  readonly warnings: readonly string[];
+}
+
+async function exists(path: string): Promise<boolean> {
+  return lstat(path).then(() => true, () => false);
+}
+
+export async function flashImage(options: FlashOptions): Promise<FlashReport> {
+  const { root, bundle } = options;
+  const now = options.now ?? (() => new Date());
+  const rootStats = await lstat(root).catch(() => null);
+  if (!rootStats?.isDirectory()) throw new ProvisionError('IMAGE_INVALID', `${root} is not a directory (mount the image's root filesystem there)`);
+  if (options.expectSerial !== undefined && bundle.bindSerial !== options.expectSerial) {
+    throw new ProvisionError('SERIAL_MISMATCH', `the bundle (${bundle.batch} #${bundle.index}) is bound to ${bundle.bindSerial ?? 'no serial'}, not ${options.expectSerial}`);
+  }
+  if (Date.parse(bundle.expiresAt) <= now().getTime()) {
+    throw new ProvisionError('BUNDLE_INVALID', `the bundle's token ${bundle.tokenId} expired at ${bundle.expiresAt}`);
+  }
+  const layout = await imageLayout(root, (bundle.agent.stateDir as string | undefined) ?? DEFAULT_STATE_DIR, options.unitSource);
+  const { owner } = layout.owner;
+  const hostConfig = await resolveInRoot(root, layout.configPath);
+  const hostRecord = await resolveInRoot(root, layout.provisioningPath);
+  const hostState = await resolveInRoot(root, layout.stateDir);
+
+  // Never flash over a device identity: a cloned image would share it.
+  const state = statePaths(hostState);
+  if ((await exists(state.state)) || (await exists(state.key))) {
+    throw new ProvisionError('IMAGE_ENROLLED', `${layout.stateDir} in the image already holds an enrollment; clear it first (flash never deletes device state)`);
+  }
+  const agentText = `${JSON.stringify(bundle.agent, null, 2)}\n`;
+  const previous = await readFile(hostConfig, 'utf8').catch(() => null);
+  if (previous !== null && previous !== agentText && !options.force) {
+    const record = await readFile(hostRecord, 'utf8').then((t) => JSON.parse(t) as Partial<ProvisioningRecord>, () => null);
+    throw new ProvisionError('IMAGE_FLASHED', `the image already holds another agent config${record?.tokenId ? ` (token ${record.tokenId}, batch ${record.batch} #${record.index})` : ''}; --force replaces it`);
+  }
+
+  const record: ProvisioningRecord = {
+    format: PROVISIONING_FORMAT, batch: bundle.batch, index: bundle.index, tokenId: bundle.tokenId, expiresAt: bundle.expiresAt,
+    bindName: bundle.bindName, bindSerial: bundle.bindSerial, broker: bundle.broker,
+    configPath: layout.configPath, stateDir: layout.stateDir, flashedAt: now().toISOString(),
+  };
+  const files: FlashedFile[] = [];
+  const label = layout.owner.label;
+  const rootLabel = isRoot() ? 'root(0):root(0)' : `(${process.getuid?.()}):(${process.getgid?.()}), not root`;
+  await ensureDir(dirname(hostConfig), 0o755, ROOT_OWNER);
+  await writeOwnedFile(hostConfig, agentText, layout.owner.configMode, owner);
+  files.push({ path: layout.configPath, mode: `0${layout.owner.configMode.toString(8)}`, owner: label });
+  await ensureDir(dirname(hostRecord), 0o755, ROOT_OWNER);
+  await writeOwnedFile(hostRecord, `${JSON.stringify(record, null, 2)}\n`, 0o644, ROOT_OWNER);
+  files.push({ path: layout.provisioningPath, mode: '0644', owner: rootLabel });
+  await ensureDir(hostState, 0o700, owner);
+  files.push({ path: `${layout.stateDir}/`, mode: '0700', owner: label });
+  if (layout.installUnit) {
+    const hostUnit = await resolveInRoot(root, layout.unitDevicePath);
+    await ensureDir(dirname(hostUnit), 0o755, ROOT_OWNER);
+    await writeOwnedFile(hostUnit, layout.unit.text, 0o644, ROOT_OWNER);
+  }
+  files.push({ path: layout.unitDevicePath, mode: '0644', owner: rootLabel, note: layout.installUnit ? 'installed' : 'already in the image' });
+  for (const link of await enableUnit(root, layout.unitDevicePath, layout.unit.wantedBy)) {
+    files.push({ path: link, mode: 'link', owner: rootLabel, note: `-> ${layout.unitDevicePath}` });
+  }
+  const warnings = layout.owner.warning ? [layout.owner.warning] : [];
+  if (!isRoot()) warnings.push(`not running as root: the files meant for root are owned by uid ${process.getuid?.()} (flash images as root)`);
+  const program = await resolveInRoot(root, layout.unit.program);
+  if (!(await exists(program))) warnings.push(`${layout.unit.program} (the unit's ExecStart) is not in the image yet: install certunnel there`);
+  return { root, batch: bundle.batch, index: bundle.index, tokenId: bundle.tokenId, expiresAt: bundle.expiresAt, files, warnings };
+}

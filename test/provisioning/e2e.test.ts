@@ -1,0 +1,98 @@
+/**
+ * The factory, end to end with the real CLI and the shipped systemd unit:
+ * a batch of 100 → three images flashed and verified → three agents started
+ * from those roots enroll and tunnel; a token works once; revoking the batch
+ * makes the unused tokens fail, and leaves enrolled devices alone.
+ */
+import test from 'ava';
+import { copyFile, mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { EXIT } from '../../agent/errors.js';
+import { readManifest } from '../../provisioning/index.js';
+import { withBroker } from '../helpers/broker.js';
+import { runCli } from '../helpers/cli.js';
+import { exchange, startDeviceService } from '../helpers/gateway.js';
+import { waitFor } from '../helpers/ssh-client.js';
+import { bundleSecrets, makeImage, runAgentFromRoot, tempDir, type AgentProcess } from './helpers.js';
+
+test('e2e/batch of 100 → flash 3 → 3 agents enroll and tunnel; a token works once; revoking the batch fails unused tokens', async (t) => {
+  await withBroker(async (b) => {
+    const { dir, cleanup } = await tempDir('certunnel-factory-');
+    const service = await startDeviceService('hello from the device\n');
+    const agents: AgentProcess[] = [];
+    try {
+      const provisioner = await b.apiKey('provisioner');
+      const env = { CERTUNNEL_API_KEY: provisioner.apiKey! };
+      const api = ['--api', b.broker.apiUrl, '--pin', b.init.apiPin];
+      const out = join(dir, 'factory');
+      const batchArgs = ['provision', 'batch', ...api, '--count', '100', '--batch', 'e2e', '--name-prefix', 'kiosk', '--service', `http=127.0.0.1:${service.port}`, '--out', out];
+      const batch = await runCli(batchArgs, env);
+      t.is(batch.code, 0, batch.stderr);
+      t.regex(batch.stdout, /^batch e2e: 100 device\(s\) in .*, complete$/m);
+      t.regex(batch.stdout, /minted now +100 \(one request\)/);
+      const secrets = await bundleSecrets(out);
+      t.is(secrets.length, 100);
+      const printed = batch.stdout + batch.stderr;
+      t.false(secrets.some((s) => printed.includes(s)), 'no token on the terminal');
+
+      const roots = await Promise.all([1, 2, 3, 4].map((i) => makeImage(dir, `image-${i}`, { user: 'certunnel-agent' })));
+      // Three flash stations at once.
+      await Promise.all(roots.slice(0, 3).map(async (root, i) => {
+        const flashed = await runCli(['provision', 'flash', '--bundle', join(out, `bundles/e2e-000${i + 1}.json`), '--root', root]);
+        t.is(flashed.code, 0, flashed.stderr);
+        t.regex(flashed.stdout, new RegExp(`^flashed e2e #${i + 1} \\(token tok_`));
+        t.false(secrets.some((s) => flashed.stdout.includes(s) || flashed.stderr.includes(s)));
+        const verified = await runCli(['provision', 'verify', '--root', root], env);
+        t.is(verified.code, 0, verified.stdout + verified.stderr);
+        t.regex(verified.stdout, /^OK +broker +/m);
+        t.regex(verified.stdout, /^OK +token-status +token tok_\w+ is active$/m);
+      }));
+
+      agents.push(...roots.slice(0, 3).map((root) => runAgentFromRoot(root)));
+      for (const agent of agents) await agent.waitForEvent('connected');
+      const devices = (await b.call<{ items: Array<{ name: string; online: boolean; ports: { first: number; last: number } }> }>(b.admin, 'GET', '/v1/devices')).items;
+      t.deepEqual(devices.map((d) => d.name).sort(), ['kiosk-0001', 'kiosk-0002', 'kiosk-0003'], 'each device enrolled under its bound name');
+      await waitFor(async () => (await b.call<{ items: Array<{ online: boolean }> }>(b.admin, 'GET', '/v1/devices')).items.filter((d) => d.online).length === 3, 'three devices online');
+      for (const d of devices) {
+        t.is((await exchange(d.ports.first + 1, 'ping')).toString(), 'hello from the device\nping', `${d.name}'s http slot reaches the device service`);
+      }
+
+      // The same token a second time: a copy of image 1's config on another board.
+      const clone = roots[3]!;
+      await mkdir(join(clone, 'etc/certunnel'), { recursive: true });
+      await copyFile(join(roots[0]!, 'etc/certunnel/agent.json'), join(clone, 'etc/certunnel/agent.json'));
+      const reused = runAgentFromRoot(clone);
+      t.is(await reused.exited, EXIT.REFUSED, reused.output());
+      t.is(reused.logs.find((l) => l.event === 'enroll_refused')?.code, 'TOKEN_USED');
+
+      // Revoke the batch: the 97 unused tokens fail; the enrolled devices keep their tunnels.
+      const revoked = await runCli(['token', 'revoke', ...api, '--batch', 'e2e'], env);
+      t.is(revoked.code, 0, revoked.stderr);
+      t.is(revoked.stdout.trim(), 'revoked 97 token(s)');
+      const late = await makeImage(dir, 'image-5', { user: 'certunnel-agent' });
+      t.is((await runCli(['provision', 'flash', '--bundle', join(out, 'bundles/e2e-0004.json'), '--root', late])).code, 0);
+      const verifyLate = await runCli(['provision', 'verify', '--root', late], env);
+      t.is(verifyLate.code, 1);
+      t.regex(verifyLate.stdout, /^FAIL +token-status +token tok_\w+ is revoked$/m);
+      const refused = runAgentFromRoot(late);
+      t.is(await refused.exited, EXIT.REFUSED, refused.output());
+      t.is(refused.logs.find((l) => l.event === 'enroll_refused')?.code, 'TOKEN_REVOKED');
+      for (const d of devices) t.is((await exchange(d.ports.first + 1, 'still')).toString(), 'hello from the device\nstill');
+
+      // A re-run records what the broker now says, and mints nothing.
+      const rerun = await runCli(batchArgs, env);
+      t.is(rerun.code, 0, rerun.stderr);
+      t.regex(rerun.stdout, /minted now +0\n/);
+      const m = (await readManifest(out))!;
+      t.deepEqual(m.devices.slice(0, 4).map((d) => d.tokenStatus), ['used', 'used', 'used', 'revoked']);
+      t.is(m.devices.filter((d) => d.tokenStatus === 'revoked').length, 97);
+      t.false(secrets.some((s) => b.logs.some((l) => l.includes(s))), 'no token in the broker logs');
+      t.false(secrets.some((s) => agents.some((a) => a.output().includes(s))), 'no token in the agent logs');
+      t.false((await readFile(join(out, 'manifest.json'), 'utf8')).includes('cte_'));
+    } finally {
+      await Promise.all(agents.map((a) => a.stop()));
+      await service.close();
+      await cleanup();
+    }
+  });
+});
