@@ -13,8 +13,9 @@
  * end, on failure, and on Ctrl-C. The whole run is bounded (90 s). API keys
  * are shown shortened; enrollment tokens are never shown.
  *
- * The device root's /etc/passwd maps the agent's user to the user running
- * the demo, so that `provision flash` can give it its files without root.
+ * The device root is a minimal image: an /etc/passwd whose certunnel-agent
+ * user is the user running the demo (so that `provision flash` can give it
+ * its files without root; uid 999 when that is root) and a /usr/bin/certunnel.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
@@ -266,6 +267,9 @@ async function demo(): Promise<void> {
   await mkdir(join(root, 'etc'), { recursive: true });
   await writeFile(join(root, 'etc/passwd'), `root:x:0:0:root:/root:/bin/sh\ncertunnel-agent:x:${uid}:${gid}:certunnel agent:/var/lib/certunnel:/usr/sbin/nologin\n`);
   await writeFile(join(root, 'etc/group'), `root:x:0:\ncertunnel-agent:x:${gid}:\n`);
+  // The image's certunnel, which its systemd unit would run.
+  await mkdir(join(root, 'usr/bin'), { recursive: true });
+  await writeFile(join(root, 'usr/bin/certunnel'), `#!/bin/sh\nexec node --import tsx ${ENTRY} "$@"\n`, { mode: 0o755 });
   await certunnel(['provision', 'flash', '--bundle', join(factory, 'bundles/demo-0001.json'), '--root', root]);
   await certunnel(['provision', 'verify', '--root', root], { env: { CERTUNNEL_API_KEY: factoryKey }, envShown: 'CERTUNNEL_API_KEY=$FACTORY_KEY' });
 
