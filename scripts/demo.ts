@@ -213,6 +213,16 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     void cleanup().finally(() => process.exit(130));
   });
 }
+// A reader that goes away (`npm run demo | head`) or a bug must not leave a broker behind.
+process.stdout.on('error', () => {
+  void cleanup().finally(() => process.exit(1));
+});
+for (const event of ['uncaughtException', 'unhandledRejection'] as const) {
+  process.on(event, (err: unknown) => {
+    process.stderr.write(`\ndemo: FAILED: ${mask(err instanceof Error ? err.message : String(err))}\n`);
+    void cleanup().finally(() => process.exit(1));
+  });
+}
 const watchdog = setTimeout(() => {
   process.stderr.write(`\ndemo: FAILED: still running after ${DEADLINE_MS / 1000} s; cleaning up\n`);
   void cleanup().finally(() => process.exit(1));
