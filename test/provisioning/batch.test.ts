@@ -258,3 +258,23 @@ test('fail/one run per output directory: a live lock refuses, a dead one is take
     }
   });
 });
+
+test('ok/--ttl sets the expiry; devices get their own URL and pin when the factory reaches the broker another way', async (t) => {
+  await withBroker(async (b) => {
+    const { dir, cleanup } = await tempDir('certunnel-batch-');
+    try {
+      const provisioner = await b.apiKey('provisioner');
+      const devicePin = `sha256//${'B'.repeat(43)}=`;
+      const before = Date.now();
+      await runBatch(options(dir, provisioner, { count: 2, ttlSeconds: 3600, deviceUrl: 'https://broker.fleet.example.com:8443', devicePin }), recordingDeps(provisioner));
+      const bundle = JSON.parse(await readFile(join(dir, 'bundles/line-7-0002.json'), 'utf8')) as { expiresAt: string; agent: { broker: { url: string; pin: string } }; broker: { url: string } };
+      const ttl = Date.parse(bundle.expiresAt) - before;
+      t.true(ttl > 3590_000 && ttl < 3610_000, String(ttl));
+      t.deepEqual(bundle.agent.broker, { url: 'https://broker.fleet.example.com:8443', pin: devicePin });
+      t.is(bundle.broker.url, 'https://broker.fleet.example.com:8443');
+      await t.throwsAsync(runBatch(options(join(dir, 'x'), provisioner, { batch: 'x', ttlSeconds: 30 }), recordingDeps(provisioner)), { code: 'BAD_ARGUMENT' });
+    } finally {
+      await cleanup();
+    }
+  });
+});
