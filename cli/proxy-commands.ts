@@ -17,10 +17,12 @@ interface NginxFlags {
   sslCertificate?: string;
   sslCertificateKey?: string;
   apiHost?: string[];
+  portRange?: string;
+  portsPerDevice?: string;
 }
 
 /** The broker's API URL as a local nginx reaches it: what the running broker recorded, else its listen address. */
-async function brokerUrlFromData(dir: string, env: NodeJS.ProcessEnv): Promise<{ url: string; domain: string; certificate?: string }> {
+async function brokerUrlFromData(dir: string, env: NodeJS.ProcessEnv): Promise<{ url: string; domain: string; certificate?: string; pool: { first: number; last: number; perDevice: number } }> {
   const config = await loadConfig({ dataDir: dir, env });
   const paths = dataPaths(dir);
   const running = await readFile(paths.runtime, 'utf8').then((text) => (JSON.parse(text) as { apiPort?: number }).apiPort, () => undefined);
@@ -31,6 +33,7 @@ async function brokerUrlFromData(dir: string, env: NodeJS.ProcessEnv): Promise<{
     url: `${scheme}://${local}:${running ?? port}`,
     domain: config.domain,
     certificate: config.api.insecureHttp ? undefined : resolve(paths.tlsCert),
+    pool: config.ports,
   };
 }
 
@@ -48,6 +51,8 @@ export function registerProxyCommands(program: Command, env: NodeJS.ProcessEnv):
     .option('--ssl-certificate <file>', 'wildcard certificate for *.<domain>')
     .option('--ssl-certificate-key <file>', 'its key')
     .option('--api-host <name...>', 'more hostnames routed to the API (the domain itself always is)')
+    .option('--port-range <first-last>', "the broker's port pool (from --data otherwise): kept-alive upstreams for every http slot")
+    .option('--ports-per-device <n>', 'ports in each block (default 2)')
     .action(async (flags: NginxFlags) => {
       const fromData = flags.data ? await brokerUrlFromData(flags.data, env) : undefined;
       const domain = flags.domain ?? fromData?.domain;
@@ -55,6 +60,12 @@ export function registerProxyCommands(program: Command, env: NodeJS.ProcessEnv):
       if (!domain || !brokerUrl) throw new CliError('BAD_ARGUMENT', 'give --data, or --domain and --broker');
       if (Boolean(flags.sslCertificate) !== Boolean(flags.sslCertificateKey)) throw new CliError('BAD_ARGUMENT', '--ssl-certificate and --ssl-certificate-key go together');
       const listenPort = flags.listen === undefined ? undefined : Number(flags.listen);
+      let pool = fromData?.pool;
+      if (flags.portRange) {
+        const m = /^(\d+)-(\d+)$/.exec(flags.portRange);
+        if (!m) throw new CliError('BAD_ARGUMENT', '--port-range must be FIRST-LAST, e.g. 20000-29999');
+        pool = { first: Number(m[1]), last: Number(m[2]), perDevice: Number(flags.portsPerDevice ?? 2) };
+      }
       const abs = (p: string | undefined): string | undefined => (p === undefined ? undefined : resolve(p));
       try {
         process.stdout.write(
@@ -66,6 +77,7 @@ export function registerProxyCommands(program: Command, env: NodeJS.ProcessEnv):
             listenPort,
             tls: flags.sslCertificate ? { certificate: abs(flags.sslCertificate)!, key: abs(flags.sslCertificateKey)! } : undefined,
             apiHostnames: flags.apiHost,
+            pool,
           }),
         );
       } catch (err) {

@@ -14,7 +14,7 @@
  * the proxy's and are extended; otherwise they are the client's and are
  * replaced. The Host header stays the device hostname.
  */
-import { request as httpRequest, type Agent, type ClientRequest, type IncomingMessage, type RequestOptions, type ServerResponse } from 'node:http';
+import { request as httpRequest, STATUS_CODES, type Agent, type ClientRequest, type IncomingMessage, type RequestOptions, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
@@ -257,7 +257,7 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
 
   function rawResponse(socket: Duplex, page: Page, extra: Record<string, string> = {}): void {
     const body = Buffer.from(page.html);
-    const head = [`HTTP/1.1 ${page.status} ${page.status === 401 ? 'Unauthorized' : 'Refused'}`];
+    const head = [`HTTP/1.1 ${page.status} ${STATUS_CODES[page.status] ?? 'Refused'}`];
     for (const [k, v] of Object.entries({ ...PAGE_HEADERS, 'x-certunnel-error': page.code, ...extra, 'content-length': String(body.length), connection: 'close' })) head.push(`${k}: ${v}`);
     socket.end(Buffer.concat([Buffer.from(`${head.join('\r\n')}\r\n\r\n`), body]));
   }

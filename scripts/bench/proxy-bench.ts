@@ -20,7 +20,8 @@
  * Usage: npm run bench:proxy [-- --duration 5 --rounds 3 --connections 16 --timeout 300]
  *   --diagnose adds what nginx + auth_request pays per request (a new tunnel
  *   connection per request; the authorize endpoint alone); --only a,b picks
- *   targets by prefix; --profile-broker DIR writes a V8 CPU profile.
+ *   targets by prefix; --profile-broker DIR writes a V8 CPU profile; --tsx runs
+ *   the broker from source through tsx instead of a tsc build in .bench/.
  * Needs: wrk, nginx, ssh (OpenSSH client), sshd not needed.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -59,8 +60,14 @@ const PROFILE = (() => {
   return i > 0 ? process.argv[i + 1] : undefined;
 })();
 
+/** The broker runs as shipped (tsc output) unless --tsx: tsx's transform adds per-closure helpers to hot paths. */
+const USE_TSX = process.argv.includes('--tsx');
+const REPO = fileURLToPath(new URL('../../', import.meta.url));
+const BUILD = join(REPO, '.bench', `proxy-build-${process.pid}`);
+
 function cli(args: string[], nodeArgs: string[] = []): ChildProcess {
-  return track(spawn(process.execPath, [...nodeArgs, '--import', 'tsx', ENTRY, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }));
+  const entry = USE_TSX ? ['--import', 'tsx', ENTRY] : [join(BUILD, 'cli', 'main.js')];
+  return track(spawn(process.execPath, [...nodeArgs, ...entry, ...args], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] }));
 }
 
 function output(child: ChildProcess, until: (text: string) => boolean, label: string, timeoutMs = 30_000): Promise<string> {
@@ -153,6 +160,13 @@ async function main(): Promise<void> {
   }
   const dir = await mkdtemp(join(tmpdir(), 'certunnel-proxy-bench-'));
   try {
+    if (!USE_TSX) {
+      // Inside the repository (.bench/ is ignored by git) so that node_modules resolve; tsc emits even with type errors elsewhere.
+      spawnSync(process.execPath, [join(REPO, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(REPO, 'tsconfig.build.json'), '--outDir', BUILD], { cwd: REPO, stdio: 'ignore' });
+      await readFile(join(BUILD, 'cli', 'main.js')).catch(() => {
+        throw new Error('tsc produced no build; run with --tsx');
+      });
+    }
     const data = join(dir, 'data');
     const poolFirst = 40000 + Math.floor(Math.random() * 500) * 2;
     const init = cli(['init', '--data', data, '--domain', DOMAIN, '--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0', '--insecure-http', '--port-range', `${poolFirst}-${poolFirst + 9}`]);
@@ -191,7 +205,7 @@ async function main(): Promise<void> {
     await mkdir(join(nginxDir, 'temp'), { recursive: true });
     const staticPort = await freePort();
     const authPort = await freePort();
-    const generated = renderNginxConfig({ domain: DOMAIN, brokerUrl: `http://127.0.0.1:${ready.apiPort}`, listenPort: authPort });
+    const generated = renderNginxConfig({ domain: DOMAIN, brokerUrl: `http://127.0.0.1:${ready.apiPort}`, listenPort: authPort, pool: { first: poolFirst, last: poolFirst + 9, perDevice: 2 } });
     await writeFile(join(nginxDir, 'nginx.conf'), `user root;
 worker_processes 1;
 pid ${nginxDir}/nginx.pid;
@@ -254,7 +268,7 @@ ${generated.replace(/^/gm, '    ')}
     const nginx = byName.get('nginx static -> tunnel')!;
     const pad = (s: string, n: number): string => s.padEnd(n);
     const num = (x: number, d = 2): string => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
-    console.log(`\ncertunnel proxy bench: wrk -t1 -c${CONNECTIONS} -d${DURATION}s x ${ROUNDS} rounds (medians), keep-alive, 2-byte responses, node ${process.version}`);
+    console.log(`\ncertunnel proxy bench: wrk -t1 -c${CONNECTIONS} -d${DURATION}s x ${ROUNDS} rounds (medians), keep-alive, 2-byte responses, node ${process.version}, broker ${USE_TSX ? 'via tsx' : 'built with tsc'}`);
     console.log(`${pad('target', 26)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}errors`);
     for (const r of results) console.log(`${pad(r.target, 26)}${pad(num(r.rps, 0), 10)}${pad(num(r.p50), 9)}${pad(num(r.p99), 9)}${r.errors}`);
     console.log(`\nbroker proxy vs tunnel alone: p50 +${num(proxy.p50 - tunnel.p50)} ms (goal <= 1 ms), p99 +${num(proxy.p99 - tunnel.p99)} ms`);
@@ -265,7 +279,7 @@ ${generated.replace(/^/gm, '    ')}
     await new Promise((r) => setTimeout(r, 300));
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     await rm(dir, { recursive: true, force: true });
-    await readFile('/dev/null');
+    await rm(BUILD, { recursive: true, force: true });
   }
 }
 
