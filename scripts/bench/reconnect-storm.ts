@@ -35,8 +35,8 @@ export interface StormOptions {
   readonly oneAddress?: boolean;
   /** The agents' reconnect backoff; default the agent's own defaults. */
   readonly backoff?: { baseMs: number; capMs: number; minMs?: number };
-  /** First port of the pool (agents * 2 ports). */
-  readonly poolFirst?: number;
+  /** API port, SSH port, then the pool (agents * 2 ports) from here; default 23000 (below the ephemeral range). */
+  readonly portBase?: number;
   readonly timeoutMs?: number;
   readonly log?: (line: string) => void;
 }
@@ -114,11 +114,16 @@ export async function runStorm(options: StormOptions): Promise<StormResult> {
   const log = options.log ?? (() => undefined);
   const n = options.agents;
   const dir = await mkdtemp(join(tmpdir(), 'certunnel-storm-'));
-  const poolFirst = options.poolFirst ?? 23000; // below the ephemeral range: no outgoing connection takes a tunnel port
+  // Fixed ports below the ephemeral range: the restarted broker must get its ports back, and no outgoing connection may take a tunnel port.
+  const base = options.portBase ?? 23000;
+  const poolFirst = base + 2;
   const data = join(dir, 'broker');
   const init = await initDataDir({
     dir: data,
-    config: { api: { listen: '127.0.0.1:0' }, ssh: { listen: '127.0.0.1:0' }, ports: { first: poolFirst, last: poolFirst + 2 * n + 1, perDevice: 2 }, log: { level: 'warn' } },
+    config: {
+      api: { listen: `127.0.0.1:${base}` }, ssh: { listen: `127.0.0.1:${base + 1}` },
+      ports: { first: poolFirst, last: poolFirst + 2 * n - 1, perDevice: 2 }, log: { level: 'warn' },
+    },
   });
   let broker: BrokerProcess = await spawnBroker(['--data', data, '--log-level', 'error']);
   const service = await startDeviceService('svc:');

@@ -36,8 +36,10 @@ function since(agent: AgentProcess): number {
 test('broker killed and restarted: both transports are connected again within their backoff bound; traffic works again', async (t) => {
   await withTempDir(async (dir) => {
     const data = join(dir, 'data');
-    const pool = await freePool(4);
-    const init = await runCli(['init', '--data', data, '--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0', '--port-range', `${pool.first}-${pool.last}`]);
+    // Fixed ports below the ephemeral range, so that the restarted broker gets them back.
+    const ports6 = await freePool(6);
+    const pool = { first: ports6.first + 2, last: ports6.last };
+    const init = await runCli(['init', '--data', data, '--api-listen', `127.0.0.1:${ports6.first}`, '--ssh-listen', `127.0.0.1:${ports6.first + 1}`, '--port-range', `${pool.first}-${pool.last}`]);
     t.is(init.code, 0, init.stderr);
     const adminKey = /^\s+(ctk_\S+)$/m.exec(init.stdout)![1]!;
     const pin = (await readFile(join(data, 'tls', 'api.pin'), 'utf8')).trim();

@@ -36,16 +36,13 @@ export async function freePool(size: number): Promise<{ first: number; last: num
   throw new Error('no free port pool');
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
+/**
+ * A free port for a server the test starts later (sshd, a restarted broker):
+ * from the same range as freePool, not a kernel-chosen ephemeral port, which
+ * any outgoing connection may take in the meantime.
+ */
+export async function freePort(): Promise<number> {
+  return (await freePool(1)).first;
 }
 
 export type ProxyMode = 'pass' | 'blackhole' | 'refuse';
