@@ -96,6 +96,7 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
       pool: { first: o.config.ports.first, last: o.config.ports.last, perDevice: o.config.ports.perDevice },
       deviceUser: DEVICE_USER,
       operatorUser: OPERATOR_USER,
+      keepalive: { intervalSeconds: o.config.ssh.keepaliveIntervalSeconds, countMax: o.config.ssh.keepaliveCountMax },
     });
   await write();
   o.logger.info({ outDir }, 'OpenSSH mode: wrote sshd configuration files');

@@ -1,28 +1,36 @@
 #!/usr/bin/env node
-/** The single `certunnel` entry point: parses the command line and dispatches. */
+/**
+ * The single `certunnel` entry point: parses the command line and dispatches.
+ * Command groups are loaded lazily: `certunnel agent run` on a small device
+ * must not pay for the broker's store and HTTP stack, nor an operator's
+ * `certunnel ssh` for the agent's.
+ */
 import { Command, CommanderError } from 'commander';
 import { CaError } from '../ca/index.js';
-import { registerAgentCommands } from './agent-commands.js';
-import { registerBrokerCommands } from './broker-commands.js';
-import { registerCaCommands } from './ca-commands.js';
-import { registerOperatorCommands } from './operator-commands.js';
-import { registerProxyCommands } from './proxy-commands.js';
-import { registerSshCommands } from './ssh-commands.js';
-import { registerProvisionCommands } from './provision-commands.js';
 import { CliError } from './output.js';
 
-export function buildProgram(env: NodeJS.ProcessEnv): Command {
+type Register = (program: Command, env: NodeJS.ProcessEnv) => void;
+
+/** Top-level command names → the module that registers them. */
+const GROUPS: ReadonlyArray<{ readonly commands: readonly string[]; readonly load: () => Promise<Register> }> = [
+  { commands: ['ca'], load: async () => (await import('./ca-commands.js')).registerCaCommands },
+  { commands: ['init', 'broker', 'start', 'apikey'], load: async () => (await import('./broker-commands.js')).registerBrokerCommands },
+  { commands: ['token', 'device', 'audit'], load: async () => (await import('./operator-commands.js')).registerOperatorCommands },
+  { commands: ['ssh', 'ssh-proxy', 'ssh-config'], load: async () => (await import('./ssh-commands.js')).registerSshCommands },
+  { commands: ['proxy'], load: async () => (await import('./proxy-commands.js')).registerProxyCommands },
+  { commands: ['provision'], load: async () => (await import('./provision-commands.js')).registerProvisionCommands },
+  { commands: ['agent'], load: async () => (await import('./agent-commands.js')).registerAgentCommands },
+];
+
+export async function buildProgram(env: NodeJS.ProcessEnv, argv: readonly string[] = process.argv): Promise<Command> {
   const program = new Command('certunnel')
     .description('certificate-authority-centric reverse SSH tunnel broker')
     .showHelpAfterError()
     .exitOverride();
-  registerCaCommands(program, env);
-  registerBrokerCommands(program, env);
-  registerOperatorCommands(program, env);
-  registerSshCommands(program, env);
-  registerProxyCommands(program, env);
-  registerProvisionCommands(program, env);
-  registerAgentCommands(program, env);
+  const name = argv.slice(2).find((arg) => !arg.startsWith('-'));
+  const wanted = GROUPS.filter((g) => name !== undefined && g.commands.includes(name));
+  // Help, no command, or an unknown one: register everything so commander can list or suggest.
+  for (const group of wanted.length > 0 ? wanted : GROUPS) (await group.load())(program, env);
   return program;
 }
 
@@ -39,7 +47,7 @@ function report(err: unknown): number {
 }
 
 try {
-  await buildProgram(process.env).parseAsync(process.argv);
+  await (await buildProgram(process.env)).parseAsync(process.argv);
 } catch (err) {
   process.exitCode = report(err);
 }
