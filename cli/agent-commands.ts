@@ -39,6 +39,7 @@ interface EnrollFlags extends CommonFlags {
 }
 
 interface RunFlags extends CommonFlags {
+  tokenFile?: string;
   transport?: string;
   logLevel?: string;
 }
@@ -61,14 +62,22 @@ export function createAgentLogger(level: string, destination = pino.destination(
   );
 }
 
+/**
+ * The token in FILE; an empty file is no token (undefined), so that the
+ * config's or none applies: the systemd unit passes its credential
+ * (SetCredential= default: empty once the factory token file is gone), and
+ * an enrolled agent must just run, an unenrolled one exit NOT_ENROLLED.
+ */
+async function readTokenFile(file: string): Promise<string | undefined> {
+  const text = await readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+    throw new AgentError('BAD_ARGUMENT', `cannot read ${file}: ${err.code ?? String(err)}`, EXIT.USAGE);
+  });
+  return text.trim() || undefined;
+}
+
 async function readToken(flags: EnrollFlags, env: NodeJS.ProcessEnv): Promise<string | undefined> {
   if (flags.token && flags.tokenFile) throw new AgentError('BAD_ARGUMENT', 'give --token or --token-file, not both', EXIT.USAGE);
-  if (flags.tokenFile) {
-    const text = await readFile(flags.tokenFile, 'utf8').catch((err: NodeJS.ErrnoException) => {
-      throw new AgentError('BAD_ARGUMENT', `cannot read ${flags.tokenFile}: ${err.code ?? String(err)}`, EXIT.USAGE);
-    });
-    return text.trim();
-  }
+  if (flags.tokenFile) return readTokenFile(flags.tokenFile);
   return flags.token ?? (env.CERTUNNEL_ENROLL_TOKEN || undefined);
 }
 
@@ -117,9 +126,13 @@ async function createTransport(config: AgentConfig): Promise<Transport> {
 }
 
 async function run(flags: RunFlags): Promise<void> {
+  const token = flags.tokenFile ? await readTokenFile(flags.tokenFile) : undefined;
   const config = await loadAgentConfig({
     file: flags.config,
-    overrides: { stateDir: flags.stateDir, transport: flags.transport, log: flags.logLevel ? { level: flags.logLevel } : undefined },
+    overrides: {
+      stateDir: flags.stateDir, transport: flags.transport, log: flags.logLevel ? { level: flags.logLevel } : undefined,
+      enroll: token ? { token } : undefined,
+    },
   });
   const logger = createAgentLogger(config.log.level);
   const paths = await ensureStateDir(config.stateDir);
@@ -179,6 +192,7 @@ export function registerAgentCommands(program: Command, env: NodeJS.ProcessEnv):
     .action((flags: EnrollFlags) => enroll(flags, env));
 
   common(agent.command('run').description('keep the reverse tunnel up, renew the certificate, reconnect'))
+    .option('--token-file <file>', 'enroll with the token in FILE when not enrolled (an empty file: none; over enroll.token in --config)')
     .option('--transport <name>', 'ssh2 (default) or openssh')
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace, silent')
     .action((flags: RunFlags) => run(flags));

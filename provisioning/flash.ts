@@ -3,16 +3,24 @@
  * filesystem (mounted at ROOT). Paths are the device's own; nothing is
  * rewritten for the mount point, so the image boots as written:
  *
- *   /etc/certunnel/agent.json          0600 agent user   the bundle's agent config (holds the token)
+ *   /etc/certunnel/agent.json          0644 root         the bundle's agent config WITHOUT the token (no secret)
+ *   /etc/certunnel/enroll-token        0600 root         the single-use enrollment token (the unit's LoadCredential=)
  *   /etc/certunnel/provisioning.json   0644 root         batch, token id, expiry, the broker's keys and pin (no secret)
  *   /var/lib/certunnel/                0700 agent user   the state directory, empty
  *   /etc/systemd/system/certunnel-agent.service          installed unless the image has the unit already
  *   /etc/systemd/system/<WantedBy>.wants/certunnel-agent.service -> the unit   (enabled)
  *
  * The agent config path and the state directory follow the unit's
- * ExecStart (--config, --state-dir) when it names them. To run an agent
- * from a mounted image on this machine (tests, the demo):
- *   certunnel agent run --config ROOT/etc/certunnel/agent.json --state-dir ROOT/var/lib/certunnel
+ * ExecStart (--config, --state-dir) when it names them; the token file its
+ * --token-file: ${CREDENTIALS_DIRECTORY}/ID with LoadCredential=ID:PATH
+ * (systemd, as root, copies PATH into the agent's private credentials
+ * directory: PATH stays root's 0600 whatever uid the agent gets), or a
+ * literal path the agent reads itself (then 0600 the agent user's). A unit
+ * with no --token-file (an older unit already in the image) gets the token
+ * in agent.json, 0600 the agent user's. To run an agent from a mounted
+ * image on this machine (tests, the demo), as the unit would:
+ *   certunnel agent run --config ROOT/etc/certunnel/agent.json --state-dir ROOT/var/lib/certunnel \
+ *     --token-file ROOT/etc/certunnel/enroll-token
  *
  * The agent user: the unit's User=, or with DynamicUser= and no User= the
  * unit's name (certunnel-agent), looked up in the IMAGE's /etc/passwd
@@ -21,9 +29,9 @@
  * no such user: a User= unit would not start (files are owned by root, and
  * a warning says so); a DynamicUser= unit gets a uid only when it starts,
  * so the state directory stays root's 0700 (at the first start systemd moves
- * it to /var/lib/private/ and gives it to that uid: StateDirectory=) and
- * agent.json must be 0644 for the agent to read it (a warning says that its
- * token is then readable by local users until enrollment).
+ * it to /var/lib/private/ and gives it to that uid: StateDirectory=), and
+ * no file the agent itself must read can hold the token: flash refuses a
+ * unit that would need one (the token is never made readable by all).
  */
 import { lstat, readFile } from 'node:fs/promises';
 import { dirname, posix } from 'node:path';
@@ -55,9 +63,17 @@ export interface AgentOwner {
   readonly owner: Owner;
   /** "certunnel-agent(998):certunnel-agent(998)" */
   readonly label: string;
-  /** agent.json's mode: 0600, or 0644 when the agent runs as a dynamic user that no fixed owner can match. */
-  readonly configMode: number;
+  /** A dynamic user with no static user of its name in the image: no file can be given to it in advance. */
+  readonly dynamic: boolean;
   readonly warning: string | null;
+}
+
+/** A file flash writes, as on the device, with its mode and owner. */
+export interface PlacedFile {
+  readonly path: string;
+  readonly mode: number;
+  readonly owner: Owner;
+  readonly label: string;
 }
 
 /** The user systemd runs the agent as: User=, or with DynamicUser= and no User=, the unit's name. */
@@ -76,16 +92,12 @@ export function agentUserName(unit: AgentUnit): string | null {
  */
 export async function resolveAgentOwner(root: string, unit: AgentUnit): Promise<AgentOwner> {
   const name = agentUserName(unit);
-  const asRoot = { owner: ROOT_OWNER, label: 'root(0):root(0)', configMode: 0o600 };
+  const asRoot = { owner: ROOT_OWNER, label: 'root(0):root(0)', dynamic: false };
   if (name === null) return { ...asRoot, warning: null };
   const user = await lookupImageUser(root, name);
   if (!user && unit.dynamicUser) {
-    return {
-      ...asRoot, configMode: 0o644,
-      warning: `the unit runs the agent as a dynamic user (DynamicUser=yes) and the image has no user ${name}: ` +
-        `agent.json must be readable by all (0644), so its single-use token is readable by local users until the device enrolls; ` +
-        `add a system user ${name} to the image to keep it 0600`,
-    };
+    // Fine when systemd hands the agent the token (LoadCredential=); imageLayout refuses otherwise.
+    return { ...asRoot, label: `dynamic user ${name} (root(0):root(0) until the first start)`, dynamic: true, warning: null };
   }
   if (!user) {
     return { ...asRoot, warning: `user ${name} (the unit's User=) is not in the image's /etc/passwd: files are owned by root; create the user in the image, or systemd will not start the agent` };
@@ -93,10 +105,10 @@ export async function resolveAgentOwner(root: string, unit: AgentUnit): Promise<
   const groupName = unit.group ?? name;
   const gid = unit.group ? await lookupImageGroup(root, unit.group) : user.gid;
   if (gid === null) {
-    return { owner: user, label: `${name}(${user.uid}):(${user.gid})`, configMode: 0o600, warning: `group ${unit.group} (the unit's Group=) is not in the image's /etc/group: using the user's primary group ${user.gid}` };
+    return { owner: user, label: `${name}(${user.uid}):(${user.gid})`, dynamic: false, warning: `group ${unit.group} (the unit's Group=) is not in the image's /etc/group: using the user's primary group ${user.gid}` };
   }
   const group = unit.group ? groupName : ((await lookupImageGroupName(root, gid)) ?? '');
-  return { owner: { uid: user.uid, gid }, label: `${name}(${user.uid}):${group}(${gid})`, configMode: 0o600, warning: null };
+  return { owner: { uid: user.uid, gid }, label: `${name}(${user.uid}):${group}(${gid})`, dynamic: false, warning: null };
 }
 
 export interface ImageLayout {
@@ -109,7 +121,13 @@ export interface ImageLayout {
   readonly provisioningPath: string;
   readonly stateDir: string;
   readonly owner: AgentOwner;
+  /** agent.json: 0644 root's when the token is in its own file, else 0600 the agent user's (it holds the token). */
+  readonly config: PlacedFile;
+  /** The token's own file (0600: root's for a credential, else the agent user's), or null: the token stays in agent.json. */
+  readonly token: PlacedFile | null;
 }
+
+const ROOT_LABEL = 'root(0):root(0)';
 
 /** What a flash would write where, from the image's unit (or the one given / shipped in scripts/systemd/). */
 export async function imageLayout(root: string, stateDirFromConfig: string, unitSource?: string): Promise<ImageLayout> {
@@ -123,6 +141,22 @@ export async function imageLayout(root: string, stateDirFromConfig: string, unit
     if (!source) throw new ProvisionError('UNIT_MISSING', `the image has no ${UNIT_NAME} and none was found in scripts/systemd/; give --unit FILE`);
     unit = await readUnitFile(source);
   }
+  const owner = await resolveAgentOwner(root, unit);
+  const agentFile = (path: string): PlacedFile => {
+    if (owner.dynamic) {
+      throw new ProvisionError('UNIT_INVALID', `${unit.tokenFile ? '--token-file ' + path : 'agent.json (the unit passes no --token-file)'} would hold the token for a dynamic user (DynamicUser=yes, no user ${agentUserName(unit)} in the image), ` +
+        `which only a file readable by all could reach; use the shipped unit (LoadCredential=enroll-token:…, --token-file \${CREDENTIALS_DIRECTORY}/enroll-token) or add that system user to the image`);
+    }
+    return { path, mode: 0o600, owner: owner.owner, label: owner.label };
+  };
+  let token: PlacedFile | null = null;
+  let config: PlacedFile;
+  if (unit.tokenFile) {
+    token = unit.tokenFile.credential ? { path: unit.tokenFile.path, mode: 0o600, owner: ROOT_OWNER, label: ROOT_LABEL } : agentFile(unit.tokenFile.path);
+    config = { path: unit.configPath, mode: 0o644, owner: ROOT_OWNER, label: ROOT_LABEL };
+  } else {
+    config = agentFile(unit.configPath);
+  }
   return {
     unit,
     unitDevicePath: inImage?.devicePath ?? `/etc/systemd/system/${UNIT_NAME}`,
@@ -130,7 +164,9 @@ export async function imageLayout(root: string, stateDirFromConfig: string, unit
     configPath: unit.configPath,
     provisioningPath: posix.join(posix.dirname(unit.configPath), 'provisioning.json'),
     stateDir: unit.stateDirOverride ?? stateDirFromConfig,
-    owner: await resolveAgentOwner(root, unit),
+    owner,
+    config,
+    token,
   };
 }
 
@@ -167,6 +203,15 @@ async function exists(path: string): Promise<boolean> {
   return lstat(path).then(() => true, () => false);
 }
 
+/** The agent config to write and, when the token has its own file, the token (with a newline) taken out of it. */
+export function splitToken(agent: DeviceBundle['agent'], ownFile: boolean): { token: string | null; agentText: string } {
+  if (!ownFile) return { token: null, agentText: `${JSON.stringify(agent, null, 2)}\n` };
+  const enroll = (agent.enroll ?? {}) as Record<string, unknown>;
+  const { token, ...rest } = enroll;
+  if (typeof token !== 'string' || token === '') throw new ProvisionError('BUNDLE_INVALID', 'the bundle\'s agent config has no enroll.token');
+  return { token: `${token}\n`, agentText: `${JSON.stringify({ ...agent, enroll: rest }, null, 2)}\n` };
+}
+
 export async function flashImage(options: FlashOptions): Promise<FlashReport> {
   const { root, bundle } = options;
   const now = options.now ?? (() => new Date());
@@ -181,6 +226,7 @@ export async function flashImage(options: FlashOptions): Promise<FlashReport> {
   const layout = await imageLayout(root, (bundle.agent.stateDir as string | undefined) ?? DEFAULT_STATE_DIR, options.unitSource);
   const { owner } = layout.owner;
   const hostConfig = await resolveInRoot(root, layout.configPath);
+  const hostToken = layout.token ? await resolveInRoot(root, layout.token.path) : null;
   const hostRecord = await resolveInRoot(root, layout.provisioningPath);
   const hostState = await resolveInRoot(root, layout.stateDir);
 
@@ -189,9 +235,11 @@ export async function flashImage(options: FlashOptions): Promise<FlashReport> {
   if ((await exists(state.state)) || (await exists(state.key))) {
     throw new ProvisionError('IMAGE_ENROLLED', `${layout.stateDir} in the image already holds an enrollment; clear it first (flash never deletes device state)`);
   }
-  const agentText = `${JSON.stringify(bundle.agent, null, 2)}\n`;
+  const { token, agentText } = splitToken(bundle.agent, layout.token !== null);
   const previous = await readFile(hostConfig, 'utf8').catch(() => null);
-  if (previous !== null && previous !== agentText && !options.force) {
+  const previousToken = hostToken ? await readFile(hostToken, 'utf8').catch(() => null) : null;
+  const other = (previous !== null && previous !== agentText) || (previousToken !== null && previousToken.trim() !== '' && previousToken !== token);
+  if (other && !options.force) {
     const record = await readFile(hostRecord, 'utf8').then((t) => JSON.parse(t) as Partial<ProvisioningRecord>, () => null);
     throw new ProvisionError('IMAGE_FLASHED', `the image already holds another agent config${record?.tokenId ? ` (token ${record.tokenId}, batch ${record.batch} #${record.index})` : ''}; --force replaces it`);
   }
@@ -203,10 +251,17 @@ export async function flashImage(options: FlashOptions): Promise<FlashReport> {
   };
   const files: FlashedFile[] = [];
   const label = layout.owner.label;
-  const rootLabel = isRoot() ? 'root(0):root(0)' : `(${process.getuid?.()}):(${process.getgid?.()}), not root`;
+  const rootLabel = isRoot() ? ROOT_LABEL : `(${process.getuid?.()}):(${process.getgid?.()}), not root`;
+  const labelOf = (f: PlacedFile): string => (f.owner === ROOT_OWNER ? rootLabel : f.label);
+  // The token first: agent.json never names a config without its token file in place.
+  if (layout.token && hostToken) {
+    await ensureDir(dirname(hostToken), 0o755, ROOT_OWNER);
+    await writeOwnedFile(hostToken, token!, layout.token.mode, layout.token.owner);
+    files.push({ path: layout.token.path, mode: `0${layout.token.mode.toString(8)}`, owner: labelOf(layout.token), note: 'the enrollment token' });
+  }
   await ensureDir(dirname(hostConfig), 0o755, ROOT_OWNER);
-  await writeOwnedFile(hostConfig, agentText, layout.owner.configMode, owner);
-  files.push({ path: layout.configPath, mode: `0${layout.owner.configMode.toString(8)}`, owner: label });
+  await writeOwnedFile(hostConfig, agentText, layout.config.mode, layout.config.owner);
+  files.push({ path: layout.configPath, mode: `0${layout.config.mode.toString(8)}`, owner: labelOf(layout.config), note: layout.token ? 'no token' : 'holds the token' });
   await ensureDir(dirname(hostRecord), 0o755, ROOT_OWNER);
   await writeOwnedFile(hostRecord, `${JSON.stringify(record, null, 2)}\n`, 0o644, ROOT_OWNER);
   files.push({ path: layout.provisioningPath, mode: '0644', owner: rootLabel });

@@ -3,7 +3,8 @@
  *
  * What we read from the unit: User=/Group= (who owns the agent's files),
  * ExecStart='s --config and --state-dir (where agent.json goes, and the
- * state directory if the unit overrides the config's), and [Install]
+ * state directory if the unit overrides the config's), its --token-file and
+ * the LoadCredential= it names (where the enrollment token goes), and [Install]
  * WantedBy= (which .wants/ directories get the link). Enabling is what
  * `systemctl --root=ROOT enable` does, done by hand because systemctl is
  * not always usable in a container or a build host:
@@ -33,6 +34,11 @@ export interface AgentUnit {
   readonly configPath: string;
   /** ExecStart's --state-dir, if it overrides the config's stateDir. */
   readonly stateDirOverride: string | null;
+  /**
+   * Where the enrollment token goes, as on the device, or null (the unit
+   * passes no --token-file: the token stays in agent.json).
+   */
+  readonly tokenFile: { readonly path: string; readonly credential: boolean } | null;
   /** The program ExecStart runs (absolute, as on the device). */
   readonly program: string;
   readonly wantedBy: readonly string[];
@@ -53,6 +59,26 @@ function optionValue(args: readonly string[], name: string): string | null {
     if (args[i]!.startsWith(`${name}=`)) return args[i]!.slice(name.length + 1);
   }
   return null;
+}
+
+/**
+ * --token-file ${CREDENTIALS_DIRECTORY}/ID (or %d/ID) with LoadCredential=ID:PATH: PATH, read by systemd
+ * (as root) for the agent. A literal --token-file PATH: PATH, read by the agent itself.
+ */
+function unitTokenFile(arg: string | null, loadCredentials: readonly string[], source: string): AgentUnit['tokenFile'] {
+  if (arg === null) return null;
+  const cred = /^(?:\$\{CREDENTIALS_DIRECTORY\}|\$CREDENTIALS_DIRECTORY|%d)\/([^/]+)$/.exec(arg);
+  if (!cred) {
+    if (!posix.isAbsolute(arg) || arg.includes('$') || arg.includes('%')) throw new ProvisionError('UNIT_INVALID', `${source}: --token-file ${arg} must be an absolute literal path or \${CREDENTIALS_DIRECTORY}/ID`);
+    return { path: arg, credential: false };
+  }
+  const id = cred[1]!;
+  const line = [...loadCredentials].reverse().find((v) => v.startsWith(`${id}:`));
+  const path = line?.slice(id.length + 1) ?? '';
+  if (!posix.isAbsolute(path) || path.includes('$') || path.includes('%')) {
+    throw new ProvisionError('UNIT_INVALID', `${source}: --token-file ${arg} needs LoadCredential=${id}:/absolute/path`);
+  }
+  return { path, credential: true };
 }
 
 export function parseAgentUnit(text: string, source = UNIT_NAME): AgentUnit {
@@ -86,6 +112,7 @@ export function parseAgentUnit(text: string, source = UNIT_NAME): AgentUnit {
   for (const p of [configPath, stateDirOverride]) {
     if (p !== null && (!posix.isAbsolute(p) || p.includes('$'))) throw new ProvisionError('UNIT_INVALID', `${source}: ExecStart path ${p} must be absolute and literal`);
   }
+  const tokenFile = unitTokenFile(optionValue(args, '--token-file'), sections.get('Service')?.get('LoadCredential') ?? [], source);
   const wantedBy = (sections.get('Install')?.get('WantedBy') ?? []).flatMap((v) => v.split(/\s+/)).filter((v) => v !== '');
   const user = last('Service', 'User');
   return {
@@ -95,6 +122,7 @@ export function parseAgentUnit(text: string, source = UNIT_NAME): AgentUnit {
     dynamicUser: /^(yes|true|1|on)$/i.test(last('Service', 'DynamicUser') ?? ''),
     configPath,
     stateDirOverride,
+    tokenFile,
     program,
     wantedBy: wantedBy.length > 0 ? wantedBy : ['multi-user.target'],
   };

@@ -6,12 +6,16 @@
  *   enabled       its .wants links exist and lead to it
  *   program       ExecStart's program exists in the image (warn)
  *   owner         the unit's user exists in the image (warn)
- *   agent-config  agent.json: regular file, 0600, the agent user's, accepted by the agent's parser, with URL, pin and token
+ *   agent-config  agent.json: regular file, accepted by the agent's parser, with URL and pin; with the unit's
+ *                 --token-file: 0644 root's and NO enroll.token; without (an older unit): 0600 the agent user's, with it
+ *   enroll-token  (the unit's --token-file) the token file: regular, 0600, root's (a LoadCredential= file) or the
+ *                 agent user's, holding a token
  *   provisioning  provisioning.json readable and consistent with agent.json
  *   token-expiry  the token has not expired
  *   state-dir     exists, 0700, the agent user's, not enrolled (a cloned identity)
  *   broker        (online) the broker at the flashed URL presents the pinned TLS key; its keys match the flashed ones (warn)
- *   token-status  (with an API key) the broker lists the token as active
+ *   token-status  (with an API key) the broker lists the token as active (by the id in provisioning.json;
+ *                 skipped when the image holds no token to enroll with)
  */
 import { lstat, readFile } from 'node:fs/promises';
 import { ApiError, apiRequest, type ApiClientOptions } from '../agent/api-client.js';
@@ -98,20 +102,40 @@ export async function verifyImage(options: VerifyOptions): Promise<VerifyReport>
     add('agent-config', 'fail', `${layout.configPath} is missing or not a regular file`);
   } else {
     const problems: string[] = [];
-    const want = owner.configMode;
-    if ((configStats.mode & 0o777) !== want) {
-      problems.push(`mode ${modeOf(configStats.mode)} (want ${modeOf(want)}: ${want === 0o600 ? 'it holds the token' : 'the dynamic user must read it'})`);
+    const want = layout.config;
+    if ((configStats.mode & 0o777) !== want.mode) {
+      problems.push(`mode ${modeOf(configStats.mode)} (want ${modeOf(want.mode)}: ${layout.token ? 'the agent must read it; it holds no secret' : 'it holds the token'})`);
     }
-    if (configStats.uid !== owner.owner.uid || configStats.gid !== owner.owner.gid) problems.push(`owner ${configStats.uid}:${configStats.gid} (want ${owner.label})`);
+    if (configStats.uid !== want.owner.uid || configStats.gid !== want.owner.gid) problems.push(`owner ${configStats.uid}:${configStats.gid} (want ${want.label})`);
     try {
       config = parseAgentConfig(JSON.parse(await readFile(hostConfig, 'utf8')));
       if (!config.broker?.url) problems.push('no broker.url');
       if (config.broker?.url.startsWith('https:') && !config.broker.pin) problems.push('no broker.pin');
-      if (!config.enroll.token) problems.push('no enroll.token');
+      if (layout.token && config.enroll.token) problems.push(`holds enroll.token, readable by all: the token belongs in ${layout.token.path} only`);
+      if (!layout.token && !config.enroll.token) problems.push('no enroll.token');
     } catch (err) {
       problems.push((err as Error).message);
     }
-    add('agent-config', problems.length ? 'fail' : 'ok', problems.length ? `${layout.configPath}: ${problems.join('; ')}` : `${layout.configPath} (${modeOf(configStats.mode)} ${owner.label}), broker ${config!.broker!.url}`);
+    add('agent-config', problems.length ? 'fail' : 'ok', problems.length ? `${layout.configPath}: ${problems.join('; ')}` : `${layout.configPath} (${modeOf(configStats.mode)} ${want.label}${layout.token ? ', no token' : ''}), broker ${config!.broker!.url}`);
+  }
+
+  // --- the token file
+  let hasToken = config?.enroll.token !== undefined && !layout.token;
+  if (layout.token) {
+    const want = layout.token;
+    const hostToken = await resolveInRoot(root, want.path);
+    const stats = await lstat(hostToken).catch(() => null);
+    if (!stats?.isFile()) {
+      add('enroll-token', 'fail', `${want.path} is missing or not a regular file`);
+    } else {
+      const problems: string[] = [];
+      if ((stats.mode & 0o777) !== want.mode) problems.push(`mode ${modeOf(stats.mode)} (want ${modeOf(want.mode)}: it holds the token)`);
+      if (stats.uid !== want.owner.uid || stats.gid !== want.owner.gid) problems.push(`owner ${stats.uid}:${stats.gid} (want ${want.label})`);
+      const token = (await readFile(hostToken, 'utf8')).trim();
+      if (token.length < 8 || token.length > 512 || /\s/.test(token)) problems.push(token === '' ? 'empty: no token to enroll with' : 'not a token');
+      else hasToken = true;
+      add('enroll-token', problems.length ? 'fail' : 'ok', problems.length ? `${want.path}: ${problems.join('; ')}` : `${want.path} (${modeOf(stats.mode)} ${want.label})`);
+    }
   }
 
   // --- provisioning.json
@@ -169,8 +193,8 @@ export async function verifyImage(options: VerifyOptions): Promise<VerifyReport>
       add('broker', 'fail', code === 'PIN_MISMATCH' ? `${target.baseUrl} does not present the pinned key ${config.broker.pin}` : `${target.baseUrl}: ${code}: ${(err as Error).message}`);
     }
   }
-  if (!options.apiKey || options.online === false || !record) {
-    add('token-status', 'skip', options.apiKey ? 'offline or no record' : 'no API key (CERTUNNEL_API_KEY)');
+  if (!options.apiKey || options.online === false || !record || !hasToken) {
+    add('token-status', 'skip', !options.apiKey ? 'no API key (CERTUNNEL_API_KEY)' : hasToken ? 'offline or no record' : 'no token in the image');
   } else {
     try {
       const base: ApiClientOptions = { baseUrl: options.apiUrl ?? config?.broker?.url ?? record.broker.url, pin: config?.broker?.pin ?? record.broker.pin ?? undefined, apiKey: options.apiKey, timeoutMs: options.timeoutMs ?? 10_000 };

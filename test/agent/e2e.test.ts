@@ -142,11 +142,15 @@ test('enroll: a used token is a clear error naming the code (status 11); an enro
       await t.throwsAsync(stat(join(stateDir, 'device_key.pending')));
 
       // Independent of each other: run side by side.
-      const [pinned, unknown, notEnrolled] = await Promise.all([
+      // An empty --token-file (the unit's SetCredential= default once the factory token file is gone) is no token.
+      await writeFile(join(dir, 'empty-token'), '\n');
+      const [pinned, unknown, notEnrolled, notEnrolledEmpty] = await Promise.all([
         mintToken(b).then((tok) => runCli(['agent', 'enroll', '--url', b.broker.apiUrl, '--pin', `sha256//${'B'.repeat(43)}=`, '--state-dir', join(dir, 'third')], { CERTUNNEL_ENROLL_TOKEN: tok })),
         runCli(['agent', 'run', '--no-such-flag']),
         runCli(['agent', 'run', '--state-dir', join(dir, 'empty')]),
+        runCli(['agent', 'run', '--state-dir', join(dir, 'empty2'), '--token-file', join(dir, 'empty-token')]),
       ]);
+      t.is(notEnrolledEmpty.code, EXIT.NOT_ENROLLED, notEnrolledEmpty.stdout + notEnrolledEmpty.stderr);
       t.is(pinned.code, EXIT.ERROR);
       t.regex(pinned.stderr, /^certunnel: PIN_MISMATCH: /m);
       t.is(unknown.code, EXIT.USAGE);

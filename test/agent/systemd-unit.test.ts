@@ -26,6 +26,10 @@ test('the unit restarts always, except on the statuses a restart cannot fix; it 
   const one = (key: string): string | undefined => d.get(key)?.[0];
   t.is(one('Restart'), 'always');
   t.regex(one('ExecStart') ?? '', /certunnel agent run --config \S+/);
+  // The token as a credential (root's 0600 file, read by systemd), never in the world-readable agent.json.
+  t.regex(one('ExecStart') ?? '', / --token-file \$\{CREDENTIALS_DIRECTORY\}\/enroll-token$/);
+  t.deepEqual(d.get('LoadCredential'), ['enroll-token:/etc/certunnel/enroll-token']);
+  t.deepEqual(d.get('SetCredential'), ['enroll-token:\\n'], 'the default when the file is absent: no token');
   t.deepEqual(one('RestartPreventExitStatus')?.split(' ').map(Number).sort((a, b) => a - b), [EXIT.USAGE, EXIT.NOT_ENROLLED, EXIT.REVOKED, EXIT.REFUSED]);
   t.false(one('RestartPreventExitStatus')?.split(' ').includes(String(EXIT.ERROR)), 'ordinary errors are retried');
   t.is(one('StateDirectory'), 'certunnel');

@@ -5,7 +5,7 @@
  * makes the unused tokens fail, and leaves enrolled devices alone.
  */
 import test from 'ava';
-import { copyFile, mkdir, readFile } from 'node:fs/promises';
+import { copyFile, lstat, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EXIT } from '../../agent/errors.js';
 import { readManifest } from '../../provisioning/index.js';
@@ -42,6 +42,13 @@ test('e2e/batch of 100 → flash 3 → 3 agents enroll and tunnel; a token works
         t.is(flashed.code, 0, flashed.stderr);
         t.regex(flashed.stdout, new RegExp(`^flashed e2e #${i + 1} \\(token tok_`));
         t.false(secrets.some((s) => flashed.stdout.includes(s) || flashed.stderr.includes(s)));
+        // The token only in its own root 0600 file; agent.json (0644: the dynamic user reads it) holds none.
+        const agentJson = await readFile(join(root, 'etc/certunnel/agent.json'), 'utf8');
+        t.false(secrets.some((s) => agentJson.includes(s)), 'no token in agent.json');
+        t.is((await lstat(join(root, 'etc/certunnel/agent.json'))).mode & 0o777, 0o644);
+        const tokenFile = await lstat(join(root, 'etc/certunnel/enroll-token'));
+        t.deepEqual([tokenFile.uid, tokenFile.gid, tokenFile.mode & 0o777], [0, 0, 0o600]);
+        t.true(secrets.includes((await readFile(join(root, 'etc/certunnel/enroll-token'), 'utf8')).trim()));
         const verified = await runCli(['provision', 'verify', '--root', root], env);
         t.is(verified.code, 0, verified.stdout + verified.stderr);
         t.regex(verified.stdout, /^OK +broker +/m);
@@ -57,10 +64,19 @@ test('e2e/batch of 100 → flash 3 → 3 agents enroll and tunnel; a token works
         t.is((await exchange(d.ports.first + 1, 'ping')).toString(), 'hello from the device\nping', `${d.name}'s http slot reaches the device service`);
       }
 
+      // Enrolled, the token file emptied (the unit's SetCredential= default once it is deleted): the agent just runs.
+      t.is(await agents[0]!.stop(), EXIT.OK);
+      await writeFile(join(roots[0]!, 'etc/certunnel/enroll-token.used'), await readFile(join(roots[0]!, 'etc/certunnel/enroll-token')));
+      await writeFile(join(roots[0]!, 'etc/certunnel/enroll-token'), '\n');
+      agents[0] = runAgentFromRoot(roots[0]!);
+      await agents[0].waitForEvent('connected');
+      t.false(agents[0].logs.some((l) => l.event === 'enrolled' || l.event === 'enroll_refused'), 'no second enrollment');
+      await writeFile(join(roots[0]!, 'etc/certunnel/enroll-token'), await readFile(join(roots[0]!, 'etc/certunnel/enroll-token.used')));
+
       // The same token a second time: a copy of image 1's config on another board.
       const clone = roots[3]!;
       await mkdir(join(clone, 'etc/certunnel'), { recursive: true });
-      await copyFile(join(roots[0]!, 'etc/certunnel/agent.json'), join(clone, 'etc/certunnel/agent.json'));
+      for (const file of ['agent.json', 'enroll-token']) await copyFile(join(roots[0]!, 'etc/certunnel', file), join(clone, 'etc/certunnel', file));
       const reused = runAgentFromRoot(clone);
       t.is(await reused.exited, EXIT.REFUSED, reused.output());
       t.is(reused.logs.find((l) => l.event === 'enroll_refused')?.code, 'TOKEN_USED');

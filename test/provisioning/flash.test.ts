@@ -27,19 +27,31 @@ async function withImage(fn: (ctx: { dir: string; root: string; unit: string }) 
 }
 
 const check = (r: VerifyReport, name: string): string => r.checks.find((c) => c.name === name)?.status ?? 'absent';
+const tokenOf = (bundle: DeviceBundle): string => (bundle.agent.enroll as { token: string }).token;
+/** agent.json as flash writes it next to a token file: the bundle's, without enroll.token. */
+const withoutToken = (bundle: DeviceBundle): unknown => {
+  const { token: _token, ...enroll } = bundle.agent.enroll as Record<string, unknown>;
+  return { ...bundle.agent, enroll };
+};
+/** An older unit (already in some images): no --token-file, so the token stays in agent.json. */
+const LEGACY_UNIT = FIXTURE_UNIT.replace(/ --token-file \S+/, '').replace(/^(Load|Set)Credential=.*\n/gm, '');
 
-test('ok/flash: agent config 0600 owned by the image\'s certunnel user, state dir 0700, unit installed and enabled; verify passes', async (t) => {
+test('ok/flash: token in its own 0600 root file, agent config 0644 without it, state dir 0700 the image\'s certunnel user\'s, unit installed and enabled; verify passes', async (t) => {
   await withImage(async ({ root, unit }) => {
     const bundle = fakeBundle();
     const report = await flashImage({ root, bundle, unitSource: unit });
     const config = await lstat(join(root, 'etc/certunnel/agent.json'));
-    t.is(config.mode & 0o777, 0o600);
-    t.deepEqual([config.uid, config.gid], [999, 998], 'uid and gid from the image, not this machine');
-    t.deepEqual(JSON.parse(await readFile(join(root, 'etc/certunnel/agent.json'), 'utf8')), bundle.agent);
+    t.deepEqual([config.uid, config.gid, config.mode & 0o777], [0, 0, 0o644], 'no secret in it: readable by the agent whatever its uid');
+    const configText = await readFile(join(root, 'etc/certunnel/agent.json'), 'utf8');
+    t.false(configText.includes(tokenOf(bundle)), 'no token in agent.json');
+    t.deepEqual(JSON.parse(configText), withoutToken(bundle));
+    const tokenFile = await lstat(join(root, 'etc/certunnel/enroll-token'));
+    t.deepEqual([tokenFile.uid, tokenFile.gid, tokenFile.mode & 0o777], [0, 0, 0o600], 'root\'s: systemd reads it for the agent (LoadCredential=)');
+    t.is(await readFile(join(root, 'etc/certunnel/enroll-token'), 'utf8'), `${tokenOf(bundle)}\n`);
     const state = await lstat(join(root, 'var/lib/certunnel'));
     t.true(state.isDirectory());
     t.is(state.mode & 0o777, 0o700);
-    t.deepEqual([state.uid, state.gid], [999, 998]);
+    t.deepEqual([state.uid, state.gid], [999, 998], 'uid and gid from the image, not this machine');
     const record = await readFile(join(root, 'etc/certunnel/provisioning.json'), 'utf8');
     t.is((await lstat(join(root, 'etc/certunnel/provisioning.json'))).mode & 0o777, 0o644);
     t.false(record.includes((bundle.agent.enroll as { token: string }).token), 'no secret in the world-readable record');
@@ -50,7 +62,7 @@ test('ok/flash: agent config 0600 owned by the image\'s certunnel user, state di
     const verified = await verifyImage({ root, online: false });
     t.true(verified.ok, JSON.stringify(verified.checks));
     t.deepEqual(verified.checks.map((c) => [c.name, c.status]), [
-      ['unit', 'ok'], ['enabled', 'ok'], ['program', 'warn'], ['owner', 'ok'], ['agent-config', 'ok'], ['provisioning', 'ok'],
+      ['unit', 'ok'], ['enabled', 'ok'], ['program', 'warn'], ['owner', 'ok'], ['agent-config', 'ok'], ['enroll-token', 'ok'], ['provisioning', 'ok'],
       ['token-expiry', 'ok'], ['state-dir', 'ok'], ['broker', 'skip'], ['token-status', 'skip'],
     ]);
 
@@ -60,15 +72,22 @@ test('ok/flash: agent config 0600 owned by the image\'s certunnel user, state di
   });
 });
 
-test('ok/the shipped unit (DynamicUser=yes): a static certunnel-agent user in the image keeps agent.json 0600 and owns it', async (t) => {
+test('ok/the shipped unit (DynamicUser=yes, the token as a credential) with a static certunnel-agent user: it owns the state dir; the token file is root\'s 0600', async (t) => {
   await withImage(async ({ root }) => {
     const shipped = await findRepoUnit();
     t.truthy(shipped, 'scripts/systemd/certunnel-agent.service');
-    t.true(parseAgentUnit(await readFile(shipped!, 'utf8')).dynamicUser);
-    const report = await flashImage({ root, bundle: fakeBundle() }); // the default unit: the shipped one
+    const parsed = parseAgentUnit(await readFile(shipped!, 'utf8'));
+    t.true(parsed.dynamicUser);
+    t.deepEqual(parsed.tokenFile, { path: '/etc/certunnel/enroll-token', credential: true });
+    const bundle = fakeBundle();
+    const report = await flashImage({ root, bundle }); // the default unit: the shipped one
     t.false(report.warnings.some((w) => /dynamic user/.test(w)), report.warnings.join('; '));
     const config = await lstat(join(root, 'etc/certunnel/agent.json'));
-    t.deepEqual([config.uid, config.gid, config.mode & 0o777], [999, 998, 0o600]);
+    t.deepEqual([config.uid, config.gid, config.mode & 0o777], [0, 0, 0o644]);
+    t.false((await readFile(join(root, 'etc/certunnel/agent.json'), 'utf8')).includes(tokenOf(bundle)));
+    const tokenFile = await lstat(join(root, 'etc/certunnel/enroll-token'));
+    t.deepEqual([tokenFile.uid, tokenFile.mode & 0o777], [0, 0o600]);
+    t.deepEqual((await lstat(join(root, 'var/lib/certunnel'))).uid, 999);
     t.is(await readFile(join(root, 'etc/systemd/system/certunnel-agent.service'), 'utf8'), await readFile(shipped!, 'utf8'));
     const verified = await verifyImage({ root, online: false });
     t.true(verified.ok, JSON.stringify(verified.checks));
@@ -76,19 +95,49 @@ test('ok/the shipped unit (DynamicUser=yes): a static certunnel-agent user in th
   }, { user: 'certunnel-agent' });
 });
 
-test('ok/the shipped unit without a static user: agent.json 0644 so that the dynamic user can read it, with a warning; 0600 would fail verify', async (t) => {
+test('security/the shipped unit without a static user: the token is never readable by all (own 0600 root file; agent.json 0644 holds none), no warning', async (t) => {
   await withImage(async ({ root }) => {
-    const report = await flashImage({ root, bundle: fakeBundle() });
-    t.true(report.warnings.some((w) => /dynamic user .* readable by local users until the device enrolls; add a system user certunnel-agent/.test(w)), report.warnings.join('; '));
+    const bundle = fakeBundle();
+    const report = await flashImage({ root, bundle });
+    t.false(report.warnings.some((w) => /dynamic user|readable by/.test(w)), report.warnings.join('; '));
     const config = await lstat(join(root, 'etc/certunnel/agent.json'));
     t.deepEqual([config.uid, config.mode & 0o777], [0, 0o644]);
+    t.false((await readFile(join(root, 'etc/certunnel/agent.json'), 'utf8')).includes(tokenOf(bundle)), 'no token in the world-readable config');
+    const tokenFile = await lstat(join(root, 'etc/certunnel/enroll-token'));
+    t.deepEqual([tokenFile.uid, tokenFile.gid, tokenFile.mode & 0o777], [0, 0, 0o600]);
     const state = await lstat(join(root, 'var/lib/certunnel'));
     t.deepEqual([state.uid, state.mode & 0o777], [0, 0o700], 'root\'s until systemd hands it to the dynamic user');
     const verified = await verifyImage({ root, online: false });
     t.true(verified.ok, JSON.stringify(verified.checks));
-    t.is(check(verified, 'owner'), 'warn');
+    t.is(check(verified, 'owner'), 'ok');
+    t.is(check(verified, 'enroll-token'), 'ok');
     await chmod(join(root, 'etc/certunnel/agent.json'), 0o600);
     t.is(check(await verifyImage({ root, online: false }), 'agent-config'), 'fail', 'the dynamic user could not read it');
+  });
+});
+
+test('ok+security/an older unit without --token-file: the token stays in agent.json, 0600 the agent user\'s; with a dynamic user and no static one flash refuses', async (t) => {
+  await withImage(async ({ dir, root }) => {
+    const legacy = join(dir, 'legacy.service');
+    await writeFile(legacy, LEGACY_UNIT);
+    t.is(parseAgentUnit(LEGACY_UNIT).tokenFile, null);
+    const bundle = fakeBundle();
+    await flashImage({ root, bundle, unitSource: legacy });
+    const config = await lstat(join(root, 'etc/certunnel/agent.json'));
+    t.deepEqual([config.uid, config.gid, config.mode & 0o777], [999, 998, 0o600]);
+    t.deepEqual(JSON.parse(await readFile(join(root, 'etc/certunnel/agent.json'), 'utf8')), bundle.agent);
+    await t.throwsAsync(access(join(root, 'etc/certunnel/enroll-token')));
+    const verified = await verifyImage({ root, online: false });
+    t.true(verified.ok, JSON.stringify(verified.checks));
+    t.is(check(verified, 'enroll-token'), 'absent');
+    await chmod(join(root, 'etc/certunnel/agent.json'), 0o644);
+    t.is(check(await verifyImage({ root, online: false }), 'agent-config'), 'fail', 'it holds the token');
+
+    const dynamic = join(dir, 'dynamic.service');
+    await writeFile(dynamic, LEGACY_UNIT.replace('User=certunnel\nGroup=certunnel\n', 'DynamicUser=yes\n'));
+    const fresh = await makeImage(dir, 'fresh', { user: false });
+    await t.throwsAsync(flashImage({ root: fresh, bundle, unitSource: dynamic }), { code: 'UNIT_INVALID', message: /dynamic user/ });
+    await t.throwsAsync(access(join(fresh, 'etc/certunnel/agent.json')), undefined, 'nothing written');
   });
 });
 
@@ -96,8 +145,8 @@ test('ok/an image without the unit\'s user: root owns the files, with a warning 
   await withImage(async ({ root, unit }) => {
     const report = await flashImage({ root, bundle: fakeBundle(), unitSource: unit });
     t.regex(report.warnings[0]!, /user certunnel .* not in the image's \/etc\/passwd/);
-    const config = await lstat(join(root, 'etc/certunnel/agent.json'));
-    t.deepEqual([config.uid, config.gid], [0, 0]);
+    const state = await lstat(join(root, 'var/lib/certunnel'));
+    t.deepEqual([state.uid, state.gid], [0, 0]);
     const verified = await verifyImage({ root, online: false });
     t.true(verified.ok);
     t.is(check(verified, 'owner'), 'warn');
@@ -122,7 +171,8 @@ test('ok/the unit\'s ExecStart decides where the config and the state directory 
     const custom = join(dir, 'custom.service');
     await writeFile(custom, FIXTURE_UNIT.replace('--config /etc/certunnel/agent.json', '--config "/opt/certunnel/agent.json" --state-dir=/data/certunnel'));
     await flashImage({ root, bundle: fakeBundle(), unitSource: custom });
-    t.is((await lstat(join(root, 'opt/certunnel/agent.json'))).mode & 0o777, 0o600);
+    t.is((await lstat(join(root, 'opt/certunnel/agent.json'))).mode & 0o777, 0o644);
+    t.is((await lstat(join(root, 'etc/certunnel/enroll-token'))).mode & 0o777, 0o600, 'where LoadCredential= reads it');
     t.true((await lstat(join(root, 'opt/certunnel/provisioning.json'))).isFile());
     t.is((await lstat(join(root, 'data/certunnel'))).mode & 0o777, 0o700);
     await t.throwsAsync(access(join(root, 'var/lib/certunnel')));
@@ -155,7 +205,10 @@ test('fail/flash refuses: an enrolled image, another bundle (unless --force), an
     const other: DeviceBundle = fakeBundle({ tokenId: 'tok_qqqqqqqqqqqqqqqq' });
     await t.throwsAsync(flashImage({ root, bundle: other, unitSource: unit }), { code: 'IMAGE_FLASHED' });
     await flashImage({ root, bundle: other, unitSource: unit, force: true });
-    t.deepEqual(JSON.parse(await readFile(join(root, 'etc/certunnel/agent.json'), 'utf8')), other.agent);
+    t.deepEqual(JSON.parse(await readFile(join(root, 'etc/certunnel/agent.json'), 'utf8')), withoutToken(other));
+    t.is(await readFile(join(root, 'etc/certunnel/enroll-token'), 'utf8'), `${tokenOf(other)}\n`);
+    // Another bundle's token with the same config: still another bundle.
+    await t.throwsAsync(flashImage({ root, bundle: { ...other, agent: { ...other.agent, enroll: { ...(other.agent.enroll as object), token: 'cte_another-token-0000' } } }, unitSource: unit }), { code: 'IMAGE_FLASHED' });
 
     await writeFile(join(root, 'var/lib/certunnel/state.json'), '{}');
     await t.throwsAsync(flashImage({ root, bundle: other, unitSource: unit, force: true }), { code: 'IMAGE_ENROLLED' });
@@ -169,8 +222,13 @@ test('fail/flash refuses: an enrolled image, another bundle (unless --force), an
 
 test('fail/verify: each check fails when its condition is broken', async (t) => {
   const cases: Array<[string, string, (root: string) => Promise<unknown>, { now?: () => Date }?]> = [
-    ['fail/agent.json readable by others', 'agent-config', (root) => chmod(join(root, 'etc/certunnel/agent.json'), 0o644)],
-    ['fail/agent.json owned by root', 'agent-config', (root) => chown(join(root, 'etc/certunnel/agent.json'), 0, 0)],
+    ['fail/token file readable by others', 'enroll-token', (root) => chmod(join(root, 'etc/certunnel/enroll-token'), 0o644)],
+    ['fail/token file not root\'s', 'enroll-token', (root) => chown(join(root, 'etc/certunnel/enroll-token'), 999, 998)],
+    ['fail/token file missing', 'enroll-token', (root) => rm(join(root, 'etc/certunnel/enroll-token'))],
+    ['fail/token file empty', 'enroll-token', (root) => writeFile(join(root, 'etc/certunnel/enroll-token'), '')],
+    ['fail/agent.json holds the token', 'agent-config', (root) => writeFile(join(root, 'etc/certunnel/agent.json'), JSON.stringify(fakeBundle().agent))],
+    ['fail/agent.json not readable by the agent', 'agent-config', (root) => chmod(join(root, 'etc/certunnel/agent.json'), 0o600)],
+    ['fail/agent.json owned by the agent user', 'agent-config', (root) => chown(join(root, 'etc/certunnel/agent.json'), 999, 998)],
     ['fail/agent.json invalid', 'agent-config', (root) => writeFile(join(root, 'etc/certunnel/agent.json'), '{"broker":{"url":"ftp://x"}}')],
     ['fail/not enabled', 'enabled', (root) => rm(join(root, 'etc/systemd/system/multi-user.target.wants/certunnel-agent.service'))],
     ['fail/state dir world-readable', 'state-dir', (root) => chmod(join(root, 'var/lib/certunnel'), 0o755)],
@@ -240,6 +298,11 @@ test('unit parsing: user, DynamicUser, quoting, WantedBy, refusals', (t) => {
   t.throws(() => parseAgentUnit(unit('User=a')), { code: 'UNIT_INVALID' });
   t.throws(() => parseAgentUnit(unit('ExecStart=certunnel agent run')), { code: 'UNIT_INVALID' });
   t.throws(() => parseAgentUnit(unit('ExecStart=/x --config ${CONFIG}')), { code: 'UNIT_INVALID' });
+  t.is(parseAgentUnit(unit('ExecStart=/x')).tokenFile, null);
+  t.deepEqual(parseAgentUnit(unit('ExecStart=/x --token-file %d/tok\nLoadCredential=tok:/etc/x/tok')).tokenFile, { path: '/etc/x/tok', credential: true });
+  t.deepEqual(parseAgentUnit(unit('ExecStart=/x --token-file=/etc/x/tok')).tokenFile, { path: '/etc/x/tok', credential: false });
+  t.throws(() => parseAgentUnit(unit('ExecStart=/x --token-file ${CREDENTIALS_DIRECTORY}/tok')), { code: 'UNIT_INVALID' }, 'no LoadCredential= for it');
+  t.throws(() => parseAgentUnit(unit('ExecStart=/x --token-file ${TOKEN}')), { code: 'UNIT_INVALID' });
 });
 
 // Flashing as an ordinary user (as `npm run demo` may): files meant for root stay the user's,
@@ -267,7 +330,9 @@ asNobody('ok+fail/flash without root: the image may map the agent user to us; it
     t.is(mine.result.code, 0, mine.result.stderr);
     t.regex(mine.result.stderr, /not running as root/);
     const config = await lstat(join(mine.root, 'etc/certunnel/agent.json'));
-    t.deepEqual([config.uid, config.mode & 0o777], [65534, 0o600]);
+    t.deepEqual([config.uid, config.mode & 0o777], [65534, 0o644]);
+    const tokenFile = await lstat(join(mine.root, 'etc/certunnel/enroll-token'));
+    t.deepEqual([tokenFile.uid, tokenFile.mode & 0o777], [65534, 0o600]);
     const other = await flashAs('certunnel:x:999:998::/:/bin/false\n');
     t.is(other.result.code, 1);
     t.regex(other.result.stderr, /IMAGE_INVALID: .* needs root/);

@@ -24,7 +24,9 @@ Description=certunnel device agent (test fixture)
 [Service]
 User=certunnel
 Group=certunnel
-ExecStart=/usr/bin/certunnel agent run --config /etc/certunnel/agent.json
+ExecStart=/usr/bin/certunnel agent run --config /etc/certunnel/agent.json --token-file \${CREDENTIALS_DIRECTORY}/enroll-token
+LoadCredential=enroll-token:/etc/certunnel/enroll-token
+SetCredential=enroll-token:\\n
 Restart=always
 
 [Install]
@@ -100,9 +102,9 @@ export interface AgentProcess {
   stop(): Promise<number>;
 }
 
-/** `certunnel agent run` from a flashed image root: its config, its state directory (inside ROOT). */
-export function runAgentFromRoot(root: string, stateDir = '/var/lib/certunnel'): AgentProcess {
-  const args = ['agent', 'run', '--config', join(root, 'etc/certunnel/agent.json'), '--state-dir', join(root, stateDir)];
+/** `certunnel agent run` from a flashed image root, as the unit runs it: its config, its state directory and its token file (inside ROOT). */
+export function runAgentFromRoot(root: string, stateDir = '/var/lib/certunnel', tokenFile = '/etc/certunnel/enroll-token'): AgentProcess {
+  const args = ['agent', 'run', '--config', join(root, 'etc/certunnel/agent.json'), '--state-dir', join(root, stateDir), '--token-file', join(root, tokenFile)];
   const child = spawn(process.execPath, cliArgs(args), { cwd: REPO_ROOT, env: { ...process.env } });
   const logs: Array<Record<string, unknown>> = [];
   let raw = '';
