@@ -284,7 +284,8 @@ async function demo(): Promise<void> {
   await certunnel(['provision', 'verify', '--root', root], { env: { CERTUNNEL_API_KEY: factoryKey }, envShown: 'CERTUNNEL_API_KEY=$FACTORY_KEY' });
 
   title('Device: the agent enrolls with its token and opens the reverse tunnel');
-  const agentArgs = ['agent', 'run', '--config', join(root, 'etc/certunnel/agent.json'), '--state-dir', join(root, 'var/lib/certunnel')];
+  // As the unit does: the token comes from its own 0600 file (a systemd credential).
+  const agentArgs = ['agent', 'run', '--config', join(root, 'etc/certunnel/agent.json'), '--state-dir', join(root, 'var/lib/certunnel'), '--token-file', join(root, 'etc/certunnel/enroll-token')];
   print(`  $ certunnel ${agentArgs.join(' ')}`);
   const agent = spawnCli(agentArgs, {});
   const agentExit = new Promise<number>((resolve) => agent.once('close', (code) => resolve(code ?? -1)));
