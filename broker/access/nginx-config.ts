@@ -120,7 +120,7 @@ export function renderNginxConfig(input: NginxConfigInput): string {
   const slots = input.pool ? httpSlots(input.pool) : [];
   const slotUpstreams = slots.length
     ? `# Each device's http slot (the second port of its block), kept alive: a connection is an SSH channel to the device.
-${slots.map((p) => `upstream certunnel_${p} { server 127.0.0.1:${p}; keepalive 4; }`).join('\n')}
+${slots.map((p) => `upstream certunnel_${p} { server 127.0.0.1:${p}; keepalive 16; keepalive_timeout 30s; }`).join('\n')}
 
 `
     : '';

@@ -100,9 +100,9 @@ test('ok/the generated configuration: auth_request to the broker, verified TLS t
   // With the pool: a kept-alive upstream per http slot, chosen by the port the broker names.
   const pooled = renderNginxConfig({ domain: 'fleet.example.com', brokerUrl: 'http://127.0.0.1:8443', pool: { first: 20000, last: 20005, perDevice: 2 } });
   t.deepEqual(pooled.match(/^upstream certunnel_\d+ .*$/gm), [
-    'upstream certunnel_20001 { server 127.0.0.1:20001; keepalive 4; }',
-    'upstream certunnel_20003 { server 127.0.0.1:20003; keepalive 4; }',
-    'upstream certunnel_20005 { server 127.0.0.1:20005; keepalive 4; }',
+    'upstream certunnel_20001 { server 127.0.0.1:20001; keepalive 16; keepalive_timeout 30s; }',
+    'upstream certunnel_20003 { server 127.0.0.1:20003; keepalive 16; keepalive_timeout 30s; }',
+    'upstream certunnel_20005 { server 127.0.0.1:20005; keepalive 16; keepalive_timeout 30s; }',
   ]);
   t.regex(pooled, /proxy_pass http:\/\/certunnel_\$certunnel_port;/);
   t.regex(text, /proxy_set_header Cookie \$certunnel_cookie;/);
