@@ -237,11 +237,26 @@ export interface ForwardRequest {
  * never port 0 (which asks the server to choose one), only its own ports.
  */
 export function authorizeForward(principal: string, req: ForwardRequest): Decision<ForwardRefusal> {
+  return authorizeLoopbackPort(principal, 'ports', req.bindAddr, req.bindPort, { role: 'NOT_A_DEVICE', address: 'BIND_ADDRESS' });
+}
+
+/**
+ * The rule shared by remote forwards (devices, ports-A-B) and direct-tcpip
+ * (operators, reach-A-B): the principal's kind, the literal 127.0.0.1, never
+ * port 0, and only a port of the principal's block.
+ */
+function authorizeLoopbackPort<R extends string>(
+  principal: string,
+  kind: 'ports' | 'reach',
+  address: string,
+  port: number,
+  refusals: { role: R; address: R },
+): Decision<R | 'PORT_ZERO' | 'PORT_NOT_OWNED'> {
   const parsed = parsePortPrincipal(principal);
-  if (!parsed || parsed.kind !== 'ports') return deny('NOT_A_DEVICE');
-  if (req.bindAddr !== LOOPBACK) return deny('BIND_ADDRESS');
-  if (req.bindPort === 0) return deny('PORT_ZERO');
-  if (!inBlock(req.bindPort, parsed.block)) return deny('PORT_NOT_OWNED');
+  if (!parsed || parsed.kind !== kind) return deny(refusals.role);
+  if (address !== LOOPBACK) return deny(refusals.address);
+  if (port === 0) return deny('PORT_ZERO');
+  if (!inBlock(port, parsed.block)) return deny('PORT_NOT_OWNED');
   return ALLOW;
 }
 
@@ -316,12 +331,7 @@ export interface DirectTcpipRequest {
 
 /** May the holder of PRINCIPAL (reach-A-B) connect to destAddr:destPort? Only 127.0.0.1 and its block. */
 export function authorizeDirectTcpip(principal: string, req: DirectTcpipRequest): Decision<DirectTcpipRefusal> {
-  const parsed = parsePortPrincipal(principal);
-  if (!parsed || parsed.kind !== 'reach') return deny('NOT_AN_OPERATOR');
-  if (req.destAddr !== LOOPBACK) return deny('DEST_ADDRESS');
-  if (req.destPort === 0) return deny('PORT_ZERO');
-  if (!inBlock(req.destPort, parsed.block)) return deny('PORT_NOT_OWNED');
-  return ALLOW;
+  return authorizeLoopbackPort(principal, 'reach', req.destAddr, req.destPort, { role: 'NOT_AN_OPERATOR', address: 'DEST_ADDRESS' });
 }
 
 // ---------------------------------------------------------------------------
