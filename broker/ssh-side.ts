@@ -15,7 +15,7 @@ import { writeOpensshFiles } from './openssh/config-files.js';
 import { killSessionsHoldingPorts } from './openssh/session-killer.js';
 import type { RevocationList } from './revocation.js';
 import { createGateway } from './ssh/index.js';
-import type { Store } from './store/types.js';
+import type { DeviceRecord, Page, Store } from './store/types.js';
 
 export interface SshSide {
   /** The port the SSH server listens on (the gateway's, or the configured sshd's). */
@@ -43,8 +43,28 @@ export interface SshSideOptions {
 export const DEVICE_USER = 'tunnel';
 export const OPERATOR_USER = 'operator';
 
+/**
+ * The gateway lives in this process, so at start no device is connected to
+ * it, whatever the store says (a crash or a restore leaves stale flags).
+ */
+async function markEveryDeviceOffline(store: Store, now: Date): Promise<number> {
+  let cursor: string | null = null;
+  let changed = 0;
+  do {
+    const page: Page<DeviceRecord> = await store.listDevices({ status: 'active', limit: 1000, cursor });
+    for (const device of page.items.filter((d) => d.online)) {
+      await store.setDeviceOnline(device.id, { online: false, since: null, remoteAddr: null, lastSeen: device.lastSeenAt ?? now });
+      changed++;
+    }
+    cursor = page.nextCursor;
+  } while (cursor);
+  return changed;
+}
+
 async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   const log = o.logger.child({ component: 'ssh-gateway' });
+  const stale = await markEveryDeviceOffline(o.store, o.clock());
+  if (stale > 0) log.info({ devices: stale }, 'marked devices offline that were online when the broker last stopped');
   const gateway = createGateway({
     hostKey: o.hostKey,
     userCaKeys: [o.userCa.publicKey],
