@@ -15,6 +15,7 @@ import {
   saveKeyPair,
   signDeviceCert,
   verifyCertificate,
+  writeKrl,
 } from '../ca/index.js';
 import { readPassphrase } from './passphrase.js';
 import { CliError } from './output.js';
@@ -87,6 +88,32 @@ export function registerCaCommands(program: Command, env: NodeJS.ProcessEnv): vo
       const line = `${formatCertificate(cert, `device:${opts.deviceId}`)}\n`;
       if (opts.out) await writeFile(opts.out, line, { mode: 0o644 });
       else process.stdout.write(line);
+    });
+
+  ca.command('krl')
+    .description('write an OpenSSH KRL (for sshd RevokedKeys) revoking certificates of a CA by serial or key id')
+    .requiredOption('--ca <pubfile>', 'public key of the CA whose certificates are revoked')
+    .requiredOption('--out <file>', 'KRL file to write (atomically, mode 0644)')
+    .option('--serial <n...>', 'revoked serial(s)')
+    .option('--serial-range <a-b...>', 'revoked serial range(s), inclusive')
+    .option('--key-id <id...>', 'revoked key id(s), e.g. device:dev_…')
+    .option('--version <n>', 'KRL version number', '1')
+    .action(async (opts: { ca: string; out: string; serial?: string[]; serialRange?: string[]; keyId?: string[]; version: string }) => {
+      const serials: bigint[] = [];
+      for (const text of opts.serial ?? []) {
+        if (!/^\d+$/.test(text)) throw new CliError('BAD_ARGUMENT', `--serial: not a number: ${text}`);
+        serials.push(BigInt(text));
+      }
+      for (const text of opts.serialRange ?? []) {
+        const m = /^(\d+)-(\d+)$/.exec(text);
+        if (!m || BigInt(m[1]!) > BigInt(m[2]!) || BigInt(m[2]!) - BigInt(m[1]!) > 1_000_000n) {
+          throw new CliError('BAD_ARGUMENT', `--serial-range: use FIRST-LAST (at most a million serials): ${text}`);
+        }
+        for (let n = BigInt(m[1]!); n <= BigInt(m[2]!); n++) serials.push(n);
+      }
+      if (!/^\d+$/.test(opts.version)) throw new CliError('BAD_ARGUMENT', '--version must be a number');
+      await writeKrl(opts.out, { caKey: await loadPublicKey(opts.ca), serials, keyIds: opts.keyId ?? [], version: BigInt(opts.version), generatedAt: new Date() });
+      process.stdout.write(`wrote ${opts.out}: ${new Set(serials).size} serial(s), ${(opts.keyId ?? []).length} key id(s)\n`);
     });
 
   ca.command('inspect')
