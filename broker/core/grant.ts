@@ -1,6 +1,6 @@
 /** Issuing a device certificate inside a store transaction: shared by enrollment and renewal. */
 import { formatCertificate, signDeviceCert, type PublicKey } from '../../ca/index.js';
-import type { DeviceRecord, NewAuditEvent, PortBlock, StoreTx } from '../store/types.js';
+import type { DeviceRecord, NewAuditEvent, NewCertificate, PortBlock, StoreTx } from '../store/types.js';
 import type { CertificateGrantWire } from '../wire-types.js';
 import type { CoreDeps } from './deps.js';
 
@@ -11,20 +11,21 @@ export interface IssueOptions {
   readonly audit: (grant: CertificateGrantWire) => NewAuditEvent;
 }
 
-/**
- * Signs the certificate and records it and its audit event. The two writes
- * are sent together: the store's single connection pipelines them.
- */
-export async function issueDeviceCertificate(
+/** A signed device certificate: the grant for the device, the row for the store. */
+export interface SignedDeviceCertificate {
+  readonly grant: CertificateGrantWire;
+  readonly record: NewCertificate;
+}
+
+/** Signs the certificate (no store access). */
+export function signDeviceCertificate(
   deps: CoreDeps,
-  tx: StoreTx,
   device: Pick<DeviceRecord, 'id' | 'name' | 'keyFingerprint'>,
   publicKey: PublicKey,
   block: PortBlock,
   now: Date,
-  options: IssueOptions,
-): Promise<CertificateGrantWire> {
-  const { serial } = options;
+  serial: bigint,
+): SignedDeviceCertificate {
   const validitySeconds = deps.config.certs.deviceValiditySeconds;
   const cert = signDeviceCert({ ca: deps.ca.userCa, publicKey, deviceId: device.id, ports: block, serial, now, validitySeconds });
   const validAfter = new Date(Number(cert.validAfter) * 1000);
@@ -41,12 +42,32 @@ export async function issueDeviceCertificate(
     renewAfter: renewAfter.toISOString(),
     ssh: deps.ssh,
   };
-  await Promise.all([
-    tx.insertCertificate({
-      serial, deviceId: device.id, kind: 'device', keyFingerprint: device.keyFingerprint, keyId: cert.keyId,
-      principal: cert.principals[0]!, validAfter, validBefore, issuedAt: now,
-    }),
-    tx.appendAudit(options.audit(grant)),
-  ]);
-  return grant;
+  const record: NewCertificate = {
+    serial, deviceId: device.id, kind: 'device', keyFingerprint: device.keyFingerprint, keyId: cert.keyId,
+    principal: cert.principals[0]!, validAfter, validBefore, issuedAt: now,
+  };
+  return { grant, record };
+}
+
+/**
+ * Records the certificate and its audit event. The two writes are sent
+ * together: the store's single connection pipelines them.
+ */
+export async function recordDeviceCertificate(tx: StoreTx, signed: SignedDeviceCertificate, audit: NewAuditEvent): Promise<void> {
+  await Promise.all([tx.insertCertificate(signed.record), tx.appendAudit(audit)]);
+}
+
+/** Signs the certificate and records it and its audit event. */
+export async function issueDeviceCertificate(
+  deps: CoreDeps,
+  tx: StoreTx,
+  device: Pick<DeviceRecord, 'id' | 'name' | 'keyFingerprint'>,
+  publicKey: PublicKey,
+  block: PortBlock,
+  now: Date,
+  options: IssueOptions,
+): Promise<CertificateGrantWire> {
+  const signed = signDeviceCertificate(deps, device, publicKey, block, now, options.serial);
+  await recordDeviceCertificate(tx, signed, options.audit(signed.grant));
+  return signed.grant;
 }

@@ -11,7 +11,7 @@ import type { DeviceRecord } from '../store/types.js';
 import { RENEW_NAMESPACE, renewMessage, type CertificateGrantWire, type RenewRequest } from '../wire-types.js';
 import type { Actor, CoreDeps } from './deps.js';
 import { parseDeviceKey } from './enroll.js';
-import { issueDeviceCertificate } from './grant.js';
+import { recordDeviceCertificate, signDeviceCertificate } from './grant.js';
 
 function verifySignedBy(signature: string, message: string, key: PublicKey): void {
   try {
@@ -22,8 +22,7 @@ function verifySignedBy(signature: string, message: string, key: PublicKey): voi
   }
 }
 
-async function findActiveDevice(deps: CoreDeps, deviceId: string): Promise<DeviceRecord> {
-  const device = await deps.store.findDevice(deviceId);
+function checkActiveDevice(device: DeviceRecord | undefined): DeviceRecord {
   if (!device) throw new BrokerError('DEVICE_UNKNOWN', 'no such device');
   if (device.status === 'revoked') throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
   if (device.portFirst === null || device.portLast === null) throw new BrokerError('INTERNAL', 'device has no port block');
@@ -33,8 +32,9 @@ async function findActiveDevice(deps: CoreDeps, deviceId: string): Promise<Devic
 export async function renewDevice(deps: CoreDeps, req: RenewRequest, actor: Pick<Actor, 'remoteAddr'>): Promise<CertificateGrantWire> {
   const now = deps.clock();
   try {
-    // Independent reads go to the store together (its one connection pipelines them).
-    const [device, latest] = await Promise.all([findActiveDevice(deps, req.deviceId), deps.store.latestCertificateOfDevice(req.deviceId)]);
+    const found = await deps.store.findDeviceWithLatestCertificate(req.deviceId);
+    const device = checkActiveDevice(found?.device);
+    const latest = found?.latest ?? null;
     const skew = Math.abs(now.getTime() / 1000 - req.timestamp);
     if (skew > deps.config.renew.maxSkewSeconds) {
       throw new BrokerError('REQUEST_STALE', `request timestamp is ${Math.round(skew)} s away from the broker's clock`);
@@ -58,33 +58,37 @@ export async function renewDevice(deps: CoreDeps, req: RenewRequest, actor: Pick
     }
 
     return await deps.store.transaction(async (tx) => {
-      const nonceExpiry = new Date(now.getTime() + 2 * deps.config.renew.maxSkewSeconds * 1000);
-      const [fresh, again, serial] = await Promise.all([
-        tx.insertNonce(`${device.id}:${req.nonce}`, device.id, nonceExpiry),
-        tx.findDevice(device.id),
-        tx.nextSerial(),
-      ]);
-      if (!fresh) throw new BrokerError('REQUEST_REPLAYED', 'this renewal request was already used');
-      // Re-read inside the transaction: a revocation may have committed since the first read.
-      if (!again || again.status !== 'active') throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
+      // Serial, key and signature first, then every statement at once (one
+      // round trip to the store instead of two): the checks below throw if
+      // the request or the device do not allow the renewal, and the throw
+      // rolls the writes back.
       let key = currentKey;
       let keyFingerprint = device.keyFingerprint;
       if (newKey) {
         key = newKey;
         keyFingerprint = fingerprint(newKey);
-        if (!(await tx.updateDeviceKey(device.id, formatPublicKey(newKey), keyFingerprint))) {
-          throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
-        }
       }
       const block = { first: device.portFirst!, last: device.portLast! };
-      const grant = await issueDeviceCertificate(deps, tx, { id: device.id, name: device.name, keyFingerprint }, key, block, now, {
-        serial,
-        audit: (g) => ({
+      const signed = signDeviceCertificate(deps, { id: device.id, name: device.name, keyFingerprint }, key, block, now, await tx.nextSerial());
+      const nonceExpiry = new Date(now.getTime() + 2 * deps.config.renew.maxSkewSeconds * 1000);
+      const [fresh, again] = await Promise.all([
+        tx.insertNonce(`${device.id}:${req.nonce}`, device.id, nonceExpiry),
+        tx.findDevice(device.id),
+        recordDeviceCertificate(tx, signed, {
           at: now, actor: `device:${device.id}`, action: newKey ? 'device.rotate' : 'device.renew', target: device.id,
-          remoteAddr: actor.remoteAddr, outcome: 'ok', details: { serial: g.serial, fingerprint: keyFingerprint },
+          remoteAddr: actor.remoteAddr, outcome: 'ok', details: { serial: signed.grant.serial, fingerprint: keyFingerprint },
         }),
-      });
-      return grant;
+      ]);
+      if (!fresh) throw new BrokerError('REQUEST_REPLAYED', 'this renewal request was already used');
+      // Re-read inside the transaction: a revocation, or a key rotation, may have committed since the first read.
+      if (!again || again.status !== 'active') throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
+      if (again.keyFingerprint !== device.keyFingerprint) {
+        throw new BrokerError('SIGNATURE_INVALID', 'the device key changed since this request was signed');
+      }
+      if (newKey && !(await tx.updateDeviceKey(device.id, formatPublicKey(newKey), keyFingerprint))) {
+        throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
+      }
+      return signed.grant;
     });
   } catch (err) {
     const code = err instanceof BrokerError ? err.code : 'INTERNAL';

@@ -1,5 +1,6 @@
 /** audit_events and renew_nonces: append-mostly tables. */
-import { decodeCursor, encodeCursor, pageLimit, parseJsonObject, toDate, toMillis, type Db } from './db.js';
+import { BrokerError } from '../errors.js';
+import { decodeCursor, encodeCursor, pageLimit, parseJsonObject, toDate, toMillis, type Db, type DeferredInsert } from './db.js';
 import type { AuditEvent, AuditFilter, NewAuditEvent, Page } from './types.js';
 
 interface AuditRow {
@@ -29,20 +30,30 @@ function fromRow(row: AuditRow): AuditEvent {
 const INSERT_SQL = `
   INSERT INTO audit_events (at, actor, action, target, remote_addr, outcome, details)
   VALUES (?, ?, ?, ?, ?, ?, ?)`;
+const DEFERRED_INSERT: DeferredInsert = {
+  table: 'audit_events',
+  columns: ['at', 'actor', 'action', 'target', 'remote_addr', 'outcome', 'details'],
+};
 
+/**
+ * In a transaction the row is deferred (Db.defer): inserted with the
+ * batch's other events just before COMMIT, in the same transaction, so an
+ * event still commits or rolls back with the change it records, and event
+ * ids follow commit order. Checked here, so that the deferred insert cannot
+ * fail on this row.
+ */
 export async function appendAudit(db: Db, e: NewAuditEvent): Promise<void> {
-  await db.run(INSERT_SQL, [
-    toMillis(e.at),
-    e.actor,
-    e.action,
-    e.target,
-    e.remoteAddr,
-    e.outcome,
-    JSON.stringify(e.details ?? {}),
-  ]);
+  const text = (v: unknown): boolean => typeof v === 'string';
+  if (![e.actor, e.action, e.outcome].every(text) || ![e.target, e.remoteAddr].every((v) => v === null || text(v))) {
+    throw new BrokerError('INTERNAL', 'store: malformed audit event');
+  }
+  const row = [toMillis(e.at), e.actor, e.action, e.target, e.remoteAddr, e.outcome, JSON.stringify(e.details ?? {})] as const;
+  if (db.defer) db.defer(DEFERRED_INSERT, row);
+  else await db.run(INSERT_SQL, row);
 }
 
 export async function listAudit(db: Db, filter: AuditFilter): Promise<Page<AuditEvent>> {
+  await db.flushDeferred?.(); // this transaction's own events, and its batch's
   const limit = pageLimit(filter);
   // id is monotonic with insertion, so it alone orders and pages the log.
   const q = db.qb('audit_events').select('*').orderBy('id', 'asc').limit(limit + 1);

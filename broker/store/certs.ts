@@ -6,6 +6,7 @@
  */
 import { BrokerError } from '../errors.js';
 import { bindUint64, toDate, toDateOrNull, toMillis, type Db } from './db.js';
+import type { SerialBlock } from './serials.js';
 import type { CertificateRecord, NewCertificate } from './types.js';
 
 interface CertRow {
@@ -21,7 +22,7 @@ interface CertRow {
   revoked_at: number | string | null;
 }
 
-function fromRow(row: CertRow): CertificateRecord {
+function certificateFromRow(row: CertRow): CertificateRecord {
   return {
     serial: BigInt(row.serial),
     deviceId: row.device_id,
@@ -50,6 +51,23 @@ export async function nextSerial(db: Db): Promise<bigint> {
   );
   if (!row) throw new BrokerError('INTERNAL', 'store: certificate serials exhausted');
   return BigInt(row.value);
+}
+
+/**
+ * Advances the counter by `count` in one statement and returns the serials
+ * skipped over, for the process to hand out (serials.ts); null when fewer
+ * than `count` remain (then nextSerial takes the last ones one by one).
+ */
+export async function reserveSerials(db: Db, count: number): Promise<SerialBlock | null> {
+  const row = await db.first<{ value: string }>(
+    `UPDATE serial_counter SET value = value + ?
+     WHERE id = 1 AND value <= 9223372036854775807 - ?
+     RETURNING CAST(value AS TEXT) AS value`,
+    [count, count],
+  );
+  if (!row) return null;
+  const last = BigInt(row.value);
+  return { first: last - BigInt(count) + 1n, last };
 }
 
 /** Same pattern; meta.value is TEXT so that meta can hold any setting. */
@@ -88,13 +106,28 @@ const SELECT_CERT = `
 
 export async function findCertificate(db: Db, serial: bigint): Promise<CertificateRecord | null> {
   const row = await db.first<CertRow>(`${SELECT_CERT} WHERE serial = ?`, [bindUint64(serial)]);
-  return row ? fromRow(row) : null;
+  return row ? certificateFromRow(row) : null;
 }
 
 /** Serials grow with issuance, so the highest serial is the latest certificate. */
 export async function latestCertificateOfDevice(db: Db, deviceId: string): Promise<CertificateRecord | null> {
   const row = await db.first<CertRow>(`${SELECT_CERT} WHERE device_id = ? AND kind = 'device' ORDER BY serial DESC LIMIT 1`, [deviceId]);
-  return row ? fromRow(row) : null;
+  return row ? certificateFromRow(row) : null;
+}
+
+/** The certificate columns, prefixed `cert_`, for a join with another table. */
+const CERT_COLUMNS = ['device_id', 'kind', 'key_fingerprint', 'key_id', 'principal', 'valid_after', 'valid_before', 'issued_at', 'revoked_at'] as const;
+export const PREFIXED_CERT_COLUMNS = [
+  'CAST(c.serial AS TEXT) AS cert_serial',
+  ...CERT_COLUMNS.map((col) => `c.${col} AS cert_${col}`),
+].join(', ');
+
+/** The certificate from a row with PREFIXED_CERT_COLUMNS; null when the join found none. */
+export function prefixedCertificate(row: Record<string, unknown>): CertificateRecord | null {
+  if (row.cert_serial === null || row.cert_serial === undefined) return null;
+  const cert: Record<string, unknown> = { serial: row.cert_serial };
+  for (const col of CERT_COLUMNS) cert[col] = row[`cert_${col}`];
+  return certificateFromRow(cert as unknown as CertRow);
 }
 
 export async function revokeCertificatesOfDevice(db: Db, deviceId: string, now: Date): Promise<number> {

@@ -33,6 +33,49 @@ export interface Db {
   run(query: Compilable | string, bindings?: readonly Binding[]): Promise<number>;
   /** Runs fn atomically: in the current transaction, else in a new one. */
   atomically<T>(fn: (db: Db) => Promise<T>): Promise<T>;
+  /**
+   * In a transaction only (else undefined: insert the row yourself): queues
+   * a row for `insert`. The group committer sends the rows every member of
+   * the batch queued in one statement just before COMMIT, in order; a
+   * member's rows go with its rollback. Only for append-only tables whose
+   * rows cannot fail a constraint (validate first): a failing insert fails
+   * the whole batch. Read such a table only after flushDeferred().
+   */
+  readonly defer?: (insert: DeferredInsert, row: readonly Binding[]) => void;
+  /** Inserts the rows queued so far in this batch (before reading their table). */
+  readonly flushDeferred?: () => Promise<void>;
+}
+
+/** A multi-row INSERT the group committer may postpone to just before COMMIT. */
+export interface DeferredInsert {
+  readonly table: string;
+  readonly columns: readonly string[];
+}
+export type DeferredRow = readonly [DeferredInsert, readonly Binding[]];
+
+const deferredSql = new Map<DeferredInsert, string>();
+
+/**
+ * Inserts rows, one statement per kind of insert: the rows travel as one
+ * JSON array (json_each), so the statement text, hence the prepared
+ * statement, is the same whatever the number of rows.
+ */
+export async function insertDeferred(run: (sql: string, bindings: readonly Binding[]) => Promise<unknown>, rows: readonly DeferredRow[]): Promise<void> {
+  const byInsert = new Map<DeferredInsert, (readonly Binding[])[]>();
+  for (const [insert, row] of rows) {
+    const list = byInsert.get(insert);
+    if (list) list.push(row);
+    else byInsert.set(insert, [row]);
+  }
+  for (const [insert, list] of byInsert) {
+    let sql = deferredSql.get(insert);
+    if (sql === undefined) {
+      const values = insert.columns.map((_, i) => `json_extract(value, '$[${i}]')`).join(', ');
+      sql = `INSERT INTO ${insert.table} (${insert.columns.join(', ')}) SELECT ${values} FROM json_each(?) ORDER BY key`;
+      deferredSql.set(insert, sql);
+    }
+    await run(sql, [JSON.stringify(list)]);
+  }
 }
 
 /**

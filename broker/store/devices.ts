@@ -15,7 +15,8 @@ import {
   toNumberOrNull,
   type Db,
 } from './db.js';
-import type { DeviceCounts, DeviceFilter, DevicePresence, DeviceRecord, Labels, NewDevice, Page } from './types.js';
+import { PREFIXED_CERT_COLUMNS, prefixedCertificate } from './certs.js';
+import type { CertificateRecord, DeviceCounts, DeviceFilter, DevicePresence, DeviceRecord, Labels, NewDevice, Page } from './types.js';
 
 interface DeviceRow {
   id: string;
@@ -109,6 +110,22 @@ async function findBy(db: Db, column: 'id' | 'name' | 'key_fingerprint', value: 
 }
 
 export const findDevice = (db: Db, id: string) => findBy(db, 'id', id);
+
+/** One statement for what renewal checks first: the device and its latest device certificate (certs.latestCertificateOfDevice). */
+export async function findDeviceWithLatestCertificate(
+  db: Db,
+  id: string,
+): Promise<{ device: DeviceRecord; latest: CertificateRecord | null } | null> {
+  const row = await db.first<DeviceRow & Record<string, unknown>>(
+    `SELECT d.*, ${PREFIXED_CERT_COLUMNS}
+     FROM devices d
+     LEFT JOIN certificates c
+       ON c.serial = (SELECT serial FROM certificates WHERE device_id = d.id AND kind = 'device' ORDER BY serial DESC LIMIT 1)
+     WHERE d.id = ?`,
+    [id],
+  );
+  return row ? { device: fromRow(row), latest: prefixedCertificate(row) } : null;
+}
 export const findDeviceByName = (db: Db, name: string) => findBy(db, 'name', name);
 export const findDeviceByFingerprint = (db: Db, fingerprint: string) => findBy(db, 'key_fingerprint', fingerprint);
 

@@ -1,18 +1,26 @@
 /**
- * openStore: the SQLite connection, its pragmas, migrations, transactions,
- * and the Store object binding every table module to a connection.
+ * openStore: the SQLite connections, their pragmas, migrations,
+ * transactions, and the Store object binding every table module to a
+ * connection.
  *
- * One connection, on purpose. SQLite allows one writer at a time; with more
- * connections, concurrent transactions would wait on the file lock with
- * busy_timeout's sleep-and-retry. With one connection, knex's pool queues
- * transactions in memory, FIFO, without ever touching the lock: no BUSY, no
- * deadlock, and the best throughput measured (scripts/bench/store-bench.ts).
- * busy_timeout still matters for other processes (a read-only CLI, a
- * backup) sharing the file.
+ * One write connection, on purpose. SQLite allows one writer at a time;
+ * with more connections, concurrent transactions would wait on the file
+ * lock with busy_timeout's sleep-and-retry. Every write goes through the
+ * group committer on that connection (group-commit.ts): transactions queue
+ * in memory, FIFO, and those that queued while a batch ran share the next
+ * BEGIN IMMEDIATE … COMMIT, each in its own savepoint. busy_timeout still
+ * matters for other processes (a read-only CLI, a backup) sharing the file.
  *
- * The flip side: a Store method awaited inside `store.transaction` waits for
- * the connection that transaction holds, until ACQUIRE_TIMEOUT_MS, then fails
- * STORE_BUSY. Use the `tx` the callback receives.
+ * Reads outside a transaction (findDevice, listAudit, …) run on separate
+ * read connections instead: WAL lets them read the last committed state
+ * while a batch writes, so they never queue behind writers, and each is a
+ * single statement (its own read transaction). A read issued after a write
+ * resolved sees that write: the write resolved after its COMMIT.
+ *
+ * The flip side: a Store *write* awaited inside `store.transaction` waits
+ * for the batch that transaction belongs to, until ACQUIRE_TIMEOUT_MS, then
+ * fails STORE_BUSY; a Store *read* there does not see the transaction's own
+ * writes. Use the `tx` the callback receives.
  */
 import { access } from 'node:fs/promises';
 import knex, { type Knex } from 'knex';
@@ -20,17 +28,24 @@ import { BrokerError } from '../errors.js';
 import * as apiKeys from './api-keys.js';
 import * as audit from './audit.js';
 import * as certs from './certs.js';
-import { rawRows, toStoreError, type Binding, type Compilable, type Db } from './db.js';
+import { connectionDb } from './connection-db.js';
+import { rawRows, toStoreError, type Db } from './db.js';
 import * as devices from './devices.js';
 import { MIGRATIONS, migrationSource } from './migrations/index.js';
 import * as ports from './ports.js';
-import { queryAll, queryRun, StatementCachingSqliteClient, type SqliteConnection } from './sqlite-driver.js';
+import { GroupCommitter, type MemberScope } from './group-commit.js';
+import { SerialReserve } from './serials.js';
+import { StatementCachingSqliteClient, type SqliteConnection } from './sqlite-driver.js';
 import * as tokens from './tokens.js';
 import type { OpenStoreOptions, Store, StoreTx } from './types.js';
 
 const BUSY_TIMEOUT_MS = 5000;
 /** How long a call may queue for the connection before failing STORE_BUSY. */
 const ACQUIRE_TIMEOUT_MS = 10_000;
+/** Most transactions per group commit. */
+const MAX_BATCH = 64;
+/** Serials reserved at a time (serials.ts); a restart skips at most this many. */
+const SERIAL_BLOCK = 128;
 const MIGRATIONS_TABLE = 'knex_migrations';
 
 /**
@@ -52,91 +67,21 @@ function readonlyUri(filename: string): string {
   return `file:${filename.replace(/[%?#]/g, (c) => `%${c.charCodeAt(0).toString(16)}`)}?mode=ro`;
 }
 
-function compile(query: Compilable | string, bindings: readonly Binding[] = []): { sql: string; bindings: readonly unknown[] } {
-  // SQL text is written with `?` placeholders, SQLite's own; a PostgreSQL
-  // executor would take it through knex.raw(...).toSQL().toNative().
-  return typeof query === 'string' ? { sql: query, bindings } : query.toSQL().toNative();
-}
-
-interface Session {
-  qb: Knex;
-  /**
-   * BEGIN IMMEDIATE takes the write lock up front, so that a transaction
-   * never fails half-way with SQLITE_BUSY_SNAPSHOT because another process
-   * wrote in between (it waits busy_timeout at BEGIN instead). Within this
-   * process transactions are serialized by the pool anyway. A read-only
-   * store cannot take the write lock: plain BEGIN.
-   */
-  begin: string;
-}
-
-/** Runs fn in a transaction on connection; rolls back (and rethrows) if fn throws. */
-async function inTransaction<T>(session: Session, connection: SqliteConnection, fn: (db: Db) => Promise<T>): Promise<T> {
-  try {
-    await queryRun(connection, session.begin, []);
-  } catch (err) {
-    throw toStoreError(err, 'begin');
-  }
-  const lease = { open: true };
-  let result: T;
-  try {
-    result = await fn(connectionDb(session, connection, lease, true));
-  } catch (err) {
-    lease.open = false;
-    await rollback(connection);
-    throw err;
-  }
-  lease.open = false;
-  try {
-    await queryRun(connection, 'COMMIT', []);
-  } catch (err) {
-    await rollback(connection);
-    throw toStoreError(err, 'commit');
-  }
-  return result;
-}
-
-async function rollback(connection: SqliteConnection): Promise<void> {
-  try {
-    await queryRun(connection, 'ROLLBACK', []);
-  } catch (err) {
-    // SQLite may already have rolled back (e.g. SQLITE_FULL); if not, the
-    // connection is in an unknown state: have the pool replace it.
-    if (!/no transaction is active/.test(String((err as Error).message))) connection.__knex__disposed = err;
-  }
-}
+/** How a bound operation gets its Db: a read connection, a group-commit member of its own, or the transaction's. */
+type WithDb = <R>(operation: string, body: (db: Db) => Promise<R>) => Promise<R>;
 
 /**
- * A Db on a connection for as long as `lease.open`: a statement issued
- * later (a tx kept past its transaction) would otherwise run on whatever
- * the connection does next, e.g. someone else's transaction.
+ * Operations that only read, each in one statement: outside a transaction
+ * they run on a read connection. Every other operation writes.
  */
-function connectionDb(session: Session, connection: SqliteConnection, lease: { open: boolean }, transactional: boolean): Db {
-  const compileOnLease = (query: Compilable | string, bindings?: readonly Binding[]) => {
-    if (!lease.open) throw new BrokerError('INTERNAL', 'store: statement issued after its transaction or call ended');
-    return compile(query, bindings);
-  };
-  const db: Db = {
-    qb: session.qb,
-    all: async (query, bindings) => {
-      const c = compileOnLease(query, bindings);
-      return queryAll(connection, c.sql, c.bindings);
-    },
-    first: async (query, bindings) => {
-      const c = compileOnLease(query, bindings);
-      return (await queryAll<never>(connection, c.sql, c.bindings))[0];
-    },
-    run: async (query, bindings) => {
-      const c = compileOnLease(query, bindings);
-      return queryRun(connection, c.sql, c.bindings);
-    },
-    atomically: (fn) => (transactional ? fn(db) : inTransaction(session, connection, fn)),
-  };
-  return db;
-}
-
-/** How a bound operation gets its Db: a fresh connection per call, or the transaction's. */
-type WithDb = <R>(operation: string, body: (db: Db) => Promise<R>) => Promise<R>;
+const READ_OPERATIONS: ReadonlySet<keyof StoreTx> = new Set<keyof StoreTx>([
+  'findTokenByHash', 'listTokens', 'countActiveTokens',
+  'findDevice', 'findDeviceByName', 'findDeviceByFingerprint', 'listDevices', 'countDevicesByStatus',
+  'portPoolUsage',
+  'findCertificate', 'latestCertificateOfDevice', 'findDeviceWithLatestCertificate', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
+  'findApiKey', 'listApiKeys',
+  'listAudit',
+]);
 
 /** Binds every operation; errors leave as BrokerError only. */
 function bindOps(withDb: WithDb): StoreTx {
@@ -170,6 +115,7 @@ function bindOps(withDb: WithDb): StoreTx {
     insertCertificate: op('insertCertificate', certs.insertCertificate),
     findCertificate: op('findCertificate', certs.findCertificate),
     latestCertificateOfDevice: op('latestCertificateOfDevice', certs.latestCertificateOfDevice),
+    findDeviceWithLatestCertificate: op('findDeviceWithLatestCertificate', devices.findDeviceWithLatestCertificate),
     revokeCertificatesOfDevice: op('revokeCertificatesOfDevice', certs.revokeCertificatesOfDevice),
     listRevokedUnexpiredSerials: op('listRevokedUnexpiredSerials', certs.listRevokedUnexpiredSerials),
     listRevokedDeviceIds: op('listRevokedDeviceIds', certs.listRevokedDeviceIds),
@@ -206,31 +152,45 @@ function isAcquireTimeout(err: unknown): boolean {
   return (err as { name?: unknown } | null)?.name === 'KnexTimeoutError';
 }
 
+/**
+ * A knex pool of `size` connections to filename. `openReadonly`: opened
+ * mode=ro (a read-only store); `queryOnly`: the read-only pragmas (a
+ * read-only store, or a read connection of a read-write one).
+ */
+function connectionPool(filename: string, o: { openReadonly: boolean; queryOnly: boolean; size: number; acquireTimeoutMs: number }): Knex {
+  return knex({
+    client: StatementCachingSqliteClient as unknown as typeof Knex.Client,
+    connection: o.openReadonly ? { filename: readonlyUri(filename), flags: ['OPEN_URI'] } : { filename },
+    useNullAsDefault: true,
+    // Every failure reaches the caller as a BrokerError; knex would also
+    // print some (e.g. acquire timeouts) to the console.
+    log: { error: () => {}, debug: () => {} },
+    acquireConnectionTimeout: o.acquireTimeoutMs,
+    pool: {
+      min: o.size,
+      max: o.size,
+      afterCreate: (conn: SqliteConnection, done: (err: Error | null, conn: SqliteConnection) => void) => {
+        conn.exec(pragmas(o.queryOnly), (err) => done(err, conn));
+      },
+    },
+  });
+}
+
 export async function openStore(options: OpenStoreOptions): Promise<Store> {
   const readonly = options.readonly ?? false;
+  const acquireTimeoutMs = options.acquireTimeoutMs ?? ACQUIRE_TIMEOUT_MS;
   if (readonly) {
     // mode=ro never creates a file, but say so clearly rather than SQLITE_CANTOPEN.
     await access(options.filename).catch(() => {
       throw new BrokerError('CONFIG_INVALID', 'store file does not exist');
     });
   }
-  const pool = knex({
-    client: StatementCachingSqliteClient as unknown as typeof Knex.Client,
-    connection: readonly ? { filename: readonlyUri(options.filename), flags: ['OPEN_URI'] } : { filename: options.filename },
-    useNullAsDefault: true,
-    // Every failure reaches the caller as a BrokerError; knex would also
-    // print some (e.g. acquire timeouts) to the console.
-    log: { error: () => {}, debug: () => {} },
-    acquireConnectionTimeout: options.acquireTimeoutMs ?? ACQUIRE_TIMEOUT_MS,
-    pool: {
-      min: 1,
-      max: options.connections ?? 1,
-      afterCreate: (conn: SqliteConnection, done: (err: Error | null, conn: SqliteConnection) => void) => {
-        conn.exec(pragmas(readonly), (err) => done(err, conn));
-      },
-    },
-  });
-
+  // The write connection (a read-only store's transactions run there too).
+  const pool = connectionPool(options.filename, { openReadonly: readonly, queryOnly: readonly, size: 1, acquireTimeoutMs });
+  // An in-memory database is private to its connection: no read connections then.
+  const readerCount = options.filename === ':memory:' ? 0 : (options.readConnections ?? 1);
+  let readerPool: Knex | null = null;
+  let readers: SqliteConnection[] = [];
   try {
     if (readonly) {
       await checkSchemaCurrent(pool);
@@ -241,30 +201,48 @@ export async function openStore(options: OpenStoreOptions): Promise<Store> {
       }
       await pool.migrate.latest({ migrationSource, tableName: MIGRATIONS_TABLE });
     }
+    if (readerCount > 0) {
+      // query_only (pragmas(true)) keeps them from writing; opened after the
+      // migrations, so that they see the schema.
+      readerPool = connectionPool(options.filename, { openReadonly: readonly, queryOnly: true, size: readerCount, acquireTimeoutMs });
+      const rp = readerPool;
+      // Held for the store's life: concurrent reads share a connection
+      // (node-sqlite3 runs each statement whole under the connection's mutex).
+      readers = await Promise.all(Array.from({ length: readerCount }, async () => (await rp.client.acquireConnection()) as SqliteConnection));
+    }
   } catch (err) {
-    await pool.destroy();
+    await Promise.all([pool.destroy(), readerPool?.destroy()]);
     throw toStoreError(err, 'open');
   }
 
   // A connection-less knex: compiles queries, can never execute one.
-  const session: Session = { qb: knex({ client: 'sqlite3', useNullAsDefault: true }), begin: readonly ? 'BEGIN' : 'BEGIN IMMEDIATE' };
+  const qb = knex({ client: 'sqlite3', useNullAsDefault: true });
 
-  async function withConnection<R>(operation: string, body: (connection: SqliteConnection) => Promise<R>): Promise<R> {
-    let connection: SqliteConnection;
-    try {
-      connection = (await pool.client.acquireConnection()) as SqliteConnection;
-    } catch (err) {
-      if (isAcquireTimeout(err)) {
-        throw new BrokerError('STORE_BUSY', 'store: timed out waiting for the connection (saturated, or a Store method awaited inside a transaction)');
-      }
-      throw toStoreError(err, operation);
-    }
-    try {
-      return await body(connection);
-    } finally {
-      await pool.client.releaseConnection(connection);
-    }
-  }
+  const committer = new GroupCommitter({
+    source: {
+      acquire: async () => {
+        try {
+          return (await pool.client.acquireConnection()) as SqliteConnection;
+        } catch (err) {
+          if (isAcquireTimeout(err)) {
+            throw new BrokerError('STORE_BUSY', 'store: timed out waiting for the connection (saturated, or a Store method awaited inside a transaction)');
+          }
+          throw toStoreError(err, 'transaction');
+        }
+      },
+      release: async (connection) => {
+        await pool.client.releaseConnection(connection);
+      },
+    },
+    // BEGIN IMMEDIATE takes the write lock up front, so that a transaction
+    // never fails half-way with SQLITE_BUSY_SNAPSHOT because another process
+    // wrote in between (it waits busy_timeout at BEGIN instead). A
+    // read-only store cannot take the write lock: plain BEGIN.
+    begin: readonly ? 'BEGIN' : 'BEGIN IMMEDIATE',
+    dbFor: (connection, scope) => connectionDb(qb, connection, scope, true),
+    queueTimeoutMs: acquireTimeoutMs,
+    maxBatch: MAX_BATCH,
+  });
 
   const mapErrors = async <R>(operation: string, body: () => Promise<R>): Promise<R> => {
     try {
@@ -274,27 +252,63 @@ export async function openStore(options: OpenStoreOptions): Promise<Store> {
     }
   };
 
+  let nextReader = 0;
+  async function read<R>(operation: string, body: (db: Db) => Promise<R>): Promise<R> {
+    const connection = readers[nextReader++ % readers.length]!;
+    const scope: MemberScope = { open: true, inflight: new Set() };
+    try {
+      return await mapErrors(operation, () => body(connectionDb(qb, connection, scope, false)));
+    } finally {
+      scope.open = false;
+    }
+  }
+
+  const write = <R>(operation: string, body: (db: Db) => Promise<R>): Promise<R> =>
+    committer.submit((db) => mapErrors(operation, () => body(db)));
+  const serials = new SerialReserve(() => write('nextSerial', (db) => certs.reserveSerials(db, SERIAL_BLOCK)), BigInt(SERIAL_BLOCK));
+
   return {
     ...bindOps((operation, body) =>
-      withConnection(operation, async (connection) => {
-        const lease = { open: true };
-        try {
-          return await mapErrors(operation, () => body(connectionDb(session, connection, lease, false)));
-        } finally {
-          lease.open = false;
-        }
-      }),
+      readers.length > 0 && READ_OPERATIONS.has(operation as keyof StoreTx) ? read(operation, body) : write(operation, body),
     ),
+
+    async nextSerial(): Promise<bigint> {
+      let serial = serials.take();
+      if (serial === null) {
+        await serials.refill();
+        serial = serials.take();
+      }
+      if (serial !== null) return serial;
+      // No block (fewer than one left before 2^63, or the reservation
+      // failed): advance the counter by one.
+      serial = await write('nextSerial', certs.nextSerial);
+      serials.handedOut(serial);
+      return serial;
+    },
 
     transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
       // fn's own errors go back unchanged; BEGIN/COMMIT failures are translated.
-      return withConnection('transaction', (connection) =>
-        inTransaction(session, connection, (db) => fn(bindOps((operation, body) => mapErrors(operation, () => body(db))))),
-      );
+      return committer.submit((db) => {
+        const tx = bindOps((operation, body) => mapErrors(operation, () => body(db)));
+        // From the reserve when it has some (no statement), else the counter
+        // advanced in this transaction (rolled back with it).
+        const counted = tx.nextSerial;
+        tx.nextSerial = async () => {
+          const reserved = serials.take();
+          if (reserved !== null) return reserved;
+          const serial = await counted();
+          serials.handedOut(serial);
+          return serial;
+        };
+        return fn(tx);
+      });
     },
 
     async close(): Promise<void> {
-      await Promise.all([pool.destroy(), session.qb.destroy()]);
+      await committer.close();
+      const rp = readerPool;
+      if (rp) await Promise.all(readers.map((c) => rp.client.releaseConnection(c)));
+      await Promise.all([pool.destroy(), rp?.destroy(), qb.destroy()]);
     },
   };
 }

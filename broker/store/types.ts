@@ -199,7 +199,8 @@ export interface AuditFilter extends PageRequest {
 
 /**
  * Every operation, usable inside `Store.transaction` (through the `tx` it
- * passes) or directly on `Store` (each call is then atomic on its own).
+ * passes) or directly on `Store` (each call is then atomic on its own: a
+ * write is a one-call transaction, a read one statement).
  * Driver errors never escape: a caller sees BrokerError with a stable code
  * (KEY_ALREADY_ENROLLED, NAME_TAKEN, PORT_POOL_EXHAUSTED, STORE_BUSY, …) or INTERNAL,
  * and messages carry no SQL.
@@ -257,12 +258,19 @@ export interface StoreTx {
   portPoolUsage(pool: PortPool & { now: Date }): Promise<PortPoolUsage>;
 
   // serials and certificates
-  /** Atomic; never 0, never repeats. */
+  /**
+   * Never 0, never repeats, grows in the order this process hands serials
+   * out; may leave gaps (served from blocks reserved ahead, see
+   * broker/store/serials.ts; inside a transaction, a serial is not given
+   * back when it rolls back).
+   */
   nextSerial(): Promise<bigint>;
   insertCertificate(cert: NewCertificate): Promise<void>;
   findCertificate(serial: bigint): Promise<CertificateRecord | null>;
   /** The device-kind certificate issued last to the device (highest serial), or null. */
   latestCertificateOfDevice(deviceId: string): Promise<CertificateRecord | null>;
+  /** findDevice and latestCertificateOfDevice in one statement; null if there is no such device. */
+  findDeviceWithLatestCertificate(deviceId: string): Promise<{ device: DeviceRecord; latest: CertificateRecord | null } | null>;
   /** Revokes every unrevoked certificate recorded for the device; returns how many. */
   revokeCertificatesOfDevice(deviceId: string, now: Date): Promise<number>;
   /** Ascending; what the KRL must list at `now`. */
@@ -298,12 +306,19 @@ export interface StoreTx {
 export interface Store extends StoreTx {
   /**
    * Runs fn atomically: commits when it resolves, rolls back when it throws
-   * (rethrowing its error). Transactions are serialized, and every other
-   * store call waits for the running one: keep fn short and free of network
-   * I/O. Inside fn use only `tx`: a `store` method awaited there waits for
-   * the connection the transaction holds, and fails STORE_BUSY after the
-   * acquire timeout. Independent `tx` calls may be issued together
-   * (Promise.all); they run one after the other, in no promised order.
+   * (rethrowing its error). Transactions are serialized, FIFO: those that
+   * queue while one runs are committed together (group commit, see
+   * broker/store/group-commit.ts), each in its own savepoint, so one that
+   * throws rolls back only its own writes. The promise settles only once
+   * the shared COMMIT did; if that COMMIT fails, every transaction of the
+   * batch that had not thrown fails with the store's error (STORE_BUSY or
+   * INTERNAL). Keep fn short and free of network I/O: the transactions
+   * queued behind it wait. Inside fn use only `tx`: a `store` write awaited
+   * there waits for the batch the transaction is part of, and fails
+   * STORE_BUSY after the acquire timeout; a `store` read there runs on
+   * another connection and does not see the transaction's writes.
+   * Independent `tx` calls may be issued together (Promise.all); they run
+   * one after the other, in no promised order.
    */
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
   close(): Promise<void>;
@@ -318,10 +333,12 @@ export interface OpenStoreOptions {
    */
   readonly?: boolean;
   /**
-   * Connections in the pool. Default and recommended: 1 (SQLite has one
-   * writer; see broker/store/open.ts). Other values exist for measurement.
+   * Read connections, for reads outside transactions (default 1; 0 sends
+   * them to the write connection, as an in-memory database always does).
+   * The write connection is always one (SQLite has one writer; see
+   * broker/store/open.ts).
    */
-  connections?: number;
+  readConnections?: number;
   /** How long a call may wait for the connection before failing STORE_BUSY; default 10 s. */
   acquireTimeoutMs?: number;
 }

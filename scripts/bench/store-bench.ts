@@ -4,7 +4,7 @@
  * certificate, append an audit event, with `concurrency` transactions in
  * flight. Throwaway measurement, not a test.
  *
- *   node --import tsx scripts/bench/store-bench.ts [--n 5000] [--concurrency 32] [--connections 1]
+ *   node --import tsx scripts/bench/store-bench.ts [--n 5000] [--concurrency 32] [--readers 1]
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -17,13 +17,13 @@ const { values } = parseArgs({
   options: {
     n: { type: 'string', default: '5000' },
     concurrency: { type: 'string', default: '32' },
-    connections: { type: 'string', default: '1' },
+    readers: { type: 'string', default: '1' },
     rounds: { type: 'string', default: '3' },
   },
 });
 const N = Number(values.n);
 const CONCURRENCY = Number(values.concurrency);
-const CONNECTIONS = Number(values.connections);
+const READERS = Number(values.readers);
 const ROUNDS = Number(values.rounds);
 const POOL = { poolFirst: 10000, poolLast: 65000, size: 2 };
 const HOUR = 3_600_000;
@@ -80,7 +80,7 @@ function percentile(values: number[], p: number): string {
 
 async function round(): Promise<number> {
   const dir = await mkdtemp(join(tmpdir(), 'certunnel-bench-'));
-  const store = await openStore({ filename: join(dir, 'bench.db'), connections: CONNECTIONS });
+  const store = await openStore({ filename: join(dir, 'bench.db'), readConnections: READERS });
   try {
     const now = new Date();
     const tokens: NewToken[] = Array.from({ length: N }, (_, i) => ({
@@ -117,7 +117,7 @@ async function round(): Promise<number> {
     const cpu = process.cpuUsage(cpu0);
     const ok = N - [...errors.values()].reduce((a, b) => a + b, 0);
     console.log(
-      `connections=${CONNECTIONS} concurrency=${CONCURRENCY} n=${N}: ${(ok / seconds).toFixed(0)} enroll tx/s, ` +
+      `readers=${READERS} concurrency=${CONCURRENCY} n=${N}: ${(ok / seconds).toFixed(0)} enroll tx/s, ` +
         `process CPU ${((cpu.user + cpu.system) / 1000 / N).toFixed(3)} ms/tx, ` +
         `latency p50 ${percentile(latencies, 0.5)} p99 ${percentile(latencies, 0.99)} max ${percentile(latencies, 1)} ms` +
         (errors.size ? `, errors ${JSON.stringify(Object.fromEntries(errors))}` : ''),
