@@ -41,12 +41,25 @@ export function generateKeyPair(): KeyPair {
   return { privateKey, publicKey: rawPublicKeyOf(privateKey) };
 }
 
+// DER prefixes of Ed25519 PKCS#8 private keys (RFC 8410): the 32-byte seed follows.
+const PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
+
+/*
+ * Raw key bytes come from DER exports, not JWK: under load, Node 20.20's JWK
+ * export of a freshly generated key was seen to deadlock in a benchmark.
+ */
 export function rawPublicKeyOf(privateKey: KeyObject): PublicKey {
-  const jwk = privateKey.export({ format: 'jwk' });
-  if (jwk.crv !== 'Ed25519' || typeof jwk.x !== 'string') {
-    throw new CaError('KEY_UNSUPPORTED', 'only Ed25519 keys are supported');
+  if (privateKey.asymmetricKeyType !== 'ed25519') throw new CaError('KEY_UNSUPPORTED', 'only Ed25519 keys are supported');
+  const spki = createPublicKey(privateKey).export({ type: 'spki', format: 'der' });
+  return Buffer.from(spki.subarray(SPKI_PREFIX.length));
+}
+
+function seedOf(privateKey: KeyObject): Buffer {
+  const der = privateKey.export({ type: 'pkcs8', format: 'der' });
+  if (der.length !== PKCS8_PREFIX.length + 32 || !der.subarray(0, PKCS8_PREFIX.length).equals(PKCS8_PREFIX)) {
+    throw new CaError('KEY_INVALID', 'not an Ed25519 private key');
   }
-  return Buffer.from(jwk.x, 'base64url');
+  return Buffer.from(der.subarray(PKCS8_PREFIX.length));
 }
 
 function privateKeyFromSeed(seed: Buffer, publicKey: Buffer): KeyObject {
@@ -162,13 +175,11 @@ export interface EncodePrivateKeyOptions {
 
 /** The openssh-key-v1 PEM text, encrypted (aes256-ctr, bcrypt-pbkdf) when a passphrase is given. */
 export function encodePrivateKey(pair: KeyPair, options: EncodePrivateKeyOptions = {}): string {
-  const jwk = pair.privateKey.export({ format: 'jwk' });
-  if (typeof jwk.d !== 'string') throw new CaError('KEY_INVALID', 'not an Ed25519 private key');
   const key = new sshpk.PrivateKey({
     type: 'ed25519',
     parts: [
       { name: 'A', data: pair.publicKey },
-      { name: 'k', data: Buffer.from(jwk.d, 'base64url') },
+      { name: 'k', data: seedOf(pair.privateKey) },
     ],
   } as unknown as sshpk.PrivateKey);
   if (options.comment) key.comment = options.comment;
