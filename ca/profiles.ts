@@ -125,6 +125,27 @@ function window(now: Date, validitySeconds: number): { validAfter: bigint; valid
   return { validAfter: BigInt(nowS - BACKDATE_S), validBefore: BigInt(nowS + Math.floor(validitySeconds)) };
 }
 
+/** The user-certificate fields device and operator certificates share: one block, port forwarding only. */
+function blockCertFields(
+  req: { publicKey: PublicKey; deviceId: string; ports: PortBlock; serial: bigint; now: Date },
+  keyId: string,
+  principal: string,
+  validitySeconds: number,
+): CertificateFields {
+  if (!DEVICE_ID.test(req.deviceId)) violation('device id has unexpected characters');
+  assertBlock(req.ports);
+  return {
+    type: 'user',
+    publicKey: req.publicKey,
+    serial: req.serial,
+    keyId,
+    principals: [principal],
+    ...window(req.now, validitySeconds),
+    criticalOptions: {},
+    extensions: { 'permit-port-forwarding': '' },
+  };
+}
+
 export interface DeviceCertRequest {
   readonly ca: KeyPair;
   readonly publicKey: PublicKey;
@@ -138,18 +159,7 @@ export interface DeviceCertRequest {
 
 /** A device certificate: key id device:<id>, principal ports-<first>-<last>, permit-port-forwarding only. */
 export function signDeviceCert(req: DeviceCertRequest): Certificate {
-  if (!DEVICE_ID.test(req.deviceId)) violation('device id has unexpected characters');
-  assertBlock(req.ports);
-  const fields: CertificateFields = {
-    type: 'user',
-    publicKey: req.publicKey,
-    serial: req.serial,
-    keyId: `device:${req.deviceId}`,
-    principals: [devicePrincipal(req.ports)],
-    ...window(req.now, req.validitySeconds ?? 3600),
-    criticalOptions: {},
-    extensions: { 'permit-port-forwarding': '' },
-  };
+  const fields = blockCertFields(req, `device:${req.deviceId}`, devicePrincipal(req.ports), req.validitySeconds ?? 3600);
   checkRules(fields, deviceRules);
   return signCertificate(fields, req.ca);
 }
@@ -169,18 +179,8 @@ export interface OperatorCertRequest {
 
 /** An operator certificate: principal reach-<first>-<last> for one device's block, minutes long. */
 export function signOperatorCert(req: OperatorCertRequest): Certificate {
-  if (!DEVICE_ID.test(req.deviceId)) violation('device id has unexpected characters');
-  assertBlock(req.ports);
-  const fields: CertificateFields = {
-    type: 'user',
-    publicKey: req.publicKey,
-    serial: req.serial,
-    keyId: `operator:${req.operator.replace(/[^A-Za-z0-9_.@-]/g, '_')}:device:${req.deviceId}`,
-    principals: [operatorPrincipal(req.ports)],
-    ...window(req.now, (req.validityMinutes ?? 10) * 60),
-    criticalOptions: {},
-    extensions: { 'permit-port-forwarding': '' },
-  };
+  const keyId = `operator:${req.operator.replace(/[^A-Za-z0-9_.@-]/g, '_')}:device:${req.deviceId}`;
+  const fields = blockCertFields(req, keyId, operatorPrincipal(req.ports), (req.validityMinutes ?? 10) * 60);
   checkRules(fields, operatorRules);
   return signCertificate(fields, req.ca);
 }

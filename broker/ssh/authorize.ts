@@ -154,25 +154,18 @@ function checkCommon(
   return { ok: true, block: parsed.block };
 }
 
+/** What every identity carries from its (already checked) certificate. */
+function identityBase(cert: Certificate, block: PortBlock) {
+  return { keyId: cert.keyId, serial: cert.serial, principal: cert.principals[0]!, block, validBefore: cert.validBefore, publicKey: cert.publicKey };
+}
+
 /** A device certificate: key id device:<id>, exactly one ports-A-B principal, not revoked. */
 export function checkDeviceCertificate(cert: Certificate, now: Date, deps: CertificateCheckDeps): CertCheck<DeviceIdentity> {
   const common = checkCommon(cert, now, deps, 'ports');
   if (!common.ok) return common;
   const m = DEVICE_KEY_ID.exec(cert.keyId);
   if (!m) return { ok: false, reason: 'KEY_ID_INVALID' };
-  return {
-    ok: true,
-    identity: {
-      role: 'device',
-      deviceId: m[1]!,
-      keyId: cert.keyId,
-      serial: cert.serial,
-      principal: cert.principals[0]!,
-      block: common.block,
-      validBefore: cert.validBefore,
-      publicKey: cert.publicKey,
-    },
-  };
+  return { ok: true, identity: { role: 'device', deviceId: m[1]!, ...identityBase(cert, common.block) } };
 }
 
 /** An operator certificate: key id operator:<name>:device:<id>, exactly one reach-A-B principal, not revoked. */
@@ -181,20 +174,7 @@ export function checkOperatorCertificate(cert: Certificate, now: Date, deps: Cer
   if (!common.ok) return common;
   const m = OPERATOR_KEY_ID.exec(cert.keyId);
   if (!m) return { ok: false, reason: 'KEY_ID_INVALID' };
-  return {
-    ok: true,
-    identity: {
-      role: 'operator',
-      operator: m[1]!,
-      deviceId: m[2]!,
-      keyId: cert.keyId,
-      serial: cert.serial,
-      principal: cert.principals[0]!,
-      block: common.block,
-      validBefore: cert.validBefore,
-      publicKey: cert.publicKey,
-    },
-  };
+  return { ok: true, identity: { role: 'operator', operator: m[1]!, deviceId: m[2]!, ...identityBase(cert, common.block) } };
 }
 
 /**
