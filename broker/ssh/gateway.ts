@@ -13,6 +13,7 @@
  * and logged once per run, not audited - there is no one to name yet.
  */
 import { createConnection, createServer, type Server as NetServer, type Socket } from 'node:net';
+import { coalesceWrites } from './coalesce.js';
 import ssh2 from 'ssh2';
 import type { AuthContext, Connection, RejectConnection, ServerChannel } from 'ssh2';
 import { encodePrivateKey } from '../../ca/index.js';
@@ -114,6 +115,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     // SSH packets are small and latency-bound (a channel open, then its first data): Nagle
     // against the peer's delayed ACK costs 40 ms per new tunnelled connection (measured).
     socket.setNoDelay(true);
+    coalesceWrites(socket);
     const remoteAddr = socket.remoteAddress;
     if (!remoteAddr) {
       socket.destroy();

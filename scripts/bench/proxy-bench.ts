@@ -25,6 +25,7 @@
  * Needs: wrk, nginx, ssh (OpenSSH client), sshd not needed.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -145,6 +146,78 @@ interface Result {
   readonly p50: number;
   readonly p99: number;
   readonly errors: string;
+  /** CPU microseconds per request, by process (Linux /proc). */
+  readonly cpu?: Record<string, number>;
+}
+
+/** A process and its descendants (nginx's worker), by pid. */
+function descendants(pid: number): number[] {
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) {
+    try {
+      for (const task of readdirSync(`/proc/${out[i]}/task`)) {
+        const kids = readFileSync(`/proc/${out[i]}/task/${task}/children`, 'utf8').trim();
+        if (kids) out.push(...kids.split(/\s+/).map(Number));
+      }
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+/** utime + stime in clock ticks (USER_HZ, 100 on Linux). */
+function cpuTicks(pids: readonly number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // gone
+    }
+  }
+  return ticks;
+}
+
+/** Read and write system calls (Linux /proc/PID/io syscr + syscw). */
+function syscalls(pids: readonly number[]): number {
+  let n = 0;
+  for (const pid of pids) {
+    try {
+      const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+      n += Number(/syscr: (\d+)/.exec(io)?.[1] ?? 0) + Number(/syscw: (\d+)/.exec(io)?.[1] ?? 0);
+    } catch {
+      // gone
+    }
+  }
+  return n;
+}
+
+/** This process's waited-for children (wrk, once spawnSync returns). */
+function childTicks(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(fields[13]) + Number(fields[14]);
+}
+
+const roles = new Map<string, number>();
+
+function measured(run: () => Result): Result {
+  const pids = new Map([...roles].map(([role, pid]) => [role, descendants(pid)]));
+  const before = new Map([...pids].map(([role, list]) => [role, cpuTicks(list)]));
+  const ioBefore = new Map([...pids].map(([role, list]) => [role, syscalls(list)]));
+  const wrkBefore = childTicks();
+  const result = run();
+  const cpu: Record<string, number> = {};
+  const requests = result.rps * DURATION;
+  for (const [role, list] of pids) {
+    cpu[role] = Math.round((((cpuTicks(list) - before.get(role)!) * 10_000) / requests) * 10) / 10;
+    cpu[`${role} io`] = Math.round(((syscalls(list) - ioBefore.get(role)!) / requests) * 100) / 100;
+  }
+  cpu.wrk = Math.round((((childTicks() - wrkBefore) * 10_000) / requests) * 10) / 10;
+  return { ...result, cpu };
 }
 
 /** wrk's latency figures in ms ("812.00us", "1.23ms", "1.02s"). */
@@ -190,6 +263,7 @@ async function main(): Promise<void> {
 
     // --profile-broker DIR: a V8 CPU profile of the broker (written when it exits).
     const broker = cli(['broker', '--data', data, '--log-level', 'warn'], PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE}`] : []);
+    roles.set('broker', broker.pid!);
     const ready = JSON.parse((await output(broker, (t) => t.includes('{"ready":true'), 'broker')).split('\n').find((l) => l.startsWith('{"ready"'))!) as { apiUrl: string; sshPort: number; apiPort: number };
     const admin = { baseUrl: ready.apiUrl, apiKey: adminKey };
     const operator = (await apiRequest<{ key: string }>(admin, 'POST', '/v1/apikeys', { role: 'operator', name: 'bench' })).key;
@@ -199,18 +273,20 @@ async function main(): Promise<void> {
     const httpSlot = grant.ports.first + 1;
 
     const service = track(spawn(...pinned('peer', process.execPath, ['-e', SERVICE]), { stdio: ['ignore', 'pipe', 'pipe'] }));
+    roles.set('service', service.pid!);
     const servicePort = Number((await output(service, (t) => /^\d+\n/.test(t), 'device service')).trim());
 
     // The device: OpenSSH's client holding its http slot.
     await writeFile(join(dir, 'device'), encodePrivateKey(key), { mode: 0o600 });
     await writeFile(join(dir, 'device-cert.pub'), `${grant.certificate}\n`);
     await writeFile(join(dir, 'known_hosts'), `[127.0.0.1]:${grant.ssh.port} ${grant.ssh.hostKey}\n`);
-    track(spawn(...pinned('peer', 'ssh', [
+    const ssh = track(spawn(...pinned('peer', 'ssh', [
       '-F', '/dev/null', '-o', `UserKnownHostsFile=${join(dir, 'known_hosts')}`, '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes',
       '-o', 'IdentitiesOnly=yes', '-o', 'IdentityAgent=none', '-i', join(dir, 'device'), '-o', `CertificateFile=${join(dir, 'device-cert.pub')}`,
       '-o', 'ExitOnForwardFailure=yes', '-p', String(grant.ssh.port), '-l', grant.ssh.username, '-N',
       '-R', `127.0.0.1:${httpSlot}:127.0.0.1:${servicePort}`, '127.0.0.1',
     ]), { stdio: 'ignore' }));
+    roles.set('ssh', ssh.pid!);
     await waitListening(httpSlot, 'the tunnel');
     // Presence reaches the proxy through the gateway at once; give the store its write too.
     await new Promise((r) => setTimeout(r, 300));
@@ -241,8 +317,9 @@ http {
 ${generated.replace(/^/gm, '    ')}
 }
 `);
-    track(spawn(...pinned('broker', 'nginx', ['-p', nginxDir, '-c', join(nginxDir, 'nginx.conf'), '-e', join(nginxDir, 'error.log'), '-g', 'daemon off;']), { stdio: 'ignore' }));
+    const nginxProcess = track(spawn(...pinned('broker', 'nginx', ['-p', nginxDir, '-c', join(nginxDir, 'nginx.conf'), '-e', join(nginxDir, 'error.log'), '-g', 'daemon off;']), { stdio: 'ignore' }));
     await waitListening(staticPort, 'nginx');
+    roles.set('nginx', nginxProcess.pid!);
 
     const host = `${DEVICE}.${DOMAIN}`;
     const auth = `Authorization: Bearer ${operator}`;
@@ -272,14 +349,15 @@ ${generated.replace(/^/gm, '    ')}
     const runs = new Map<string, Result[]>();
     for (let round = 0; round < ROUNDS; round++) {
       for (const [label, url, headers] of targets) {
-        const r = wrk(label, url, headers, DURATION);
+        const r = measured(() => wrk(label, url, headers, DURATION));
         runs.set(label, [...(runs.get(label) ?? []), r]);
       }
     }
     const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
     const results: Result[] = targets.map(([label]) => {
       const rs = runs.get(label)!;
-      return { target: label, rps: median(rs.map((r) => r.rps)), p50: median(rs.map((r) => r.p50)), p99: median(rs.map((r) => r.p99)), errors: [...new Set(rs.map((r) => r.errors))].join(' ') };
+      const cpu = Object.fromEntries(Object.keys(rs[0]!.cpu ?? {}).map((role) => [role, median(rs.map((r) => r.cpu![role]!))]));
+      return { target: label, rps: median(rs.map((r) => r.rps)), p50: median(rs.map((r) => r.p50)), p99: median(rs.map((r) => r.p99)), errors: [...new Set(rs.map((r) => r.errors))].join(' '), cpu };
     });
 
     const byName = new Map(results.map((r) => [r.target, r]));
@@ -291,6 +369,16 @@ ${generated.replace(/^/gm, '    ')}
     console.log(`\ncertunnel proxy bench: wrk -t1 -c${CONNECTIONS} -d${DURATION}s x ${ROUNDS} rounds (medians), keep-alive, 2-byte responses, node ${process.version}, broker ${USE_TSX ? 'via tsx' : 'built with tsc'}${PIN ? ', broker+nginx on CPU 0, device+wrk on CPU 1' : ''}`);
     console.log(`${pad('target', 26)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}errors`);
     for (const r of results) console.log(`${pad(r.target, 26)}${pad(num(r.rps, 0), 10)}${pad(num(r.p50), 9)}${pad(num(r.p99), 9)}${r.errors}`);
+    // Where the machine's CPU went, per request: the broker host's share (broker + nginx) is what a proxy costs.
+    const roleNames = ['broker', 'nginx', 'ssh', 'service', 'wrk'];
+    console.log(`\nCPU microseconds per request (medians; /proc utime+stime, 10 ms ticks)\n${pad('target', 26)}${roleNames.map((n) => pad(n, 9)).join('')}total`);
+    for (const r of results) {
+      const cpu = r.cpu ?? {};
+      const total = roleNames.reduce((sum, n) => sum + (cpu[n] ?? 0), 0);
+      console.log(`${pad(r.target, 26)}${roleNames.map((n) => pad(num(cpu[n] ?? NaN, 1), 9)).join('')}${num(total, 1)}`);
+    }
+    console.log(`\nread/write system calls per request\n${pad('target', 26)}${roleNames.slice(0, 4).map((n) => pad(n, 9)).join('')}`);
+    for (const r of results) console.log(`${pad(r.target, 26)}${roleNames.slice(0, 4).map((n) => pad(num(r.cpu?.[`${n} io`] ?? NaN, 2), 9)).join('')}`);
     if (proxy && tunnel) console.log(`\nbroker proxy vs tunnel alone: p50 +${num(proxy.p50 - tunnel.p50)} ms (goal <= 1 ms), p99 +${num(proxy.p99 - tunnel.p99)} ms`);
     if (proxy && nginx) console.log(`broker proxy vs nginx static: ${num((proxy.rps / nginx.rps) * 100, 0)}% of nginx's req/s (goal >= 70%)`);
     console.log(JSON.stringify({ connections: CONNECTIONS, durationSeconds: DURATION, rounds: ROUNDS, results, runs: Object.fromEntries(runs) }));
