@@ -14,6 +14,7 @@
  */
 import { createConnection, createServer, type Server as NetServer, type Socket } from 'node:net';
 import { coalesceWrites } from './coalesce.js';
+import { installPaddingPool } from './ssh2-padding.js';
 import ssh2 from 'ssh2';
 import type { AuthContext, Connection, RejectConnection, ServerChannel } from 'ssh2';
 import { encodePrivateKey } from '../../ca/index.js';
@@ -60,6 +61,7 @@ function truncate(text: string, max = 128): string {
 }
 
 export function createGateway(deps: GatewayDeps): Gateway {
+  installPaddingPool();
   const limits = resolveLimits(deps.limits);
   const { logger, clock } = deps;
   const certDeps: CertificateCheckDeps = {
