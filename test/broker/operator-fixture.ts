@@ -6,7 +6,7 @@
  * HTTP service that reports what it received and speaks the WebSocket
  * handshake).
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, request as httpRequest, type Agent, type IncomingMessage, type Server } from 'node:http';
 import { request as httpsRequest, type Agent as HttpsAgent } from 'node:https';
@@ -28,21 +28,27 @@ export interface HttpService {
   readonly requests: Array<{ method: string; url: string; headers: IncomingMessage['headers']; body: string }>;
   /** TCP connections it accepted (each one an SSH channel through the tunnel). */
   connections(): number;
+  /** Bytes `/big` has handed to its socket so far (it honours backpressure). */
+  bigWritten(): number;
   close(): Promise<void>;
 }
 
+/** What `/big` repeats: 1 MiB of random bytes. */
+export const BIG_BLOCK = randomBytes(1024 * 1024);
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
 /**
  * A device's web service: `/echo` answers JSON of what it got; `/stream`
  * sends chunks slowly; `/set-cookie` tries to set the broker's session
- * cookie; an Upgrade: websocket request is answered 101 (RFC 6455 section
+ * cookie; `/big?mib=N` sends N MiB of a repeating 1 MiB block as fast as
+ * its reader takes them; an Upgrade: websocket request is answered 101 (RFC 6455 section
  * 4.2.2) and then every byte is echoed.
  */
 export async function startHttpService(label: string): Promise<HttpService> {
   const requests: HttpService['requests'] = [];
   const sockets = new Set<Socket>();
   let connections = 0;
+  let bigWritten = 0;
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -59,6 +65,21 @@ export async function startHttpService(label: string): Promise<HttpService> {
             res.end();
           }
         }, 50);
+        return;
+      }
+      if (req.url?.startsWith('/big?mib=')) {
+        const total = Number(req.url.slice('/big?mib='.length));
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(total * BIG_BLOCK.length) });
+        let sent = 0;
+        const more = (): void => {
+          while (sent < total) {
+            sent += 1;
+            bigWritten += BIG_BLOCK.length;
+            if (!res.write(BIG_BLOCK)) return void res.once('drain', more);
+          }
+          res.end();
+        };
+        more();
         return;
       }
       if (req.url === '/set-cookie') {
@@ -89,6 +110,7 @@ export async function startHttpService(label: string): Promise<HttpService> {
     port: typeof address === 'object' && address ? address.port : 0,
     requests,
     connections: () => connections,
+    bigWritten: () => bigWritten,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();

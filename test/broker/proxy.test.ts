@@ -12,7 +12,7 @@ import { Agent, request as httpsRequest } from 'node:https';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { dataPaths } from '../helpers/broker.js';
 import { waitFor } from '../helpers/ssh-client.js';
-import { DOMAIN, deviceRequest, withFleet, type DeviceRequestOptions, type Fleet } from './operator-fixture.js';
+import { BIG_BLOCK, DOMAIN, deviceRequest, withFleet, type DeviceRequestOptions, type Fleet } from './operator-fixture.js';
 
 async function ca(f: Fleet): Promise<string> {
   return readFile(dataPaths(f.b.dir).tlsCert, 'utf8');
@@ -100,6 +100,57 @@ test('ok/keep-alive upstream, streaming request and response bodies', (t) =>
     });
     t.regex(text, /chunk 0\n[\s\S]*chunk 1\n[\s\S]*chunk 2\n/);
     t.true(arrivals.length >= 2 && arrivals.at(-1)! - arrivals[0]! >= 60, `chunks at ${arrivals.join(', ')} ms`);
+  }));
+
+test('ok/a slow reader holds the device back (backpressure through proxy and tunnel), then gets every byte', (t) =>
+  withFleet(async (f) => {
+    const dev = await f.enroll('kiosk-a', { connect: true });
+    const auth = await bearer(f);
+    const MIB = 48;
+    const socket = tlsConnect({ host: '127.0.0.1', port: f.b.broker.apiPort, servername: `kiosk-a.${DOMAIN}`, ca: await ca(f) });
+    t.teardown(() => socket.destroy());
+    await new Promise<void>((resolve, reject) => {
+      socket.once('secureConnect', resolve);
+      socket.once('error', reject);
+    });
+    socket.pause();
+    socket.write(`GET /big?mib=${MIB} HTTP/1.1\r\nHost: kiosk-a.${DOMAIN}\r\nAuthorization: ${auth.authorization}\r\nConnection: close\r\n\r\n`);
+    // The reader takes nothing: the device gets to write only what the buffers on the way hold.
+    let last = -1;
+    let steady = 0;
+    await waitFor(() => {
+      const now = dev.http!.bigWritten();
+      steady = now === last && now > 0 ? steady + 1 : 0;
+      last = now;
+      return steady >= 8;
+    }, 'the device to stall', 30_000);
+    t.log(`stalled at ${last}`);
+    t.true(last <= 16 * 1024 * 1024, `the device wrote ${last} bytes of ${MIB} MiB to a reader that took none`);
+    // Then everything arrives, intact.
+    const hash = createHash('sha256');
+    let head = '';
+    let bytes = 0;
+    socket.on('data', (c: Buffer) => {
+      if (!head.includes('\r\n\r\n')) {
+        head += c.toString('latin1');
+        const end = head.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const rest = Buffer.from(head.slice(end + 4), 'latin1');
+        head = head.slice(0, end + 4);
+        hash.update(rest);
+        bytes += rest.length;
+        return;
+      }
+      hash.update(c);
+      bytes += c.length;
+    });
+    socket.resume();
+    await new Promise((resolve) => socket.once('end', resolve));
+    t.regex(head, /^HTTP\/1\.1 200 /);
+    t.is(bytes, MIB * BIG_BLOCK.length);
+    const expected = createHash('sha256');
+    for (let i = 0; i < MIB; i++) expected.update(BIG_BLOCK);
+    t.is(hash.digest('hex'), expected.digest('hex'));
   }));
 
 test('ok/browser login: form, HttpOnly Secure SameSite=Strict host-only cookie, never relayed, logout', (t) =>
