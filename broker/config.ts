@@ -88,6 +88,12 @@ const configSchema = z
          * uploads through the proxy (firmware images) need more than an API call.
          */
         requestTimeoutSeconds: z.number().int().min(10).max(3600).default(300),
+        /**
+         * Failed logins and unknown bearer keys on device hostnames, per client address (IPv6: per /64):
+         * this many at once, then authFailuresPerMinute; beyond that RATE_LIMITED (429) until the bucket refills.
+         */
+        authFailureBurst: z.number().int().min(1).max(10_000).default(10),
+        authFailuresPerMinute: z.number().min(0.1).max(10_000).default(6),
       })
       .strict()
       .prefault({}),

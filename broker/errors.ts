@@ -34,6 +34,8 @@ export const ERROR_STATUS = {
   STORE_BUSY: 503,
   /** The device's tunnel is up, but its HTTP service refused or did not answer (or the device forwards no http slot). */
   DEVICE_SERVICE_UNAVAILABLE: 502,
+  /** Too many failed authentication attempts from one address (the proxy's login and bearer keys); Retry-After says when to try again. */
+  RATE_LIMITED: 429,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

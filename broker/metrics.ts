@@ -26,6 +26,16 @@ export class BrokerMetrics {
     name: 'certunnel_http_request_duration_seconds', help: 'HTTP API request duration', labelNames: ['route', 'status'],
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers: [this.registry],
   });
+  readonly proxyRequests = new Counter({
+    name: 'certunnel_proxy_requests_total', help: 'Requests on device hostnames by outcome: relayed, upgraded (WebSocket), or the refusal code',
+    labelNames: ['outcome'], registers: [this.registry],
+  });
+  readonly proxyUpstreamSeconds = new Histogram({
+    name: 'certunnel_proxy_upstream_response_seconds', help: "Time from relaying a request to the device's response head (through the tunnel)",
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5], registers: [this.registry],
+  });
+  readonly proxyLogins = new Counter({ name: 'certunnel_proxy_logins_total', help: 'Browser logins on device hostnames by outcome (ok or error code)', labelNames: ['outcome'], registers: [this.registry] });
+  readonly proxyWebsockets = new Gauge({ name: 'certunnel_proxy_websockets', help: 'WebSocket (upgraded) connections relayed now', registers: [this.registry] });
   private gateway: GatewayStatsSource | undefined;
 
   constructor(store: Store, config: BrokerConfig, clock: () => Date) {

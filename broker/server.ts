@@ -107,7 +107,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       },
     };
     const access = await createAccessLayer({
-      core, logger, presence: ssh.presence ?? UNKNOWN_PRESENCE, sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config),
+      core, logger, presence: ssh.presence ?? UNKNOWN_PRESENCE, sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
     });
     closers.push(async () => access.close());
     const apiPin = config.api.insecureHttp ? null : (await readFile(paths.apiPin, 'utf8')).trim();

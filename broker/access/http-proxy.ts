@@ -22,8 +22,9 @@ import type { TunnelPresence } from './presence.js';
 import { openUpstream, UpstreamPool } from './upstream-pool.js';
 import { BrokerError, ERROR_STATUS, type ErrorCode } from '../errors.js';
 import type { Logger } from '../logger.js';
+import type { BrokerMetrics } from '../metrics.js';
 import { LOGIN_PATH, LOGOUT_PATH, PAGE_HEADERS, loggedOutPage, loginPage, refusalPage, safeNext, type Page } from './pages.js';
-import type { ForwardedCredentials, ProxyAuthorizer, ProxyDecision } from './proxy-auth.js';
+import { clientAddressFrom, type ForwardedCredentials, type ProxyAuthorizer, type ProxyDecision } from './proxy-auth.js';
 import { clearSessionCookieHeader, SESSION_COOKIE, sessionCookieHeader, setsCookie } from './session-cookie.js';
 import { hostOf } from './hostname.js';
 import { RESERVED_PREFIX } from './wire.js';
@@ -37,7 +38,10 @@ export interface DeviceProxyOptions {
   /** api.insecureHttp: a TLS-terminating proxy in front sets X-Forwarded-*. */
   readonly behindProxy: boolean;
   readonly sessionMinutes: number;
+  readonly metrics?: ProxyMetrics;
 }
+
+export type ProxyMetrics = Pick<BrokerMetrics, 'proxyRequests' | 'proxyUpstreamSeconds' | 'proxyLogins' | 'proxyWebsockets'>;
 
 export interface DeviceProxy {
   handleRequest(req: IncomingMessage, res: ServerResponse, deviceName: string): void;
@@ -65,6 +69,11 @@ function connectionTokens(value: string | string[] | undefined): ReadonlySet<str
 
 function remoteAddressOf(req: IncomingMessage): string {
   return req.socket.remoteAddress ?? '';
+}
+
+/** Who is asking, for the audit log and the failure limiter (see clientAddressFrom). */
+function clientOf(req: IncomingMessage, behindProxy: boolean): string | null {
+  return clientAddressFrom(req.socket.remoteAddress, req.headers['x-forwarded-for'], behindProxy);
 }
 
 /** Request headers for the device, as a raw [name, value, …] list (order and case kept). */
@@ -133,6 +142,10 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
   const { authorizer, logger, clock, presence } = options;
   const agent = new UpstreamPool(presence);
   const relays = new Set<Socket | Duplex>();
+  const metrics = options.metrics;
+  // Bound once: the relayed outcome is counted per request.
+  const relayedCount = metrics?.proxyRequests.labels({ outcome: 'relayed' });
+  const count = (outcome: string): void => metrics?.proxyRequests.inc({ outcome });
 
   function sendPage(res: ServerResponse, page: Page, extra: Record<string, string> = {}, status = page.status): void {
     if (res.headersSent) {
@@ -152,9 +165,9 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
     }
     const page = refusalPage({
       code: decision.code, device: deviceName, message: decision.message, offlineSince: decision.offlineSince,
-      revokedAt: decision.device?.revokedAt ?? null, now: clock(),
+      revokedAt: decision.device?.revokedAt ?? null, retryAfterSeconds: decision.retryAfterSeconds, now: clock(),
     }, ERROR_STATUS[decision.code]);
-    return { page, extra: {} };
+    return { page, extra: decision.retryAfterSeconds ? { 'retry-after': String(decision.retryAfterSeconds) } : {} };
   }
 
   async function login(req: IncomingMessage, res: ServerResponse, deviceName: string, host: string): Promise<void> {
@@ -171,19 +184,26 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
     const origin = req.headers.origin;
     const site = req.headers['sec-fetch-site'];
     if ((origin && origin !== 'null' && hostOf(new URL(origin, 'http://invalid').host) !== host) || (site && site !== 'same-origin' && site !== 'none')) {
+      metrics?.proxyLogins.inc({ outcome: 'CROSS_SITE' });
       sendPage(res, refusalPage({ code: 'FORBIDDEN', device: deviceName, message: 'cross-site login refused', now: clock() }, 403));
       return;
     }
     const form = new URLSearchParams(await readSmallBody(req, LOGIN_BODY_LIMIT));
     const next = safeNext(form.get('next') ?? '/');
     try {
-      const result = await authorizer.login({ deviceName, host, remoteAddr: remoteAddressOf(req) }, (form.get('apiKey') ?? '').trim(), options.sessionMinutes);
+      const result = await authorizer.login({ deviceName, host, remoteAddr: clientOf(req, options.behindProxy) }, (form.get('apiKey') ?? '').trim(), options.sessionMinutes);
+      metrics?.proxyLogins.inc({ outcome: 'ok' });
       res.writeHead(303, { location: next, 'set-cookie': sessionCookieHeader(result.cookie, result.maxAgeSeconds), 'cache-control': 'no-store', 'content-length': '0' });
       res.end();
     } catch (err) {
       if (!(err instanceof BrokerError)) throw err;
+      metrics?.proxyLogins.inc({ outcome: err.code });
       if (err.code === 'FORBIDDEN') sendPage(res, refusalPage({ code: 'FORBIDDEN', device: deviceName, message: err.message, now: clock() }, 403));
-      else sendPage(res, loginPage({ device: deviceName, next, error: 'That API key was not accepted.' }));
+      else if (err.code === 'RATE_LIMITED') {
+        const retryAfterSeconds = authorizer.retryAfterSeconds(clientOf(req, options.behindProxy));
+        const page = loginPage({ device: deviceName, next, error: `Too many API keys that were not accepted came from your address. Try again in ${retryAfterSeconds} seconds.` });
+        sendPage(res, page, { 'retry-after': String(retryAfterSeconds), 'x-certunnel-error': 'RATE_LIMITED' }, 429);
+      } else sendPage(res, loginPage({ device: deviceName, next, error: 'That API key was not accepted.' }));
     }
   }
 
@@ -195,8 +215,9 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
       if (path === LOGOUT_PATH) return sendPage(res, loggedOutPage(deviceName), { 'set-cookie': clearSessionCookieHeader() });
       return sendPage(res, refusalPage({ code: 'NOT_FOUND', device: deviceName, message: `${RESERVED_PREFIX} is reserved for the broker`, now: clock() }, 404));
     }
-    const decision = await authorizer.decide({ deviceName, host, authorization: req.headers.authorization, cookie: req.headers.cookie, remoteAddr: remoteAddressOf(req), connection: req.socket });
+    const decision = await authorizer.decide({ deviceName, host, authorization: req.headers.authorization, cookie: req.headers.cookie, remoteAddr: clientOf(req, options.behindProxy), connection: req.socket });
     if (!decision.allow) {
+      count(decision.code);
       const { page, extra } = refusal(decision, deviceName, req);
       return sendPage(res, page, extra);
     }
@@ -209,12 +230,17 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
     });
     const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
     let responded = false;
+    const started = metrics ? performance.now() : 0;
     const upstream: ClientRequest = httpRequest({
       host: LOOPBACK, port: decision.port, method: req.method, path: req.url, headers, agent: agent as unknown as Agent, setHost: false,
       certunnelDevice: decision.device.id, certunnelOrigin: { address: remoteAddressOf(req), port: req.socket.remotePort ?? 0 },
     } as RequestOptions);
     upstream.on('response', (ures) => {
       responded = true;
+      if (metrics) {
+        relayedCount!.inc();
+        metrics.proxyUpstreamSeconds.observe((performance.now() - started) / 1000);
+      }
       res.writeHead(ures.statusCode ?? 502, ures.statusMessage, downstreamHeaders(ures.rawHeaders, ures.headers.connection));
       // By hand, not pipe() or pipeline(): their per-response listeners (and pipeline's AbortController)
       // were a few percent of the proxy's CPU with small responses (V8 profile of bench:proxy).
@@ -239,6 +265,7 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
         return;
       }
       const offline = err.code === 'ECONNREFUSED';
+      count(offline ? 'DEVICE_OFFLINE' : 'DEVICE_SERVICE_UNAVAILABLE');
       logger.info({ device: deviceName, port: decision.port, err: err.code ?? err.message }, 'proxy: upstream failed');
       const page = offline
         ? refusalPage({ code: 'DEVICE_OFFLINE', device: deviceName, message: 'offline', offlineSince: decision.device.lastSeenAt, now: clock() }, 502)
@@ -259,6 +286,7 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
   function fail(res: ServerResponse, err: unknown): void {
     logger.error({ err }, 'proxy: request failed');
     const code: ErrorCode = err instanceof BrokerError ? err.code : 'INTERNAL';
+    count(code);
     sendPage(res, refusalPage({ code, device: '', message: err instanceof BrokerError && err.status < 500 ? err.message : 'internal error', now: clock() }, ERROR_STATUS[code]));
   }
 
@@ -274,8 +302,9 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
     socket.pause();
     socket.on('error', () => socket.destroy());
     const host = hostOf(req.headers.host) ?? '';
-    const decision = await authorizer.decide({ deviceName, host, authorization: req.headers.authorization, cookie: req.headers.cookie, remoteAddr: remoteAddressOf(req) });
+    const decision = await authorizer.decide({ deviceName, host, authorization: req.headers.authorization, cookie: req.headers.cookie, remoteAddr: clientOf(req, options.behindProxy) });
     if (!decision.allow) {
+      count(decision.code);
       const { page, extra } = refusal(decision, deviceName, req);
       rawResponse(socket, page, extra);
       return;
@@ -288,12 +317,18 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
       upstream = await openUpstream(presence, decision.device.id, decision.port, { address: remoteAddressOf(req), port: req.socket.remotePort ?? 0 });
     } catch (err) {
       const code: ErrorCode = (err as NodeJS.ErrnoException).code === 'ECONNREFUSED' ? 'DEVICE_OFFLINE' : 'DEVICE_SERVICE_UNAVAILABLE';
+      count(code);
       rawResponse(socket, refusalPage({ code, device: deviceName, message: `${deviceName} did not answer on its http slot`, offlineSince: decision.device.lastSeenAt, now: clock() }, 502));
       return;
     }
     relays.add(socket);
     relays.add(upstream);
+    count('upgraded');
+    metrics?.proxyWebsockets.inc();
+    let open = true;
     const forget = (): void => {
+      if (open) metrics?.proxyWebsockets.dec();
+      open = false;
       relays.delete(socket);
       relays.delete(upstream);
       socket.destroy();

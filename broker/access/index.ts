@@ -9,7 +9,7 @@ import type { Duplex } from 'node:stream';
 import type { CoreDeps } from '../core/deps.js';
 import type { Logger } from '../logger.js';
 import { deviceHostMatcher, type DeviceHostMatcher } from './hostname.js';
-import { createDeviceProxy, type DeviceProxy } from './http-proxy.js';
+import { createDeviceProxy, type DeviceProxy, type ProxyMetrics } from './http-proxy.js';
 import type { TunnelPresence } from './presence.js';
 import { ProxyAuthorizer } from './proxy-auth.js';
 import { loadOrCreateSessionSecret } from './session-cookie.js';
@@ -24,6 +24,7 @@ export interface AccessOptions {
   readonly sessionKeyPath: string;
   /** The broker's own hostnames: never taken for a device. */
   readonly reservedHosts: readonly string[];
+  readonly metrics?: ProxyMetrics;
 }
 
 export interface AccessLayer {
@@ -46,7 +47,7 @@ export async function createAccessLayer(o: AccessOptions): Promise<AccessLayer> 
   const proxy: DeviceProxy | undefined = config.proxy.enabled
     ? createDeviceProxy({
         authorizer, presence: o.presence, logger: o.logger.child({ component: 'http-proxy' }), clock: o.core.clock,
-        behindProxy: config.api.insecureHttp, sessionMinutes: config.proxy.sessionMinutes,
+        behindProxy: config.api.insecureHttp, sessionMinutes: config.proxy.sessionMinutes, metrics: o.metrics,
       })
     : undefined;
   return {

@@ -98,6 +98,7 @@ export interface RefusalPageOptions {
   readonly message: string;
   readonly offlineSince?: Date | null;
   readonly revokedAt?: Date | null;
+  readonly retryAfterSeconds?: number;
   readonly now: Date;
 }
 
@@ -119,6 +120,11 @@ export function refusalPage(o: RefusalPageOptions, status: number): Page {
     }
     case 'DEVICE_SERVICE_UNAVAILABLE':
       return page(502, o.code, `${o.device} is not answering`, [`${escapeHtml(o.message)}.`, `The tunnel to ${d} is up, but its web service did not answer.`]);
+    case 'RATE_LIMITED':
+      return page(429, o.code, 'Too many failed attempts', [
+        'Too many API keys that were not accepted came from your address.',
+        `Try again in ${o.retryAfterSeconds ?? 60} seconds.`,
+      ]);
     case 'FORBIDDEN':
       return page(403, o.code, 'Not allowed', ['This API key may not reach devices (it needs the admin or operator role).', `<a href="${LOGOUT_PATH}">Log out</a>`]);
     default:

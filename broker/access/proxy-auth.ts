@@ -16,11 +16,18 @@
  * device is dropped from the cache by the revocation hook at once). Access
  * is audited once per (credential, device) per AUDIT_WINDOW_MS, logins and
  * refused credentials always.
+ *
+ * Guessing is slowed per client address (an IPv6 /64): a key that is not
+ * in the cache is checked only while the address has failures left (config
+ * proxy.authFailureBurst, refilled at authFailuresPerMinute); beyond that
+ * the answer is RATE_LIMITED with the seconds to wait. Keys already known
+ * good keep working from a limited address: only unknown keys are guesses.
  */
 import { createHash } from 'node:crypto';
 import { authenticateApiKey } from '../core/api-keys.js';
 import type { Actor, CoreDeps } from '../core/deps.js';
 import { BrokerError, type ErrorCode } from '../errors.js';
+import { ConnectionRateLimiter } from '../rate-limit.js';
 import type { ApiKeyRecord, DeviceRecord } from '../store/types.js';
 import { offlineSince, type TunnelPresence } from './presence.js';
 import { readCookie, SESSION_COOKIE, signSession, stripCookie, verifySession } from './session-cookie.js';
@@ -68,12 +75,16 @@ export type ProxyDecision =
       readonly device?: DeviceRecord;
       /** DEVICE_OFFLINE: when the device was last seen; null if never. */
       readonly offlineSince?: Date | null;
+      /** RATE_LIMITED: when to try again. */
+      readonly retryAfterSeconds?: number;
     };
 
 export interface ProxyAuthDeps {
   readonly core: CoreDeps;
   readonly presence: TunnelPresence;
   readonly sessionSecret: Buffer;
+  /** Monotonic milliseconds for the failure limiter (tests move it). */
+  readonly monotonicMs?: () => number;
 }
 
 interface Cached<T> {
@@ -81,7 +92,27 @@ interface Cached<T> {
   readonly until: number;
 }
 
-function refuse(code: ErrorCode, message: string, extra: { device?: DeviceRecord; offlineSince?: Date | null } = {}): ProxyDecision {
+const LOOPBACK = /^(?:127\.\d+\.\d+\.\d+|::1|::ffff:127\.\d+\.\d+\.\d+)$/;
+
+export function isLoopbackAddress(addr: string | undefined): boolean {
+  return addr !== undefined && LOOPBACK.test(addr);
+}
+
+/**
+ * The client address to audit and rate-limit: the peer's, unless the peer is a proxy we
+ * trust (TRUSTED), whose own entry is the last one of X-Forwarded-For (what a client
+ * wrote before it is not believed).
+ */
+export function clientAddressFrom(peer: string | undefined, forwardedFor: string | string[] | undefined, trusted: boolean): string | null {
+  const header = Array.isArray(forwardedFor) ? forwardedFor.join(',') : forwardedFor;
+  if (trusted && header) {
+    const last = header.slice(header.lastIndexOf(',') + 1).trim();
+    if (last) return last;
+  }
+  return peer ?? null;
+}
+
+function refuse(code: ErrorCode, message: string, extra: { device?: DeviceRecord; offlineSince?: Date | null; retryAfterSeconds?: number } = {}): ProxyDecision {
   return { allow: false, code, message, ...extra };
 }
 
@@ -96,8 +127,18 @@ export class ProxyAuthorizer {
   private readonly audited = new Map<string, number>();
   /** Per client connection: the last bearer key it presented and what it was (skips hashing on keep-alive). */
   private readonly byConnection = new WeakMap<object, { presented: string; cached: Cached<ApiKeyRecord> }>();
+  /** Failed key checks per client address. */
+  private readonly failures: ConnectionRateLimiter;
 
-  constructor(private readonly deps: ProxyAuthDeps) {}
+  constructor(private readonly deps: ProxyAuthDeps) {
+    const { authFailureBurst, authFailuresPerMinute } = deps.core.config.proxy;
+    this.failures = new ConnectionRateLimiter({ ratePerSecond: authFailuresPerMinute / 60, burst: authFailureBurst }, deps.monotonicMs);
+  }
+
+  /** Seconds SOURCE must wait before an unknown key is checked for it (0: now). */
+  retryAfterSeconds(source: string | null): number {
+    return source ? this.failures.retryAfterSeconds(source) : 0;
+  }
 
   private now(): Date {
     return this.deps.core.clock();
@@ -112,15 +153,26 @@ export class ProxyAuthorizer {
     await this.deps.core.store.appendAudit({ at: this.now(), actor, action, target, remoteAddr, outcome, details }).catch(() => undefined);
   }
 
-  /** The API key for a presented secret (cached by its hash, and on the connection); UNAUTHENTICATED otherwise. */
-  async apiKey(presented: string, connection?: object): Promise<ApiKeyRecord> {
+  /**
+   * The API key for a presented secret (cached by its hash, and on the connection); UNAUTHENTICATED
+   * otherwise, or RATE_LIMITED when SOURCE has no failures left and the key is not known good.
+   */
+  async apiKey(presented: string, source: string | null, connection?: object): Promise<ApiKeyRecord> {
     const nowMs = Date.now();
     const memo = connection ? this.byConnection.get(connection) : undefined;
     if (memo && memo.presented === presented && memo.cached.until > nowMs) return memo.cached.value;
     const cacheKey = createHash('sha256').update(presented).digest('base64url');
     let hit = this.keys.get(cacheKey);
     if (!hit || hit.until <= nowMs) {
-      const record = await authenticateApiKey(this.deps.core.store, presented, this.now());
+      const wait = this.retryAfterSeconds(source);
+      if (wait > 0) throw new BrokerError('RATE_LIMITED', `too many failed attempts from your address; try again in ${wait} s`);
+      let record: ApiKeyRecord;
+      try {
+        record = await authenticateApiKey(this.deps.core.store, presented, this.now());
+      } catch (err) {
+        if (source && err instanceof BrokerError && err.code === 'UNAUTHENTICATED') this.failures.take(source);
+        throw err;
+      }
       hit = { value: record, until: nowMs + KEY_CACHE_MS };
       setBounded(this.keys, cacheKey, hit);
     }
@@ -154,8 +206,9 @@ export class ProxyAuthorizer {
   async login(info: Omit<ProxyRequestInfo, 'authorization' | 'cookie'>, presented: string, sessionMinutes: number): Promise<{ cookie: string; maxAgeSeconds: number; actor: Actor }> {
     let record: ApiKeyRecord;
     try {
-      record = await this.apiKey(presented);
+      record = await this.apiKey(presented, info.remoteAddr);
     } catch (err) {
+      if (err instanceof BrokerError && err.code === 'RATE_LIMITED') throw err;
       await this.audit('anonymous', 'proxy.login', info.deviceName, info.remoteAddr, 'UNAUTHENTICATED');
       throw err;
     }
@@ -183,9 +236,10 @@ export class ProxyAuthorizer {
     let record: ApiKeyRecord | null;
     if (bearer) {
       try {
-        record = await this.apiKey(bearer, info.connection);
+        record = await this.apiKey(bearer, info.remoteAddr, info.connection);
       } catch (err) {
         if (!(err instanceof BrokerError)) throw err;
+        if (err.code === 'RATE_LIMITED') return refuse('RATE_LIMITED', err.message, { retryAfterSeconds: this.retryAfterSeconds(info.remoteAddr) });
         await this.audit('anonymous', 'auth.failure', info.host, info.remoteAddr, 'UNAUTHENTICATED', { via: 'proxy' });
         return refuse('UNAUTHENTICATED', 'the API key was not accepted');
       }

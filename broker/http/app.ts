@@ -68,7 +68,9 @@ function bodyError(err: unknown): BrokerError | undefined {
 }
 
 export function createApp(deps: HttpDeps): Koa<AppState> {
-  const app = new Koa<AppState>({ proxy: deps.core.config.api.insecureHttp });
+  // Behind a TLS-terminating proxy, the client is the last X-Forwarded-For entry (the one that proxy
+  // appended); earlier entries are whatever the client wrote.
+  const app = new Koa<AppState>({ proxy: deps.core.config.api.insecureHttp, maxIpsCount: 1 });
   const router = new Router<AppState>();
 
   app.use(async (ctx, next) => {

@@ -11,7 +11,8 @@ import { hostOf } from '../access/hostname.js';
 import { AUTHORIZE_HEADERS } from '../access/wire.js';
 import { requireRole } from '../core/api-keys.js';
 import { BrokerError } from '../errors.js';
-import { authenticate, clientAddress, type AppState, type HttpDeps } from './app.js';
+import { clientAddressFrom, isLoopbackAddress } from '../access/proxy-auth.js';
+import { authenticate, type AppState, type HttpDeps } from './app.js';
 import { parseWith } from './schemas.js';
 
 const operatorCertificateSchema = z.strictObject({ publicKey: z.string().min(1).max(8192) });
@@ -39,11 +40,13 @@ export function registerAccessRoutes(router: Router<AppState>, deps: HttpDeps, a
     if (deviceName === undefined) throw new BrokerError('BAD_REQUEST', 'X-Forwarded-Host must be <device-name>.<domain>');
     const decision = await access.authorizer.decide({
       deviceName, host: hostOf(forwardedHost)!, authorization: ctx.get('authorization') || undefined, cookie: ctx.get('cookie') || undefined,
-      remoteAddr: clientAddress(ctx),
+      // nginx on this host (or the TLS proxy the broker runs behind) puts the client last in X-Forwarded-For.
+      remoteAddr: clientAddressFrom(ctx.req.socket.remoteAddress, ctx.get('x-forwarded-for'), deps.core.config.api.insecureHttp || isLoopbackAddress(ctx.req.socket.remoteAddress)),
     });
     ctx.set('cache-control', 'no-store');
     if (!decision.allow) {
       ctx.status = decision.code === 'UNAUTHENTICATED' ? 401 : 403;
+      if (decision.retryAfterSeconds) ctx.set('retry-after', String(decision.retryAfterSeconds));
       ctx.set(AUTHORIZE_HEADERS.error, decision.code);
       ctx.body = { error: { code: decision.code, message: decision.message } };
       return;

@@ -31,7 +31,7 @@ import {
   type Identity,
 } from './authorize.js';
 import { RemoteForward, relay } from './forwards.js';
-import { ConnectionRateLimiter } from './rate-limit.js';
+import { ConnectionRateLimiter } from '../rate-limit.js';
 import { SessionRegistry, actorOf } from './registry.js';
 import { GatewaySession } from './session.js';
 import { GatewayCounters, type ConnectionRefusal } from './stats.js';

@@ -153,6 +153,47 @@ test('ok/a slow reader holds the device back (backpressure through proxy and tun
     t.is(hash.digest('hex'), expected.digest('hex'));
   }));
 
+test('fail/guessing keys: RATE_LIMITED (429, Retry-After) after the burst of failures per address; known keys keep working; refills', (t) =>
+  withFleet(async (f) => {
+    await f.enroll('kiosk-a', { connect: true });
+    const known = await bearer(f);
+    const fresh = await bearer(f);
+    t.is((await get(f, 'kiosk-a', { headers: known })).status, 200, 'a good key, now known');
+    const wrong = { authorization: 'Bearer ctk_notakey0000000000000000000000000000000000' };
+    for (let i = 0; i < 3; i++) {
+      const res = await get(f, 'kiosk-a', { headers: wrong });
+      t.is(res.status, 401);
+      t.is(res.headers['x-certunnel-error'], 'UNAUTHENTICATED');
+    }
+    const limited = await get(f, 'kiosk-a', { headers: wrong });
+    t.is(limited.status, 429);
+    t.is(limited.headers['x-certunnel-error'], 'RATE_LIMITED');
+    const wait = Number(limited.headers['retry-after']);
+    t.true(wait >= 1 && wait <= 2, `retry-after ${wait}`);
+    t.regex(limited.body, /Too many failed attempts[\s\S]*Try again in \d+ seconds/);
+    // An unknown key is not even checked now: a good one never seen before is refused alike.
+    t.is((await get(f, 'kiosk-a', { headers: fresh })).status, 429);
+    const form = await login(f, 'kiosk-a', fresh.authorization!.slice('Bearer '.length));
+    t.is(form.status, 429);
+    t.is(form.headers['x-certunnel-error'], 'RATE_LIMITED');
+    t.regex(form.body, /Try again in \d+ seconds/);
+    t.is(form.headers['set-cookie'], undefined);
+    // A key already known good is not a guess.
+    t.is((await get(f, 'kiosk-a', { headers: known })).status, 200);
+    // Only checked keys were audited as failures.
+    const failures = (await f.b.call<{ items: unknown[] }>(f.b.admin, 'GET', '/v1/audit?action=auth.failure')).items;
+    t.is(failures.length, 3);
+    const metrics = (await f.b.call<Buffer>(f.b.anonymous, 'GET', '/metrics')).toString();
+    t.regex(metrics, /certunnel_proxy_requests_total\{outcome="RATE_LIMITED"\} 2/);
+    t.regex(metrics, /certunnel_proxy_requests_total\{outcome="UNAUTHENTICATED"\} 3/);
+    t.regex(metrics, /certunnel_proxy_requests_total\{outcome="relayed"\} 2/);
+    t.regex(metrics, /certunnel_proxy_logins_total\{outcome="RATE_LIMITED"\} 1/);
+    t.regex(metrics, /certunnel_proxy_upstream_response_seconds_count 2/);
+    // One failure's worth refills every second here (60 a minute).
+    await new Promise((resolve) => setTimeout(resolve, wait * 1000 + 100));
+    t.is((await get(f, 'kiosk-a', { headers: fresh })).status, 200, 'checked again once the bucket refilled');
+  }, { config: { proxy: { authFailureBurst: 3, authFailuresPerMinute: 60 } } }));
+
 test('ok/browser login: form, HttpOnly Secure SameSite=Strict host-only cookie, never relayed, logout', (t) =>
   withFleet(async (f) => {
     const dev = await f.enroll('kiosk-a', { connect: true });
@@ -329,7 +370,15 @@ test('ok/GET /v1/proxy/authorize (nginx auth_request): port and credential-free 
     t.is(offline.headers['x-certunnel-error'], 'DEVICE_OFFLINE');
     t.is((await call(`kiosk-none.${DOMAIN}`, auth)).headers['x-certunnel-error'], 'DEVICE_UNKNOWN');
     t.is((await call('elsewhere.example', auth)).status, 400);
-  }));
+    // nginx on this host names the client last in X-Forwarded-For: failures count per client, not per nginx.
+    const wrong = { authorization: 'Bearer ctk_notakey0000000000000000000000000000000000' };
+    for (let i = 0; i < 2; i++) t.is((await call(`kiosk-a.${DOMAIN}`, { ...wrong, 'x-forwarded-for': '198.51.100.1, 203.0.113.1' })).status, 401);
+    const limited = await call(`kiosk-a.${DOMAIN}`, { ...wrong, 'x-forwarded-for': '198.51.100.2, 203.0.113.1' });
+    t.is(limited.status, 403, 'nginx auth_request understands 401 and 403 only');
+    t.is(limited.headers['x-certunnel-error'], 'RATE_LIMITED');
+    t.truthy(limited.headers['retry-after']);
+    t.is((await call(`kiosk-a.${DOMAIN}`, { ...wrong, 'x-forwarded-for': '203.0.113.2' })).status, 401, 'another client has its own failures');
+  }, { config: { proxy: { authFailureBurst: 2, authFailuresPerMinute: 1 } } }));
 
 test('ok/behind a TLS-terminating proxy (insecureHttp): X-Forwarded-* are extended, not replaced', (t) =>
   withFleet(

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { ConnectionRateLimiter, rateLimitKey } from '../../broker/ssh/rate-limit.js';
+import { ConnectionRateLimiter, rateLimitKey } from '../../broker/rate-limit.js';
 
 function limiter(ratePerSecond: number, burst: number, maxSources?: number) {
   let now = 0;
@@ -76,4 +76,20 @@ test('a refused source is not forgotten by pruning while it is still empty', (t)
   t.false(l.take('192.0.2.1').allowed);
   for (let i = 0; i < 5; i++) l.take(`10.0.0.${i}`); // below the bound: no eviction
   t.false(l.take('192.0.2.1').allowed);
+});
+
+test('retryAfterSeconds: 0 while a token is left, then the wait for the next one; it takes nothing', (t) => {
+  let now = 0;
+  const limiter = new ConnectionRateLimiter({ ratePerSecond: 0.1, burst: 2 }, () => now);
+  t.is(limiter.retryAfterSeconds('192.0.2.9'), 0, 'an unknown source');
+  limiter.take('192.0.2.9');
+  t.is(limiter.retryAfterSeconds('192.0.2.9'), 0);
+  limiter.take('192.0.2.9');
+  t.is(limiter.retryAfterSeconds('192.0.2.9'), 10);
+  now = 4_000;
+  t.is(limiter.retryAfterSeconds('192.0.2.9'), 6);
+  t.is(limiter.retryAfterSeconds('192.0.2.9'), 6, 'asking twice takes nothing');
+  now = 10_000;
+  t.is(limiter.retryAfterSeconds('192.0.2.9'), 0);
+  t.true(limiter.take('192.0.2.9').allowed);
 });

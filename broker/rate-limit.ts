@@ -1,5 +1,5 @@
 /**
- * Per-source connection rate limiting: a token bucket per IPv4 address or
+ * Per-source rate limiting (SSH connections; failed proxy logins): a token bucket per IPv4 address or
  * IPv6 /64 (one host usually owns a whole /64, so per-address buckets would
  * be free to multiply). A full bucket is indistinguishable from no bucket,
  * which is what keeps the map small: full buckets are pruned when it grows.
@@ -86,6 +86,14 @@ export class ConnectionRateLimiter {
     const firstRefusal = !bucket.refusing;
     bucket.refusing = true;
     return { allowed: false, firstRefusal };
+  }
+
+  /** Seconds until ADDR's bucket holds a token again (0: it holds one now). Takes nothing. */
+  retryAfterSeconds(addr: string): number {
+    const bucket = this.buckets.get(rateLimitKey(addr));
+    if (!bucket) return 0;
+    const tokens = Math.min(this.burst, bucket.tokens + (this.now() - bucket.at) * this.rate);
+    return tokens >= 1 ? 0 : Math.ceil((1 - tokens) / this.rate / 1000);
   }
 
   /** Drops buckets that have refilled (as good as absent); if that is not enough, the oldest quarter. */
