@@ -25,7 +25,6 @@
  * Needs: wrk, nginx, ssh (OpenSSH client), sshd not needed.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -35,6 +34,7 @@ import { apiRequest } from '../../agent/api-client.js';
 import { encodePrivateKey, formatPublicKey, generateKeyPair } from '../../ca/index.js';
 import { renderNginxConfig } from '../../broker/access/nginx-config.js';
 import type { EnrollResponse } from '../../broker/wire-types.js';
+import { perRequest } from './proc-usage.js';
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -150,73 +150,13 @@ interface Result {
   readonly cpu?: Record<string, number>;
 }
 
-/** A process and its descendants (nginx's worker), by pid. */
-function descendants(pid: number): number[] {
-  const out = [pid];
-  for (let i = 0; i < out.length; i++) {
-    try {
-      for (const task of readdirSync(`/proc/${out[i]}/task`)) {
-        const kids = readFileSync(`/proc/${out[i]}/task/${task}/children`, 'utf8').trim();
-        if (kids) out.push(...kids.split(/\s+/).map(Number));
-      }
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
-
-/** utime + stime in clock ticks (USER_HZ, 100 on Linux). */
-function cpuTicks(pids: readonly number[]): number {
-  let ticks = 0;
-  for (const pid of pids) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      ticks += Number(fields[11]) + Number(fields[12]);
-    } catch {
-      // gone
-    }
-  }
-  return ticks;
-}
-
-/** Read and write system calls (Linux /proc/PID/io syscr + syscw). */
-function syscalls(pids: readonly number[]): number {
-  let n = 0;
-  for (const pid of pids) {
-    try {
-      const io = readFileSync(`/proc/${pid}/io`, 'utf8');
-      n += Number(/syscr: (\d+)/.exec(io)?.[1] ?? 0) + Number(/syscw: (\d+)/.exec(io)?.[1] ?? 0);
-    } catch {
-      // gone
-    }
-  }
-  return n;
-}
-
-/** This process's waited-for children (wrk, once spawnSync returns). */
-function childTicks(): number {
-  const stat = readFileSync('/proc/self/stat', 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[13]) + Number(fields[14]);
-}
-
 const roles = new Map<string, number>();
 
+/** RUN, with what each process spent per request (the cpu record: microseconds by role, system calls by "<role> io"). */
 function measured(run: () => Result): Result {
-  const pids = new Map([...roles].map(([role, pid]) => [role, descendants(pid)]));
-  const before = new Map([...pids].map(([role, list]) => [role, cpuTicks(list)]));
-  const ioBefore = new Map([...pids].map(([role, list]) => [role, syscalls(list)]));
-  const wrkBefore = childTicks();
-  const result = run();
-  const cpu: Record<string, number> = {};
-  const requests = result.rps * DURATION;
-  for (const [role, list] of pids) {
-    cpu[role] = Math.round((((cpuTicks(list) - before.get(role)!) * 10_000) / requests) * 10) / 10;
-    cpu[`${role} io`] = Math.round(((syscalls(list) - ioBefore.get(role)!) / requests) * 100) / 100;
-  }
-  cpu.wrk = Math.round((((childTicks() - wrkBefore) * 10_000) / requests) * 10) / 10;
+  const { result, cpuMicros, syscalls } = perRequest(roles, 'wrk', run, (r) => r.rps * DURATION);
+  const cpu: Record<string, number> = { ...cpuMicros };
+  for (const [role, n] of Object.entries(syscalls)) cpu[`${role} io`] = n;
   return { ...result, cpu };
 }
 
