@@ -14,6 +14,7 @@ import { splitHostPort, type BrokerConfig } from './config.js';
 import type { CoreDeps } from './core/deps.js';
 import { brokerHostnames, dataPaths } from './data-dir.js';
 import { createApp } from './http/app.js';
+import { ephemeralOverlapWarning, readEphemeralRange } from './ephemeral-ports.js';
 import type { Logger } from './logger.js';
 import { startMaintenance } from './maintenance.js';
 import { BrokerMetrics } from './metrics.js';
@@ -61,6 +62,8 @@ function publicHost(listenHost: string, config: BrokerConfig): string {
 export async function startBroker(options: StartBrokerOptions): Promise<RunningBroker> {
   const { config, logger } = options;
   const clock = options.clock ?? (() => new Date());
+  const overlap = ephemeralOverlapWarning(config.ports, readEphemeralRange());
+  if (overlap) logger.warn({ pool: config.ports }, overlap);
   const paths = dataPaths(config.dataDir);
   const userCa = await loadKeyPair(paths.userCa, { passphrase: options.passphrase });
   const hostCaPublicKey = await loadPublicKey(`${paths.hostCa}.pub`);

@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { loadConfig, type BrokerConfig } from '../broker/config.js';
 import { createApiKey, ROLES } from '../broker/core/api-keys.js';
 import { dataPaths, initDataDir } from '../broker/data-dir.js';
+import { ephemeralOverlapWarning, readEphemeralRange } from '../broker/ephemeral-ports.js';
 import { createLogger } from '../broker/logger.js';
 import { startBroker } from '../broker/server.js';
 import { openStore } from '../broker/store/index.js';
@@ -51,6 +52,8 @@ async function runInit(flags: InitFlags, env: NodeJS.ProcessEnv): Promise<void> 
   out.write(`  user CA:  ${result.userCaFingerprint}\n  host CA:  ${result.hostCaFingerprint}\n`);
   out.write(`  API pin:  ${result.apiPin}   (devices pin this; also in ${dataPaths(flags.data).apiPin})\n`);
   out.write(`\nAdmin API key (shown once, store it now):\n  ${result.adminKey}\n`);
+  const overlap = ephemeralOverlapWarning(result.config.ports, readEphemeralRange());
+  if (overlap) process.stderr.write(`warning: ${overlap}\n`);
 }
 
 interface ServeFlags {

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair, encodePrivateKey } from '../../ca/index.js';
 import { apiRequest } from '../../agent/api-client.js';
 import type { EnrollResponse } from '../../broker/wire-types.js';
+import { readEphemeralRange } from '../../broker/ephemeral-ports.js';
 import { runCli, spawnBroker, REPO_ROOT } from '../helpers/cli.js';
 import { runCommand, withTempDir } from '../helpers/openssh.js';
 
@@ -14,6 +15,7 @@ test('ok/init, serve, operate over the CLI, renew with the shell script, revoke,
     const data = join(dir, 'data');
     const init = await runCli(['init', '--data', data, ...INIT]);
     t.is(init.code, 0, init.stderr);
+    t.notRegex(init.stderr, /ephemeral/, 'a pool below the ephemeral range draws no warning');
     const adminKey = /^\s+(ctk_\S+)$/m.exec(init.stdout)?.[1];
     t.truthy(adminKey);
     const pin = (await readFile(join(data, 'tls', 'api.pin'), 'utf8')).trim();
@@ -91,5 +93,17 @@ test('fail/invalid config is refused with the field named', async (t) => {
     t.regex(run.stderr, /CONFIG_INVALID: config field ports\.perDevice/);
     const badInit = await runCli(['init', '--data', join(dir, 'other'), '--port-range', '30000-1']);
     t.regex(badInit.stderr, /CONFIG_INVALID|BAD_ARGUMENT/);
+  });
+});
+
+test('ok/init warns (and still initialises) when the pool overlaps the kernel ephemeral range', async (t) => {
+  const range = readEphemeralRange();
+  if (!range) return t.pass('no /proc/sys/net/ipv4/ip_local_port_range here');
+  await withTempDir(async (dir) => {
+    const data = join(dir, 'data');
+    const init = await runCli(['init', '--data', data, '--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0', '--port-range', `${range.first}-${range.first + 99}`]);
+    t.is(init.code, 0, init.stderr);
+    t.regex(init.stderr, new RegExp(`warning: the port pool ${range.first}-${range.first + 99} overlaps the kernel's ephemeral ports`));
+    t.truthy((await stat(join(data, 'config.json'))).size);
   });
 });
