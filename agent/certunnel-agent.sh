@@ -122,10 +122,19 @@ cmd_enroll() {
     die $EXIT_ERROR ALREADY_ENROLLED "$state is already enrolled; use --force to replace that enrollment"
   fi
   tmp=$(mktemp -d) || die $EXIT_ERROR INTERNAL 'mktemp failed'
-  trap 'rm -rf "$tmp"; rm -f "$state/device_key.pending" "$state/device_key.pending.pub"' EXIT
-  rm -f "$state/device_key.pending" "$state/device_key.pending.pub"
-  ssh-keygen -q -t ed25519 -N '' -C 'certunnel device key' -f "$state/device_key.pending" </dev/null >/dev/null 2>"$tmp/err" ||
-    die $EXIT_ERROR INTERNAL "ssh-keygen failed: $(cat "$tmp/err")"
+  # The pending key is kept when the broker may have answered unheard (no answer, a 5xx): the next
+  # attempt presents it again with the same token and gets the same device. A refusal drops it.
+  keep_pending=
+  trap 'rm -rf "$tmp"; [ -n "$keep_pending" ] || rm -f "$state/device_key.pending" "$state/device_key.pending.pub"' EXIT
+  # Not enrolled, a key in place is an interrupted enrollment's (with --force it is the working one's).
+  if [ -z "$force" ] && [ ! -f "$state/device_key.pending" ] && [ -f "$state/device_key" ] && [ -f "$state/device_key.pub" ]; then
+    mv -f "$state/device_key" "$state/device_key.pending" && mv -f "$state/device_key.pub" "$state/device_key.pending.pub"
+  fi
+  if [ ! -f "$state/device_key.pending" ] || [ ! -f "$state/device_key.pending.pub" ]; then
+    rm -f "$state/device_key.pending" "$state/device_key.pending.pub"
+    ssh-keygen -q -t ed25519 -N '' -C 'certunnel device key' -f "$state/device_key.pending" </dev/null >/dev/null 2>"$tmp/err" ||
+      die $EXIT_ERROR INTERNAL "ssh-keygen failed: $(cat "$tmp/err")"
+  fi
   pubkey=$(cut -d' ' -f1,2 "$state/device_key.pending.pub")
   name_field=
   [ -n "$name" ] && name_field=",\"name\":\"$name\""
@@ -134,14 +143,16 @@ cmd_enroll() {
   set -- -sS -o "$tmp/resp" -w '%{http_code}' --max-time 30 -H 'content-type: application/json' --data-binary "@$tmp/body"
   # -k: trust comes from the pinned key, not from a CA store.
   [ -n "$pin" ] && set -- "$@" -k --pinnedpubkey "$pin"
+  keep_pending=1
   status=$(curl "$@" "$url/v1/enroll" 2>"$tmp/err") || die $EXIT_ERROR UNREACHABLE "cannot reach the broker: $(cat "$tmp/err")"
   if [ "$status" != 201 ] && [ "$status" != 200 ]; then
     code=$(json_str code "$tmp/resp")
     case "$code" in
-      TOKEN_*|KEY_*|NAME_TAKEN|BAD_REQUEST) die $EXIT_REFUSED "$code" 'enrollment refused by the broker' ;;
+      TOKEN_*|KEY_*|NAME_TAKEN|BAD_REQUEST) keep_pending=; die $EXIT_REFUSED "$code" 'enrollment refused by the broker' ;;
       *) die $EXIT_ERROR "${code:-HTTP_$status}" 'enrollment failed' ;;
     esac
   fi
+  keep_pending=
   r=$tmp/resp
   device_id=$(json_str deviceId "$r") cert=$(json_str certificate "$r") serial=$(json_str serial "$r")
   first=$(json_num first "$r") last=$(json_num last "$r")

@@ -7,9 +7,15 @@
  * The new key is written as device_key.pending before the request and moved
  * into place only after the broker accepted it, so a refused `--force`
  * re-enrollment leaves the old, working enrollment untouched.
+ *
+ * A lost answer does not lose the token: when the request fails for any
+ * reason but a refusal (timeout, broker unreachable, power cut), the pending
+ * key stays, and the next attempt presents the same key with the same token,
+ * which the broker answers with the same device (tokens.enrollRetrySeconds).
+ * A key moved into place whose grant was never written is reused alike.
  */
-import { rename, unlink } from 'node:fs/promises';
-import { encodePrivateKey, formatPublicKey, generateKeyPair, writeFileAtomic } from '../ca/index.js';
+import { readFile, rename, unlink } from 'node:fs/promises';
+import { decodePrivateKey, encodePrivateKey, formatPublicKey, generateKeyPair, writeFileAtomic, type KeyPair } from '../ca/index.js';
 import type { EnrollRequest, EnrollResponse } from '../broker/wire-types.js';
 import { ApiError, apiRequest } from './api-client.js';
 import { AgentError, ENROLL_FATAL_CODES, EXIT } from './errors.js';
@@ -34,6 +40,15 @@ export interface EnrollOptions {
  * broker's refusal code with exit status REFUSED (TOKEN_USED, …), or a
  * transport code (UNREACHABLE, PIN_MISMATCH, TIMEOUT) with status ERROR.
  */
+/** The key in PATH, or null when there is none (or it cannot be read: then a new one is made). */
+async function readKey(path: string): Promise<KeyPair | null> {
+  try {
+    return decodePrivateKey(await readFile(path));
+  } catch {
+    return null;
+  }
+}
+
 export async function enrollDevice(options: EnrollOptions): Promise<Enrollment> {
   const paths = await ensureStateDir(options.stateDir);
   if (await isEnrolled(options.stateDir)) {
@@ -45,9 +60,12 @@ export async function enrollDevice(options: EnrollOptions): Promise<Enrollment> 
   }
   const now = options.now ?? (() => new Date());
   const api = options.api ?? apiRequest;
-  const key = generateKeyPair();
   const pending = `${paths.key}.pending`;
-  await writeFileAtomic(pending, encodePrivateKey(key, { comment: 'certunnel device key' }), { mode: 0o600 });
+  const fromPending = await readKey(pending);
+  // Not enrolled yet, a key in place is an interrupted enrollment's (with --force it is the working one's).
+  const fromKey = fromPending || options.force ? null : await readKey(paths.key);
+  const key = fromPending ?? fromKey ?? generateKeyPair();
+  if (!fromPending) await writeFileAtomic(pending, encodePrivateKey(key, { comment: 'certunnel device key' }), { mode: 0o600 });
   let grant: EnrollResponse;
   try {
     const body: EnrollRequest = { token: options.token, publicKey: formatPublicKey(key.publicKey) };
@@ -56,9 +74,10 @@ export async function enrollDevice(options: EnrollOptions): Promise<Enrollment> 
     grant = await api<EnrollResponse>({ baseUrl: options.broker.url, pin: options.broker.pin, timeoutMs: options.timeoutMs ?? 30_000 }, 'POST', '/v1/enroll', body);
     checkGrant(grant, key.publicKey);
   } catch (err) {
-    await unlink(pending).catch(() => undefined);
+    const fatal = err instanceof ApiError && ENROLL_FATAL_CODES.includes(err.code);
+    // Kept for a retry only when the broker may have answered with no one to hear it.
+    if (fatal || !(err instanceof ApiError)) await unlink(pending).catch(() => undefined);
     if (err instanceof ApiError) {
-      const fatal = ENROLL_FATAL_CODES.includes(err.code);
       throw new AgentError(err.code, `enrollment ${fatal ? 'refused' : 'failed'}: ${err.message}`, fatal ? EXIT.REFUSED : EXIT.ERROR);
     }
     throw err;

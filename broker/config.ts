@@ -67,6 +67,11 @@ const configSchema = z
       .object({
         defaultTtlSeconds: z.number().int().min(60).max(366 * 86400).default(30 * 86400),
         maxBatch: z.number().int().min(1).max(100000).default(10000),
+        /**
+         * A used token presented again with the same device key within this long (the broker's answer was lost,
+         * the device lost power before saving it) gets that device's grant again, with a fresh certificate.
+         */
+        enrollRetrySeconds: z.number().int().min(0).max(7 * 86400).default(3600),
       })
       .strict()
       .prefault({}),

@@ -3,10 +3,17 @@
  * port block and a certificate — all in one transaction, so a failed
  * enrollment consumes nothing and creates nothing. The token is redeemed
  * with one conditional UPDATE (never read-then-write).
+ *
+ * Retry: the same token with the same device key again, within
+ * tokens.enrollRetrySeconds of its first use, answers that device's grant
+ * again (a fresh certificate, the same id and ports) — the first answer may
+ * have been lost, or the device may have lost power before saving it. The
+ * certificate is only good to whoever holds the device's private key, so
+ * the retry hands out nothing new; any other key gets TOKEN_USED.
  */
 import { fingerprint, formatPublicKey, isCaError, parsePublicKey, type PublicKey } from '../../ca/index.js';
 import { BrokerError } from '../errors.js';
-import type { TokenRecord } from '../store/types.js';
+import type { StoreTx, TokenRecord } from '../store/types.js';
 import type { CertificateGrantWire, EnrollRequest } from '../wire-types.js';
 import type { Actor, CoreDeps } from './deps.js';
 import { issueDeviceCertificate } from './grant.js';
@@ -39,6 +46,25 @@ function checkBinding(token: TokenRecord, req: EnrollRequest): void {
   }
 }
 
+/** The grant again for a retried enrollment (see above), or null when this is not one. */
+async function retryGrant(
+  deps: CoreDeps, tx: StoreTx, token: TokenRecord, req: EnrollRequest, publicKey: PublicKey, keyFingerprint: string, now: Date, actor: Pick<Actor, 'remoteAddr'>,
+): Promise<CertificateGrantWire | null> {
+  if (!token.usedAt || !token.usedByDevice || token.revokedAt) return null;
+  if (now.getTime() - token.usedAt.getTime() > deps.config.tokens.enrollRetrySeconds * 1000) return null;
+  const device = await tx.findDevice(token.usedByDevice);
+  if (!device || device.status !== 'active' || device.keyFingerprint !== keyFingerprint || device.portFirst === null || device.portLast === null) return null;
+  if ((req.name !== undefined && req.name !== device.name) || (req.hardwareSerial ?? null) !== device.hardwareSerial) return null;
+  const block = { first: device.portFirst, last: device.portLast };
+  return issueDeviceCertificate(deps, tx, device, publicKey, block, now, {
+    serial: await tx.nextSerial(),
+    audit: (g) => ({
+      at: now, actor: `token:${token.id}`, action: 'device.enroll', target: device.id, remoteAddr: actor.remoteAddr, outcome: 'ok',
+      details: { name: device.name, ports: `${block.first}-${block.last}`, serial: g.serial, fingerprint: keyFingerprint, retry: true },
+    }),
+  });
+}
+
 export async function enrollDevice(deps: CoreDeps, req: EnrollRequest, actor: Pick<Actor, 'remoteAddr'>): Promise<CertificateGrantWire> {
   const now = deps.clock();
   const tokenHash = hashSecret(req.token);
@@ -51,7 +77,11 @@ export async function enrollDevice(deps: CoreDeps, req: EnrollRequest, actor: Pi
       tokenId = token?.id ?? null;
       if (token) checkBinding(token, req);
       const deviceId = newId('dev');
-      if (!token || !(await tx.redeemToken(tokenHash, deviceId, now))) throw explainToken(token, now);
+      if (!token || !(await tx.redeemToken(tokenHash, deviceId, now))) {
+        const retried = token ? await retryGrant(deps, tx, token, req, publicKey, keyFingerprint, now, actor) : null;
+        if (retried) return retried;
+        throw explainToken(token, now);
+      }
       const name = req.name ?? token.bindName;
       await tx.insertDevice({
         id: deviceId,

@@ -166,3 +166,30 @@ test('shell agent: stops cleanly on SIGTERM with status 0 and ends its ssh', asy
     }
   });
 });
+
+test('ok/enroll: a lost answer does not lose the token (the kept key is presented again); a refusal keeps nothing', async (t) => {
+  await withBroker(async (b) => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      const token = await mintToken(b);
+      const enroll = (url: string, stateDir = state) =>
+        runCommand('sh', [SCRIPT, 'enroll', '--url', url, '--pin', b.init.apiPin, '--state-dir', stateDir], { env: { CERTUNNEL_ENROLL_TOKEN: token } });
+      const down = await enroll(`https://127.0.0.1:${await freePort()}`);
+      t.is(down.code, EXIT.ERROR, down.stderr);
+      t.regex(down.stderr, /UNREACHABLE/);
+      const pendingPub = (await readFile(join(state, 'device_key.pending.pub'), 'utf8')).trim();
+      // The broker takes the next attempt but its answer is lost on the way.
+      const unheard = await b.call<{ deviceId: string }>(b.anonymous, 'POST', '/v1/enroll', { token, publicKey: pendingPub.split(' ').slice(0, 2).join(' ') });
+      const ok = await enroll(b.broker.apiUrl);
+      t.is(ok.code, 0, ok.stderr);
+      t.regex(ok.stdout, new RegExp(`^enrolled ${unheard.deviceId}:`));
+      t.is((await readFile(join(state, 'device_key.pub'), 'utf8')).trim(), pendingPub);
+      // Another device with the same token is refused, and keeps no key.
+      const other = join(dir, 'other');
+      const used = await enroll(b.broker.apiUrl, other);
+      t.is(used.code, EXIT.REFUSED);
+      t.regex(used.stderr, /TOKEN_USED/);
+      await t.throwsAsync(stat(join(other, 'device_key.pending')));
+    });
+  });
+});

@@ -64,7 +64,42 @@ test('fail/refusal codes map to exit statuses: token problems are REFUSED, trans
       }));
       t.is((err as AgentError).code, code);
       t.is((err as AgentError).exitCode, status, code);
-      t.deepEqual(await readdir(join(dir, code)), []);
+      // A refusal leaves nothing; after a failure the broker may have answered unheard: the key waits for the retry.
+      t.deepEqual(await readdir(join(dir, code)), status === EXIT.REFUSED ? [] : ['device_key.pending'], code);
     }
+  });
+});
+
+test('ok/a lost answer does not lose the token: the retry presents the same key and gets the same device', async (t) => {
+  await withBroker(async (b) => {
+    await withTempDir(async (dir) => {
+      const token = await mintToken(b);
+      const stateDir = join(dir, 'state');
+      const broker = { url: b.broker.apiUrl, pin: b.init.apiPin };
+      const sent: EnrollRequest[] = [];
+      // The broker enrolls the device, but the answer never arrives.
+      const lost = await t.throwsAsync(enrollDevice({
+        stateDir, broker, token, name: 'kiosk-lost',
+        api: async (options, method, path, body) => {
+          sent.push(body as EnrollRequest);
+          await b.call(options, method, path, body);
+          throw new ApiError('TIMEOUT', 'no answer in 30 s', 0);
+        },
+      }));
+      t.is((lost as AgentError).exitCode, EXIT.ERROR);
+      t.deepEqual(await readdir(stateDir), ['device_key.pending']);
+      const enrollment = await enrollDevice({
+        stateDir, broker, token, name: 'kiosk-lost',
+        api: async (options, method, path, body) => {
+          sent.push(body as EnrollRequest);
+          return b.call(options, method, path, body);
+        },
+      });
+      t.is(sent[1]!.publicKey, sent[0]!.publicKey, 'the same key again');
+      t.true(parsePublicKey(sent[0]!.publicKey).equals(enrollment.key.publicKey));
+      const devices = await b.call<{ items: Array<{ id: string }> }>(b.admin, 'GET', '/v1/devices');
+      t.deepEqual(devices.items.map((d) => d.id), [enrollment.state.deviceId], 'one device, the one first enrolled');
+      t.false((await readdir(stateDir)).includes('device_key.pending'));
+    });
   });
 });

@@ -160,6 +160,41 @@ test('ok/tokens: used, expired, revoked, bound', async (t) => {
   });
 });
 
+test('ok/retry: the same token with the same key again answers the same device with a fresh certificate; anything else is TOKEN_USED', async (t) => {
+  await withBroker(async (b) => {
+    const key = generateKeyPair();
+    const [token] = await mint(b);
+    const first = await enroll(b, token!, key, { name: 'door-1', hardwareSerial: 'SN-1' });
+    b.clock.advance(60_000);
+    const again = await enroll(b, token!, key, { hardwareSerial: 'SN-1' });
+    t.is(again.deviceId, first.deviceId);
+    t.deepEqual(again.ports, first.ports);
+    t.is(again.name, 'door-1');
+    t.not(again.serial, first.serial);
+    t.not(again.certificate, first.certificate);
+    t.true(new Date(again.validBefore) > new Date(first.validBefore), 'certified from now');
+    const audits = (await b.call<{ items: Array<{ outcome: string; details: Record<string, unknown> | null }> }>(b.admin, 'GET', '/v1/audit?action=device.enroll')).items;
+    t.deepEqual(audits.map((a) => [a.outcome, a.details?.retry ?? false]).sort(), [['ok', false], ['ok', true]]);
+
+    // Another key, another name, another serial: a used token.
+    t.is(await refusal(t, enroll(b, token!, generateKeyPair())), 'TOKEN_USED');
+    t.is(await refusal(t, enroll(b, token!, key, { name: 'door-2', hardwareSerial: 'SN-1' })), 'TOKEN_USED');
+    t.is(await refusal(t, enroll(b, token!, key, { hardwareSerial: 'SN-2' })), 'TOKEN_USED');
+    // Past tokens.enrollRetrySeconds (an hour).
+    b.clock.advance(3600_000);
+    t.is(await refusal(t, enroll(b, token!, key, { hardwareSerial: 'SN-1' })), 'TOKEN_USED');
+    const devices = await b.call<{ items: unknown[] }>(b.admin, 'GET', '/v1/devices');
+    t.is(devices.items.length, 1);
+
+    // A revoked device is not handed back.
+    const other = generateKeyPair();
+    const [second] = await mint(b);
+    const made = await enroll(b, second!, other);
+    await b.call(b.admin, 'POST', `/v1/devices/${made.deviceId}/revoke`, { reason: 'test' });
+    t.is(await refusal(t, enroll(b, second!, other)), 'TOKEN_USED');
+  });
+});
+
 test('ok/50 parallel enrollments with one token: exactly one wins', async (t) => {
   await withBroker(async (b) => {
     const [token] = await mint(b);
