@@ -40,6 +40,8 @@ const configSchema = z
         keepaliveCountMax: z.number().int().min(1).max(100).default(3),
         /** Where OpenSSH mode writes sshd's files; relative to the data dir. */
         opensshDir: z.string().default('openssh'),
+        /** OpenSSH mode: how often the broker looks for the devices' listening tunnel ports (presence). */
+        presencePollSeconds: z.number().int().min(1).max(300).default(5),
       })
       .strict()
       .prefault({}),

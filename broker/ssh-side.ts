@@ -2,7 +2,8 @@
  * The broker's SSH side, in either mode, behind one small interface:
  * - embedded: the ssh2 gateway in this process;
  * - openssh: the files a stock sshd needs, rewritten when revocations
- *   change, and the sshd session holding a revoked device's ports ended.
+ *   change, the sshd session holding a revoked device's ports ended, and
+ *   presence read from the kernel's listening sockets.
  */
 import { join } from 'node:path';
 import type { KeyPair } from '../ca/index.js';
@@ -12,6 +13,7 @@ import type { DataPaths } from './data-dir.js';
 import type { Logger } from './logger.js';
 import type { GatewayStatsSource } from './metrics.js';
 import { writeOpensshFiles } from './openssh/config-files.js';
+import { OpensshPresence } from './openssh/presence.js';
 import { killSessionsHoldingPorts } from './openssh/session-killer.js';
 import type { RevocationList } from './revocation.js';
 import { createGateway } from './ssh/index.js';
@@ -120,6 +122,11 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
     });
   await write();
   o.logger.info({ outDir }, 'OpenSSH mode: wrote sshd configuration files');
+  const presence = new OpensshPresence({
+    store: o.store, pool: o.config.ports, clock: o.clock, logger: o.logger.child({ component: 'openssh-presence' }),
+    intervalMs: o.config.ssh.presencePollSeconds * 1000,
+  });
+  await presence.start();
   return {
     port: o.config.ssh.publicPort ?? splitHostPort(o.config.ssh.listen).port,
     deviceRevoked: async (deviceId) => {
@@ -129,8 +136,9 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
       const ports = Array.from({ length: device.portLast - device.portFirst + 1 }, (_, i) => device.portFirst! + i);
       const killed = await killSessionsHoldingPorts(ports);
       o.logger.info({ deviceId, killed }, 'OpenSSH mode: ended the sshd sessions holding the revoked device ports');
+      await presence.poll();
     },
-    close: async () => undefined,
+    close: async () => presence.close(),
   };
 }
 

@@ -267,10 +267,14 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
       const offline = err.code === 'ECONNREFUSED';
       count(offline ? 'DEVICE_OFFLINE' : 'DEVICE_SERVICE_UNAVAILABLE');
       logger.info({ device: deviceName, port: decision.port, err: err.code ?? err.message }, 'proxy: upstream failed');
-      const page = offline
-        ? refusalPage({ code: 'DEVICE_OFFLINE', device: deviceName, message: 'offline', offlineSince: decision.device.lastSeenAt, now: clock() }, 502)
-        : refusalPage({ code: 'DEVICE_SERVICE_UNAVAILABLE', device: deviceName, message: `${deviceName} did not answer on its http slot`, now: clock() }, 502);
-      sendPage(res, page);
+      if (!offline) {
+        sendPage(res, refusalPage({ code: 'DEVICE_SERVICE_UNAVAILABLE', device: deviceName, message: `${deviceName} did not answer on its http slot`, now: clock() }, 502));
+        return;
+      }
+      void authorizer.offlineSince(decision.device).then(
+        (since) => sendPage(res, refusalPage({ code: 'DEVICE_OFFLINE', device: deviceName, message: 'offline', offlineSince: since, now: clock() }, 502)),
+        (e: unknown) => fail(res, e),
+      );
     });
     res.once('close', () => {
       if (!res.writableFinished) upstream.destroy();
@@ -318,7 +322,8 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
     } catch (err) {
       const code: ErrorCode = (err as NodeJS.ErrnoException).code === 'ECONNREFUSED' ? 'DEVICE_OFFLINE' : 'DEVICE_SERVICE_UNAVAILABLE';
       count(code);
-      rawResponse(socket, refusalPage({ code, device: deviceName, message: `${deviceName} did not answer on its http slot`, offlineSince: decision.device.lastSeenAt, now: clock() }, 502));
+      const since = code === 'DEVICE_OFFLINE' ? await authorizer.offlineSince(decision.device) : null;
+      rawResponse(socket, refusalPage({ code, device: deviceName, message: `${deviceName} did not answer on its http slot`, offlineSince: since, now: clock() }, 502));
       return;
     }
     relays.add(socket);

@@ -267,15 +267,18 @@ export class ProxyAuthorizer {
     const port = device.portFirst + HTTP_SLOT;
     const forwarded = this.deps.presence.forwardedPorts(device.id);
     if (forwarded !== undefined && forwarded.length === 0) {
-      // The cached row may predate the disconnect: "offline since" reads the store.
-      const fresh = (await this.deps.core.store.findDevice(device.id)) ?? device;
-      return refuse('DEVICE_OFFLINE', `${info.deviceName} is offline`, { device: fresh, offlineSince: offlineSince(fresh) });
+      return refuse('DEVICE_OFFLINE', `${info.deviceName} is offline`, { device, offlineSince: await this.offlineSince(device) });
     }
     if (forwarded !== undefined && !forwarded.includes(port)) {
       return refuse('DEVICE_SERVICE_UNAVAILABLE', `${info.deviceName} is connected but does not forward its http slot (port ${port})`, { device });
     }
     this.noteAccess(auth.actor, device);
     return { allow: true, actor: auth.actor, device, port, forward: auth.forward };
+  }
+
+  /** When DEVICE was last seen connected: the cached row may predate the disconnect, so this reads the store. */
+  async offlineSince(device: DeviceRecord): Promise<Date | null> {
+    return offlineSince((await this.deps.core.store.findDevice(device.id)) ?? device);
   }
 
   /** One audit event per (actor, device) per window: who reached which device, when — without a row per request. */

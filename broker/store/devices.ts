@@ -129,6 +129,12 @@ export async function findDeviceWithLatestCertificate(
 export const findDeviceByName = (db: Db, name: string) => findBy(db, 'name', name);
 export const findDeviceByFingerprint = (db: Db, fingerprint: string) => findBy(db, 'key_fingerprint', fingerprint);
 
+/** The active device whose port block holds PORT (revoked devices keep their old block as history). */
+export async function findActiveDeviceByPort(db: Db, port: number): Promise<DeviceRecord | null> {
+  const row = await db.first<DeviceRow>(`SELECT * FROM devices WHERE status = 'active' AND port_first <= ? AND port_last >= ? LIMIT 1`, [port, port]);
+  return row ? fromRow(row) : null;
+}
+
 export async function listDevices(db: Db, filter: DeviceFilter): Promise<Page<DeviceRecord>> {
   const limit = pageLimit(filter);
   const q = db

@@ -76,7 +76,7 @@ type WithDb = <R>(operation: string, body: (db: Db) => Promise<R>) => Promise<R>
  */
 const READ_OPERATIONS: ReadonlySet<keyof StoreTx> = new Set<keyof StoreTx>([
   'findTokenByHash', 'listTokens', 'countActiveTokens',
-  'findDevice', 'findDeviceByName', 'findDeviceByFingerprint', 'listDevices', 'countDevicesByStatus',
+  'findDevice', 'findDeviceByName', 'findDeviceByFingerprint', 'findActiveDeviceByPort', 'listDevices', 'countDevicesByStatus',
   'portPoolUsage',
   'findCertificate', 'latestCertificateOfDevice', 'findDeviceWithLatestCertificate', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
   'findApiKey', 'listApiKeys',
@@ -101,6 +101,7 @@ function bindOps(withDb: WithDb): StoreTx {
     findDevice: op('findDevice', devices.findDevice),
     findDeviceByName: op('findDeviceByName', devices.findDeviceByName),
     findDeviceByFingerprint: op('findDeviceByFingerprint', devices.findDeviceByFingerprint),
+    findActiveDeviceByPort: op('findActiveDeviceByPort', devices.findActiveDeviceByPort),
     listDevices: op('listDevices', devices.listDevices),
     markDeviceRevoked: op('markDeviceRevoked', devices.markDeviceRevoked),
     updateDeviceKey: op('updateDeviceKey', devices.updateDeviceKey),

@@ -228,6 +228,8 @@ export interface StoreTx {
   findDevice(id: string): Promise<DeviceRecord | null>;
   findDeviceByName(name: string): Promise<DeviceRecord | null>;
   findDeviceByFingerprint(fingerprint: string): Promise<DeviceRecord | null>;
+  /** The active device whose port block holds PORT. */
+  findActiveDeviceByPort(port: number): Promise<DeviceRecord | null>;
   /** Ordered by creation time, then id. */
   listDevices(filter: DeviceFilter): Promise<Page<DeviceRecord>>;
   /** True if the device was active and is now revoked. */

@@ -35,7 +35,7 @@ for (const mode of ['embedded', 'openssh'] as const) {
       const pool = await freePool(2);
       const sshPort = mode === 'openssh' ? await freePort() : 0;
       const config: Record<string, unknown> = { certs: CERTS, ports: { ...pool, perDevice: 2 } };
-      if (mode === 'openssh') config.ssh = { mode: 'openssh', listen: `127.0.0.1:${sshPort}`, publicPort: sshPort };
+      if (mode === 'openssh') config.ssh = { mode: 'openssh', listen: `127.0.0.1:${sshPort}`, publicPort: sshPort, presencePollSeconds: 1 };
       await withBroker(async (b) => {
         let sshd: BrokerSshd | undefined;
         const svcSsh = await startDeviceService('ssh:');
@@ -62,6 +62,9 @@ for (const mode of ['embedded', 'openssh'] as const) {
               t.true(BigInt(String(first.serial)) >= BigInt(grant.serial));
               t.is(await exchangeWithin(pool.first, 'hello'), 'ssh:hello');
               t.is(await exchangeWithin(pool.last, 'GET /'), 'http:GET /');
+              // The broker knows it is connected: from its gateway, or in OpenSSH mode from sshd's listening ports.
+              const online = async (): Promise<boolean> => (await b.call<{ online: boolean }>(b.admin, 'GET', `/v1/devices/${grant.deviceId}`)).online;
+              await waitFor(online, 'the broker to see the device online', 10_000);
 
               // A renewal (about 6-12 s after issue) while connected, then a reconnection with the new certificate.
               const renewed = await agent.waitForLog(ok('renewed'), 'renewal', 30_000, agent.logs.indexOf(first));
@@ -88,6 +91,7 @@ for (const mode of ['embedded', 'openssh'] as const) {
               const revoked = agent.logs.find(ok('revoked'));
               t.is(revoked?.msg, 'device revoked by the broker; stopping for good');
               t.false(await isListening(pool.first));
+              await waitFor(async () => !(await online()), 'the broker to see the device offline', 10_000);
               const status = await runCli(['agent', 'status', '--config', cfg, '--json']);
               t.is(status.code, 0, status.stderr);
               const after = JSON.parse(status.stdout) as AgentStatusReport;

@@ -343,13 +343,22 @@ test('ok/OpenSSH mode: the proxy connects to the tunnel port itself; nothing lis
       const { createServer } = await import('node:http');
       const listener = createServer((req, res) => res.end(`sshd-forward ${req.headers['x-forwarded-host']}`));
       await new Promise<void>((resolve) => listener.listen(dev.grant.ports.first + 1, '127.0.0.1', resolve));
+      const device = () => f.b.call<{ online: boolean; connectedSince: string | null; lastSeenAt: string | null }>(f.b.admin, 'GET', `/v1/devices/${dev.grant.deviceId}`);
       try {
         const ok = await deviceRequest(f.b.broker.apiUrl, 'kiosk-o', { headers: auth });
         t.is(ok.status, 200);
         t.is(ok.body, `sshd-forward kiosk-o.${DOMAIN}:${f.b.broker.apiPort}`);
+        // Presence from the kernel's listening sockets (ssh.presencePollSeconds).
+        await waitFor(async () => (await device()).online, 'kiosk-o online', 10_000);
+        t.truthy((await device()).connectedSince);
       } finally {
         await new Promise((resolve) => listener.close(resolve));
       }
+      await waitFor(async () => !(await device()).online, 'kiosk-o offline', 10_000);
+      t.truthy((await device()).lastSeenAt);
+      const gone = await deviceRequest(f.b.broker.apiUrl, 'kiosk-o', { headers: auth });
+      t.is(gone.status, 502);
+      t.regex(gone.body, /is offline since \d{4}-/, 'offline since it was last seen, not "never connected"');
     },
-    { config: { api: { listen: '127.0.0.1:0', insecureHttp: true }, ssh: { mode: 'openssh', listen: '127.0.0.1:0' } } },
+    { config: { api: { listen: '127.0.0.1:0', insecureHttp: true }, ssh: { mode: 'openssh', listen: '127.0.0.1:0', presencePollSeconds: 1 } } },
   ));
