@@ -65,13 +65,18 @@ export class ConnectionRateLimiter {
     return this.buckets.size;
   }
 
+  /** BUCKET's tokens at NOW (refilled since it was last computed, never beyond the burst). */
+  private tokensAt(bucket: Bucket, now: number): number {
+    return Math.min(this.burst, bucket.tokens + (now - bucket.at) * this.rate);
+  }
+
   /** Takes one token for a new connection from ADDR. */
   take(addr: string): RateDecision {
     const key = rateLimitKey(addr);
     const now = this.now();
     let bucket = this.buckets.get(key);
     if (bucket) {
-      bucket.tokens = Math.min(this.burst, bucket.tokens + (now - bucket.at) * this.rate);
+      bucket.tokens = this.tokensAt(bucket, now);
       bucket.at = now;
     } else {
       if (this.buckets.size >= this.maxSources) this.prune(now);
@@ -92,14 +97,14 @@ export class ConnectionRateLimiter {
   retryAfterSeconds(addr: string): number {
     const bucket = this.buckets.get(rateLimitKey(addr));
     if (!bucket) return 0;
-    const tokens = Math.min(this.burst, bucket.tokens + (this.now() - bucket.at) * this.rate);
+    const tokens = this.tokensAt(bucket, this.now());
     return tokens >= 1 ? 0 : Math.ceil((1 - tokens) / this.rate / 1000);
   }
 
   /** Drops buckets that have refilled (as good as absent); if that is not enough, the oldest quarter. */
   private prune(now: number): void {
     for (const [key, b] of this.buckets) {
-      if (b.tokens + (now - b.at) * this.rate >= this.burst) this.buckets.delete(key);
+      if (this.tokensAt(b, now) >= this.burst) this.buckets.delete(key);
     }
     if (this.buckets.size < this.maxSources) return;
     let drop = Math.ceil(this.maxSources / 4);

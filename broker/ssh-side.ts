@@ -17,7 +17,7 @@ import { OpensshPresence } from './openssh/presence.js';
 import { killSessionsHoldingPorts } from './openssh/session-killer.js';
 import type { RevocationList } from './revocation.js';
 import { createGateway } from './ssh/index.js';
-import type { DeviceRecord, Page, Store } from './store/types.js';
+import { activeDevices, type Store } from './store/index.js';
 
 export interface SshSide {
   /** The port the SSH server listens on (the gateway's, or the configured sshd's). */
@@ -50,16 +50,12 @@ export const OPERATOR_USER = 'operator';
  * it, whatever the store says (a crash or a restore leaves stale flags).
  */
 async function markEveryDeviceOffline(store: Store, now: Date): Promise<number> {
-  let cursor: string | null = null;
   let changed = 0;
-  do {
-    const page: Page<DeviceRecord> = await store.listDevices({ status: 'active', limit: 1000, cursor });
-    for (const device of page.items.filter((d) => d.online)) {
-      await store.setDeviceOnline(device.id, { online: false, since: null, remoteAddr: null, lastSeen: device.lastSeenAt ?? now });
-      changed++;
-    }
-    cursor = page.nextCursor;
-  } while (cursor);
+  for await (const device of activeDevices(store)) {
+    if (!device.online) continue;
+    await store.setDeviceOnline(device.id, { online: false, since: null, remoteAddr: null, lastSeen: device.lastSeenAt ?? now });
+    changed++;
+  }
   return changed;
 }
 

@@ -190,8 +190,9 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
     }
     const form = new URLSearchParams(await readSmallBody(req, LOGIN_BODY_LIMIT));
     const next = safeNext(form.get('next') ?? '/');
+    const client = clientOf(req, options.behindProxy);
     try {
-      const result = await authorizer.login({ deviceName, host, remoteAddr: clientOf(req, options.behindProxy) }, (form.get('apiKey') ?? '').trim(), options.sessionMinutes);
+      const result = await authorizer.login({ deviceName, host, remoteAddr: client }, (form.get('apiKey') ?? '').trim(), options.sessionMinutes);
       metrics?.proxyLogins.inc({ outcome: 'ok' });
       res.writeHead(303, { location: next, 'set-cookie': sessionCookieHeader(result.cookie, result.maxAgeSeconds), 'cache-control': 'no-store', 'content-length': '0' });
       res.end();
@@ -200,7 +201,7 @@ export function createDeviceProxy(options: DeviceProxyOptions): DeviceProxy {
       metrics?.proxyLogins.inc({ outcome: err.code });
       if (err.code === 'FORBIDDEN') sendPage(res, refusalPage({ code: 'FORBIDDEN', device: deviceName, message: err.message, now: clock() }, 403));
       else if (err.code === 'RATE_LIMITED') {
-        const retryAfterSeconds = authorizer.retryAfterSeconds(clientOf(req, options.behindProxy));
+        const retryAfterSeconds = authorizer.retryAfterSeconds(client);
         const page = loginPage({ device: deviceName, next, error: `Too many API keys that were not accepted came from your address. Try again in ${retryAfterSeconds} seconds.` });
         sendPage(res, page, { 'retry-after': String(retryAfterSeconds), 'x-certunnel-error': 'RATE_LIMITED' }, 429);
       } else sendPage(res, loginPage({ device: deviceName, next, error: 'That API key was not accepted.' }));

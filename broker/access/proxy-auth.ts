@@ -92,12 +92,6 @@ interface Cached<T> {
   readonly until: number;
 }
 
-const LOOPBACK = /^(?:127\.\d+\.\d+\.\d+|::1|::ffff:127\.\d+\.\d+\.\d+)$/;
-
-export function isLoopbackAddress(addr: string | undefined): boolean {
-  return addr !== undefined && LOOPBACK.test(addr);
-}
-
 /**
  * The client address to audit and rate-limit: the peer's, unless the peer is a proxy we
  * trust (TRUSTED), whose own entry is the last one of X-Forwarded-For (what a client

@@ -11,9 +11,9 @@
  * certificate is only good to whoever holds the device's private key, so
  * the retry hands out nothing new; any other key gets TOKEN_USED.
  */
-import { fingerprint, formatPublicKey, isCaError, parsePublicKey, type PublicKey } from '../../ca/index.js';
+import { fingerprint, formatPublicKey, isCaError, parsePublicKey, type PortBlock, type PublicKey } from '../../ca/index.js';
 import { BrokerError } from '../errors.js';
-import type { StoreTx, TokenRecord } from '../store/types.js';
+import type { DeviceRecord, StoreTx, TokenRecord } from '../store/types.js';
 import type { CertificateGrantWire, EnrollRequest } from '../wire-types.js';
 import type { Actor, CoreDeps } from './deps.js';
 import { issueDeviceCertificate } from './grant.js';
@@ -46,23 +46,36 @@ function checkBinding(token: TokenRecord, req: EnrollRequest): void {
   }
 }
 
-/** The grant again for a retried enrollment (see above), or null when this is not one. */
-async function retryGrant(
-  deps: CoreDeps, tx: StoreTx, token: TokenRecord, req: EnrollRequest, publicKey: PublicKey, keyFingerprint: string, now: Date, actor: Pick<Actor, 'remoteAddr'>,
-): Promise<CertificateGrantWire | null> {
-  if (!token.usedAt || !token.usedByDevice || token.revokedAt) return null;
-  if (now.getTime() - token.usedAt.getTime() > deps.config.tokens.enrollRetrySeconds * 1000) return null;
-  const device = await tx.findDevice(token.usedByDevice);
-  if (!device || device.status !== 'active' || device.keyFingerprint !== keyFingerprint || device.portFirst === null || device.portLast === null) return null;
-  if ((req.name !== undefined && req.name !== device.name) || (req.hardwareSerial ?? null) !== device.hardwareSerial) return null;
-  const block = { first: device.portFirst, last: device.portLast };
-  return issueDeviceCertificate(deps, tx, device, publicKey, block, now, {
-    serial: await tx.nextSerial(),
+/** What one enrollment request has in hand inside its transaction. */
+interface EnrollContext {
+  readonly deps: CoreDeps;
+  readonly tx: StoreTx;
+  readonly token: TokenRecord;
+  readonly publicKey: PublicKey;
+  readonly now: Date;
+  readonly actor: Pick<Actor, 'remoteAddr'>;
+}
+
+/** DEVICE's certificate for BLOCK, audited as its enrollment (RETRY: the same token and key again). */
+function grantEnrollment(c: EnrollContext, device: Pick<DeviceRecord, 'id' | 'name' | 'keyFingerprint'>, block: PortBlock, serial: bigint, retry: boolean): Promise<CertificateGrantWire> {
+  return issueDeviceCertificate(c.deps, c.tx, device, c.publicKey, block, c.now, {
+    serial,
     audit: (g) => ({
-      at: now, actor: `token:${token.id}`, action: 'device.enroll', target: device.id, remoteAddr: actor.remoteAddr, outcome: 'ok',
-      details: { name: device.name, ports: `${block.first}-${block.last}`, serial: g.serial, fingerprint: keyFingerprint, retry: true },
+      at: c.now, actor: `token:${c.token.id}`, action: 'device.enroll', target: device.id, remoteAddr: c.actor.remoteAddr, outcome: 'ok',
+      details: { name: device.name, ports: `${block.first}-${block.last}`, serial: g.serial, fingerprint: device.keyFingerprint, ...(retry ? { retry: true } : {}) },
     }),
   });
+}
+
+/** The grant again for a retried enrollment (see above), or null when this is not one. */
+async function retryGrant(c: EnrollContext, req: EnrollRequest, keyFingerprint: string): Promise<CertificateGrantWire | null> {
+  const { token } = c;
+  if (!token.usedAt || !token.usedByDevice || token.revokedAt) return null;
+  if (c.now.getTime() - token.usedAt.getTime() > c.deps.config.tokens.enrollRetrySeconds * 1000) return null;
+  const device = await c.tx.findDevice(token.usedByDevice);
+  if (!device || device.status !== 'active' || device.keyFingerprint !== keyFingerprint || device.portFirst === null || device.portLast === null) return null;
+  if ((req.name !== undefined && req.name !== device.name) || (req.hardwareSerial ?? null) !== device.hardwareSerial) return null;
+  return grantEnrollment(c, device, { first: device.portFirst, last: device.portLast }, await c.tx.nextSerial(), true);
 }
 
 export async function enrollDevice(deps: CoreDeps, req: EnrollRequest, actor: Pick<Actor, 'remoteAddr'>): Promise<CertificateGrantWire> {
@@ -75,10 +88,12 @@ export async function enrollDevice(deps: CoreDeps, req: EnrollRequest, actor: Pi
     return await deps.store.transaction(async (tx) => {
       const token = await tx.findTokenByHash(tokenHash);
       tokenId = token?.id ?? null;
-      if (token) checkBinding(token, req);
+      if (!token) throw explainToken(null, now);
+      checkBinding(token, req);
       const deviceId = newId('dev');
-      if (!token || !(await tx.redeemToken(tokenHash, deviceId, now))) {
-        const retried = token ? await retryGrant(deps, tx, token, req, publicKey, keyFingerprint, now, actor) : null;
+      const context: EnrollContext = { deps, tx, token, publicKey, now, actor };
+      if (!(await tx.redeemToken(tokenHash, deviceId, now))) {
+        const retried = await retryGrant(context, req, keyFingerprint);
         if (retried) return retried;
         throw explainToken(token, now);
       }
@@ -97,14 +112,7 @@ export async function enrollDevice(deps: CoreDeps, req: EnrollRequest, actor: Pi
         tx.allocatePortBlock(deviceId, { poolFirst: deps.config.ports.first, poolLast: deps.config.ports.last, size: deps.config.ports.perDevice, now }),
         tx.nextSerial(),
       ]);
-      const grant = await issueDeviceCertificate(deps, tx, { id: deviceId, name, keyFingerprint }, publicKey, block, now, {
-        serial,
-        audit: (g) => ({
-          at: now, actor: `token:${token.id}`, action: 'device.enroll', target: deviceId, remoteAddr: actor.remoteAddr, outcome: 'ok',
-          details: { name, ports: `${block.first}-${block.last}`, serial: g.serial, fingerprint: keyFingerprint },
-        }),
-      });
-      return grant;
+      return grantEnrollment(context, { id: deviceId, name, keyFingerprint }, block, serial, false);
     });
   } catch (err) {
     const code = err instanceof BrokerError ? err.code : 'INTERNAL';

@@ -11,7 +11,8 @@ import { hostOf } from '../access/hostname.js';
 import { AUTHORIZE_HEADERS } from '../access/wire.js';
 import { requireRole } from '../core/api-keys.js';
 import { BrokerError } from '../errors.js';
-import { clientAddressFrom, isLoopbackAddress } from '../access/proxy-auth.js';
+import { clientAddressFrom } from '../access/proxy-auth.js';
+import { isLoopbackAddress } from '../net-address.js';
 import { authenticate, type AppState, type HttpDeps } from './app.js';
 import { parseWith } from './schemas.js';
 

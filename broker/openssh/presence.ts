@@ -8,11 +8,10 @@
  * and last seen when a tunnel goes away — what `device list`, the metrics and
  * the proxy's "offline since …" page read. Not Linux: nothing is polled.
  */
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Logger } from '../logger.js';
-import type { DeviceRecord, Page, Store } from '../store/types.js';
-import { isLoopbackOrAny, parseProcNetTcp, TCP_LISTEN, type ProcNetTcpEntry } from './session-killer.js';
+import { activeDevices } from '../store/index.js';
+import type { Store } from '../store/types.js';
+import { isLoopbackOrAny, readTcpSockets, TCP_LISTEN, type ProcNetTcpEntry } from './session-killer.js';
 
 export interface PortPool {
   readonly first: number;
@@ -42,73 +41,62 @@ export interface OpensshPresenceOptions {
   readonly littleEndian?: boolean;
 }
 
-async function readText(path: string): Promise<string | null> {
-  try {
-    return await readFile(path, 'utf8');
-  } catch {
-    return null;
-  }
-}
-
 export class OpensshPresence {
-  /** Online devices by id, with the block that made them so. */
-  private readonly online = new Map<string, number>();
+  /** Devices this broker has written online. */
+  private readonly online = new Set<string>();
   /** Block first port → the device that holds it, while it is listening (a block is quarantined before reuse). */
   private readonly owners = new Map<number, string | null>();
   private timer: NodeJS.Timeout | undefined;
-  private polling: Promise<void> | undefined;
+  private polling: Promise<boolean> | undefined;
 
   constructor(private readonly o: OpensshPresenceOptions) {}
 
   /** The devices the store says are online: the first poll corrects them (sshd sessions outlive a broker restart). */
   async start(): Promise<boolean> {
-    const procRoot = this.o.procRoot ?? '/proc';
-    if ((await readText(join(procRoot, 'net', 'tcp'))) === null) {
-      this.o.logger.warn({ procRoot }, 'OpenSSH mode: no /proc/net/tcp here, so device presence is not tracked');
+    for await (const d of activeDevices(this.o.store)) if (d.online) this.online.add(d.id);
+    if (!(await this.poll())) {
+      this.o.logger.warn({ procRoot: this.o.procRoot ?? '/proc' }, 'OpenSSH mode: no /proc/net/tcp here, so device presence is not tracked');
       return false;
     }
-    let cursor: string | null = null;
-    do {
-      const page: Page<DeviceRecord> = await this.o.store.listDevices({ status: 'active', limit: 1000, cursor });
-      for (const d of page.items) if (d.online && d.portFirst !== null) this.online.set(d.id, d.portFirst);
-      cursor = page.nextCursor;
-    } while (cursor);
-    await this.poll();
     this.timer = setInterval(() => void this.poll(), this.o.intervalMs);
     this.timer.unref();
     return true;
   }
 
-  /** One look at the listeners; concurrent calls share it. */
-  poll(): Promise<void> {
+  /** One look at the listeners (false: there is no /proc/net/tcp to look at); concurrent calls share it. */
+  poll(): Promise<boolean> {
     this.polling ??= this.pollOnce()
-      .catch((err: unknown) => this.o.logger.error({ err }, 'OpenSSH mode: presence poll failed'))
+      .catch((err: unknown) => {
+        this.o.logger.error({ err }, 'OpenSSH mode: presence poll failed');
+        return true;
+      })
       .finally(() => (this.polling = undefined));
     return this.polling;
   }
 
-  private async pollOnce(): Promise<void> {
-    const procRoot = this.o.procRoot ?? '/proc';
-    const text = `${(await readText(join(procRoot, 'net', 'tcp'))) ?? ''}\n${(await readText(join(procRoot, 'net', 'tcp6'))) ?? ''}`;
-    const blocks = listeningBlocks(parseProcNetTcp(text, { littleEndian: this.o.littleEndian }), this.o.pool);
+  private async pollOnce(): Promise<boolean> {
+    const sockets = await readTcpSockets(this.o.procRoot, { littleEndian: this.o.littleEndian });
+    if (!sockets) return false;
+    const blocks = listeningBlocks(sockets, this.o.pool);
     for (const block of this.owners.keys()) if (!blocks.has(block)) this.owners.delete(block);
-    const now = new Map<string, number>();
+    const now = new Set<string>();
     for (const block of blocks) {
       if (!this.owners.has(block)) this.owners.set(block, (await this.o.store.findActiveDeviceByPort(block))?.id ?? null);
       const id = this.owners.get(block);
-      if (id) now.set(id, block);
+      if (id) now.add(id);
     }
     const at = this.o.clock();
-    for (const id of now.keys()) {
+    for (const id of now) {
       if (this.online.has(id)) continue;
       await this.o.store.setDeviceOnline(id, { online: true, since: at, remoteAddr: null, lastSeen: at });
-      this.online.set(id, now.get(id)!);
+      this.online.add(id);
     }
-    for (const id of [...this.online.keys()]) {
+    for (const id of [...this.online]) {
       if (now.has(id)) continue;
       await this.o.store.setDeviceOnline(id, { online: false, since: null, remoteAddr: null, lastSeen: at });
       this.online.delete(id);
     }
+    return true;
   }
 
   close(): void {

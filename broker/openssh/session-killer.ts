@@ -20,6 +20,7 @@
 import { readdir, readFile, readlink } from 'node:fs/promises';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
+import { isLoopbackAddress } from '../net-address.js';
 
 /** include/net/tcp_states.h: TCP_LISTEN. */
 export const TCP_LISTEN = 0x0a;
@@ -111,8 +112,7 @@ export function parseProcNetTcp(text: string, options: ParseProcNetTcpOptions = 
 
 /** Where a remote forward's listener can be: loopback or the wildcard address, IPv4, IPv6 or v4-mapped. */
 export function isLoopbackOrAny(address: string): boolean {
-  const v4 = address.startsWith('::ffff:') && address.includes('.') ? address.slice('::ffff:'.length) : address;
-  return v4 === '0.0.0.0' || v4.startsWith('127.') || address === '::' || address === '::1';
+  return isLoopbackAddress(address) || address === '0.0.0.0' || address === '::' || address === '::ffff:0.0.0.0';
 }
 
 /** Inodes of the LISTEN sockets on PORTS (loopback or wildcard address) among ENTRIES. */
@@ -136,14 +136,20 @@ function checkPorts(ports: readonly number[]): Set<number> {
   return new Set(ports);
 }
 
-async function readIfPresent(path: string): Promise<string> {
+async function readIfPresent(path: string): Promise<string | null> {
   try {
     return await readFile(path, 'utf8');
   } catch (err) {
-    // No tcp6 when IPv6 is disabled.
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw err;
   }
+}
+
+/** The TCP sockets of PROCROOT/net/tcp and tcp6 (absent when IPv6 is disabled); null without /proc/net/tcp (not Linux). */
+export async function readTcpSockets(procRoot = '/proc', parse: ParseProcNetTcpOptions = {}): Promise<ProcNetTcpEntry[] | null> {
+  const v4 = await readIfPresent(join(procRoot, 'net', 'tcp'));
+  if (v4 === null) return null;
+  return [...parseProcNetTcp(v4, parse), ...parseProcNetTcp((await readIfPresent(join(procRoot, 'net', 'tcp6'))) ?? '', parse)];
 }
 
 async function socketInodesOf(procRoot: string, pid: number): Promise<number[]> {
@@ -168,10 +174,7 @@ export async function findListenerPids(ports: readonly number[], options: ProcOp
   const procRoot = options.procRoot ?? '/proc';
   const wanted = checkPorts(ports);
   if (wanted.size === 0) return [];
-  const entries = [
-    ...parseProcNetTcp(await readIfPresent(join(procRoot, 'net', 'tcp'))),
-    ...parseProcNetTcp(await readIfPresent(join(procRoot, 'net', 'tcp6'))),
-  ];
+  const entries = (await readTcpSockets(procRoot)) ?? [];
   const inodes = listenerInodes(entries, wanted);
   if (inodes.size === 0) return [];
   const pids: number[] = [];

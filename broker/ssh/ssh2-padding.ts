@@ -103,18 +103,22 @@ export function aeadCipherInstances(): CipherInstance[] {
   return out;
 }
 
-let installed = false;
+/** The classes patched, once installed. */
+let installed: readonly string[] | undefined;
 
-/** Patches the AEAD cipher classes once per process; returns the names of the classes patched. */
+/** Patches the AEAD cipher classes once per process (every gateway calls this); returns the names of the classes patched. */
 export function installPaddingPool(): string[] {
-  const patched: string[] = [];
+  if (installed) return [...installed];
+  const patched = new Set<string>();
   for (const instance of aeadCipherInstances()) {
     const proto = Object.getPrototypeOf(instance) as { constructor: { name: string }; allocPacket: unknown };
     const framing = FRAMING[proto.constructor.name];
-    if (framing && !installed) proto.allocPacket = pooledAllocPacket(framing.blockLen, framing.tagLen);
-    if (framing) patched.push(proto.constructor.name);
+    if (framing && !patched.has(proto.constructor.name)) {
+      proto.allocPacket = pooledAllocPacket(framing.blockLen, framing.tagLen);
+      patched.add(proto.constructor.name);
+    }
     instance.free();
   }
-  installed = true;
-  return [...new Set(patched)];
+  installed = [...patched];
+  return [...installed];
 }

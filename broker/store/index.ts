@@ -2,3 +2,4 @@
 export { openStore } from './open.js';
 export { tokenStatus } from './tokens.js';
 export type * from './types.js';
+export { activeDevices } from './iterate.js';

@@ -4,7 +4,8 @@
  * post-login redirect.
  */
 import test from 'ava';
-import { clientAddressFrom, isLoopbackAddress } from '../../broker/access/proxy-auth.js';
+import { clientAddressFrom } from '../../broker/access/proxy-auth.js';
+import { isLoopbackAddress } from '../../broker/net-address.js';
 import { randomBytes } from 'node:crypto';
 import { deviceHostMatcher } from '../../broker/access/hostname.js';
 import { downstreamHeaders, upstreamHeaders } from '../../broker/access/http-proxy.js';
