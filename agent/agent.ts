@@ -13,8 +13,8 @@
  * offline) or the SSH server refused it (to learn whether the device was
  * revoked).
  */
-import type { ApiClientOptions } from './api-client.js';
-import { apiRequest } from './api-client.js';
+import type { ApiClientOptions } from '../api/client.js';
+import { apiRequest } from '../api/client.js';
 import { nextDelay } from './backoff.js';
 import type { AgentConfig } from './config.js';
 import { enrollDevice } from './enroll.js';

@@ -16,8 +16,8 @@
  */
 import { readFile, rename, unlink } from 'node:fs/promises';
 import { decodePrivateKey, encodePrivateKey, formatPublicKey, generateKeyPair, writeFileAtomic, type KeyPair } from '../ca/index.js';
-import type { EnrollRequest, EnrollResponse } from '../broker/wire-types.js';
-import { ApiError, apiRequest } from './api-client.js';
+import type { EnrollRequest, EnrollResponse } from '../api/device.js';
+import { ApiError, apiRequest } from '../api/client.js';
 import { AgentError, ENROLL_FATAL_CODES, EXIT } from './errors.js';
 import type { ApiCall } from './renewer.js';
 import { checkGrant, ensureStateDir, isEnrolled, loadEnrollment, runningAgentPid, writeGrant, type BrokerApiRef, type Enrollment } from './state-dir.js';

@@ -6,10 +6,10 @@
  * certificate, known_hosts and state.json atomically).
  */
 import type { Certificate } from '../ca/index.js';
-import type { ApiClientOptions } from './api-client.js';
+import type { ApiClientOptions } from '../api/client.js';
 import { AgentError } from './errors.js';
 import { buildRenewRequest } from './renew-request.js';
-import type { CertificateGrantWire } from '../broker/wire-types.js';
+import type { CertificateGrantWire } from '../api/device.js';
 import { checkGrant, writeGrant, type BrokerApiRef, type Enrollment } from './state-dir.js';
 
 /** The fraction of the certificate's life after which the agent renews when the broker says nothing usable. */

@@ -20,7 +20,7 @@ import {
   decodePrivateKey, fingerprint, formatPublicKey, parseCertificateLine, parsePublicKey, writeFileAtomic,
   type Certificate, type KeyPair, type PublicKey,
 } from '../ca/index.js';
-import type { CertificateGrantWire, PortBlockWire, SshEndpointWire } from '../broker/wire-types.js';
+import type { CertificateGrantWire, PortBlockWire, SshEndpointWire } from '../api/device.js';
 import { AgentError, EXIT } from './errors.js';
 
 export const STATE_VERSION = 1;

@@ -5,9 +5,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { apiRequest, type ApiClientOptions } from '../agent/api-client.js';
-import { loadConfig, splitHostPort } from '../broker/config.js';
-import { dataPaths } from '../broker/data-dir.js';
+import { apiRequest, type ApiClientOptions } from '../api/client.js';
+import { dataPaths, loadConfig, splitHostPort } from '../broker/compose/index.js';
 import { CliError } from './output.js';
 
 export interface ApiFlags {

@@ -2,14 +2,10 @@
 import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { loadConfig, type BrokerConfig } from '../broker/config.js';
-import { createApiKey, ROLES } from '../broker/core/api-keys.js';
-import { dataPaths, initDataDir } from '../broker/data-dir.js';
-import { ephemeralOverlapWarning, readEphemeralRange } from '../broker/ephemeral-ports.js';
-import { createLogger } from '../broker/logger.js';
-import { startBroker } from '../broker/server.js';
-import { openStore } from '../broker/store/index.js';
-import type { ApiKeyRole } from '../broker/store/types.js';
+import { API_KEY_ROLES as ROLES, type ApiKeyRole } from '../api/operator.js';
+import {
+  createLocalApiKey, createLogger, dataPaths, ephemeralOverlapWarning, initDataDir, loadConfig, readEphemeralRange, startBroker, type BrokerConfig,
+} from '../broker/compose/index.js';
 import { CliError } from './output.js';
 import { readPassphrase } from './passphrase.js';
 
@@ -137,15 +133,8 @@ export function registerBrokerCommands(program: Command, env: NodeJS.ProcessEnv)
     .action(async (flags: { data: string; role: string; name: string }) => {
       if (!ROLES.includes(flags.role as ApiKeyRole)) throw new CliError('BAD_ARGUMENT', `--role must be one of ${ROLES.join(', ')}`);
       if (!/^[A-Za-z0-9._@-]{1,100}$/.test(flags.name)) throw new CliError('BAD_ARGUMENT', '--name: letters, digits, . _ @ -');
-      const initialised = await access(dataPaths(flags.data).config).then(() => true, () => false);
-      if (!initialised) throw new CliError('CONFIG_INVALID', `${flags.data} is not a broker data directory; run certunnel init first`);
-      const store = await openStore({ filename: dataPaths(flags.data).database });
-      try {
-        const key = await createApiKey(store, { role: flags.role as ApiKeyRole, name: flags.name }, { id: 'local-cli', remoteAddr: null }, new Date());
-        process.stdout.write(`${key.key}\n`);
-        process.stderr.write(`created ${key.role} key ${key.id} (${key.name}); the key is shown once\n`);
-      } finally {
-        await store.close();
-      }
+      const key = await createLocalApiKey(flags.data, { role: flags.role as ApiKeyRole, name: flags.name });
+      process.stdout.write(`${key.key}\n`);
+      process.stderr.write(`created ${key.role} key ${key.id} (${key.name}); the key is shown once\n`);
     });
 }

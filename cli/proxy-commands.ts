@@ -2,9 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { renderNginxConfig } from '../broker/access/nginx-config.js';
-import { loadConfig, splitHostPort } from '../broker/config.js';
-import { dataPaths } from '../broker/data-dir.js';
+import { dataPaths, loadConfig, renderNginxConfig, splitHostPort } from '../broker/compose/index.js';
 import { CliError } from './output.js';
 
 interface NginxFlags {

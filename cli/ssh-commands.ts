@@ -17,7 +17,7 @@ import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { generateKeyPair, saveKeyPair } from '../ca/index.js';
-import type { OperatorCertificateResponse } from '../broker/access/wire.js';
+import type { OperatorCertificateResponse } from '../api/access.js';
 import { addApiOptions, callApi, resolveApi, type ApiFlags } from './api-connection.js';
 import { CliError } from './output.js';
 

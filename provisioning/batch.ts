@@ -21,7 +21,8 @@
  */
 import { mkdir, open, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ApiError } from '../agent/api-client.js';
+import { ApiError } from '../api/client.js';
+import { DEVICE_NAME } from '../api/tunnel.js';
 import { fingerprint, parsePublicKey, writeFileAtomic } from '../ca/index.js';
 import {
   BUNDLE_FORMAT, DEFAULT_STATE_DIR, buildAgentConfig, parseBundle, renderBundle,
@@ -103,7 +104,6 @@ interface MintResponse {
 }
 
 const BATCH_NAME = /^[A-Za-z0-9._-]{1,64}$/;
-const DEVICE_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
 const SERIAL = /^[\x21-\x7e]{1,128}$/;
 
 /** Reads a serials file: one per line; blank lines and #comments skipped. */
@@ -141,7 +141,7 @@ function planSlots(options: BatchOptions): Slot[] {
   const width = Math.max(4, String(count).length);
   return Array.from({ length: count }, (_, i) => {
     const name = options.namePrefix ? `${options.namePrefix}-${pad(i + 1, width)}` : null;
-    if (name !== null && (name.length > 63 || !DEVICE_NAME.test(name))) throw new ProvisionError('BAD_ARGUMENT', `device name ${name} is not a DNS label (--name-prefix)`);
+    if (name !== null && !DEVICE_NAME.test(name)) throw new ProvisionError('BAD_ARGUMENT', `device name ${name} is not a DNS label (--name-prefix)`);
     return { index: i + 1, name, serial: options.serials?.[i] ?? null };
   });
 }

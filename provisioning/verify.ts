@@ -18,7 +18,7 @@
  *                 skipped when the image holds no token to enroll with)
  */
 import { lstat, readFile } from 'node:fs/promises';
-import { ApiError, apiRequest, type ApiClientOptions } from '../agent/api-client.js';
+import { ApiError, apiRequest, type ApiClientOptions } from '../api/client.js';
 import { parseAgentConfig } from '../agent/config.js';
 import { statePaths } from '../agent/state-dir.js';
 import { DEFAULT_STATE_DIR, type BrokerCaResponse } from './bundle.js';

@@ -1,10 +1,8 @@
 /** API keys with roles: admin, operator, provisioner. Shown once, stored hashed, compared in constant time. */
-import { BrokerError } from '../errors.js';
+import { BrokerError } from './errors.js';
 import type { ApiKeyRecord, ApiKeyRole, Store } from '../store/types.js';
 import type { Actor } from './deps.js';
 import { hashesEqual, hashSecret, newApiKeySecret, newId, splitApiKey } from './secrets.js';
-
-export const ROLES: readonly ApiKeyRole[] = ['admin', 'operator', 'provisioner'];
 
 export async function createApiKey(
   store: Store,

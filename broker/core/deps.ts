@@ -4,9 +4,9 @@
  * happens after a commit. No koa, no ssh2 here.
  */
 import type { KeyPair, PublicKey } from '../../ca/index.js';
-import type { BrokerConfig } from '../config.js';
+import type { BrokerConfig } from './config.js';
 import type { Store } from '../store/types.js';
-import type { SshEndpointWire } from '../wire-types.js';
+import type { SshEndpointWire } from '../../api/device.js';
 
 export interface CaKeys {
   readonly userCa: KeyPair;

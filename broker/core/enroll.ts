@@ -12,9 +12,9 @@
  * the retry hands out nothing new; any other key gets TOKEN_USED.
  */
 import { fingerprint, formatPublicKey, isCaError, parsePublicKey, type PortBlock, type PublicKey } from '../../ca/index.js';
-import { BrokerError } from '../errors.js';
+import { BrokerError } from './errors.js';
 import type { DeviceRecord, StoreTx, TokenRecord } from '../store/types.js';
-import type { CertificateGrantWire, EnrollRequest } from '../wire-types.js';
+import type { CertificateGrantWire, EnrollRequest } from '../../api/device.js';
 import type { Actor, CoreDeps } from './deps.js';
 import { issueDeviceCertificate } from './grant.js';
 import { hashSecret, newId } from './secrets.js';

@@ -6,9 +6,9 @@
  * that also carries the new key, signed by both keys.
  */
 import { fingerprint, formatPublicKey, isCaError, parsePublicKey, verifySshsig, type PublicKey } from '../../ca/index.js';
-import { BrokerError } from '../errors.js';
+import { BrokerError } from './errors.js';
 import type { DeviceRecord } from '../store/types.js';
-import { RENEW_NAMESPACE, renewMessage, type CertificateGrantWire, type RenewRequest } from '../wire-types.js';
+import { RENEW_NAMESPACE, renewMessage, type CertificateGrantWire, type RenewRequest } from '../../api/device.js';
 import type { Actor, CoreDeps } from './deps.js';
 import { parseDeviceKey } from './enroll.js';
 import { recordDeviceCertificate, signDeviceCertificate } from './grant.js';

@@ -4,7 +4,7 @@
  * then (after commit) let the hooks rewrite the KRL and close live sessions.
  * Revoking a revoked device changes nothing and says so.
  */
-import { BrokerError } from '../errors.js';
+import { BrokerError } from './errors.js';
 import type { DeviceRecord } from '../store/types.js';
 import type { Actor, CoreDeps } from './deps.js';
 

@@ -3,7 +3,7 @@
  * keys, shown once, stored only as hashes, listed without secrets, revoked
  * one by one or by batch.
  */
-import { BrokerError } from '../errors.js';
+import { BrokerError } from './errors.js';
 import type { Page, TokenRecord, TokenStatus } from '../store/types.js';
 import type { Actor, CoreDeps } from './deps.js';
 import { hashSecret, newId, newTokenSecret } from './secrets.js';

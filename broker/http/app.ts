@@ -6,13 +6,12 @@
 import { bodyParser } from '@koa/bodyparser';
 import Router, { type RouterContext } from '@koa/router';
 import Koa from 'koa';
-import type { Logger } from '../logger.js';
-import { BrokerError } from '../errors.js';
-import type { BrokerMetrics } from '../metrics.js';
-import type { RevocationList } from '../revocation.js';
+import type { Logger } from '../telemetry/logger.js';
+import { BrokerError } from '../core/errors.js';
+import type { BrokerMetrics } from '../telemetry/metrics.js';
 import type { Actor, CoreDeps } from '../core/deps.js';
 import { authenticateApiKey } from '../core/api-keys.js';
-import type { AccessLayer } from '../access/index.js';
+import type { AccessLayer } from '../proxy/index.js';
 import { registerAccessRoutes } from './routes-access.js';
 import { registerDeviceRoutes } from './routes-device.js';
 import { registerOperatorRoutes } from './routes-operator.js';
@@ -21,7 +20,8 @@ export interface HttpDeps {
   readonly core: CoreDeps;
   readonly logger: Logger;
   readonly metrics: BrokerMetrics;
-  readonly revocations: RevocationList;
+  /** The current KRL (GET /v1/krl). */
+  readonly revocations: { readonly krl: Buffer };
   readonly publicKeys: { userCa: string; hostCa: string; hostKey: string };
   readonly apiPin: string | null;
   /** Operator certificates and the proxy's auth_request endpoint (broker/access). */

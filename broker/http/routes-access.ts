@@ -5,14 +5,14 @@
  */
 import type Router from '@koa/router';
 import { z } from 'zod';
-import type { AccessLayer } from '../access/index.js';
-import { issueOperatorCertificate } from '../access/operator-certificate.js';
-import { hostOf } from '../access/hostname.js';
-import { AUTHORIZE_HEADERS } from '../access/wire.js';
+import type { AccessLayer } from '../proxy/index.js';
+import { issueOperatorCertificate } from '../core/operator-certificate.js';
+import { hostOf } from '../proxy/hostname.js';
+import { AUTHORIZE_HEADERS } from '../../api/access.js';
 import { requireRole } from '../core/api-keys.js';
-import { BrokerError } from '../errors.js';
-import { clientAddressFrom } from '../access/proxy-auth.js';
-import { isLoopbackAddress } from '../net-address.js';
+import { BrokerError } from '../core/errors.js';
+import { clientAddressFrom } from '../proxy/proxy-auth.js';
+import { isLoopbackAddress } from '../core/net-address.js';
 import { authenticate, type AppState, type HttpDeps } from './app.js';
 import { parseWith } from './schemas.js';
 

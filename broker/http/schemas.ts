@@ -3,9 +3,10 @@
  * bounded, and a failure becomes BAD_REQUEST naming the field — never the value.
  */
 import { z } from 'zod';
-import { BrokerError } from '../errors.js';
+import { DEVICE_NAME } from '../../api/tunnel.js';
+import { BrokerError } from '../core/errors.js';
 
-const name = z.string().min(1).max(63).regex(/^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/, 'lowercase letters, digits and inner hyphens (a DNS label)');
+const name = z.string().min(1).max(63).regex(DEVICE_NAME, 'lowercase letters, digits and inner hyphens (a DNS label)');
 const serial = z.string().min(1).max(128).regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
 const batch = z.string().min(1).max(64).regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, dot, underscore, hyphen');
 const keyLine = z.string().min(1).max(8192);

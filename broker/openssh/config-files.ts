@@ -21,7 +21,8 @@
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { formatPublicKey, writeFileAtomic, type PublicKey } from '../../ca/index.js';
-import { BrokerError } from '../errors.js';
+import { DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/tunnel.js';
+import { BrokerError } from '../core/errors.js';
 
 export interface OpensshModeInput {
   /**
@@ -63,9 +64,6 @@ export const OPENSSH_FILES = {
   operatorPrincipals: 'principals.operators',
 } as const;
 
-export const DEFAULT_DEVICE_USER = 'tunnel';
-export const DEFAULT_OPERATOR_USER = 'operator';
-
 // sshd_config expands %-tokens in TrustedUserCAKeys and AuthorizedPrincipalsFile
 // and splits arguments on blanks and quotes; a path that needs neither
 // escaping nor quoting cannot be misread, so anything else is refused.
@@ -91,8 +89,8 @@ function checkInput(input: OpensshModeInput): { deviceUser: string; operatorUser
     invalid('host certificate must be one Ed25519 certificate line');
   }
   checkPool(input.pool);
-  const deviceUser = input.deviceUser ?? DEFAULT_DEVICE_USER;
-  const operatorUser = input.operatorUser ?? DEFAULT_OPERATOR_USER;
+  const deviceUser = input.deviceUser ?? DEVICE_LOGIN;
+  const operatorUser = input.operatorUser ?? OPERATOR_LOGIN;
   if (!SAFE_USER.test(deviceUser) || !SAFE_USER.test(operatorUser)) invalid('device and operator users must be plain user names');
   if (deviceUser === operatorUser) invalid('device and operator users must differ');
   const keepalive = input.keepalive;

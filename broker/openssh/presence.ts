@@ -8,7 +8,7 @@
  * and last seen when a tunnel goes away — what `device list`, the metrics and
  * the proxy's "offline since …" page read. Not Linux: nothing is polled.
  */
-import type { Logger } from '../logger.js';
+import type { Logger } from '../telemetry/logger.js';
 import { activeDevices } from '../store/index.js';
 import type { Store } from '../store/types.js';
 import { isLoopbackOrAny, readTcpSockets, TCP_LISTEN, type ProcNetTcpEntry } from './session-killer.js';

@@ -20,7 +20,7 @@
 import { readdir, readFile, readlink } from 'node:fs/promises';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
-import { isLoopbackAddress } from '../net-address.js';
+import { isLoopbackAddress } from '../core/net-address.js';
 
 /** include/net/tcp_states.h: TCP_LISTEN. */
 export const TCP_LISTEN = 0x0a;

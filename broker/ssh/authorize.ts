@@ -14,6 +14,8 @@ import {
   type PortBlock,
   type PublicKey,
 } from '../../ca/index.js';
+import { TUNNEL_HOST } from '../../api/tunnel.js';
+import { inBlock, isPoolBlock, SERVICE_PORT_SLOTS, type PortPool } from '../core/port-pool.js';
 
 export type Decision<R extends string> = { readonly allow: true } | { readonly allow: false; readonly reason: R };
 
@@ -23,22 +25,6 @@ function deny<R extends string>(reason: R): Decision<R> {
   return { allow: false, reason };
 }
 
-/** The only address a tunnel may listen on, and the only one an operator may reach. */
-export const LOOPBACK = '127.0.0.1';
-
-function inBlock(port: number, block: PortBlock): boolean {
-  return Number.isInteger(port) && port >= block.first && port <= block.last;
-}
-
-/** Is BLOCK one of the blocks the allocator hands out from POOL (first + k * perDevice, perDevice wide)? */
-export function isPoolBlock(block: PortBlock, pool: PortPool): boolean {
-  return (
-    block.first >= pool.first &&
-    block.last <= pool.last &&
-    (block.first - pool.first) % pool.perDevice === 0 &&
-    block.last - block.first + 1 === pool.perDevice
-  );
-}
 
 // ---------------------------------------------------------------------------
 // Certificates
@@ -61,13 +47,6 @@ export type CertRefusal =
   | 'PRINCIPAL_OUTSIDE_POOL'
   | 'FORWARDING_NOT_PERMITTED'
   | 'REVOKED';
-
-/** The broker's port pool, as the allocator lays it out: blocks of perDevice ports from first. */
-export interface PortPool {
-  readonly first: number;
-  readonly last: number;
-  readonly perDevice: number;
-}
 
 export interface CertificateCheckDeps {
   readonly trustedCaKeys: readonly PublicKey[];
@@ -234,7 +213,7 @@ function authorizeLoopbackPort<R extends string>(
 ): Decision<R | 'PORT_ZERO' | 'PORT_NOT_OWNED'> {
   const parsed = parsePortPrincipal(principal);
   if (!parsed || parsed.kind !== kind) return deny(refusals.role);
-  if (address !== LOOPBACK) return deny(refusals.address);
+  if (address !== TUNNEL_HOST) return deny(refusals.address);
   if (port === 0) return deny('PORT_ZERO');
   if (!inBlock(port, parsed.block)) return deny('PORT_NOT_OWNED');
   return ALLOW;
@@ -317,19 +296,6 @@ export function authorizeDirectTcpip(principal: string, req: DirectTcpipRequest)
 // ---------------------------------------------------------------------------
 // Direct-tcpip targets that name a device (`ssh -W kiosk-42:22`)
 
-/** A DNS label, as device names are: only such a target is looked up as a device. */
-export const DEVICE_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
-
-/**
- * Well-known service ports an operator may name instead of a port of the
- * block, mapped to the block's slot (DESIGN: slot 0 ssh, slot 1 http), so
- * that `ssh -J operator@broker kiosk-42` (which asks for kiosk-42:22) works.
- */
-export const SERVICE_PORT_SLOTS: ReadonlyMap<number, number> = new Map([
-  [22, 0],
-  [80, 1],
-]);
-
 export type NamedTargetRefusal = 'DEVICE_UNKNOWN' | 'OTHER_DEVICE' | 'PORT_NOT_OWNED';
 
 /**
@@ -350,5 +316,5 @@ export function resolveNamedTarget(
   const slot = SERVICE_PORT_SLOTS.get(destPort);
   const port = inBlock(destPort, device.block) ? destPort : slot !== undefined ? device.block.first + slot : undefined;
   if (port === undefined || !inBlock(port, device.block)) return { allow: false, reason: 'PORT_NOT_OWNED' };
-  return { allow: true, destAddr: LOOPBACK, destPort: port };
+  return { allow: true, destAddr: TUNNEL_HOST, destPort: port };
 }

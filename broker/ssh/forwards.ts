@@ -7,7 +7,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import type { Channel, Connection } from 'ssh2';
-import { LOOPBACK } from './authorize.js';
+import { TUNNEL_HOST } from '../../api/tunnel.js';
 import type { ByteCounters } from './stats.js';
 
 const EMPTY = Buffer.alloc(0);
@@ -97,7 +97,7 @@ export class RemoteForward {
     return new Promise((resolve, reject) => {
       server.once('error', reject);
       // exclusive: never share the port with a cluster sibling.
-      server.listen({ host: LOOPBACK, port: options.port, exclusive: true }, () => {
+      server.listen({ host: TUNNEL_HOST, port: options.port, exclusive: true }, () => {
         server.off('error', reject);
         server.on('error', () => undefined);
         resolve(new RemoteForward(server, options));
@@ -115,7 +115,7 @@ export class RemoteForward {
     this.relays.add(socket);
     socket.once('close', () => this.relays.delete(socket));
     const { conn, bindAddr, port, bytes } = this.options;
-    conn.forwardOut(bindAddr, port, socket.remoteAddress ?? LOOPBACK, socket.remotePort ?? 0, (err, channel) => {
+    conn.forwardOut(bindAddr, port, socket.remoteAddress ?? TUNNEL_HOST, socket.remotePort ?? 0, (err, channel) => {
       if (err) {
         // The device could not (or would not) connect to its local service.
         socket.destroy();

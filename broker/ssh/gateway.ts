@@ -19,19 +19,18 @@ import ssh2 from 'ssh2';
 import type { AuthContext, Connection, RejectConnection, ServerChannel } from 'ssh2';
 import { encodePrivateKey } from '../../ca/index.js';
 import { decideUserauth, type AuthDecision, type AuthRefusal } from './auth.js';
+import { DEVICE_NAME, TUNNEL_HOST } from '../../api/tunnel.js';
 import {
-  LOOPBACK,
   authorizeChannel,
   authorizeDirectTcpip,
   authorizeForward,
   authorizeGlobalRequest,
-  DEVICE_NAME,
   resolveNamedTarget,
   type CertificateCheckDeps,
   type Identity,
 } from './authorize.js';
 import { RemoteForward, relay } from './forwards.js';
-import { ConnectionRateLimiter } from '../rate-limit.js';
+import { ConnectionRateLimiter } from '../core/rate-limit.js';
 import { SessionRegistry, actorOf } from './registry.js';
 import { GatewaySession } from './session.js';
 import { GatewayCounters, type ConnectionRefusal } from './stats.js';
@@ -349,7 +348,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     if (!channelDecision.allow) return refuseChannel(session, kind, reject, channelDecision.reason, target);
     const { identity } = session;
     // A device name as the target host: resolved to 127.0.0.1:<port of its block>, only for the certificate's own device.
-    if (info.destIP !== LOOPBACK && deps.resolveDevice && identity.role === 'operator' && DEVICE_NAME.test(info.destIP)) {
+    if (info.destIP !== TUNNEL_HOST && deps.resolveDevice && identity.role === 'operator' && DEVICE_NAME.test(info.destIP)) {
       deps
         .resolveDevice(info.destIP)
         .then((device) => {
@@ -389,7 +388,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
       actor, action: 'ssh.reach', target: owner.deviceId, remoteAddr: session.remoteAddr, outcome: 'allowed',
       details: { deviceId: owner.deviceId, port: info.destPort, keyId: session.identity.keyId, serial: session.identity.serial.toString() },
     });
-    const socket = createConnection({ host: LOOPBACK, port: info.destPort, allowHalfOpen: true });
+    const socket = createConnection({ host: TUNNEL_HOST, port: info.destPort, allowHalfOpen: true });
     socket.on('error', () => undefined);
     session.directRelays.add(socket);
     socket.once('close', () => session.directRelays.delete(socket));

@@ -14,13 +14,11 @@ export type { SessionInfo } from './session.js';
 export type { ByteCounters, ConnectionRefusal, GatewayStats } from './stats.js';
 export type { AuthRefusal, SignatureForm } from './auth.js';
 export {
-  LOOPBACK,
   authorizeChannel,
   authorizeDirectTcpip,
   authorizeForward,
   authorizeGlobalRequest,
   resolveNamedTarget,
-  SERVICE_PORT_SLOTS,
   checkDeviceCertificate,
   checkOperatorCertificate,
   checkUserCertificate,

@@ -1,5 +1,5 @@
 /** audit_events and renew_nonces: append-mostly tables. */
-import { BrokerError } from '../errors.js';
+import { BrokerError } from '../core/errors.js';
 import { decodeCursor, encodeCursor, pageLimit, parseJsonObject, toDate, toMillis, type Db, type DeferredInsert } from './db.js';
 import type { AuditEvent, AuditFilter, NewAuditEvent, Page } from './types.js';
 

@@ -4,7 +4,7 @@
  * back through CAST(... AS TEXT), because node's sqlite3 turns INTEGERs into
  * doubles (exact only up to 2^53).
  */
-import { BrokerError } from '../errors.js';
+import { BrokerError } from '../core/errors.js';
 import { bindUint64, toDate, toDateOrNull, toMillis, type Db } from './db.js';
 import type { SerialBlock } from './serials.js';
 import type { CertificateRecord, NewCertificate } from './types.js';

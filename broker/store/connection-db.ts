@@ -4,7 +4,7 @@
  * cached prepared statements execute.
  */
 import type { Knex } from 'knex';
-import { BrokerError } from '../errors.js';
+import { BrokerError } from '../core/errors.js';
 import { insertDeferred, type Binding, type Compilable, type Db } from './db.js';
 import { isPoisoning, type MemberScope } from './group-commit.js';
 import { queryAll, queryRun, type SqliteConnection } from './sqlite-driver.js';

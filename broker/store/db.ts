@@ -5,7 +5,7 @@
  * the SQL and its bindings, and SQLite's name tables and columns).
  */
 import type { Knex } from 'knex';
-import { BrokerError, type ErrorCode } from '../errors.js';
+import { BrokerError, type ErrorCode } from '../core/errors.js';
 import type { PageRequest } from './types.js';
 
 /** A compiled statement: SQL text with `?` placeholders and its bindings. */

@@ -1,5 +1,5 @@
 /** devices: enrolled keys, their port block, status and live state. */
-import { BrokerError } from '../errors.js';
+import { BrokerError } from '../core/errors.js';
 import {
   decodeCursor,
   encodeCursor,

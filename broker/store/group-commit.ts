@@ -29,7 +29,7 @@
  * (MemberScope.ready): whatever fn does first in JS (e.g. signing a
  * certificate) overlaps the round trip instead of following it.
  */
-import { BrokerError } from '../errors.js';
+import { BrokerError } from '../core/errors.js';
 import { insertDeferred, toStoreError, type Db, type DeferredRow } from './db.js';
 import { queryRun, type SqliteConnection } from './sqlite-driver.js';
 

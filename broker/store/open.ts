@@ -24,7 +24,7 @@
  */
 import { access } from 'node:fs/promises';
 import knex, { type Knex } from 'knex';
-import { BrokerError } from '../errors.js';
+import { BrokerError } from '../core/errors.js';
 import * as apiKeys from './api-keys.js';
 import * as audit from './audit.js';
 import * as certs from './certs.js';

@@ -4,7 +4,7 @@
  * UNIQUE device_id makes a second block per device impossible, whatever the
  * callers do; allocation itself is a single upsert statement.
  */
-import { BrokerError } from '../errors.js';
+import { BrokerError } from '../core/errors.js';
 import { constraintViolation, isUniqueViolation, toMillis, type Db } from './db.js';
 import type { PortBlock, PortPool, PortPoolUsage } from './types.js';
 

@@ -12,13 +12,15 @@
  *   rows) they changed, so callers can explain a refusal without a racy
  *   read-then-write.
  */
-import type { ErrorCode } from '../errors.js';
+import type { ApiKeyRole } from '../../api/operator.js';
+import type { ErrorCode } from '../../api/errors.js';
+
+export type { ApiKeyRole };
 
 export type DeviceStatus = 'active' | 'revoked';
 /** Derived, not stored: used > revoked > expired > active. */
 export type TokenStatus = 'active' | 'used' | 'expired' | 'revoked';
 export type CertKind = 'device' | 'operator';
-export type ApiKeyRole = 'admin' | 'operator' | 'provisioner';
 /** Device labels: string keys to string values, stored as JSON text. */
 export type Labels = Record<string, string>;
 

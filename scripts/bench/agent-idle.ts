@@ -16,9 +16,9 @@ import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promise
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { enrollDevice } from '../../agent/enroll.js';
-import { withBroker } from '../../test/helpers/broker.js';
-import { REPO_ROOT } from '../../test/helpers/cli.js';
-import { startDeviceService } from '../../test/helpers/gateway.js';
+import { withBroker } from '../../testkit/broker.js';
+import { REPO_ROOT } from '../../testkit/cli.js';
+import { startDeviceService } from '../../testkit/gateway.js';
 
 const arg = (name: string): string | undefined => {
   const i = process.argv.indexOf(name);

@@ -30,10 +30,10 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { apiRequest } from '../../agent/api-client.js';
+import { apiRequest } from '../../api/client.js';
 import { encodePrivateKey, formatPublicKey, generateKeyPair } from '../../ca/index.js';
-import { renderNginxConfig } from '../../broker/access/nginx-config.js';
-import type { EnrollResponse } from '../../broker/wire-types.js';
+import { renderNginxConfig } from '../../broker/proxy/nginx-config.js';
+import type { EnrollResponse } from '../../api/device.js';
 import { perRequest } from './proc-usage.js';
 
 function arg(name: string, fallback: number): number {

@@ -25,9 +25,9 @@ import { fileURLToPath } from 'node:url';
 import ssh2 from 'ssh2';
 import { certificateAuthHandler } from '../../agent/ssh2-cert-auth.js';
 import { formatCertificate, formatPublicKey, generateKeyPair, saveKeyPair, signDeviceCert, type KeyPair, type PortBlock } from '../../ca/index.js';
-import { sshdDriver, type SshdGateway } from '../../test/conformance/sshd-driver.js';
-import { createWorld, type World } from '../../test/conformance/world.js';
-import { sshArgs } from '../../test/helpers/ssh-client.js';
+import { sshdDriver, type SshdGateway } from '../../testkit/conformance/sshd-driver.js';
+import { createWorld, type World } from '../../testkit/conformance/world.js';
+import { sshArgs } from '../../testkit/ssh-client.js';
 
 const QUICK = process.argv.includes('--quick');
 /** Below the ephemeral range (32768-60999 here) and above the broker's default pool (20000-29999). */

@@ -11,7 +11,7 @@ import { parseAgentConfig } from '../../agent/config.js';
 import { EXIT } from '../../agent/errors.js';
 import { publicKeyBlob } from '../../ca/index.js';
 import { FakeClock, FakeTransport, enrolledDevice, fakeRenewApi, memoryLogger, settle, type TestDevice } from './fixtures.js';
-import { waitFor } from '../helpers/ssh-client.js';
+import { waitFor } from '../../testkit/ssh-client.js';
 
 const HOUR = 3600_000;
 const BACKOFF = { baseMs: 1000, capMs: 8000, minMs: 0 };

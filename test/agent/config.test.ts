@@ -4,7 +4,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadAgentConfig, parseAgentConfig } from '../../agent/config.js';
 import { AgentError, EXIT } from '../../agent/errors.js';
-import { withTempDir } from '../helpers/openssh.js';
+import { withTempDir } from '../../testkit/openssh.js';
 
 const PIN = `sha256//${'A'.repeat(43)}=`;
 const broker = { url: 'https://broker.example:8443', pin: PIN };

@@ -11,12 +11,12 @@ import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EXIT } from '../../agent/errors.js';
 import { readAgentStatus, type AgentStatusReport } from '../../agent/status.js';
-import { withBroker } from '../helpers/broker.js';
-import { runCli } from '../helpers/cli.js';
-import { isListening, startDeviceService } from '../helpers/gateway.js';
-import { withTempDir } from '../helpers/openssh.js';
-import { waitFor } from '../helpers/ssh-client.js';
-import { ensureGatewayUsers } from '../conformance/sshd-driver.js';
+import { withBroker } from '../../testkit/broker.js';
+import { runCli } from '../../testkit/cli.js';
+import { isListening, startDeviceService } from '../../testkit/gateway.js';
+import { withTempDir } from '../../testkit/openssh.js';
+import { waitFor } from '../../testkit/ssh-client.js';
+import { ensureGatewayUsers } from '../../testkit/conformance/sshd-driver.js';
 import { agentConfig, exchangeWithin, mintToken, spawnAgent, within } from './fixtures.js';
 import { freePool, freePort, startBrokerSshd, type BrokerSshd } from './net-fixtures.js';
 

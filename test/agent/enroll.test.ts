@@ -2,13 +2,13 @@
 import test from 'ava';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ApiError } from '../../agent/api-client.js';
+import { ApiError } from '../../api/client.js';
 import { enrollDevice } from '../../agent/enroll.js';
 import { AgentError, EXIT } from '../../agent/errors.js';
 import { formatCertificate, generateKeyPair, parsePublicKey, signDeviceCert } from '../../ca/index.js';
-import type { EnrollRequest } from '../../broker/wire-types.js';
-import { withBroker } from '../helpers/broker.js';
-import { withTempDir } from '../helpers/openssh.js';
+import type { EnrollRequest } from '../../api/device.js';
+import { withBroker } from '../../testkit/broker.js';
+import { withTempDir } from '../../testkit/openssh.js';
 import { enrolledDevice, mintToken } from './fixtures.js';
 
 test('ok/real broker: only the public key is sent; the grant is stored; the broker logs no secret', async (t) => {

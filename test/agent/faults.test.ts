@@ -6,15 +6,15 @@
 import test from 'ava';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { apiRequest } from '../../agent/api-client.js';
+import { apiRequest } from '../../api/client.js';
 import { delayBound } from '../../agent/backoff.js';
 import { EXIT } from '../../agent/errors.js';
-import { withBroker } from '../helpers/broker.js';
-import { runCli, spawnBroker, type BrokerProcess } from '../helpers/cli.js';
-import { startDeviceService, startGatewayEnv, type DeviceService } from '../helpers/gateway.js';
-import { withTempDir } from '../helpers/openssh.js';
-import { spawnSsh, waitFor } from '../helpers/ssh-client.js';
-import { ensureGatewayUsers } from '../conformance/sshd-driver.js';
+import { withBroker } from '../../testkit/broker.js';
+import { runCli, spawnBroker, type BrokerProcess } from '../../testkit/cli.js';
+import { startDeviceService, startGatewayEnv, type DeviceService } from '../../testkit/gateway.js';
+import { withTempDir } from '../../testkit/openssh.js';
+import { spawnSsh, waitFor } from '../../testkit/ssh-client.js';
+import { ensureGatewayUsers } from '../../testkit/conformance/sshd-driver.js';
 import { agentConfig, exchangeWithin, mintToken, spawnAgent, type AgentProcess } from './fixtures.js';
 import { FaultProxy, freePool, freePort, startBrokerSshd } from './net-fixtures.js';
 

@@ -10,13 +10,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodePrivateKey, formatCertificate, formatPublicKey, generateKeyPair, signDeviceCert, writeFileAtomic, type KeyPair } from '../../ca/index.js';
 import type { Clock, AgentLogger } from '../../agent/agent.js';
-import { ApiError, type ApiClientOptions } from '../../agent/api-client.js';
+import { ApiError, type ApiClientOptions } from '../../api/client.js';
 import { ensureStateDir, writeGrant } from '../../agent/state-dir.js';
 import { TransportError, type Transport, type TransportErrorCode, type Tunnel, type TunnelEnd, type TunnelSpec } from '../../agent/transport.js';
-import type { CertificateGrantWire, RenewRequest } from '../../broker/wire-types.js';
-import type { TestBroker } from '../helpers/broker.js';
-import { cliArgs, REPO_ROOT } from '../helpers/cli.js';
-import { exchange, type DeviceService } from '../helpers/gateway.js';
+import type { CertificateGrantWire, RenewRequest } from '../../api/device.js';
+import type { TestBroker } from '../../testkit/broker.js';
+import { cliArgs, REPO_ROOT } from '../../testkit/cli.js';
+import { exchange, type DeviceService } from '../../testkit/gateway.js';
 
 /** A clock whose time moves only when the test says so; timers fire in order. */
 export class FakeClock implements Clock {

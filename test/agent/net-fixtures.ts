@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { writeFile } from 'node:fs/promises';
 import { OPENSSH_FILES } from '../../broker/openssh/config-files.js';
 import { killSessionsHoldingPorts } from '../../broker/openssh/session-killer.js';
-import { ensureGatewayUsers } from '../conformance/sshd-driver.js';
+import { ensureGatewayUsers } from '../../testkit/conformance/sshd-driver.js';
 
 function canListen(port: number): Promise<boolean> {
   return new Promise((resolve) => {

@@ -1,13 +1,13 @@
 /**
- * scripts/bench/reconnect-storm.ts, small: 20 agents (ssh2, one process)
+ * The reconnect storm (testkit/reconnect-storm.ts), small: 20 agents (ssh2, one process)
  * connected to one broker process; the broker is killed and restarted; all
  * reconnect within their backoff bound, and the jitter spreads them out.
  * The control run without jitter shows the herd the jitter breaks up.
- * (The 200-agent version is the benchmark: see the script's header.)
+ * (The 200-agent version is the benchmark: npm run bench:storm.)
  */
 import test from 'ava';
 import { delayBound } from '../../agent/backoff.js';
-import { formatStorm, runStorm } from '../../scripts/bench/reconnect-storm.js';
+import { formatStorm, runStorm } from '../../testkit/reconnect-storm.js';
 import { freePool } from './net-fixtures.js';
 
 const AGENTS = 20;

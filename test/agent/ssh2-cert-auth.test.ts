@@ -10,9 +10,9 @@ import ssh2 from 'ssh2';
 import type { ClientChannel } from 'ssh2';
 import { formatPublicKey, generateKeyPair, parseCertificate, publicKeyBlob, signDeviceCert, signHostCert, type Certificate, type KeyPair, type PublicKey } from '../../ca/index.js';
 import { certificateAuthHandler, checkSsh2Version } from '../../agent/ssh2-cert-auth.js';
-import { exchange, freePortBlock, isListening, startDeviceService, startGatewayEnv, type DeviceService } from '../helpers/gateway.js';
-import { sshKeygenOk, withTempDir } from '../helpers/openssh.js';
-import { startSshd } from '../helpers/sshd.js';
+import { exchange, freePortBlock, isListening, startDeviceService, startGatewayEnv, type DeviceService } from '../../testkit/gateway.js';
+import { sshKeygenOk, withTempDir } from '../../testkit/openssh.js';
+import { startSshd } from '../../testkit/sshd.js';
 
 interface Connected {
   readonly client: ssh2.Client;

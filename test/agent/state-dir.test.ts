@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
 import { AgentError } from '../../agent/errors.js';
 import { acquireRunLock, loadEnrollment, renderKnownHosts, runningAgentPid, statePaths } from '../../agent/state-dir.js';
-import { sshKeygen } from '../helpers/openssh.js';
+import { sshKeygen } from '../../testkit/openssh.js';
 import { enrolledDevice } from './fixtures.js';
 
 test('ok/layout: 0700 directory, 0600 key, certificate, known_hosts and state.json; loads back consistent', async (t) => {

@@ -7,8 +7,8 @@ import test from 'ava';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EXIT } from '../../agent/errors.js';
-import { REPO_ROOT } from '../helpers/cli.js';
-import { runCommand, withTempDir } from '../helpers/openssh.js';
+import { REPO_ROOT } from '../../testkit/cli.js';
+import { runCommand, withTempDir } from '../../testkit/openssh.js';
 
 const UNIT = join(REPO_ROOT, 'scripts', 'systemd', 'certunnel-agent.service');
 

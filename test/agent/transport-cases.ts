@@ -12,10 +12,10 @@ import {
 } from '../../ca/index.js';
 import { renderKnownHosts } from '../../agent/state-dir.js';
 import { TransportError, type Transport, type Tunnel, type TunnelEnd, type TunnelSpec } from '../../agent/transport.js';
-import { exchange, isListening, startDeviceService, startGatewayEnv, type DeviceService, type GatewayEnv } from '../helpers/gateway.js';
-import { sshKeygenOk, withTempDir } from '../helpers/openssh.js';
-import { waitFor } from '../helpers/ssh-client.js';
-import { startSshd } from '../helpers/sshd.js';
+import { exchange, isListening, startDeviceService, startGatewayEnv, type DeviceService, type GatewayEnv } from '../../testkit/gateway.js';
+import { sshKeygenOk, withTempDir } from '../../testkit/openssh.js';
+import { waitFor } from '../../testkit/ssh-client.js';
+import { startSshd } from '../../testkit/sshd.js';
 import { within } from './fixtures.js';
 import { FaultProxy, freePool, freePort } from './net-fixtures.js';
 

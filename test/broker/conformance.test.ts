@@ -17,12 +17,12 @@ import { existsSync } from 'node:fs';
 import { chmod, mkdir as makeDir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_SSHD } from '../../broker/openssh/sshd-check.js';
-import { CASES } from '../conformance/cases.js';
-import { startEchoServer } from '../conformance/client.js';
-import { gatewayDriver, type EmbeddedConformanceGateway } from '../conformance/gateway-driver.js';
-import { sshdDriver, type SshdGateway } from '../conformance/sshd-driver.js';
-import { createWorld, formatMatrix, runCase, type ConformanceCase, type Gateway, type MatrixRow, type Row, type World } from '../conformance/world.js';
+import { DEFAULT_SSHD } from '../../testkit/sshd-check.js';
+import { CASES } from '../../testkit/conformance/cases.js';
+import { startEchoServer } from '../../testkit/conformance/client.js';
+import { gatewayDriver, type EmbeddedConformanceGateway } from '../../testkit/conformance/gateway-driver.js';
+import { sshdDriver, type SshdGateway } from '../../testkit/conformance/sshd-driver.js';
+import { createWorld, formatMatrix, runCase, type ConformanceCase, type Gateway, type MatrixRow, type Row, type World } from '../../testkit/conformance/world.js';
 
 const CAN_RUN_SSHD = process.platform === 'linux' && process.getuid?.() === 0 && existsSync(DEFAULT_SSHD);
 /** Cases in flight at once, both modes together: enough to overlap the clients' waits, few enough for 2 cores. */

@@ -1,9 +1,9 @@
 import test from 'ava';
 import { generateKeyPair, parseCertificateLine, parsePublicKey, formatPublicKey } from '../../ca/index.js';
-import type { EnrollResponse } from '../../broker/wire-types.js';
-import { withBroker } from '../helpers/broker.js';
-import { exchange, isListening, startDeviceService } from '../helpers/gateway.js';
-import { spawnSsh, sshArgs, waitFor, writeClientIdentity, writeKnownHosts } from '../helpers/ssh-client.js';
+import type { EnrollResponse } from '../../api/device.js';
+import { withBroker } from '../../testkit/broker.js';
+import { exchange, isListening, startDeviceService } from '../../testkit/gateway.js';
+import { spawnSsh, sshArgs, waitFor, writeClientIdentity, writeKnownHosts } from '../../testkit/ssh-client.js';
 
 // A broker wired end to end in its default (embedded) mode: the certificate
 // the HTTPS API issues is what the real `ssh` client presents to the

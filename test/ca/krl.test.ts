@@ -3,7 +3,7 @@ import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isCaError, loadPublicKey, SshReader, type PublicKey } from '../../ca/index.js';
 import { encodeKrl, planSerials, writeKrl, type KrlInput } from '../../ca/krl.js';
-import { certifyWithSshKeygen, makeOpensshKey, sshKeygen, sshKeygenOk, withTempDir } from '../helpers/openssh.js';
+import { certifyWithSshKeygen, makeOpensshKey, sshKeygen, sshKeygenOk, withTempDir } from '../../testkit/openssh.js';
 
 const U64_MAX = (1n << 64n) - 1n;
 const NOW = new Date('2025-06-01T12:00:00Z');

@@ -13,7 +13,7 @@ import {
   type KeyPair,
 } from '../../ca/index.js';
 import { parseSshsig, signSshsig, verifySshsig, SSHSIG_HASHES } from '../../ca/sshsig.js';
-import { makeOpensshKey, sshKeygen, sshKeygenOk, withTempDir } from '../helpers/openssh.js';
+import { makeOpensshKey, sshKeygen, sshKeygenOk, withTempDir } from '../../testkit/openssh.js';
 
 const NS = 'certunnel-enroll@example.com';
 const MESSAGE = Buffer.from('enroll device 42 with nonce 0123456789abcdef\n');

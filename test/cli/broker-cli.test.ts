@@ -2,11 +2,11 @@ import test from 'ava';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair, encodePrivateKey } from '../../ca/index.js';
-import { apiRequest } from '../../agent/api-client.js';
-import type { EnrollResponse } from '../../broker/wire-types.js';
-import { readEphemeralRange } from '../../broker/ephemeral-ports.js';
-import { runCli, spawnBroker, REPO_ROOT } from '../helpers/cli.js';
-import { runCommand, withTempDir } from '../helpers/openssh.js';
+import { apiRequest } from '../../api/client.js';
+import type { EnrollResponse } from '../../api/device.js';
+import { readEphemeralRange } from '../../broker/compose/ephemeral-ports.js';
+import { runCli, spawnBroker, REPO_ROOT } from '../../testkit/cli.js';
+import { runCommand, withTempDir } from '../../testkit/openssh.js';
 
 const INIT = ['--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0', '--port-range', '21000-21999'];
 

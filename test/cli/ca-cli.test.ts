@@ -1,7 +1,7 @@
 import test from 'ava';
 import { join } from 'node:path';
-import { runCli } from '../helpers/cli.js';
-import { makeOpensshKey, runCommand, withTempDir } from '../helpers/openssh.js';
+import { runCli } from '../../testkit/cli.js';
+import { makeOpensshKey, runCommand, withTempDir } from '../../testkit/openssh.js';
 
 test('ok/certunnel ca init, sign-device, inspect, krl — with ssh-keygen as the referee', async (t) => {
   await withTempDir(async (dir) => {

@@ -11,11 +11,11 @@ import { chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OPENSSH_FILES } from '../../broker/openssh/config-files.js';
 import { killSessionsHoldingPorts } from '../../broker/openssh/session-killer.js';
-import { ensureGatewayUsers } from '../conformance/sshd-driver.js';
-import { freePortBlock } from '../helpers/gateway.js';
-import { runCli } from '../helpers/cli.js';
-import { startSshd } from '../helpers/sshd.js';
-import { withFleet } from '../broker/operator-fixture.js';
+import { ensureGatewayUsers } from '../../testkit/conformance/sshd-driver.js';
+import { freePortBlock } from '../../testkit/gateway.js';
+import { runCli } from '../../testkit/cli.js';
+import { startSshd } from '../../testkit/sshd.js';
+import { withFleet } from '../../testkit/operator-fixture.js';
 
 const CAN_RUN_SSHD = process.platform === 'linux' && process.getuid?.() === 0 && existsSync('/usr/sbin/sshd');
 const sshdTest = CAN_RUN_SSHD ? test : test.skip;

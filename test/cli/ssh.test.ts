@@ -9,9 +9,9 @@ import { existsSync } from 'node:fs';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
-import { runCli } from '../helpers/cli.js';
-import { runCommand } from '../helpers/openssh.js';
-import { withFleet, type Fleet } from '../broker/operator-fixture.js';
+import { runCli } from '../../testkit/cli.js';
+import { runCommand } from '../../testkit/openssh.js';
+import { withFleet, type Fleet } from '../../testkit/operator-fixture.js';
 
 const CAN_RUN_SSHD = process.platform === 'linux' && process.getuid?.() === 0 && existsSync('/usr/sbin/sshd');
 const sshdTest = CAN_RUN_SSHD ? test : test.skip;

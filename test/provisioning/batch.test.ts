@@ -7,9 +7,9 @@
 import test from 'ava';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ApiError, type ApiClientOptions } from '../../agent/api-client.js';
+import { ApiError, type ApiClientOptions } from '../../api/client.js';
 import { readManifest, runBatch, type BatchOptions, type Manifest } from '../../provisioning/index.js';
-import { withBroker, type TestBroker } from '../helpers/broker.js';
+import { withBroker, type TestBroker } from '../../testkit/broker.js';
 import { bundleSecrets, recordingDeps, tempDir } from './helpers.js';
 
 interface TokenView { id: string; status: string; bindName: string | null; bindSerial: string | null }

@@ -8,8 +8,8 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import { access } from 'node:fs/promises';
 import { join } from 'node:path';
-import { REPO_ROOT } from '../helpers/cli.js';
-import { waitFor } from '../helpers/ssh-client.js';
+import { REPO_ROOT } from '../../testkit/cli.js';
+import { waitFor } from '../../testkit/ssh-client.js';
 
 interface DemoRun {
   readonly code: number | null;

@@ -9,10 +9,10 @@ import { copyFile, lstat, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EXIT } from '../../agent/errors.js';
 import { readManifest } from '../../provisioning/index.js';
-import { withBroker } from '../helpers/broker.js';
-import { runCli } from '../helpers/cli.js';
-import { exchange, startDeviceService } from '../helpers/gateway.js';
-import { waitFor } from '../helpers/ssh-client.js';
+import { withBroker } from '../../testkit/broker.js';
+import { runCli } from '../../testkit/cli.js';
+import { exchange, startDeviceService } from '../../testkit/gateway.js';
+import { waitFor } from '../../testkit/ssh-client.js';
 import { bundleSecrets, makeImage, runAgentFromRoot, tempDir, type AgentProcess } from './helpers.js';
 
 test('e2e/batch of 100 → flash 3 → 3 agents enroll and tunnel; a token works once; revoking the batch fails unused tokens', async (t) => {

@@ -7,12 +7,12 @@
 import test from 'ava';
 import { access, chmod, chown, lstat, mkdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ApiError, type ApiClientOptions } from '../../agent/api-client.js';
+import { ApiError, type ApiClientOptions } from '../../api/client.js';
 import {
   findRepoUnit, flashImage, parseAgentUnit, resolveInRoot, verifyImage, type BrokerCaResponse, type DeviceBundle, type VerifyReport,
 } from '../../provisioning/index.js';
-import { cliArgs, REPO_ROOT } from '../helpers/cli.js';
-import { runCommand } from '../helpers/openssh.js';
+import { cliArgs, REPO_ROOT } from '../../testkit/cli.js';
+import { runCommand } from '../../testkit/openssh.js';
 import { fakeBundle, FIXTURE_UNIT, makeImage, tempDir } from './helpers.js';
 
 async function withImage(fn: (ctx: { dir: string; root: string; unit: string }) => Promise<void>, options: Parameters<typeof makeImage>[2] = {}): Promise<void> {

@@ -1,0 +1,103 @@
+/**
+ * A small JSON client for the broker's HTTP API. With a pin, the TLS
+ * connection is made and its public key checked BEFORE any request byte
+ * (token, API key, signature) is written; no CA store is consulted. Without a
+ * pin, an https URL is verified against the system CAs and http is plain.
+ */
+import { request as httpRequest, type IncomingMessage, type RequestOptions as HttpRequestOptions } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { isIP } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { connect as tlsConnect, type ConnectionOptions as TlsConnectionOptions } from 'node:tls';
+import { tlsPinOfSpki } from '../ca/index.js';
+import { ApiError } from './errors.js';
+
+export { ApiError };
+
+export interface ApiClientOptions {
+  readonly baseUrl: string;
+  /** "sha256//BASE64" of the broker's TLS public key. */
+  readonly pin?: string;
+  /** Bearer API key (operators, provisioners). */
+  readonly apiKey?: string;
+  readonly timeoutMs?: number;
+}
+
+/**
+ * An https.Agent whose connections are handed to the request only after the
+ * peer's public key matched the pin: the request (token, API key, signature)
+ * is never written to an unverified peer.
+ */
+class PinnedAgent extends HttpsAgent {
+  constructor(
+    private readonly pin: string,
+    private readonly timeoutMs: number,
+  ) {
+    super({ keepAlive: false });
+  }
+
+  override createConnection(options: HttpRequestOptions, callback?: (err: Error | null, stream: Duplex) => void): undefined {
+    const host = String(options.host ?? 'localhost');
+    const socket = tlsConnect({ ...(options as TlsConnectionOptions), rejectUnauthorized: false, servername: isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });
+    let done = false;
+    const finish = (err: Error | null): void => {
+      if (done) return;
+      done = true;
+      socket.setTimeout(0);
+      if (err) socket.destroy();
+      callback?.(err, socket);
+    };
+    socket.setTimeout(this.timeoutMs, () => finish(new ApiError('UNREACHABLE', `no TLS handshake with ${host} within ${this.timeoutMs} ms`)));
+    socket.once('error', (err) => finish(new ApiError('UNREACHABLE', `cannot reach ${host}: ${err.message}`)));
+    socket.once('secureConnect', () => {
+      const cert = socket.getPeerCertificate();
+      if (!cert || !cert.pubkey || tlsPinOfSpki(cert.pubkey) !== this.pin) {
+        finish(new ApiError('PIN_MISMATCH', `the broker at ${host} does not present the pinned TLS key`));
+      } else {
+        finish(null);
+      }
+    });
+    return undefined;
+  }
+}
+
+async function readBody(res: IncomingMessage, limit = 16 * 1024 * 1024): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of res) {
+    size += (chunk as Buffer).length;
+    if (size > limit) throw new ApiError('RESPONSE_TOO_LARGE', 'the broker sent an oversized response');
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** Sends one request and returns the parsed JSON (or raw bytes for non-JSON). Throws ApiError. */
+export async function apiRequest<T>(options: ApiClientOptions, method: string, path: string, body?: unknown): Promise<T> {
+  const url = new URL(path, options.baseUrl);
+  const timeoutMs = options.timeoutMs ?? 15_000;
+  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+  const headers: Record<string, string> = { accept: 'application/json' };
+  if (payload) {
+    headers['content-type'] = 'application/json';
+    headers['content-length'] = String(payload.length);
+  }
+  if (options.apiKey) headers.authorization = `Bearer ${options.apiKey}`;
+
+  const https = url.protocol === 'https:';
+  const agent = https && options.pin ? new PinnedAgent(options.pin, timeoutMs) : false;
+  const res = await new Promise<IncomingMessage>((resolve, reject) => {
+    const req = (https ? httpsRequest : httpRequest)(url, { method, headers, agent }, resolve);
+    req.setTimeout(timeoutMs, () => req.destroy(new ApiError('TIMEOUT', `${method} ${url.pathname} timed out after ${timeoutMs} ms`)));
+    req.once('error', (err) => reject(err instanceof ApiError ? err : new ApiError('UNREACHABLE', `cannot reach ${url.host}: ${err.message}`)));
+    req.end(payload);
+  });
+  const data = await readBody(res);
+  const isJson = /^application\/json/.test(res.headers['content-type'] ?? '');
+  const parsed: unknown = isJson && data.length ? JSON.parse(data.toString('utf8')) : data;
+  if ((res.statusCode ?? 500) >= 400) {
+    const error = (parsed as { error?: { code?: string; message?: string } }).error;
+    throw new ApiError(error?.code ?? `HTTP_${res.statusCode}`, error?.message ?? `HTTP ${res.statusCode}`, res.statusCode);
+  }
+  return parsed as T;
+}

@@ -1,0 +1,79 @@
+/**
+ * Wire types of the device routes (POST /v1/enroll, POST /v1/renew), shared
+ * by the broker, the device agent and the CLI. Types only, plus the renewal
+ * message layout both sides must build the same way.
+ */
+
+export interface PortBlockWire {
+  first: number;
+  last: number;
+}
+
+/** How a device reaches the broker's SSH server and how it knows it is the real one. */
+export interface SshEndpointWire {
+  host: string;
+  port: number;
+  /** Any username works with the embedded gateway; sshd (OpenSSH mode) needs this one. */
+  username: string;
+  /** The broker's host key, an OpenSSH public key line (pin it). */
+  hostKey: string;
+  /** The host CA public key line; the broker's host certificate is signed by it. */
+  hostCertificateAuthority: string;
+}
+
+export interface EnrollRequest {
+  token: string;
+  /** The device's Ed25519 public key, an OpenSSH public key line. */
+  publicKey: string;
+  name?: string;
+  hardwareSerial?: string;
+}
+
+export interface CertificateGrantWire {
+  deviceId: string;
+  name: string | null;
+  ports: PortBlockWire;
+  /** OpenSSH certificate line (ssh-ed25519-cert-v01@openssh.com …). */
+  certificate: string;
+  serial: string;
+  validAfter: string;
+  validBefore: string;
+  /** Renew at or after this time (about two thirds of the validity). */
+  renewAfter: string;
+  ssh: SshEndpointWire;
+}
+
+export type EnrollResponse = CertificateGrantWire;
+
+export interface RenewRequest {
+  deviceId: string;
+  /** Unix seconds when the device signed the request. */
+  timestamp: number;
+  /** 16-64 characters of base64url, fresh for every request. */
+  nonce: string;
+  /** Key rotation: the device's new Ed25519 public key line. */
+  newPublicKey?: string;
+  /** SSHSIG (armored) over renewMessage() by the device's enrolled key, namespace RENEW_NAMESPACE. */
+  signature: string;
+  /** With newPublicKey: SSHSIG over the same message by the new key. */
+  newKeySignature?: string;
+}
+
+export type RenewResponse = CertificateGrantWire;
+
+export const RENEW_NAMESPACE = 'certunnel-renew';
+
+/**
+ * The exact bytes a renewal signature covers. Line-oriented text so that a
+ * device with only a POSIX shell, ssh-keygen and curl can build it with printf.
+ */
+export function renewMessage(req: Pick<RenewRequest, 'deviceId' | 'timestamp' | 'nonce' | 'newPublicKey'>): string {
+  return [
+    'certunnel-renew-v1',
+    `device ${req.deviceId}`,
+    `timestamp ${req.timestamp}`,
+    `nonce ${req.nonce}`,
+    `new-key ${req.newPublicKey ?? '-'}`,
+    '',
+  ].join('\n');
+}

@@ -1,0 +1,63 @@
+/**
+ * The broker's error codes: API, documented in docs/api.md, never renamed.
+ * Every refusal is `{"error": {"code", "message"}}` with the HTTP status
+ * below. The broker raises them (broker/core/errors.ts); clients read them
+ * back as ApiError.
+ */
+export const ERROR_STATUS = {
+  BAD_REQUEST: 400,
+  BODY_TOO_LARGE: 413,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  UNAUTHENTICATED: 401,
+  FORBIDDEN: 403,
+  NOT_FOUND: 404,
+  TOKEN_UNKNOWN: 401,
+  TOKEN_USED: 409,
+  TOKEN_EXPIRED: 410,
+  TOKEN_REVOKED: 410,
+  TOKEN_BINDING_MISMATCH: 403,
+  KEY_UNSUPPORTED: 400,
+  KEY_INVALID: 400,
+  KEY_ALREADY_ENROLLED: 409,
+  NAME_TAKEN: 409,
+  PORT_POOL_EXHAUSTED: 503,
+  DEVICE_UNKNOWN: 404,
+  DEVICE_REVOKED: 403,
+  DEVICE_OFFLINE: 502,
+  SIGNATURE_INVALID: 401,
+  REQUEST_STALE: 401,
+  REQUEST_REPLAYED: 409,
+  RENEWAL_GRACE_EXCEEDED: 403,
+  CONFIG_INVALID: 500,
+  DATA_DIR_EXISTS: 409,
+  INTERNAL: 500,
+  /** The store could not take the request in time (saturated, or its file locked by another process). */
+  STORE_BUSY: 503,
+  /** The device's tunnel is up, but its HTTP service refused or did not answer (or the device forwards no http slot). */
+  DEVICE_SERVICE_UNAVAILABLE: 502,
+  /** Too many failed authentication attempts from one address (the proxy's login and bearer keys); Retry-After says when to try again. */
+  RATE_LIMITED: 429,
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_STATUS;
+
+/** The body of every refusal. */
+export interface ErrorResponse {
+  error: { code: ErrorCode; message: string };
+}
+
+/**
+ * What a client sees: a refusal from the broker (its ErrorCode) or a
+ * transport failure (PIN_MISMATCH, UNREACHABLE, TIMEOUT, RESPONSE_TOO_LARGE,
+ * HTTP_<status> for a non-JSON refusal).
+ */
+export class ApiError extends Error {
+  override name = 'ApiError';
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+}

@@ -1,0 +1,140 @@
+/**
+ * The broker's data directory: layout, and `init`, which creates everything
+ * a broker needs on its embedded defaults — config, SQLite database, user
+ * and host CAs, SSH host key and host certificate, the API's TLS identity, an
+ * empty KRL, and a first admin API key (printed once, stored hashed).
+ */
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  encodeKrl, fingerprint, formatCertificate, formatPublicKey, generateKeyPair, saveKeyPair, signHostCert, writeFileAtomic,
+} from '../../ca/index.js';
+import { parseConfig, splitHostPort, type BrokerConfig } from '../core/config.js';
+import { createApiKey } from '../core/api-keys.js';
+import { BrokerError } from '../core/errors.js';
+import { openStore } from '../store/index.js';
+import { generateTlsIdentity } from './tls.js';
+
+export interface DataPaths {
+  readonly config: string;
+  readonly database: string;
+  readonly userCa: string;
+  readonly hostCa: string;
+  readonly hostKey: string;
+  readonly hostCert: string;
+  readonly tlsKey: string;
+  readonly tlsCert: string;
+  readonly apiPin: string;
+  readonly krl: string;
+  /** Written by a running broker: its pid and the addresses it actually bound (ports may be ephemeral). */
+  readonly runtime: string;
+  /** HMAC key of the HTTP proxy's login sessions (0600); made by the broker on first start. */
+  readonly proxySessionKey: string;
+}
+
+export function dataPaths(dir: string): DataPaths {
+  return {
+    config: join(dir, 'config.json'),
+    database: join(dir, 'broker.sqlite'),
+    userCa: join(dir, 'ca', 'user_ca'),
+    hostCa: join(dir, 'ca', 'host_ca'),
+    hostKey: join(dir, 'ssh', 'host_key'),
+    hostCert: join(dir, 'ssh', 'host_key-cert.pub'),
+    tlsKey: join(dir, 'tls', 'api.key'),
+    tlsCert: join(dir, 'tls', 'api.crt'),
+    apiPin: join(dir, 'tls', 'api.pin'),
+    krl: join(dir, 'revoked.krl'),
+    runtime: join(dir, 'broker.runtime.json'),
+    proxySessionKey: join(dir, 'tls', 'proxy-session.key'),
+  };
+}
+
+/** Names the broker's certificates are valid for: what devices and operators dial. */
+export function brokerHostnames(config: BrokerConfig): string[] {
+  const names = new Set<string>([config.domain, 'localhost', '127.0.0.1']);
+  if (config.ssh.publicHost) names.add(config.ssh.publicHost);
+  const apiHost = splitHostPort(config.api.listen).host;
+  if (apiHost !== '0.0.0.0' && apiHost !== '::') names.add(apiHost);
+  if (config.api.publicUrl) names.add(new URL(config.api.publicUrl).hostname);
+  return [...names];
+}
+
+/**
+ * Names the API's TLS certificate covers: the broker's names and
+ * `*.<domain>`, the hostnames of the HTTP proxy (one label deep, RFC 6125
+ * section 6.4.3), served on the same port.
+ */
+export function tlsHostnames(config: BrokerConfig): string[] {
+  return [...brokerHostnames(config), `*.${config.domain}`];
+}
+
+export interface InitOptions {
+  readonly dir: string;
+  /** Config fields to write (validated before anything is created). */
+  readonly config: Record<string, unknown>;
+  /** Encrypts the CA private keys; never written to the config. */
+  readonly passphrase?: string;
+  readonly now?: Date;
+}
+
+export interface InitResult {
+  readonly config: BrokerConfig;
+  readonly adminKey: string;
+  readonly apiPin: string;
+  readonly userCaFingerprint: string;
+  readonly hostCaFingerprint: string;
+}
+
+async function isEmptyOrMissing(dir: string): Promise<boolean> {
+  try {
+    return (await readdir(dir)).length === 0;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    throw err;
+  }
+}
+
+export async function initDataDir(options: InitOptions): Promise<InitResult> {
+  const now = options.now ?? new Date();
+  const config = parseConfig(options.config, options.dir);
+  if (!(await isEmptyOrMissing(options.dir))) {
+    throw new BrokerError('DATA_DIR_EXISTS', `${options.dir} is not empty; refusing to initialise over an existing broker`);
+  }
+  const paths = dataPaths(options.dir);
+  await mkdir(options.dir, { recursive: true, mode: 0o700 });
+  for (const sub of ['ca', 'ssh', 'tls']) await mkdir(join(options.dir, sub), { mode: 0o700 });
+
+  const userCa = generateKeyPair();
+  const hostCa = generateKeyPair();
+  const hostKey = generateKeyPair();
+  await saveKeyPair(paths.userCa, userCa, { passphrase: options.passphrase, comment: 'certunnel user CA' });
+  await saveKeyPair(paths.hostCa, hostCa, { passphrase: options.passphrase, comment: 'certunnel host CA' });
+  await saveKeyPair(paths.hostKey, hostKey, { comment: 'certunnel broker host key' });
+
+  const tls = generateTlsIdentity(tlsHostnames(config), now);
+  await writeFileAtomic(paths.tlsKey, tls.keyPem, { mode: 0o600 });
+  await writeFileAtomic(paths.tlsCert, tls.certPem, { mode: 0o644 });
+  await writeFileAtomic(paths.apiPin, `${tls.pin}\n`, { mode: 0o644 });
+  await writeFileAtomic(paths.krl, encodeKrl({ caKey: userCa.publicKey, version: 0n, generatedAt: now }), { mode: 0o644 });
+
+  const store = await openStore({ filename: paths.database });
+  let adminKey: string;
+  try {
+    const serial = await store.nextSerial();
+    const hostCert = signHostCert({ hostCa, publicKey: hostKey.publicKey, hostnames: brokerHostnames(config), serial, now });
+    await writeFileAtomic(paths.hostCert, `${formatCertificate(hostCert, 'certunnel broker host certificate')}\n`, { mode: 0o644 });
+    const actor = { id: 'system', remoteAddr: null };
+    adminKey = (await createApiKey(store, { role: 'admin', name: 'initial-admin' }, actor, now)).key;
+    await store.appendAudit({
+      at: now, actor: 'system', action: 'broker.init', target: null, remoteAddr: null, outcome: 'ok',
+      details: { userCa: fingerprint(userCa.publicKey), hostCa: fingerprint(hostCa.publicKey), hostKey: formatPublicKey(hostKey.publicKey) },
+    });
+  } finally {
+    await store.close();
+  }
+  // The config goes last: its presence marks a complete data directory.
+  await writeFile(paths.config, `${JSON.stringify(options.config, null, 2)}\n`, { mode: 0o600 });
+  return {
+    config, adminKey, apiPin: tls.pin, userCaFingerprint: fingerprint(userCa.publicKey), hostCaFingerprint: fingerprint(hostCa.publicKey),
+  };
+}

@@ -1,0 +1,23 @@
+/**
+ * The broker's front door for its entry point (cli/): start a broker, make
+ * or read a data directory, load the configuration, mint a local API key,
+ * render the nginx configuration. The CLI reaches the running broker's
+ * rules only through the HTTP API (api/), and the broker process only
+ * through this file.
+ */
+import type { RunningBroker, StartBrokerOptions } from './start.js';
+
+export type { RunningBroker, StartBrokerOptions };
+
+/** Starts a broker. Loaded on demand: operator commands that only read the data directory do not pay for the HTTP and SSH stack. */
+export async function startBroker(options: StartBrokerOptions): Promise<RunningBroker> {
+  return (await import('./start.js')).startBroker(options);
+}
+
+export { dataPaths, initDataDir, type DataPaths, type InitOptions, type InitResult } from './data-dir.js';
+export { loadConfig, CONFIG_FILE } from './load-config.js';
+export { createLocalApiKey } from './local-api-key.js';
+export { ephemeralOverlapWarning, readEphemeralRange } from './ephemeral-ports.js';
+export { splitHostPort, type BrokerConfig } from '../core/config.js';
+export { createLogger, type Logger } from '../telemetry/logger.js';
+export { renderNginxConfig, type NginxConfigInput } from '../proxy/nginx-config.js';

@@ -1,0 +1,38 @@
+/**
+ * Reads the broker's configuration once, in the entry point: the data
+ * directory's config.json, overridden by environment variables and then by
+ * flags (broker/core/config.ts validates, defaults and freezes it).
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fromEnv, isPlainObject, merge, parseConfig, type BrokerConfig, type PlainObject } from '../core/config.js';
+import { BrokerError } from '../core/errors.js';
+
+export const CONFIG_FILE = 'config.json';
+
+export interface LoadConfigOptions {
+  readonly dataDir: string;
+  readonly env?: NodeJS.ProcessEnv;
+  /** Overrides from command-line flags, shaped like the config. */
+  readonly overrides?: PlainObject;
+}
+
+export async function loadConfig(options: LoadConfigOptions): Promise<BrokerConfig> {
+  const path = join(options.dataDir, CONFIG_FILE);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    throw new BrokerError('CONFIG_INVALID', `no ${CONFIG_FILE} in ${options.dataDir}; run certunnel init --data ${options.dataDir}`);
+  }
+  let file: unknown;
+  try {
+    file = JSON.parse(text);
+  } catch {
+    throw new BrokerError('CONFIG_INVALID', `${path} is not valid JSON`);
+  }
+  if (!isPlainObject(file)) throw new BrokerError('CONFIG_INVALID', `${path} must hold a JSON object`);
+  const merged = merge(merge(file, fromEnv(options.env ?? {})), options.overrides ?? {});
+  return parseConfig(merged, options.dataDir);
+}
+

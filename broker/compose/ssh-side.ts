@@ -1,0 +1,141 @@
+/**
+ * The broker's SSH side, in either mode, behind one small interface:
+ * - embedded: the ssh2 gateway in this process;
+ * - openssh: the files a stock sshd needs, rewritten when revocations
+ *   change, the sshd session holding a revoked device's ports ended, and
+ *   presence read from the kernel's listening sockets.
+ */
+import { join } from 'node:path';
+import type { KeyPair } from '../../ca/index.js';
+import { DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/tunnel.js';
+import type { TunnelPresence } from '../core/presence.js';
+import { splitHostPort, type BrokerConfig } from '../core/config.js';
+import type { DataPaths } from './data-dir.js';
+import type { Logger } from '../telemetry/logger.js';
+import type { GatewayStatsSource } from '../telemetry/metrics.js';
+import { writeOpensshFiles } from '../openssh/config-files.js';
+import { OpensshPresence } from '../openssh/presence.js';
+import { killSessionsHoldingPorts } from '../openssh/session-killer.js';
+import type { RevocationList } from './revocation-list.js';
+import { createGateway } from '../ssh/index.js';
+import { activeDevices, type Store } from '../store/index.js';
+
+export interface SshSide {
+  /** The port the SSH server listens on (the gateway's, or the configured sshd's). */
+  readonly port: number;
+  readonly statsSource?: GatewayStatsSource;
+  /** Which ports each device's tunnel holds (embedded gateway); absent in OpenSSH mode, where sshd holds them. */
+  readonly presence?: TunnelPresence;
+  /** Called after the KRL has been rewritten: drop the device's live tunnel. */
+  deviceRevoked(deviceId: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface SshSideOptions {
+  readonly config: BrokerConfig;
+  readonly logger: Logger;
+  readonly store: Store;
+  readonly clock: () => Date;
+  readonly userCa: KeyPair;
+  readonly hostKey: KeyPair;
+  readonly hostCertificate: string;
+  readonly revocations: RevocationList;
+  readonly paths: DataPaths;
+}
+
+/**
+ * The gateway lives in this process, so at start no device is connected to
+ * it, whatever the store says (a crash or a restore leaves stale flags).
+ */
+async function markEveryDeviceOffline(store: Store, now: Date): Promise<number> {
+  let changed = 0;
+  for await (const device of activeDevices(store)) {
+    if (!device.online) continue;
+    await store.setDeviceOnline(device.id, { online: false, since: null, remoteAddr: null, lastSeen: device.lastSeenAt ?? now });
+    changed++;
+  }
+  return changed;
+}
+
+async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
+  const log = o.logger.child({ component: 'ssh-gateway' });
+  const stale = await markEveryDeviceOffline(o.store, o.clock());
+  if (stale > 0) log.info({ devices: stale }, 'marked devices offline that were online when the broker last stopped');
+  const gateway = createGateway({
+    hostKey: o.hostKey,
+    userCaKeys: [o.userCa.publicKey],
+    // Only certificates naming a real block of this broker's pool get in.
+    portPool: { first: o.config.ports.first, last: o.config.ports.last, perDevice: o.config.ports.perDevice },
+    isRevoked: (cert) => o.revocations.isRevoked(cert),
+    clock: o.clock,
+    logger: log,
+    audit: (event) => {
+      o.store
+        .appendAudit({ at: o.clock(), actor: event.actor, action: event.action, target: event.target ?? null, remoteAddr: event.remoteAddr ?? null, outcome: event.outcome as 'ok', details: event.details })
+        .catch((err: unknown) => log.error({ err }, 'audit write failed'));
+    },
+    presence: (update) => {
+      o.store
+        .setDeviceOnline(update.deviceId, { online: update.online, since: update.online ? (update.since ?? o.clock()) : null, remoteAddr: update.remoteAddr ?? null, lastSeen: o.clock() })
+        .catch((err: unknown) => log.error({ err }, 'presence write failed'));
+    },
+    resolveDevice: async (name) => {
+      const device = await o.store.findDeviceByName(name);
+      if (!device || device.status !== 'active' || device.portFirst === null || device.portLast === null) return undefined;
+      return { deviceId: device.id, block: { first: device.portFirst, last: device.portLast } };
+    },
+    limits: { keepaliveIntervalMs: o.config.ssh.keepaliveIntervalSeconds * 1000, keepaliveCountMax: o.config.ssh.keepaliveCountMax },
+  });
+  const { host, port } = splitHostPort(o.config.ssh.listen);
+  const bound = await gateway.listen(port, host);
+  return {
+    port: bound.port,
+    statsSource: gateway,
+    presence: {
+      forwardedPorts: (deviceId) => gateway.tunnelPorts(deviceId),
+      dial: (deviceId, port, origin) => gateway.dialTunnel(deviceId, port, origin),
+    },
+    deviceRevoked: async (deviceId) => gateway.revokeDevice(deviceId),
+    close: () => gateway.close(),
+  };
+}
+
+async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
+  const outDir = join(o.config.dataDir, o.config.ssh.opensshDir);
+  const write = (): Promise<string[]> =>
+    writeOpensshFiles({
+      outDir,
+      userCaKey: o.userCa.publicKey,
+      hostKeyPath: o.paths.hostKey,
+      hostCertificate: o.hostCertificate,
+      krl: o.revocations.krl,
+      pool: { first: o.config.ports.first, last: o.config.ports.last, perDevice: o.config.ports.perDevice },
+      deviceUser: DEVICE_LOGIN,
+      operatorUser: OPERATOR_LOGIN,
+      keepalive: { intervalSeconds: o.config.ssh.keepaliveIntervalSeconds, countMax: o.config.ssh.keepaliveCountMax },
+    });
+  await write();
+  o.logger.info({ outDir }, 'OpenSSH mode: wrote sshd configuration files');
+  const presence = new OpensshPresence({
+    store: o.store, pool: o.config.ports, clock: o.clock, logger: o.logger.child({ component: 'openssh-presence' }),
+    intervalMs: o.config.ssh.presencePollSeconds * 1000,
+  });
+  await presence.start();
+  return {
+    port: o.config.ssh.publicPort ?? splitHostPort(o.config.ssh.listen).port,
+    deviceRevoked: async (deviceId) => {
+      await write();
+      const device = await o.store.findDevice(deviceId);
+      if (!device || device.portFirst === null || device.portLast === null) return;
+      const ports = Array.from({ length: device.portLast - device.portFirst + 1 }, (_, i) => device.portFirst! + i);
+      const killed = await killSessionsHoldingPorts(ports);
+      o.logger.info({ deviceId, killed }, 'OpenSSH mode: ended the sshd sessions holding the revoked device ports');
+      await presence.poll();
+    },
+    close: async () => presence.close(),
+  };
+}
+
+export function startSshSide(options: SshSideOptions): Promise<SshSide> {
+  return options.config.ssh.mode === 'openssh' ? startOpenssh(options) : startEmbedded(options);
+}

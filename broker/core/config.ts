@@ -1,0 +1,173 @@
+/**
+ * Broker configuration: the schema, its defaults and the environment
+ * overrides, validated and frozen (Teleport's checkAndSetDefaults). The
+ * entry point reads it once (broker/compose/load-config.ts) and passes the
+ * frozen result down; nothing below reads process.env. Secrets (the CA
+ * passphrase) never live here.
+ */
+import { z } from 'zod';
+import { BrokerError } from './errors.js';
+
+const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT');
+
+const configSchema = z
+  .object({
+    /** Hostname suffix for device HTTP proxying (<device>.<domain>) and the host certificate's names. */
+    domain: z.string().regex(/^[a-z0-9.-]+$/i).default('certunnel.local'),
+    api: z
+      .object({
+        listen: hostPort.default('0.0.0.0:8443'),
+        /** Plain HTTP, only behind a TLS-terminating proxy. */
+        insecureHttp: z.boolean().default(false),
+        /** URL devices and operators use; defaults from listen. */
+        publicUrl: z.string().url().optional(),
+        bodyLimitBytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(64 * 1024),
+      })
+      .strict()
+      .prefault({}),
+    ssh: z
+      .object({
+        mode: z.enum(['embedded', 'openssh']).default('embedded'),
+        listen: hostPort.default('0.0.0.0:2222'),
+        /** Host and port devices dial; defaults from listen. */
+        publicHost: z.string().optional(),
+        publicPort: z.number().int().min(1).max(65535).optional(),
+        keepaliveIntervalSeconds: z.number().int().min(1).max(3600).default(15),
+        keepaliveCountMax: z.number().int().min(1).max(100).default(3),
+        /** Where OpenSSH mode writes sshd's files; relative to the data dir. */
+        opensshDir: z.string().default('openssh'),
+        /** OpenSSH mode: how often the broker looks for the devices' listening tunnel ports (presence). */
+        presencePollSeconds: z.number().int().min(1).max(300).default(5),
+      })
+      .strict()
+      .prefault({}),
+    ports: z
+      .object({
+        first: z.number().int().min(1024).max(65535).default(20000),
+        last: z.number().int().min(1024).max(65535).default(29999),
+        perDevice: z.number().int().min(1).max(64).default(2),
+      })
+      .strict()
+      .prefault({})
+      .refine((p) => p.last - p.first + 1 >= p.perDevice, { message: 'port range is smaller than one block' }),
+    certs: z
+      .object({
+        deviceValiditySeconds: z.number().int().min(60).max(7 * 86400).default(3600),
+        operatorValidityMinutes: z.number().int().min(1).max(60).default(10),
+        /** An expired device certificate may still be renewed for this long. */
+        renewGraceSeconds: z.number().int().min(0).max(365 * 86400).default(30 * 86400),
+        /** Devices are told to renew at this fraction of the validity. */
+        renewAtFraction: z.number().min(0.1).max(0.95).default(2 / 3),
+      })
+      .strict()
+      .prefault({}),
+    tokens: z
+      .object({
+        defaultTtlSeconds: z.number().int().min(60).max(366 * 86400).default(30 * 86400),
+        maxBatch: z.number().int().min(1).max(100000).default(10000),
+        /**
+         * A used token presented again with the same device key within this long (the broker's answer was lost,
+         * the device lost power before saving it) gets that device's grant again, with a fresh certificate.
+         */
+        enrollRetrySeconds: z.number().int().min(0).max(7 * 86400).default(3600),
+      })
+      .strict()
+      .prefault({}),
+    renew: z
+      .object({
+        /** Renewal requests whose timestamp is further than this from the broker's clock are stale. */
+        maxSkewSeconds: z.number().int().min(5).max(3600).default(300),
+      })
+      .strict()
+      .prefault({}),
+    proxy: z
+      .object({
+        /** Serve https://<device-name>.<domain>/ by relaying to the device's http slot (operators only). */
+        enabled: z.boolean().default(true),
+        /** How long a browser login (the session cookie) lasts. */
+        sessionMinutes: z.number().int().min(5).max(7 * 24 * 60).default(8 * 60),
+        /**
+         * The longest a whole request may take to arrive (node's requestTimeout, for the API too):
+         * uploads through the proxy (firmware images) need more than an API call.
+         */
+        requestTimeoutSeconds: z.number().int().min(10).max(3600).default(300),
+        /**
+         * Failed logins and unknown bearer keys on device hostnames, per client address (IPv6: per /64):
+         * this many at once, then authFailuresPerMinute; beyond that RATE_LIMITED (429) until the bucket refills.
+         */
+        authFailureBurst: z.number().int().min(1).max(10_000).default(10),
+        authFailuresPerMinute: z.number().min(0.1).max(10_000).default(6),
+      })
+      .strict()
+      .prefault({}),
+    log: z
+      .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export type BrokerConfig = Readonly<z.infer<typeof configSchema>> & { readonly dataDir: string };
+
+export type PlainObject = Record<string, unknown>;
+
+export function isPlainObject(value: unknown): value is PlainObject {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+export function merge(base: PlainObject, over: PlainObject): PlainObject {
+  const out: PlainObject = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    if (value === undefined) continue;
+    out[key] = isPlainObject(value) && isPlainObject(out[key]) ? merge(out[key] as PlainObject, value) : value;
+  }
+  return out;
+}
+
+/** Environment variables that override config fields (documented in README). */
+const ENV_FIELDS: ReadonlyArray<[string, string[], 'string' | 'number' | 'boolean']> = [
+  ['CERTUNNEL_DOMAIN', ['domain'], 'string'],
+  ['CERTUNNEL_API_LISTEN', ['api', 'listen'], 'string'],
+  ['CERTUNNEL_API_PUBLIC_URL', ['api', 'publicUrl'], 'string'],
+  ['CERTUNNEL_INSECURE_HTTP', ['api', 'insecureHttp'], 'boolean'],
+  ['CERTUNNEL_SSH_MODE', ['ssh', 'mode'], 'string'],
+  ['CERTUNNEL_SSH_LISTEN', ['ssh', 'listen'], 'string'],
+  ['CERTUNNEL_SSH_PUBLIC_HOST', ['ssh', 'publicHost'], 'string'],
+  ['CERTUNNEL_SSH_PUBLIC_PORT', ['ssh', 'publicPort'], 'number'],
+  ['CERTUNNEL_LOG_LEVEL', ['log', 'level'], 'string'],
+];
+
+export function fromEnv(env: NodeJS.ProcessEnv): PlainObject {
+  let out: PlainObject = {};
+  for (const [name, path, type] of ENV_FIELDS) {
+    const raw = env[name];
+    if (raw === undefined || raw === '') continue;
+    const value = type === 'number' ? Number(raw) : type === 'boolean' ? /^(1|true|yes)$/i.test(raw) : raw;
+    out = merge(out, path.reduceRight<unknown>((acc, key) => ({ [key]: acc }), value) as PlainObject);
+  }
+  return out;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (isPlainObject(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/** Validates a config object (file contents merged with overrides). Throws CONFIG_INVALID naming the field. */
+export function parseConfig(input: unknown, dataDir: string): BrokerConfig {
+  const result = configSchema.safeParse(input);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const field = issue.path.join('.') || '(top level)';
+    throw new BrokerError('CONFIG_INVALID', `config field ${field}: ${issue.message}`);
+  }
+  return deepFreeze({ ...result.data, dataDir });
+}
+
+export function splitHostPort(listen: string): { host: string; port: number } {
+  const i = listen.lastIndexOf(':');
+  return { host: listen.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(listen.slice(i + 1)) };
+}

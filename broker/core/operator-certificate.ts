@@ -1,0 +1,94 @@
+/**
+ * Operator certificates: an API-key holder (operator or admin) gets a
+ * certificate, minutes long, whose one principal reach-<first>-<last> lets
+ * its key open connections to one device's ports through the broker's SSH
+ * server, nothing else. Issued only for an active device that is online
+ * when the broker can tell; recorded in the store (so that revoking the
+ * device revokes it and its block stays quarantined until it expires) and
+ * audited, refusals included.
+ */
+import { fingerprint, formatCertificate, signOperatorCert } from '../../ca/index.js';
+import { OPERATOR_LOGIN } from '../../api/tunnel.js';
+import type { Actor, CoreDeps } from './deps.js';
+import { parseDeviceKey } from './enroll.js';
+import { findDeviceByRef } from './revoke.js';
+import { BrokerError } from './errors.js';
+import type { DeviceRecord } from '../store/types.js';
+import { offlineSince, type TunnelPresence } from './presence.js';
+import type { OperatorCertificateRequest, OperatorCertificateResponse } from '../../api/access.js';
+
+export interface OperatorCertificateDeps {
+  readonly core: CoreDeps;
+  readonly presence: TunnelPresence;
+}
+
+/** The device's block, or the reason an operator may not reach it. Pure. */
+export function checkReachable(
+  device: DeviceRecord,
+  forwarded: readonly number[] | undefined,
+): { first: number; last: number } {
+  if (device.status === 'revoked') throw new BrokerError('DEVICE_REVOKED', `device ${device.name ?? device.id} has been revoked`);
+  if (device.portFirst === null || device.portLast === null) throw new BrokerError('DEVICE_UNKNOWN', 'the device has no port block');
+  // undefined: OpenSSH mode, where sshd holds the tunnels and presence is unknown.
+  if (forwarded !== undefined && forwarded.length === 0) {
+    const since = offlineSince(device);
+    throw new BrokerError('DEVICE_OFFLINE', `device ${device.name ?? device.id} is offline${since ? ` since ${since.toISOString()}` : ' (it has never connected)'}`);
+  }
+  return { first: device.portFirst, last: device.portLast };
+}
+
+export async function issueOperatorCertificate(
+  deps: OperatorCertificateDeps,
+  ref: string,
+  req: OperatorCertificateRequest,
+  actor: Actor,
+): Promise<OperatorCertificateResponse> {
+  const { core } = deps;
+  const now = core.clock();
+  let device: DeviceRecord | undefined;
+  try {
+    device = await findDeviceByRef(core, ref);
+    const publicKey = parseDeviceKey(req.publicKey);
+    const forwarded = deps.presence.forwardedPorts(device.id);
+    const block = checkReachable(device, forwarded);
+    const target = device;
+    return await core.store.transaction(async (tx) => {
+      const serial = await tx.nextSerial();
+      const cert = signOperatorCert({
+        ca: core.ca.userCa, publicKey, operator: actor.name ?? actor.id, deviceId: target.id, ports: block, serial, now,
+        validityMinutes: core.config.certs.operatorValidityMinutes,
+      });
+      const validAfter = new Date(Number(cert.validAfter) * 1000);
+      const validBefore = new Date(Number(cert.validBefore) * 1000);
+      const principal = cert.principals[0]!;
+      const keyFingerprint = fingerprint(publicKey);
+      await Promise.all([
+        tx.insertCertificate({
+          serial, deviceId: target.id, kind: 'operator', keyFingerprint, keyId: cert.keyId, principal, validAfter, validBefore, issuedAt: now,
+        }),
+        tx.appendAudit({
+          at: now, actor: actor.id, action: 'operator.certificate', target: target.id, remoteAddr: actor.remoteAddr, outcome: 'ok',
+          details: { name: target.name, operator: actor.name ?? null, serial: serial.toString(), keyId: cert.keyId, principal, fingerprint: keyFingerprint, validBefore: validBefore.toISOString() },
+        }),
+      ]);
+      return {
+        certificate: formatCertificate(cert, cert.keyId),
+        serial: serial.toString(),
+        principal,
+        validAfter: validAfter.toISOString(),
+        validBefore: validBefore.toISOString(),
+        device: { id: target.id, name: target.name, ports: block, forwardedPorts: forwarded === undefined ? null : [...forwarded].sort((a, b) => a - b) },
+        ssh: { ...core.ssh, username: OPERATOR_LOGIN },
+      };
+    });
+  } catch (err) {
+    const code = err instanceof BrokerError ? err.code : 'INTERNAL';
+    await core.store
+      .appendAudit({
+        at: now, actor: actor.id, action: 'operator.certificate', target: device?.id ?? null, remoteAddr: actor.remoteAddr, outcome: code,
+        details: device ? { name: device.name } : { ref: ref.slice(0, 128) },
+      })
+      .catch(() => undefined);
+    throw err;
+  }
+}

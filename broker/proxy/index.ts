@@ -1,0 +1,80 @@
+/**
+ * Operator access, assembled for the broker process: operator certificates
+ * (SSH), the HTTP reverse proxy by hostname and its nginx auth_request
+ * endpoint share one authorizer and one view of tunnel presence. The API
+ * server hands device hostnames to the proxy and everything else to koa.
+ */
+import type { IncomingMessage, RequestListener } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { CoreDeps } from '../core/deps.js';
+import type { Logger } from '../telemetry/logger.js';
+import { deviceHostMatcher, type DeviceHostMatcher } from './hostname.js';
+import { createDeviceProxy, type DeviceProxy, type ProxyMetrics } from './http-proxy.js';
+import type { TunnelPresence } from '../core/presence.js';
+import { ProxyAuthorizer } from './proxy-auth.js';
+import { loadOrCreateSessionSecret } from './session-cookie.js';
+
+export { UNKNOWN_PRESENCE, type TunnelPresence } from '../core/presence.js';
+
+export interface AccessOptions {
+  readonly core: CoreDeps;
+  readonly logger: Logger;
+  readonly presence: TunnelPresence;
+  /** Where the session HMAC key lives (made on first start). */
+  readonly sessionKeyPath: string;
+  /** The broker's own hostnames: never taken for a device. */
+  readonly reservedHosts: readonly string[];
+  readonly metrics?: ProxyMetrics;
+}
+
+export interface AccessLayer {
+  readonly authorizer: ProxyAuthorizer;
+  readonly presence: TunnelPresence;
+  readonly matchDevice: DeviceHostMatcher;
+  /** Device hostnames to the proxy (when enabled), the rest to API. */
+  requestListener(api: RequestListener): RequestListener;
+  /** WebSocket upgrades for device hostnames; the API has none. */
+  onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  deviceRevoked(deviceId: string): void;
+  close(): void;
+}
+
+export async function createAccessLayer(o: AccessOptions): Promise<AccessLayer> {
+  const { config } = o.core;
+  const sessionSecret = await loadOrCreateSessionSecret(o.sessionKeyPath);
+  const authorizer = new ProxyAuthorizer({ core: o.core, presence: o.presence, sessionSecret });
+  const matchDevice = deviceHostMatcher(config.domain, o.reservedHosts);
+  const proxy: DeviceProxy | undefined = config.proxy.enabled
+    ? createDeviceProxy({
+        authorizer, presence: o.presence, logger: o.logger.child({ component: 'http-proxy' }), clock: o.core.clock,
+        behindProxy: config.api.insecureHttp, sessionMinutes: config.proxy.sessionMinutes, metrics: o.metrics,
+      })
+    : undefined;
+  return {
+    authorizer,
+    presence: o.presence,
+    matchDevice,
+    requestListener(api) {
+      if (!proxy) return api;
+      return (req, res) => {
+        const device = matchDevice(req.headers.host);
+        if (device === undefined) return api(req, res);
+        proxy.handleRequest(req, res, device);
+      };
+    },
+    onUpgrade(req, socket, head) {
+      const device = proxy ? matchDevice(req.headers.host) : undefined;
+      if (!proxy || device === undefined) {
+        socket.destroy();
+        return;
+      }
+      proxy.handleUpgrade(req, socket, head, device);
+    },
+    deviceRevoked(deviceId) {
+      authorizer.forgetDevice(deviceId);
+    },
+    close() {
+      proxy?.close();
+    },
+  };
+}

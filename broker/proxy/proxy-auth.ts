@@ -1,0 +1,287 @@
+/**
+ * Who may reach a device's HTTP service through the broker, and where it
+ * is: the rules of the HTTP proxy (built in, or nginx's auth_request), free
+ * of sockets.
+ *
+ * - Credentials: `Authorization: Bearer ctk_…` (an API key, for tools) or
+ *   the broker's session cookie (a browser login). Roles admin and operator.
+ * - Then the device by name: unknown → DEVICE_UNKNOWN, revoked →
+ *   DEVICE_REVOKED, not connected → DEVICE_OFFLINE (embedded gateway only;
+ *   in OpenSSH mode presence is unknown and a dead port answers instead).
+ * - Unauthenticated requests learn nothing about devices: authentication
+ *   comes first.
+ *
+ * Every request hits this, so API keys and devices are cached briefly
+ * (a revoked API key keeps working for at most KEY_CACHE_MS; a revoked
+ * device is dropped from the cache by the revocation hook at once). Access
+ * is audited once per (credential, device) per AUDIT_WINDOW_MS, logins and
+ * refused credentials always.
+ *
+ * Guessing is slowed per client address (an IPv6 /64): a key that is not
+ * in the cache is checked only while the address has failures left (config
+ * proxy.authFailureBurst, refilled at authFailuresPerMinute); beyond that
+ * the answer is RATE_LIMITED with the seconds to wait. Keys already known
+ * good keep working from a limited address: only unknown keys are guesses.
+ */
+import { createHash } from 'node:crypto';
+import { authenticateApiKey } from '../core/api-keys.js';
+import type { Actor, CoreDeps } from '../core/deps.js';
+import { BrokerError, type ErrorCode } from '../core/errors.js';
+import { ConnectionRateLimiter } from '../core/rate-limit.js';
+import type { ApiKeyRecord, DeviceRecord } from '../store/types.js';
+import { offlineSince, type TunnelPresence } from '../core/presence.js';
+import { readCookie, SESSION_COOKIE, signSession, stripCookie, verifySession } from './session-cookie.js';
+import { SLOT } from '../../api/tunnel.js';
+
+export const KEY_CACHE_MS = 5_000;
+export const DEVICE_CACHE_MS = 2_000;
+export const AUDIT_WINDOW_MS = 10 * 60_000;
+const CACHE_MAX = 10_000;
+
+const PROXY_ROLES = new Set(['admin', 'operator']);
+const BEARER = /^Bearer\s+(ctk_\S+)$/i;
+
+export interface ProxyRequestInfo {
+  /** The device name from the Host header. */
+  readonly deviceName: string;
+  /** The host the session cookie is bound to (`<name>.<domain>`). */
+  readonly host: string;
+  readonly authorization?: string;
+  readonly cookie?: string;
+  readonly remoteAddr: string | null;
+  /** The client connection (its socket): a bearer key checked once is remembered on it for KEY_CACHE_MS. */
+  readonly connection?: object;
+}
+
+/** Headers to send on to the device: the broker's own credentials removed, the device's own ones kept. */
+export interface ForwardedCredentials {
+  readonly authorization: string | undefined;
+  readonly cookie: string | undefined;
+}
+
+export type ProxyDecision =
+  | {
+      readonly allow: true;
+      readonly actor: Actor;
+      readonly device: DeviceRecord;
+      /** The http slot's tunnel port on the broker's loopback. */
+      readonly port: number;
+      readonly forward: ForwardedCredentials;
+    }
+  | {
+      readonly allow: false;
+      readonly code: ErrorCode;
+      readonly message: string;
+      readonly device?: DeviceRecord;
+      /** DEVICE_OFFLINE: when the device was last seen; null if never. */
+      readonly offlineSince?: Date | null;
+      /** RATE_LIMITED: when to try again. */
+      readonly retryAfterSeconds?: number;
+    };
+
+export interface ProxyAuthDeps {
+  readonly core: CoreDeps;
+  readonly presence: TunnelPresence;
+  readonly sessionSecret: Buffer;
+  /** Monotonic milliseconds for the failure limiter (tests move it). */
+  readonly monotonicMs?: () => number;
+}
+
+interface Cached<T> {
+  readonly value: T;
+  readonly until: number;
+}
+
+/**
+ * The client address to audit and rate-limit: the peer's, unless the peer is a proxy we
+ * trust (TRUSTED), whose own entry is the last one of X-Forwarded-For (what a client
+ * wrote before it is not believed).
+ */
+export function clientAddressFrom(peer: string | undefined, forwardedFor: string | string[] | undefined, trusted: boolean): string | null {
+  const header = Array.isArray(forwardedFor) ? forwardedFor.join(',') : forwardedFor;
+  if (trusted && header) {
+    const last = header.slice(header.lastIndexOf(',') + 1).trim();
+    if (last) return last;
+  }
+  return peer ?? null;
+}
+
+function refuse(code: ErrorCode, message: string, extra: { device?: DeviceRecord; offlineSince?: Date | null; retryAfterSeconds?: number } = {}): ProxyDecision {
+  return { allow: false, code, message, ...extra };
+}
+
+function setBounded<K, V>(map: Map<K, V>, key: K, value: V): void {
+  if (map.size >= CACHE_MAX) map.clear();
+  map.set(key, value);
+}
+
+export class ProxyAuthorizer {
+  private readonly keys = new Map<string, Cached<ApiKeyRecord>>();
+  private readonly devices = new Map<string, Cached<DeviceRecord | null>>();
+  private readonly audited = new Map<string, number>();
+  /** Per client connection: the last bearer key it presented and what it was (skips hashing on keep-alive). */
+  private readonly byConnection = new WeakMap<object, { presented: string; cached: Cached<ApiKeyRecord> }>();
+  /** Failed key checks per client address. */
+  private readonly failures: ConnectionRateLimiter;
+
+  constructor(private readonly deps: ProxyAuthDeps) {
+    const { authFailureBurst, authFailuresPerMinute } = deps.core.config.proxy;
+    this.failures = new ConnectionRateLimiter({ ratePerSecond: authFailuresPerMinute / 60, burst: authFailureBurst }, deps.monotonicMs);
+  }
+
+  /** Seconds SOURCE must wait before an unknown key is checked for it (0: now). */
+  retryAfterSeconds(source: string | null): number {
+    return source ? this.failures.retryAfterSeconds(source) : 0;
+  }
+
+  private now(): Date {
+    return this.deps.core.clock();
+  }
+
+  /** A revoked device must not be served from the cache. */
+  forgetDevice(deviceId: string): void {
+    for (const [name, entry] of this.devices) if (entry.value?.id === deviceId) this.devices.delete(name);
+  }
+
+  private async audit(actor: string, action: string, target: string | null, remoteAddr: string | null, outcome: 'ok' | ErrorCode, details?: Record<string, unknown>): Promise<void> {
+    await this.deps.core.store.appendAudit({ at: this.now(), actor, action, target, remoteAddr, outcome, details }).catch(() => undefined);
+  }
+
+  /**
+   * The API key for a presented secret (cached by its hash, and on the connection); UNAUTHENTICATED
+   * otherwise, or RATE_LIMITED when SOURCE has no failures left and the key is not known good.
+   */
+  async apiKey(presented: string, source: string | null, connection?: object): Promise<ApiKeyRecord> {
+    const nowMs = Date.now();
+    const memo = connection ? this.byConnection.get(connection) : undefined;
+    if (memo && memo.presented === presented && memo.cached.until > nowMs) return memo.cached.value;
+    const cacheKey = createHash('sha256').update(presented).digest('base64url');
+    let hit = this.keys.get(cacheKey);
+    if (!hit || hit.until <= nowMs) {
+      const wait = this.retryAfterSeconds(source);
+      if (wait > 0) throw new BrokerError('RATE_LIMITED', `too many failed attempts from your address; try again in ${wait} s`);
+      let record: ApiKeyRecord;
+      try {
+        record = await authenticateApiKey(this.deps.core.store, presented, this.now());
+      } catch (err) {
+        if (source && err instanceof BrokerError && err.code === 'UNAUTHENTICATED') this.failures.take(source);
+        throw err;
+      }
+      hit = { value: record, until: nowMs + KEY_CACHE_MS };
+      setBounded(this.keys, cacheKey, hit);
+    }
+    if (connection) this.byConnection.set(connection, { presented, cached: hit });
+    return hit.value;
+  }
+
+  private async keyById(id: string): Promise<ApiKeyRecord | null> {
+    const cacheKey = `id:${id}`;
+    const hit = this.keys.get(cacheKey);
+    const nowMs = Date.now();
+    if (hit && hit.until > nowMs) return hit.value;
+    const record = await this.deps.core.store.findApiKey(id);
+    if (record) setBounded(this.keys, cacheKey, { value: record, until: nowMs + KEY_CACHE_MS });
+    return record;
+  }
+
+  private async device(name: string): Promise<DeviceRecord | null> {
+    const hit = this.devices.get(name);
+    const nowMs = Date.now();
+    if (hit && hit.until > nowMs) return hit.value;
+    const record = await this.deps.core.store.findDeviceByName(name);
+    setBounded(this.devices, name, { value: record, until: nowMs + DEVICE_CACHE_MS });
+    return record;
+  }
+
+  /**
+   * Browser login: the API key typed into the login form, checked like a
+   * bearer key. Returns the Set-Cookie value and its lifetime.
+   */
+  async login(info: Omit<ProxyRequestInfo, 'authorization' | 'cookie'>, presented: string, sessionMinutes: number): Promise<{ cookie: string; maxAgeSeconds: number; actor: Actor }> {
+    let record: ApiKeyRecord;
+    try {
+      record = await this.apiKey(presented, info.remoteAddr);
+    } catch (err) {
+      if (err instanceof BrokerError && err.code === 'RATE_LIMITED') throw err;
+      await this.audit('anonymous', 'proxy.login', info.deviceName, info.remoteAddr, 'UNAUTHENTICATED');
+      throw err;
+    }
+    const actor = this.actorOf(record, info.remoteAddr);
+    if (!PROXY_ROLES.has(record.role)) {
+      await this.audit(actor.id, 'proxy.login', info.deviceName, info.remoteAddr, 'FORBIDDEN');
+      throw new BrokerError('FORBIDDEN', 'this API key may not reach devices (roles: admin, operator)');
+    }
+    const maxAgeSeconds = sessionMinutes * 60;
+    const cookie = signSession(this.deps.sessionSecret, { keyId: record.id, host: info.host, expiresAt: new Date(this.now().getTime() + maxAgeSeconds * 1000) });
+    await this.audit(actor.id, 'proxy.login', info.deviceName, info.remoteAddr, 'ok', { name: record.name, host: info.host });
+    return { cookie, maxAgeSeconds, actor };
+  }
+
+  private actorOf(record: ApiKeyRecord, remoteAddr: string | null): Actor {
+    return { id: `apikey:${record.id}`, role: record.role, name: record.name, remoteAddr };
+  }
+
+  /** The caller's identity from a bearer API key or a session cookie; a refusal otherwise. */
+  async authenticate(info: ProxyRequestInfo): Promise<{ actor: Actor; forward: ForwardedCredentials } | ProxyDecision> {
+    const bearer = info.authorization ? BEARER.exec(info.authorization)?.[1] : undefined;
+    const session = readCookie(info.cookie, SESSION_COOKIE);
+    // Our credentials never travel on; anything else (the device's own Basic auth, its cookies) does.
+    const forward: ForwardedCredentials = { authorization: bearer ? undefined : info.authorization, cookie: stripCookie(info.cookie, SESSION_COOKIE) };
+    let record: ApiKeyRecord | null;
+    if (bearer) {
+      try {
+        record = await this.apiKey(bearer, info.remoteAddr, info.connection);
+      } catch (err) {
+        if (!(err instanceof BrokerError)) throw err;
+        if (err.code === 'RATE_LIMITED') return refuse('RATE_LIMITED', err.message, { retryAfterSeconds: this.retryAfterSeconds(info.remoteAddr) });
+        await this.audit('anonymous', 'auth.failure', info.host, info.remoteAddr, 'UNAUTHENTICATED', { via: 'proxy' });
+        return refuse('UNAUTHENTICATED', 'the API key was not accepted');
+      }
+    } else if (session) {
+      const claims = verifySession(this.deps.sessionSecret, session, info.host, this.now());
+      record = claims ? await this.keyById(claims.keyId) : null;
+      if (!record || record.revokedAt) return refuse('UNAUTHENTICATED', 'your session has expired; log in again');
+    } else {
+      return refuse('UNAUTHENTICATED', 'log in with an operator API key');
+    }
+    if (!PROXY_ROLES.has(record.role)) return refuse('FORBIDDEN', 'this API key may not reach devices (roles: admin, operator)');
+    return { actor: this.actorOf(record, info.remoteAddr), forward };
+  }
+
+  /** The whole decision for one request. */
+  async decide(info: ProxyRequestInfo): Promise<ProxyDecision> {
+    const auth = await this.authenticate(info);
+    if ('allow' in auth) return auth;
+    const device = await this.device(info.deviceName);
+    if (!device) return refuse('DEVICE_UNKNOWN', `there is no device named ${info.deviceName}`);
+    if (device.status === 'revoked') return refuse('DEVICE_REVOKED', `${info.deviceName} has been revoked`, { device });
+    if (device.portFirst === null || device.portLast === null || device.portFirst + SLOT.http > device.portLast) {
+      return refuse('DEVICE_SERVICE_UNAVAILABLE', `${info.deviceName} has no http slot in its port block`, { device });
+    }
+    const port = device.portFirst + SLOT.http;
+    const forwarded = this.deps.presence.forwardedPorts(device.id);
+    if (forwarded !== undefined && forwarded.length === 0) {
+      return refuse('DEVICE_OFFLINE', `${info.deviceName} is offline`, { device, offlineSince: await this.offlineSince(device) });
+    }
+    if (forwarded !== undefined && !forwarded.includes(port)) {
+      return refuse('DEVICE_SERVICE_UNAVAILABLE', `${info.deviceName} is connected but does not forward its http slot (port ${port})`, { device });
+    }
+    this.noteAccess(auth.actor, device);
+    return { allow: true, actor: auth.actor, device, port, forward: auth.forward };
+  }
+
+  /** When DEVICE was last seen connected: the cached row may predate the disconnect, so this reads the store. */
+  async offlineSince(device: DeviceRecord): Promise<Date | null> {
+    return offlineSince((await this.deps.core.store.findDevice(device.id)) ?? device);
+  }
+
+  /** One audit event per (actor, device) per window: who reached which device, when — without a row per request. */
+  private noteAccess(actor: Actor, device: DeviceRecord): void {
+    const key = `${actor.id}|${device.id}`;
+    const nowMs = Date.now();
+    const last = this.audited.get(key);
+    if (last !== undefined && nowMs - last < AUDIT_WINDOW_MS) return;
+    setBounded(this.audited, key, nowMs);
+    void this.audit(actor.id, 'proxy.access', device.id, actor.remoteAddr, 'ok', { name: device.name });
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * Prometheus metrics. One registry per broker (tests run several brokers in
+ * one process). Gauges that describe stored state are read from the store at
+ * scrape time rather than kept by hand.
+ */
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { BrokerConfig } from '../core/config.js';
+import type { Store } from '../store/types.js';
+
+export interface GatewayStatsSource {
+  stats(): {
+    tunnelsConnected: number;
+    authFailures: Record<string, number>;
+    forwardsRefused: Record<string, number>;
+    bytesIn: number;
+    bytesOut: number;
+  };
+}
+
+export class BrokerMetrics {
+  readonly registry = new Registry();
+  readonly enrollments = new Counter({ name: 'certunnel_enrollments_total', help: 'Enrollment attempts by outcome (ok or error code)', labelNames: ['outcome'], registers: [this.registry] });
+  readonly renewals = new Counter({ name: 'certunnel_renewals_total', help: 'Renewal attempts by outcome (ok or error code)', labelNames: ['outcome'], registers: [this.registry] });
+  readonly revocations = new Counter({ name: 'certunnel_revocations_total', help: 'Devices revoked', registers: [this.registry] });
+  readonly httpDuration = new Histogram({
+    name: 'certunnel_http_request_duration_seconds', help: 'HTTP API request duration', labelNames: ['route', 'status'],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers: [this.registry],
+  });
+  readonly proxyRequests = new Counter({
+    name: 'certunnel_proxy_requests_total', help: 'Requests on device hostnames by outcome: relayed, upgraded (WebSocket), or the refusal code',
+    labelNames: ['outcome'], registers: [this.registry],
+  });
+  readonly proxyUpstreamSeconds = new Histogram({
+    name: 'certunnel_proxy_upstream_response_seconds', help: "Time from relaying a request to the device's response head (through the tunnel)",
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5], registers: [this.registry],
+  });
+  readonly proxyLogins = new Counter({ name: 'certunnel_proxy_logins_total', help: 'Browser logins on device hostnames by outcome (ok or error code)', labelNames: ['outcome'], registers: [this.registry] });
+  readonly proxyWebsockets = new Gauge({ name: 'certunnel_proxy_websockets', help: 'WebSocket (upgraded) connections relayed now', registers: [this.registry] });
+  private gateway: GatewayStatsSource | undefined;
+
+  constructor(store: Store, config: BrokerConfig, clock: () => Date) {
+    new Gauge({
+      name: 'certunnel_devices', help: 'Devices by status', labelNames: ['status'], registers: [this.registry],
+      async collect() {
+        const counts = await store.countDevicesByStatus();
+        this.set({ status: 'active' }, counts.active);
+        this.set({ status: 'revoked' }, counts.revoked);
+        this.set({ status: 'online' }, counts.online);
+      },
+    });
+    new Gauge({
+      name: 'certunnel_tokens_outstanding', help: 'Enrollment tokens that are unused, unrevoked and unexpired', registers: [this.registry],
+      async collect() {
+        this.set(await store.countActiveTokens(clock()));
+      },
+    });
+    new Gauge({
+      name: 'certunnel_port_blocks', help: 'Port blocks of the pool by state', labelNames: ['state'], registers: [this.registry],
+      async collect() {
+        const usage = await store.portPoolUsage({ poolFirst: config.ports.first, poolLast: config.ports.last, size: config.ports.perDevice, now: clock() });
+        for (const state of ['total', 'allocated', 'quarantined', 'free'] as const) this.set({ state }, usage[state]);
+      },
+    });
+    const gatewayStats = (): ReturnType<GatewayStatsSource['stats']> | undefined => this.gateway?.stats();
+    new Gauge({
+      name: 'certunnel_tunnels_connected', help: 'Device tunnels connected to the embedded gateway', registers: [this.registry],
+      collect() {
+        this.set(gatewayStats()?.tunnelsConnected ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'certunnel_ssh_auth_failures', help: 'SSH authentication failures by reason (since start)', labelNames: ['reason'], registers: [this.registry],
+      collect() {
+        for (const [reason, n] of Object.entries(gatewayStats()?.authFailures ?? {})) this.set({ reason }, n);
+      },
+    });
+    new Gauge({
+      name: 'certunnel_ssh_forwards_refused', help: 'Forward requests refused by reason (since start)', labelNames: ['reason'], registers: [this.registry],
+      collect() {
+        for (const [reason, n] of Object.entries(gatewayStats()?.forwardsRefused ?? {})) this.set({ reason }, n);
+      },
+    });
+    new Gauge({
+      name: 'certunnel_tunnel_bytes', help: 'Bytes relayed through tunnels (since start)', labelNames: ['direction'], registers: [this.registry],
+      collect() {
+        const s = gatewayStats();
+        this.set({ direction: 'in' }, s?.bytesIn ?? 0);
+        this.set({ direction: 'out' }, s?.bytesOut ?? 0);
+      },
+    });
+  }
+
+  attachGateway(source: GatewayStatsSource): void {
+    this.gateway = source;
+  }
+}
