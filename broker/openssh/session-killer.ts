@@ -17,7 +17,8 @@
  * another user's process and sshd marks it non-dumpable, which makes its
  * /proc/<pid>/fd unreadable even to that user.
  */
-import { readdir, readFile, readlink } from 'node:fs/promises';
+import { readdirSync, readlinkSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
 import { isLoopbackAddress } from '../core/net-address.js';
@@ -152,17 +153,28 @@ export async function readTcpSockets(procRoot = '/proc', parse: ParseProcNetTcpO
   return [...parseProcNetTcp(v4, parse), ...parseProcNetTcp((await readIfPresent(join(procRoot, 'net', 'tcp6'))) ?? '', parse)];
 }
 
-async function socketInodesOf(procRoot: string, pid: number): Promise<number[]> {
+/**
+ * The socket inodes PID holds. Synchronous on purpose: /proc answers from
+ * memory, and a few hundred readlink calls through the libuv thread pool
+ * queued behind other work took seconds under load (measured: 4.5 s for one
+ * revocation), which is seconds a revoked device keeps its tunnel.
+ */
+function socketInodesOf(procRoot: string, pid: number): number[] {
   const fdDir = join(procRoot, String(pid), 'fd');
   let fds: string[];
   try {
-    fds = await readdir(fdDir);
+    fds = readdirSync(fdDir);
   } catch {
     return []; // exited meanwhile, or not ours to read
   }
   const inodes: number[] = [];
   for (const fd of fds) {
-    const target = await readlink(join(fdDir, fd)).catch(() => '');
+    let target = '';
+    try {
+      target = readlinkSync(join(fdDir, fd));
+    } catch {
+      continue; // closed meanwhile
+    }
     const m = /^socket:\[(\d+)\]$/.exec(target);
     if (m) inodes.push(Number(m[1]));
   }
@@ -178,10 +190,10 @@ export async function findListenerPids(ports: readonly number[], options: ProcOp
   const inodes = listenerInodes(entries, wanted);
   if (inodes.size === 0) return [];
   const pids: number[] = [];
-  for (const name of await readdir(procRoot)) {
+  for (const name of readdirSync(procRoot)) {
     if (!/^\d+$/.test(name)) continue;
     const pid = Number(name);
-    if ((await socketInodesOf(procRoot, pid)).some((inode) => inodes.has(inode))) pids.push(pid);
+    if (socketInodesOf(procRoot, pid).some((inode) => inodes.has(inode))) pids.push(pid);
   }
   return pids.sort((a, b) => a - b);
 }
