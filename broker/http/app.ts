@@ -4,55 +4,13 @@
  * render. Only this folder imports koa.
  */
 import { bodyParser } from '@koa/bodyparser';
-import Router, { type RouterContext } from '@koa/router';
+import Router from '@koa/router';
 import Koa from 'koa';
-import type { Logger } from '../telemetry/logger.js';
 import { BrokerError } from '../core/errors.js';
-import type { BrokerMetrics } from '../telemetry/metrics.js';
-import type { Actor, CoreDeps } from '../core/deps.js';
-import { authenticateApiKey } from '../core/api-keys.js';
-import type { AccessLayer } from '../proxy/index.js';
+import { remoteAddr, type AppState, type HttpDeps } from './context.js';
 import { registerAccessRoutes } from './routes-access.js';
 import { registerDeviceRoutes } from './routes-device.js';
 import { registerOperatorRoutes } from './routes-operator.js';
-
-export interface HttpDeps {
-  readonly core: CoreDeps;
-  readonly logger: Logger;
-  readonly metrics: BrokerMetrics;
-  /** The current KRL (GET /v1/krl). */
-  readonly revocations: { readonly krl: Buffer };
-  readonly publicKeys: { userCa: string; hostCa: string; hostKey: string };
-  readonly apiPin: string | null;
-  /** Operator certificates and the proxy's auth_request endpoint (broker/access). */
-  readonly access?: AccessLayer;
-}
-
-export type AppState = { actor?: Actor };
-export type AppContext = Koa.ParameterizedContext<AppState, RouterContext>;
-
-function remoteAddr(ctx: Koa.Context): string | null {
-  return ctx.request.ip || ctx.req.socket.remoteAddress || null;
-}
-
-/** Authenticates the API key in `Authorization: Bearer …` and returns the actor. */
-export async function authenticate(ctx: AppContext, deps: HttpDeps): Promise<Actor> {
-  const header = ctx.get('authorization');
-  const presented = /^Bearer (\S+)$/i.exec(header)?.[1];
-  const record = await authenticateApiKey(deps.core.store, presented, deps.core.clock()).catch(async (err: unknown) => {
-    await deps.core.store.appendAudit({
-      at: deps.core.clock(), actor: 'anonymous', action: 'auth.failure', target: ctx.path, remoteAddr: remoteAddr(ctx), outcome: 'UNAUTHENTICATED',
-    }).catch(() => undefined);
-    throw err;
-  });
-  const actor: Actor = { id: `apikey:${record.id}`, role: record.role, name: record.name, remoteAddr: remoteAddr(ctx) };
-  ctx.state.actor = actor;
-  return actor;
-}
-
-export function clientAddress(ctx: AppContext): string | null {
-  return remoteAddr(ctx);
-}
 
 /** 5xx answers about a device (offline since …), not about the broker: their messages are written for the caller. */
 const DEVICE_5XX: ReadonlySet<string> = new Set(['DEVICE_OFFLINE', 'DEVICE_SERVICE_UNAVAILABLE']);

@@ -13,7 +13,7 @@ import { requireRole } from '../core/api-keys.js';
 import { BrokerError } from '../core/errors.js';
 import { clientAddressFrom } from '../proxy/proxy-auth.js';
 import { isLoopbackAddress } from '../core/net-address.js';
-import { authenticate, type AppState, type HttpDeps } from './app.js';
+import { authenticate, type AppState, type HttpDeps } from './context.js';
 import { parseWith } from './schemas.js';
 
 const operatorCertificateSchema = z.strictObject({ publicKey: z.string().min(1).max(8192) });

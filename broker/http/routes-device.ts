@@ -3,7 +3,7 @@ import type Router from '@koa/router';
 import { enrollDevice } from '../core/enroll.js';
 import { renewDevice } from '../core/renew.js';
 import { BrokerError } from '../core/errors.js';
-import { clientAddress, type AppState, type HttpDeps } from './app.js';
+import { clientAddress, type AppState, type HttpDeps } from './context.js';
 import { enrollSchema, parseWith, renewSchema } from './schemas.js';
 
 function outcomeOf(err: unknown): string {

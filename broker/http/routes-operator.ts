@@ -4,7 +4,7 @@ import { createApiKey, requireRole } from '../core/api-keys.js';
 import { findDeviceByRef, revokeDevice } from '../core/revoke.js';
 import { listTokens, mintTokens, revokeTokens } from '../core/tokens.js';
 import type { AuditEvent, DeviceRecord } from '../store/types.js';
-import { authenticate, type AppState, type HttpDeps } from './app.js';
+import { authenticate, type AppState, type HttpDeps } from './context.js';
 import {
   createApiKeySchema, listAuditQuery, listDevicesQuery, listTokensQuery, mintTokensSchema, parseWith, revokeDeviceSchema, revokeTokensSchema,
 } from './schemas.js';
