@@ -5,7 +5,7 @@
  * the SQL and its bindings, and SQLite's name tables and columns).
  */
 import type { Knex } from 'knex';
-import { BrokerError, type ErrorCode } from '../core/errors.js';
+import { BrokerError } from '../core/errors.js';
 import type { PageRequest } from './types.js';
 
 /** A compiled statement: SQL text with `?` placeholders and its bindings. */
@@ -222,12 +222,6 @@ export function constraintViolation(err: unknown): ConstraintViolation | null {
 export function isUniqueViolation(err: unknown, column?: string): boolean {
   const v = constraintViolation(err);
   return v?.kind === 'unique' && (column === undefined || v.columns.includes(column));
-}
-
-/** Rethrows a unique violation on `column` as a BrokerError with `code`. */
-export function mapUnique(err: unknown, column: string, code: ErrorCode, message: string): never {
-  if (isUniqueViolation(err, column)) throw new BrokerError(code, message);
-  throw err;
 }
 
 /**
