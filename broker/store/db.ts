@@ -80,8 +80,8 @@ export async function insertDeferred(run: (sql: string, bindings: readonly Bindi
 
 /**
  * Rows of a raw statement. knex.raw returns the driver's own result: an
- * array of rows for SQLite, `{ rows }` for PostgreSQL. Used by openStore's
- * checks, which run through knex.
+ * array of rows for SQLite, `{ rows }` for PostgreSQL. Used by the schema
+ * step at open (connections.ts), which runs through knex.
  */
 export function rawRows<T>(result: unknown): T[] {
   if (Array.isArray(result)) return result as T[];
