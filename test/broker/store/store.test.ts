@@ -11,7 +11,7 @@ import { openStore, tokenStatus, type NewDevice, type NewToken, type Store, type
 const T0 = new Date('2030-01-01T00:00:00Z');
 const at = (ms: number) => new Date(T0.getTime() + ms);
 const HOUR = 3_600_000;
-const POOL = { poolFirst: 20000, poolLast: 29999, size: 2 };
+const POOL = { first: 20000, last: 29999, perDevice: 2 };
 
 async function withStore<T>(fn: (store: Store, file: string) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), 'certunnel-store-'));
@@ -67,7 +67,7 @@ async function enroll(tx: StoreTx, t: NewToken, pool = POOL, now = T0) {
   const d = device({ tokenId: t.id });
   if (!(await tx.redeemToken(t.tokenHash, d.id, now))) throw new Error('token refused');
   await tx.insertDevice(d);
-  const block = await tx.allocatePortBlock(d.id, { ...pool, now });
+  const block = await tx.allocatePortBlock(d.id, pool, now);
   const serial = await tx.nextSerial();
   return { deviceId: d.id, block, serial };
 }
@@ -97,7 +97,7 @@ test('ok/migrations run once; re-open keeps data; read-only open refuses writes'
 test('ok/WAL journal, foreign keys enforced', async (t) => {
   await withStore(async (store, file) => {
     t.deepEqual(await sql(file, 'PRAGMA journal_mode'), [{ journal_mode: 'wal' }]);
-    const err = await t.throwsAsync(store.allocatePortBlock('dev_missing', { ...POOL, now: T0 }));
+    const err = await t.throwsAsync(store.allocatePortBlock('dev_missing', POOL, T0));
     t.true(isBrokerError(err, 'DEVICE_UNKNOWN'));
   });
 });
@@ -124,18 +124,18 @@ test('ok/300 concurrent enrollments: distinct blocks and serials', async (t) => 
     t.false(serials.has(0n));
     const blocks = results.map((r) => r.block).sort((a, b) => a.first - b.first);
     for (const [i, b] of blocks.entries()) {
-      t.is(b.last - b.first + 1, POOL.size);
+      t.is(b.last - b.first + 1, POOL.perDevice);
       if (i > 0) t.true(b.first > blocks[i - 1]!.last, 'blocks overlap');
     }
     const first = await store.findDevice(results[0]!.deviceId);
     t.deepEqual([first?.portFirst, first?.portLast], [results[0]!.block.first, results[0]!.block.last]);
-    t.deepEqual(await store.portPoolUsage({ ...POOL, now: T0 }), { total: 5000, allocated: 300, quarantined: 0, free: 4700 });
+    t.deepEqual(await store.portPoolUsage(POOL, T0), { total: 5000, allocated: 300, quarantined: 0, free: 4700 });
   });
 });
 
 test('fail/pool exhausted leaves nothing behind', async (t) => {
   await withStore(async (store, file) => {
-    const pool = { poolFirst: 20000, poolLast: 20004, size: 2 }; // room for 2 blocks
+    const pool = { first: 20000, last: 20004, perDevice: 2 }; // room for 2 blocks
     const toks = [token(), token(), token()];
     await store.insertTokens(toks);
     for (const tok of toks.slice(0, 2)) await store.transaction((tx) => enroll(tx, tok, pool));
@@ -145,21 +145,21 @@ test('fail/pool exhausted leaves nothing behind', async (t) => {
     t.true(isBrokerError(err, 'PORT_POOL_EXHAUSTED'));
     t.deepEqual(await Promise.all(tables.map((tb) => countRows(file, tb))), before);
     t.is(tokenStatus((await store.findTokenByHash(toks[2]!.tokenHash))!, T0), 'active');
-    t.deepEqual(await store.portPoolUsage({ ...pool, now: T0 }), { total: 2, allocated: 2, quarantined: 0, free: 0 });
+    t.deepEqual(await store.portPoolUsage(pool, T0), { total: 2, allocated: 2, quarantined: 0, free: 0 });
   });
 });
 
 test('ok/quarantine: a released block is reused only after every certificate naming it expired', async (t) => {
   await withStore(async (store) => {
-    const pool = { poolFirst: 20000, poolLast: 20005, size: 2 };
+    const pool = { first: 20000, last: 20005, perDevice: 2 };
     const alloc = async (now: Date) => {
       const d = device();
       await store.insertDevice(d);
-      return store.allocatePortBlock(d.id, { ...pool, now });
+      return store.allocatePortBlock(d.id, pool, now);
     };
     const old = device();
     await store.insertDevice(old);
-    t.deepEqual(await store.allocatePortBlock(old.id, { ...pool, now: T0 }), { first: 20000, last: 20001 });
+    t.deepEqual(await store.allocatePortBlock(old.id, pool, T0), { first: 20000, last: 20001 });
     // a certificate valid 3 h outlives the requested 1 h quarantine
     const serial = await store.nextSerial();
     await store.insertCertificate({
@@ -170,7 +170,7 @@ test('ok/quarantine: a released block is reused only after every certificate nam
     t.false(await store.markDeviceRevoked(old.id, 'apikey:admin', 'again', T0));
     t.is(await store.revokeCertificatesOfDevice(old.id, T0), 1);
     t.true(await store.releasePortBlock(old.id, { quarantineUntil: at(HOUR), now: T0 }));
-    t.deepEqual(await store.portPoolUsage({ ...pool, now: at(2 * HOUR) }), { total: 3, allocated: 0, quarantined: 1, free: 2 });
+    t.deepEqual(await store.portPoolUsage(pool, at(2 * HOUR)), { total: 3, allocated: 0, quarantined: 1, free: 2 });
     t.deepEqual(await alloc(at(2 * HOUR)), { first: 20002, last: 20003 }); // still quarantined
     t.deepEqual(await alloc(at(3 * HOUR)), { first: 20000, last: 20001 }); // reused, lowest first
     t.deepEqual(await alloc(at(3 * HOUR)), { first: 20004, last: 20005 });
@@ -387,7 +387,7 @@ test('ok/findDeviceWithLatestCertificate agrees with findDevice and latestCertif
   await withStore(async (store) => {
     const d = device({ name: 'kiosk', labels: { site: 'hall' } });
     await store.insertDevice(d);
-    await store.allocatePortBlock(d.id, { ...POOL, now: T0 });
+    await store.allocatePortBlock(d.id, POOL, T0);
     const both = async () => [await store.findDevice(d.id), await store.latestCertificateOfDevice(d.id)];
     const combined = async () => {
       const found = await store.findDeviceWithLatestCertificate(d.id);
