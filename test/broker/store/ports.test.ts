@@ -1,0 +1,71 @@
+/** Port blocks (broker/store/ports.ts): unique under concurrency, exhaustion, quarantine. */
+import test from 'ava';
+import { isBrokerError } from '../../../broker/core/errors.js';
+import { tokenStatus } from '../../../broker/store/index.js';
+import { HOUR, POOL, T0, at, countRows, device, enroll, token, withStore } from './fixtures.js';
+
+test('ok/300 concurrent enrollments: distinct blocks and serials', async (t) => {
+  await withStore(async (store) => {
+    const toks = Array.from({ length: 300 }, () => token());
+    await store.insertTokens(toks);
+    const results = await Promise.all(toks.map((tok) => store.transaction((tx) => enroll(tx, tok))));
+    const serials = new Set(results.map((r) => r.serial));
+    t.is(serials.size, 300);
+    t.false(serials.has(0n));
+    const blocks = results.map((r) => r.block).sort((a, b) => a.first - b.first);
+    for (const [i, b] of blocks.entries()) {
+      t.is(b.last - b.first + 1, POOL.perDevice);
+      if (i > 0) t.true(b.first > blocks[i - 1]!.last, 'blocks overlap');
+    }
+    const first = await store.findDevice(results[0]!.deviceId);
+    t.deepEqual([first?.portFirst, first?.portLast], [results[0]!.block.first, results[0]!.block.last]);
+    t.deepEqual(await store.portPoolUsage(POOL, T0), { total: 5000, allocated: 300, quarantined: 0, free: 4700 });
+  });
+});
+
+test('fail/pool exhausted leaves nothing behind', async (t) => {
+  await withStore(async (store, file) => {
+    const pool = { first: 20000, last: 20004, perDevice: 2 }; // room for 2 blocks
+    const toks = [token(), token(), token()];
+    await store.insertTokens(toks);
+    for (const tok of toks.slice(0, 2)) await store.transaction((tx) => enroll(tx, tok, pool));
+    const tables = ['devices', 'port_blocks', 'certificates'];
+    const before = await Promise.all(tables.map((tb) => countRows(file, tb)));
+    const err = await t.throwsAsync(store.transaction((tx) => enroll(tx, toks[2]!, pool)));
+    t.true(isBrokerError(err, 'PORT_POOL_EXHAUSTED'));
+    t.deepEqual(await Promise.all(tables.map((tb) => countRows(file, tb))), before);
+    t.is(tokenStatus((await store.findTokenByHash(toks[2]!.tokenHash))!, T0), 'active');
+    t.deepEqual(await store.portPoolUsage(pool, T0), { total: 2, allocated: 2, quarantined: 0, free: 0 });
+  });
+});
+
+test('ok/quarantine: a released block is reused only after every certificate naming it expired', async (t) => {
+  await withStore(async (store) => {
+    const pool = { first: 20000, last: 20005, perDevice: 2 };
+    const alloc = async (now: Date) => {
+      const d = device();
+      await store.insertDevice(d);
+      return store.allocatePortBlock(d.id, pool, now);
+    };
+    const old = device();
+    await store.insertDevice(old);
+    t.deepEqual(await store.allocatePortBlock(old.id, pool, T0), { first: 20000, last: 20001 });
+    // a certificate valid 3 h outlives the requested 1 h quarantine
+    const serial = await store.nextSerial();
+    await store.insertCertificate({
+      serial, deviceId: old.id, kind: 'device', keyFingerprint: old.keyFingerprint, keyId: `device:${old.id}`,
+      principal: 'ports-20000-20001', validAfter: T0, validBefore: at(3 * HOUR), issuedAt: T0,
+    });
+    t.true(await store.markDeviceRevoked(old.id, 'apikey:admin', 'stolen', T0));
+    t.false(await store.markDeviceRevoked(old.id, 'apikey:admin', 'again', T0));
+    t.is(await store.revokeCertificatesOfDevice(old.id, T0), 1);
+    t.true(await store.releasePortBlock(old.id, { quarantineUntil: at(HOUR), now: T0 }));
+    t.deepEqual(await store.portPoolUsage(pool, at(2 * HOUR)), { total: 3, allocated: 0, quarantined: 1, free: 2 });
+    t.deepEqual(await alloc(at(2 * HOUR)), { first: 20002, last: 20003 }); // still quarantined
+    t.deepEqual(await alloc(at(3 * HOUR)), { first: 20000, last: 20001 }); // reused, lowest first
+    t.deepEqual(await alloc(at(3 * HOUR)), { first: 20004, last: 20005 });
+    t.deepEqual(await store.listRevokedUnexpiredSerials(at(2 * HOUR)), [serial]);
+    t.deepEqual(await store.listRevokedUnexpiredSerials(at(3 * HOUR)), []);
+    t.deepEqual(await store.listRevokedDeviceIds(), [old.id]);
+  });
+});
