@@ -1,7 +1,8 @@
-/** Port blocks (broker/store/ports.ts): unique under concurrency, exhaustion, quarantine. */
+/** Port blocks (broker/store/ports.ts): unique under concurrency, exhaustion, quarantine, the pool's layout. */
 import test from 'ava';
 import { isBrokerError } from '../../../broker/core/errors.js';
-import { tokenStatus } from '../../../broker/store/index.js';
+import { poolBlockCount, poolBlocks, type PortPool } from '../../../broker/core/port-pool.js';
+import { tokenStatus, type PortBlock } from '../../../broker/store/index.js';
 import { HOUR, POOL, T0, at, countRows, device, enroll, token, withStore } from './fixtures.js';
 
 test('ok/300 concurrent enrollments: distinct blocks and serials', async (t) => {
@@ -67,5 +68,40 @@ test('ok/quarantine: a released block is reused only after every certificate nam
     t.deepEqual(await store.listRevokedUnexpiredSerials(at(2 * HOUR)), [serial]);
     t.deepEqual(await store.listRevokedUnexpiredSerials(at(3 * HOUR)), []);
     t.deepEqual(await store.listRevokedDeviceIds(), [old.id]);
+  });
+});
+
+test('ok/the allocator hands out exactly the blocks of port-pool.ts\'s layout, never a trailing partial one', async (t) => {
+  await withStore(async (store) => {
+    const pool: PortPool = { first: 20001, last: 20011, perDevice: 3 }; // 3 whole blocks, 2 ports over
+    const allocate = async (): Promise<PortBlock> => {
+      const d = device();
+      await store.insertDevice(d);
+      return store.allocatePortBlock(d.id, pool, T0);
+    };
+    const blocks: PortBlock[] = [];
+    for (let i = 0; i < poolBlockCount(pool); i++) blocks.push(await allocate());
+    t.deepEqual(blocks, [...poolBlocks(pool)]);
+    t.true(isBrokerError(await t.throwsAsync(allocate()), 'PORT_POOL_EXHAUSTED'));
+    t.deepEqual(await store.portPoolUsage(pool, T0), { total: poolBlockCount(pool), allocated: 3, quarantined: 0, free: 0 });
+  });
+});
+
+test('fail/an invalid pool: CONFIG_INVALID, nothing allocated', async (t) => {
+  await withStore(async (store) => {
+    const d = device();
+    await store.insertDevice(d);
+    const pools: [string, PortPool][] = [
+      ['fail/port-zero', { first: 0, last: 10, perDevice: 2 }],
+      ['fail/past-65535', { first: 65535, last: 65536, perDevice: 2 }],
+      ['fail/smaller-than-a-block', { first: 20000, last: 20000, perDevice: 2 }],
+      ['fail/empty-block', { first: 20000, last: 20009, perDevice: 0 }],
+      ['fail/not-whole', { first: 20000.5, last: 20009, perDevice: 2 }],
+    ];
+    for (const [name, pool] of pools) {
+      t.true(isBrokerError(await t.throwsAsync(store.allocatePortBlock(d.id, pool, T0)), 'CONFIG_INVALID'), name);
+      t.true(isBrokerError(await t.throwsAsync(store.portPoolUsage(pool, T0)), 'CONFIG_INVALID'), name);
+    }
+    t.is((await store.findDevice(d.id))?.portFirst, null);
   });
 });
