@@ -142,8 +142,8 @@ export function likeLiteral(text: string): string {
 
 // ---- keyset pagination ----------------------------------------------------
 
-export const DEFAULT_LIMIT = 100;
-export const MAX_LIMIT = 1000;
+const DEFAULT_LIMIT = 100;
+const MAX_LIMIT = 1000;
 
 export function pageLimit(req: PageRequest): number {
   const limit = req.limit ?? DEFAULT_LIMIT;
