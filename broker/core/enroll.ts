@@ -109,7 +109,7 @@ export async function enrollDevice(deps: CoreDeps, req: EnrollRequest, actor: Pi
         createdAt: now,
       });
       const [block, serial] = await Promise.all([
-        tx.allocatePortBlock(deviceId, { poolFirst: deps.config.ports.first, poolLast: deps.config.ports.last, size: deps.config.ports.perDevice, now }),
+        tx.allocatePortBlock(deviceId, deps.config.ports, now),
         tx.nextSerial(),
       ]);
       return grantEnrollment(context, { id: deviceId, name, keyFingerprint }, block, serial, false);

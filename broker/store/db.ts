@@ -5,7 +5,7 @@
  * the SQL and its bindings, and SQLite's name tables and columns).
  */
 import type { Knex } from 'knex';
-import { BrokerError, type ErrorCode } from '../core/errors.js';
+import { BrokerError } from '../core/errors.js';
 import type { PageRequest } from './types.js';
 
 /** A compiled statement: SQL text with `?` placeholders and its bindings. */
@@ -80,8 +80,8 @@ export async function insertDeferred(run: (sql: string, bindings: readonly Bindi
 
 /**
  * Rows of a raw statement. knex.raw returns the driver's own result: an
- * array of rows for SQLite, `{ rows }` for PostgreSQL. Used by openStore's
- * checks, which run through knex.
+ * array of rows for SQLite, `{ rows }` for PostgreSQL. Used by the schema
+ * step at open (connections.ts), which runs through knex.
  */
 export function rawRows<T>(result: unknown): T[] {
   if (Array.isArray(result)) return result as T[];
@@ -142,8 +142,8 @@ export function likeLiteral(text: string): string {
 
 // ---- keyset pagination ----------------------------------------------------
 
-export const DEFAULT_LIMIT = 100;
-export const MAX_LIMIT = 1000;
+const DEFAULT_LIMIT = 100;
+const MAX_LIMIT = 1000;
 
 export function pageLimit(req: PageRequest): number {
   const limit = req.limit ?? DEFAULT_LIMIT;
@@ -222,12 +222,6 @@ export function constraintViolation(err: unknown): ConstraintViolation | null {
 export function isUniqueViolation(err: unknown, column?: string): boolean {
   const v = constraintViolation(err);
   return v?.kind === 'unique' && (column === undefined || v.columns.includes(column));
-}
-
-/** Rethrows a unique violation on `column` as a BrokerError with `code`. */
-export function mapUnique(err: unknown, column: string, code: ErrorCode, message: string): never {
-  if (isUniqueViolation(err, column)) throw new BrokerError(code, message);
-  throw err;
 }
 
 /**

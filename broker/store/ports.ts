@@ -1,22 +1,21 @@
 /**
- * port_blocks: each device holds one block of `size` contiguous ports. The
- * primary key (first_port) makes double allocation impossible and the
+ * port_blocks: each device holds one block of the pool's contiguous ports.
+ * The primary key (first_port) makes double allocation impossible and the
  * UNIQUE device_id makes a second block per device impossible, whatever the
  * callers do; allocation itself is a single upsert statement.
  */
 import { BrokerError } from '../core/errors.js';
+import { isValidPool, poolBlockCount, type PortBlock, type PortPool } from '../core/port-pool.js';
 import { constraintViolation, isUniqueViolation, toMillis, type Db } from './db.js';
-import type { PortBlock, PortPool, PortPoolUsage } from './types.js';
+import type { PortPoolUsage } from './types.js';
 
 interface BlockRow {
   first_port: number | string;
   last_port: number | string;
 }
 
-function checkPool({ poolFirst, poolLast, size }: PortPool): void {
-  const ok =
-    [poolFirst, poolLast, size].every(Number.isInteger) && poolFirst >= 1 && poolLast <= 65535 && size >= 1 && poolFirst + size - 1 <= poolLast;
-  if (!ok) throw new BrokerError('CONFIG_INVALID', 'invalid port pool');
+function checkPool(pool: PortPool): void {
+  if (!isValidPool(pool)) throw new BrokerError('CONFIG_INVALID', 'invalid port pool');
 }
 
 function toBlock(row: BlockRow): PortBlock {
@@ -24,6 +23,13 @@ function toBlock(row: BlockRow): PortBlock {
 }
 
 /**
+ * The pool's layout is written once, in broker/core/port-pool.ts (blocks of
+ * perDevice ports from first, never a trailing partial block); this
+ * statement is the one place that must implement it in SQL. It does so by
+ * construction: a new block starts at first or right after the highest
+ * block of the pool, a reused block has perDevice ports, and none ends past
+ * last. Change the layout there, change this statement with it.
+ *
  * One statement: the candidate is the lowest same-size block of the pool
  * whose quarantine has ended, else the block right after the highest one.
  * A reusable candidate already exists, so the INSERT conflicts on
@@ -53,15 +59,15 @@ const ALLOCATE_SQL = `
   RETURNING first_port, last_port`;
 const ALLOCATE_ATTEMPTS = 3;
 
-async function takeBlock(db: Db, deviceId: string, p: PortPool, now: number): Promise<PortBlock | null> {
-  const { poolFirst, poolLast, size } = p;
+async function takeBlock(db: Db, deviceId: string, pool: PortPool, now: number): Promise<PortBlock | null> {
+  const { first, last, perDevice } = pool;
   for (let attempt = 0; attempt < ALLOCATE_ATTEMPTS; attempt++) {
     const row = await db.first<BlockRow>(ALLOCATE_SQL, [
-      size, deviceId,
-      now, poolFirst, poolLast, size - 1,
-      poolFirst, poolLast,
-      poolFirst,
-      size, poolLast,
+      perDevice, deviceId,
+      now, first, last, perDevice - 1,
+      first, last,
+      first,
+      perDevice, last,
       now,
     ]);
     if (row) return toBlock(row);
@@ -69,13 +75,13 @@ async function takeBlock(db: Db, deviceId: string, p: PortPool, now: number): Pr
   return null;
 }
 
-export async function allocatePortBlock(db: Db, deviceId: string, opts: PortPool & { now: Date }): Promise<PortBlock> {
-  checkPool(opts);
-  const now = toMillis(opts.now);
+export async function allocatePortBlock(db: Db, deviceId: string, pool: PortPool, now: Date): Promise<PortBlock> {
+  checkPool(pool);
+  const at = toMillis(now);
   return db.atomically(async (trx) => {
     let block: PortBlock | null;
     try {
-      block = await takeBlock(trx, deviceId, opts, now);
+      block = await takeBlock(trx, deviceId, pool, at);
     } catch (err) {
       if (isUniqueViolation(err, 'port_blocks.device_id')) {
         throw new BrokerError('INTERNAL', 'store: device already holds a port block');
@@ -103,16 +109,15 @@ export async function releasePortBlock(db: Db, deviceId: string, opts: { quarant
   return changed === 1;
 }
 
-export async function portPoolUsage(db: Db, opts: PortPool & { now: Date }): Promise<PortPoolUsage> {
-  checkPool(opts);
-  const now = toMillis(opts.now);
+export async function portPoolUsage(db: Db, pool: PortPool, now: Date): Promise<PortPoolUsage> {
+  checkPool(pool);
   const row = await db.first<{ allocated: number | string; quarantined: number | string }>(
     `SELECT COALESCE(SUM(CASE WHEN released_at IS NULL THEN 1 ELSE 0 END), 0) AS allocated,
             COALESCE(SUM(CASE WHEN released_at IS NOT NULL AND quarantine_until > ? THEN 1 ELSE 0 END), 0) AS quarantined
      FROM port_blocks WHERE first_port >= ? AND last_port <= ?`,
-    [now, opts.poolFirst, opts.poolLast],
+    [toMillis(now), pool.first, pool.last],
   );
-  const total = Math.floor((opts.poolLast - opts.poolFirst + 1) / opts.size);
+  const total = poolBlockCount(pool);
   const allocated = Number(row?.allocated ?? 0);
   const quarantined = Number(row?.quarantined ?? 0);
   return { total, allocated, quarantined, free: Math.max(0, total - allocated - quarantined) };

@@ -14,8 +14,9 @@
  */
 import type { ApiKeyRole } from '../../api/operator.js';
 import type { ErrorCode } from '../../api/errors.js';
+import type { PortBlock, PortPool } from '../core/port-pool.js';
 
-export type { ApiKeyRole };
+export type { ApiKeyRole, PortBlock, PortPool };
 
 export type DeviceStatus = 'active' | 'revoked';
 /** Derived, not stored: used > revoked > expired > active. */
@@ -117,16 +118,7 @@ export interface DeviceCounts {
 
 // ---- port blocks ----------------------------------------------------------
 
-/** Blocks are `size` contiguous ports aligned on `poolFirst`. */
-export interface PortPool {
-  poolFirst: number;
-  poolLast: number;
-  size: number;
-}
-export interface PortBlock {
-  first: number;
-  last: number;
-}
+// The pool and its blocks (PortPool, PortBlock): broker/core/port-pool.ts.
 export interface PortPoolUsage {
   /** Whole blocks that fit in the pool. */
   total: number;
@@ -251,7 +243,7 @@ export interface StoreTx {
    * device row: the lowest released block whose quarantine has ended, else
    * the next never-used block. Throws PORT_POOL_EXHAUSTED.
    */
-  allocatePortBlock(deviceId: string, opts: PortPool & { now: Date }): Promise<PortBlock>;
+  allocatePortBlock(deviceId: string, pool: PortPool, now: Date): Promise<PortBlock>;
   /**
    * Starts the quarantine of the device's block. The block stays attached
    * until max(quarantineUntil, the latest valid_before of any certificate
@@ -259,7 +251,7 @@ export interface StoreTx {
    * device holds no unreleased block.
    */
   releasePortBlock(deviceId: string, opts: { quarantineUntil: Date; now: Date }): Promise<boolean>;
-  portPoolUsage(pool: PortPool & { now: Date }): Promise<PortPoolUsage>;
+  portPoolUsage(pool: PortPool, now: Date): Promise<PortPoolUsage>;
 
   // serials and certificates
   /**

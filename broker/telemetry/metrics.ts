@@ -57,7 +57,7 @@ export class BrokerMetrics {
     new Gauge({
       name: 'certunnel_port_blocks', help: 'Port blocks of the pool by state', labelNames: ['state'], registers: [this.registry],
       async collect() {
-        const usage = await store.portPoolUsage({ poolFirst: config.ports.first, poolLast: config.ports.last, size: config.ports.perDevice, now: clock() });
+        const usage = await store.portPoolUsage(config.ports, clock());
         for (const state of ['total', 'allocated', 'quarantined', 'free'] as const) this.set({ state }, usage[state]);
       },
     });

@@ -25,7 +25,7 @@ const N = Number(values.n);
 const CONCURRENCY = Number(values.concurrency);
 const READERS = Number(values.readers);
 const ROUNDS = Number(values.rounds);
-const POOL = { poolFirst: 10000, poolLast: 65000, size: 2 };
+const POOL = { first: 10000, last: 65000, perDevice: 2 };
 const HOUR = 3_600_000;
 
 const hex = (n: number) => randomBytes(n).toString('hex');
@@ -48,7 +48,7 @@ async function enroll(store: Store, tok: NewToken): Promise<void> {
       tokenId: tok.id,
       createdAt: now,
     });
-    const block = await tx.allocatePortBlock(deviceId, { ...POOL, now });
+    const block = await tx.allocatePortBlock(deviceId, POOL, now);
     const serial = await tx.nextSerial();
     await tx.insertCertificate({
       serial,

@@ -2,7 +2,8 @@
  * Group commit (broker/store/group-commit.ts): members batched into one
  * transaction, each in its own savepoint. The committer runs here on a raw
  * node-sqlite3 connection, so that a test can write any SQL (e.g. a deferred
- * foreign key that fails only at COMMIT); the last tests go through openStore.
+ * foreign key that fails only at COMMIT). Group commit as Store callers see
+ * it, through openStore: transactions.test.ts.
  */
 import test from 'ava';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -14,7 +15,6 @@ import { isBrokerError } from '../../../broker/core/errors.js';
 import { connectionDb } from '../../../broker/store/connection-db.js';
 import type { Db } from '../../../broker/store/db.js';
 import { GroupCommitter } from '../../../broker/store/group-commit.js';
-import { openStore, type Store } from '../../../broker/store/index.js';
 import { queryAll, type SqliteConnection } from '../../../broker/store/sqlite-driver.js';
 
 const qb = knex({ client: 'sqlite3', useNullAsDefault: true });
@@ -312,107 +312,4 @@ test('fail/a deferred insert failing at COMMIT fails every member of the batch',
     for (const r of await Promise.allSettled(members)) t.true(isBrokerError((r as PromiseRejectedResult).reason, 'INTERNAL'));
     t.deepEqual(await values(rig), ['gate']);
   });
-});
-
-// ---- through openStore ----------------------------------------------------
-
-async function withStore(fn: (store: Store, file: string) => Promise<void>, acquireTimeoutMs?: number): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'certunnel-gc-store-'));
-  const file = join(dir, 'certunnel.db');
-  const store = await openStore({ filename: file, acquireTimeoutMs });
-  try {
-    await fn(store, file);
-  } finally {
-    await store.close().catch(() => {});
-    await rm(dir, { recursive: true, force: true });
-  }
-}
-
-const T0 = new Date('2030-01-01T00:00:00Z');
-const audit = (i: number) => ({ at: T0, actor: 'system', action: 'test', target: `t${i}`, remoteAddr: null, outcome: 'ok' as const, details: { i } });
-
-test('store ok/concurrent transactions with one failing: only it rolls back, serials stay unique and in commit order', async (t) => {
-  await withStore(async (store) => {
-    const boom = new Error('boom');
-    const results = await Promise.allSettled(
-      Array.from({ length: 40 }, (_, i) =>
-        store.transaction(async (tx) => {
-          const [serial] = await Promise.all([tx.nextSerial(), tx.appendAudit(audit(i))]);
-          if (i === 17) throw boom;
-          return serial;
-        }),
-      ),
-    );
-    t.is((results[17] as PromiseRejectedResult).reason, boom);
-    const serials = results.filter((r) => r.status === 'fulfilled').map((r) => (r as PromiseFulfilledResult<bigint>).value);
-    // the failing member's counter increment was rolled back with it
-    t.deepEqual(serials, Array.from({ length: 39 }, (_, i) => BigInt(i + 1)));
-    const events = (await store.listAudit({ action: 'test' })).items.map((e) => e.details.i);
-    t.deepEqual(events, Array.from({ length: 40 }, (_, i) => i).filter((i) => i !== 17));
-  });
-});
-
-test('store ok/a read outside the transaction sees only committed state; after the write resolves, it sees the write', async (t) => {
-  await withStore(async (store) => {
-    await store.transaction(async (tx) => {
-      await tx.appendAudit(audit(1));
-      t.is((await tx.listAudit({ action: 'test' })).items.length, 1);
-      t.is((await store.listAudit({ action: 'test' })).items.length, 0); // another connection, last commit
-    });
-    t.is((await store.listAudit({ action: 'test' })).items.length, 1);
-    await store.appendAudit(audit(2));
-    t.is((await store.listAudit({ action: 'test' })).items.length, 2);
-  });
-});
-
-test('store ok/audit events of a batch: a member reading them sees earlier members\' events; its rollback does not lose them', async (t) => {
-  await withStore(async (store) => {
-    let release!: () => void;
-    const held = new Promise<void>((r) => (release = r));
-    let entered!: () => void;
-    const running = new Promise<void>((r) => (entered = r));
-    const first = store.transaction(async (tx) => {
-      await tx.appendAudit(audit(0));
-      entered();
-      await held;
-    });
-    await running; // what follows queues behind it: one batch
-    const seen: unknown[] = [];
-    const rest = [
-      store.transaction((tx) => tx.appendAudit(audit(1))),
-      store.transaction(async (tx) => {
-        seen.push(...(await tx.listAudit({ action: 'test' })).items.map((e) => e.details.i));
-        await tx.appendAudit(audit(2));
-        throw new Error('rolls back');
-      }),
-      store.appendAudit(audit(3)),
-    ];
-    release();
-    await first;
-    t.deepEqual((await Promise.allSettled(rest)).map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled']);
-    t.deepEqual(seen, [0, 1]);
-    t.deepEqual((await store.listAudit({ action: 'test' })).items.map((e) => e.details.i), [0, 1, 3]);
-  });
-});
-
-test('store fail/a malformed audit event fails its own transaction, at the call', async (t) => {
-  await withStore(async (store) => {
-    const err = await t.throwsAsync(store.transaction((tx) => tx.appendAudit({ ...audit(1), actor: null as unknown as string })));
-    t.true(isBrokerError(err, 'INTERNAL'));
-    await store.appendAudit(audit(2));
-    t.deepEqual((await store.listAudit({ action: 'test' })).items.map((e) => e.details.i), [2]);
-  });
-});
-
-test('store fail/a Store write awaited inside a transaction: STORE_BUSY after the timeout, and nothing of it commits', async (t) => {
-  await withStore(async (store) => {
-    const err = await t.throwsAsync(
-      store.transaction(async (tx) => {
-        await tx.appendAudit(audit(1));
-        await store.appendAudit(audit(2));
-      }),
-    );
-    t.true(isBrokerError(err, 'STORE_BUSY'));
-    t.deepEqual(await store.listAudit({ action: 'test' }), { items: [], nextCursor: null });
-  }, 200);
 });

@@ -1,0 +1,88 @@
+/**
+ * Every StoreTx operation bound to its table module's function, and which
+ * of them only read. Where an operation runs (a read connection, a
+ * group-commit member of its own, or the caller's transaction) is the
+ * WithDb it is bound with: open.ts decides.
+ */
+import * as apiKeys from './api-keys.js';
+import * as audit from './audit.js';
+import * as certs from './certs.js';
+import type { Db } from './db.js';
+import * as devices from './devices.js';
+import * as ports from './ports.js';
+import * as tokens from './tokens.js';
+import type { StoreTx } from './types.js';
+
+/** How a bound operation gets its Db: a read connection, a group-commit member of its own, or the transaction's. */
+export type WithDb = <R>(operation: string, body: (db: Db) => Promise<R>) => Promise<R>;
+
+/**
+ * Operations that only read, each in one statement: outside a transaction
+ * they run on a read connection. Every other operation writes.
+ */
+const READ_OPERATIONS: ReadonlySet<string> = new Set<keyof StoreTx>([
+  'findTokenByHash', 'listTokens', 'countActiveTokens',
+  'findDevice', 'findDeviceByName', 'findDeviceByFingerprint', 'findActiveDeviceByPort', 'listDevices', 'countDevicesByStatus',
+  'portPoolUsage',
+  'findCertificate', 'latestCertificateOfDevice', 'findDeviceWithLatestCertificate', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
+  'findApiKey', 'listApiKeys',
+  'listAudit',
+]);
+
+export function isReadOperation(operation: string): boolean {
+  return READ_OPERATIONS.has(operation);
+}
+
+/** Binds every operation; errors leave as BrokerError only. */
+export function bindOps(withDb: WithDb): StoreTx {
+  const op =
+    <A extends unknown[], R>(name: keyof StoreTx, fn: (db: Db, ...args: A) => Promise<R>) =>
+    (...args: A): Promise<R> =>
+      withDb(name, (db) => fn(db, ...args));
+  return {
+    insertTokens: op('insertTokens', tokens.insertTokens),
+    redeemToken: op('redeemToken', tokens.redeemToken),
+    findTokenByHash: op('findTokenByHash', tokens.findTokenByHash),
+    listTokens: op('listTokens', tokens.listTokens),
+    revokeTokens: op('revokeTokens', tokens.revokeTokens),
+    countActiveTokens: op('countActiveTokens', tokens.countActiveTokens),
+
+    insertDevice: op('insertDevice', devices.insertDevice),
+    findDevice: op('findDevice', devices.findDevice),
+    findDeviceByName: op('findDeviceByName', devices.findDeviceByName),
+    findDeviceByFingerprint: op('findDeviceByFingerprint', devices.findDeviceByFingerprint),
+    findActiveDeviceByPort: op('findActiveDeviceByPort', devices.findActiveDeviceByPort),
+    listDevices: op('listDevices', devices.listDevices),
+    markDeviceRevoked: op('markDeviceRevoked', devices.markDeviceRevoked),
+    updateDeviceKey: op('updateDeviceKey', devices.updateDeviceKey),
+    setDeviceOnline: op('setDeviceOnline', devices.setDeviceOnline),
+    countDevicesByStatus: op('countDevicesByStatus', devices.countDevicesByStatus),
+
+    allocatePortBlock: op('allocatePortBlock', ports.allocatePortBlock),
+    releasePortBlock: op('releasePortBlock', ports.releasePortBlock),
+    portPoolUsage: op('portPoolUsage', ports.portPoolUsage),
+
+    nextSerial: op('nextSerial', certs.nextSerial),
+    insertCertificate: op('insertCertificate', certs.insertCertificate),
+    findCertificate: op('findCertificate', certs.findCertificate),
+    latestCertificateOfDevice: op('latestCertificateOfDevice', certs.latestCertificateOfDevice),
+    findDeviceWithLatestCertificate: op('findDeviceWithLatestCertificate', devices.findDeviceWithLatestCertificate),
+    revokeCertificatesOfDevice: op('revokeCertificatesOfDevice', certs.revokeCertificatesOfDevice),
+    listRevokedUnexpiredSerials: op('listRevokedUnexpiredSerials', certs.listRevokedUnexpiredSerials),
+    listRevokedDeviceIds: op('listRevokedDeviceIds', certs.listRevokedDeviceIds),
+    isSerialRevoked: op('isSerialRevoked', certs.isSerialRevoked),
+    pruneCertificates: op('pruneCertificates', certs.pruneCertificates),
+    nextKrlVersion: op('nextKrlVersion', certs.nextKrlVersion),
+
+    insertApiKey: op('insertApiKey', apiKeys.insertApiKey),
+    findApiKey: op('findApiKey', apiKeys.findApiKey),
+    touchApiKey: op('touchApiKey', apiKeys.touchApiKey),
+    listApiKeys: op('listApiKeys', apiKeys.listApiKeys),
+    revokeApiKey: op('revokeApiKey', apiKeys.revokeApiKey),
+
+    insertNonce: op('insertNonce', audit.insertNonce),
+    pruneNonces: op('pruneNonces', audit.pruneNonces),
+    appendAudit: op('appendAudit', audit.appendAudit),
+    listAudit: op('listAudit', audit.listAudit),
+  };
+}

@@ -1,0 +1,36 @@
+/** Opening a store (broker/store/open.ts, connections.ts): migrations, WAL, foreign keys, read-only opens. */
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { isBrokerError } from '../../../broker/core/errors.js';
+import { openStore } from '../../../broker/store/index.js';
+import { POOL, T0, sql, token, withStore } from './fixtures.js';
+
+test('ok/migrations run once; re-open keeps data; read-only open refuses writes', async (t) => {
+  await withStore(async (store, file) => {
+    await store.insertTokens([token({ id: 'tok_keep' })]);
+    await store.close();
+    // a clean close (cached statements finalized) checkpoints and removes the WAL
+    t.false(existsSync(`${file}-wal`));
+    const again = await openStore({ filename: file });
+    await again.close();
+    t.deepEqual(await sql(file, 'SELECT name FROM knex_migrations'), [{ name: '001-initial' }]);
+    const ro = await openStore({ filename: file, readonly: true });
+    try {
+      t.is((await ro.listTokens({ now: T0 })).items[0]?.id, 'tok_keep');
+      const err = await t.throwsAsync(ro.insertTokens([token()]));
+      t.true(isBrokerError(err, 'INTERNAL'));
+    } finally {
+      await ro.close();
+    }
+    const missing = await t.throwsAsync(openStore({ filename: `${file}.missing`, readonly: true }));
+    t.true(isBrokerError(missing, 'CONFIG_INVALID'));
+  });
+});
+
+test('ok/WAL journal, foreign keys enforced', async (t) => {
+  await withStore(async (store, file) => {
+    t.deepEqual(await sql(file, 'PRAGMA journal_mode'), [{ journal_mode: 'wal' }]);
+    const err = await t.throwsAsync(store.allocatePortBlock('dev_missing', POOL, T0));
+    t.true(isBrokerError(err, 'DEVICE_UNKNOWN'));
+  });
+});
