@@ -13,7 +13,6 @@
  * offline) or the SSH server refused it (to learn whether the device was
  * revoked).
  */
-import type { ApiClientOptions } from '../api/client.js';
 import { apiRequest } from '../api/client.js';
 import { nextDelay } from './backoff.js';
 import type { AgentConfig } from './config.js';
@@ -533,9 +532,4 @@ export class Agent {
       .then(() => writeStatus(paths, status))
       .catch((err: unknown) => this.#log.warn({ event: 'status_write_failed', err: String(err) }, 'could not write status.json'));
   }
-}
-
-/** API client options for the broker (exported for the CLI's one-shot commands). */
-export function apiOptions(broker: BrokerApiRef, timeoutMs: number): ApiClientOptions {
-  return { baseUrl: broker.url, pin: broker.pin, timeoutMs };
 }
