@@ -1,6 +1,6 @@
 /**
- * The agent's supervisor: wires enrollment, renewal and a transport into the
- * state machine, with the clock, randomness, API client and dialer
+ * The agent's supervisor: the run loop that drives the state machine
+ * (state-machine.ts), with the clock, randomness, API client and dialer
  * injected (tests drive time instead of sleeping).
  *
  * One handler per state; each does its work and makes exactly one
@@ -12,36 +12,32 @@
  * only when the certificate is already due or expired (the device was
  * offline) or the SSH server refused it (to learn whether the device was
  * revoked).
+ *
+ * The parts: renewal-schedule.ts (the certificate in use and its renewal,
+ * the broker's verdict), tunnel-spec.ts (what to dial and which forwards
+ * the port block implies), tunnel-session.ts (opening and closing without
+ * waiting forever), status-writer.ts (status.json), clock.ts (time and the
+ * run loop's wakeable sleep).
  */
-import type { ApiClientOptions } from '../api/client.js';
 import { apiRequest } from '../api/client.js';
 import { nextDelay } from './backoff.js';
+import { systemClock, WakeableSleep, type Clock } from './clock.js';
 import type { AgentConfig } from './config.js';
 import { enrollDevice } from './enroll.js';
-import { AgentError, EXIT, RENEW_FATAL_CODES } from './errors.js';
-import { renewCertificate, renewalDueAt, suggestedRenewal, validityOf, type ApiCall } from './renewer.js';
+import { AgentError, EXIT } from './errors.js';
+import type { AgentLogger } from './logger.js';
+import { RenewalSchedule } from './renewal-schedule.js';
+import type { ApiCall } from './renewer.js';
 import { AgentStateMachine, type AgentState, type StateChange } from './state-machine.js';
-import { loadEnrollment, pinnedHostKey, writeStatus, type BrokerApiRef, type Enrollment } from './state-dir.js';
-import { TransportError, type ForwardSpec, type Transport, type Tunnel, type TunnelSpec } from './transport.js';
+import { loadEnrollment, type Enrollment } from './state-dir.js';
+import { runtimeStatus, StatusWriter, type RecordedError } from './status-writer.js';
+import { forwardsFor, tunnelSpecFor } from './tunnel-spec.js';
+import { closeTunnel, openTunnel, type HeldTunnel } from './tunnel-session.js';
+import { TransportError, type Transport, type Tunnel, type TunnelEnd, type TunnelSpec } from './transport.js';
 
-export interface Clock {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
-
-export const systemClock: Clock = {
-  now: () => Date.now(),
-  setTimeout: (fn, ms) => setTimeout(fn, ms),
-  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
-};
-
-export interface AgentLogger {
-  debug(obj: object, msg: string): void;
-  info(obj: object, msg: string): void;
-  warn(obj: object, msg: string): void;
-  error(obj: object, msg: string): void;
-}
+// The injected parts AgentDeps names, for callers that build one.
+export type { Clock } from './clock.js';
+export type { AgentLogger } from './logger.js';
 
 export interface AgentDeps {
   readonly config: AgentConfig;
@@ -62,20 +58,13 @@ export interface AgentResult {
   readonly message: string;
 }
 
-type RenewOutcome =
-  | { kind: 'ok' }
-  | { kind: 'revoked'; message: string }
-  | { kind: 'fatal'; code: string; message: string }
-  | { kind: 'transient'; code: string; message: string };
-
 /** A tunnel that stayed up this long resets the reconnect backoff. */
 export const STABLE_CONNECTION_MS = 10_000;
 /** How long stop() waits for a transport that ignores its abort signal. */
 const STOP_GRACE_MS = 3000;
-/** How long closing a tunnel may take before the agent moves on. */
-const CLOSE_TIMEOUT_MS = 10_000;
-/** setTimeout's limit; longer timers are re-armed when they fire. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** The states the backoff state goes back to when its delay is over. */
+type RetryState = 'enrolling' | 'renewing' | 'connecting';
 
 export class Agent {
   readonly machine: AgentStateMachine;
@@ -86,31 +75,23 @@ export class Agent {
   readonly #random: () => number;
   readonly #api: ApiCall;
   readonly #writeStatus: boolean;
+  readonly #renewal: RenewalSchedule;
+  readonly #status: StatusWriter;
+  readonly #sleep: WakeableSleep;
 
-  #enrollment: Enrollment | null = null;
-  /** When the current certificate is due for renewal (clock ms), drawn once per certificate. */
-  #dueAt = 0;
-  #tunnel: Tunnel | null = null;
-  #tunnelSerial: bigint | null = null;
-  #connectedAt: number | null = null;
+  #held: HeldTunnel | null = null;
   #attempt = 0;
-  #renewAttempt = 0;
-  #afterBackoff: 'enrolling' | 'renewing' | 'connecting' = 'connecting';
+  #afterBackoff: RetryState = 'connecting';
   #renewedAfterRefusal = false;
-  #renewTimer: unknown = null;
-  #renewInFlight: Promise<RenewOutcome> | null = null;
   #stopRequested = false;
-  #verdict: { state: 'revoked' | 'closed'; status: number; code: string; message: string } | null = null;
   #result: AgentResult | null = null;
-  #wake: () => void = () => undefined;
   #abort = new AbortController();
   #stopped!: () => void;
   /** Resolves a little after stop(): how long a stop waits for a transport that ignores its abort signal. */
   readonly #stopGrace = new Promise<void>((resolve) => {
     this.#stopped = resolve;
   });
-  #lastError: { code: string; message: string; at: number } | null = null;
-  #statusChain: Promise<void> = Promise.resolve();
+  #lastError: RecordedError | null = null;
   #warnedServices = false;
 
   constructor(deps: AgentDeps) {
@@ -121,12 +102,19 @@ export class Agent {
     this.#random = deps.random ?? Math.random;
     this.#api = deps.api ?? apiRequest;
     this.#writeStatus = deps.writeStatus ?? true;
+    this.#status = new StatusWriter(this.#log);
+    this.#sleep = new WakeableSleep(this.#clock);
     this.machine = new AgentStateMachine(() => this.#clock.now());
     this.machine.onChange((change) => this.#onChange(change));
+    this.#renewal = new RenewalSchedule({
+      config: this.#config, clock: this.#clock, random: this.#random, api: this.#api, log: this.#log, machine: this.machine,
+      recordError: (code, message) => this.#recordError(code, message),
+      wake: () => this.#sleep.wake(),
+    });
   }
 
   get enrollment(): Enrollment | null {
-    return this.#enrollment;
+    return this.#renewal.enrollment;
   }
 
   get lastError(): { code: string; message: string } | null {
@@ -138,14 +126,14 @@ export class Agent {
     if (this.#stopRequested) return;
     this.#stopRequested = true;
     this.#abort.abort();
-    this.#wake();
+    this.#sleep.wake();
     this.#clock.setTimeout(() => this.#stopped(), STOP_GRACE_MS);
   }
 
   /** Runs until revoked, stopped or a fatal error; never rejects. */
   async run(): Promise<AgentResult> {
     try {
-      this.#setEnrollment(await loadEnrollment(this.#config.stateDir));
+      this.#renewal.adopt(await loadEnrollment(this.#config.stateDir));
       while (!this.#result) await this.#step();
     } catch (err) {
       const e = err as { code?: unknown; message?: unknown; exitCode?: unknown };
@@ -153,10 +141,9 @@ export class Agent {
       this.#log.error({ event: 'fatal', code, err: String(e.message ?? err) }, 'agent stopped by an error');
       this.#finish('closed', typeof e.exitCode === 'number' ? e.exitCode : EXIT.ERROR, code, String(e.message ?? err));
     } finally {
-      this.#clock.clearTimeout(this.#renewTimer);
-      this.#renewTimer = null;
+      this.#renewal.cancel();
       await this.#closeTunnel();
-      await this.#statusChain;
+      await this.#status.settled();
     }
     return this.#result!;
   }
@@ -166,8 +153,9 @@ export class Agent {
 
   async #step(): Promise<void> {
     if (this.machine.terminal) return;
-    if (this.#stopRequested && this.machine.state !== 'connected') return this.#finish('closed', EXIT.OK, 'STOPPED', 'stopped');
-    if (this.#verdict && this.machine.state !== 'connected') return this.#applyVerdict();
+    // While connected, #whileConnected closes the tunnel first.
+    if (this.#stopRequested && this.machine.state !== 'connected') return this.#finishStopped();
+    if (this.#renewal.verdict && this.machine.state !== 'connected') return this.#applyVerdict();
     switch (this.machine.state) {
       case 'initial':
         return this.#start();
@@ -185,7 +173,7 @@ export class Agent {
   }
 
   #start(): void {
-    if (!this.#enrollment) {
+    if (!this.#renewal.enrollment) {
       if (!this.#config.enroll.token) {
         return this.#finish('closed', EXIT.NOT_ENROLLED, 'NOT_ENROLLED', `${this.#config.stateDir} is not enrolled and no enrollment token is configured`);
       }
@@ -193,8 +181,8 @@ export class Agent {
       this.machine.transition('enrolling', 'not enrolled yet');
       return;
     }
-    this.#scheduleRenewal();
-    if (this.#clock.now() >= this.#dueAt) this.machine.transition('renewing', 'certificate due or expired');
+    this.#renewal.schedule();
+    if (this.#renewal.isDue()) this.machine.transition('renewing', 'certificate due or expired');
     else this.machine.transition('connecting', 'start');
   }
 
@@ -206,76 +194,62 @@ export class Agent {
         hardwareSerial: config.enroll.hardwareSerial, timeoutMs: config.apiTimeoutSeconds * 1000,
         now: () => new Date(this.#clock.now()), api: this.#api,
       });
-      this.#setEnrollment(enrollment);
+      this.#renewal.adopt(enrollment);
     } catch (err) {
-      if (err instanceof AgentError && err.exitCode === EXIT.REFUSED) {
-        this.#recordError(err.code, err.message);
-        this.#log.error({ event: 'enroll_refused', code: err.code }, `enrollment refused by the broker (${err.code}); a new token is needed`);
-        return this.#finish('closed', EXIT.REFUSED, err.code, err.message);
-      }
-      const code = (err as { code?: string }).code ?? 'INTERNAL';
-      if (code === 'ALREADY_ENROLLED' || code === 'ALREADY_RUNNING') throw err;
-      this.#recordError(code, (err as Error).message);
-      this.#log.warn({ event: 'enroll_failed', code }, 'enrollment failed; retrying');
-      this.#afterBackoff = 'enrolling';
-      this.machine.transition('backoff', code);
-      return;
+      return this.#onEnrollFailed(err);
     }
-    const { state } = this.#enrollment!;
+    const { state } = this.#renewal.enrollment!;
     this.#log.info({ event: 'enrolled', deviceId: state.deviceId, ports: state.ports, serial: state.serial, validBefore: state.validBefore }, 'enrolled');
     this.#attempt = 0;
-    this.#scheduleRenewal();
+    this.#renewal.schedule();
     this.machine.transition('connecting', 'enrolled');
   }
 
+  /** A refusal ends the agent (a new token is needed); a crowded state directory is fatal; anything else is retried. */
+  #onEnrollFailed(err: unknown): void {
+    if (err instanceof AgentError && err.exitCode === EXIT.REFUSED) {
+      this.#recordError(err.code, err.message);
+      this.#log.error({ event: 'enroll_refused', code: err.code }, `enrollment refused by the broker (${err.code}); a new token is needed`);
+      return this.#finish('closed', EXIT.REFUSED, err.code, err.message);
+    }
+    const code = (err as { code?: string }).code ?? 'INTERNAL';
+    if (code === 'ALREADY_ENROLLED' || code === 'ALREADY_RUNNING') throw err;
+    this.#recordError(code, (err as Error).message);
+    this.#log.warn({ event: 'enroll_failed', code }, 'enrollment failed; retrying');
+    this.#backOffThen('enrolling', code);
+  }
+
   async #renewForeground(): Promise<void> {
-    const outcome = await this.#renew();
+    const outcome = await this.#renewal.renew();
     if (outcome.kind === 'ok') {
       this.machine.transition('connecting', 'certificate renewed');
       return;
     }
-    if (outcome.kind === 'revoked' || outcome.kind === 'fatal') return this.#applyVerdict();
-    this.#retryRenewalLater(outcome.code);
+    if (outcome.kind === 'verdict') return this.#applyVerdict();
+    this.#renewal.retryLater(outcome.code);
     // The broker's API is unreachable (or busy): a certificate that is still
     // valid is worth a try; so is one the device's clock may misjudge.
-    if (this.#clock.now() < this.#expiry() || outcome.code === 'REQUEST_STALE') {
+    if (!this.#renewal.isExpired() || outcome.code === 'REQUEST_STALE') {
       this.machine.transition('connecting', `renewal failed (${outcome.code}); certificate still usable`);
       return;
     }
-    this.#afterBackoff = 'renewing';
-    this.machine.transition('backoff', outcome.code);
+    this.#backOffThen('renewing', outcome.code);
   }
 
   async #connect(): Promise<void> {
-    const enrollment = this.#enrollment!;
+    const enrollment = this.#renewal.enrollment!;
     const spec = this.#tunnelSpec(enrollment);
     if (spec.forwards.length === 0) {
       throw new AgentError('SERVICE_INVALID', 'no configured service fits in the port block', EXIT.USAGE);
     }
     let tunnel: Tunnel;
     try {
-      tunnel = await this.#openGuarded(spec);
+      tunnel = await openTunnel(this.#transport, spec, { clock: this.#clock, signal: this.#abort.signal, stopGrace: this.#stopGrace });
     } catch (err) {
-      if (this.#stopRequested) return this.#finish('closed', EXIT.OK, 'STOPPED', 'stopped');
-      const code = err instanceof TransportError ? err.code : 'PROTOCOL';
-      const message = err instanceof Error ? err.message : String(err);
-      this.#recordError(code, message);
-      this.#log.warn({ event: 'connect_failed', code, message, transport: this.#transport.name }, 'tunnel could not be opened');
-      if (code === 'AUTH_REFUSED' && !this.#renewedAfterRefusal) {
-        // Expired, revoked, or the CA changed: the broker's API knows which.
-        this.#renewedAfterRefusal = true;
-        this.machine.transition('renewing', 'certificate refused by the SSH server');
-        return;
-      }
-      this.#renewedAfterRefusal = false;
-      this.#afterBackoff = 'connecting';
-      this.machine.transition('backoff', code);
-      return;
+      return this.#onConnectFailed(err);
     }
     this.#renewedAfterRefusal = false;
-    this.#tunnel = tunnel;
-    this.#tunnelSerial = enrollment.certificate.serial;
-    this.#connectedAt = this.#clock.now();
+    this.#held = { tunnel, serial: enrollment.certificate.serial, connectedAt: this.#clock.now() };
     this.machine.transition('connected', `serial ${enrollment.certificate.serial}`);
     this.#log.info({
       event: 'connected', transport: this.#transport.name, serial: enrollment.certificate.serial.toString(), host: spec.host, port: spec.port,
@@ -283,225 +257,108 @@ export class Agent {
     }, 'tunnel up');
   }
 
+  #onConnectFailed(err: unknown): void {
+    if (this.#stopRequested) return this.#finishStopped();
+    const code = err instanceof TransportError ? err.code : 'PROTOCOL';
+    const message = err instanceof Error ? err.message : String(err);
+    this.#recordError(code, message);
+    this.#log.warn({ event: 'connect_failed', code, message, transport: this.#transport.name }, 'tunnel could not be opened');
+    if (code === 'AUTH_REFUSED' && !this.#renewedAfterRefusal) {
+      // Expired, revoked, or the CA changed: the broker's API knows which.
+      // Once only: a certificate refused again right after renewal backs off.
+      this.#renewedAfterRefusal = true;
+      this.machine.transition('renewing', 'certificate refused by the SSH server');
+      return;
+    }
+    this.#renewedAfterRefusal = false;
+    this.#backOffThen('connecting', code);
+  }
+
   /** Something for the connected state to act on: stop, a verdict, or a certificate newer than the tunnel's. */
   #pending(): boolean {
-    return this.#stopRequested || this.#verdict !== null || this.#enrollment!.certificate.serial !== this.#tunnelSerial;
+    return this.#stopRequested || this.#renewal.verdict !== null || this.#renewal.enrollment!.certificate.serial !== this.#held!.serial;
   }
 
   async #whileConnected(): Promise<void> {
-    const tunnel = this.#tunnel!;
-    let ended = null;
+    const held = this.#held!;
+    let ended: TunnelEnd | null = null;
     if (!this.#pending()) {
-      const woke = this.#sleep();
-      ended = await Promise.race([tunnel.closed, woke.promise.then(() => null)]);
+      const woke = this.#sleep.sleep();
+      ended = await Promise.race([held.tunnel.closed, woke.promise.then(() => null)]);
       woke.cancel();
     }
-    const upForMs = this.#clock.now() - (this.#connectedAt ?? this.#clock.now());
-    if (ended) {
-      this.#tunnel = null;
-      this.#recordError(ended.code, ended.message);
-      this.#log.warn({ event: 'tunnel_lost', code: ended.code, message: ended.message, upForMs }, 'tunnel lost');
-      if (upForMs >= STABLE_CONNECTION_MS) this.#attempt = 0;
-      this.#afterBackoff = 'connecting';
-      this.machine.transition('backoff', ended.code);
-      return;
-    }
+    if (ended) return this.#onTunnelLost(ended, this.#clock.now() - held.connectedAt);
     if (this.#stopRequested) {
       await this.#closeTunnel();
-      return this.#finish('closed', EXIT.OK, 'STOPPED', 'stopped');
+      return this.#finishStopped();
     }
-    if (this.#verdict) {
+    if (this.#renewal.verdict) {
       await this.#closeTunnel();
       return this.#applyVerdict();
     }
-    if (this.#enrollment!.certificate.serial !== this.#tunnelSerial) {
+    if (this.#renewal.enrollment!.certificate.serial !== held.serial) {
       await this.#closeTunnel();
       this.#attempt = 0;
       this.machine.transition('connecting', 'reconnect with the renewed certificate');
     }
   }
 
+  #onTunnelLost(ended: TunnelEnd, upForMs: number): void {
+    this.#held = null;
+    this.#recordError(ended.code, ended.message);
+    this.#log.warn({ event: 'tunnel_lost', code: ended.code, message: ended.message, upForMs }, 'tunnel lost');
+    if (upForMs >= STABLE_CONNECTION_MS) this.#attempt = 0;
+    this.#backOffThen('connecting', ended.code);
+  }
+
   async #backoff(): Promise<void> {
     const delayMs = nextDelay(this.#attempt, this.#config.backoff, this.#random);
     this.#attempt += 1;
     this.#log.info({ event: 'backoff', attempt: this.#attempt, delayMs, next: this.#afterBackoff }, 'waiting before retrying');
-    if (!this.#stopRequested && !this.#verdict) {
-      const sleep = this.#sleep(delayMs);
+    if (!this.#stopRequested && !this.#renewal.verdict) {
+      const sleep = this.#sleep.sleep(delayMs);
       await sleep.promise;
       sleep.cancel();
     }
-    if (this.#stopRequested || this.#verdict) return; // #step() handles both
+    if (this.#stopRequested || this.#renewal.verdict) return; // #step() handles both
     this.machine.transition(this.#afterBackoff, 'retry');
   }
 
   // -------------------------------------------------------------------------
-  // Renewal
 
-  #expiry(): number {
-    return validityOf(this.#enrollment!.certificate).validBefore;
+  #backOffThen(next: RetryState, reason: string): void {
+    this.#afterBackoff = next;
+    this.machine.transition('backoff', reason);
   }
 
-  #setEnrollment(enrollment: Enrollment | null): void {
-    this.#enrollment = enrollment;
-    if (enrollment) this.#dueAt = renewalDueAt(validityOf(enrollment.certificate), suggestedRenewal(enrollment), this.#random);
-  }
-
-  #broker(): BrokerApiRef {
-    return this.#config.broker ? { url: this.#config.broker.url, pin: this.#config.broker.pin } : this.#enrollment!.state.broker;
-  }
-
-  /** Arms the background renewal timer for AT (default: the certificate's renewal time). */
-  #scheduleRenewal(at?: number): void {
-    this.#clock.clearTimeout(this.#renewTimer);
-    const due = at ?? this.#dueAt;
-    const delay = Math.min(MAX_TIMER_MS, Math.max(0, due - this.#clock.now()));
-    this.#renewTimer = this.#clock.setTimeout(() => {
-      this.#renewTimer = null;
-      if (this.machine.terminal) return;
-      if (this.#clock.now() < due) return this.#scheduleRenewal(due); // a timer longer than setTimeout allows
-      void this.#renewInBackground();
-    }, delay);
-  }
-
-  async #renewInBackground(): Promise<void> {
-    // In the foreground states the main loop renews (or is about to).
-    if (['renewing', 'enrolling', 'initial'].includes(this.machine.state)) return;
-    const outcome = await this.#renew();
-    if (outcome.kind === 'transient') return this.#retryRenewalLater(outcome.code);
-    this.#wake();
-  }
-
-  /**
-   * After a transient renewal failure: retry in the background with backoff
-   * (renewBackoff, capped). Before expiry the tunnel is untouched; after it
-   * the embedded gateway has closed the session (the main loop then renews
-   * in the foreground), while an sshd keeps it, so retries go on.
-   */
-  #retryRenewalLater(code: string): void {
-    const retryIn = nextDelay(this.#renewAttempt, this.#config.renewBackoff, this.#random);
-    this.#renewAttempt += 1;
-    const expired = this.#clock.now() >= this.#expiry();
-    this.#log.warn({ event: 'renew_failed', code, retryInMs: retryIn, state: this.machine.state, expired }, 'renewal failed; the tunnel is kept, retrying');
-    this.#scheduleRenewal(this.#clock.now() + Math.max(1, retryIn));
-  }
-
-  /** One renewal (single flight). Updates the enrollment and the timer on success; records a verdict for revoked/fatal. */
-  #renew(): Promise<RenewOutcome> {
-    this.#renewInFlight ??= this.#renewOnce().finally(() => {
-      this.#renewInFlight = null;
-    });
-    return this.#renewInFlight;
-  }
-
-  async #renewOnce(): Promise<RenewOutcome> {
-    const enrollment = this.#enrollment!;
-    try {
-      const grant = await renewCertificate({
-        enrollment, broker: this.#broker(), timeoutMs: this.#config.apiTimeoutSeconds * 1000, api: this.#api, now: new Date(this.#clock.now()),
-      });
-      this.#setEnrollment((await loadEnrollment(this.#config.stateDir)) ?? enrollment);
-      this.#renewAttempt = 0;
-      this.#scheduleRenewal();
-      this.#log.info({ event: 'renewed', serial: grant.serial, validBefore: grant.validBefore, renewAt: new Date(this.#dueAt).toISOString() }, 'certificate renewed');
-      return { kind: 'ok' };
-    } catch (err) {
-      const code = (err as { code?: string }).code ?? 'INTERNAL';
-      const message = err instanceof Error ? err.message : String(err);
-      this.#recordError(code, message);
-      if (code === 'DEVICE_REVOKED') {
-        this.#verdict = { state: 'revoked', status: EXIT.REVOKED, code, message: 'the broker revoked this device' };
-        return { kind: 'revoked', message };
-      }
-      if (RENEW_FATAL_CODES.includes(code)) {
-        this.#verdict = { state: 'closed', status: EXIT.REFUSED, code, message: `${message} (re-enroll the device)` };
-        return { kind: 'fatal', code, message };
-      }
-      return { kind: 'transient', code, message };
-    }
-  }
-
-  // -------------------------------------------------------------------------
-
+  /** The tunnel ENROLLMENT opens; a service outside the port block is skipped with a warning, once. */
   #tunnelSpec(enrollment: Enrollment): TunnelSpec {
-    const { state, paths } = enrollment;
-    const size = state.ports.last - state.ports.first + 1;
-    const forwards: ForwardSpec[] = [];
-    for (const s of this.#config.services) {
-      if (s.slot < size) forwards.push({ name: s.name, remotePort: state.ports.first + s.slot, localHost: s.host, localPort: s.port });
-      else if (!this.#warnedServices) this.#log.warn({ event: 'service_skipped', service: s.name, slot: s.slot, blockSize: size }, 'service slot outside the port block; not forwarded');
+    const { forwards, skipped } = forwardsFor(this.#config.services, enrollment.state.ports);
+    if (!this.#warnedServices) {
+      for (const s of skipped) this.#log.warn({ event: 'service_skipped', ...s }, 'service slot outside the port block; not forwarded');
     }
     this.#warnedServices = true;
-    return {
-      host: state.ssh.host, port: state.ssh.port, username: state.ssh.username, bindAddress: this.#config.ssh.bindAddress,
-      key: enrollment.key, keyPath: paths.key, certificateLine: enrollment.certificateLine, certificatePath: paths.certificate,
-      hostKey: pinnedHostKey(state.ssh), knownHostsPath: paths.knownHosts, forwards,
-      keepaliveIntervalMs: this.#config.keepalive.intervalSeconds * 1000, keepaliveCountMax: this.#config.keepalive.countMax,
-      connectTimeoutMs: this.#config.connectTimeoutSeconds * 1000, pidFile: paths.sshPid,
-    };
-  }
-
-  /** Resolves after MS (or never, without MS), or as soon as #wake() is called. */
-  #sleep(ms?: number): { promise: Promise<void>; cancel(): void } {
-    let timer: unknown = null;
-    let done!: () => void;
-    const promise = new Promise<void>((resolve) => {
-      done = resolve;
-    });
-    this.#wake = done;
-    if (ms !== undefined) timer = this.#clock.setTimeout(done, ms);
-    return {
-      promise,
-      cancel: () => {
-        this.#clock.clearTimeout(timer);
-        if (this.#wake === done) this.#wake = () => undefined;
-      },
-    };
-  }
-
-  /**
-   * transport.open(), but never waiting forever on it: a transport that
-   * neither connects nor fails within its own timeouts (a bug, a wedged
-   * child) is given up on, and whatever it opens later is closed.
-   */
-  async #openGuarded(spec: TunnelSpec): Promise<Tunnel> {
-    const opening = this.#transport.open(spec, this.#abort.signal);
-    let timer: unknown = null;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = this.#clock.setTimeout(() => reject(new TransportError('TIMEOUT', 'the transport did not answer in time')), spec.connectTimeoutMs * 3 + 5000);
-    });
-    const stopped = this.#stopGrace.then(() => {
-      throw new TransportError('CLOSED', 'stopped');
-    });
-    try {
-      return await Promise.race([opening, deadline, stopped]);
-    } catch (err) {
-      opening.then((late) => late.close(), () => undefined).catch(() => undefined);
-      throw err;
-    } finally {
-      this.#clock.clearTimeout(timer);
-    }
+    return tunnelSpecFor(this.#config, enrollment, forwards);
   }
 
   async #closeTunnel(): Promise<void> {
-    const tunnel = this.#tunnel;
-    this.#tunnel = null;
-    if (!tunnel) return;
-    let timer: unknown = null;
-    const giveUp = new Promise<void>((resolve) => {
-      timer = this.#clock.setTimeout(resolve, CLOSE_TIMEOUT_MS);
-    });
-    await Promise.race([tunnel.close().catch(() => undefined), giveUp]);
-    this.#clock.clearTimeout(timer);
+    const held = this.#held;
+    this.#held = null;
+    if (held) await closeTunnel(held.tunnel, this.#clock);
   }
 
   #applyVerdict(): void {
-    const v = this.#verdict!;
+    const v = this.#renewal.verdict!;
     if (v.state === 'revoked') {
-      this.#log.error({ event: 'revoked', code: v.code, deviceId: this.#enrollment?.state.deviceId }, 'device revoked by the broker; stopping for good');
+      this.#log.error({ event: 'revoked', code: v.code, deviceId: this.#renewal.enrollment?.state.deviceId }, 'device revoked by the broker; stopping for good');
     } else {
       this.#log.error({ event: 'refused', code: v.code }, `the broker will not renew this device (${v.code}); re-enroll it`);
     }
     this.#finish(v.state, v.status, v.code, v.message);
+  }
+
+  #finishStopped(): void {
+    this.#finish('closed', EXIT.OK, 'STOPPED', 'stopped');
   }
 
   #finish(state: 'revoked' | 'closed', status: number, code: string, message: string): void {
@@ -515,27 +372,11 @@ export class Agent {
 
   #onChange(change: StateChange): void {
     this.#log.info({ event: 'state', from: change.from, to: change.to, reason: change.reason }, `${change.from} -> ${change.to}`);
-    if (!this.#writeStatus) return;
-    const paths = this.#enrollment?.paths;
-    if (!paths) return;
-    const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
-    const status = {
-      pid: process.pid,
-      transport: this.#transport.name,
-      state: change.to,
-      since: iso(change.at)!,
-      connectedSince: change.to === 'connected' ? iso(this.#connectedAt ?? change.at) : null,
-      serial: this.#enrollment?.certificate.serial.toString() ?? null,
-      lastError: this.#lastError ? { code: this.#lastError.code, message: this.#lastError.message, at: iso(this.#lastError.at)! } : null,
-      updatedAt: iso(this.#clock.now())!,
-    };
-    this.#statusChain = this.#statusChain
-      .then(() => writeStatus(paths, status))
-      .catch((err: unknown) => this.#log.warn({ event: 'status_write_failed', err: String(err) }, 'could not write status.json'));
+    const enrollment = this.#renewal.enrollment;
+    if (!this.#writeStatus || !enrollment) return;
+    this.#status.write(enrollment.paths, runtimeStatus(change, {
+      transport: this.#transport.name, connectedAt: this.#held?.connectedAt ?? null, serial: enrollment.certificate.serial,
+      lastError: this.#lastError, now: this.#clock.now(),
+    }));
   }
-}
-
-/** API client options for the broker (exported for the CLI's one-shot commands). */
-export function apiOptions(broker: BrokerApiRef, timeoutMs: number): ApiClientOptions {
-  return { baseUrl: broker.url, pin: broker.pin, timeoutMs };
 }

@@ -212,61 +212,97 @@ export function splitToken(agent: DeviceBundle['agent'], ownFile: boolean): { to
   return { token: `${token}\n`, agentText: `${JSON.stringify({ ...agent, enroll: rest }, null, 2)}\n` };
 }
 
+/**
+ * Refuses, before writing anything, a bundle that does not fit and an image
+ * that holds a device identity or (without --force) another bundle; then writes.
+ */
 export async function flashImage(options: FlashOptions): Promise<FlashReport> {
   const { root, bundle } = options;
   const now = options.now ?? (() => new Date());
-  const rootStats = await lstat(root).catch(() => null);
-  if (!rootStats?.isDirectory()) throw new ProvisionError('IMAGE_INVALID', `${root} is not a directory (mount the image's root filesystem there)`);
-  if (options.expectSerial !== undefined && bundle.bindSerial !== options.expectSerial) {
-    throw new ProvisionError('SERIAL_MISMATCH', `the bundle (${bundle.batch} #${bundle.index}) is bound to ${bundle.bindSerial ?? 'no serial'}, not ${options.expectSerial}`);
-  }
-  if (Date.parse(bundle.expiresAt) <= now().getTime()) {
-    throw new ProvisionError('BUNDLE_INVALID', `the bundle's token ${bundle.tokenId} expired at ${bundle.expiresAt}`);
-  }
+  await refuseUnfitRootOrBundle(options, now());
   const layout = await imageLayout(root, (bundle.agent.stateDir as string | undefined) ?? DEFAULT_STATE_DIR, options.unitSource);
-  const { owner } = layout.owner;
-  const hostConfig = await resolveInRoot(root, layout.configPath);
-  const hostToken = layout.token ? await resolveInRoot(root, layout.token.path) : null;
-  const hostRecord = await resolveInRoot(root, layout.provisioningPath);
-  const hostState = await resolveInRoot(root, layout.stateDir);
-
-  // Never flash over a device identity: a cloned image would share it.
-  const state = statePaths(hostState);
-  if ((await exists(state.state)) || (await exists(state.key))) {
-    throw new ProvisionError('IMAGE_ENROLLED', `${layout.stateDir} in the image already holds an enrollment; clear it first (flash never deletes device state)`);
-  }
-  const { token, agentText } = splitToken(bundle.agent, layout.token !== null);
-  const previous = await readFile(hostConfig, 'utf8').catch(() => null);
-  const previousToken = hostToken ? await readFile(hostToken, 'utf8').catch(() => null) : null;
-  const other = (previous !== null && previous !== agentText) || (previousToken !== null && previousToken.trim() !== '' && previousToken !== token);
-  if (other && !options.force) {
-    const record = await readFile(hostRecord, 'utf8').then((t) => JSON.parse(t) as Partial<ProvisioningRecord>, () => null);
-    throw new ProvisionError('IMAGE_FLASHED', `the image already holds another agent config${record?.tokenId ? ` (token ${record.tokenId}, batch ${record.batch} #${record.index})` : ''}; --force replaces it`);
-  }
-
+  const hosts = await hostPathsOf(root, layout);
+  await refuseEnrolledImage(layout, hosts);
+  const content = splitToken(bundle.agent, layout.token !== null);
+  if (!options.force) await refuseOtherBundle(hosts, content);
   const record: ProvisioningRecord = {
     format: PROVISIONING_FORMAT, batch: bundle.batch, index: bundle.index, tokenId: bundle.tokenId, expiresAt: bundle.expiresAt,
     bindName: bundle.bindName, bindSerial: bundle.bindSerial, broker: bundle.broker,
     configPath: layout.configPath, stateDir: layout.stateDir, flashedAt: now().toISOString(),
   };
+  const files = await writeImageFiles(root, layout, hosts, { ...content, record });
+  return { root, batch: bundle.batch, index: bundle.index, tokenId: bundle.tokenId, expiresAt: bundle.expiresAt, files, warnings: await flashWarnings(root, layout) };
+}
+
+/** Where flash writes, as paths on this machine (resolved inside ROOT). */
+interface HostPaths {
+  readonly config: string;
+  readonly token: string | null;
+  readonly record: string;
+  readonly state: string;
+}
+
+async function hostPathsOf(root: string, layout: ImageLayout): Promise<HostPaths> {
+  return {
+    config: await resolveInRoot(root, layout.configPath),
+    token: layout.token ? await resolveInRoot(root, layout.token.path) : null,
+    record: await resolveInRoot(root, layout.provisioningPath),
+    state: await resolveInRoot(root, layout.stateDir),
+  };
+}
+
+/** No root directory, a board the bundle is not bound to, or an expired token: nothing is written. */
+async function refuseUnfitRootOrBundle(options: FlashOptions, now: Date): Promise<void> {
+  const { root, bundle } = options;
+  const rootStats = await lstat(root).catch(() => null);
+  if (!rootStats?.isDirectory()) throw new ProvisionError('IMAGE_INVALID', `${root} is not a directory (mount the image's root filesystem there)`);
+  if (options.expectSerial !== undefined && bundle.bindSerial !== options.expectSerial) {
+    throw new ProvisionError('SERIAL_MISMATCH', `the bundle (${bundle.batch} #${bundle.index}) is bound to ${bundle.bindSerial ?? 'no serial'}, not ${options.expectSerial}`);
+  }
+  if (Date.parse(bundle.expiresAt) <= now.getTime()) {
+    throw new ProvisionError('BUNDLE_INVALID', `the bundle's token ${bundle.tokenId} expired at ${bundle.expiresAt}`);
+  }
+}
+
+/** Never flash over a device identity: a cloned image would share it. */
+async function refuseEnrolledImage(layout: ImageLayout, hosts: HostPaths): Promise<void> {
+  const state = statePaths(hosts.state);
+  if ((await exists(state.state)) || (await exists(state.key))) {
+    throw new ProvisionError('IMAGE_ENROLLED', `${layout.stateDir} in the image already holds an enrollment; clear it first (flash never deletes device state)`);
+  }
+}
+
+/** Another bundle's config or token already in the image is replaced only with --force. */
+async function refuseOtherBundle(hosts: HostPaths, content: { token: string | null; agentText: string }): Promise<void> {
+  const previous = await readFile(hosts.config, 'utf8').catch(() => null);
+  const previousToken = hosts.token ? await readFile(hosts.token, 'utf8').catch(() => null) : null;
+  const other = (previous !== null && previous !== content.agentText) || (previousToken !== null && previousToken.trim() !== '' && previousToken !== content.token);
+  if (!other) return;
+  const record = await readFile(hosts.record, 'utf8').then((t) => JSON.parse(t) as Partial<ProvisioningRecord>, () => null);
+  throw new ProvisionError('IMAGE_FLASHED', `the image already holds another agent config${record?.tokenId ? ` (token ${record.tokenId}, batch ${record.batch} #${record.index})` : ''}; --force replaces it`);
+}
+
+/** Writes the token, agent.json, provisioning.json, the state directory and the unit with its links; lists them as on the device. */
+async function writeImageFiles(
+  root: string, layout: ImageLayout, hosts: HostPaths, content: { token: string | null; agentText: string; record: ProvisioningRecord },
+): Promise<FlashedFile[]> {
   const files: FlashedFile[] = [];
-  const label = layout.owner.label;
   const rootLabel = isRoot() ? ROOT_LABEL : `(${process.getuid?.()}):(${process.getgid?.()}), not root`;
   const labelOf = (f: PlacedFile): string => (f.owner === ROOT_OWNER ? rootLabel : f.label);
   // The token first: agent.json never names a config without its token file in place.
-  if (layout.token && hostToken) {
-    await ensureDir(dirname(hostToken), 0o755, ROOT_OWNER);
-    await writeOwnedFile(hostToken, token!, layout.token.mode, layout.token.owner);
+  if (layout.token && hosts.token) {
+    await ensureDir(dirname(hosts.token), 0o755, ROOT_OWNER);
+    await writeOwnedFile(hosts.token, content.token!, layout.token.mode, layout.token.owner);
     files.push({ path: layout.token.path, mode: `0${layout.token.mode.toString(8)}`, owner: labelOf(layout.token), note: 'the enrollment token' });
   }
-  await ensureDir(dirname(hostConfig), 0o755, ROOT_OWNER);
-  await writeOwnedFile(hostConfig, agentText, layout.config.mode, layout.config.owner);
+  await ensureDir(dirname(hosts.config), 0o755, ROOT_OWNER);
+  await writeOwnedFile(hosts.config, content.agentText, layout.config.mode, layout.config.owner);
   files.push({ path: layout.configPath, mode: `0${layout.config.mode.toString(8)}`, owner: labelOf(layout.config), note: layout.token ? 'no token' : 'holds the token' });
-  await ensureDir(dirname(hostRecord), 0o755, ROOT_OWNER);
-  await writeOwnedFile(hostRecord, `${JSON.stringify(record, null, 2)}\n`, 0o644, ROOT_OWNER);
+  await ensureDir(dirname(hosts.record), 0o755, ROOT_OWNER);
+  await writeOwnedFile(hosts.record, `${JSON.stringify(content.record, null, 2)}\n`, 0o644, ROOT_OWNER);
   files.push({ path: layout.provisioningPath, mode: '0644', owner: rootLabel });
-  await ensureDir(hostState, 0o700, owner);
-  files.push({ path: `${layout.stateDir}/`, mode: '0700', owner: label });
+  await ensureDir(hosts.state, 0o700, layout.owner.owner);
+  files.push({ path: `${layout.stateDir}/`, mode: '0700', owner: layout.owner.label });
   if (layout.installUnit) {
     const hostUnit = await resolveInRoot(root, layout.unitDevicePath);
     await ensureDir(dirname(hostUnit), 0o755, ROOT_OWNER);
@@ -276,9 +312,13 @@ export async function flashImage(options: FlashOptions): Promise<FlashReport> {
   for (const link of await enableUnit(root, layout.unitDevicePath, layout.unit.wantedBy)) {
     files.push({ path: link, mode: 'link', owner: rootLabel, note: `-> ${layout.unitDevicePath}` });
   }
+  return files;
+}
+
+async function flashWarnings(root: string, layout: ImageLayout): Promise<string[]> {
   const warnings = layout.owner.warning ? [layout.owner.warning] : [];
   if (!isRoot()) warnings.push(`not running as root: the files meant for root are owned by uid ${process.getuid?.()} (flash images as root)`);
   const program = await resolveInRoot(root, layout.unit.program);
   if (!(await exists(program))) warnings.push(`${layout.unit.program} (the unit's ExecStart) is not in the image yet: install certunnel there`);
-  return { root, batch: bundle.batch, index: bundle.index, tokenId: bundle.tokenId, expiresAt: bundle.expiresAt, files, warnings };
+  return warnings;
 }

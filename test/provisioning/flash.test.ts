@@ -251,6 +251,17 @@ test('fail/verify: each check fails when its condition is broken', async (t) => 
   }
 });
 
+test('fail/verify stops where nothing further can be checked: no root directory, no unit', async (t) => {
+  await withImage(async ({ dir, root, unit }) => {
+    t.deepEqual((await verifyImage({ root: join(dir, 'nope'), online: false })).checks.map((c) => [c.name, c.status]), [['root', 'fail']]);
+    await flashImage({ root, bundle: fakeBundle(), unitSource: unit });
+    await rm(join(root, 'etc/systemd/system/certunnel-agent.service'));
+    const r = await verifyImage({ root, online: false });
+    t.false(r.ok);
+    t.deepEqual(r.checks.map((c) => [c.name, c.status]), [['unit', 'fail']]);
+  });
+});
+
 test('ok+fail/verify online: the pinned broker, its keys, the token status (fake API)', async (t) => {
   await withImage(async ({ root, unit }) => {
     const bundle = fakeBundle();
