@@ -84,7 +84,7 @@ async function startGateway(world: World, deviceUser: string, operatorUser: stri
     operatorUser,
   });
 
-  // test/helpers/sshd.ts adds port, listen address, the "system" host key
+  // testkit/sshd.ts adds port, listen address, the "system" host key
   // (its own, plain: the client does not trust it), no PAM, no pid file.
   const sshd = await startSshd({
     config: [
