@@ -6,17 +6,14 @@
  * tunnels to one broker (the real CLI, a child process); the broker is
  * killed (SIGKILL) and restarted on the same ports; every agent must come
  * back by itself. Reports how long it took, the peak reconnection rate, and
- * how the jittered backoff spread the fleet out; with --compare, the same
- * storm again with the jitter switched off (every agent waits the full
- * backoff bound), which shows what the jitter buys.
+ * how the jittered backoff spread the fleet out. With jitter off (the
+ * benchmark's --compare runs both), every agent waits the full backoff
+ * bound, which shows what the jitter buys.
  *
- * Usage:
- *   node --import tsx scripts/bench/reconnect-storm.ts [--agents 200] [--one-address] [--compare] [--json]
- *
- * --one-address: every agent dials from 127.0.0.1, as a fleet behind one NAT
- * (the gateway's per-address rate limit, 100 at once then 10/s, applies to
- * all of them); by default agent i dials from 127.0.0.(1 + i % 250), as a
- * fleet spread over the internet does.
+ * oneAddress (--one-address): every agent dials from 127.0.0.1, as a fleet
+ * behind one NAT (the gateway's per-address rate limit, 100 at once then
+ * 10/s, applies to all of them); by default agent i dials from
+ * 127.0.0.(1 + i % 250), as a fleet spread over the internet does.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -27,8 +24,8 @@ import { parseAgentConfig } from '../agent/config.js';
 import { enrollDevice } from '../agent/enroll.js';
 import { createSsh2Transport } from '../agent/transport-ssh2.js';
 import { initDataDir } from '../broker/compose/data-dir.js';
-import { spawnBroker, type BrokerProcess } from '../testkit/cli.js';
-import { startDeviceService } from '../testkit/gateway.js';
+import { spawnBroker, type BrokerProcess } from './cli.js';
+import { startDeviceService } from './gateway.js';
 
 export interface StormOptions {
   readonly agents: number;
