@@ -229,12 +229,9 @@ const watchdog = setTimeout(() => {
 }, DEADLINE_MS);
 watchdog.unref();
 
-async function demo(): Promise<void> {
-  print(`certunnel demo: a broker, a factory, a device and an operator on this machine.`);
-  process.stdout.write(`Everything lives in ${work} (shown as $DEMO) and is removed at the end.\n`);
-  const data = join(work, 'broker');
+/** Steps 1 and 2: `certunnel init` on a random pool, then the broker until its ready line. */
+async function startBroker(data: string): Promise<{ apiUrl: string }> {
   const poolFirst = 20_000 + randomInt(0, 99) * 100;
-
   title('Broker admin: create the data directory (CA keys, TLS key and pin, SQLite, admin API key)');
   await certunnel(['init', '--data', data, '--domain', DOMAIN, '--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0', '--port-range', `${poolFirst}-${poolFirst + 99}`]);
 
@@ -243,7 +240,11 @@ async function demo(): Promise<void> {
   const broker = spawnCli(['broker', '--data', data, '--log-level', 'warn'], {});
   const ready = await waitForLine(broker, (l) => (l.ready === true ? (l as { apiUrl: string; sshPort: number }) : undefined), 'the broker');
   print(indent(`ready: API ${ready.apiUrl}, SSH gateway 127.0.0.1:${ready.sshPort} (pid ${broker.pid})`));
+  return ready;
+}
 
+/** Step 3: the factory's API key and the operator's. */
+async function createApiKeys(data: string): Promise<{ factoryKey: string; operatorKey: string }> {
   title('Broker admin: one API key for the factory, one for an operator');
   // Two at once (each start of the CLI takes a second or two).
   const keyArgs = [['provisioner', 'factory-1'], ['operator', 'alice']].map(([role, name]) => ['apikey', 'create', '--data', data, '--role', role!, '--name', name!]);
@@ -252,18 +253,22 @@ async function demo(): Promise<void> {
     print(`  $ certunnel ${keyArgs[i]!.join(' ')}`);
     print(indent(run.stdout + run.stderr));
   }
-  const factoryKey = keyRuns[0]!.stdout.trim();
-  const operatorKey = keyRuns[1]!.stdout.trim();
+  return { factoryKey: keyRuns[0]!.stdout.trim(), operatorKey: keyRuns[1]!.stdout.trim() };
+}
 
-  // The device's own web service, which only the device can reach (127.0.0.1 on the device).
+/** The device's own web service, which only the device can reach (127.0.0.1 on the device); its port. */
+async function startWebService(): Promise<number> {
   const web = createServer((req, res) => {
     res.setHeader('content-type', 'text/plain');
     res.end(`hello from kiosk-0001: ${req.method} ${req.url} served on the device\n`);
   });
   servers.add(web);
   await new Promise<void>((resolve) => web.listen(0, '127.0.0.1', resolve));
-  const webPort = (web.address() as { port: number }).port;
+  return (web.address() as { port: number }).port;
+}
 
+/** Steps 4 and 5: a batch of one, flashed into a minimal device root and verified; the root. */
+async function provisionDevice(data: string, factoryKey: string, webPort: number): Promise<string> {
   title('Factory: mint a batch of one token and write the device bundle (the device\'s web service is on port ' + webPort + ')');
   const factory = join(work, 'factory');
   await certunnel(['provision', 'batch', '--data', data, '--count', '1', '--batch', 'demo', '--name-prefix', 'kiosk', '--service', `http=127.0.0.1:${webPort}`, '--out', factory], {
@@ -282,7 +287,11 @@ async function demo(): Promise<void> {
   await writeFile(join(root, 'usr/bin/certunnel'), `#!/bin/sh\nexec node --import tsx ${ENTRY} "$@"\n`, { mode: 0o755 });
   await certunnel(['provision', 'flash', '--bundle', join(factory, 'bundles/demo-0001.json'), '--root', root]);
   await certunnel(['provision', 'verify', '--root', root], { env: { CERTUNNEL_API_KEY: factoryKey }, envShown: 'CERTUNNEL_API_KEY=$FACTORY_KEY' });
+  return root;
+}
 
+/** Step 6: the agent from the device root, until its tunnel is up; the device's http port on the broker, and the agent's exit status to come. */
+async function startAgent(root: string): Promise<{ httpPort: number; agentExit: Promise<number> }> {
   title('Device: the agent enrolls with its token and opens the reverse tunnel');
   // As the unit does: the token comes from its own 0600 file (a systemd credential).
   const agentArgs = ['agent', 'run', '--config', join(root, 'etc/certunnel/agent.json'), '--state-dir', join(root, 'var/lib/certunnel'), '--token-file', join(root, 'etc/certunnel/enroll-token')];
@@ -296,26 +305,37 @@ async function demo(): Promise<void> {
   print(indent(`agent: enrolled ${e.deviceId}, ports ${e.ports.first}-${e.ports.last}, certificate valid until ${e.validBefore}`));
   const c = (await connected) as { transport: string; forwards: string[] };
   print(indent(`agent: tunnel up (${c.transport}): ${c.forwards.join(', ')}`));
-  const httpPort = e.ports.first + 1;
+  return { httpPort: e.ports.first + 1, agentExit };
+}
 
+/** How the operator's commands run: with the key in the environment, shown by name. */
+function asOperator(operatorKey: string): { env: Record<string, string>; envShown: string } {
+  return { env: { CERTUNNEL_API_KEY: operatorKey }, envShown: 'CERTUNNEL_API_KEY=$OPERATOR_KEY' };
+}
+
+/** Step 7: once the device shows online, list devices and send a request through the broker to the device. */
+async function reachDevice(data: string, apiUrl: string, operatorKey: string): Promise<ProxyTarget> {
   title('Operator: the device is online; a request goes through the broker to the device');
-  const operator = { env: { CERTUNNEL_API_KEY: operatorKey }, envShown: 'CERTUNNEL_API_KEY=$OPERATOR_KEY' };
   const pin = (await readFile(join(data, 'tls/api.pin'), 'utf8')).trim();
-  await until(async () => (await apiRequest<{ online: boolean }>({ baseUrl: ready.apiUrl, pin, apiKey: operatorKey }, 'GET', '/v1/devices/kiosk-0001')).online, 'the device to show online');
-  await certunnel(['device', 'list', '--data', data], operator);
-  const target: ProxyTarget = { apiUrl: ready.apiUrl, host: `kiosk-0001.${DOMAIN}`, ca: await readFile(join(data, 'tls/api.crt'), 'utf8'), apiKey: operatorKey };
-  const port = new URL(ready.apiUrl).port;
+  await until(async () => (await apiRequest<{ online: boolean }>({ baseUrl: apiUrl, pin, apiKey: operatorKey }, 'GET', '/v1/devices/kiosk-0001')).online, 'the device to show online');
+  await certunnel(['device', 'list', '--data', data], asOperator(operatorKey));
+  const target: ProxyTarget = { apiUrl, host: `kiosk-0001.${DOMAIN}`, ca: await readFile(join(data, 'tls/api.crt'), 'utf8'), apiKey: operatorKey };
+  const port = new URL(apiUrl).port;
   print(`  GET https://${target.host}:${port}/ with the operator's key, through the broker's HTTP proxy; as curl:`);
   print(`    curl --cacert $DEMO/broker/tls/api.crt --resolve ${target.host}:${port}:127.0.0.1 -H "Authorization: Bearer $OPERATOR_KEY" https://${target.host}:${port}/`);
   const reply = await proxyGet(target);
   print(indent(`HTTP ${reply.status}: ${reply.body.trim()}`));
   if (reply.status !== 200 || !reply.body.includes('kiosk-0001')) throw new DemoError('the request did not reach the device');
+  return target;
+}
 
+/** Step 8: revoke; the tunnel port closes, the proxy refuses, and the agent exits with its "revoked" status (10). */
+async function revokeDevice(data: string, target: ProxyTarget, httpPort: number, agentExit: Promise<number>): Promise<void> {
   title('Operator: revoke the device; the broker cuts its tunnel');
-  await certunnel(['device', 'revoke', 'kiosk-0001', '--reason', 'demo: revoked', '--data', data], operator);
+  await certunnel(['device', 'revoke', 'kiosk-0001', '--reason', 'demo: revoked', '--data', data], asOperator(target.apiKey));
   await until(async () => !(await listening(httpPort)), 'the tunnel to close', 5000);
   const after = await proxyGet(target);
-  print(`  GET https://${target.host}:${port}/ again`);
+  print(`  GET https://${target.host}:${new URL(target.apiUrl).port}/ again`);
   print(indent(`HTTP ${after.status} ${after.error ?? ''}`.trimEnd()));
   print(indent(`the tunnel is gone: nothing listens on ${httpPort}, kiosk-0001's http port on the broker's loopback`));
   if (after.status === 200) throw new DemoError('the revoked device still answered');
@@ -323,6 +343,18 @@ async function demo(): Promise<void> {
   if (status === -2) throw new DemoError('the agent did not stop after the revocation');
   print(indent(`agent: exited with status ${status}${status === 10 ? ' (revoked: it will not reconnect or renew)' : ''}`));
   if (status !== 10) throw new DemoError(`the agent exited with ${status}, not 10 (revoked)`);
+}
+
+async function demo(): Promise<void> {
+  print(`certunnel demo: a broker, a factory, a device and an operator on this machine.`);
+  process.stdout.write(`Everything lives in ${work} (shown as $DEMO) and is removed at the end.\n`);
+  const data = join(work, 'broker');
+  const broker = await startBroker(data);
+  const { factoryKey, operatorKey } = await createApiKeys(data);
+  const root = await provisionDevice(data, factoryKey, await startWebService());
+  const { httpPort, agentExit } = await startAgent(root);
+  const target = await reachDevice(data, broker.apiUrl, operatorKey);
+  await revokeDevice(data, target, httpPort, agentExit);
 }
 
 let failed = false;

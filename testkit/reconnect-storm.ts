@@ -6,17 +6,14 @@
  * tunnels to one broker (the real CLI, a child process); the broker is
  * killed (SIGKILL) and restarted on the same ports; every agent must come
  * back by itself. Reports how long it took, the peak reconnection rate, and
- * how the jittered backoff spread the fleet out; with --compare, the same
- * storm again with the jitter switched off (every agent waits the full
- * backoff bound), which shows what the jitter buys.
+ * how the jittered backoff spread the fleet out. With jitter off (the
+ * benchmark's --compare runs both), every agent waits the full backoff
+ * bound, which shows what the jitter buys.
  *
- * Usage:
- *   node --import tsx scripts/bench/reconnect-storm.ts [--agents 200] [--one-address] [--compare] [--json]
- *
- * --one-address: every agent dials from 127.0.0.1, as a fleet behind one NAT
- * (the gateway's per-address rate limit, 100 at once then 10/s, applies to
- * all of them); by default agent i dials from 127.0.0.(1 + i % 250), as a
- * fleet spread over the internet does.
+ * oneAddress (--one-address): every agent dials from 127.0.0.1, as a fleet
+ * behind one NAT (the gateway's per-address rate limit, 100 at once then
+ * 10/s, applies to all of them); by default agent i dials from
+ * 127.0.0.(1 + i % 250), as a fleet spread over the internet does.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -27,8 +24,8 @@ import { parseAgentConfig } from '../agent/config.js';
 import { enrollDevice } from '../agent/enroll.js';
 import { createSsh2Transport } from '../agent/transport-ssh2.js';
 import { initDataDir } from '../broker/compose/data-dir.js';
-import { spawnBroker, type BrokerProcess } from '../testkit/cli.js';
-import { startDeviceService } from '../testkit/gateway.js';
+import { spawnBroker, type BrokerProcess } from './cli.js';
+import { startDeviceService } from './gateway.js';
 
 export interface StormOptions {
   readonly agents: number;
@@ -112,6 +109,59 @@ function peak(times: readonly number[], windowMs: number): number {
 
 const percentile = (sorted: readonly number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
 
+/** Enrolls one agent per token (25 at a time) against the broker; their state directories. */
+async function enrollAgents(dir: string, broker: { url: string; pin: string }, admin: ApiClientOptions, n: number): Promise<string[]> {
+  const { tokens } = await apiRequest<{ tokens: Array<{ token: string }> }>(admin, 'POST', '/v1/tokens', { count: n });
+  const stateDirs = tokens.map((_, i) => join(dir, `agent-${i}`));
+  await inBatches(tokens, 25, async ({ token }, i) => {
+    await enrollDevice({ stateDir: stateDirs[i]!, broker, token });
+  });
+  return stateDirs;
+}
+
+/** One Agent per state directory, all on one ssh2 transport, agent i dialing from 127.0.0.(1 + i % 250) unless oneAddress. */
+function createAgents(options: StormOptions, stateDirs: readonly string[], servicePort: number, logger: AgentLogger): Agent[] {
+  const transport = createSsh2Transport();
+  const random = options.jitter ? Math.random : () => 0.999_999;
+  return stateDirs.map((stateDir, i) => {
+    const config = parseAgentConfig({
+      stateDir,
+      services: { ssh: `127.0.0.1:${servicePort}`, http: `127.0.0.1:${servicePort}` },
+      ...(options.backoff ? { backoff: options.backoff } : {}),
+      ssh: options.oneAddress ? {} : { bindAddress: `127.0.0.${1 + (i % 250)}` },
+      connectTimeoutSeconds: 20,
+    });
+    return new Agent({ config, transport, logger, random, writeStatus: false });
+  });
+}
+
+/** The figures of one storm, from when each agent connected again (TIMES, ms after the broker was ready). */
+function summarise(options: StormOptions, times: readonly number[], failedAfterReady: number, downMs: number): StormResult {
+  const sorted = [...times].sort((a, b) => a - b);
+  const mean = times.reduce((a, b) => a + b, 0) / times.length;
+  const histogram: number[] = [];
+  for (const t of times) {
+    const bucket = Math.max(0, Math.floor(t / 500));
+    while (histogram.length <= bucket) histogram.push(0);
+    histogram[bucket]! += 1;
+  }
+  return {
+    agents: options.agents,
+    jitter: options.jitter,
+    oneAddress: options.oneAddress ?? false,
+    allReconnectedMs: Math.round(sorted[sorted.length - 1]!),
+    firstReconnectMs: Math.round(sorted[0]!),
+    medianReconnectMs: Math.round(percentile(sorted, 0.5)),
+    p90ReconnectMs: Math.round(percentile(sorted, 0.9)),
+    peakPerSecond: peak(times, 1000),
+    peakPer100ms: peak(times, 100),
+    spreadMs: Math.round(Math.sqrt(times.reduce((a, t) => a + (t - mean) ** 2, 0) / times.length)),
+    histogram,
+    failedAttemptsAfterReady: failedAfterReady,
+    downMs: Math.round(downMs),
+  };
+}
+
 export async function runStorm(options: StormOptions): Promise<StormResult> {
   const log = options.log ?? (() => undefined);
   const n = options.agents;
@@ -134,23 +184,9 @@ export async function runStorm(options: StormOptions): Promise<StormResult> {
   const rec = recorder();
   try {
     const admin: ApiClientOptions = { baseUrl: broker.apiUrl, pin: init.apiPin, apiKey: init.adminKey };
-    const { tokens } = await apiRequest<{ tokens: Array<{ token: string }> }>(admin, 'POST', '/v1/tokens', { count: n });
-    const stateDirs = tokens.map((_, i) => join(dir, `agent-${i}`));
-    await inBatches(tokens, 25, async ({ token }, i) => {
-      await enrollDevice({ stateDir: stateDirs[i]!, broker: { url: broker.apiUrl, pin: init.apiPin }, token });
-    });
+    const stateDirs = await enrollAgents(dir, { url: broker.apiUrl, pin: init.apiPin }, admin, n);
     log(`enrolled ${n} agents`);
-    const transport = createSsh2Transport();
-    const random = options.jitter ? Math.random : () => 0.999_999;
-    for (let i = 0; i < n; i++) {
-      const config = parseAgentConfig({
-        stateDir: stateDirs[i],
-        services: { ssh: `127.0.0.1:${service.port}`, http: `127.0.0.1:${service.port}` },
-        ...(options.backoff ? { backoff: options.backoff } : {}),
-        ssh: options.oneAddress ? {} : { bindAddress: `127.0.0.${1 + (i % 250)}` },
-        connectTimeoutSeconds: 20,
-      });
-      const agent = new Agent({ config, transport, logger: rec, random, writeStatus: false });
+    for (const agent of createAgents(options, stateDirs, service.port, rec)) {
       agents.push(agent);
       runs.push(agent.run());
     }
@@ -165,31 +201,7 @@ export async function runStorm(options: StormOptions): Promise<StormResult> {
     const readyAt = performance.now();
     log(`broker back after ${Math.round(readyAt - killedAt)} ms`);
     await until(() => rec.connectedAt.length >= n, 'every agent connected again', options.timeoutMs ?? 120_000);
-
-    const times = rec.connectedAt.map((t) => t - readyAt);
-    const sorted = [...times].sort((a, b) => a - b);
-    const mean = times.reduce((a, b) => a + b, 0) / times.length;
-    const histogram: number[] = [];
-    for (const t of times) {
-      const bucket = Math.max(0, Math.floor(t / 500));
-      while (histogram.length <= bucket) histogram.push(0);
-      histogram[bucket]! += 1;
-    }
-    return {
-      agents: n,
-      jitter: options.jitter,
-      oneAddress: options.oneAddress ?? false,
-      allReconnectedMs: Math.round(sorted[sorted.length - 1]!),
-      firstReconnectMs: Math.round(sorted[0]!),
-      medianReconnectMs: Math.round(percentile(sorted, 0.5)),
-      p90ReconnectMs: Math.round(percentile(sorted, 0.9)),
-      peakPerSecond: peak(times, 1000),
-      peakPer100ms: peak(times, 100),
-      spreadMs: Math.round(Math.sqrt(times.reduce((a, t) => a + (t - mean) ** 2, 0) / times.length)),
-      histogram,
-      failedAttemptsAfterReady: rec.failedAt.filter((t) => t >= readyAt).length,
-      downMs: Math.round(readyAt - killedAt),
-    };
+    return summarise(options, rec.connectedAt.map((t) => t - readyAt), rec.failedAt.filter((t) => t >= readyAt).length, readyAt - killedAt);
   } finally {
     for (const agent of agents) agent.stop();
     await Promise.all(runs);

@@ -41,18 +41,24 @@ function post(url: string, path: string, body: unknown, apiKey?: string): Promis
   });
 }
 
-async function run(label: string, bodies: unknown[], url: string, path: string, expect: number): Promise<string> {
+/**
+ * POSTs every body to PATH, CONCURRENCY at a time; a row of the table: count,
+ * rate, p50/p99 latency, and the answers whose status was not EXPECT.
+ * ANSWERED sees each expected answer (with its body's index).
+ */
+async function run(label: string, bodies: unknown[], url: string, path: string, expect: number, answered?: (i: number, json: unknown) => void): Promise<string> {
   const latencies: number[] = [];
   let next = 0;
   let failures = 0;
   const started = performance.now();
   await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
     while (next < bodies.length) {
-      const body = bodies[next++];
+      const i = next++;
       const t0 = performance.now();
-      const res = await post(url, path, body);
+      const res = await post(url, path, bodies[i]);
       latencies.push(performance.now() - t0);
       if (res.status !== expect) failures++;
+      else answered?.(i, res.json);
     }
   }));
   const seconds = (performance.now() - started) / 1000;
@@ -87,29 +93,7 @@ async function main(): Promise<void> {
 
     const rows = [`${'operation'.padEnd(12)} ${'count'.padStart(7)} ${'req/s'.padStart(8)} ${'p50 ms'.padStart(8)} ${'p99 ms'.padStart(8)} ${'failed'.padStart(8)}`];
     const deviceIds: string[] = [];
-    const origPost = post;
-    // Record device ids as enrollments answer.
-    const enrollRow = await (async () => {
-      const latencies: number[] = [];
-      let next = 0;
-      let failures = 0;
-      const started = performance.now();
-      await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
-        while (next < enrollBodies.length) {
-          const i = next++;
-          const t0 = performance.now();
-          const res = await origPost(ready.apiUrl, '/v1/enroll', enrollBodies[i]);
-          latencies.push(performance.now() - t0);
-          if (res.status !== 201) failures++;
-          else deviceIds[i] = (res.json as { deviceId: string }).deviceId;
-        }
-      }));
-      const seconds = (performance.now() - started) / 1000;
-      latencies.sort((a, b) => a - b);
-      const pct = (p: number): string => latencies[Math.floor(p * latencies.length)]!.toFixed(1);
-      return `${'enroll'.padEnd(12)} ${String(enrollBodies.length).padStart(7)} ${(enrollBodies.length / seconds).toFixed(0).padStart(8)} ${pct(0.5).padStart(8)} ${pct(0.99).padStart(8)} ${String(failures).padStart(8)}`;
-    })();
-    rows.push(enrollRow);
+    rows.push(await run('enroll', enrollBodies, ready.apiUrl, '/v1/enroll', 201, (i, json) => (deviceIds[i] = (json as { deviceId: string }).deviceId)));
 
     const renewBodies = Array.from({ length: RENEWALS }, (_, i) => {
       const d = i % deviceIds.length;

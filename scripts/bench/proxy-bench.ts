@@ -31,10 +31,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { apiRequest } from '../../api/client.js';
-import { encodePrivateKey, formatPublicKey, generateKeyPair } from '../../ca/index.js';
+import { encodePrivateKey, formatPublicKey, generateKeyPair, type KeyPair } from '../../ca/index.js';
 import { renderNginxConfig } from '../../broker/proxy/nginx-config.js';
 import type { EnrollResponse } from '../../api/device.js';
 import { perRequest } from './proc-usage.js';
+import { nginxConfig } from './proxy-nginx-conf.js';
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -181,147 +182,180 @@ function wrk(target: string, url: string, headers: string[], seconds: number): R
   return { target, rps, p50, p99, errors: [non2xx ? `${non2xx} non-2xx` : '', socketErrors ?? ''].filter(Boolean).join('; ') || '-' };
 }
 
+/** Builds the broker with tsc into BUILD, unless --tsx. */
+async function buildBroker(): Promise<void> {
+  if (USE_TSX) return;
+  // Inside the repository (.bench/ is ignored by git) so that node_modules resolve; tsc emits even with type errors elsewhere.
+  spawnSync(process.execPath, [join(REPO, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(REPO, 'tsconfig.build.json'), '--outDir', BUILD], { cwd: REPO, stdio: 'ignore' });
+  await readFile(join(BUILD, 'cli', 'main.js')).catch(() => {
+    throw new Error('tsc produced no build; run with --tsx');
+  });
+}
+
+interface Broker {
+  readonly apiUrl: string;
+  readonly apiPort: number;
+  readonly adminKey: string;
+  /** The port pool: 10 ports from here. */
+  readonly poolFirst: number;
+}
+
+/** `certunnel init`, then `certunnel broker` (plain HTTP) until its ready line. */
+async function startBroker(dir: string): Promise<Broker> {
+  const data = join(dir, 'data');
+  // Below the kernel's ephemeral range (32768-): an outgoing connection could hold a port above it.
+  const poolFirst = 30000 + Math.floor(Math.random() * 1000) * 2;
+  const init = cli(['init', '--data', data, '--domain', DOMAIN, '--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0', '--insecure-http', '--port-range', `${poolFirst}-${poolFirst + 9}`]);
+  const initOut = await output(init, (t) => /ctk_\S+/.test(t), 'init');
+  const adminKey = /(ctk_\S+)/.exec(initOut)![1]!;
+
+  // --profile-broker DIR: a V8 CPU profile of the broker (written when it exits).
+  const broker = cli(['broker', '--data', data, '--log-level', 'warn'], PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE}`] : []);
+  roles.set('broker', broker.pid!);
+  const ready = JSON.parse((await output(broker, (t) => t.includes('{"ready":true'), 'broker')).split('\n').find((l) => l.startsWith('{"ready"'))!) as { apiUrl: string; sshPort: number; apiPort: number };
+  return { apiUrl: ready.apiUrl, apiPort: ready.apiPort, adminKey, poolFirst };
+}
+
+/** An operator API key, and the device enrolled with a fresh key and token. */
+async function enrollBenchDevice(broker: Broker): Promise<{ operator: string; key: KeyPair; grant: EnrollResponse }> {
+  const admin = { baseUrl: broker.apiUrl, apiKey: broker.adminKey };
+  const operator = (await apiRequest<{ key: string }>(admin, 'POST', '/v1/apikeys', { role: 'operator', name: 'bench' })).key;
+  const token = (await apiRequest<{ tokens: Array<{ token: string }> }>(admin, 'POST', '/v1/tokens', { count: 1 })).tokens[0]!.token;
+  const key = generateKeyPair();
+  const grant = await apiRequest<EnrollResponse>({ baseUrl: broker.apiUrl }, 'POST', '/v1/enroll', { token, publicKey: formatPublicKey(key.publicKey), name: DEVICE });
+  return { operator, key, grant };
+}
+
+/** The device's web service (SERVICE) in its own process; its port. */
+async function startService(): Promise<number> {
+  const service = track(spawn(...pinned('peer', process.execPath, ['-e', SERVICE]), { stdio: ['ignore', 'pipe', 'pipe'] }));
+  roles.set('service', service.pid!);
+  return Number((await output(service, (t) => /^\d+\n/.test(t), 'device service')).trim());
+}
+
+/** The device: OpenSSH's client holding its http slot, forwarded to the service. */
+async function startDeviceTunnel(dir: string, key: KeyPair, grant: EnrollResponse, httpSlot: number, servicePort: number): Promise<void> {
+  await writeFile(join(dir, 'device'), encodePrivateKey(key), { mode: 0o600 });
+  await writeFile(join(dir, 'device-cert.pub'), `${grant.certificate}\n`);
+  await writeFile(join(dir, 'known_hosts'), `[127.0.0.1]:${grant.ssh.port} ${grant.ssh.hostKey}\n`);
+  const ssh = track(spawn(...pinned('peer', 'ssh', [
+    '-F', '/dev/null', '-o', `UserKnownHostsFile=${join(dir, 'known_hosts')}`, '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes',
+    '-o', 'IdentitiesOnly=yes', '-o', 'IdentityAgent=none', '-i', join(dir, 'device'), '-o', `CertificateFile=${join(dir, 'device-cert.pub')}`,
+    '-o', 'ExitOnForwardFailure=yes', '-p', String(grant.ssh.port), '-l', grant.ssh.username, '-N',
+    '-R', `127.0.0.1:${httpSlot}:127.0.0.1:${servicePort}`, '127.0.0.1',
+  ]), { stdio: 'ignore' }));
+  roles.set('ssh', ssh.pid!);
+  await waitListening(httpSlot, 'the tunnel');
+  // Presence reaches the proxy through the gateway at once; give the store its write too.
+  await new Promise((r) => setTimeout(r, 300));
+}
+
+/** nginx, one worker: the static server and the generated (auth_request) one; their ports. */
+async function startNginx(dir: string, broker: Broker, httpSlot: number): Promise<{ staticPort: number; authPort: number }> {
+  const nginxDir = join(dir, 'nginx');
+  await mkdir(join(nginxDir, 'temp'), { recursive: true });
+  const staticPort = await freePort();
+  const authPort = await freePort();
+  const generated = renderNginxConfig({ domain: DOMAIN, brokerUrl: `http://127.0.0.1:${broker.apiPort}`, listenPort: authPort, pool: { first: broker.poolFirst, last: broker.poolFirst + 9, perDevice: 2 } });
+  await writeFile(join(nginxDir, 'nginx.conf'), nginxConfig(nginxDir, httpSlot, staticPort, generated));
+  const nginxProcess = track(spawn(...pinned('broker', 'nginx', ['-p', nginxDir, '-c', join(nginxDir, 'nginx.conf'), '-e', join(nginxDir, 'error.log'), '-g', 'daemon off;']), { stdio: 'ignore' }));
+  await waitListening(staticPort, 'nginx');
+  roles.set('nginx', nginxProcess.pid!);
+  return { staticPort, authPort };
+}
+
+/** A target: its label, URL and request headers. */
+type Target = [label: string, url: string, headers: string[]];
+
+/** The targets to measure, --diagnose adding two, --only picking by label prefix. */
+function targetsFor(ports: { service: number; httpSlot: number; api: number; static: number; auth: number }, operator: string): Target[] {
+  const host = `${DEVICE}.${DOMAIN}`;
+  const auth = `Authorization: Bearer ${operator}`;
+  const only = process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1]!.split(',') : undefined;
+  return ([
+    ['direct (loopback)', `http://127.0.0.1:${ports.service}/`, []],
+    ['tunnel alone', `http://127.0.0.1:${ports.httpSlot}/`, []],
+    ['broker proxy', `http://127.0.0.1:${ports.api}/`, [`Host: ${host}`, auth]],
+    ['nginx static -> tunnel', `http://127.0.0.1:${ports.static}/`, [`Host: ${host}`]],
+    ['nginx + auth_request', `http://127.0.0.1:${ports.auth}/`, [`Host: ${host}`, auth]],
+    // --diagnose: what nginx + auth_request pays per request, piece by piece.
+    ...(process.argv.includes('--diagnose')
+      ? ([
+          ['tunnel, new conn/request', `http://127.0.0.1:${ports.httpSlot}/`, ['Connection: close']],
+          ['broker /v1/proxy/authorize', `http://127.0.0.1:${ports.api}/v1/proxy/authorize`, [`X-Forwarded-Host: ${host}`, auth]],
+        ] as Target[])
+      : []),
+  ] as Target[]).filter(([label]) => !only || only.some((o) => label.startsWith(o)));
+}
+
+/** Every target checked and warmed up, then measured in ROUNDS; the runs, and per target the medians. */
+function measureTargets(targets: readonly Target[]): { runs: Map<string, Result[]>; results: Result[] } {
+  // Rounds, each target once per round, medians reported: the machine may be busy with other work,
+  // and interleaving spreads that over every target instead of penalising one.
+  for (const [label, url, headers] of targets) {
+    // Every target must answer the device's "ok" before it is measured.
+    const check = spawnSync('curl', ['-sS', '--max-time', '5', ...headers.flatMap((h) => ['-H', h]), url], { encoding: 'utf8' });
+    if (check.stdout !== 'ok' && !label.startsWith('broker /v1')) throw new Error(`${label}: expected the device's "ok", got ${JSON.stringify(check.stdout.slice(0, 200))} ${check.stderr}`);
+    wrk(label, url, headers, 1); // warm-up: connections, JIT, upstream pools
+  }
+  const runs = new Map<string, Result[]>();
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [label, url, headers] of targets) {
+      const r = measured(() => wrk(label, url, headers, DURATION));
+      runs.set(label, [...(runs.get(label) ?? []), r]);
+    }
+  }
+  const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const results: Result[] = targets.map(([label]) => {
+    const rs = runs.get(label)!;
+    const cpu = Object.fromEntries(Object.keys(rs[0]!.cpu ?? {}).map((role) => [role, median(rs.map((r) => r.cpu![role]!))]));
+    return { target: label, rps: median(rs.map((r) => r.rps)), p50: median(rs.map((r) => r.p50)), p99: median(rs.map((r) => r.p99)), errors: [...new Set(rs.map((r) => r.errors))].join(' '), cpu };
+  });
+  return { runs, results };
+}
+
+/** The tables (rates and latency, CPU and system calls per request), the goals, and everything as one JSON line. */
+function printResults(results: readonly Result[], runs: ReadonlyMap<string, Result[]>): void {
+  const byName = new Map(results.map((r) => [r.target, r]));
+  const tunnel = byName.get('tunnel alone');
+  const proxy = byName.get('broker proxy');
+  const nginx = byName.get('nginx static -> tunnel');
+  const pad = (s: string, n: number): string => s.padEnd(n);
+  const num = (x: number, d = 2): string => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
+  console.log(`\ncertunnel proxy bench: wrk -t1 -c${CONNECTIONS} -d${DURATION}s x ${ROUNDS} rounds (medians), keep-alive, 2-byte responses, node ${process.version}, broker ${USE_TSX ? 'via tsx' : 'built with tsc'}${PIN ? ', broker+nginx on CPU 0, device+wrk on CPU 1' : ''}`);
+  console.log(`${pad('target', 26)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}errors`);
+  for (const r of results) console.log(`${pad(r.target, 26)}${pad(num(r.rps, 0), 10)}${pad(num(r.p50), 9)}${pad(num(r.p99), 9)}${r.errors}`);
+  // Where the machine's CPU went, per request: the broker host's share (broker + nginx) is what a proxy costs.
+  const roleNames = ['broker', 'nginx', 'ssh', 'service', 'wrk'];
+  console.log(`\nCPU microseconds per request (medians; /proc utime+stime, 10 ms ticks)\n${pad('target', 26)}${roleNames.map((n) => pad(n, 9)).join('')}total`);
+  for (const r of results) {
+    const cpu = r.cpu ?? {};
+    const total = roleNames.reduce((sum, n) => sum + (cpu[n] ?? 0), 0);
+    console.log(`${pad(r.target, 26)}${roleNames.map((n) => pad(num(cpu[n] ?? NaN, 1), 9)).join('')}${num(total, 1)}`);
+  }
+  console.log(`\nread/write system calls per request\n${pad('target', 26)}${roleNames.slice(0, 4).map((n) => pad(n, 9)).join('')}`);
+  for (const r of results) console.log(`${pad(r.target, 26)}${roleNames.slice(0, 4).map((n) => pad(num(r.cpu?.[`${n} io`] ?? NaN, 2), 9)).join('')}`);
+  if (proxy && tunnel) console.log(`\nbroker proxy vs tunnel alone: p50 +${num(proxy.p50 - tunnel.p50)} ms (goal <= 1 ms), p99 +${num(proxy.p99 - tunnel.p99)} ms`);
+  if (proxy && nginx) console.log(`broker proxy vs nginx static: ${num((proxy.rps / nginx.rps) * 100, 0)}% of nginx's req/s (goal >= 70%)`);
+  console.log(JSON.stringify({ connections: CONNECTIONS, durationSeconds: DURATION, rounds: ROUNDS, results, runs: Object.fromEntries(runs) }));
+}
+
 async function main(): Promise<void> {
   for (const tool of ['wrk', 'nginx', 'ssh']) {
     if (spawnSync('sh', ['-c', `command -v ${tool} || test -x /usr/sbin/${tool}`]).status !== 0) throw new Error(`${tool} is needed (apt-get install ${tool === 'ssh' ? 'openssh-client' : tool})`);
   }
   const dir = await mkdtemp(join(tmpdir(), 'certunnel-proxy-bench-'));
   try {
-    if (!USE_TSX) {
-      // Inside the repository (.bench/ is ignored by git) so that node_modules resolve; tsc emits even with type errors elsewhere.
-      spawnSync(process.execPath, [join(REPO, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(REPO, 'tsconfig.build.json'), '--outDir', BUILD], { cwd: REPO, stdio: 'ignore' });
-      await readFile(join(BUILD, 'cli', 'main.js')).catch(() => {
-        throw new Error('tsc produced no build; run with --tsx');
-      });
-    }
-    const data = join(dir, 'data');
-    // Below the kernel's ephemeral range (32768-): an outgoing connection could hold a port above it.
-    const poolFirst = 30000 + Math.floor(Math.random() * 1000) * 2;
-    const init = cli(['init', '--data', data, '--domain', DOMAIN, '--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0', '--insecure-http', '--port-range', `${poolFirst}-${poolFirst + 9}`]);
-    const initOut = await output(init, (t) => /ctk_\S+/.test(t), 'init');
-    const adminKey = /(ctk_\S+)/.exec(initOut)![1]!;
-
-    // --profile-broker DIR: a V8 CPU profile of the broker (written when it exits).
-    const broker = cli(['broker', '--data', data, '--log-level', 'warn'], PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE}`] : []);
-    roles.set('broker', broker.pid!);
-    const ready = JSON.parse((await output(broker, (t) => t.includes('{"ready":true'), 'broker')).split('\n').find((l) => l.startsWith('{"ready"'))!) as { apiUrl: string; sshPort: number; apiPort: number };
-    const admin = { baseUrl: ready.apiUrl, apiKey: adminKey };
-    const operator = (await apiRequest<{ key: string }>(admin, 'POST', '/v1/apikeys', { role: 'operator', name: 'bench' })).key;
-    const token = (await apiRequest<{ tokens: Array<{ token: string }> }>(admin, 'POST', '/v1/tokens', { count: 1 })).tokens[0]!.token;
-    const key = generateKeyPair();
-    const grant = await apiRequest<EnrollResponse>({ baseUrl: ready.apiUrl }, 'POST', '/v1/enroll', { token, publicKey: formatPublicKey(key.publicKey), name: DEVICE });
+    await buildBroker();
+    const broker = await startBroker(dir);
+    const { operator, key, grant } = await enrollBenchDevice(broker);
     const httpSlot = grant.ports.first + 1;
-
-    const service = track(spawn(...pinned('peer', process.execPath, ['-e', SERVICE]), { stdio: ['ignore', 'pipe', 'pipe'] }));
-    roles.set('service', service.pid!);
-    const servicePort = Number((await output(service, (t) => /^\d+\n/.test(t), 'device service')).trim());
-
-    // The device: OpenSSH's client holding its http slot.
-    await writeFile(join(dir, 'device'), encodePrivateKey(key), { mode: 0o600 });
-    await writeFile(join(dir, 'device-cert.pub'), `${grant.certificate}\n`);
-    await writeFile(join(dir, 'known_hosts'), `[127.0.0.1]:${grant.ssh.port} ${grant.ssh.hostKey}\n`);
-    const ssh = track(spawn(...pinned('peer', 'ssh', [
-      '-F', '/dev/null', '-o', `UserKnownHostsFile=${join(dir, 'known_hosts')}`, '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes',
-      '-o', 'IdentitiesOnly=yes', '-o', 'IdentityAgent=none', '-i', join(dir, 'device'), '-o', `CertificateFile=${join(dir, 'device-cert.pub')}`,
-      '-o', 'ExitOnForwardFailure=yes', '-p', String(grant.ssh.port), '-l', grant.ssh.username, '-N',
-      '-R', `127.0.0.1:${httpSlot}:127.0.0.1:${servicePort}`, '127.0.0.1',
-    ]), { stdio: 'ignore' }));
-    roles.set('ssh', ssh.pid!);
-    await waitListening(httpSlot, 'the tunnel');
-    // Presence reaches the proxy through the gateway at once; give the store its write too.
-    await new Promise((r) => setTimeout(r, 300));
-
-    // nginx, one worker: a static upstream with keepalive to the tunnel port, and the generated config.
-    const nginxDir = join(dir, 'nginx');
-    await mkdir(join(nginxDir, 'temp'), { recursive: true });
-    const staticPort = await freePort();
-    const authPort = await freePort();
-    const generated = renderNginxConfig({ domain: DOMAIN, brokerUrl: `http://127.0.0.1:${ready.apiPort}`, listenPort: authPort, pool: { first: poolFirst, last: poolFirst + 9, perDevice: 2 } });
-    await writeFile(join(nginxDir, 'nginx.conf'), `user root;
-worker_processes 1;
-pid ${nginxDir}/nginx.pid;
-error_log ${nginxDir}/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path ${nginxDir}/temp/body;
-    proxy_temp_path ${nginxDir}/temp/proxy;
-    fastcgi_temp_path ${nginxDir}/temp/fastcgi;
-    uwsgi_temp_path ${nginxDir}/temp/uwsgi;
-    scgi_temp_path ${nginxDir}/temp/scgi;
-    upstream certunnel_tunnel { server 127.0.0.1:${httpSlot}; keepalive 64; }
-    server {
-        listen ${staticPort};
-        location / { proxy_pass http://certunnel_tunnel; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; }
-    }
-${generated.replace(/^/gm, '    ')}
-}
-`);
-    const nginxProcess = track(spawn(...pinned('broker', 'nginx', ['-p', nginxDir, '-c', join(nginxDir, 'nginx.conf'), '-e', join(nginxDir, 'error.log'), '-g', 'daemon off;']), { stdio: 'ignore' }));
-    await waitListening(staticPort, 'nginx');
-    roles.set('nginx', nginxProcess.pid!);
-
-    const host = `${DEVICE}.${DOMAIN}`;
-    const auth = `Authorization: Bearer ${operator}`;
-    const only = process.argv.includes('--only') ? process.argv[process.argv.indexOf('--only') + 1]!.split(',') : undefined;
-    const targets: Array<[string, string, string[]]> = ([
-      ['direct (loopback)', `http://127.0.0.1:${servicePort}/`, []],
-      ['tunnel alone', `http://127.0.0.1:${httpSlot}/`, []],
-      ['broker proxy', `http://127.0.0.1:${ready.apiPort}/`, [`Host: ${host}`, auth]],
-      ['nginx static -> tunnel', `http://127.0.0.1:${staticPort}/`, [`Host: ${host}`]],
-      ['nginx + auth_request', `http://127.0.0.1:${authPort}/`, [`Host: ${host}`, auth]],
-      // --diagnose: what nginx + auth_request pays per request, piece by piece.
-      ...(process.argv.includes('--diagnose')
-        ? ([
-            ['tunnel, new conn/request', `http://127.0.0.1:${httpSlot}/`, ['Connection: close']],
-            ['broker /v1/proxy/authorize', `http://127.0.0.1:${ready.apiPort}/v1/proxy/authorize`, [`X-Forwarded-Host: ${host}`, auth]],
-          ] as Array<[string, string, string[]]>)
-        : []),
-    ] as Array<[string, string, string[]]>).filter(([label]) => !only || only.some((o) => label.startsWith(o)));
-    // Rounds, each target once per round, medians reported: the machine may be busy with other work,
-    // and interleaving spreads that over every target instead of penalising one.
-    for (const [label, url, headers] of targets) {
-      // Every target must answer the device's "ok" before it is measured.
-      const check = spawnSync('curl', ['-sS', '--max-time', '5', ...headers.flatMap((h) => ['-H', h]), url], { encoding: 'utf8' });
-      if (check.stdout !== 'ok' && !label.startsWith('broker /v1')) throw new Error(`${label}: expected the device's "ok", got ${JSON.stringify(check.stdout.slice(0, 200))} ${check.stderr}`);
-      wrk(label, url, headers, 1); // warm-up: connections, JIT, upstream pools
-    }
-    const runs = new Map<string, Result[]>();
-    for (let round = 0; round < ROUNDS; round++) {
-      for (const [label, url, headers] of targets) {
-        const r = measured(() => wrk(label, url, headers, DURATION));
-        runs.set(label, [...(runs.get(label) ?? []), r]);
-      }
-    }
-    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-    const results: Result[] = targets.map(([label]) => {
-      const rs = runs.get(label)!;
-      const cpu = Object.fromEntries(Object.keys(rs[0]!.cpu ?? {}).map((role) => [role, median(rs.map((r) => r.cpu![role]!))]));
-      return { target: label, rps: median(rs.map((r) => r.rps)), p50: median(rs.map((r) => r.p50)), p99: median(rs.map((r) => r.p99)), errors: [...new Set(rs.map((r) => r.errors))].join(' '), cpu };
-    });
-
-    const byName = new Map(results.map((r) => [r.target, r]));
-    const tunnel = byName.get('tunnel alone');
-    const proxy = byName.get('broker proxy');
-    const nginx = byName.get('nginx static -> tunnel');
-    const pad = (s: string, n: number): string => s.padEnd(n);
-    const num = (x: number, d = 2): string => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
-    console.log(`\ncertunnel proxy bench: wrk -t1 -c${CONNECTIONS} -d${DURATION}s x ${ROUNDS} rounds (medians), keep-alive, 2-byte responses, node ${process.version}, broker ${USE_TSX ? 'via tsx' : 'built with tsc'}${PIN ? ', broker+nginx on CPU 0, device+wrk on CPU 1' : ''}`);
-    console.log(`${pad('target', 26)}${pad('req/s', 10)}${pad('p50 ms', 9)}${pad('p99 ms', 9)}errors`);
-    for (const r of results) console.log(`${pad(r.target, 26)}${pad(num(r.rps, 0), 10)}${pad(num(r.p50), 9)}${pad(num(r.p99), 9)}${r.errors}`);
-    // Where the machine's CPU went, per request: the broker host's share (broker + nginx) is what a proxy costs.
-    const roleNames = ['broker', 'nginx', 'ssh', 'service', 'wrk'];
-    console.log(`\nCPU microseconds per request (medians; /proc utime+stime, 10 ms ticks)\n${pad('target', 26)}${roleNames.map((n) => pad(n, 9)).join('')}total`);
-    for (const r of results) {
-      const cpu = r.cpu ?? {};
-      const total = roleNames.reduce((sum, n) => sum + (cpu[n] ?? 0), 0);
-      console.log(`${pad(r.target, 26)}${roleNames.map((n) => pad(num(cpu[n] ?? NaN, 1), 9)).join('')}${num(total, 1)}`);
-    }
-    console.log(`\nread/write system calls per request\n${pad('target', 26)}${roleNames.slice(0, 4).map((n) => pad(n, 9)).join('')}`);
-    for (const r of results) console.log(`${pad(r.target, 26)}${roleNames.slice(0, 4).map((n) => pad(num(r.cpu?.[`${n} io`] ?? NaN, 2), 9)).join('')}`);
-    if (proxy && tunnel) console.log(`\nbroker proxy vs tunnel alone: p50 +${num(proxy.p50 - tunnel.p50)} ms (goal <= 1 ms), p99 +${num(proxy.p99 - tunnel.p99)} ms`);
-    if (proxy && nginx) console.log(`broker proxy vs nginx static: ${num((proxy.rps / nginx.rps) * 100, 0)}% of nginx's req/s (goal >= 70%)`);
-    console.log(JSON.stringify({ connections: CONNECTIONS, durationSeconds: DURATION, rounds: ROUNDS, results, runs: Object.fromEntries(runs) }));
+    const servicePort = await startService();
+    await startDeviceTunnel(dir, key, grant, httpSlot, servicePort);
+    const nginx = await startNginx(dir, broker, httpSlot);
+    const targets = targetsFor({ service: servicePort, httpSlot, api: broker.apiPort, static: nginx.staticPort, auth: nginx.authPort }, operator);
+    const { runs, results } = measureTargets(targets);
+    printResults(results, runs);
   } finally {
     for (const c of children.reverse()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
     await new Promise((r) => setTimeout(r, 300));

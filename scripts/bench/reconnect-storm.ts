@@ -4,6 +4,9 @@
  *
  * Usage:
  *   node --import tsx scripts/bench/reconnect-storm.ts [--agents 200] [--one-address] [--compare] [--json]
+ *
+ * --compare runs the storm a second time with the jitter off; --json prints
+ * the results as JSON instead of the report.
  */
 import { formatStorm, runStorm } from '../../testkit/reconnect-storm.js';
 

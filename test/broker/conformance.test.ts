@@ -1,6 +1,6 @@
 /**
  * DESIGN.md: "The same matrix of certificates and requests must get the same
- * verdicts from both modes." Every case of test/conformance/cases.ts runs
+ * verdicts from both modes." Every case of testkit/conformance/cases.ts runs
  * against (a) the embedded gateway (broker/ssh) and (b) a real sshd
  * configured only by the files broker/openssh writes, with the real OpenSSH
  * `ssh` client as device and operator (the ssh2 client where OpenSSH cannot

@@ -15,7 +15,6 @@ import ssh2 from 'ssh2';
 import { loadKeyPair } from '../../ca/index.js';
 import { certificateAuthHandler } from '../../agent/ssh2-cert-auth.js';
 import { sshArgs } from '../ssh-client.js';
-import type { Verdict } from './world.js';
 
 export interface SshTarget {
   readonly host: string;
@@ -30,6 +29,9 @@ export interface SshIdentity {
   readonly certPath?: string;
 }
 
+/** What a client saw the server do with its login or request. */
+export type Verdict = 'ok' | 'refused';
+
 /** Where the run stopped: at authentication, or at a request after it. */
 export type Stage = 'auth' | 'request';
 
@@ -43,7 +45,7 @@ const CLIENT_TIMEOUT_MS = 15_000;
 
 /**
  * `ssh` arguments up to the destination: the shared test options
- * (test/helpers/ssh-client.ts: nothing from ~/.ssh, strict host key, only
+ * (testkit/ssh-client.ts: nothing from ~/.ssh, strict host key, only
  * this identity, no prompts, port and user), plus ExitOnForwardFailure so a
  * refused -R or -L ends the client. Append target.host.
  */

@@ -1,7 +1,7 @@
 /**
  * Conformance driver for the embedded gateway (broker/ssh): createGateway
  * with the world's user CA, a fresh host key and an in-memory revocation
- * set, on an ephemeral 127.0.0.1 port, wired the way broker/ssh-side.ts
+ * set, on an ephemeral 127.0.0.1 port, wired the way broker/compose/ssh-side.ts
  * wires it (revocation = isRevoked for new logins + revokeDevice for the
  * live session).
  *
@@ -42,7 +42,7 @@ async function startGateway(world: World, options: GatewayDriverOptions): Promis
   const gateway = createGateway({
     hostKey,
     userCaKeys: [world.userCa.publicKey],
-    // As broker/ssh-side.ts passes config.ports: the blocks OpenSSH mode's principals files list.
+    // As broker/compose/ssh-side.ts passes config.ports: the blocks OpenSSH mode's principals files list.
     portPool: world.pool,
     isRevoked: (cert) => revoked.has(cert.serial),
     clock: () => new Date(),
@@ -65,7 +65,7 @@ async function startGateway(world: World, options: GatewayDriverOptions): Promis
     operatorUser: options.operatorUser ?? OPERATOR_LOGIN,
     // The broker's revoke in embedded mode: the serial goes into the
     // revocation set isRevoked reads (no new logins), then the device's live
-    // sessions end (broker/ssh-side.ts deviceRevoked -> revokeDevice).
+    // sessions end (broker/compose/ssh-side.ts deviceRevoked -> revokeDevice).
     async revoke(serials: readonly bigint[], blocks: readonly PortBlock[]) {
       for (const s of serials) revoked.add(s);
       const ports = new Set(blocks.flatMap(portsOf));

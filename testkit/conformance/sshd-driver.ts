@@ -15,7 +15,7 @@ import { DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/tunnel.js';
 import { OPENSSH_FILES, writeOpensshFiles } from '../../broker/openssh/config-files.js';
 import { findListenerPids, killSessionsHoldingPorts } from '../../broker/openssh/session-killer.js';
 import { runCommand } from '../openssh.js';
-import { startSshd } from '../sshd.js';
+import { startSshd, type RunningSshd } from '../sshd.js';
 import { portsOf, type Gateway, type GatewayDriver, type World } from './world.js';
 
 /**
@@ -56,35 +56,18 @@ export interface SshdGateway extends Gateway {
   log(): string;
 }
 
-async function startGateway(world: World, deviceUser: string, operatorUser: string, extraConfig: readonly string[]): Promise<SshdGateway> {
-  await ensureGatewayUsers([deviceUser, operatorUser]);
-  const outDir = join(world.dir, 'openssh');
-  // sshd reads AuthorizedPrincipalsFile with the user's uid (measured:
-  // "Could not open user 'operator' authorized principals …: Permission
-  // denied" under mkdtemp's 0700), so every directory above it must be
-  // searchable by the tunnel and operator users. Keys inside stay 0600.
-  await chmod(world.dir, 0o755);
-
-  // The broker's host key, certified by the host CA (clients trust the CA).
+/** The broker's host key (written to WORLD.dir) and its certificate by the host CA, which clients trust. */
+async function certifiedHostKey(world: World): Promise<{ hostKeyPath: string; hostCertificate: string }> {
   const hostKeyPath = join(world.dir, 'broker_host_key');
   const hostKey = generateKeyPair();
   await saveKeyPair(hostKeyPath, hostKey);
   const hostCert = signHostCert({ hostCa: world.hostCa, publicKey: hostKey.publicKey, hostnames: world.hostnames, serial: world.nextSerial(), now: new Date() });
+  return { hostKeyPath, hostCertificate: formatCertificate(hostCert) };
+}
 
-  const revoked = new Set<bigint>();
-  let krlVersion = 1n;
-  await writeOpensshFiles({
-    outDir,
-    userCaKey: world.userCa.publicKey,
-    hostKeyPath,
-    hostCertificate: formatCertificate(hostCert),
-    krl: encodeKrl({ caKey: world.userCa.publicKey, version: krlVersion, generatedAt: new Date() }),
-    pool: world.pool,
-    deviceUser,
-    operatorUser,
-  });
-
-  // test/helpers/sshd.ts adds port, listen address, the "system" host key
+/** The "system" sshd: the generated files included, permissive globals after them; and its master's pid. */
+async function startSystemSshd(outDir: string, extraConfig: readonly string[]): Promise<{ sshd: RunningSshd; masterPid: number }> {
+  // testkit/sshd.ts adds port, listen address, the "system" host key
   // (its own, plain: the client does not trust it), no PAM, no pid file.
   const sshd = await startSshd({
     config: [
@@ -101,6 +84,29 @@ async function startGateway(world: World, deviceUser: string, operatorUser: stri
   const listeners = await findListenerPids([sshd.port]);
   const masterPid = listeners[0];
   if (listeners.length !== 1 || masterPid === undefined) throw new Error(`expected one sshd master, found ${listeners.join(', ') || 'none'}`);
+  return { sshd, masterPid };
+}
+
+async function startGateway(world: World, deviceUser: string, operatorUser: string, extraConfig: readonly string[]): Promise<SshdGateway> {
+  await ensureGatewayUsers([deviceUser, operatorUser]);
+  const outDir = join(world.dir, 'openssh');
+  // sshd reads AuthorizedPrincipalsFile with the user's uid (measured:
+  // "Could not open user 'operator' authorized principals …: Permission
+  // denied" under mkdtemp's 0700), so every directory above it must be
+  // searchable by the tunnel and operator users. Keys inside stay 0600.
+  await chmod(world.dir, 0o755);
+  const revoked = new Set<bigint>();
+  let krlVersion = 1n;
+  await writeOpensshFiles({
+    outDir,
+    userCaKey: world.userCa.publicKey,
+    ...(await certifiedHostKey(world)),
+    krl: encodeKrl({ caKey: world.userCa.publicKey, version: krlVersion, generatedAt: new Date() }),
+    pool: world.pool,
+    deviceUser,
+    operatorUser,
+  });
+  const { sshd, masterPid } = await startSystemSshd(outDir, extraConfig);
   let lastKilled: number[] = [];
   return {
     name: 'sshd',
@@ -125,8 +131,7 @@ async function startGateway(world: World, deviceUser: string, operatorUser: stri
       // Per-connection sshd processes call setsid(), so stopping the master's
       // process group leaves live sessions behind (measured): end those that
       // hold pool ports first.
-      const pool = world.pool;
-      await killSessionsHoldingPorts(Array.from({ length: pool.last - pool.first + 1 }, (_, i) => pool.first + i));
+      await killSessionsHoldingPorts(portsOf(world.pool));
       await sshd.stop();
     },
   };

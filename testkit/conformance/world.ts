@@ -2,8 +2,8 @@
  * The transport-agnostic half of the conformance suite: CAs, a port pool,
  * identities signed with ca/, the gateway interface a driver implements, and
  * the runner that turns a case into a table row. A driver (sshd-driver.ts,
- * later the embedded gateway's) only has to start a gateway for a World and
- * revoke on demand; the cases and the client (the real `ssh`) are shared.
+ * gateway-driver.ts) only has to start a gateway for a World and revoke on
+ * demand; the cases and the client (the real `ssh`, client.ts) are shared.
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -18,9 +18,7 @@ import {
   type KeyPair,
   type PortBlock,
 } from '../../ca/index.js';
-import { isListening, type ClientObservation, type SshIdentity, type SshTarget, type Stage, type Tunnel, openReverseTunnel } from './client.js';
-
-export type Verdict = 'ok' | 'refused';
+import { isListening, type ClientObservation, type SshIdentity, type SshTarget, type Stage, type Tunnel, type Verdict, openReverseTunnel } from './client.js';
 
 export interface PoolSpec {
   readonly first: number;
