@@ -13,6 +13,7 @@ import type { Actor, CoreDeps } from './deps.js';
 import { parseDeviceKey } from './enroll.js';
 import { findDeviceByRef } from './revoke.js';
 import { BrokerError } from './errors.js';
+import { withFailureAudit, type FailureAuditRow } from './failure-audit.js';
 import type { DeviceRecord } from '../store/types.js';
 import { offlineSince, type TunnelPresence } from './presence.js';
 import type { OperatorCertificateRequest, OperatorCertificateResponse } from '../../api/access.js';
@@ -46,13 +47,17 @@ export async function issueOperatorCertificate(
   const { core } = deps;
   const now = core.clock();
   let device: DeviceRecord | undefined;
-  try {
+  const failure = (): FailureAuditRow => ({
+    at: now, actor: actor.id, action: 'operator.certificate', target: device?.id ?? null, remoteAddr: actor.remoteAddr,
+    details: device ? { name: device.name } : { ref: ref.slice(0, 128) },
+  });
+  return withFailureAudit(core.store, failure, async () => {
     device = await findDeviceByRef(core, ref);
     const publicKey = parseDeviceKey(req.publicKey);
     const forwarded = deps.presence.forwardedPorts(device.id);
     const block = checkReachable(device, forwarded);
     const target = device;
-    return await core.store.transaction(async (tx) => {
+    return core.store.transaction(async (tx) => {
       const serial = await tx.nextSerial();
       const cert = signOperatorCert({
         ca: core.ca.userCa, publicKey, operator: actor.name ?? actor.id, deviceId: target.id, ports: block, serial, now,
@@ -81,14 +86,5 @@ export async function issueOperatorCertificate(
         ssh: { ...core.ssh, username: OPERATOR_LOGIN },
       };
     });
-  } catch (err) {
-    const code = err instanceof BrokerError ? err.code : 'INTERNAL';
-    await core.store
-      .appendAudit({
-        at: now, actor: actor.id, action: 'operator.certificate', target: device?.id ?? null, remoteAddr: actor.remoteAddr, outcome: code,
-        details: device ? { name: device.name } : { ref: ref.slice(0, 128) },
-      })
-      .catch(() => undefined);
-    throw err;
-  }
+  });
 }
