@@ -7,7 +7,8 @@ import { bodyParser } from '@koa/bodyparser';
 import Router from '@koa/router';
 import Koa from 'koa';
 import { BrokerError } from '../core/errors.js';
-import { remoteAddr, type AppState, type HttpDeps } from './context.js';
+import { clientAddressFrom } from '../core/net-address.js';
+import { clientAddress, type AppState, type HttpDeps } from './context.js';
 import { registerAccessRoutes } from './routes-access.js';
 import { registerDeviceRoutes } from './routes-device.js';
 import { registerOperatorRoutes } from './routes-operator.js';
@@ -26,13 +27,14 @@ function bodyError(err: unknown): BrokerError | undefined {
 }
 
 export function createApp(deps: HttpDeps): Koa<AppState> {
-  // Behind a TLS-terminating proxy, the client is the last X-Forwarded-For entry (the one that proxy
-  // appended); earlier entries are whatever the client wrote.
-  const app = new Koa<AppState>({ proxy: deps.core.config.api.insecureHttp, maxIpsCount: 1 });
+  const app = new Koa<AppState>();
   const router = new Router<AppState>();
+  // Behind a TLS-terminating proxy, X-Forwarded-For names the client.
+  const trustForwardedFor = deps.core.config.api.insecureHttp;
 
   app.use(async (ctx, next) => {
     const started = process.hrtime.bigint();
+    ctx.state.client = clientAddressFrom(ctx.req.socket.remoteAddress, ctx.get('x-forwarded-for'), trustForwardedFor);
     try {
       await next();
       if (ctx.status === 404 && ctx.body === undefined) throw new BrokerError('NOT_FOUND', 'no such route');
@@ -52,7 +54,7 @@ export function createApp(deps: HttpDeps): Koa<AppState> {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       const route = (ctx as unknown as { _matchedRoute?: string })._matchedRoute ?? 'unmatched';
       deps.metrics.httpDuration.observe({ route, status: String(ctx.status) }, seconds);
-      deps.logger.debug({ method: ctx.method, route, status: ctx.status, ms: Math.round(seconds * 1e4) / 10, remote: remoteAddr(ctx) }, 'http');
+      deps.logger.debug({ method: ctx.method, route, status: ctx.status, ms: Math.round(seconds * 1e4) / 10, remote: clientAddress(ctx) }, 'http');
     }
   });
 

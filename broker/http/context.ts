@@ -24,12 +24,12 @@ export interface HttpDeps {
   readonly access?: AccessLayer;
 }
 
-export type AppState = { actor?: Actor };
-export type AppContext = Koa.ParameterizedContext<AppState, RouterContext>;
-
-export function remoteAddr(ctx: Koa.Context): string | null {
-  return ctx.request.ip || ctx.req.socket.remoteAddress || null;
+export interface AppState {
+  actor?: Actor;
+  /** Who is asking (clientAddressFrom in broker/core/net-address.ts): set by app.ts before any route runs. */
+  client?: string | null;
 }
+export type AppContext = Koa.ParameterizedContext<AppState, RouterContext>;
 
 /** Authenticates the API key in `Authorization: Bearer …` and returns the actor. */
 export async function authenticate(ctx: AppContext, deps: HttpDeps): Promise<Actor> {
@@ -37,15 +37,16 @@ export async function authenticate(ctx: AppContext, deps: HttpDeps): Promise<Act
   const presented = /^Bearer (\S+)$/i.exec(header)?.[1];
   const record = await authenticateApiKey(deps.core.store, presented, deps.core.clock()).catch(async (err: unknown) => {
     await deps.core.store.appendAudit({
-      at: deps.core.clock(), actor: 'anonymous', action: 'auth.failure', target: ctx.path, remoteAddr: remoteAddr(ctx), outcome: 'UNAUTHENTICATED',
+      at: deps.core.clock(), actor: 'anonymous', action: 'auth.failure', target: ctx.path, remoteAddr: clientAddress(ctx), outcome: 'UNAUTHENTICATED',
     }).catch(() => undefined);
     throw err;
   });
-  const actor: Actor = { id: `apikey:${record.id}`, role: record.role, name: record.name, remoteAddr: remoteAddr(ctx) };
+  const actor: Actor = { id: `apikey:${record.id}`, role: record.role, name: record.name, remoteAddr: clientAddress(ctx) };
   ctx.state.actor = actor;
   return actor;
 }
 
-export function clientAddress(ctx: AppContext): string | null {
-  return remoteAddr(ctx);
+/** The client address of this request, for the audit trail and the logs. */
+export function clientAddress(ctx: Koa.ParameterizedContext<AppState>): string | null {
+  return ctx.state.client ?? null;
 }

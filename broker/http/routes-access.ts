@@ -11,8 +11,7 @@ import { hostOf } from '../proxy/hostname.js';
 import { AUTHORIZE_HEADERS } from '../../api/access.js';
 import { requireRole } from '../core/api-keys.js';
 import { BrokerError } from '../core/errors.js';
-import { clientAddressFrom } from '../proxy/proxy-auth.js';
-import { isLoopbackAddress } from '../core/net-address.js';
+import { clientAddressFrom, isLoopbackAddress } from '../core/net-address.js';
 import { authenticate, type AppState, type HttpDeps } from './context.js';
 import { parseWith } from './schemas.js';
 

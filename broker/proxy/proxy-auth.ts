@@ -92,20 +92,6 @@ interface Cached<T> {
   readonly until: number;
 }
 
-/**
- * The client address to audit and rate-limit: the peer's, unless the peer is a proxy we
- * trust (TRUSTED), whose own entry is the last one of X-Forwarded-For (what a client
- * wrote before it is not believed).
- */
-export function clientAddressFrom(peer: string | undefined, forwardedFor: string | string[] | undefined, trusted: boolean): string | null {
-  const header = Array.isArray(forwardedFor) ? forwardedFor.join(',') : forwardedFor;
-  if (trusted && header) {
-    const last = header.slice(header.lastIndexOf(',') + 1).trim();
-    if (last) return last;
-  }
-  return peer ?? null;
-}
-
 function refuse(code: ErrorCode, message: string, extra: { device?: DeviceRecord; offlineSince?: Date | null; retryAfterSeconds?: number } = {}): ProxyDecision {
   return { allow: false, code, message, ...extra };
 }

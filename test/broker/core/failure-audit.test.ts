@@ -25,7 +25,7 @@ test('ok/the result passes through, nothing audited', async (t) => {
   t.deepEqual(store.rows, []);
 });
 
-const failures: Array<[string, unknown, string]> = [
+const failures: Array<[string, Error, string]> = [
   ['fail/broker-error', new BrokerError('REQUEST_STALE', 'stale'), 'REQUEST_STALE'],
   ['fail/other-error', new TypeError('bug'), 'INTERNAL'],
 ];
