@@ -10,7 +10,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { formatPublicKey, loadKeyPair, loadPublicKey, writeFileAtomic } from '../../ca/index.js';
 import { createAccessLayer, UNKNOWN_PRESENCE, type AccessLayer } from '../proxy/index.js';
-import { splitHostPort, type BrokerConfig } from '../core/config.js';
+import { implicitTrustProxyWarning, splitHostPort, type BrokerConfig } from '../core/config.js';
 import type { CoreDeps } from '../core/deps.js';
 import { brokerHostnames, dataPaths } from './data-dir.js';
 import { createApp } from '../http/app.js';
@@ -65,6 +65,8 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
   const clock = options.clock ?? (() => new Date());
   const overlap = ephemeralOverlapWarning(config.ports, readEphemeralRange());
   if (overlap) logger.warn({ pool: config.ports }, overlap);
+  const implicitTrust = implicitTrustProxyWarning(config.api);
+  if (implicitTrust) logger.warn({ setting: 'api.trustProxy' }, implicitTrust);
   const paths = dataPaths(config.dataDir);
   const userCa = await loadKeyPair(paths.userCa, { passphrase: options.passphrase });
   const hostCaPublicKey = await loadPublicKey(`${paths.hostCa}.pub`);

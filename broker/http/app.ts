@@ -6,6 +6,7 @@
 import { bodyParser } from '@koa/bodyparser';
 import Router from '@koa/router';
 import Koa from 'koa';
+import { trustsProxy } from '../core/config.js';
 import { BrokerError } from '../core/errors.js';
 import { clientAddressFrom } from '../core/net-address.js';
 import { clientAddress, type AppState, type HttpDeps } from './context.js';
@@ -29,8 +30,7 @@ function bodyError(err: unknown): BrokerError | undefined {
 export function createApp(deps: HttpDeps): Koa<AppState> {
   const app = new Koa<AppState>();
   const router = new Router<AppState>();
-  // Behind a TLS-terminating proxy, X-Forwarded-For names the client.
-  const trustForwardedFor = deps.core.config.api.insecureHttp;
+  const trustForwardedFor = trustsProxy(deps.core.config.api);
 
   app.use(async (ctx, next) => {
     const started = process.hrtime.bigint();

@@ -9,9 +9,9 @@
  *
  * What is relayed: method, path, the headers minus hop-by-hop ones (RFC 9110
  * section 7.6.1) and minus the broker's credentials (bearer API key,
- * session cookie), plus X-Forwarded-For/-Proto/-Host. Behind a
- * TLS-terminating proxy (api.insecureHttp) the incoming X-Forwarded-* are
- * the proxy's and are extended; otherwise they are the client's and are
+ * session cookie), plus X-Forwarded-For/-Proto/-Host. Behind a proxy the
+ * broker trusts (api.trustProxy) the incoming X-Forwarded-* are the
+ * proxy's and are extended; otherwise they are the client's and are
  * replaced. The Host header stays the device hostname.
  */
 import { request as httpRequest, STATUS_CODES, type Agent, type ClientRequest, type IncomingMessage, type RequestOptions, type ServerResponse } from 'node:http';
@@ -37,7 +37,7 @@ export interface DeviceProxyOptions {
   readonly presence: TunnelPresence;
   readonly logger: Logger;
   readonly clock: () => Date;
-  /** api.insecureHttp: a TLS-terminating proxy in front sets X-Forwarded-*. */
+  /** api.trustProxy (trustsProxy): the proxy in front sets X-Forwarded-*, which are believed and extended. */
   readonly behindProxy: boolean;
   readonly sessionMinutes: number;
   readonly metrics?: ProxyMetrics;
@@ -101,7 +101,7 @@ export function upstreamHeaders(
   };
   const host = req.headers.host ?? '';
   const xff = ctx.behindProxy && prior('x-forwarded-for') ? `${prior('x-forwarded-for')}, ${ctx.remoteAddr}` : ctx.remoteAddr;
-  const proto = ctx.behindProxy ? (prior('x-forwarded-proto') ?? 'http') : ctx.encrypted ? 'https' : 'http';
+  const proto = (ctx.behindProxy ? prior('x-forwarded-proto') : undefined) ?? (ctx.encrypted ? 'https' : 'http');
   const xfh = ctx.behindProxy ? (prior('x-forwarded-host') ?? host) : host;
   out.push('X-Forwarded-For', xff, 'X-Forwarded-Proto', proto, 'X-Forwarded-Host', xfh);
   if (ctx.upgrade) out.push('Connection', 'Upgrade', 'Upgrade', String(req.headers.upgrade ?? ''));

@@ -6,6 +6,7 @@
  */
 import type { IncomingMessage, RequestListener } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { trustsProxy } from '../core/config.js';
 import type { CoreDeps } from '../core/deps.js';
 import type { Logger } from '../telemetry/logger.js';
 import { deviceHostMatcher, type DeviceHostMatcher } from './hostname.js';
@@ -47,7 +48,7 @@ export async function createAccessLayer(o: AccessOptions): Promise<AccessLayer> 
   const proxy: DeviceProxy | undefined = config.proxy.enabled
     ? createDeviceProxy({
         authorizer, presence: o.presence, logger: o.logger.child({ component: 'http-proxy' }), clock: o.core.clock,
-        behindProxy: config.api.insecureHttp, sessionMinutes: config.proxy.sessionMinutes, metrics: o.metrics,
+        behindProxy: trustsProxy(config.api), sessionMinutes: config.proxy.sessionMinutes, metrics: o.metrics,
       })
     : undefined;
   return {

@@ -91,6 +91,15 @@ test('request headers: hop-by-hop and Connection-listed dropped, credentials rep
   t.deepEqual(upgrade.get('upgrade'), ['websocket']);
 });
 
+test('request headers behind a trusted proxy on HTTPS (api.trustProxy without insecureHttp): its X-Forwarded-Proto, else https', (t) => {
+  const ctx = { remoteAddr: '10.0.0.2', encrypted: true, behindProxy: true, upgrade: false };
+  const noProto = toMap(upstreamHeaders(rawOf({ Host: 'k.fleet.example.com', 'X-Forwarded-For': '203.0.113.1' }), { authorization: undefined, cookie: undefined }, ctx));
+  t.deepEqual(noProto.get('x-forwarded-for'), ['203.0.113.1, 10.0.0.2']);
+  t.deepEqual(noProto.get('x-forwarded-proto'), ['https']);
+  const withProto = toMap(upstreamHeaders(rawOf({ Host: 'k.fleet.example.com', 'X-Forwarded-Proto': 'http' }), { authorization: undefined, cookie: undefined }, ctx));
+  t.deepEqual(withProto.get('x-forwarded-proto'), ['http']);
+});
+
 test('response headers: hop-by-hop dropped, the broker cookie cannot be set by a device, the rest kept in order', (t) => {
   const out = downstreamHeaders(['Content-Type', 'text/html', 'Connection', 'keep-alive', 'Keep-Alive', 'timeout=5', 'Transfer-Encoding', 'chunked', 'Set-Cookie', `${SESSION_COOKIE}=evil; Path=/`, 'Set-Cookie', 'sid=1', 'Set-Cookie', 'sid2=2'], 'keep-alive');
   t.deepEqual(out, ['Content-Type', 'text/html', 'Set-Cookie', 'sid=1', 'Set-Cookie', 'sid2=2']);
