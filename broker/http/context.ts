@@ -9,7 +9,7 @@ import type Koa from 'koa';
 import type { Logger } from '../telemetry/logger.js';
 import type { BrokerMetrics } from '../telemetry/metrics.js';
 import type { Actor, CoreDeps } from '../core/deps.js';
-import { authenticateApiKey } from '../core/api-keys.js';
+import { admitApiKey } from '../core/api-keys.js';
 import type { AccessLayer } from '../proxy/index.js';
 
 export interface HttpDeps {
@@ -33,15 +33,8 @@ export type AppContext = Koa.ParameterizedContext<AppState, RouterContext>;
 
 /** Authenticates the API key in `Authorization: Bearer …` and returns the actor. */
 export async function authenticate(ctx: AppContext, deps: HttpDeps): Promise<Actor> {
-  const header = ctx.get('authorization');
-  const presented = /^Bearer (\S+)$/i.exec(header)?.[1];
-  const record = await authenticateApiKey(deps.core.store, presented, deps.core.clock()).catch(async (err: unknown) => {
-    await deps.core.store.appendAudit({
-      at: deps.core.clock(), actor: 'anonymous', action: 'auth.failure', target: ctx.path, remoteAddr: clientAddress(ctx), outcome: 'UNAUTHENTICATED',
-    }).catch(() => undefined);
-    throw err;
-  });
-  const actor: Actor = { id: `apikey:${record.id}`, role: record.role, name: record.name, remoteAddr: clientAddress(ctx) };
+  const presented = /^Bearer (\S+)$/i.exec(ctx.get('authorization'))?.[1];
+  const { actor } = await admitApiKey(deps.core, presented, { action: 'auth.failure', target: ctx.path, remoteAddr: clientAddress(ctx) });
   ctx.state.actor = actor;
   return actor;
 }

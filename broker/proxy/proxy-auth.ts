@@ -24,7 +24,7 @@
  * good keep working from a limited address: only unknown keys are guesses.
  */
 import { createHash } from 'node:crypto';
-import { authenticateApiKey } from '../core/api-keys.js';
+import { admitApiKey, apiKeyActor, authenticateApiKey } from '../core/api-keys.js';
 import type { Actor, CoreDeps } from '../core/deps.js';
 import { BrokerError, type ErrorCode } from '../core/errors.js';
 import { ConnectionRateLimiter } from '../core/rate-limit.js';
@@ -184,15 +184,8 @@ export class ProxyAuthorizer {
    * bearer key. Returns the Set-Cookie value and its lifetime.
    */
   async login(info: Omit<ProxyRequestInfo, 'authorization' | 'cookie'>, presented: string, sessionMinutes: number): Promise<{ cookie: string; maxAgeSeconds: number; actor: Actor }> {
-    let record: ApiKeyRecord;
-    try {
-      record = await this.apiKey(presented, info.remoteAddr);
-    } catch (err) {
-      if (err instanceof BrokerError && err.code === 'RATE_LIMITED') throw err;
-      await this.audit('anonymous', 'proxy.login', info.deviceName, info.remoteAddr, 'UNAUTHENTICATED');
-      throw err;
-    }
-    const actor = this.actorOf(record, info.remoteAddr);
+    const door = { action: 'proxy.login', target: info.deviceName, remoteAddr: info.remoteAddr };
+    const { record, actor } = await admitApiKey(this.deps.core, presented, door, () => this.apiKey(presented, info.remoteAddr));
     if (!PROXY_ROLES.has(record.role)) {
       await this.audit(actor.id, 'proxy.login', info.deviceName, info.remoteAddr, 'FORBIDDEN');
       throw new BrokerError('FORBIDDEN', 'this API key may not reach devices (roles: admin, operator)');
@@ -203,10 +196,6 @@ export class ProxyAuthorizer {
     return { cookie, maxAgeSeconds, actor };
   }
 
-  private actorOf(record: ApiKeyRecord, remoteAddr: string | null): Actor {
-    return { id: `apikey:${record.id}`, role: record.role, name: record.name, remoteAddr };
-  }
-
   /** The caller's identity from a bearer API key or a session cookie; a refusal otherwise. */
   async authenticate(info: ProxyRequestInfo): Promise<{ actor: Actor; forward: ForwardedCredentials } | ProxyDecision> {
     const bearer = info.authorization ? BEARER.exec(info.authorization)?.[1] : undefined;
@@ -215,12 +204,12 @@ export class ProxyAuthorizer {
     const forward: ForwardedCredentials = { authorization: bearer ? undefined : info.authorization, cookie: stripCookie(info.cookie, SESSION_COOKIE) };
     let record: ApiKeyRecord | null;
     if (bearer) {
+      const door = { action: 'auth.failure', target: info.host, remoteAddr: info.remoteAddr, details: { via: 'proxy' } };
       try {
-        record = await this.apiKey(bearer, info.remoteAddr, info.connection);
+        ({ record } = await admitApiKey(this.deps.core, bearer, door, () => this.apiKey(bearer, info.remoteAddr, info.connection)));
       } catch (err) {
         if (!(err instanceof BrokerError)) throw err;
         if (err.code === 'RATE_LIMITED') return refuse('RATE_LIMITED', err.message, { retryAfterSeconds: this.retryAfterSeconds(info.remoteAddr) });
-        await this.audit('anonymous', 'auth.failure', info.host, info.remoteAddr, 'UNAUTHENTICATED', { via: 'proxy' });
         return refuse('UNAUTHENTICATED', 'the API key was not accepted');
       }
     } else if (session) {
@@ -231,7 +220,7 @@ export class ProxyAuthorizer {
       return refuse('UNAUTHENTICATED', 'log in with an operator API key');
     }
     if (!PROXY_ROLES.has(record.role)) return refuse('FORBIDDEN', 'this API key may not reach devices (roles: admin, operator)');
-    return { actor: this.actorOf(record, info.remoteAddr), forward };
+    return { actor: apiKeyActor(record, info.remoteAddr), forward };
   }
 
   /** The whole decision for one request. */
