@@ -6,7 +6,7 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { deviceHostMatcher } from '../../../broker/proxy/hostname.js';
-import { downstreamHeaders, upstreamHeaders } from '../../../broker/proxy/http-proxy.js';
+import { downstreamHeaders, upstreamHeaders } from '../../../broker/proxy/forwarded-headers.js';
 import { safeNext } from '../../../broker/proxy/pages.js';
 import { readCookie, SESSION_COOKIE, signSession, stripCookie, verifySession } from '../../../broker/proxy/session-cookie.js';
 
