@@ -7,19 +7,19 @@
 import type { IncomingMessage, RequestListener } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { trustsProxy } from '../core/config.js';
-import type { CoreDeps } from '../core/deps.js';
 import type { Logger } from '../telemetry/logger.js';
 import { deviceHostMatcher, type DeviceHostMatcher } from './hostname.js';
 import { createDeviceProxy, type DeviceProxy } from './http-proxy.js';
 import type { ProxyMetrics } from './proxy-context.js';
 import type { TunnelPresence } from '../core/presence.js';
-import { ProxyAuthorizer } from './proxy-auth.js';
+import { ProxyAuthorizer, type ProxyAuthDeps } from './proxy-auth.js';
 import { loadOrCreateSessionSecret } from './session-cookie.js';
 
 export { UNKNOWN_PRESENCE, type TunnelPresence } from '../core/presence.js';
 
 export interface AccessOptions {
-  readonly core: CoreDeps;
+  /** The rules' state, without their hooks: the revocation hook calls this layer, so it is built after it. */
+  readonly core: ProxyAuthDeps['core'];
   readonly logger: Logger;
   readonly presence: TunnelPresence;
   /** Where the session HMAC key lives (made on first start). */

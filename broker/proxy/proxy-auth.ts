@@ -80,7 +80,7 @@ export type ProxyDecision =
     };
 
 export interface ProxyAuthDeps {
-  readonly core: CoreDeps;
+  readonly core: Pick<CoreDeps, 'store' | 'clock' | 'config'>;
   readonly presence: TunnelPresence;
   readonly sessionSecret: Buffer;
   /** Monotonic milliseconds for the failure limiter (tests move it). */
