@@ -14,7 +14,8 @@
  */
 import { BrokerError } from '../core/errors.js';
 import { AUTHORIZE_HEADERS, RESERVED_PREFIX } from '../../api/access.js';
-import { SLOT } from '../../api/tunnel.js';
+import { DEVICE_NAME, SLOT } from '../../api/tunnel.js';
+import { isValidPool, poolBlocks, type PortPool } from '../core/port-pool.js';
 
 export interface NginxConfigInput {
   /** Device hostnames are <name>.<domain>. */
@@ -38,10 +39,14 @@ export interface NginxConfigInput {
    * tunnel connections instead of opening an SSH channel each. Without it
    * nginx connects to 127.0.0.1:<port> per request.
    */
-  readonly pool?: { readonly first: number; readonly last: number; readonly perDevice: number };
+  readonly pool?: PortPool;
 }
 
-const DOMAIN = /^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+/** One DNS label, as a device name is (api/tunnel.ts). */
+const LABEL = DEVICE_NAME.source.replace(/^\^|\$$/g, '');
+const DOMAIN = new RegExp(`^(?:${LABEL}\\.)*${LABEL}$`);
+/** The label in nginx's server_name, with a plain group as nginx configurations generated before have it. */
+const NGINX_LABEL = LABEL.replace('(?:', '(');
 // nginx splits arguments on blanks and reads ; { } # $ and quotes: paths are limited to a safe alphabet.
 const SAFE_PATH = /^\/[A-Za-z0-9._+/-]*$/;
 
@@ -73,15 +78,10 @@ function checkInput(input: NginxConfigInput): { broker: URL; port: number } {
   return { broker, port };
 }
 
-/** The http slot (slot 1) of every block the allocator can hand out. */
-function httpSlots(pool: NonNullable<NginxConfigInput['pool']>): number[] {
-  const { first, last, perDevice } = pool;
-  if (![first, last, perDevice].every(Number.isInteger) || perDevice < 2 || first < 1 || last > 65535 || first > last) {
-    invalid('pool must be whole ports with at least 2 per device (slot 1 is http)');
-  }
-  const ports: number[] = [];
-  for (let block = first; block + perDevice - 1 <= last; block += perDevice) ports.push(block + SLOT.http);
-  return ports;
+/** The http slot of every block the allocator can hand out. */
+function httpSlots(pool: PortPool): number[] {
+  if (!isValidPool(pool, SLOT.http + 1)) invalid(`pool must be whole ports with at least ${SLOT.http + 1} per device (slot ${SLOT.http} is http)`);
+  return Array.from(poolBlocks(pool), (block) => block.first + SLOT.http);
 }
 
 function indent(lines: readonly string[], depth = 1): string {
@@ -150,7 +150,7 @@ server {
 ${indent([
   ...listen,
   // Quoted: nginx reads { } in a bare regex as a block.
-  `server_name "~^(?<certunnel_device>[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)\\.${escapedDomain}$";`,
+  `server_name "~^(?<certunnel_device>${NGINX_LABEL})\\.${escapedDomain}$";`,
   '',
   ...brokerTls,
   ...(brokerTls.length ? [''] : []),
