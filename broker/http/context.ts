@@ -1,13 +1,14 @@
 /**
  * What every route handler shares: the dependencies handed to the koa
- * application, the request state, and the API-key check (`Authorization:
- * Bearer …`). The route files and app.ts import this file; it imports
+ * application, the request state, the API-key check (`Authorization:
+ * Bearer …`) and the body of a refusal. The route files and app.ts import this file; it imports
  * neither, so the http room has no import loop.
  */
 import type { RouterContext } from '@koa/router';
 import type Koa from 'koa';
 import type { Logger } from '../telemetry/logger.js';
 import type { BrokerMetrics } from '../telemetry/metrics.js';
+import type { ErrorCode, ErrorResponse } from '../../api/errors.js';
 import type { Actor, CoreDeps } from '../core/deps.js';
 import { admitApiKey } from '../core/api-keys.js';
 import type { AccessLayer } from '../proxy/index.js';
@@ -42,4 +43,9 @@ export async function authenticate(ctx: AppContext, deps: HttpDeps): Promise<Act
 /** The client address of this request, for the audit trail and the logs. */
 export function clientAddress(ctx: Koa.ParameterizedContext<AppState>): string | null {
   return ctx.state.client ?? null;
+}
+
+/** The body of every refusal (api/errors.ts). */
+export function errorResponse(code: ErrorCode, message: string): ErrorResponse {
+  return { error: { code, message } };
 }

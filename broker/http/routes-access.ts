@@ -13,7 +13,7 @@ import { requireRole } from '../core/api-keys.js';
 import { BrokerError } from '../core/errors.js';
 import { trustsProxy } from '../core/config.js';
 import { clientAddressFrom, isLoopbackAddress } from '../core/net-address.js';
-import { authenticate, type AppState, type HttpDeps } from './context.js';
+import { authenticate, errorResponse, type AppState, type HttpDeps } from './context.js';
 import { parseWith } from './schemas.js';
 
 const operatorCertificateSchema = z.strictObject({ publicKey: z.string().min(1).max(8192) });
@@ -49,7 +49,7 @@ export function registerAccessRoutes(router: Router<AppState>, deps: HttpDeps, a
       ctx.status = decision.code === 'UNAUTHENTICATED' ? 401 : 403;
       if (decision.retryAfterSeconds) ctx.set('retry-after', String(decision.retryAfterSeconds));
       ctx.set(AUTHORIZE_HEADERS.error, decision.code);
-      ctx.body = { error: { code: decision.code, message: decision.message } };
+      ctx.body = errorResponse(decision.code, decision.message);
       return;
     }
     ctx.set(AUTHORIZE_HEADERS.upstreamPort, String(decision.port));
