@@ -2,8 +2,9 @@
  * Operator certificates: an API-key holder (operator or admin) gets a
  * certificate, minutes long, whose one principal reach-<first>-<last> lets
  * its key open connections to one device's ports through the broker's SSH
- * server, nothing else. Issued only for an active device that is online
- * when the broker can tell; recorded in the store (so that revoking the
+ * server, nothing else. Issued only for an active device, and with the
+ * embedded gateway only while its tunnel is up (OpenSSH mode has no live
+ * view per port: UNKNOWN_PRESENCE); recorded in the store (so that revoking the
  * device revokes it and its block stays quarantined until it expires) and
  * audited, refusals included.
  */
@@ -30,7 +31,7 @@ export function checkReachable(
 ): { first: number; last: number } {
   if (device.status === 'revoked') throw new BrokerError('DEVICE_REVOKED', `device ${device.name ?? device.id} has been revoked`);
   if (device.portFirst === null || device.portLast === null) throw new BrokerError('DEVICE_UNKNOWN', 'the device has no port block');
-  // undefined: OpenSSH mode, where sshd holds the tunnels and presence is unknown.
+  // undefined: OpenSSH mode, which has no live view per port (UNKNOWN_PRESENCE); the store's online flag is not consulted.
   if (forwarded !== undefined && forwarded.length === 0) {
     const since = offlineSince(device);
     throw new BrokerError('DEVICE_OFFLINE', `device ${device.name ?? device.id} is offline${since ? ` since ${since.toISOString()}` : ' (it has never connected)'}`);

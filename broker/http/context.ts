@@ -21,7 +21,7 @@ export interface HttpDeps {
   readonly revocations: { readonly krl: Buffer };
   readonly publicKeys: { userCa: string; hostCa: string; hostKey: string };
   readonly apiPin: string | null;
-  /** Operator certificates and the proxy's auth_request endpoint (broker/access). */
+  /** Operator certificates and the proxy's auth_request endpoint (broker/proxy). */
   readonly access?: AccessLayer;
 }
 

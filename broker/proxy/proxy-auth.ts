@@ -6,8 +6,11 @@
  * - Credentials: `Authorization: Bearer ctk_…` (an API key, for tools) or
  *   the broker's session cookie (a browser login). Roles admin and operator.
  * - Then the device by name: unknown → DEVICE_UNKNOWN, revoked →
- *   DEVICE_REVOKED, not connected → DEVICE_OFFLINE (embedded gateway only;
- *   in OpenSSH mode presence is unknown and a dead port answers instead).
+ *   DEVICE_REVOKED, not connected → DEVICE_OFFLINE. Up front only with the
+ *   embedded gateway, which knows the ports each tunnel holds; in OpenSSH
+ *   mode this gets UNKNOWN_PRESENCE (no view per port), so the request goes
+ *   on and a port nothing listens on answers DEVICE_OFFLINE, "since" the
+ *   time OpenSSH-mode presence recorded in the store.
  * - Unauthenticated requests learn nothing about devices: authentication
  *   comes first.
  *
