@@ -137,10 +137,11 @@ export class ProxyAuthorizer {
   }
 
   /**
-   * The API key for a presented secret (cached by its hash, and on the connection); UNAUTHENTICATED
-   * otherwise, or RATE_LIMITED when SOURCE has no failures left and the key is not known good.
+   * The check behind admitApiKey here: the API key for a presented secret (cached by its hash, and on
+   * the connection); UNAUTHENTICATED otherwise, or RATE_LIMITED when SOURCE has no failures left and
+   * the key is not known good.
    */
-  async apiKey(presented: string, source: string | null, connection?: object): Promise<ApiKeyRecord> {
+  private async apiKey(presented: string, source: string | null, connection?: object): Promise<ApiKeyRecord> {
     const nowMs = Date.now();
     const memo = connection ? this.byConnection.get(connection) : undefined;
     if (memo && memo.presented === presented && memo.cached.until > nowMs) return memo.cached.value;
