@@ -1,18 +1,19 @@
 /**
  * A running broker: opens the store, loads the keys, rebuilds the KRL,
- * starts the HTTPS API and the SSH side (embedded gateway, or OpenSSH-mode
- * files for a system sshd), and wires revocation from the control plane to
- * the data plane. close() undoes it all.
+ * starts the SSH side (embedded gateway, or OpenSSH-mode files for a system
+ * sshd) and the HTTPS API, and wires revocation from the control plane to
+ * the data plane. Each piece is built after what it needs, so nothing
+ * refers to a piece made later; close() undoes it all, last piece first.
  */
 import { readFile, rm } from 'node:fs/promises';
-import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { createServer as createHttpServer, type RequestListener, type Server as HttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { formatPublicKey, loadKeyPair, loadPublicKey, writeFileAtomic } from '../../ca/index.js';
+import { formatPublicKey, loadKeyPair, loadPublicKey, writeFileAtomic, type KeyPair, type PublicKey } from '../../ca/index.js';
 import { createAccessLayer, UNKNOWN_PRESENCE, type AccessLayer } from '../proxy/index.js';
-import { splitHostPort, type BrokerConfig } from '../core/config.js';
-import type { CoreDeps } from '../core/deps.js';
-import { brokerHostnames, dataPaths } from './data-dir.js';
+import { implicitTrustProxyWarning, splitHostPort, type BrokerConfig } from '../core/config.js';
+import type { CoreDeps, CoreHooks } from '../core/deps.js';
+import { brokerHostnames, dataPaths, type DataPaths } from './data-dir.js';
 import { createApp } from '../http/app.js';
 import { ephemeralOverlapWarning, readEphemeralRange } from './ephemeral-ports.js';
 import type { Logger } from '../telemetry/logger.js';
@@ -45,6 +46,75 @@ export interface RunningBroker {
   close(): Promise<void>;
 }
 
+/** The broker's keys and host certificate, from the data directory. */
+interface BrokerKeys {
+  readonly userCa: KeyPair;
+  readonly hostCaPublicKey: PublicKey;
+  readonly hostKey: KeyPair;
+  readonly hostCertificate: string;
+}
+
+async function loadKeys(paths: DataPaths, passphrase: string | undefined): Promise<BrokerKeys> {
+  return {
+    userCa: await loadKeyPair(paths.userCa, { passphrase }),
+    hostCaPublicKey: await loadPublicKey(`${paths.hostCa}.pub`),
+    hostKey: await loadKeyPair(paths.hostKey),
+    hostCertificate: (await readFile(paths.hostCert, 'utf8')).trim(),
+  };
+}
+
+/** What the configuration may get wrong without being invalid: said once, at start. */
+function warnAboutConfig(config: BrokerConfig, logger: Logger): void {
+  const overlap = ephemeralOverlapWarning(config.ports, readEphemeralRange());
+  if (overlap) logger.warn({ pool: config.ports }, overlap);
+  const implicitTrust = implicitTrustProxyWarning(config.api);
+  if (implicitTrust) logger.warn({ setting: 'api.trustProxy' }, implicitTrust);
+}
+
+/** Shutdown steps, run last-added first; a failing step is logged and the others still run. */
+function shutdownSteps(logger: Logger): { add(step: () => Promise<void>): void; run(): Promise<void> } {
+  const steps: Array<() => Promise<void>> = [];
+  return {
+    add: (step) => void steps.push(step),
+    run: async () => {
+      for (const step of [...steps].reverse()) await step().catch((err: unknown) => logger.error({ err }, 'shutdown step failed'));
+    },
+  };
+}
+
+function publicHost(listenHost: string, config: BrokerConfig): string {
+  return listenHost === '0.0.0.0' || listenHost === '::' ? config.domain : listenHost;
+}
+
+/** What devices are told about the SSH server: where it is, the login, the host key and host CA. */
+function sshEndpointOf(config: BrokerConfig, sshPort: number, keys: BrokerKeys): SshEndpointWire {
+  const sshListen = splitHostPort(config.ssh.listen);
+  return {
+    host: config.ssh.publicHost ?? publicHost(sshListen.host, config),
+    port: config.ssh.publicPort ?? sshPort,
+    username: DEVICE_LOGIN,
+    hostKey: formatPublicKey(keys.hostKey.publicKey),
+    hostCertificateAuthority: formatPublicKey(keys.hostCaPublicKey),
+  };
+}
+
+/**
+ * After a revocation commits, in this order: the KRL is rewritten, the SSH
+ * side ends the device's live tunnel, the proxy forgets the device; then
+ * one log line. Errors are logged by the caller.
+ */
+function revocationHooks(parts: { revocations: RevocationList; ssh: SshSide; access: AccessLayer; logger: Logger }): CoreHooks {
+  const { revocations, ssh, access, logger } = parts;
+  return {
+    deviceRevoked: async (deviceId) => {
+      await revocations.refresh();
+      await ssh.deviceRevoked(deviceId);
+      access.deviceRevoked(deviceId);
+      logger.info({ deviceId }, 'device revoked; KRL rewritten and live sessions closed');
+    },
+  };
+}
+
 function listen(server: HttpServer, hostPort: string): Promise<number> {
   const { host, port } = splitHostPort(hostPort);
   return new Promise((resolve, reject) => {
@@ -56,27 +126,42 @@ function listen(server: HttpServer, hostPort: string): Promise<number> {
   });
 }
 
-function publicHost(listenHost: string, config: BrokerConfig): string {
-  return listenHost === '0.0.0.0' || listenHost === '::' ? config.domain : listenHost;
+/** The API's server (HTTPS, or plain HTTP with api.insecureHttp): device hostnames to the proxy, the rest to koa. */
+async function startApiServer(config: BrokerConfig, paths: DataPaths, access: AccessLayer, koa: RequestListener): Promise<{ port: number; close(): Promise<void> }> {
+  const listener = access.requestListener(koa);
+  const server = config.api.insecureHttp
+    ? createHttpServer(listener)
+    : createHttpsServer({ key: await readFile(paths.tlsKey), cert: await readFile(paths.tlsCert) }, listener);
+  server.on('upgrade', (req, socket, head) => access.onUpgrade(req, socket, head));
+  server.keepAliveTimeout = 30_000;
+  server.headersTimeout = 20_000;
+  server.requestTimeout = config.proxy.enabled ? config.proxy.requestTimeoutSeconds * 1000 : 30_000;
+  const port = await listen(server, config.api.listen);
+  const close = (): Promise<void> =>
+    new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    });
+  return { port, close };
+}
+
+function apiUrlOf(config: BrokerConfig, apiPort: number): string {
+  const apiHost = splitHostPort(config.api.listen).host;
+  const scheme = config.api.insecureHttp ? 'http' : 'https';
+  return config.api.publicUrl ?? `${scheme}://${apiHost === '0.0.0.0' || apiHost === '::' ? '127.0.0.1' : apiHost}:${apiPort}`;
 }
 
 export async function startBroker(options: StartBrokerOptions): Promise<RunningBroker> {
   const { config, logger } = options;
   const clock = options.clock ?? (() => new Date());
-  const overlap = ephemeralOverlapWarning(config.ports, readEphemeralRange());
-  if (overlap) logger.warn({ pool: config.ports }, overlap);
+  warnAboutConfig(config, logger);
   const paths = dataPaths(config.dataDir);
-  const userCa = await loadKeyPair(paths.userCa, { passphrase: options.passphrase });
-  const hostCaPublicKey = await loadPublicKey(`${paths.hostCa}.pub`);
-  const hostKey = await loadKeyPair(paths.hostKey);
-  const hostCertificate = (await readFile(paths.hostCert, 'utf8')).trim();
+  const keys = await loadKeys(paths, options.passphrase);
   const store = await openStore({ filename: paths.database });
-  const closers: Array<() => Promise<void>> = [() => store.close()];
-  const close = async (): Promise<void> => {
-    for (const fn of closers.reverse()) await fn().catch((err: unknown) => logger.error({ err }, 'shutdown step failed'));
-  };
+  const shutdown = shutdownSteps(logger);
+  shutdown.add(() => store.close());
   try {
-    const revocations = new RevocationList(store, userCa.publicKey, paths.krl, clock);
+    const revocations = new RevocationList(store, keys.userCa.publicKey, paths.krl, clock);
     await revocations.refresh();
     const metrics = new BrokerMetrics(store, config, clock);
     const stopMaintenance = startMaintenance({
@@ -84,67 +169,34 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       // Renewal within the grace period needs the last certificate of a device.
       keepExpiredCertificatesMs: (config.certs.renewGraceSeconds + 86400) * 1000,
     });
-    closers.push(async () => stopMaintenance());
+    shutdown.add(async () => stopMaintenance());
 
-    const ssh = await startSshSide({ config, logger, store, clock, userCa, hostKey, hostCertificate, revocations, paths });
-    closers.push(() => ssh.close());
+    const ssh = await startSshSide({ config, logger, store, clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths });
+    shutdown.add(() => ssh.close());
     if (ssh.statsSource) metrics.attachGateway(ssh.statsSource);
 
-    const sshListen = splitHostPort(config.ssh.listen);
-    const sshEndpoint: SshEndpointWire = {
-      host: config.ssh.publicHost ?? publicHost(sshListen.host, config),
-      port: config.ssh.publicPort ?? ssh.port,
-      username: DEVICE_LOGIN,
-      hostKey: formatPublicKey(hostKey.publicKey),
-      hostCertificateAuthority: formatPublicKey(hostCaPublicKey),
-    };
-    const core: CoreDeps = {
-      store, config, clock, ssh: sshEndpoint,
-      ca: { userCa, hostCaPublicKey },
-      hooks: {
-        deviceRevoked: async (deviceId) => {
-          await revocations.refresh();
-          await ssh.deviceRevoked(deviceId);
-          access.deviceRevoked(deviceId);
-          logger.info({ deviceId }, 'device revoked; KRL rewritten and live sessions closed');
-        },
-      },
-    };
+    // The rules' dependencies but their hooks: the revocation hook needs the access layer, which needs these.
+    const coreBase = { store, config, clock, ssh: sshEndpointOf(config, ssh.port, keys), ca: { userCa: keys.userCa, hostCaPublicKey: keys.hostCaPublicKey } };
     const access = await createAccessLayer({
-      core, logger, presence: ssh.presence ?? UNKNOWN_PRESENCE, sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
+      core: coreBase, logger, presence: ssh.presence ?? UNKNOWN_PRESENCE, sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
     });
-    closers.push(async () => access.close());
+    shutdown.add(async () => access.close());
+    const core: CoreDeps = { ...coreBase, hooks: revocationHooks({ revocations, ssh, access, logger }) };
+
     const apiPin = config.api.insecureHttp ? null : (await readFile(paths.apiPin, 'utf8')).trim();
     const app = createApp({
       core, logger, metrics, revocations, apiPin, access,
-      publicKeys: { userCa: formatPublicKey(userCa.publicKey), hostCa: formatPublicKey(hostCaPublicKey), hostKey: sshEndpoint.hostKey },
+      publicKeys: { userCa: formatPublicKey(keys.userCa.publicKey), hostCa: formatPublicKey(keys.hostCaPublicKey), hostKey: core.ssh.hostKey },
     });
-    // Device hostnames go to the HTTP proxy, everything else to the API.
-    const listener = access.requestListener(app.callback());
-    const server = config.api.insecureHttp
-      ? createHttpServer(listener)
-      : createHttpsServer({ key: await readFile(paths.tlsKey), cert: await readFile(paths.tlsCert) }, listener);
-    server.on('upgrade', (req, socket, head) => access.onUpgrade(req, socket, head));
-    server.keepAliveTimeout = 30_000;
-    server.headersTimeout = 20_000;
-    server.requestTimeout = config.proxy.enabled ? config.proxy.requestTimeoutSeconds * 1000 : 30_000;
-    const apiPort = await listen(server, config.api.listen);
-    closers.push(
-      () =>
-        new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          server.closeAllConnections();
-        }),
-    );
-    const apiHost = splitHostPort(config.api.listen).host;
-    const scheme = config.api.insecureHttp ? 'http' : 'https';
-    const apiUrl = config.api.publicUrl ?? `${scheme}://${apiHost === '0.0.0.0' || apiHost === '::' ? '127.0.0.1' : apiHost}:${apiPort}`;
-    await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o644 });
-    closers.push(() => rm(paths.runtime, { force: true }));
+    const api = await startApiServer(config, paths, access, app.callback());
+    shutdown.add(() => api.close());
+    const apiUrl = apiUrlOf(config, api.port);
+    await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort: api.port, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o644 });
+    shutdown.add(() => rm(paths.runtime, { force: true }));
     logger.info({ apiUrl, sshPort: ssh.port, sshMode: config.ssh.mode }, 'broker started');
-    return { apiUrl, apiPort, sshPort: ssh.port, store, core, revocations, ssh, access, close };
+    return { apiUrl, apiPort: api.port, sshPort: ssh.port, store, core, revocations, ssh, access, close: () => shutdown.run() };
   } catch (err) {
-    await close();
+    await shutdown.run();
     throw err;
   }
 }

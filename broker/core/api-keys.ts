@@ -1,7 +1,12 @@
-/** API keys with roles: admin, operator, provisioner. Shown once, stored hashed, compared in constant time. */
-import { BrokerError } from './errors.js';
-import type { ApiKeyRecord, ApiKeyRole, Store } from '../store/types.js';
-import type { Actor } from './deps.js';
+/**
+ * API keys with roles: admin, operator, provisioner. Shown once, stored
+ * hashed, compared in constant time. One front door (admitApiKey) for every
+ * place a key is presented: the koa API and the HTTP proxy (bearer keys and
+ * its login form) check keys, build actors and audit refusals alike.
+ */
+import { BrokerError, isBrokerError } from './errors.js';
+import type { ApiKeyRecord, ApiKeyRole, NewAuditEvent, Store } from '../store/types.js';
+import type { Actor, CoreDeps } from './deps.js';
 import { hashesEqual, hashSecret, newApiKeySecret, newId, splitApiKey } from './secrets.js';
 
 export async function createApiKey(
@@ -31,6 +36,48 @@ export async function authenticateApiKey(store: Store, presented: string | undef
   }
   await store.touchApiKey(record.id, now);
   return record;
+}
+
+/** Where a key is presented, for the audit row of a refusal: ACTION on TARGET from REMOTEADDR. */
+export interface ApiKeyDoor {
+  /** `auth.failure` (the API, the proxy's bearer keys) or `proxy.login` (the proxy's login form). */
+  readonly action: string;
+  readonly target: string | null;
+  readonly remoteAddr: string | null;
+  readonly details?: Record<string, unknown>;
+}
+
+/** Who an API key acts as, from REMOTEADDR. */
+export function apiKeyActor(record: ApiKeyRecord, remoteAddr: string | null): Actor {
+  return { id: `apikey:${record.id}`, role: record.role, name: record.name, remoteAddr };
+}
+
+/** The audit row of a key refused at DOOR: the actor is anonymous, since no key was accepted. */
+export function refusedKeyAudit(door: ApiKeyDoor, at: Date): NewAuditEvent {
+  return { at, actor: 'anonymous', action: door.action, target: door.target, remoteAddr: door.remoteAddr, outcome: 'UNAUTHENTICATED', details: door.details };
+}
+
+/**
+ * The front door for a key PRESENTED at DOOR: CHECK finds its record
+ * (authenticateApiKey by default; the proxy puts its caches and failed-key
+ * limiter in front of that) and the key's actor is returned. A refusal is
+ * audited at DOOR (best effort) and rethrown, except RATE_LIMITED: the
+ * limiter refused before any key was checked.
+ */
+export async function admitApiKey(
+  deps: Pick<CoreDeps, 'store' | 'clock'>,
+  presented: string | undefined,
+  door: ApiKeyDoor,
+  check: () => Promise<ApiKeyRecord> = () => authenticateApiKey(deps.store, presented, deps.clock()),
+): Promise<{ record: ApiKeyRecord; actor: Actor }> {
+  let record: ApiKeyRecord;
+  try {
+    record = await check();
+  } catch (err) {
+    if (!isBrokerError(err, 'RATE_LIMITED')) await deps.store.appendAudit(refusedKeyAudit(door, deps.clock())).catch(() => undefined);
+    throw err;
+  }
+  return { record, actor: apiKeyActor(record, door.remoteAddr) };
 }
 
 export function requireRole(actor: Actor, allowed: readonly ApiKeyRole[]): void {

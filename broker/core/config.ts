@@ -19,6 +19,12 @@ const configSchema = z
         listen: hostPort.default('0.0.0.0:8443'),
         /** Plain HTTP, only behind a TLS-terminating proxy. */
         insecureHttp: z.boolean().default(false),
+        /**
+         * Believe the last X-Forwarded-For entry as the client address (audit, rate limits) and extend the
+         * proxy's X-Forwarded-* for devices: set it when every connection comes through a proxy that adds them.
+         * Optional only because data directories from before it existed lack it: see trustsProxy.
+         */
+        trustProxy: z.boolean().optional(),
         /** URL devices and operators use; defaults from listen. */
         publicUrl: z.string().url().optional(),
         bodyLimitBytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(64 * 1024),
@@ -124,12 +130,13 @@ export function merge(base: PlainObject, over: PlainObject): PlainObject {
   return out;
 }
 
-/** Environment variables that override config fields (documented in README). */
+/** Environment variables that override config fields (documented in docs/operations.md, "Configuration"). */
 const ENV_FIELDS: ReadonlyArray<[string, string[], 'string' | 'number' | 'boolean']> = [
   ['CERTUNNEL_DOMAIN', ['domain'], 'string'],
   ['CERTUNNEL_API_LISTEN', ['api', 'listen'], 'string'],
   ['CERTUNNEL_API_PUBLIC_URL', ['api', 'publicUrl'], 'string'],
   ['CERTUNNEL_INSECURE_HTTP', ['api', 'insecureHttp'], 'boolean'],
+  ['CERTUNNEL_TRUST_PROXY', ['api', 'trustProxy'], 'boolean'],
   ['CERTUNNEL_SSH_MODE', ['ssh', 'mode'], 'string'],
   ['CERTUNNEL_SSH_LISTEN', ['ssh', 'listen'], 'string'],
   ['CERTUNNEL_SSH_PUBLIC_HOST', ['ssh', 'publicHost'], 'string'],
@@ -165,6 +172,23 @@ export function parseConfig(input: unknown, dataDir: string): BrokerConfig {
     throw new BrokerError('CONFIG_INVALID', `config field ${field}: ${issue.message}`);
   }
   return deepFreeze({ ...result.data, dataDir });
+}
+
+/**
+ * Whether the API and the HTTP proxy believe X-Forwarded-* from their peer:
+ * api.trustProxy when set. Unset, as in data directories made before the
+ * setting existed (which run behind a TLS proxy with api.insecureHttp), it
+ * follows api.insecureHttp, which used to mean both.
+ */
+export function trustsProxy(api: BrokerConfig['api']): boolean {
+  return api.trustProxy ?? api.insecureHttp;
+}
+
+/** The start-up warning while trustsProxy believes X-Forwarded-For only because api.insecureHttp is set; undefined otherwise. */
+export function implicitTrustProxyWarning(api: BrokerConfig['api']): string | undefined {
+  if (api.trustProxy !== undefined || !api.insecureHttp) return undefined;
+  return 'api.trustProxy is not set: X-Forwarded-For names the client because api.insecureHttp is true (the behaviour before api.trustProxy existed); '
+    + 'set api.trustProxy explicitly (config.json or CERTUNNEL_TRUST_PROXY): true when every connection comes through the TLS proxy, false otherwise';
 }
 
 export function splitHostPort(listen: string): { host: string; port: number } {

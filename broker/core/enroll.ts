@@ -16,6 +16,7 @@ import { BrokerError } from './errors.js';
 import type { DeviceRecord, StoreTx, TokenRecord } from '../store/types.js';
 import type { CertificateGrantWire, EnrollRequest } from '../../api/device.js';
 import type { Actor, CoreDeps } from './deps.js';
+import { withFailureAudit, type FailureAuditRow } from './failure-audit.js';
 import { issueDeviceCertificate } from './grant.js';
 import { hashSecret, newId } from './secrets.js';
 
@@ -82,10 +83,13 @@ export async function enrollDevice(deps: CoreDeps, req: EnrollRequest, actor: Pi
   const now = deps.clock();
   const tokenHash = hashSecret(req.token);
   let tokenId: string | null = null;
-  try {
+  const failure = (): FailureAuditRow => ({
+    at: now, actor: tokenId ? `token:${tokenId}` : 'anonymous', action: 'device.enroll', target: null, remoteAddr: actor.remoteAddr,
+  });
+  return withFailureAudit(deps.store, failure, async () => {
     const publicKey = parseDeviceKey(req.publicKey);
     const keyFingerprint = fingerprint(publicKey);
-    return await deps.store.transaction(async (tx) => {
+    return deps.store.transaction(async (tx) => {
       const token = await tx.findTokenByHash(tokenHash);
       tokenId = token?.id ?? null;
       if (!token) throw explainToken(null, now);
@@ -114,11 +118,5 @@ export async function enrollDevice(deps: CoreDeps, req: EnrollRequest, actor: Pi
       ]);
       return grantEnrollment(context, { id: deviceId, name, keyFingerprint }, block, serial, false);
     });
-  } catch (err) {
-    const code = err instanceof BrokerError ? err.code : 'INTERNAL';
-    await deps.store.appendAudit({
-      at: now, actor: tokenId ? `token:${tokenId}` : 'anonymous', action: 'device.enroll', target: null, remoteAddr: actor.remoteAddr, outcome: code,
-    }).catch(() => undefined);
-    throw err;
-  }
+  });
 }

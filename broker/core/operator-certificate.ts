@@ -2,8 +2,9 @@
  * Operator certificates: an API-key holder (operator or admin) gets a
  * certificate, minutes long, whose one principal reach-<first>-<last> lets
  * its key open connections to one device's ports through the broker's SSH
- * server, nothing else. Issued only for an active device that is online
- * when the broker can tell; recorded in the store (so that revoking the
+ * server, nothing else. Issued only for an active device, and with the
+ * embedded gateway only while its tunnel is up (OpenSSH mode has no live
+ * view per port: UNKNOWN_PRESENCE); recorded in the store (so that revoking the
  * device revokes it and its block stays quarantined until it expires) and
  * audited, refusals included.
  */
@@ -13,6 +14,7 @@ import type { Actor, CoreDeps } from './deps.js';
 import { parseDeviceKey } from './enroll.js';
 import { findDeviceByRef } from './revoke.js';
 import { BrokerError } from './errors.js';
+import { withFailureAudit, type FailureAuditRow } from './failure-audit.js';
 import type { DeviceRecord } from '../store/types.js';
 import { offlineSince, type TunnelPresence } from './presence.js';
 import type { OperatorCertificateRequest, OperatorCertificateResponse } from '../../api/access.js';
@@ -29,7 +31,7 @@ export function checkReachable(
 ): { first: number; last: number } {
   if (device.status === 'revoked') throw new BrokerError('DEVICE_REVOKED', `device ${device.name ?? device.id} has been revoked`);
   if (device.portFirst === null || device.portLast === null) throw new BrokerError('DEVICE_UNKNOWN', 'the device has no port block');
-  // undefined: OpenSSH mode, where sshd holds the tunnels and presence is unknown.
+  // undefined: OpenSSH mode, which has no live view per port (UNKNOWN_PRESENCE); the store's online flag is not consulted.
   if (forwarded !== undefined && forwarded.length === 0) {
     const since = offlineSince(device);
     throw new BrokerError('DEVICE_OFFLINE', `device ${device.name ?? device.id} is offline${since ? ` since ${since.toISOString()}` : ' (it has never connected)'}`);
@@ -46,13 +48,17 @@ export async function issueOperatorCertificate(
   const { core } = deps;
   const now = core.clock();
   let device: DeviceRecord | undefined;
-  try {
+  const failure = (): FailureAuditRow => ({
+    at: now, actor: actor.id, action: 'operator.certificate', target: device?.id ?? null, remoteAddr: actor.remoteAddr,
+    details: device ? { name: device.name } : { ref: ref.slice(0, 128) },
+  });
+  return withFailureAudit(core.store, failure, async () => {
     device = await findDeviceByRef(core, ref);
     const publicKey = parseDeviceKey(req.publicKey);
     const forwarded = deps.presence.forwardedPorts(device.id);
     const block = checkReachable(device, forwarded);
     const target = device;
-    return await core.store.transaction(async (tx) => {
+    return core.store.transaction(async (tx) => {
       const serial = await tx.nextSerial();
       const cert = signOperatorCert({
         ca: core.ca.userCa, publicKey, operator: actor.name ?? actor.id, deviceId: target.id, ports: block, serial, now,
@@ -81,14 +87,5 @@ export async function issueOperatorCertificate(
         ssh: { ...core.ssh, username: OPERATOR_LOGIN },
       };
     });
-  } catch (err) {
-    const code = err instanceof BrokerError ? err.code : 'INTERNAL';
-    await core.store
-      .appendAudit({
-        at: now, actor: actor.id, action: 'operator.certificate', target: device?.id ?? null, remoteAddr: actor.remoteAddr, outcome: code,
-        details: device ? { name: device.name } : { ref: ref.slice(0, 128) },
-      })
-      .catch(() => undefined);
-    throw err;
-  }
+  });
 }

@@ -11,6 +11,7 @@ import type { DeviceRecord } from '../store/types.js';
 import { RENEW_NAMESPACE, renewMessage, type CertificateGrantWire, type RenewRequest } from '../../api/device.js';
 import type { Actor, CoreDeps } from './deps.js';
 import { parseDeviceKey } from './enroll.js';
+import { withFailureAudit, type FailureAuditRow } from './failure-audit.js';
 import { recordDeviceCertificate, signDeviceCertificate } from './grant.js';
 
 function verifySignedBy(signature: string, message: string, key: PublicKey): void {
@@ -29,35 +30,48 @@ function checkActiveDevice(device: DeviceRecord | undefined): DeviceRecord {
   return device;
 }
 
+/** What a valid renewal request establishes before anything is written: the device, its current key, the new one when rotating. */
+interface CheckedRenewal {
+  readonly device: DeviceRecord;
+  readonly currentKey: PublicKey;
+  readonly newKey: PublicKey | undefined;
+}
+
+/** The request's checks, in order: device, clock skew, signatures, grace period. Throws the first refusal. */
+async function checkRenewal(deps: CoreDeps, req: RenewRequest, now: Date): Promise<CheckedRenewal> {
+  const found = await deps.store.findDeviceWithLatestCertificate(req.deviceId);
+  const device = checkActiveDevice(found?.device);
+  const latest = found?.latest ?? null;
+  const skew = Math.abs(now.getTime() / 1000 - req.timestamp);
+  if (skew > deps.config.renew.maxSkewSeconds) {
+    throw new BrokerError('REQUEST_STALE', `request timestamp is ${Math.round(skew)} s away from the broker's clock`);
+  }
+  const message = renewMessage(req);
+  const currentKey = parsePublicKey(device.publicKey);
+  verifySignedBy(req.signature, message, currentKey);
+
+  let newKey: PublicKey | undefined;
+  if (req.newPublicKey !== undefined) {
+    newKey = parseDeviceKey(req.newPublicKey);
+    if (!req.newKeySignature) throw new BrokerError('BAD_REQUEST', 'key rotation needs newKeySignature by the new key');
+    verifySignedBy(req.newKeySignature, message, newKey);
+  } else if (req.newKeySignature !== undefined) {
+    throw new BrokerError('BAD_REQUEST', 'newKeySignature without newPublicKey');
+  }
+
+  const graceEnd = latest ? latest.validBefore.getTime() + deps.config.certs.renewGraceSeconds * 1000 : 0;
+  if (!latest || latest.keyFingerprint !== device.keyFingerprint || now.getTime() > graceEnd) {
+    throw new BrokerError('RENEWAL_GRACE_EXCEEDED', 'the last certificate expired longer ago than the grace period; re-enroll the device');
+  }
+  return { device, currentKey, newKey };
+}
+
 export async function renewDevice(deps: CoreDeps, req: RenewRequest, actor: Pick<Actor, 'remoteAddr'>): Promise<CertificateGrantWire> {
   const now = deps.clock();
-  try {
-    const found = await deps.store.findDeviceWithLatestCertificate(req.deviceId);
-    const device = checkActiveDevice(found?.device);
-    const latest = found?.latest ?? null;
-    const skew = Math.abs(now.getTime() / 1000 - req.timestamp);
-    if (skew > deps.config.renew.maxSkewSeconds) {
-      throw new BrokerError('REQUEST_STALE', `request timestamp is ${Math.round(skew)} s away from the broker's clock`);
-    }
-    const message = renewMessage(req);
-    const currentKey = parsePublicKey(device.publicKey);
-    verifySignedBy(req.signature, message, currentKey);
-
-    let newKey: PublicKey | undefined;
-    if (req.newPublicKey !== undefined) {
-      newKey = parseDeviceKey(req.newPublicKey);
-      if (!req.newKeySignature) throw new BrokerError('BAD_REQUEST', 'key rotation needs newKeySignature by the new key');
-      verifySignedBy(req.newKeySignature, message, newKey);
-    } else if (req.newKeySignature !== undefined) {
-      throw new BrokerError('BAD_REQUEST', 'newKeySignature without newPublicKey');
-    }
-
-    const graceEnd = latest ? latest.validBefore.getTime() + deps.config.certs.renewGraceSeconds * 1000 : 0;
-    if (!latest || latest.keyFingerprint !== device.keyFingerprint || now.getTime() > graceEnd) {
-      throw new BrokerError('RENEWAL_GRACE_EXCEEDED', 'the last certificate expired longer ago than the grace period; re-enroll the device');
-    }
-
-    return await deps.store.transaction(async (tx) => {
+  const failure = (): FailureAuditRow => ({ at: now, actor: `device:${req.deviceId}`, action: 'device.renew', target: req.deviceId, remoteAddr: actor.remoteAddr });
+  return withFailureAudit(deps.store, failure, async () => {
+    const { device, currentKey, newKey } = await checkRenewal(deps, req, now);
+    return deps.store.transaction(async (tx) => {
       // Serial, key and signature first, then every statement at once (one
       // round trip to the store instead of two): the checks below throw if
       // the request or the device do not allow the renewal, and the throw
@@ -90,11 +104,5 @@ export async function renewDevice(deps: CoreDeps, req: RenewRequest, actor: Pick
       }
       return signed.grant;
     });
-  } catch (err) {
-    const code = err instanceof BrokerError ? err.code : 'INTERNAL';
-    await deps.store.appendAudit({
-      at: now, actor: `device:${req.deviceId}`, action: 'device.renew', target: req.deviceId, remoteAddr: actor.remoteAddr, outcome: code,
-    }).catch(() => undefined);
-    throw err;
-  }
+  });
 }

@@ -6,14 +6,17 @@
 import { bodyParser } from '@koa/bodyparser';
 import Router from '@koa/router';
 import Koa from 'koa';
-import { BrokerError } from '../core/errors.js';
-import { remoteAddr, type AppState, type HttpDeps } from './context.js';
+import { trustsProxy } from '../core/config.js';
+import { BrokerError, type ErrorCode } from '../core/errors.js';
+import { clientAddressFrom } from '../core/net-address.js';
+import type { Logger } from '../telemetry/logger.js';
+import { clientAddress, errorResponse, type AppState, type HttpDeps } from './context.js';
 import { registerAccessRoutes } from './routes-access.js';
 import { registerDeviceRoutes } from './routes-device.js';
 import { registerOperatorRoutes } from './routes-operator.js';
 
 /** 5xx answers about a device (offline since …), not about the broker: their messages are written for the caller. */
-const DEVICE_5XX: ReadonlySet<string> = new Set(['DEVICE_OFFLINE', 'DEVICE_SERVICE_UNAVAILABLE']);
+const DEVICE_5XX: ReadonlySet<ErrorCode> = new Set(['DEVICE_OFFLINE', 'DEVICE_SERVICE_UNAVAILABLE']);
 
 /** koa-bodyparser (co-body / raw-body) errors carry a type and a status. */
 function bodyError(err: unknown): BrokerError | undefined {
@@ -25,34 +28,40 @@ function bodyError(err: unknown): BrokerError | undefined {
   return undefined;
 }
 
+/** The one error renderer: a BrokerError's code and status, its message unless it is a 5xx about the broker (then logged). */
+function renderError(ctx: Koa.Context, caught: unknown, logger: Logger): void {
+  const err = caught instanceof BrokerError ? caught : (bodyError(caught) ?? caught);
+  if (err instanceof BrokerError) {
+    const hidden = err.status >= 500 && !DEVICE_5XX.has(err.code);
+    ctx.status = err.status;
+    ctx.body = errorResponse(err.code, hidden ? 'internal error' : err.message);
+    if (hidden) logger.error({ err, path: ctx.path }, 'request failed');
+  } else {
+    logger.error({ err, path: ctx.path }, 'request failed');
+    ctx.status = 500;
+    ctx.body = errorResponse('INTERNAL', 'internal error');
+  }
+}
+
 export function createApp(deps: HttpDeps): Koa<AppState> {
-  // Behind a TLS-terminating proxy, the client is the last X-Forwarded-For entry (the one that proxy
-  // appended); earlier entries are whatever the client wrote.
-  const app = new Koa<AppState>({ proxy: deps.core.config.api.insecureHttp, maxIpsCount: 1 });
+  const app = new Koa<AppState>();
   const router = new Router<AppState>();
+  const trustForwardedFor = trustsProxy(deps.core.config.api);
 
   app.use(async (ctx, next) => {
     const started = process.hrtime.bigint();
+    // Who is asking, once per request: audit rows and the log line below read it (clientAddress).
+    ctx.state.client = clientAddressFrom(ctx.req.socket.remoteAddress, ctx.get('x-forwarded-for'), trustForwardedFor);
     try {
       await next();
       if (ctx.status === 404 && ctx.body === undefined) throw new BrokerError('NOT_FOUND', 'no such route');
     } catch (caught) {
-      const err = caught instanceof BrokerError ? caught : (bodyError(caught) ?? caught);
-      if (err instanceof BrokerError) {
-        const hidden = err.status >= 500 && !DEVICE_5XX.has(err.code);
-        ctx.status = err.status;
-        ctx.body = { error: { code: err.code, message: hidden ? 'internal error' : err.message } };
-        if (hidden) deps.logger.error({ err, path: ctx.path }, 'request failed');
-      } else {
-        deps.logger.error({ err, path: ctx.path }, 'request failed');
-        ctx.status = 500;
-        ctx.body = { error: { code: 'INTERNAL', message: 'internal error' } };
-      }
+      renderError(ctx, caught, deps.logger);
     } finally {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       const route = (ctx as unknown as { _matchedRoute?: string })._matchedRoute ?? 'unmatched';
       deps.metrics.httpDuration.observe({ route, status: String(ctx.status) }, seconds);
-      deps.logger.debug({ method: ctx.method, route, status: ctx.status, ms: Math.round(seconds * 1e4) / 10, remote: remoteAddr(ctx) }, 'http');
+      deps.logger.debug({ method: ctx.method, route, status: ctx.status, ms: Math.round(seconds * 1e4) / 10, remote: clientAddress(ctx) }, 'http');
     }
   });
 

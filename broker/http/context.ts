@@ -1,15 +1,16 @@
 /**
  * What every route handler shares: the dependencies handed to the koa
- * application, the request state, and the API-key check (`Authorization:
- * Bearer …`). The route files and app.ts import this file; it imports
+ * application, the request state, the API-key check (`Authorization:
+ * Bearer …`) and the body of a refusal. The route files and app.ts import this file; it imports
  * neither, so the http room has no import loop.
  */
 import type { RouterContext } from '@koa/router';
 import type Koa from 'koa';
 import type { Logger } from '../telemetry/logger.js';
 import type { BrokerMetrics } from '../telemetry/metrics.js';
+import type { ErrorCode, ErrorResponse } from '../../api/errors.js';
 import type { Actor, CoreDeps } from '../core/deps.js';
-import { authenticateApiKey } from '../core/api-keys.js';
+import { admitApiKey } from '../core/api-keys.js';
 import type { AccessLayer } from '../proxy/index.js';
 
 export interface HttpDeps {
@@ -20,32 +21,31 @@ export interface HttpDeps {
   readonly revocations: { readonly krl: Buffer };
   readonly publicKeys: { userCa: string; hostCa: string; hostKey: string };
   readonly apiPin: string | null;
-  /** Operator certificates and the proxy's auth_request endpoint (broker/access). */
+  /** Operator certificates and the proxy's auth_request endpoint (broker/proxy). */
   readonly access?: AccessLayer;
 }
 
-export type AppState = { actor?: Actor };
-export type AppContext = Koa.ParameterizedContext<AppState, RouterContext>;
-
-export function remoteAddr(ctx: Koa.Context): string | null {
-  return ctx.request.ip || ctx.req.socket.remoteAddress || null;
+export interface AppState {
+  actor?: Actor;
+  /** Who is asking (clientAddressFrom in broker/core/net-address.ts): set by app.ts before any route runs. */
+  client?: string | null;
 }
+export type AppContext = Koa.ParameterizedContext<AppState, RouterContext>;
 
 /** Authenticates the API key in `Authorization: Bearer …` and returns the actor. */
 export async function authenticate(ctx: AppContext, deps: HttpDeps): Promise<Actor> {
-  const header = ctx.get('authorization');
-  const presented = /^Bearer (\S+)$/i.exec(header)?.[1];
-  const record = await authenticateApiKey(deps.core.store, presented, deps.core.clock()).catch(async (err: unknown) => {
-    await deps.core.store.appendAudit({
-      at: deps.core.clock(), actor: 'anonymous', action: 'auth.failure', target: ctx.path, remoteAddr: remoteAddr(ctx), outcome: 'UNAUTHENTICATED',
-    }).catch(() => undefined);
-    throw err;
-  });
-  const actor: Actor = { id: `apikey:${record.id}`, role: record.role, name: record.name, remoteAddr: remoteAddr(ctx) };
+  const presented = /^Bearer (\S+)$/i.exec(ctx.get('authorization'))?.[1];
+  const { actor } = await admitApiKey(deps.core, presented, { action: 'auth.failure', target: ctx.path, remoteAddr: clientAddress(ctx) });
   ctx.state.actor = actor;
   return actor;
 }
 
-export function clientAddress(ctx: AppContext): string | null {
-  return remoteAddr(ctx);
+/** The client address of this request, for the audit trail and the logs. */
+export function clientAddress(ctx: Koa.ParameterizedContext<AppState>): string | null {
+  return ctx.state.client ?? null;
+}
+
+/** The body of every refusal (api/errors.ts). */
+export function errorResponse(code: ErrorCode, message: string): ErrorResponse {
+  return { error: { code, message } };
 }

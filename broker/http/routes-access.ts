@@ -11,9 +11,9 @@ import { hostOf } from '../proxy/hostname.js';
 import { AUTHORIZE_HEADERS } from '../../api/access.js';
 import { requireRole } from '../core/api-keys.js';
 import { BrokerError } from '../core/errors.js';
-import { clientAddressFrom } from '../proxy/proxy-auth.js';
-import { isLoopbackAddress } from '../core/net-address.js';
-import { authenticate, type AppState, type HttpDeps } from './context.js';
+import { trustsProxy } from '../core/config.js';
+import { clientAddressFrom, isLoopbackAddress } from '../core/net-address.js';
+import { authenticate, errorResponse, type AppState, type HttpDeps } from './context.js';
 import { parseWith } from './schemas.js';
 
 const operatorCertificateSchema = z.strictObject({ publicKey: z.string().min(1).max(8192) });
@@ -41,15 +41,15 @@ export function registerAccessRoutes(router: Router<AppState>, deps: HttpDeps, a
     if (deviceName === undefined) throw new BrokerError('BAD_REQUEST', 'X-Forwarded-Host must be <device-name>.<domain>');
     const decision = await access.authorizer.decide({
       deviceName, host: hostOf(forwardedHost)!, authorization: ctx.get('authorization') || undefined, cookie: ctx.get('cookie') || undefined,
-      // nginx on this host (or the TLS proxy the broker runs behind) puts the client last in X-Forwarded-For.
-      remoteAddr: clientAddressFrom(ctx.req.socket.remoteAddress, ctx.get('x-forwarded-for'), deps.core.config.api.insecureHttp || isLoopbackAddress(ctx.req.socket.remoteAddress)),
+      // nginx on this host (or the proxy trusted by api.trustProxy) puts the client last in X-Forwarded-For.
+      remoteAddr: clientAddressFrom(ctx.req.socket.remoteAddress, ctx.get('x-forwarded-for'), trustsProxy(deps.core.config.api) || isLoopbackAddress(ctx.req.socket.remoteAddress)),
     });
     ctx.set('cache-control', 'no-store');
     if (!decision.allow) {
       ctx.status = decision.code === 'UNAUTHENTICATED' ? 401 : 403;
       if (decision.retryAfterSeconds) ctx.set('retry-after', String(decision.retryAfterSeconds));
       ctx.set(AUTHORIZE_HEADERS.error, decision.code);
-      ctx.body = { error: { code: decision.code, message: decision.message } };
+      ctx.body = errorResponse(decision.code, decision.message);
       return;
     }
     ctx.set(AUTHORIZE_HEADERS.upstreamPort, String(decision.port));

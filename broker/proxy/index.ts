@@ -6,18 +6,20 @@
  */
 import type { IncomingMessage, RequestListener } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { CoreDeps } from '../core/deps.js';
+import { trustsProxy } from '../core/config.js';
 import type { Logger } from '../telemetry/logger.js';
 import { deviceHostMatcher, type DeviceHostMatcher } from './hostname.js';
-import { createDeviceProxy, type DeviceProxy, type ProxyMetrics } from './http-proxy.js';
+import { createDeviceProxy, type DeviceProxy } from './http-proxy.js';
+import type { ProxyMetrics } from './proxy-context.js';
 import type { TunnelPresence } from '../core/presence.js';
-import { ProxyAuthorizer } from './proxy-auth.js';
+import { ProxyAuthorizer, type ProxyAuthDeps } from './proxy-auth.js';
 import { loadOrCreateSessionSecret } from './session-cookie.js';
 
 export { UNKNOWN_PRESENCE, type TunnelPresence } from '../core/presence.js';
 
 export interface AccessOptions {
-  readonly core: CoreDeps;
+  /** The rules' state, without their hooks: the revocation hook calls this layer, so it is built after it. */
+  readonly core: ProxyAuthDeps['core'];
   readonly logger: Logger;
   readonly presence: TunnelPresence;
   /** Where the session HMAC key lives (made on first start). */
@@ -47,7 +49,7 @@ export async function createAccessLayer(o: AccessOptions): Promise<AccessLayer> 
   const proxy: DeviceProxy | undefined = config.proxy.enabled
     ? createDeviceProxy({
         authorizer, presence: o.presence, logger: o.logger.child({ component: 'http-proxy' }), clock: o.core.clock,
-        behindProxy: config.api.insecureHttp, sessionMinutes: config.proxy.sessionMinutes, metrics: o.metrics,
+        behindProxy: trustsProxy(config.api), sessionMinutes: config.proxy.sessionMinutes, metrics: o.metrics,
       })
     : undefined;
   return {

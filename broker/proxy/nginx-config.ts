@@ -14,7 +14,8 @@
  */
 import { BrokerError } from '../core/errors.js';
 import { AUTHORIZE_HEADERS, RESERVED_PREFIX } from '../../api/access.js';
-import { SLOT } from '../../api/tunnel.js';
+import { DEVICE_NAME, SLOT } from '../../api/tunnel.js';
+import { isValidPool, poolBlocks, type PortPool } from '../core/port-pool.js';
 
 export interface NginxConfigInput {
   /** Device hostnames are <name>.<domain>. */
@@ -38,10 +39,14 @@ export interface NginxConfigInput {
    * tunnel connections instead of opening an SSH channel each. Without it
    * nginx connects to 127.0.0.1:<port> per request.
    */
-  readonly pool?: { readonly first: number; readonly last: number; readonly perDevice: number };
+  readonly pool?: PortPool;
 }
 
-const DOMAIN = /^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+/** One DNS label, as a device name is (api/tunnel.ts). */
+const LABEL = DEVICE_NAME.source.replace(/^\^|\$$/g, '');
+const DOMAIN = new RegExp(`^(?:${LABEL}\\.)*${LABEL}$`);
+/** The label in nginx's server_name, with a plain group as nginx configurations generated before have it. */
+const NGINX_LABEL = LABEL.replace('(?:', '(');
 // nginx splits arguments on blanks and reads ; { } # $ and quotes: paths are limited to a safe alphabet.
 const SAFE_PATH = /^\/[A-Za-z0-9._+/-]*$/;
 
@@ -73,29 +78,32 @@ function checkInput(input: NginxConfigInput): { broker: URL; port: number } {
   return { broker, port };
 }
 
-/** The http slot (slot 1) of every block the allocator can hand out. */
-function httpSlots(pool: NonNullable<NginxConfigInput['pool']>): number[] {
-  const { first, last, perDevice } = pool;
-  if (![first, last, perDevice].every(Number.isInteger) || perDevice < 2 || first < 1 || last > 65535 || first > last) {
-    invalid('pool must be whole ports with at least 2 per device (slot 1 is http)');
-  }
-  const ports: number[] = [];
-  for (let block = first; block + perDevice - 1 <= last; block += perDevice) ports.push(block + SLOT.http);
-  return ports;
+/** The http slot of every block the allocator can hand out. */
+function httpSlots(pool: PortPool): number[] {
+  if (!isValidPool(pool, SLOT.http + 1)) invalid(`pool must be whole ports with at least ${SLOT.http + 1} per device (slot ${SLOT.http} is http)`);
+  return Array.from(poolBlocks(pool), (block) => block.first + SLOT.http);
 }
 
 function indent(lines: readonly string[], depth = 1): string {
   return lines.map((l) => (l ? `${'    '.repeat(depth)}${l}` : '')).join('\n');
 }
 
-export function renderNginxConfig(input: NginxConfigInput): string {
-  const { broker, port } = checkInput(input);
-  const origin = `${broker.protocol}//${broker.host}`;
+/** What the two server blocks share, worked out once from the input. */
+interface SharedDirectives {
+  /** listen, and the wildcard certificate with TLS. */
+  readonly listen: readonly string[];
+  /** Verified TLS to an https broker; empty for http. */
+  readonly brokerTls: readonly string[];
+  /** The broker's upstream group, as proxy_pass names it. */
+  readonly upstream: string;
+  /** The body of a location relayed to the broker. */
+  readonly toBroker: readonly string[];
+}
+
+function sharedDirectives(input: NginxConfigInput, broker: URL, port: number): SharedDirectives {
   // Through an upstream block, so that nginx keeps connections (and TLS sessions) to the broker alive:
   // one auth_request per request would otherwise cost a TCP (and TLS) handshake each.
   const upstream = `${broker.protocol}//certunnel_broker`;
-  const brokerPort = broker.port || (broker.protocol === 'https:' ? '443' : '80');
-  const escapedDomain = input.domain.replace(/\./g, '\\.');
   const listen = input.tls ? [`listen ${port} ssl;`, `ssl_certificate ${input.tls.certificate};`, `ssl_certificate_key ${input.tls.key};`] : [`listen ${port};`];
   const brokerTls =
     broker.protocol === 'https:'
@@ -116,8 +124,90 @@ export function renderNginxConfig(input: NginxConfigInput): string {
     'proxy_set_header X-Forwarded-Proto $scheme;',
     'proxy_set_header X-Forwarded-Host $host;',
   ];
+  return { listen, brokerTls, upstream, toBroker };
+}
+
+/** The server for <device>.<domain>: the broker's paths, the auth_request, the relay to the tunnel port (POOLED: through the slot's upstream group). */
+function deviceServer(input: NginxConfigInput, shared: SharedDirectives, pooled: boolean): string[] {
+  const escapedDomain = input.domain.replace(/\./g, '\\.');
   const header = (name: string): string => `$upstream_http_${name.replace(/-/g, '_')}`;
+  return [
+    ...shared.listen,
+    // Quoted: nginx reads { } in a bare regex as a block.
+    `server_name "~^(?<certunnel_device>${NGINX_LABEL})\\.${escapedDomain}$";`,
+    '',
+    ...shared.brokerTls,
+    ...(shared.brokerTls.length ? [''] : []),
+    `# ${RESERVED_PREFIX}… (login, logout) belongs to the broker, never to the device.`,
+    `location ${RESERVED_PREFIX} {`,
+    ...shared.toBroker.map((l) => `    ${l}`),
+    '}',
+    '',
+    '# The authorization subrequest: the broker checks the credential and finds the device.',
+    'location = /.certunnel-authorize {',
+    '    internal;',
+    `    proxy_pass ${shared.upstream}/v1/proxy/authorize;`,
+    '    proxy_http_version 1.1;',
+    '    proxy_set_header Connection "";',
+    '    proxy_pass_request_body off;',
+    '    proxy_set_header Content-Length "";',
+    '    proxy_set_header X-Forwarded-Host $host;',
+    '    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;',
+    '    proxy_set_header X-Original-URI $request_uri;',
+    '}',
+    '',
+    '# Why a request was refused (or the tunnel port did not answer): the broker renders the page.',
+    'location @certunnel_page {',
+    ...shared.toBroker.map((l) => `    ${l}`),
+    '}',
+    '',
+    'location / {',
+    '    auth_request /.certunnel-authorize;',
+    `    auth_request_set $certunnel_port ${header(AUTHORIZE_HEADERS.upstreamPort)};`,
+    `    auth_request_set $certunnel_cookie ${header(AUTHORIZE_HEADERS.cookie)};`,
+    `    auth_request_set $certunnel_authorization ${header(AUTHORIZE_HEADERS.authorization)};`,
+    '    error_page 401 403 502 504 = @certunnel_page;',
+    '',
+    pooled ? '    proxy_pass http://certunnel_$certunnel_port;' : '    proxy_pass http://127.0.0.1:$certunnel_port;',
+    '    proxy_http_version 1.1;',
+    '    proxy_set_header Host $host;',
+    '    proxy_set_header Connection $certunnel_connection;',
+    '    proxy_set_header Upgrade $http_upgrade;',
+    '    # The broker\'s credentials stay here; the device\'s own cookies and Authorization go on.',
+    '    proxy_set_header Cookie $certunnel_cookie;',
+    '    proxy_set_header Authorization $certunnel_authorization;',
+    '    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;',
+    '    proxy_set_header X-Forwarded-Proto $scheme;',
+    '    proxy_set_header X-Forwarded-Host $host;',
+    '    # Stream bodies both ways (uploads, server-sent events); long-lived WebSockets.',
+    '    proxy_buffering off;',
+    '    proxy_request_buffering off;',
+    '    client_max_body_size 0;',
+    '    proxy_read_timeout 1h;',
+    '    proxy_send_timeout 1h;',
+    '}',
+  ];
+}
+
+/** The server for the broker's API hostnames. */
+function apiServer(input: NginxConfigInput, shared: SharedDirectives): string[] {
   const apiHosts = [...new Set([input.domain, ...(input.apiHostnames ?? [])])];
+  return [
+    ...shared.listen,
+    `server_name ${apiHosts.join(' ')};`,
+    ...(shared.brokerTls.length ? ['', ...shared.brokerTls] : []),
+    '',
+    'location / {',
+    ...shared.toBroker.map((l) => `    ${l}`),
+    '}',
+  ];
+}
+
+export function renderNginxConfig(input: NginxConfigInput): string {
+  const { broker, port } = checkInput(input);
+  const origin = `${broker.protocol}//${broker.host}`;
+  const brokerPort = broker.port || (broker.protocol === 'https:' ? '443' : '80');
+  const shared = sharedDirectives(input, broker, port);
   const slots = input.pool ? httpSlots(input.pool) : [];
   const slotUpstreams = slots.length
     ? `# Each device's http slot (the second port of its block), kept alive: a connection is an SSH channel to the device.
@@ -147,75 +237,12 @@ map $http_upgrade $certunnel_connection {
 }
 
 server {
-${indent([
-  ...listen,
-  // Quoted: nginx reads { } in a bare regex as a block.
-  `server_name "~^(?<certunnel_device>[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)\\.${escapedDomain}$";`,
-  '',
-  ...brokerTls,
-  ...(brokerTls.length ? [''] : []),
-  `# ${RESERVED_PREFIX}… (login, logout) belongs to the broker, never to the device.`,
-  `location ${RESERVED_PREFIX} {`,
-  ...toBroker.map((l) => `    ${l}`),
-  '}',
-  '',
-  '# The authorization subrequest: the broker checks the credential and finds the device.',
-  'location = /.certunnel-authorize {',
-  '    internal;',
-  `    proxy_pass ${upstream}/v1/proxy/authorize;`,
-  '    proxy_http_version 1.1;',
-  '    proxy_set_header Connection "";',
-  '    proxy_pass_request_body off;',
-  '    proxy_set_header Content-Length "";',
-  '    proxy_set_header X-Forwarded-Host $host;',
-  '    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;',
-  '    proxy_set_header X-Original-URI $request_uri;',
-  '}',
-  '',
-  '# Why a request was refused (or the tunnel port did not answer): the broker renders the page.',
-  'location @certunnel_page {',
-  ...toBroker.map((l) => `    ${l}`),
-  '}',
-  '',
-  'location / {',
-  '    auth_request /.certunnel-authorize;',
-  `    auth_request_set $certunnel_port ${header(AUTHORIZE_HEADERS.upstreamPort)};`,
-  `    auth_request_set $certunnel_cookie ${header(AUTHORIZE_HEADERS.cookie)};`,
-  `    auth_request_set $certunnel_authorization ${header(AUTHORIZE_HEADERS.authorization)};`,
-  '    error_page 401 403 502 504 = @certunnel_page;',
-  '',
-  slots.length ? '    proxy_pass http://certunnel_$certunnel_port;' : '    proxy_pass http://127.0.0.1:$certunnel_port;',
-  '    proxy_http_version 1.1;',
-  '    proxy_set_header Host $host;',
-  '    proxy_set_header Connection $certunnel_connection;',
-  '    proxy_set_header Upgrade $http_upgrade;',
-  '    # The broker\'s credentials stay here; the device\'s own cookies and Authorization go on.',
-  '    proxy_set_header Cookie $certunnel_cookie;',
-  '    proxy_set_header Authorization $certunnel_authorization;',
-  '    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;',
-  '    proxy_set_header X-Forwarded-Proto $scheme;',
-  '    proxy_set_header X-Forwarded-Host $host;',
-  '    # Stream bodies both ways (uploads, server-sent events); long-lived WebSockets.',
-  '    proxy_buffering off;',
-  '    proxy_request_buffering off;',
-  '    client_max_body_size 0;',
-  '    proxy_read_timeout 1h;',
-  '    proxy_send_timeout 1h;',
-  '}',
-])}
+${indent(deviceServer(input, shared, slots.length > 0))}
 }
 
 # The broker's API on its own hostname(s).
 server {
-${indent([
-  ...listen,
-  `server_name ${apiHosts.join(' ')};`,
-  ...(brokerTls.length ? ['', ...brokerTls] : []),
-  '',
-  'location / {',
-  ...toBroker.map((l) => `    ${l}`),
-  '}',
-])}
+${indent(apiServer(input, shared))}
 }
 `;
 }

@@ -6,8 +6,11 @@
  * - Credentials: `Authorization: Bearer ctk_…` (an API key, for tools) or
  *   the broker's session cookie (a browser login). Roles admin and operator.
  * - Then the device by name: unknown → DEVICE_UNKNOWN, revoked →
- *   DEVICE_REVOKED, not connected → DEVICE_OFFLINE (embedded gateway only;
- *   in OpenSSH mode presence is unknown and a dead port answers instead).
+ *   DEVICE_REVOKED, not connected → DEVICE_OFFLINE. Up front only with the
+ *   embedded gateway, which knows the ports each tunnel holds; in OpenSSH
+ *   mode this gets UNKNOWN_PRESENCE (no view per port), so the request goes
+ *   on and a port nothing listens on answers DEVICE_OFFLINE, "since" the
+ *   time OpenSSH-mode presence recorded in the store.
  * - Unauthenticated requests learn nothing about devices: authentication
  *   comes first.
  *
@@ -24,7 +27,7 @@
  * good keep working from a limited address: only unknown keys are guesses.
  */
 import { createHash } from 'node:crypto';
-import { authenticateApiKey } from '../core/api-keys.js';
+import { admitApiKey, apiKeyActor, authenticateApiKey } from '../core/api-keys.js';
 import type { Actor, CoreDeps } from '../core/deps.js';
 import { BrokerError, type ErrorCode } from '../core/errors.js';
 import { ConnectionRateLimiter } from '../core/rate-limit.js';
@@ -80,7 +83,7 @@ export type ProxyDecision =
     };
 
 export interface ProxyAuthDeps {
-  readonly core: CoreDeps;
+  readonly core: Pick<CoreDeps, 'store' | 'clock' | 'config'>;
   readonly presence: TunnelPresence;
   readonly sessionSecret: Buffer;
   /** Monotonic milliseconds for the failure limiter (tests move it). */
@@ -90,20 +93,6 @@ export interface ProxyAuthDeps {
 interface Cached<T> {
   readonly value: T;
   readonly until: number;
-}
-
-/**
- * The client address to audit and rate-limit: the peer's, unless the peer is a proxy we
- * trust (TRUSTED), whose own entry is the last one of X-Forwarded-For (what a client
- * wrote before it is not believed).
- */
-export function clientAddressFrom(peer: string | undefined, forwardedFor: string | string[] | undefined, trusted: boolean): string | null {
-  const header = Array.isArray(forwardedFor) ? forwardedFor.join(',') : forwardedFor;
-  if (trusted && header) {
-    const last = header.slice(header.lastIndexOf(',') + 1).trim();
-    if (last) return last;
-  }
-  return peer ?? null;
 }
 
 function refuse(code: ErrorCode, message: string, extra: { device?: DeviceRecord; offlineSince?: Date | null; retryAfterSeconds?: number } = {}): ProxyDecision {
@@ -148,10 +137,11 @@ export class ProxyAuthorizer {
   }
 
   /**
-   * The API key for a presented secret (cached by its hash, and on the connection); UNAUTHENTICATED
-   * otherwise, or RATE_LIMITED when SOURCE has no failures left and the key is not known good.
+   * The check behind admitApiKey here: the API key for a presented secret (cached by its hash, and on
+   * the connection); UNAUTHENTICATED otherwise, or RATE_LIMITED when SOURCE has no failures left and
+   * the key is not known good.
    */
-  async apiKey(presented: string, source: string | null, connection?: object): Promise<ApiKeyRecord> {
+  private async apiKey(presented: string, source: string | null, connection?: object): Promise<ApiKeyRecord> {
     const nowMs = Date.now();
     const memo = connection ? this.byConnection.get(connection) : undefined;
     if (memo && memo.presented === presented && memo.cached.until > nowMs) return memo.cached.value;
@@ -198,15 +188,8 @@ export class ProxyAuthorizer {
    * bearer key. Returns the Set-Cookie value and its lifetime.
    */
   async login(info: Omit<ProxyRequestInfo, 'authorization' | 'cookie'>, presented: string, sessionMinutes: number): Promise<{ cookie: string; maxAgeSeconds: number; actor: Actor }> {
-    let record: ApiKeyRecord;
-    try {
-      record = await this.apiKey(presented, info.remoteAddr);
-    } catch (err) {
-      if (err instanceof BrokerError && err.code === 'RATE_LIMITED') throw err;
-      await this.audit('anonymous', 'proxy.login', info.deviceName, info.remoteAddr, 'UNAUTHENTICATED');
-      throw err;
-    }
-    const actor = this.actorOf(record, info.remoteAddr);
+    const door = { action: 'proxy.login', target: info.deviceName, remoteAddr: info.remoteAddr };
+    const { record, actor } = await admitApiKey(this.deps.core, presented, door, () => this.apiKey(presented, info.remoteAddr));
     if (!PROXY_ROLES.has(record.role)) {
       await this.audit(actor.id, 'proxy.login', info.deviceName, info.remoteAddr, 'FORBIDDEN');
       throw new BrokerError('FORBIDDEN', 'this API key may not reach devices (roles: admin, operator)');
@@ -217,10 +200,6 @@ export class ProxyAuthorizer {
     return { cookie, maxAgeSeconds, actor };
   }
 
-  private actorOf(record: ApiKeyRecord, remoteAddr: string | null): Actor {
-    return { id: `apikey:${record.id}`, role: record.role, name: record.name, remoteAddr };
-  }
-
   /** The caller's identity from a bearer API key or a session cookie; a refusal otherwise. */
   async authenticate(info: ProxyRequestInfo): Promise<{ actor: Actor; forward: ForwardedCredentials } | ProxyDecision> {
     const bearer = info.authorization ? BEARER.exec(info.authorization)?.[1] : undefined;
@@ -229,12 +208,12 @@ export class ProxyAuthorizer {
     const forward: ForwardedCredentials = { authorization: bearer ? undefined : info.authorization, cookie: stripCookie(info.cookie, SESSION_COOKIE) };
     let record: ApiKeyRecord | null;
     if (bearer) {
+      const door = { action: 'auth.failure', target: info.host, remoteAddr: info.remoteAddr, details: { via: 'proxy' } };
       try {
-        record = await this.apiKey(bearer, info.remoteAddr, info.connection);
+        ({ record } = await admitApiKey(this.deps.core, bearer, door, () => this.apiKey(bearer, info.remoteAddr, info.connection)));
       } catch (err) {
         if (!(err instanceof BrokerError)) throw err;
         if (err.code === 'RATE_LIMITED') return refuse('RATE_LIMITED', err.message, { retryAfterSeconds: this.retryAfterSeconds(info.remoteAddr) });
-        await this.audit('anonymous', 'auth.failure', info.host, info.remoteAddr, 'UNAUTHENTICATED', { via: 'proxy' });
         return refuse('UNAUTHENTICATED', 'the API key was not accepted');
       }
     } else if (session) {
@@ -245,7 +224,7 @@ export class ProxyAuthorizer {
       return refuse('UNAUTHENTICATED', 'log in with an operator API key');
     }
     if (!PROXY_ROLES.has(record.role)) return refuse('FORBIDDEN', 'this API key may not reach devices (roles: admin, operator)');
-    return { actor: this.actorOf(record, info.remoteAddr), forward };
+    return { actor: apiKeyActor(record, info.remoteAddr), forward };
   }
 
   /** The whole decision for one request. */

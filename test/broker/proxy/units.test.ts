@@ -4,11 +4,9 @@
  * post-login redirect.
  */
 import test from 'ava';
-import { clientAddressFrom } from '../../../broker/proxy/proxy-auth.js';
-import { isLoopbackAddress } from '../../../broker/core/net-address.js';
 import { randomBytes } from 'node:crypto';
 import { deviceHostMatcher } from '../../../broker/proxy/hostname.js';
-import { downstreamHeaders, upstreamHeaders } from '../../../broker/proxy/http-proxy.js';
+import { downstreamHeaders, upstreamHeaders } from '../../../broker/proxy/forwarded-headers.js';
 import { safeNext } from '../../../broker/proxy/pages.js';
 import { readCookie, SESSION_COOKIE, signSession, stripCookie, verifySession } from '../../../broker/proxy/session-cookie.js';
 
@@ -93,6 +91,15 @@ test('request headers: hop-by-hop and Connection-listed dropped, credentials rep
   t.deepEqual(upgrade.get('upgrade'), ['websocket']);
 });
 
+test('request headers behind a trusted proxy on HTTPS (api.trustProxy without insecureHttp): its X-Forwarded-Proto, else https', (t) => {
+  const ctx = { remoteAddr: '10.0.0.2', encrypted: true, behindProxy: true, upgrade: false };
+  const noProto = toMap(upstreamHeaders(rawOf({ Host: 'k.fleet.example.com', 'X-Forwarded-For': '203.0.113.1' }), { authorization: undefined, cookie: undefined }, ctx));
+  t.deepEqual(noProto.get('x-forwarded-for'), ['203.0.113.1, 10.0.0.2']);
+  t.deepEqual(noProto.get('x-forwarded-proto'), ['https']);
+  const withProto = toMap(upstreamHeaders(rawOf({ Host: 'k.fleet.example.com', 'X-Forwarded-Proto': 'http' }), { authorization: undefined, cookie: undefined }, ctx));
+  t.deepEqual(withProto.get('x-forwarded-proto'), ['http']);
+});
+
 test('response headers: hop-by-hop dropped, the broker cookie cannot be set by a device, the rest kept in order', (t) => {
   const out = downstreamHeaders(['Content-Type', 'text/html', 'Connection', 'keep-alive', 'Keep-Alive', 'timeout=5', 'Transfer-Encoding', 'chunked', 'Set-Cookie', `${SESSION_COOKIE}=evil; Path=/`, 'Set-Cookie', 'sid=1', 'Set-Cookie', 'sid2=2'], 'keep-alive');
   t.deepEqual(out, ['Content-Type', 'text/html', 'Set-Cookie', 'sid=1', 'Set-Cookie', 'sid2=2']);
@@ -109,14 +116,3 @@ const nexts: Array<[string | undefined, string]> = [
   ['/ok\r\nSet-Cookie: x=1', '/'],
 ];
 for (const [input, want] of nexts) test(`post-login redirect ${JSON.stringify(input)}`, (t) => t.is(safeNext(input), want));
-
-test('client address: the peer, or the last X-Forwarded-For entry from a trusted proxy only', (t) => {
-  t.is(clientAddressFrom('198.51.100.7', undefined, false), '198.51.100.7');
-  t.is(clientAddressFrom('198.51.100.7', '203.0.113.1', false), '198.51.100.7', 'an untrusted peer cannot name another client');
-  t.is(clientAddressFrom('127.0.0.1', '203.0.113.66, 198.51.100.9', true), '198.51.100.9', "the proxy's own entry, not what the client wrote");
-  t.is(clientAddressFrom('127.0.0.1', ['203.0.113.66', '198.51.100.9 '], true), '198.51.100.9');
-  t.is(clientAddressFrom('127.0.0.1', '', true), '127.0.0.1');
-  t.is(clientAddressFrom(undefined, undefined, false), null);
-  for (const addr of ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1']) t.true(isLoopbackAddress(addr), addr);
-  for (const addr of ['10.0.0.1', '::ffff:10.0.0.1', '128.0.0.1', undefined]) t.false(isLoopbackAddress(addr), String(addr));
-});

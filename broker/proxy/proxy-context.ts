@@ -1,0 +1,51 @@
+/**
+ * What the HTTP proxy's parts (login, relay, WebSocket relay, answers)
+ * share: the options the proxy was made with, the request counter, and who
+ * a request comes from.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import { clientAddressFrom } from '../core/net-address.js';
+import type { TunnelPresence } from '../core/presence.js';
+import type { Logger } from '../telemetry/logger.js';
+import type { BrokerMetrics } from '../telemetry/metrics.js';
+import type { ProxyAuthorizer } from './proxy-auth.js';
+
+export type ProxyMetrics = Pick<BrokerMetrics, 'proxyRequests' | 'proxyUpstreamSeconds' | 'proxyLogins' | 'proxyWebsockets'>;
+
+export interface DeviceProxyOptions {
+  readonly authorizer: ProxyAuthorizer;
+  /** With dial (embedded gateway), upstream connections are SSH channels opened in process; else TCP to 127.0.0.1:<port>. */
+  readonly presence: TunnelPresence;
+  readonly logger: Logger;
+  readonly clock: () => Date;
+  /** api.trustProxy (trustsProxy): the proxy in front sets X-Forwarded-*, which are believed and extended. */
+  readonly behindProxy: boolean;
+  readonly sessionMinutes: number;
+  readonly metrics?: ProxyMetrics;
+}
+
+export interface ProxyContext extends DeviceProxyOptions {
+  /** Counts one request's outcome (certunnel_proxy_requests_total): a refusal's code, `upgraded`, … */
+  count(outcome: string): void;
+}
+
+export function proxyContext(options: DeviceProxyOptions): ProxyContext {
+  const { metrics } = options;
+  return { ...options, count: (outcome) => metrics?.proxyRequests.inc({ outcome }) };
+}
+
+/** The TCP peer's address ('' if the socket is gone), for the device's X-Forwarded-For and the tunnel's origin. */
+export function peerOf(req: IncomingMessage): string {
+  return req.socket.remoteAddress ?? '';
+}
+
+/** Whether the client reached the broker over TLS. */
+export function encryptedOf(req: IncomingMessage): boolean {
+  return Boolean((req.socket as TLSSocket).encrypted);
+}
+
+/** Who is asking, for the audit log and the failure limiter (clientAddressFrom). */
+export function clientOf(req: IncomingMessage, ctx: Pick<DeviceProxyOptions, 'behindProxy'>): string | null {
+  return clientAddressFrom(req.socket.remoteAddress, req.headers['x-forwarded-for'], ctx.behindProxy);
+}

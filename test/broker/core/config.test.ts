@@ -1,0 +1,45 @@
+/**
+ * api.trustProxy: its own setting (config file or CERTUNNEL_TRUST_PROXY);
+ * unset, as in data directories from before it existed, it follows
+ * api.insecureHttp and the broker warns at start.
+ */
+import test from 'ava';
+import { fromEnv, implicitTrustProxyWarning, parseConfig, trustsProxy } from '../../../broker/core/config.js';
+import { isBrokerError } from '../../../broker/core/errors.js';
+
+const combos: Array<[string, { insecureHttp?: boolean; trustProxy?: boolean }, boolean, boolean]> = [
+  // name, api section, trusts X-Forwarded-For, warns at start
+  ['ok/defaults', {}, false, false],
+  ['ok/old-data-dir-behind-tls-proxy', { insecureHttp: true }, true, true],
+  ['ok/insecure-http-and-trust-proxy', { insecureHttp: true, trustProxy: true }, true, false],
+  ['ok/insecure-http-without-trust', { insecureHttp: true, trustProxy: false }, false, false],
+  ['ok/https-behind-a-trusted-balancer', { insecureHttp: false, trustProxy: true }, true, false],
+  ['ok/https-explicitly-untrusted', { insecureHttp: false, trustProxy: false }, false, false],
+  ['ok/https-trust-unset', { insecureHttp: false }, false, false],
+];
+for (const [name, api, trusts, warns] of combos) {
+  test(`trust proxy ${name}`, (t) => {
+    const config = parseConfig({ api }, '/data');
+    t.is(config.api.trustProxy, api.trustProxy, 'stored as given: unset stays unset');
+    t.is(trustsProxy(config.api), trusts);
+    const warning = implicitTrustProxyWarning(config.api);
+    t.is(warning !== undefined, warns);
+    if (warning) t.regex(warning, /api\.trustProxy/, 'the warning names the setting');
+  });
+}
+
+test('fail/trustProxy must be a boolean', (t) => {
+  const err = t.throws(() => parseConfig({ api: { trustProxy: 'yes' } }, '/data'));
+  t.true(isBrokerError(err, 'CONFIG_INVALID'));
+  t.regex(err!.message, /api\.trustProxy/);
+});
+
+const envs: Array<[string | undefined, boolean | undefined]> = [
+  ['true', true], ['1', true], ['yes', true], ['false', false], ['0', false], ['', undefined], [undefined, undefined],
+];
+for (const [raw, want] of envs) {
+  test(`env CERTUNNEL_TRUST_PROXY=${JSON.stringify(raw)}`, (t) => {
+    const overrides = fromEnv(raw === undefined ? {} : { CERTUNNEL_TRUST_PROXY: raw });
+    t.is(parseConfig(overrides, '/data').api.trustProxy, want);
+  });
+}
