@@ -25,6 +25,8 @@ import {
   authorizeDirectTcpip,
   authorizeForward,
   authorizeGlobalRequest,
+  authorizeReach,
+  authorizeTakeover,
   resolveNamedTarget,
   type CertificateCheckDeps,
   type Identity,
@@ -296,12 +298,13 @@ export function createGateway(deps: GatewayDeps): Gateway {
     if (!decision.allow) return refuseForward(session, decision.reason, target, reject);
     const port = info.bindPort;
     const owner = registry.owner(port);
-    // Takeover: a device that reconnects gets its ports from its own older
-    // session (half-dead behind a NAT, say), which is closed first.
-    const takeover = owner !== undefined && owner !== session && owner.deviceId === session.deviceId
-      && owner.identity.role === 'device' && owner.id < session.id;
-    if (owner && !takeover) return refuseForward(session, 'PORT_IN_USE', target, reject);
-    const previous = owner && takeover ? endSession(owner, 'TAKEOVER') : undefined;
+    if (owner) {
+      const takeover = authorizeTakeover(session, owner);
+      if (!takeover.allow) return refuseForward(session, takeover.reason, target, reject);
+    }
+    // The stale session lets go of its listeners first; the port is ours meanwhile.
+    const previous = owner ? endSession(owner, 'TAKEOVER') : undefined;
+    const takeover = owner !== undefined;
     registry.reserve(port, session);
     let forward: RemoteForward;
     try {
@@ -376,12 +379,9 @@ export function createGateway(deps: GatewayDeps): Gateway {
     const target = `${info.destIP}:${info.destPort}`;
     const decision = authorizeDirectTcpip(session.identity.principal, { destAddr: info.destIP, destPort: info.destPort });
     if (!decision.allow) return refuseChannel(session, kind, reject, decision.reason, target);
-    // Only a port some device tunnel holds right now: never whatever else
-    // happens to listen on the broker's loopback.
     const owner = registry.owner(info.destPort);
-    if (!owner || owner.identity.role !== 'device' || !owner.forwards.has(info.destPort)) {
-      return refuseChannel(session, kind, reject, 'TUNNEL_NOT_CONNECTED', target);
-    }
+    const reach = authorizeReach(owner, info.destPort);
+    if (!owner || !reach.allow) return refuseChannel(session, kind, reject, reach.allow ? 'TUNNEL_NOT_CONNECTED' : reach.reason, target);
     const actor = actorOf(session.identity);
     // Who reached which device: the target is the device, the certificate (key id, serial) links to its issuance audit.
     audit({
@@ -441,7 +441,7 @@ export function createGateway(deps: GatewayDeps): Gateway {
     dialTunnel(deviceId, port, origin) {
       const owner = registry.owner(port);
       const forward = owner?.forwards.get(port);
-      if (!owner || owner.closed || owner.identity.role !== 'device' || owner.deviceId !== deviceId || !forward) {
+      if (!authorizeReach(owner, port).allow || owner?.deviceId !== deviceId || !forward) {
         return Promise.reject(Object.assign(new Error(`no tunnel of ${deviceId} holds port ${port}`), { code: 'ECONNREFUSED' }));
       }
       return forward.openChannel(origin);
