@@ -71,7 +71,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     logger: log,
     audit: (event) => {
       o.store
-        .appendAudit({ at: o.clock(), actor: event.actor, action: event.action, target: event.target ?? null, remoteAddr: event.remoteAddr ?? null, outcome: event.outcome as 'ok', details: event.details })
+        .appendAudit({ at: o.clock(), actor: event.actor, action: event.action, target: event.target ?? null, remoteAddr: event.remoteAddr ?? null, outcome: event.outcome, details: event.details })
         .catch((err: unknown) => log.error({ err }, 'audit write failed'));
     },
     presence: (update) => {

@@ -7,12 +7,19 @@ import type { KeyPair, PublicKey } from '../../ca/index.js';
 import type { SessionInfo } from './session.js';
 import type { GatewayStats } from './stats.js';
 
+/**
+ * What the gateway's audit events record: a refusal (ssh.auth, ssh.forward,
+ * ssh.channel, with the reason code in details), an operator's connection
+ * to a device (ssh.reach) and a session the gateway ended (ssh.session.close).
+ */
+export type GatewayAuditOutcome = 'refused' | 'allowed' | 'closed';
+
 export interface AuditEvent {
   readonly actor: string;
   readonly action: string;
   readonly target?: string;
   readonly remoteAddr?: string;
-  readonly outcome: string;
+  readonly outcome: GatewayAuditOutcome;
   readonly details?: Record<string, unknown>;
 }
 
