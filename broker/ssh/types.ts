@@ -4,6 +4,7 @@
  */
 import type { Duplex } from 'node:stream';
 import type { KeyPair, PublicKey } from '../../ca/index.js';
+import type { PortPool } from '../core/port-pool.js';
 import type { SessionInfo } from './session.js';
 import type { GatewayStats } from './stats.js';
 
@@ -85,7 +86,7 @@ export interface GatewayDeps {
    * of its blocks exactly get in (OpenSSH mode's principals files list no
    * other). Without it the gateway trusts whatever block the CA signed.
    */
-  readonly portPool?: { readonly first: number; readonly last: number; readonly perDevice: number };
+  readonly portPool?: PortPool;
   /** Synchronous, in memory; the control plane keeps it fresh. */
   isRevoked(cert: { serial: bigint; keyId: string }): boolean;
   readonly clock: () => Date;
