@@ -169,7 +169,7 @@ function socketInodesOf(procRoot: string, pid: number): number[] {
   }
   const inodes: number[] = [];
   for (const fd of fds) {
-    let target = '';
+    let target: string;
     try {
       target = readlinkSync(join(fdDir, fd));
     } catch {
