@@ -200,12 +200,12 @@ export function renderSshdConfig(input: OpensshModeInput): string {
 HostKey ${input.hostKeyPath}
 HostCertificate ${join(input.outDir, OPENSSH_FILES.hostCertificate)}
 `;
-  const device = matchBlock(deviceUser, 'Devices: a remote forward on 127.0.0.1 of their own ports (principals.devices), nothing else.', [
+  const device = matchBlock(deviceUser, `Devices: a remote forward on ${TUNNEL_HOST} of their own ports (principals.devices), nothing else.`, [
     'AllowTcpForwarding remote',
     'PermitOpen none',
     ...lockdown(input, OPENSSH_FILES.devicePrincipals),
   ]);
-  const operator = matchBlock(operatorUser, "Operators: direct-tcpip to one device's ports on 127.0.0.1 (principals.operators), nothing else.", [
+  const operator = matchBlock(operatorUser, `Operators: direct-tcpip to one device's ports on ${TUNNEL_HOST} (principals.operators), nothing else.`, [
     'AllowTcpForwarding local',
     'PermitListen none',
     ...lockdown(input, OPENSSH_FILES.operatorPrincipals),

@@ -15,7 +15,7 @@ import {
   type PortBlock,
   type PublicKey,
 } from '../../ca/index.js';
-import { TUNNEL_HOST } from '../../api/tunnel.js';
+import { slotPort, TUNNEL_HOST } from '../../api/tunnel.js';
 import { inBlock, isPoolBlock, SERVICE_PORT_SLOTS, type PortPool } from '../core/port-pool.js';
 
 export type Decision<R extends string> = { readonly allow: true } | { readonly allow: false; readonly reason: R };
@@ -362,7 +362,7 @@ export function resolveNamedTarget(
     return { allow: false, reason: 'OTHER_DEVICE' };
   }
   const slot = SERVICE_PORT_SLOTS.get(destPort);
-  const port = inBlock(destPort, device.block) ? destPort : slot !== undefined ? device.block.first + slot : undefined;
+  const port = inBlock(destPort, device.block) ? destPort : slot !== undefined ? slotPort(device.block, slot) : undefined;
   if (port === undefined || !inBlock(port, device.block)) return { allow: false, reason: 'PORT_NOT_OWNED' };
   return { allow: true, destAddr: TUNNEL_HOST, destPort: port };
 }

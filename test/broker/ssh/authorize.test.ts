@@ -24,6 +24,7 @@ import {
   authorizeTakeover,
   checkDeviceCertificate,
   checkUserCertificate,
+  resolveNamedTarget,
   type CertificateCheckDeps,
   type PortHolder,
   type SessionRef,
@@ -135,6 +136,31 @@ for (const [name, principal, destAddr, destPort, expected] of directCases) {
     t.is(d.allow ? 'allow' : d.reason, expected);
   });
 }
+
+// `ssh -W kiosk-42:PORT` by the operator of dev-1 (block 20000-20001): the device as resolved from the name.
+const namedCases: [name: string, device: { deviceId: string; block: { first: number; last: number } } | undefined, destPort: number, expected: string][] = [
+  ['ok/port-of-the-block', { deviceId: 'dev-1', block: { first: 20000, last: 20001 } }, 20001, '127.0.0.1:20001'],
+  ['ok/ssh-service-port-is-slot-0', { deviceId: 'dev-1', block: { first: 20000, last: 20001 } }, 22, '127.0.0.1:20000'],
+  ['ok/http-service-port-is-slot-1', { deviceId: 'dev-1', block: { first: 20000, last: 20001 } }, 80, '127.0.0.1:20001'],
+  ['fail/unknown-device', undefined, 22, 'DEVICE_UNKNOWN'],
+  ['fail/other-device', { deviceId: 'dev-2', block: { first: 20002, last: 20003 } }, 22, 'OTHER_DEVICE'],
+  ['fail/same-id-other-block', { deviceId: 'dev-1', block: { first: 20002, last: 20003 } }, 22, 'OTHER_DEVICE'],
+  ['fail/port-outside-block', { deviceId: 'dev-1', block: { first: 20000, last: 20001 } }, 20002, 'PORT_NOT_OWNED'],
+  ['fail/other-service-port', { deviceId: 'dev-1', block: { first: 20000, last: 20001 } }, 443, 'PORT_NOT_OWNED'],
+];
+
+for (const [name, device, destPort, expected] of namedCases) {
+  test(`resolveNamedTarget ${name}`, (t) => {
+    const d = resolveNamedTarget({ deviceId: 'dev-1', block: { first: 20000, last: 20001 } }, device, destPort);
+    t.is(d.allow ? `${d.destAddr}:${d.destPort}` : d.reason, expected);
+  });
+}
+
+test('resolveNamedTarget: a one-port block has no http slot', (t) => {
+  const block = { first: 20000, last: 20000 };
+  const d = resolveNamedTarget({ deviceId: 'dev-1', block }, { deviceId: 'dev-1', block }, 80);
+  t.deepEqual(d, { allow: false, reason: 'PORT_NOT_OWNED' });
+});
 
 test('authorizeGlobalRequest allows only tcpip-forward and its cancel', (t) => {
   const verdict = (name: string): string => {
