@@ -7,7 +7,7 @@
  */
 import { join } from 'node:path';
 import type { KeyPair } from '../../ca/index.js';
-import { DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/tunnel.js';
+import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/tunnel.js';
 import type { TunnelPresence } from '../core/presence.js';
 import { splitHostPort, type BrokerConfig } from '../core/config.js';
 import type { DataPaths } from './data-dir.js';
@@ -65,13 +65,13 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     hostKey: o.hostKey,
     userCaKeys: [o.userCa.publicKey],
     // Only certificates naming a real block of this broker's pool get in.
-    portPool: { first: o.config.ports.first, last: o.config.ports.last, perDevice: o.config.ports.perDevice },
+    portPool: o.config.ports,
     isRevoked: (cert) => o.revocations.isRevoked(cert),
     clock: o.clock,
     logger: log,
     audit: (event) => {
       o.store
-        .appendAudit({ at: o.clock(), actor: event.actor, action: event.action, target: event.target ?? null, remoteAddr: event.remoteAddr ?? null, outcome: event.outcome as 'ok', details: event.details })
+        .appendAudit({ at: o.clock(), actor: event.actor, action: event.action, target: event.target ?? null, remoteAddr: event.remoteAddr ?? null, outcome: event.outcome, details: event.details })
         .catch((err: unknown) => log.error({ err }, 'audit write failed'));
     },
     presence: (update) => {
@@ -109,7 +109,7 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
       hostKeyPath: o.paths.hostKey,
       hostCertificate: o.hostCertificate,
       krl: o.revocations.krl,
-      pool: { first: o.config.ports.first, last: o.config.ports.last, perDevice: o.config.ports.perDevice },
+      pool: o.config.ports,
       deviceUser: DEVICE_LOGIN,
       operatorUser: OPERATOR_LOGIN,
       keepalive: { intervalSeconds: o.config.ssh.keepaliveIntervalSeconds, countMax: o.config.ssh.keepaliveCountMax },
@@ -127,8 +127,7 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
       await write();
       const device = await o.store.findDevice(deviceId);
       if (!device || device.portFirst === null || device.portLast === null) return;
-      const ports = Array.from({ length: device.portLast - device.portFirst + 1 }, (_, i) => device.portFirst! + i);
-      const killed = await killSessionsHoldingPorts(ports);
+      const killed = await killSessionsHoldingPorts(blockPorts({ first: device.portFirst, last: device.portLast }));
       o.logger.info({ deviceId, killed }, 'OpenSSH mode: ended the sshd sessions holding the revoked device ports');
       await presence.poll();
     },

@@ -20,9 +20,10 @@
  */
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
-import { formatPublicKey, writeFileAtomic, type PublicKey } from '../../ca/index.js';
-import { DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/tunnel.js';
+import { devicePrincipal, formatPublicKey, operatorPrincipal, writeFileAtomic, type PublicKey } from '../../ca/index.js';
+import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN, TUNNEL_HOST } from '../../api/tunnel.js';
 import { BrokerError } from '../core/errors.js';
+import { isValidPool, poolBlocks, type PortPool } from '../core/port-pool.js';
 
 export interface OpensshModeInput {
   /**
@@ -40,7 +41,7 @@ export interface OpensshModeInput {
   readonly hostCertificate: string;
   /** The current KRL; always written. */
   readonly krl: Buffer;
-  readonly pool: { readonly first: number; readonly last: number; readonly perDevice: number };
+  readonly pool: PortPool;
   /** Default 'tunnel'. */
   readonly deviceUser?: string;
   /** Default 'operator'. */
@@ -76,9 +77,8 @@ function invalid(message: string): never {
   throw new BrokerError('CONFIG_INVALID', message);
 }
 
-function checkPool({ first, last, perDevice }: OpensshModeInput['pool']): void {
-  const ok = [first, last, perDevice].every(Number.isInteger) && first >= 1 && last <= 65535 && perDevice >= 1 && first + perDevice - 1 <= last;
-  if (!ok) invalid('invalid port pool');
+function checkPool(pool: PortPool): void {
+  if (!isValidPool(pool)) invalid('invalid port pool');
 }
 
 function checkInput(input: OpensshModeInput): { deviceUser: string; operatorUser: string } {
@@ -102,21 +102,20 @@ function checkInput(input: OpensshModeInput): { deviceUser: string; operatorUser
 
 /**
  * One principals line per block of the pool, as the port allocator lays them
- * out (first + k * perDevice; a trailing partial block is never allocated).
- * A line names every port of its block, so a certificate for ports-A-B may
- * listen on (or, for reach-A-B, open) exactly A..B on 127.0.0.1.
+ * out (port-pool.ts: a trailing partial block is never allocated). A line
+ * names every port of its block, so a certificate for ports-A-B may listen on
+ * (or, for reach-A-B, open) exactly A..B on 127.0.0.1.
  */
-export function renderPrincipals(pool: OpensshModeInput['pool'], kind: 'devices' | 'operators'): string {
+export function renderPrincipals(pool: PortPool, kind: 'devices' | 'operators'): string {
   checkPool(pool);
   const option = kind === 'devices' ? 'permitlisten' : 'permitopen';
-  const prefix = kind === 'devices' ? 'ports' : 'reach';
-  // Plain string building: 5,000 blocks render in about a millisecond.
+  const principal = kind === 'devices' ? devicePrincipal : operatorPrincipal;
+  // Plain string building: 5,000 blocks render in a few milliseconds.
   const lines: string[] = [];
-  for (let first = pool.first; first + pool.perDevice - 1 <= pool.last; first += pool.perDevice) {
-    const last = first + pool.perDevice - 1;
+  for (const block of poolBlocks(pool)) {
     let options = 'restrict,port-forwarding';
-    for (let port = first; port <= last; port++) options += `,${option}="127.0.0.1:${port}"`;
-    lines.push(`${options} ${prefix}-${first}-${last}`);
+    for (const port of blockPorts(block)) options += `,${option}="${TUNNEL_HOST}:${port}"`;
+    lines.push(`${options} ${principal(block)}`);
   }
   return lines.join('\n') + '\n';
 }
@@ -201,12 +200,12 @@ export function renderSshdConfig(input: OpensshModeInput): string {
 HostKey ${input.hostKeyPath}
 HostCertificate ${join(input.outDir, OPENSSH_FILES.hostCertificate)}
 `;
-  const device = matchBlock(deviceUser, 'Devices: a remote forward on 127.0.0.1 of their own ports (principals.devices), nothing else.', [
+  const device = matchBlock(deviceUser, `Devices: a remote forward on ${TUNNEL_HOST} of their own ports (principals.devices), nothing else.`, [
     'AllowTcpForwarding remote',
     'PermitOpen none',
     ...lockdown(input, OPENSSH_FILES.devicePrincipals),
   ]);
-  const operator = matchBlock(operatorUser, "Operators: direct-tcpip to one device's ports on 127.0.0.1 (principals.operators), nothing else.", [
+  const operator = matchBlock(operatorUser, `Operators: direct-tcpip to one device's ports on ${TUNNEL_HOST} (principals.operators), nothing else.`, [
     'AllowTcpForwarding local',
     'PermitListen none',
     ...lockdown(input, OPENSSH_FILES.operatorPrincipals),

@@ -8,23 +8,23 @@
  * and last seen when a tunnel goes away — what `device list`, the metrics and
  * the proxy's "offline since …" page read. Not Linux: nothing is polled.
  */
+import { blockFirstOf, type PortPool } from '../core/port-pool.js';
 import type { Logger } from '../telemetry/logger.js';
 import { activeDevices } from '../store/index.js';
 import type { Store } from '../store/types.js';
 import { isLoopbackOrAny, readTcpSockets, TCP_LISTEN, type ProcNetTcpEntry } from './session-killer.js';
 
-export interface PortPool {
-  readonly first: number;
-  readonly last: number;
-  readonly perDevice: number;
-}
-
-/** First ports of the pool's blocks in which something listens on loopback (or the wildcard address). */
+/**
+ * First ports of the pool's blocks in which something listens on loopback
+ * (or the wildcard address). A trailing partial block is no block: it is
+ * never allocated, and sshd's principals files name none of its ports.
+ */
 export function listeningBlocks(entries: readonly ProcNetTcpEntry[], pool: PortPool): Set<number> {
   const blocks = new Set<number>();
   for (const e of entries) {
-    if (e.state !== TCP_LISTEN || e.port < pool.first || e.port > pool.last || !isLoopbackOrAny(e.address)) continue;
-    blocks.add(pool.first + Math.floor((e.port - pool.first) / pool.perDevice) * pool.perDevice);
+    if (e.state !== TCP_LISTEN || !isLoopbackOrAny(e.address)) continue;
+    const first = blockFirstOf(e.port, pool);
+    if (first !== undefined) blocks.add(first);
   }
   return blocks;
 }

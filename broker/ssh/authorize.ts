@@ -1,8 +1,9 @@
 /**
  * The embedded gateway's policy as pure decisions: which certificates may
- * authenticate, which forwards and channels they may open. No ssh2, no
- * sockets: the gateway translates protocol events into these calls, and
- * anything these functions do not know is denied.
+ * authenticate, which forwards and channels they may open, when a device
+ * takes over a port its older session holds, and which ports an operator
+ * may reach. No ssh2, no sockets: the gateway translates protocol events
+ * into these calls, and anything these functions do not know is denied.
  */
 import {
   isCaError,
@@ -14,7 +15,7 @@ import {
   type PortBlock,
   type PublicKey,
 } from '../../ca/index.js';
-import { TUNNEL_HOST } from '../../api/tunnel.js';
+import { slotPort, TUNNEL_HOST } from '../../api/tunnel.js';
 import { inBlock, isPoolBlock, SERVICE_PORT_SLOTS, type PortPool } from '../core/port-pool.js';
 
 export type Decision<R extends string> = { readonly allow: true } | { readonly allow: false; readonly reason: R };
@@ -24,7 +25,6 @@ const ALLOW = Object.freeze({ allow: true as const });
 function deny<R extends string>(reason: R): Decision<R> {
   return { allow: false, reason };
 }
-
 
 // ---------------------------------------------------------------------------
 // Certificates
@@ -220,6 +220,31 @@ function authorizeLoopbackPort<R extends string>(
 }
 
 // ---------------------------------------------------------------------------
+// A port another session holds: the takeover rule
+
+/** A live session as the port rules see it: its order of arrival (ids ascend) and its certificate. */
+export interface SessionRef {
+  readonly id: number;
+  readonly identity: Pick<Identity, 'role' | 'deviceId'>;
+}
+
+export type TakeoverRefusal = 'PORT_IN_USE';
+
+/**
+ * May CLAIMANT, whose forward authorizeForward allowed, take a port that
+ * HOLDER holds (or is binding) right now? Only from an older session of
+ * the same device: a device that reconnects while its stale session (half
+ * dead behind a NAT, say) still holds its ports takes them over, and the
+ * caller closes the stale session (DESIGN "The broker's SSH server";
+ * autossh, sish and frp fail there instead). Anyone else keeps the port: the
+ * claimant's own session, a newer session, another device, a non-device.
+ */
+export function authorizeTakeover(claimant: SessionRef, holder: SessionRef): Decision<TakeoverRefusal> {
+  const sameDevice = claimant.identity.role === 'device' && holder.identity.role === 'device' && claimant.identity.deviceId === holder.identity.deviceId;
+  return sameDevice && holder.id < claimant.id ? ALLOW : deny('PORT_IN_USE');
+}
+
+// ---------------------------------------------------------------------------
 // Global requests (RFC 4254 section 4)
 
 export type GlobalRequestRefusal = 'STREAMLOCAL_PROHIBITED' | 'UNKNOWN_REQUEST';
@@ -293,6 +318,29 @@ export function authorizeDirectTcpip(principal: string, req: DirectTcpipRequest)
   return authorizeLoopbackPort(principal, 'reach', req.destAddr, req.destPort, { role: 'NOT_AN_OPERATOR', address: 'DEST_ADDRESS' });
 }
 
+export type ReachRefusal = 'TUNNEL_NOT_CONNECTED';
+
+/** The session that holds a port, as the reach rule sees it. */
+export interface PortHolder {
+  readonly identity: Pick<Identity, 'role'>;
+  /** The session is ending (its ports are being let go). */
+  readonly closed: boolean;
+  /** The ports it listens on now; a port still being bound is not among them. */
+  readonly forwards: { has(port: number): boolean };
+}
+
+/**
+ * May a connection (an operator's direct-tcpip that authorizeDirectTcpip
+ * allowed, or the broker's own proxy) go to PORT, held by HOLDER (undefined:
+ * nobody)? Only while a live device tunnel listens on it: never to whatever
+ * else happens to listen on the broker's loopback, a port still being
+ * bound, or a session on its way out.
+ */
+export function authorizeReach(holder: PortHolder | undefined, port: number): Decision<ReachRefusal> {
+  if (!holder || holder.closed || holder.identity.role !== 'device' || !holder.forwards.has(port)) return deny('TUNNEL_NOT_CONNECTED');
+  return ALLOW;
+}
+
 // ---------------------------------------------------------------------------
 // Direct-tcpip targets that name a device (`ssh -W kiosk-42:22`)
 
@@ -314,7 +362,7 @@ export function resolveNamedTarget(
     return { allow: false, reason: 'OTHER_DEVICE' };
   }
   const slot = SERVICE_PORT_SLOTS.get(destPort);
-  const port = inBlock(destPort, device.block) ? destPort : slot !== undefined ? device.block.first + slot : undefined;
+  const port = inBlock(destPort, device.block) ? destPort : slot !== undefined ? slotPort(device.block, slot) : undefined;
   if (port === undefined || !inBlock(port, device.block)) return { allow: false, reason: 'PORT_NOT_OWNED' };
   return { allow: true, destAddr: TUNNEL_HOST, destPort: port };
 }

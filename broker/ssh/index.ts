@@ -18,6 +18,8 @@ export {
   authorizeDirectTcpip,
   authorizeForward,
   authorizeGlobalRequest,
+  authorizeReach,
+  authorizeTakeover,
   resolveNamedTarget,
   checkDeviceCertificate,
   checkOperatorCertificate,
@@ -28,6 +30,8 @@ export {
   type DirectTcpipRefusal,
   type ForwardRefusal,
   type NamedTargetRefusal,
+  type ReachRefusal,
+  type TakeoverRefusal,
   type Identity,
   type OperatorIdentity,
 } from './authorize.js';

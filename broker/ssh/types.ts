@@ -4,15 +4,23 @@
  */
 import type { Duplex } from 'node:stream';
 import type { KeyPair, PublicKey } from '../../ca/index.js';
+import type { PortPool } from '../core/port-pool.js';
 import type { SessionInfo } from './session.js';
 import type { GatewayStats } from './stats.js';
+
+/**
+ * What the gateway's audit events record: a refusal (ssh.auth, ssh.forward,
+ * ssh.channel, with the reason code in details), an operator's connection
+ * to a device (ssh.reach) and a session the gateway ended (ssh.session.close).
+ */
+export type GatewayAuditOutcome = 'refused' | 'allowed' | 'closed';
 
 export interface AuditEvent {
   readonly actor: string;
   readonly action: string;
   readonly target?: string;
   readonly remoteAddr?: string;
-  readonly outcome: string;
+  readonly outcome: GatewayAuditOutcome;
   readonly details?: Record<string, unknown>;
 }
 
@@ -78,7 +86,7 @@ export interface GatewayDeps {
    * of its blocks exactly get in (OpenSSH mode's principals files list no
    * other). Without it the gateway trusts whatever block the CA signed.
    */
-  readonly portPool?: { readonly first: number; readonly last: number; readonly perDevice: number };
+  readonly portPool?: PortPool;
   /** Synchronous, in memory; the control plane keeps it fresh. */
   isRevoked(cert: { serial: bigint; keyId: string }): boolean;
   readonly clock: () => Date;

@@ -174,7 +174,8 @@ export interface NewAuditEvent {
   action: string;
   target: string | null;
   remoteAddr: string | null;
-  outcome: 'ok' | ErrorCode;
+  /** `ok` or the error code of a refused request; the SSH gateway's own: `refused`, `allowed` (ssh.reach), `closed` (ssh.session.close). */
+  outcome: 'ok' | ErrorCode | 'refused' | 'allowed' | 'closed';
   /** Never secrets. */
   details?: Record<string, unknown>;
 }

@@ -24,6 +24,12 @@ test('blocks with a loopback (or wildcard) listener in the pool; connections, ot
   t.deepEqual([...blocks].sort((a, b) => a - b), [30000, 30004, 30008, 30096]);
 });
 
+test('a listener in the trailing partial block counts for no block (the allocator never hands it out)', (t) => {
+  const pool = { first: 30000, last: 30009, perDevice: 4 };
+  const blocks = listeningBlocks([entry('127.0.0.1', 30005), entry('127.0.0.1', 30008), entry('127.0.0.1', 30009)], pool);
+  t.deepEqual([...blocks], [30004]);
+});
+
 /** The kernel's line for a listener on 127.0.0.1:PORT (little-endian host). */
 function tcpLine(i: number, port: number): string {
   return `  ${i}: 0100007F:${port.toString(16).toUpperCase().padStart(4, '0')} 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 ${1000 + i} 1 0000000000000000 100 0 0 10 0`;

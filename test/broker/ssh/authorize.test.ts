@@ -20,9 +20,14 @@ import {
   authorizeDirectTcpip,
   authorizeForward,
   authorizeGlobalRequest,
+  authorizeReach,
+  authorizeTakeover,
   checkDeviceCertificate,
   checkUserCertificate,
+  resolveNamedTarget,
   type CertificateCheckDeps,
+  type PortHolder,
+  type SessionRef,
 } from '../../../broker/ssh/authorize.js';
 import { decideUserauth, unwrapSessionSignature } from '../../../broker/ssh/auth.js';
 
@@ -50,6 +55,43 @@ const forwardCases: [name: string, principal: string, bindAddr: string, bindPort
 for (const [name, principal, bindAddr, bindPort, expected] of forwardCases) {
   test(`authorizeForward ${name}`, (t) => {
     const d = authorizeForward(principal, { bindAddr, bindPort });
+    t.is(d.allow ? 'allow' : d.reason, expected);
+  });
+}
+
+const session = (id: number, role: 'device' | 'operator', deviceId: string): SessionRef => ({ id, identity: { role, deviceId } });
+
+// The claimant's forward is already allowed (authorizeForward); HOLDER holds, or is binding, the port.
+const takeoverCases: [name: string, claimant: SessionRef, holder: SessionRef, expected: string][] = [
+  ['ok/reconnect-takes-over-older-session', session(7, 'device', 'dev-1'), session(3, 'device', 'dev-1'), 'allow'],
+  ['fail/same-session', session(7, 'device', 'dev-1'), session(7, 'device', 'dev-1'), 'PORT_IN_USE'],
+  ['fail/newer-session-holds', session(3, 'device', 'dev-1'), session(7, 'device', 'dev-1'), 'PORT_IN_USE'],
+  ['fail/other-device-holds', session(7, 'device', 'dev-1'), session(3, 'device', 'dev-2'), 'PORT_IN_USE'],
+  ['fail/operator-holds', session(7, 'device', 'dev-1'), session(3, 'operator', 'dev-1'), 'PORT_IN_USE'],
+  ['fail/operator-claims', session(7, 'operator', 'dev-1'), session(3, 'device', 'dev-1'), 'PORT_IN_USE'],
+];
+
+for (const [name, claimant, holder, expected] of takeoverCases) {
+  test(`authorizeTakeover ${name}`, (t) => {
+    const d = authorizeTakeover(claimant, holder);
+    t.is(d.allow ? 'allow' : d.reason, expected);
+  });
+}
+
+const holder = (role: 'device' | 'operator', listening: number[], closed = false): PortHolder => ({ identity: { role }, closed, forwards: new Set(listening) });
+
+// The operator's direct-tcpip is already within its block (authorizeDirectTcpip); the port asked is 20000.
+const reachCases: [name: string, holder: PortHolder | undefined, expected: string][] = [
+  ['ok/live-tunnel-listens', holder('device', [20000, 20001]), 'allow'],
+  ['fail/no-tunnel', undefined, 'TUNNEL_NOT_CONNECTED'],
+  ['fail/port-still-binding', holder('device', [20001]), 'TUNNEL_NOT_CONNECTED'],
+  ['fail/session-closing', holder('device', [20000], true), 'TUNNEL_NOT_CONNECTED'],
+  ['fail/not-a-device', holder('operator', [20000]), 'TUNNEL_NOT_CONNECTED'],
+];
+
+for (const [name, owner, expected] of reachCases) {
+  test(`authorizeReach ${name}`, (t) => {
+    const d = authorizeReach(owner, 20000);
     t.is(d.allow ? 'allow' : d.reason, expected);
   });
 }
@@ -94,6 +136,31 @@ for (const [name, principal, destAddr, destPort, expected] of directCases) {
     t.is(d.allow ? 'allow' : d.reason, expected);
   });
 }
+
+// `ssh -W kiosk-42:PORT` by the operator of dev-1 (block 20000-20001): the device as resolved from the name.
+const namedCases: [name: string, device: { deviceId: string; block: { first: number; last: number } } | undefined, destPort: number, expected: string][] = [
+  ['ok/port-of-the-block', { deviceId: 'dev-1', block: { first: 20000, last: 20001 } }, 20001, '127.0.0.1:20001'],
+  ['ok/ssh-service-port-is-slot-0', { deviceId: 'dev-1', block: { first: 20000, last: 20001 } }, 22, '127.0.0.1:20000'],
+  ['ok/http-service-port-is-slot-1', { deviceId: 'dev-1', block: { first: 20000, last: 20001 } }, 80, '127.0.0.1:20001'],
+  ['fail/unknown-device', undefined, 22, 'DEVICE_UNKNOWN'],
+  ['fail/other-device', { deviceId: 'dev-2', block: { first: 20002, last: 20003 } }, 22, 'OTHER_DEVICE'],
+  ['fail/same-id-other-block', { deviceId: 'dev-1', block: { first: 20002, last: 20003 } }, 22, 'OTHER_DEVICE'],
+  ['fail/port-outside-block', { deviceId: 'dev-1', block: { first: 20000, last: 20001 } }, 20002, 'PORT_NOT_OWNED'],
+  ['fail/other-service-port', { deviceId: 'dev-1', block: { first: 20000, last: 20001 } }, 443, 'PORT_NOT_OWNED'],
+];
+
+for (const [name, device, destPort, expected] of namedCases) {
+  test(`resolveNamedTarget ${name}`, (t) => {
+    const d = resolveNamedTarget({ deviceId: 'dev-1', block: { first: 20000, last: 20001 } }, device, destPort);
+    t.is(d.allow ? `${d.destAddr}:${d.destPort}` : d.reason, expected);
+  });
+}
+
+test('resolveNamedTarget: a one-port block has no http slot', (t) => {
+  const block = { first: 20000, last: 20000 };
+  const d = resolveNamedTarget({ deviceId: 'dev-1', block }, { deviceId: 'dev-1', block }, 80);
+  t.deepEqual(d, { allow: false, reason: 'PORT_NOT_OWNED' });
+});
 
 test('authorizeGlobalRequest allows only tcpip-forward and its cancel', (t) => {
   const verdict = (name: string): string => {

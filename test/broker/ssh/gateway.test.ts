@@ -220,6 +220,7 @@ test('revocation: a live tunnel stops carrying traffic within 1 s', (t) =>
     t.is(await ssh.exited, 255, 'the device was disconnected');
     t.deepEqual(env.gateway.stats().sessionsClosed, { REVOKED: 1 });
     t.true(env.audits.some((a) => a.action === 'ssh.session.close' && a.details?.reason === 'REVOKED' && a.target === 'device:dev-1'));
+    t.true(env.audits.filter((a) => a.action === 'ssh.session.close').every((a) => a.outcome === 'closed' && a.actor === 'gateway'));
     t.like(env.presence.at(-1), { deviceId: 'dev-1', online: false });
   }));
 
