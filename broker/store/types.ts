@@ -12,14 +12,12 @@
  *   rows) they changed, so callers can explain a refusal without a racy
  *   read-then-write.
  */
-import type { ApiKeyRole } from '../../api/operator.js';
+import type { ApiKeyRole, TokenStatus } from '../../api/operator.js';
 import type { ErrorCode } from '../../api/errors.js';
 
-export type { ApiKeyRole };
+export type { ApiKeyRole, TokenStatus };
 
 export type DeviceStatus = 'active' | 'revoked';
-/** Derived, not stored: used > revoked > expired > active. */
-export type TokenStatus = 'active' | 'used' | 'expired' | 'revoked';
 export type CertKind = 'device' | 'operator';
 /** Device labels: string keys to string values, stored as JSON text. */
 export type Labels = Record<string, string>;
