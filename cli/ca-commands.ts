@@ -20,22 +20,22 @@ import {
 import { readPassphrase } from './passphrase.js';
 import { CliError } from './output.js';
 
-export const USER_CA_FILE = 'user_ca';
-export const HOST_CA_FILE = 'host_ca';
+const USER_CA_FILE = 'user_ca';
+const HOST_CA_FILE = 'host_ca';
 
 async function exists(path: string): Promise<boolean> {
   return access(path).then(() => true, () => false);
 }
 
 /** Parses "1h", "30m", "90s", "2d" or plain seconds. */
-export function parseDuration(text: string): number {
+function parseDuration(text: string): number {
   const m = /^(\d+)([smhd]?)$/.exec(text.trim());
   if (!m) throw new CliError('BAD_ARGUMENT', `not a duration: ${text} (use e.g. 90s, 30m, 1h, 2d)`);
   const unit = { '': 1, s: 1, m: 60, h: 3600, d: 86400 }[m[2] as '' | 's' | 'm' | 'h' | 'd'];
   return Number(m[1]) * unit;
 }
 
-export function parsePortRange(text: string): { first: number; last: number } {
+function parsePortRange(text: string): { first: number; last: number } {
   const parsed = parsePortPrincipal(`ports-${text}`);
   if (!parsed) throw new CliError('BAD_ARGUMENT', `not a port range: ${text} (use FIRST-LAST, e.g. 20000-20001)`);
   return parsed.block;
