@@ -15,6 +15,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, unlink, writeFile } from 'node:fs/promises';
+import { TUNNEL_HOST } from '../api/index.js';
 import { TransportError, type Transport, type TransportErrorCode, type Tunnel, type TunnelEnd, type TunnelSpec } from './transport.js';
 
 function bracket(host: string): string {
@@ -51,7 +52,7 @@ export function opensshArgs(spec: TunnelSpec): string[] {
   const args = ['-N', '-v', '-F', '/dev/null'];
   for (const [name, value] of Object.entries(options)) args.push('-o', `${name}=${value}`);
   if (spec.bindAddress) args.push('-b', spec.bindAddress);
-  for (const f of spec.forwards) args.push('-R', `127.0.0.1:${f.remotePort}:${bracket(f.localHost)}:${f.localPort}`);
+  for (const f of spec.forwards) args.push('-R', `${TUNNEL_HOST}:${f.remotePort}:${bracket(f.localHost)}:${f.localPort}`);
   args.push('-i', spec.keyPath, '-p', String(spec.port), '-l', spec.username, '--', spec.host);
   return args;
 }

@@ -10,6 +10,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import ssh2 from 'ssh2';
 import type { ClientChannel, TcpConnectionDetails } from 'ssh2';
 import { publicKeyBlob } from '../ca/index.js';
+import { TUNNEL_HOST } from '../api/index.js';
 import { certificateAuthHandler } from './ssh2-cert-auth.js';
 import { TransportError, type ForwardSpec, type Transport, type Tunnel, type TunnelEnd, type TunnelSpec } from './transport.js';
 
@@ -57,9 +58,9 @@ function relayToService(forward: ForwardSpec, accept: () => ClientChannel, rejec
 function requestForward(client: ssh2.Client, port: number, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new TransportError('TIMEOUT', `no answer to the forward request for port ${port}`)), timeoutMs);
-    client.forwardIn('127.0.0.1', port, (err) => {
+    client.forwardIn(TUNNEL_HOST, port, (err) => {
       clearTimeout(timer);
-      if (err) reject(new TransportError('FORWARD_REFUSED', `the broker refused to listen on 127.0.0.1:${port}`));
+      if (err) reject(new TransportError('FORWARD_REFUSED', `the broker refused to listen on ${TUNNEL_HOST}:${port}`));
       else resolve();
     });
   });
