@@ -5,12 +5,13 @@
  * reads process.env; secrets read from the environment (the enrollment
  * token) arrive here as overrides from the CLI.
  *
- * Example (every field but stateDir and broker is optional):
+ * Example (every field is optional: stateDir defaults to /var/lib/certunnel;
+ * broker is needed to enroll and, when set, is used over the one state.json records):
  *
  *   {
  *     "broker": { "url": "https://broker.example.net:8443", "pin": "sha256//…" },
  *     "stateDir": "/var/lib/certunnel",
- *     "enroll": { "token": "ctt_…", "name": "kiosk-17" },
+ *     "enroll": { "token": "cte_…", "name": "kiosk-17" },
  *     "transport": "ssh2",
  *     "services": { "ssh": "127.0.0.1:22", "http": "127.0.0.1:8080", "mqtt": { "slot": 2, "target": "127.0.0.1:1883" } },
  *     "keepalive": { "intervalSeconds": 15, "countMax": 3 },
@@ -22,6 +23,7 @@ import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { isTlsPin } from '../ca/index.js';
+import { DEVICE_NAME, SLOT } from '../api/index.js';
 import { AgentError, EXIT } from './errors.js';
 
 const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/;
@@ -65,7 +67,8 @@ const schema = z
     enroll: z
       .object({
         token: z.string().min(8).max(512).optional(),
-        name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/i, 'letters, digits and dashes').optional(),
+        /** The broker's rule (api/tunnel.ts): a name it would refuse is a config error here, not a refused enrollment. */
+        name: z.string().regex(DEVICE_NAME, 'lowercase letters, digits and inner hyphens (a DNS label)').optional(),
         hardwareSerial: z.string().min(1).max(128).optional(),
       })
       .strict()
@@ -116,12 +119,12 @@ export type AgentConfig = Readonly<Omit<Parsed, 'services'>> & {
   readonly services: readonly ServiceMapping[];
 };
 
-export const DEFAULT_SERVICES: Readonly<Record<string, { slot: number; target: string }>> = Object.freeze({
-  ssh: { slot: 0, target: '127.0.0.1:22' },
-  http: { slot: 1, target: '127.0.0.1:80' },
+const DEFAULT_SERVICES: Readonly<Record<string, { slot: number; target: string }>> = Object.freeze({
+  ssh: { slot: SLOT.ssh, target: '127.0.0.1:22' },
+  http: { slot: SLOT.http, target: '127.0.0.1:80' },
 });
 
-export function splitTarget(text: string): { host: string; port: number } {
+function splitTarget(text: string): { host: string; port: number } {
   const m = HOST_PORT.exec(text);
   if (!m) throw new AgentError('CONFIG_INVALID', `${text} is not HOST:PORT`, EXIT.USAGE);
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]) };
@@ -159,7 +162,7 @@ type PlainObject = Record<string, unknown>;
 const isPlainObject = (v: unknown): v is PlainObject => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** Deep merge; undefined values in OVER leave BASE alone. */
-export function mergeConfig(base: PlainObject, over: PlainObject): PlainObject {
+function mergeConfig(base: PlainObject, over: PlainObject): PlainObject {
   const out: PlainObject = { ...base };
   for (const [key, value] of Object.entries(over)) {
     if (value === undefined) continue;

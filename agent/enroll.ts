@@ -16,8 +16,7 @@
  */
 import { readFile, rename, unlink } from 'node:fs/promises';
 import { decodePrivateKey, encodePrivateKey, formatPublicKey, generateKeyPair, writeFileAtomic, type KeyPair } from '../ca/index.js';
-import type { EnrollRequest, EnrollResponse } from '../api/device.js';
-import { ApiError, apiRequest } from '../api/client.js';
+import { ApiError, apiRequest, type EnrollRequest, type EnrollResponse } from '../api/index.js';
 import { AgentError, ENROLL_FATAL_CODES, EXIT } from './errors.js';
 import type { ApiCall } from './renewer.js';
 import { checkGrant, ensureStateDir, isEnrolled, loadEnrollment, runningAgentPid, writeGrant, type BrokerApiRef, type Enrollment } from './state-dir.js';
@@ -35,11 +34,6 @@ export interface EnrollOptions {
   readonly api?: ApiCall;
 }
 
-/**
- * Enrolls once. Throws AgentError: ALREADY_ENROLLED, ALREADY_RUNNING, the
- * broker's refusal code with exit status REFUSED (TOKEN_USED, …), or a
- * transport code (UNREACHABLE, PIN_MISMATCH, TIMEOUT) with status ERROR.
- */
 /** The key in PATH, or null when there is none (or it cannot be read: then a new one is made). */
 async function readKey(path: string): Promise<KeyPair | null> {
   try {
@@ -49,6 +43,12 @@ async function readKey(path: string): Promise<KeyPair | null> {
   }
 }
 
+/**
+ * Enrolls once. Throws AgentError: ALREADY_ENROLLED, ALREADY_RUNNING,
+ * GRANT_INVALID, a refusal for good with its broker code and exit status
+ * REFUSED (TOKEN_USED, …: ENROLL_FATAL_CODES), or any other ApiError's code
+ * with status ERROR (UNREACHABLE, PIN_MISMATCH, TIMEOUT, STORE_BUSY, …).
+ */
 export async function enrollDevice(options: EnrollOptions): Promise<Enrollment> {
   const paths = await ensureStateDir(options.stateDir);
   if (await isEnrolled(options.stateDir)) {

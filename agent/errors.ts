@@ -3,6 +3,7 @@
  * and, for the CLI, the exit status they end the process with. Messages
  * never contain a token, a private key or a whole certificate.
  */
+import type { ApiErrorCode, ErrorCode } from '../api/index.js';
 
 /**
  * Exit statuses of `certunnel agent …` (also the POSIX shell agent's):
@@ -27,20 +28,29 @@ export const EXIT = Object.freeze({
   REFUSED: 11,
 });
 
+/**
+ * The agent's own codes, and those it passes on: an enrollment the broker
+ * refused or that never reached it keeps the ApiError's code (enroll.ts).
+ */
 export type AgentErrorCode =
+  /** A bad command line (cli/agent-commands.ts). */
+  | 'BAD_ARGUMENT'
   | 'CONFIG_INVALID'
+  /** How `run` ends on a state directory that is not enrolled, with no token (agent.ts). */
   | 'NOT_ENROLLED'
   | 'ALREADY_ENROLLED'
   | 'ALREADY_RUNNING'
   | 'STATE_INVALID'
+  /** The broker's answer does not fit the request (another key, another block, another device). */
+  | 'GRANT_INVALID'
+  /** No configured service fits in the device's port block. */
   | 'SERVICE_INVALID'
-  | 'ENROLL_REFUSED'
-  | 'REVOKED';
+  | ApiErrorCode;
 
 export class AgentError extends Error {
   override name = 'AgentError';
   constructor(
-    readonly code: string,
+    readonly code: AgentErrorCode,
     message: string,
     readonly exitCode: number = EXIT.ERROR,
     options?: ErrorOptions,
@@ -53,7 +63,7 @@ export class AgentError extends Error {
 export const ENROLL_FATAL_CODES: readonly string[] = [
   'TOKEN_UNKNOWN', 'TOKEN_USED', 'TOKEN_EXPIRED', 'TOKEN_REVOKED', 'TOKEN_BINDING_MISMATCH',
   'KEY_UNSUPPORTED', 'KEY_INVALID', 'KEY_ALREADY_ENROLLED', 'NAME_TAKEN', 'BAD_REQUEST',
-];
+] satisfies ErrorCode[];
 
 /** Broker codes after which this identity can never be renewed again (a new enrollment is needed). */
-export const RENEW_FATAL_CODES: readonly string[] = ['RENEWAL_GRACE_EXCEEDED', 'DEVICE_UNKNOWN'];
+export const RENEW_FATAL_CODES: readonly string[] = ['RENEWAL_GRACE_EXCEEDED', 'DEVICE_UNKNOWN'] satisfies ErrorCode[];

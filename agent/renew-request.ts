@@ -1,7 +1,7 @@
 /** Building a signed renewal request (the device side of POST /v1/renew). */
 import { randomBytes } from 'node:crypto';
 import { formatPublicKey, signSshsig, type KeyPair } from '../ca/index.js';
-import { RENEW_NAMESPACE, renewMessage, type RenewRequest } from '../api/device.js';
+import { RENEW_NAMESPACE, renewMessage, type RenewRequest } from '../api/index.js';
 
 export interface RenewRequestOptions {
   readonly deviceId: string;

@@ -6,14 +6,13 @@
  * certificate, known_hosts and state.json atomically).
  */
 import type { Certificate } from '../ca/index.js';
-import type { ApiClientOptions } from '../api/client.js';
+import type { ApiClientOptions, CertificateGrantWire } from '../api/index.js';
 import { AgentError } from './errors.js';
 import { buildRenewRequest } from './renew-request.js';
-import type { CertificateGrantWire } from '../api/device.js';
 import { checkGrant, writeGrant, type BrokerApiRef, type Enrollment } from './state-dir.js';
 
 /** The fraction of the certificate's life after which the agent renews when the broker says nothing usable. */
-export const RENEW_AT_FRACTION = 2 / 3;
+const RENEW_AT_FRACTION = 2 / 3;
 /** Up to this fraction of the life is added at random after the renewal time. */
 export const RENEW_JITTER_FRACTION = 0.05;
 

@@ -9,6 +9,7 @@
  *   state.json            device id, port block, SSH endpoint, broker URL and pin, validity, renewal time
  *   status.json           what `run` is doing now (for `status`); rewritten on each state change
  *   run.pid               the running agent (one per state directory)
+ *   ssh.pid               the openssh transport's ssh child (ended if a crash left it behind)
  *
  * Every file is replaced atomically (written beside, renamed over), and
  * state.json is written last: a state directory with a state.json is
@@ -17,13 +18,13 @@
 import { mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  decodePrivateKey, fingerprint, formatPublicKey, parseCertificateLine, parsePublicKey, writeFileAtomic,
+  decodePrivateKey, formatPublicKey, parseCertificateLine, parsePublicKey, writeFileAtomic,
   type Certificate, type KeyPair, type PublicKey,
 } from '../ca/index.js';
-import type { CertificateGrantWire, PortBlockWire, SshEndpointWire } from '../api/device.js';
+import type { CertificateGrantWire, PortBlockWire, SshEndpointWire } from '../api/index.js';
 import { AgentError, EXIT } from './errors.js';
 
-export const STATE_VERSION = 1;
+const STATE_VERSION = 1;
 
 export interface StatePaths {
   readonly dir: string;
@@ -168,7 +169,7 @@ function invalidState(path: string, why: string): never {
   throw new AgentError('STATE_INVALID', `${path}: ${why}; re-enroll with --force`, EXIT.ERROR);
 }
 
-export async function readState(paths: StatePaths): Promise<DeviceState | null> {
+async function readState(paths: StatePaths): Promise<DeviceState | null> {
   let text: string;
   try {
     text = await readFile(paths.state, 'utf8');
@@ -212,15 +213,6 @@ export async function loadEnrollment(dir: string): Promise<Enrollment | null> {
   return { paths, state, key, certificateLine, certificate };
 }
 
-/** When the certificate stops being valid (ms since the epoch). */
-export function certificateExpiry(cert: Certificate): number {
-  return Number(cert.validBefore) * 1000;
-}
-
-export function keyFingerprint(key: KeyPair): string {
-  return fingerprint(key.publicKey);
-}
-
 // ---------------------------------------------------------------------------
 // Runtime status (status.json), written by `run` and read by `status`.
 
@@ -255,7 +247,7 @@ export async function readStatus(paths: StatePaths): Promise<RuntimeStatus | nul
   }
 }
 
-export function isProcessAlive(pid: number): boolean {
+function isProcessAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
   try {
     process.kill(pid, 0);

@@ -36,7 +36,7 @@ export const TRANSITIONS: Readonly<Record<AgentState, readonly AgentState[]>> = 
   closed: [],
 });
 
-export const TERMINAL_STATES: readonly AgentState[] = ['revoked', 'closed'];
+const TERMINAL_STATES: readonly AgentState[] = ['revoked', 'closed'];
 
 export class IllegalTransitionError extends Error {
   override name = 'IllegalTransitionError';

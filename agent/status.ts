@@ -3,6 +3,7 @@
  * device, port block, certificate expiry) and what the running agent last
  * wrote to status.json (tunnel state, last error), for people or --json.
  */
+import { TUNNEL_HOST, slotPort, type PortBlockWire } from '../api/index.js';
 import type { ServiceMapping } from './config.js';
 import { loadEnrollment, readStatus, runningAgentPid, statePaths } from './state-dir.js';
 
@@ -11,8 +12,8 @@ export interface AgentStatusReport {
   readonly stateDir: string;
   readonly deviceId: string | null;
   readonly name: string | null;
-  readonly ports: { readonly first: number; readonly last: number } | null;
-  readonly services: ReadonlyArray<{ readonly name: string; readonly brokerPort: number; readonly target: string }>;
+  readonly ports: Readonly<PortBlockWire> | null;
+  readonly services: readonly ServiceRow[];
   readonly certificate: {
     readonly serial: string;
     readonly validAfter: string;
@@ -31,6 +32,21 @@ export interface AgentStatusReport {
     readonly connectedSince: string | null;
   };
   readonly lastError: { readonly code: string; readonly message: string; readonly at: string } | null;
+}
+
+export interface ServiceRow {
+  readonly name: string;
+  /** The service's port on the broker's loopback: its slot in the device's block. */
+  readonly brokerPort: number;
+  readonly target: string;
+}
+
+/** The services the block has a slot for (the agent forwards no others). */
+function serviceRows(ports: PortBlockWire, services: readonly ServiceMapping[]): ServiceRow[] {
+  return services.flatMap((m) => {
+    const brokerPort = slotPort(ports, m.slot);
+    return brokerPort === undefined ? [] : [{ name: m.name, brokerPort, target: `${m.host.includes(':') ? `[${m.host}]` : m.host}:${m.port}` }];
+  });
 }
 
 export async function readAgentStatus(stateDir: string, services: readonly ServiceMapping[], now: Date = new Date()): Promise<AgentStatusReport> {
@@ -57,16 +73,13 @@ export async function readAgentStatus(stateDir: string, services: readonly Servi
   }
   const { state: s, certificate } = enrollment;
   const validBefore = Number(certificate.validBefore) * 1000;
-  const size = s.ports.last - s.ports.first + 1;
   return {
     enrolled: true,
     stateDir,
     deviceId: s.deviceId,
     name: s.name,
     ports: s.ports,
-    services: services.filter((m) => m.slot < size).map((m) => ({
-      name: m.name, brokerPort: s.ports.first + m.slot, target: `${m.host.includes(':') ? `[${m.host}]` : m.host}:${m.port}`,
-    })),
+    services: serviceRows(s.ports, services),
     certificate: {
       serial: certificate.serial.toString(),
       validAfter: new Date(Number(certificate.validAfter) * 1000).toISOString(),
@@ -96,7 +109,7 @@ export function formatAgentStatus(r: AgentStatusReport): string {
   if (r.enrolled) {
     row('device', `${r.deviceId}${r.name ? ` (${r.name})` : ''}`);
     row('ports', `${r.ports!.first}-${r.ports!.last}`);
-    for (const s of r.services) row(`  ${s.name}`, `broker 127.0.0.1:${s.brokerPort} -> ${s.target}`);
+    for (const s of r.services) row(`  ${s.name}`, `broker ${TUNNEL_HOST}:${s.brokerPort} -> ${s.target}`);
     const c = r.certificate!;
     row('certificate', `serial ${c.serial}, ${c.expired ? 'EXPIRED' : 'valid'} until ${c.validBefore} (${duration(c.expiresInSeconds)})`);
     row('broker', `${r.broker!.url}, ssh ${r.broker!.sshHost}:${r.broker!.sshPort}`);

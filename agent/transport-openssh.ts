@@ -15,6 +15,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile, unlink, writeFile } from 'node:fs/promises';
+import { TUNNEL_HOST } from '../api/index.js';
 import { TransportError, type Transport, type TransportErrorCode, type Tunnel, type TunnelEnd, type TunnelSpec } from './transport.js';
 
 function bracket(host: string): string {
@@ -51,7 +52,7 @@ export function opensshArgs(spec: TunnelSpec): string[] {
   const args = ['-N', '-v', '-F', '/dev/null'];
   for (const [name, value] of Object.entries(options)) args.push('-o', `${name}=${value}`);
   if (spec.bindAddress) args.push('-b', spec.bindAddress);
-  for (const f of spec.forwards) args.push('-R', `127.0.0.1:${f.remotePort}:${bracket(f.localHost)}:${f.localPort}`);
+  for (const f of spec.forwards) args.push('-R', `${TUNNEL_HOST}:${f.remotePort}:${bracket(f.localHost)}:${f.localPort}`);
   args.push('-i', spec.keyPath, '-p', String(spec.port), '-l', spec.username, '--', spec.host);
   return args;
 }
@@ -102,21 +103,14 @@ async function forgetPid(pidFile: string, pid: number | undefined): Promise<void
   if (pid !== undefined && current === pid) await unlink(pidFile).catch(() => undefined);
 }
 
-async function openTunnel(spec: TunnelSpec, command: string, signal?: AbortSignal): Promise<Tunnel> {
-  if (spec.pidFile) await endStaleChild(spec.pidFile, spec.certificatePath);
-  let child: ChildProcess;
-  try {
-    child = spawn(command, opensshArgs(spec), { stdio: ['ignore', 'ignore', 'pipe'] });
-  } catch (err) {
-    throw new TransportError('SPAWN_FAILED', `cannot run ${command}: ${(err as Error).message}`);
-  }
-  const pidFile = spec.pidFile;
-  // Every listener goes on before the first await: a child that fails at once must not be missed.
+/**
+ * Reads ssh's stderr line by line: counts the confirmed forwards (calling
+ * onAllConfirmed when every one is) and keeps the last plain lines, which
+ * it returns, for the diagnosis.
+ */
+function watchStderr(child: ChildProcess, forwards: number, onAllConfirmed: () => void): string[] {
   const recent: string[] = [];
   let confirmed = 0;
-  let closing = false;
-  let spawnError: Error | undefined;
-  let onConfirmed: (() => void) | undefined;
   let buffer = '';
   child.stderr!.setEncoding('utf8');
   child.stderr!.on('data', (chunk: string) => {
@@ -127,62 +121,63 @@ async function openTunnel(spec: TunnelSpec, command: string, signal?: AbortSigna
       buffer = buffer.slice(nl + 1);
       if (/remote forward success for: listen/.test(line)) {
         confirmed += 1;
-        if (confirmed === spec.forwards.length) onConfirmed?.();
+        if (confirmed === forwards) onAllConfirmed();
         continue;
       }
       if (/^debug\d?:/.test(line)) continue;
-      // Keep the last plain lines for the diagnosis.
       recent.push(line);
       if (recent.length > 20) recent.shift();
     }
   });
-  // The end of the child: 'close' normally (exit + stderr drained), but never
-  // depend on it alone: after 'exit' the last stderr lines get a moment, and
-  // a spawn failure may report nothing but 'error'.
-  const closed = new Promise<TunnelEnd>((resolve) => {
+  return recent;
+}
+
+/** What the agent did to the child: closing it on purpose, or the child never started. */
+interface ChildState {
+  closing: boolean;
+  spawnError?: Error;
+}
+
+/**
+ * How the child ended: 'close' normally (exit + stderr drained), but never
+ * depend on it alone: after 'exit' the last stderr lines get a moment, and
+ * a spawn failure may report nothing but 'error'.
+ */
+function childEnd(child: ChildProcess, state: ChildState, recent: readonly string[], command: string, pidFile: string | undefined): Promise<TunnelEnd> {
+  return new Promise<TunnelEnd>((resolve) => {
     let done = false;
     const finish = (code: number | null, signal: NodeJS.Signals | null): void => {
       if (done) return;
       done = true;
       if (pidFile) void forgetPid(pidFile, child.pid);
-      if (closing) return resolve({ code: 'CLOSED', message: 'closed by the agent' });
-      if (spawnError) return resolve({ code: 'SPAWN_FAILED', message: `cannot run ${command}: ${spawnError.message}` });
+      if (state.closing) return resolve({ code: 'CLOSED', message: 'closed by the agent' });
+      if (state.spawnError) return resolve({ code: 'SPAWN_FAILED', message: `cannot run ${command}: ${state.spawnError.message}` });
       const found = classifySshStderr(recent);
       resolve(found ? { code: found.code, message: found.line } : { code: 'DISCONNECTED', message: `ssh exited (${signal ?? code})` });
     };
     child.once('close', finish);
     child.once('exit', (code, signal) => setTimeout(() => finish(code, signal), 500).unref());
     child.once('error', (err) => {
-      spawnError = err;
+      state.spawnError = err;
       setTimeout(() => finish(null, null), 100).unref();
     });
   });
+}
 
-  if (pidFile && child.pid) await writeFile(pidFile, `${child.pid}\n`, { mode: 0o644 }).catch(() => undefined);
+/** SIGTERM, SIGKILL after 3 s; returns once the child is gone, or after 6 s regardless. */
+async function killChild(child: ChildProcess, closed: Promise<TunnelEnd>): Promise<void> {
+  if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+  const hard = setTimeout(() => child.kill('SIGKILL'), 3000);
+  const giveUp = new Promise<void>((resolve) => setTimeout(resolve, 6000).unref());
+  await Promise.race([closed, giveUp]);
+  clearTimeout(hard);
+}
 
-  const kill = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-    const hard = setTimeout(() => child.kill('SIGKILL'), 3000);
-    const giveUp = new Promise<void>((resolve) => setTimeout(resolve, 6000).unref());
-    await Promise.race([closed, giveUp]);
-    clearTimeout(hard);
-  };
-  const tunnel: Tunnel = {
-    closed,
-    async close() {
-      closing = true;
-      await kill();
-    },
-  };
-
-  // Up when every forward is confirmed; failed when ssh exits first or takes too long.
-  const ready = new Promise<void>((resolve) => {
-    onConfirmed = resolve;
-    if (spec.forwards.length === 0) resolve();
-  });
+/** Whichever comes first: every forward up, ssh gone, no confirmation within TIMEOUT_MS, or SIGNAL aborted. */
+async function firstOutcome(ready: Promise<void>, closed: Promise<TunnelEnd>, timeoutMs: number, signal?: AbortSignal): Promise<'ready' | 'timeout' | 'aborted' | TunnelEnd> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<'timeout'>((resolve) => {
-    timer = setTimeout(() => resolve('timeout'), spec.connectTimeoutMs * 2);
+    timer = setTimeout(() => resolve('timeout'), timeoutMs);
   });
   const aborted = new Promise<'aborted'>((resolve) => {
     if (signal?.aborted) resolve('aborted');
@@ -190,16 +185,44 @@ async function openTunnel(spec: TunnelSpec, command: string, signal?: AbortSigna
   });
   const outcome = await Promise.race([ready.then(() => 'ready' as const), closed, timeout, aborted]);
   clearTimeout(timer);
-  if (outcome === 'ready') return tunnel;
-  if (outcome === 'aborted') {
-    closing = true;
-    await kill();
-    throw new TransportError('CLOSED', 'aborted by the agent');
+  return outcome;
+}
+
+async function openTunnel(spec: TunnelSpec, command: string, signal?: AbortSignal): Promise<Tunnel> {
+  if (spec.pidFile) await endStaleChild(spec.pidFile, spec.certificatePath);
+  let child: ChildProcess;
+  try {
+    child = spawn(command, opensshArgs(spec), { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (err) {
+    throw new TransportError('SPAWN_FAILED', `cannot run ${command}: ${(err as Error).message}`);
   }
-  if (outcome === 'timeout') {
-    closing = true;
-    await kill();
-    throw new TransportError('TIMEOUT', `ssh did not confirm the forwards within ${spec.connectTimeoutMs * 2} ms`);
+  // Every listener goes on before the first await: a child that fails at once must not be missed.
+  const state: ChildState = { closing: false };
+  let allConfirmed!: () => void;
+  // Up when every forward is confirmed.
+  const ready = new Promise<void>((resolve) => {
+    allConfirmed = resolve;
+    if (spec.forwards.length === 0) resolve();
+  });
+  const recent = watchStderr(child, spec.forwards.length, allConfirmed);
+  const closed = childEnd(child, state, recent, command, spec.pidFile);
+  if (spec.pidFile && child.pid) await writeFile(spec.pidFile, `${child.pid}\n`, { mode: 0o644 }).catch(() => undefined);
+
+  const tunnel: Tunnel = {
+    closed,
+    async close() {
+      state.closing = true;
+      await killChild(child, closed);
+    },
+  };
+  const outcome = await firstOutcome(ready, closed, spec.connectTimeoutMs * 2, signal);
+  if (outcome === 'ready') return tunnel;
+  if (outcome === 'aborted' || outcome === 'timeout') {
+    state.closing = true;
+    await killChild(child, closed);
+    throw outcome === 'aborted'
+      ? new TransportError('CLOSED', 'aborted by the agent')
+      : new TransportError('TIMEOUT', `ssh did not confirm the forwards within ${spec.connectTimeoutMs * 2} ms`);
   }
   // ssh exited before the tunnel was up.
   const code = outcome.code === 'DISCONNECTED' ? 'UNREACHABLE' : outcome.code;

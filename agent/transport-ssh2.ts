@@ -10,6 +10,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import ssh2 from 'ssh2';
 import type { ClientChannel, TcpConnectionDetails } from 'ssh2';
 import { publicKeyBlob } from '../ca/index.js';
+import { TUNNEL_HOST } from '../api/index.js';
 import { certificateAuthHandler } from './ssh2-cert-auth.js';
 import { TransportError, type ForwardSpec, type Transport, type Tunnel, type TunnelEnd, type TunnelSpec } from './transport.js';
 
@@ -57,70 +58,60 @@ function relayToService(forward: ForwardSpec, accept: () => ClientChannel, rejec
 function requestForward(client: ssh2.Client, port: number, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new TransportError('TIMEOUT', `no answer to the forward request for port ${port}`)), timeoutMs);
-    client.forwardIn('127.0.0.1', port, (err) => {
+    client.forwardIn(TUNNEL_HOST, port, (err) => {
       clearTimeout(timer);
-      if (err) reject(new TransportError('FORWARD_REFUSED', `the broker refused to listen on 127.0.0.1:${port}`));
+      if (err) reject(new TransportError('FORWARD_REFUSED', `the broker refused to listen on ${TUNNEL_HOST}:${port}`));
       else resolve();
     });
   });
 }
 
-async function openTunnel(spec: TunnelSpec, signal?: AbortSignal): Promise<Tunnel> {
-  const client = new ssh2.Client();
-  // Our own socket, so that close() can always destroy it (ssh2's destroy() does nothing once the socket is ended).
-  const sock = netConnect({ host: spec.host, port: spec.port, localAddress: spec.bindAddress });
-  const sockets = new Set<Socket>();
+/** What the client's events have said so far. */
+interface SessionState {
+  hostKeyRefused: boolean;
+  /** The first failure counts: later ones are its consequences. */
+  firstError?: TransportError;
+  closing: boolean;
+}
+
+/** Wires the client's events: errors classified, forwarded connections relayed; resolves how the tunnel ended once the client is gone. */
+function watchClient(client: ssh2.Client, spec: TunnelSpec, sockets: Set<Socket>, state: SessionState): Promise<TunnelEnd> {
   const byPort = new Map(spec.forwards.map((f) => [f.remotePort, f]));
+  return new Promise<TunnelEnd>((resolve) => {
+    client.on('error', (err: LeveledError) => {
+      state.firstError ??= classify(err, state.hostKeyRefused);
+    });
+    client.once('close', () => {
+      for (const s of sockets) s.destroy();
+      if (state.closing) resolve({ code: 'CLOSED', message: 'closed by the agent' });
+      else if (state.firstError) resolve({ code: state.firstError.code, message: state.firstError.message });
+      else resolve({ code: 'DISCONNECTED', message: 'the broker closed the connection' });
+    });
+    client.on('tcp connection', (details: TcpConnectionDetails, accept, reject) => {
+      const forward = byPort.get(details.destPort);
+      if (!forward) return reject();
+      relayToService(forward, accept, reject, sockets);
+    });
+  });
+}
+
+/** Connects over SOCK, authenticates with the certificate and requests every forward; rejects with why the tunnel is not up. */
+function establish(client: ssh2.Client, sock: Socket, spec: TunnelSpec, state: SessionState, closed: Promise<TunnelEnd>, signal?: AbortSignal): Promise<void> {
   const pinned = publicKeyBlob(spec.hostKey);
-  let hostKeyRefused = false;
-  let firstError: TransportError | undefined;
-  let closing = false;
-
-  let resolveClosed!: (end: TunnelEnd) => void;
-  const closed = new Promise<TunnelEnd>((resolve) => {
-    resolveClosed = resolve;
-  });
-  client.on('error', (err: LeveledError) => {
-    firstError ??= classify(err, hostKeyRefused);
-  });
-  client.once('close', () => {
-    for (const s of sockets) s.destroy();
-    if (closing) resolveClosed({ code: 'CLOSED', message: 'closed by the agent' });
-    else if (firstError) resolveClosed({ code: firstError.code, message: firstError.message });
-    else resolveClosed({ code: 'DISCONNECTED', message: 'the broker closed the connection' });
-  });
-  client.on('tcp connection', (details: TcpConnectionDetails, accept, reject) => {
-    const forward = byPort.get(details.destPort);
-    if (!forward) return reject();
-    relayToService(forward, accept, reject, sockets);
-  });
-
-  const tunnel: Tunnel = {
-    closed,
-    async close() {
-      closing = true;
-      client.end();
-      // A peer that never answers our disconnect: do not wait for TCP to give up.
-      const timer = setTimeout(() => sock.destroy(), 2000);
-      await closed;
-      clearTimeout(timer);
-    },
-  };
-
-  await new Promise<void>((resolve, reject) => {
+  return new Promise<void>((resolve, reject) => {
     const onEarlyClose = (end: TunnelEnd): void => {
       reject(new TransportError(end.code === 'DISCONNECTED' ? 'UNREACHABLE' : end.code, end.code === 'DISCONNECTED' ? 'the connection closed before the SSH session was ready' : end.message));
     };
     void closed.then(onEarlyClose);
     if (signal?.aborted) return reject(new TransportError('CLOSED', 'aborted by the agent'));
     signal?.addEventListener('abort', () => {
-      closing = true;
+      state.closing = true;
       sock.destroy();
       reject(new TransportError('CLOSED', 'aborted by the agent'));
     }, { once: true });
     client.once('ready', () => {
       Promise.all(spec.forwards.map((f) => requestForward(client, f.remotePort, spec.connectTimeoutMs))).then(() => resolve(), (err: TransportError) => {
-        firstError ??= err;
+        state.firstError ??= err;
         client.end();
         reject(err);
       });
@@ -135,7 +126,7 @@ async function openTunnel(spec: TunnelSpec, signal?: AbortSignal): Promise<Tunne
         keepaliveCountMax: spec.keepaliveCountMax,
         hostVerifier: (key: Buffer) => {
           if (key.equals(pinned)) return true;
-          hostKeyRefused = true;
+          state.hostKeyRefused = true;
           return false;
         },
         authHandler: certificateAuthHandler(client, { username: spec.username, key: spec.key, certificate: spec.certificateLine }),
@@ -144,6 +135,27 @@ async function openTunnel(spec: TunnelSpec, signal?: AbortSignal): Promise<Tunne
       reject(new TransportError('PROTOCOL', (err as Error).message));
     }
   });
+}
+
+async function openTunnel(spec: TunnelSpec, signal?: AbortSignal): Promise<Tunnel> {
+  const client = new ssh2.Client();
+  // Our own socket, so that close() can always destroy it (ssh2's destroy() does nothing once the socket is ended).
+  const sock = netConnect({ host: spec.host, port: spec.port, localAddress: spec.bindAddress });
+  const sockets = new Set<Socket>();
+  const state: SessionState = { hostKeyRefused: false, closing: false };
+  const closed = watchClient(client, spec, sockets, state);
+  const tunnel: Tunnel = {
+    closed,
+    async close() {
+      state.closing = true;
+      client.end();
+      // A peer that never answers our disconnect: do not wait for TCP to give up.
+      const timer = setTimeout(() => sock.destroy(), 2000);
+      await closed;
+      clearTimeout(timer);
+    },
+  };
+  await establish(client, sock, spec, state, closed, signal);
   return tunnel;
 }
 

@@ -1,6 +1,7 @@
 /**
- * Wire types of operator access (types and constants only, no runtime
- * dependencies: the CLI imports this file).
+ * Wire types of operator access (broker/http/routes-access.ts): POST
+ * /v1/devices/:ref/operator-certificate for `certunnel ssh`, and the headers
+ * GET /v1/proxy/authorize answers nginx's auth_request with.
  */
 import type { PortBlockWire, SshEndpointWire } from './device.js';
 

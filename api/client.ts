@@ -10,7 +10,7 @@ import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { connect as tlsConnect, type ConnectionOptions as TlsConnectionOptions } from 'node:tls';
 import { tlsPinOfSpki } from '../ca/index.js';
-import { ApiError } from './errors.js';
+import { ApiError, type ErrorResponse } from './errors.js';
 
 export { ApiError };
 
@@ -96,7 +96,7 @@ export async function apiRequest<T>(options: ApiClientOptions, method: string, p
   const isJson = /^application\/json/.test(res.headers['content-type'] ?? '');
   const parsed: unknown = isJson && data.length ? JSON.parse(data.toString('utf8')) : data;
   if ((res.statusCode ?? 500) >= 400) {
-    const error = (parsed as { error?: { code?: string; message?: string } }).error;
+    const error = (parsed as { error?: Partial<ErrorResponse['error']> }).error;
     throw new ApiError(error?.code ?? `HTTP_${res.statusCode}`, error?.message ?? `HTTP ${res.statusCode}`, res.statusCode);
   }
   return parsed as T;

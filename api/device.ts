@@ -1,7 +1,10 @@
 /**
- * Wire types of the device routes (POST /v1/enroll, POST /v1/renew), shared
- * by the broker, the device agent and the CLI. Types only, plus the renewal
- * message layout both sides must build the same way.
+ * Wire types of the routes devices and anyone may call
+ * (broker/http/routes-device.ts): POST /v1/enroll, POST /v1/renew, GET
+ * /v1/ca, GET /healthz, shared by the broker, the device agent, the CLI and
+ * provisioning; plus the renewal message layout both sides must build the
+ * same way. The other public routes answer bytes, not JSON: GET /v1/krl the
+ * KRL (application/octet-stream, PROTOCOL.krl), GET /metrics Prometheus text.
  */
 
 export interface PortBlockWire {
@@ -20,6 +23,9 @@ export interface SshEndpointWire {
   /** The host CA public key line; the broker's host certificate is signed by it. */
   hostCertificateAuthority: string;
 }
+
+/** A hardware serial (enrollment, token bindings): printable ASCII without spaces. */
+export const HARDWARE_SERIAL = /^[\x21-\x7e]{1,128}$/;
 
 export interface EnrollRequest {
   token: string;
@@ -60,6 +66,21 @@ export interface RenewRequest {
 }
 
 export type RenewResponse = CertificateGrantWire;
+
+/** GET /v1/ca: the broker's public keys, its TLS pin and its SSH endpoint. */
+export interface CaResponse {
+  userCertificateAuthority: string;
+  hostCertificateAuthority: string;
+  hostKey: string;
+  /** "sha256//BASE64" of the API's TLS key; null when the broker serves plain HTTP. */
+  apiPin: string | null;
+  ssh: SshEndpointWire;
+}
+
+/** GET /healthz */
+export interface HealthResponse {
+  status: 'ok';
+}
 
 export const RENEW_NAMESPACE = 'certunnel-renew';
 

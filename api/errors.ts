@@ -1,8 +1,8 @@
 /**
  * The broker's error codes: API, documented in docs/api.md, never renamed.
- * Every refusal is `{"error": {"code", "message"}}` with the HTTP status
- * below. The broker raises them (broker/core/errors.ts); clients read them
- * back as ApiError.
+ * Every refusal is `{"error": {"code", "message"}}` (ErrorResponse) with the
+ * HTTP status below. The broker raises them (broker/core/errors.ts); clients
+ * read them back as ApiError, beside the codes of the client's own failures.
  */
 export const ERROR_STATUS = {
   BAD_REQUEST: 400,
@@ -47,14 +47,19 @@ export interface ErrorResponse {
 }
 
 /**
- * What a client sees: a refusal from the broker (its ErrorCode) or a
- * transport failure (PIN_MISMATCH, UNREACHABLE, TIMEOUT, RESPONSE_TOO_LARGE,
- * HTTP_<status> for a non-JSON refusal).
+ * What the client (api/client.ts) reports when there is no broker refusal to
+ * read: the TLS key is not the pinned one, no connection or answer in time,
+ * an oversized answer, or HTTP_<status> for a refusal without a JSON body.
  */
+export type ClientErrorCode = 'PIN_MISMATCH' | 'UNREACHABLE' | 'TIMEOUT' | 'RESPONSE_TOO_LARGE' | `HTTP_${string}`;
+
+export type ApiErrorCode = ErrorCode | ClientErrorCode;
+
+/** What a client sees: a refusal from the broker (its ErrorCode) or a failure of its own (ClientErrorCode). */
 export class ApiError extends Error {
   override name = 'ApiError';
   constructor(
-    readonly code: string,
+    readonly code: ApiErrorCode,
     message: string,
     readonly status?: number,
   ) {

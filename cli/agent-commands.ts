@@ -47,7 +47,7 @@ interface RunFlags extends CommonFlags {
 /** Field paths whose values never reach a log line (the first defence is never logging them). */
 const REDACT = ['token', '*.token', 'privateKey', '*.privateKey', 'key', '*.key', 'certificate', '*.certificate', 'signature', '*.signature'];
 
-export function createAgentLogger(level: string, destination = pino.destination({ fd: 1, sync: true })): Logger {
+function createAgentLogger(level: string, destination = pino.destination({ fd: 1, sync: true })): Logger {
   // A log line that cannot be written (stdout closed, journald restarting) must never take the agent down.
   destination.on('error', () => undefined);
   return pino(

@@ -2,7 +2,7 @@
 import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { API_KEY_ROLES as ROLES, type ApiKeyRole } from '../api/operator.js';
+import { API_KEY_NAME, API_KEY_ROLES as ROLES, type ApiKeyRole } from '../api/index.js';
 import {
   createLocalApiKey, createLogger, dataPaths, ephemeralOverlapWarning, initDataDir, loadConfig, readEphemeralRange, startBroker, type BrokerConfig,
 } from '../broker/compose/index.js';
@@ -132,7 +132,7 @@ export function registerBrokerCommands(program: Command, env: NodeJS.ProcessEnv)
     .requiredOption('--name <name>', 'who or what holds the key')
     .action(async (flags: { data: string; role: string; name: string }) => {
       if (!ROLES.includes(flags.role as ApiKeyRole)) throw new CliError('BAD_ARGUMENT', `--role must be one of ${ROLES.join(', ')}`);
-      if (!/^[A-Za-z0-9._@-]{1,100}$/.test(flags.name)) throw new CliError('BAD_ARGUMENT', '--name: letters, digits, . _ @ -');
+      if (!API_KEY_NAME.test(flags.name)) throw new CliError('BAD_ARGUMENT', '--name: letters, digits, . _ @ -');
       const key = await createLocalApiKey(flags.data, { role: flags.role as ApiKeyRole, name: flags.name });
       process.stdout.write(`${key.key}\n`);
       process.stderr.write(`created ${key.role} key ${key.id} (${key.name}); the key is shown once\n`);

@@ -20,25 +20,117 @@ import {
 import { readPassphrase } from './passphrase.js';
 import { CliError } from './output.js';
 
-export const USER_CA_FILE = 'user_ca';
-export const HOST_CA_FILE = 'host_ca';
+const USER_CA_FILE = 'user_ca';
+const HOST_CA_FILE = 'host_ca';
 
 async function exists(path: string): Promise<boolean> {
   return access(path).then(() => true, () => false);
 }
 
 /** Parses "1h", "30m", "90s", "2d" or plain seconds. */
-export function parseDuration(text: string): number {
+function parseDuration(text: string): number {
   const m = /^(\d+)([smhd]?)$/.exec(text.trim());
   if (!m) throw new CliError('BAD_ARGUMENT', `not a duration: ${text} (use e.g. 90s, 30m, 1h, 2d)`);
   const unit = { '': 1, s: 1, m: 60, h: 3600, d: 86400 }[m[2] as '' | 's' | 'm' | 'h' | 'd'];
   return Number(m[1]) * unit;
 }
 
-export function parsePortRange(text: string): { first: number; last: number } {
+function parsePortRange(text: string): { first: number; last: number } {
   const parsed = parsePortPrincipal(`ports-${text}`);
   if (!parsed) throw new CliError('BAD_ARGUMENT', `not a port range: ${text} (use FIRST-LAST, e.g. 20000-20001)`);
   return parsed.block;
+}
+
+interface SignDeviceFlags {
+  ca: string;
+  key: string;
+  deviceId: string;
+  ports: string;
+  serial: string;
+  validity: string;
+  passphraseFile?: string;
+  out?: string;
+}
+
+interface KrlFlags {
+  ca: string;
+  out: string;
+  serial?: string[];
+  serialRange?: string[];
+  keyId?: string[];
+  version: string;
+}
+
+async function initCa(opts: { dir: string; passphraseFile?: string }, env: NodeJS.ProcessEnv): Promise<void> {
+  const passphrase = await readPassphrase(opts.passphraseFile, env);
+  for (const name of [USER_CA_FILE, HOST_CA_FILE]) {
+    if (await exists(join(opts.dir, name))) {
+      throw new CliError('CA_EXISTS', `${join(opts.dir, name)} already exists; refusing to overwrite a CA`);
+    }
+  }
+  await mkdir(opts.dir, { recursive: true, mode: 0o700 });
+  for (const name of [USER_CA_FILE, HOST_CA_FILE]) {
+    const pair = generateKeyPair();
+    await saveKeyPair(join(opts.dir, name), pair, { passphrase, comment: `certunnel ${name.replace('_', ' ')}` });
+    process.stdout.write(`${name}: ${fingerprint(pair.publicKey)}\n`);
+  }
+}
+
+async function signDevice(opts: SignDeviceFlags, env: NodeJS.ProcessEnv): Promise<void> {
+  if (!/^\d+$/.test(opts.serial)) throw new CliError('BAD_ARGUMENT', 'serial must be a decimal number');
+  const caKey = await loadKeyPair(opts.ca, { passphrase: await readPassphrase(opts.passphraseFile, env) });
+  const cert = signDeviceCert({
+    ca: caKey,
+    publicKey: await loadPublicKey(opts.key),
+    deviceId: opts.deviceId,
+    ports: parsePortRange(opts.ports),
+    serial: BigInt(opts.serial),
+    now: new Date(),
+    validitySeconds: parseDuration(opts.validity),
+  });
+  const line = `${formatCertificate(cert, `device:${opts.deviceId}`)}\n`;
+  if (opts.out) await writeFile(opts.out, line, { mode: 0o644 });
+  else process.stdout.write(line);
+}
+
+/** The serials of --serial and --serial-range, as given (duplicates and all). */
+function krlSerials(opts: KrlFlags): bigint[] {
+  const serials: bigint[] = [];
+  for (const text of opts.serial ?? []) {
+    if (!/^\d+$/.test(text)) throw new CliError('BAD_ARGUMENT', `--serial: not a number: ${text}`);
+    serials.push(BigInt(text));
+  }
+  for (const text of opts.serialRange ?? []) {
+    const m = /^(\d+)-(\d+)$/.exec(text);
+    if (!m || BigInt(m[1]!) > BigInt(m[2]!) || BigInt(m[2]!) - BigInt(m[1]!) > 1_000_000n) {
+      throw new CliError('BAD_ARGUMENT', `--serial-range: use FIRST-LAST (at most a million serials): ${text}`);
+    }
+    for (let n = BigInt(m[1]!); n <= BigInt(m[2]!); n++) serials.push(n);
+  }
+  return serials;
+}
+
+async function krl(opts: KrlFlags): Promise<void> {
+  const serials = krlSerials(opts);
+  if (!/^\d+$/.test(opts.version)) throw new CliError('BAD_ARGUMENT', '--version must be a number');
+  await writeKrl(opts.out, { caKey: await loadPublicKey(opts.ca), serials, keyIds: opts.keyId ?? [], version: BigInt(opts.version), generatedAt: new Date() });
+  process.stdout.write(`wrote ${opts.out}: ${new Set(serials).size} serial(s), ${(opts.keyId ?? []).length} key id(s)\n`);
+}
+
+async function inspect(certfile: string, opts: { ca?: string; type: string }): Promise<void> {
+  const cert = parseCertificateLine(await readFile(certfile, 'utf8'));
+  process.stdout.write(`${describeCertificate(cert, certfile)}\n`);
+  if (!opts.ca) return;
+  if (opts.type !== 'user' && opts.type !== 'host') throw new CliError('BAD_ARGUMENT', '--type must be user or host');
+  const caKey = await loadPublicKey(opts.ca);
+  try {
+    verifyCertificate(cert, { trustedCaKeys: [caKey], type: opts.type, now: new Date() });
+    process.stdout.write(`        Verification: OK (signed by ${fingerprint(caKey)})\n`);
+  } catch (err) {
+    if (!(err instanceof CaError)) throw err;
+    process.stdout.write(`        Verification: FAILED ${err.code}: ${err.message}\n`);
+    process.exitCode = 3;
+  }
 }
 
 export function registerCaCommands(program: Command, env: NodeJS.ProcessEnv): void {
@@ -48,20 +140,7 @@ export function registerCaCommands(program: Command, env: NodeJS.ProcessEnv): vo
     .description('create a user CA and a host CA (Ed25519) in a directory')
     .requiredOption('--dir <dir>', 'directory for the CA keys')
     .option('--passphrase-file <file>', 'encrypt the CA private keys with the passphrase in this file (or set CERTUNNEL_CA_PASSPHRASE)')
-    .action(async (opts: { dir: string; passphraseFile?: string }) => {
-      const passphrase = await readPassphrase(opts.passphraseFile, env);
-      for (const name of [USER_CA_FILE, HOST_CA_FILE]) {
-        if (await exists(join(opts.dir, name))) {
-          throw new CliError('CA_EXISTS', `${join(opts.dir, name)} already exists; refusing to overwrite a CA`);
-        }
-      }
-      await mkdir(opts.dir, { recursive: true, mode: 0o700 });
-      for (const name of [USER_CA_FILE, HOST_CA_FILE]) {
-        const pair = generateKeyPair();
-        await saveKeyPair(join(opts.dir, name), pair, { passphrase, comment: `certunnel ${name.replace('_', ' ')}` });
-        process.stdout.write(`${name}: ${fingerprint(pair.publicKey)}\n`);
-      }
-    });
+    .action((opts: { dir: string; passphraseFile?: string }) => initCa(opts, env));
 
   ca.command('sign-device')
     .description('sign a device certificate for a public key')
@@ -73,22 +152,7 @@ export function registerCaCommands(program: Command, env: NodeJS.ProcessEnv): vo
     .option('--validity <duration>', 'validity, e.g. 1h', '1h')
     .option('--passphrase-file <file>', 'passphrase of the CA key (or set CERTUNNEL_CA_PASSPHRASE)')
     .option('--out <file>', 'write the certificate here instead of standard output')
-    .action(async (opts: { ca: string; key: string; deviceId: string; ports: string; serial: string; validity: string; passphraseFile?: string; out?: string }) => {
-      if (!/^\d+$/.test(opts.serial)) throw new CliError('BAD_ARGUMENT', 'serial must be a decimal number');
-      const caKey = await loadKeyPair(opts.ca, { passphrase: await readPassphrase(opts.passphraseFile, env) });
-      const cert = signDeviceCert({
-        ca: caKey,
-        publicKey: await loadPublicKey(opts.key),
-        deviceId: opts.deviceId,
-        ports: parsePortRange(opts.ports),
-        serial: BigInt(opts.serial),
-        now: new Date(),
-        validitySeconds: parseDuration(opts.validity),
-      });
-      const line = `${formatCertificate(cert, `device:${opts.deviceId}`)}\n`;
-      if (opts.out) await writeFile(opts.out, line, { mode: 0o644 });
-      else process.stdout.write(line);
-    });
+    .action((opts: SignDeviceFlags) => signDevice(opts, env));
 
   ca.command('krl')
     .description('write an OpenSSH KRL (for sshd RevokedKeys) revoking certificates of a CA by serial or key id')
@@ -98,42 +162,12 @@ export function registerCaCommands(program: Command, env: NodeJS.ProcessEnv): vo
     .option('--serial-range <a-b...>', 'revoked serial range(s), inclusive')
     .option('--key-id <id...>', 'revoked key id(s), e.g. device:dev_…')
     .option('--version <n>', 'KRL version number', '1')
-    .action(async (opts: { ca: string; out: string; serial?: string[]; serialRange?: string[]; keyId?: string[]; version: string }) => {
-      const serials: bigint[] = [];
-      for (const text of opts.serial ?? []) {
-        if (!/^\d+$/.test(text)) throw new CliError('BAD_ARGUMENT', `--serial: not a number: ${text}`);
-        serials.push(BigInt(text));
-      }
-      for (const text of opts.serialRange ?? []) {
-        const m = /^(\d+)-(\d+)$/.exec(text);
-        if (!m || BigInt(m[1]!) > BigInt(m[2]!) || BigInt(m[2]!) - BigInt(m[1]!) > 1_000_000n) {
-          throw new CliError('BAD_ARGUMENT', `--serial-range: use FIRST-LAST (at most a million serials): ${text}`);
-        }
-        for (let n = BigInt(m[1]!); n <= BigInt(m[2]!); n++) serials.push(n);
-      }
-      if (!/^\d+$/.test(opts.version)) throw new CliError('BAD_ARGUMENT', '--version must be a number');
-      await writeKrl(opts.out, { caKey: await loadPublicKey(opts.ca), serials, keyIds: opts.keyId ?? [], version: BigInt(opts.version), generatedAt: new Date() });
-      process.stdout.write(`wrote ${opts.out}: ${new Set(serials).size} serial(s), ${(opts.keyId ?? []).length} key id(s)\n`);
-    });
+    .action((opts: KrlFlags) => krl(opts));
 
   ca.command('inspect')
     .description('print a certificate as ssh-keygen -L does, and check its signature against a CA')
     .argument('<certfile>', 'certificate file (…-cert.pub)')
     .option('--ca <pubfile>', 'CA public key to verify the signature against')
     .option('--type <type>', 'expected certificate type (user or host)', 'user')
-    .action(async (certfile: string, opts: { ca?: string; type: string }) => {
-      const cert = parseCertificateLine(await readFile(certfile, 'utf8'));
-      process.stdout.write(`${describeCertificate(cert, certfile)}\n`);
-      if (!opts.ca) return;
-      if (opts.type !== 'user' && opts.type !== 'host') throw new CliError('BAD_ARGUMENT', '--type must be user or host');
-      const caKey = await loadPublicKey(opts.ca);
-      try {
-        verifyCertificate(cert, { trustedCaKeys: [caKey], type: opts.type, now: new Date() });
-        process.stdout.write(`        Verification: OK (signed by ${fingerprint(caKey)})\n`);
-      } catch (err) {
-        if (!(err instanceof CaError)) throw err;
-        process.stdout.write(`        Verification: FAILED ${err.code}: ${err.message}\n`);
-        process.exitCode = 3;
-      }
-    });
+    .action((certfile: string, opts: { ca?: string; type: string }) => inspect(certfile, opts));
 }

@@ -22,7 +22,7 @@ const GROUPS: ReadonlyArray<{ readonly commands: readonly string[]; readonly loa
   { commands: ['agent'], load: async () => (await import('./agent-commands.js')).registerAgentCommands },
 ];
 
-export async function buildProgram(env: NodeJS.ProcessEnv, argv: readonly string[] = process.argv): Promise<Command> {
+async function buildProgram(env: NodeJS.ProcessEnv, argv: readonly string[] = process.argv): Promise<Command> {
   const program = new Command('certunnel')
     .description('certificate-authority-centric reverse SSH tunnel broker')
     .showHelpAfterError()

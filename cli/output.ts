@@ -4,7 +4,7 @@ export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`);
 }
 
-export function printTable(rows: ReadonlyArray<Record<string, unknown>>, columns: readonly string[]): void {
+export function printTable<T extends object>(rows: readonly T[], columns: ReadonlyArray<keyof T & string>): void {
   const cells = rows.map((row) => columns.map((c) => formatCell(row[c])));
   const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((r) => r[i]!.length)));
   const line = (values: readonly string[]): string => values.map((v, i) => v.padEnd(widths[i]!)).join('  ').trimEnd();

@@ -7,7 +7,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { apiRequest } from '../api/client.js';
+import { apiRequest } from '../api/index.js';
 import {
   flashImage, parseServiceFlags, readBundle, readSerialsFile, runBatch, verifyImage, ProvisionError,
   type BatchReport, type FlashReport, type VerifyReport,

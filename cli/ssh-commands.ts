@@ -17,20 +17,20 @@ import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { generateKeyPair, saveKeyPair } from '../ca/index.js';
-import type { OperatorCertificateResponse } from '../api/access.js';
+import { SLOT, TUNNEL_HOST, slotPort, type ListDevicesResponse, type OperatorCertificateResponse } from '../api/index.js';
 import { addApiOptions, callApi, resolveApi, type ApiFlags } from './api-connection.js';
 import { CliError } from './output.js';
 
-export const OPERATOR_KEY_FILE = 'operator_ed25519';
+const OPERATOR_KEY_FILE = 'operator_ed25519';
 
 /** $CERTUNNEL_HOME, else $XDG_CONFIG_HOME/certunnel, else ~/.config/certunnel. */
-export function operatorHome(env: NodeJS.ProcessEnv): string {
+function operatorHome(env: NodeJS.ProcessEnv): string {
   if (env.CERTUNNEL_HOME) return env.CERTUNNEL_HOME;
   return join(env.XDG_CONFIG_HOME || join(env.HOME || homedir(), '.config'), 'certunnel');
 }
 
 /** The operator's key, made on first use (private key 0600 in a 0700 directory). */
-export async function ensureOperatorKey(home: string): Promise<{ keyPath: string; publicKeyLine: string }> {
+async function ensureOperatorKey(home: string): Promise<{ keyPath: string; publicKeyLine: string }> {
   const keyPath = join(home, OPERATOR_KEY_FILE);
   const exists = await access(keyPath).then(() => true, () => false);
   if (!exists) {
@@ -51,7 +51,7 @@ function proxyCommandOf(words: readonly string[]): string {
   return words.map((w) => shellQuote(w).replace(/%/g, '%%')).join(' ');
 }
 
-export interface HopFiles {
+interface HopFiles {
   readonly dir: string;
   readonly certPath: string;
   readonly knownHostsPath: string;
@@ -63,7 +63,7 @@ function knownHostsName(host: string, port: number): string {
 }
 
 /** A scratch directory (0700) with the certificate and a known_hosts naming only the broker. */
-export async function writeHopFiles(grant: OperatorCertificateResponse): Promise<HopFiles> {
+async function writeHopFiles(grant: OperatorCertificateResponse): Promise<HopFiles> {
   const dir = await mkdtemp(join(tmpdir(), 'certunnel-ssh-'));
   const certPath = join(dir, 'operator-cert.pub');
   const knownHostsPath = join(dir, 'known_hosts');
@@ -74,7 +74,7 @@ export async function writeHopFiles(grant: OperatorCertificateResponse): Promise
 }
 
 /** The `ssh` arguments of the broker hop: `-W 127.0.0.1:PORT` with nothing taken from the user's configuration. */
-export function brokerHopArgs(grant: OperatorCertificateResponse, files: HopFiles, keyPath: string, port: number): string[] {
+function brokerHopArgs(grant: OperatorCertificateResponse, files: HopFiles, keyPath: string, port: number): string[] {
   return [
     '-F', '/dev/null',
     '-o', `UserKnownHostsFile=${files.knownHostsPath}`,
@@ -91,7 +91,7 @@ export function brokerHopArgs(grant: OperatorCertificateResponse, files: HopFile
     '-o', 'ServerAliveCountMax=4',
     '-p', String(grant.ssh.port),
     '-l', grant.ssh.username,
-    '-W', `127.0.0.1:${port}`,
+    '-W', `${TUNNEL_HOST}:${port}`,
     grant.ssh.host,
   ];
 }
@@ -102,10 +102,15 @@ interface SshFlags extends ApiFlags {
 }
 
 function targetPort(grant: OperatorCertificateResponse, flag: string | undefined): number {
-  if (flag === undefined) return grant.device.ports.first; // slot 0: ssh
+  if (flag === undefined) return sshSlotPort(grant);
   const port = Number(flag);
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw new CliError('BAD_ARGUMENT', '--port must be a port number');
   return port;
+}
+
+/** The device's ssh slot; every block has one (the first port). */
+function sshSlotPort(grant: OperatorCertificateResponse): number {
+  return slotPort(grant.device.ports, SLOT.ssh)!;
 }
 
 function deviceLabel(grant: OperatorCertificateResponse): string {
@@ -116,7 +121,7 @@ function deviceLabel(grant: OperatorCertificateResponse): string {
 function checkForwarded(grant: OperatorCertificateResponse, port: number): void {
   const { ports, forwardedPorts } = grant.device;
   if (forwardedPorts === null || port < ports.first || port > ports.last || forwardedPorts.includes(port)) return;
-  throw new CliError('TUNNEL_NOT_CONNECTED', `${deviceLabel(grant)} is online, but its tunnel does not forward port ${port}${port === ports.first ? ' (its ssh slot)' : ''}`, 255);
+  throw new CliError('TUNNEL_NOT_CONNECTED', `${deviceLabel(grant)} is online, but its tunnel does not forward port ${port}${port === sshSlotPort(grant) ? ' (its ssh slot)' : ''}`, 255);
 }
 
 function warnOnSkew(grant: OperatorCertificateResponse, now = Date.now()): void {
@@ -239,7 +244,7 @@ async function sshConfig(flags: ApiFlags & { command?: string }, env: NodeJS.Pro
   let cursor: string | null = null;
   do {
     const q: string = `/v1/devices?status=active&limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
-    const page: { items: Array<{ name: string | null }>; nextCursor: string | null } = await callApi(flags, env, 'GET', q);
+    const page: ListDevicesResponse = await callApi(flags, env, 'GET', q);
     for (const d of page.items) if (d.name) names.push(d.name);
     cursor = page.nextCursor;
   } while (cursor);

@@ -21,20 +21,19 @@
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { parseAgentConfig } from '../agent/config.js';
+import type { CaResponse } from '../api/index.js';
 import { isTlsPin } from '../ca/index.js';
 import { ProvisionError } from './errors.js';
 
 export const BUNDLE_FORMAT = 'certunnel-device-bundle/1';
 export const DEFAULT_STATE_DIR = '/var/lib/certunnel';
 
-/** GET /v1/ca, the broker's public keys and pin. */
-export interface BrokerCaResponse {
-  userCertificateAuthority: string;
-  hostCertificateAuthority: string;
-  hostKey: string;
-  apiPin: string | null;
-  ssh: { host: string; port: number; username: string };
-}
+/**
+ * What provisioning reads of GET /v1/ca (api CaResponse): of the SSH
+ * endpoint only the address and login, since the response carries the keys
+ * at its top level too.
+ */
+export type BrokerCaResponse = Omit<CaResponse, 'ssh'> & { ssh: Pick<CaResponse['ssh'], 'host' | 'port' | 'username'> };
 
 const brokerSchema = z.strictObject({
   url: z.string().regex(/^https?:\/\/[^\s/]+(\/.*)?$/),

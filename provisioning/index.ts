@@ -1,5 +1,6 @@
 /** Factory provisioning: token batches and device bundles, flashing an image root, verifying it. */
-export { runBatch, readSerialsFile, type BatchDeps, type BatchOptions, type BatchReport, type BrokerCall } from './batch.js';
+export { runBatch, type BatchReport } from './batch.js';
+export { readSerialsFile, type BatchDeps, type BatchOptions, type BrokerCall } from './batch-plan.js';
 export {
   BUNDLE_FORMAT, DEFAULT_STATE_DIR, buildAgentConfig, parseBundle, parseServiceFlags, readBundle,
   type BrokerCaResponse, type DeviceBundle,

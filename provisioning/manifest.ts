@@ -13,14 +13,16 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { TOKEN_STATUSES } from '../api/index.js';
 import { writeFileAtomic } from '../ca/index.js';
 import { ProvisionError } from './errors.js';
 
 export const MANIFEST_FORMAT = 'certunnel-batch-manifest/1';
-export const MANIFEST_JSON = 'manifest.json';
-export const MANIFEST_CSV = 'manifest.csv';
+const MANIFEST_JSON = 'manifest.json';
+const MANIFEST_CSV = 'manifest.csv';
 
-const tokenStatus = z.enum(['active', 'used', 'expired', 'revoked', 'unknown']);
+/** The broker's token status (api TokenStatus), or unknown when its list no longer has the token. */
+const tokenStatus = z.enum([...TOKEN_STATUSES, 'unknown']);
 
 const deviceSchema = z.strictObject({
   index: z.number().int().min(1),
@@ -75,7 +77,7 @@ export type Manifest = z.infer<typeof manifestSchema>;
 export type ManifestDevice = z.infer<typeof deviceSchema>;
 export type DiscardedToken = z.infer<typeof discardedSchema>;
 export type BatchSettings = z.infer<typeof settingsSchema>;
-export type TokenStatus = z.infer<typeof tokenStatus>;
+export type ManifestTokenStatus = z.infer<typeof tokenStatus>;
 
 export function manifestPaths(outDir: string): { json: string; csv: string } {
   return { json: join(outDir, MANIFEST_JSON), csv: join(outDir, MANIFEST_CSV) };
@@ -112,7 +114,7 @@ function csvField(value: string | number | null): string {
 export const CSV_COLUMNS = ['index', 'name', 'serial', 'token_id', 'expires_at', 'state', 'token_status', 'bundle'] as const;
 
 /** One row per device slot, then one per discarded token (state "discarded:<reason>"). */
-export function renderManifestCsv(m: Manifest): string {
+function renderManifestCsv(m: Manifest): string {
   const rows: Array<Array<string | number | null>> = [[...CSV_COLUMNS]];
   for (const d of m.devices) rows.push([d.index, d.name, d.serial, d.tokenId, d.expiresAt, d.state, d.tokenStatus, d.bundle]);
   for (const d of m.discarded) rows.push([d.index, null, null, d.tokenId, null, `discarded:${d.reason}`, d.status, null]);

@@ -3,45 +3,16 @@
  * keys, shown once, stored only as hashes, listed without secrets, revoked
  * one by one or by batch.
  */
+import type {
+  ListTokensRequest, ListTokensResponse, MintedTokenView, MintTokensRequest, MintTokensResponse, RevokeTokensRequest, RevokeTokensResponse,
+  TokenStatus, TokenView,
+} from '../../api/index.js';
 import { BrokerError } from './errors.js';
-import type { Page, TokenRecord, TokenStatus } from '../store/types.js';
+import type { TokenRecord } from '../store/types.js';
 import type { Actor, CoreDeps } from './deps.js';
 import { hashSecret, newId, newTokenSecret } from './secrets.js';
 
-export interface MintTokensRequest {
-  count: number;
-  batch?: string;
-  ttlSeconds?: number;
-  /** One device name per token (length must equal count). */
-  bindNames?: string[];
-  /** One hardware serial per token (length must equal count). */
-  bindSerials?: string[];
-}
-
-export interface MintedToken {
-  id: string;
-  /** The secret, shown only in this response. */
-  token: string;
-  batch: string | null;
-  bindName: string | null;
-  bindSerial: string | null;
-  expiresAt: string;
-}
-
-export interface TokenView {
-  id: string;
-  batch: string | null;
-  bindName: string | null;
-  bindSerial: string | null;
-  status: TokenStatus;
-  createdAt: string;
-  createdBy: string;
-  expiresAt: string;
-  usedAt: string | null;
-  usedByDevice: string | null;
-  revokedAt: string | null;
-}
-
+/** The status of T at NOW, by the precedence api/operator.ts gives TokenStatus. */
 export function tokenStatus(t: TokenRecord, now: Date): TokenStatus {
   if (t.usedAt) return 'used';
   if (t.revokedAt) return 'revoked';
@@ -49,7 +20,7 @@ export function tokenStatus(t: TokenRecord, now: Date): TokenStatus {
   return 'active';
 }
 
-export function viewToken(t: TokenRecord, now: Date): TokenView {
+function viewToken(t: TokenRecord, now: Date): TokenView {
   return {
     id: t.id, batch: t.batch, bindName: t.bindName, bindSerial: t.bindSerial, status: tokenStatus(t, now),
     createdAt: t.createdAt.toISOString(), createdBy: t.createdBy, expiresAt: t.expiresAt.toISOString(),
@@ -57,7 +28,8 @@ export function viewToken(t: TokenRecord, now: Date): TokenView {
   };
 }
 
-export async function mintTokens(deps: CoreDeps, req: MintTokensRequest, actor: Actor): Promise<{ batch: string | null; tokens: MintedToken[] }> {
+/** REQ as the route's schema parsed it: count has its default. */
+export async function mintTokens(deps: CoreDeps, req: MintTokensRequest & { count: number }, actor: Actor): Promise<MintTokensResponse> {
   const now = deps.clock();
   if (req.count < 1 || req.count > deps.config.tokens.maxBatch) {
     throw new BrokerError('BAD_REQUEST', `count must be between 1 and ${deps.config.tokens.maxBatch}`);
@@ -67,7 +39,7 @@ export async function mintTokens(deps: CoreDeps, req: MintTokensRequest, actor: 
   }
   const expiresAt = new Date(now.getTime() + (req.ttlSeconds ?? deps.config.tokens.defaultTtlSeconds) * 1000);
   const batch = req.batch ?? null;
-  const minted: MintedToken[] = [];
+  const minted: MintedTokenView[] = [];
   const rows = Array.from({ length: req.count }, (_, i) => {
     const secret = newTokenSecret();
     const row = {
@@ -87,16 +59,13 @@ export async function mintTokens(deps: CoreDeps, req: MintTokensRequest, actor: 
   return { batch, tokens: minted };
 }
 
-export async function listTokens(
-  deps: CoreDeps,
-  filter: { batch?: string; status?: TokenStatus; limit?: number; cursor?: string },
-): Promise<Page<TokenView>> {
+export async function listTokens(deps: CoreDeps, filter: ListTokensRequest): Promise<ListTokensResponse> {
   const now = deps.clock();
   const page = await deps.store.listTokens({ ...filter, now });
   return { items: page.items.map((t) => viewToken(t, now)), nextCursor: page.nextCursor };
 }
 
-export async function revokeTokens(deps: CoreDeps, which: { id: string } | { batch: string }, actor: Actor): Promise<{ revoked: number }> {
+export async function revokeTokens(deps: CoreDeps, which: RevokeTokensRequest, actor: Actor): Promise<RevokeTokensResponse> {
   const now = deps.clock();
   return deps.store.transaction(async (tx) => {
     const revoked = await tx.revokeTokens(which, actor.id, now);

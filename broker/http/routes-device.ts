@@ -1,5 +1,9 @@
-/** Routes devices and anyone may call: enrollment, renewal, public CA keys, the KRL, health. */
+/**
+ * Routes devices and anyone may call: enrollment, renewal, public CA keys,
+ * the KRL, health, metrics. Their wire types are api/device.ts.
+ */
 import type Router from '@koa/router';
+import type { CaResponse, EnrollRequest, EnrollResponse, HealthResponse, RenewRequest, RenewResponse } from '../../api/index.js';
 import { enrollDevice } from '../core/enroll.js';
 import { renewDevice } from '../core/renew.js';
 import { BrokerError } from '../core/errors.js';
@@ -12,7 +16,7 @@ function outcomeOf(err: unknown): string {
 
 export function registerDeviceRoutes(router: Router<AppState>, deps: HttpDeps): void {
   router.get('/healthz', (ctx) => {
-    ctx.body = { status: 'ok' };
+    ctx.body = { status: 'ok' } satisfies HealthResponse;
   });
 
   router.get('/metrics', async (ctx) => {
@@ -27,7 +31,7 @@ export function registerDeviceRoutes(router: Router<AppState>, deps: HttpDeps): 
       hostKey: deps.publicKeys.hostKey,
       apiPin: deps.apiPin,
       ssh: deps.core.ssh,
-    };
+    } satisfies CaResponse;
   });
 
   router.get('/v1/krl', (ctx) => {
@@ -37,8 +41,8 @@ export function registerDeviceRoutes(router: Router<AppState>, deps: HttpDeps): 
 
   router.post('/v1/enroll', async (ctx) => {
     try {
-      const req = parseWith(enrollSchema, ctx.request.body);
-      ctx.body = await enrollDevice(deps.core, req, { remoteAddr: clientAddress(ctx) });
+      const req: EnrollRequest = parseWith(enrollSchema, ctx.request.body);
+      ctx.body = (await enrollDevice(deps.core, req, { remoteAddr: clientAddress(ctx) })) satisfies EnrollResponse;
       ctx.status = 201;
       deps.metrics.enrollments.inc({ outcome: 'ok' });
     } catch (err) {
@@ -49,8 +53,8 @@ export function registerDeviceRoutes(router: Router<AppState>, deps: HttpDeps): 
 
   router.post('/v1/renew', async (ctx) => {
     try {
-      const req = parseWith(renewSchema, ctx.request.body);
-      ctx.body = await renewDevice(deps.core, req, { remoteAddr: clientAddress(ctx) });
+      const req: RenewRequest = parseWith(renewSchema, ctx.request.body);
+      ctx.body = (await renewDevice(deps.core, req, { remoteAddr: clientAddress(ctx) })) satisfies RenewResponse;
       deps.metrics.renewals.inc({ outcome: 'ok' });
     } catch (err) {
       deps.metrics.renewals.inc({ outcome: outcomeOf(err) });

@@ -1,9 +1,17 @@
-/** Routes for API-key holders: tokens (admin, provisioner), devices and audit (admin, operator), API keys (admin). */
+/**
+ * Routes for API-key holders: tokens (admin, provisioner), devices and audit
+ * (admin, operator), API keys (admin). Their wire types are api/operator.ts;
+ * the views below render store records in them.
+ */
 import type Router from '@koa/router';
+import type {
+  ApiKeyView, AuditEventView, CreateApiKeyRequest, CreateApiKeyResponse, DeviceView, ListApiKeysResponse, ListAuditRequest, ListAuditResponse,
+  ListDevicesRequest, ListDevicesResponse, ListTokensRequest, MintTokensRequest, RevokeDeviceRequest, RevokeDeviceResponse, RevokeTokensRequest,
+} from '../../api/index.js';
 import { createApiKey, requireRole } from '../core/api-keys.js';
 import { findDeviceByRef, revokeDevice } from '../core/revoke.js';
 import { listTokens, mintTokens, revokeTokens } from '../core/tokens.js';
-import type { AuditEvent, DeviceRecord } from '../store/types.js';
+import type { ApiKeyRecord, AuditEvent, DeviceRecord } from '../store/types.js';
 import { authenticate, type AppState, type HttpDeps } from './context.js';
 import {
   createApiKeySchema, listAuditQuery, listDevicesQuery, listTokensQuery, mintTokensSchema, parseWith, revokeDeviceSchema, revokeTokensSchema,
@@ -11,49 +19,57 @@ import {
 
 const iso = (d: Date | null): string | null => d?.toISOString() ?? null;
 
-export function viewDevice(d: DeviceRecord): Record<string, unknown> {
+function viewDevice(d: DeviceRecord): DeviceView {
   return {
     id: d.id, name: d.name, hardwareSerial: d.hardwareSerial, status: d.status,
-    ports: d.portFirst === null ? null : { first: d.portFirst, last: d.portLast },
+    ports: d.portFirst === null || d.portLast === null ? null : { first: d.portFirst, last: d.portLast },
     publicKey: d.publicKey, fingerprint: d.keyFingerprint, labels: d.labels,
     online: d.online, connectedSince: iso(d.connectedSince), remoteAddr: d.remoteAddr, lastSeenAt: iso(d.lastSeenAt),
-    createdAt: iso(d.createdAt), revokedAt: iso(d.revokedAt), revokedBy: d.revokedBy, revokeReason: d.revokeReason,
+    createdAt: d.createdAt.toISOString(), revokedAt: iso(d.revokedAt), revokedBy: d.revokedBy, revokeReason: d.revokeReason,
   };
 }
 
-function viewAudit(e: AuditEvent): Record<string, unknown> {
+function viewAudit(e: AuditEvent): AuditEventView {
   return { id: e.id, at: e.at.toISOString(), actor: e.actor, action: e.action, target: e.target, remoteAddr: e.remoteAddr, outcome: e.outcome, details: e.details };
 }
 
-export function registerOperatorRoutes(router: Router<AppState>, deps: HttpDeps): void {
-  const core = deps.core;
+function viewApiKey(k: ApiKeyRecord): ApiKeyView {
+  return { id: k.id, name: k.name, role: k.role, createdAt: k.createdAt.toISOString(), createdBy: k.createdBy, revokedAt: iso(k.revokedAt), lastUsedAt: iso(k.lastUsedAt) };
+}
 
+function registerTokenRoutes(router: Router<AppState>, deps: HttpDeps): void {
   router.post('/v1/tokens', async (ctx) => {
     const actor = await authenticate(ctx, deps);
     requireRole(actor, ['admin', 'provisioner']);
-    ctx.body = await mintTokens(core, parseWith(mintTokensSchema, ctx.request.body), actor);
+    const req: MintTokensRequest & { count: number } = parseWith(mintTokensSchema, ctx.request.body);
+    ctx.body = await mintTokens(deps.core, req, actor);
     ctx.status = 201;
   });
 
   router.get('/v1/tokens', async (ctx) => {
     requireRole(await authenticate(ctx, deps), ['admin', 'provisioner']);
-    ctx.body = await listTokens(core, parseWith(listTokensQuery, ctx.query));
+    const q: ListTokensRequest = parseWith(listTokensQuery, ctx.query);
+    ctx.body = await listTokens(deps.core, q);
   });
 
   router.post('/v1/tokens/revoke', async (ctx) => {
     const actor = await authenticate(ctx, deps);
     requireRole(actor, ['admin', 'provisioner']);
-    ctx.body = await revokeTokens(core, parseWith(revokeTokensSchema, ctx.request.body), actor);
+    const req: RevokeTokensRequest = parseWith(revokeTokensSchema, ctx.request.body);
+    ctx.body = await revokeTokens(deps.core, req, actor);
   });
+}
 
+function registerDeviceAndAuditRoutes(router: Router<AppState>, deps: HttpDeps): void {
+  const core = deps.core;
   router.get('/v1/devices', async (ctx) => {
     requireRole(await authenticate(ctx, deps), ['admin', 'operator']);
-    const q = parseWith(listDevicesQuery, ctx.query);
+    const q: ListDevicesRequest = parseWith(listDevicesQuery, ctx.query);
     const [key, ...value] = q.label?.split('=') ?? [];
     const page = await core.store.listDevices({
       status: q.status, nameContains: q.name, label: key === undefined ? undefined : { key, value: value.join('=') }, limit: q.limit, cursor: q.cursor,
     });
-    ctx.body = { items: page.items.map(viewDevice), nextCursor: page.nextCursor };
+    ctx.body = { items: page.items.map(viewDevice), nextCursor: page.nextCursor } satisfies ListDevicesResponse;
   });
 
   router.get('/v1/devices/:ref', async (ctx) => {
@@ -64,29 +80,39 @@ export function registerOperatorRoutes(router: Router<AppState>, deps: HttpDeps)
   router.post('/v1/devices/:ref/revoke', async (ctx) => {
     const actor = await authenticate(ctx, deps);
     requireRole(actor, ['admin', 'operator']);
-    const { reason } = parseWith(revokeDeviceSchema, ctx.request.body);
+    const { reason }: RevokeDeviceRequest = parseWith(revokeDeviceSchema, ctx.request.body);
     const result = await revokeDevice(core, ctx.params.ref!, reason ?? null, actor);
     if (!result.alreadyRevoked) deps.metrics.revocations.inc();
-    ctx.body = { device: viewDevice(result.device), alreadyRevoked: result.alreadyRevoked, certificatesRevoked: result.certificatesRevoked };
+    ctx.body = { device: viewDevice(result.device), alreadyRevoked: result.alreadyRevoked, certificatesRevoked: result.certificatesRevoked } satisfies RevokeDeviceResponse;
   });
 
   router.get('/v1/audit', async (ctx) => {
     requireRole(await authenticate(ctx, deps), ['admin', 'operator']);
-    const q = parseWith(listAuditQuery, ctx.query);
+    const q: ListAuditRequest = parseWith(listAuditQuery, ctx.query);
     const page = await core.store.listAudit({ since: q.since ? new Date(q.since) : undefined, action: q.action, actor: q.actor, limit: q.limit, cursor: q.cursor });
-    ctx.body = { items: page.items.map(viewAudit), nextCursor: page.nextCursor };
+    ctx.body = { items: page.items.map(viewAudit), nextCursor: page.nextCursor } satisfies ListAuditResponse;
   });
+}
 
+function registerApiKeyRoutes(router: Router<AppState>, deps: HttpDeps): void {
+  const core = deps.core;
   router.post('/v1/apikeys', async (ctx) => {
     const actor = await authenticate(ctx, deps);
     requireRole(actor, ['admin']);
-    ctx.body = await createApiKey(core.store, parseWith(createApiKeySchema, ctx.request.body), actor, core.clock());
+    const req: CreateApiKeyRequest = parseWith(createApiKeySchema, ctx.request.body);
+    ctx.body = (await createApiKey(core.store, req, actor, core.clock())) satisfies CreateApiKeyResponse;
     ctx.status = 201;
   });
 
   router.get('/v1/apikeys', async (ctx) => {
     requireRole(await authenticate(ctx, deps), ['admin']);
     const keys = await core.store.listApiKeys();
-    ctx.body = { items: keys.map((k) => ({ id: k.id, name: k.name, role: k.role, createdAt: iso(k.createdAt), createdBy: k.createdBy, revokedAt: iso(k.revokedAt), lastUsedAt: iso(k.lastUsedAt) })) };
+    ctx.body = { items: keys.map(viewApiKey) } satisfies ListApiKeysResponse;
   });
+}
+
+export function registerOperatorRoutes(router: Router<AppState>, deps: HttpDeps): void {
+  registerTokenRoutes(router, deps);
+  registerDeviceAndAuditRoutes(router, deps);
+  registerApiKeyRoutes(router, deps);
 }

@@ -12,15 +12,12 @@
  *   rows) they changed, so callers can explain a refusal without a racy
  *   read-then-write.
  */
-import type { ApiKeyRole } from '../../api/operator.js';
+import type { ApiKeyRole, DeviceStatus, TokenStatus } from '../../api/operator.js';
 import type { ErrorCode } from '../../api/errors.js';
 import type { PortBlock, PortPool } from '../core/port-pool.js';
 
-export type { ApiKeyRole, PortBlock, PortPool };
+export type { ApiKeyRole, DeviceStatus, PortBlock, PortPool, TokenStatus };
 
-export type DeviceStatus = 'active' | 'revoked';
-/** Derived, not stored: used > revoked > expired > active. */
-export type TokenStatus = 'active' | 'used' | 'expired' | 'revoked';
 export type CertKind = 'device' | 'operator';
 /** Device labels: string keys to string values, stored as JSON text. */
 export type Labels = Record<string, string>;

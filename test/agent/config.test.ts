@@ -51,6 +51,9 @@ const bad: Array<[string, unknown, RegExp]> = [
   ['fail/keepalive zero', { broker, keepalive: { intervalSeconds: 0 } }, /keepalive\.intervalSeconds/],
   ['fail/cap below base', { broker, backoff: { baseMs: 5000, capMs: 1000 } }, /backoff/],
   ['fail/bind address not an IP', { broker, ssh: { bindAddress: 'eth0' } }, /ssh\.bindAddress/],
+  // The broker's DNS-label rule (api/tunnel.ts DEVICE_NAME), not a looser copy.
+  ['fail/device name in capitals', { broker, enroll: { name: 'Kiosk-1' } }, /enroll\.name/],
+  ['fail/device name ending in a hyphen', { broker, enroll: { name: 'kiosk-' } }, /enroll\.name/],
 ];
 
 for (const [name, input, field] of bad) {

@@ -2,11 +2,10 @@
 import test from 'ava';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ApiError } from '../../api/client.js';
+import { ApiError, type EnrollRequest } from '../../api/index.js';
 import { enrollDevice } from '../../agent/enroll.js';
 import { AgentError, EXIT } from '../../agent/errors.js';
 import { formatCertificate, generateKeyPair, parsePublicKey, signDeviceCert } from '../../ca/index.js';
-import type { EnrollRequest } from '../../api/device.js';
 import { withBroker } from '../../testkit/broker.js';
 import { withTempDir } from '../../testkit/openssh.js';
 import { enrolledDevice, mintToken } from './fixtures.js';

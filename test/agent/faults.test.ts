@@ -6,7 +6,7 @@
 import test from 'ava';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { apiRequest } from '../../api/client.js';
+import { apiRequest } from '../../api/index.js';
 import { delayBound } from '../../agent/backoff.js';
 import { EXIT } from '../../agent/errors.js';
 import { withBroker } from '../../testkit/broker.js';

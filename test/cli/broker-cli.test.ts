@@ -2,8 +2,7 @@ import test from 'ava';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair, encodePrivateKey } from '../../ca/index.js';
-import { apiRequest } from '../../api/client.js';
-import type { EnrollResponse } from '../../api/device.js';
+import { apiRequest, type DeviceView, type EnrollResponse, type MintTokensResponse } from '../../api/index.js';
 import { readEphemeralRange } from '../../broker/compose/ephemeral-ports.js';
 import { runCli, spawnBroker, REPO_ROOT } from '../../testkit/cli.js';
 import { runCommand, withTempDir } from '../../testkit/openssh.js';
@@ -34,7 +33,7 @@ test('ok/init, serve, operate over the CLI, renew with the shell script, revoke,
       const env = { CERTUNNEL_API_KEY: adminKey! };
       const minted = await runCli(['token', 'create', '--data', data, '--count', '2', '--batch', 'cli-batch', '--json'], env);
       t.is(minted.code, 0, minted.stderr);
-      const tokens = (JSON.parse(minted.stdout) as { tokens: Array<{ token: string }> }).tokens.map((x) => x.token);
+      const tokens = (JSON.parse(minted.stdout) as MintTokensResponse).tokens.map((x) => x.token);
       t.is(tokens.length, 2);
 
       const key = generateKeyPair();
@@ -44,7 +43,7 @@ test('ok/init, serve, operate over the CLI, renew with the shell script, revoke,
       t.is(list.code, 0, list.stderr);
       t.regex(list.stdout, /kiosk-7\s+active\s+21000-21001/);
       const show = await runCli(['device', 'show', 'kiosk-7', '--data', data, '--json'], env);
-      t.is((JSON.parse(show.stdout) as { id: string }).id, grant.deviceId);
+      t.is((JSON.parse(show.stdout) as DeviceView).id, grant.deviceId);
 
       // The POSIX shell agent renews with ssh-keygen -Y sign and curl.
       const keyPath = join(dir, 'device_key');

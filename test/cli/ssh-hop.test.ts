@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { explainHopFailure, shellQuote } from '../../cli/ssh-commands.js';
-import type { OperatorCertificateResponse } from '../../api/access.js';
+import type { OperatorCertificateResponse } from '../../api/index.js';
 
 const NOW = new Date('2026-03-01T10:00:00Z');
 const grant: OperatorCertificateResponse = {

@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
+import type { AuditEventView, ListAuditResponse } from '../../api/index.js';
 import { runCli } from '../../testkit/cli.js';
 import { runCommand } from '../../testkit/openssh.js';
 import { withFleet, type Fleet } from '../../testkit/operator-fixture.js';
@@ -32,9 +33,8 @@ async function operatorOf(f: Fleet): Promise<Operator> {
   };
 }
 
-type AuditItem = { actor: string; action: string; target: string | null; outcome: string; details: Record<string, unknown> };
-async function audits(f: Fleet, action: string): Promise<AuditItem[]> {
-  return (await f.b.call<{ items: AuditItem[] }>(f.b.admin, 'GET', `/v1/audit?limit=1000&action=${action}`)).items;
+async function audits(f: Fleet, action: string): Promise<AuditEventView[]> {
+  return (await f.b.call<ListAuditResponse>(f.b.admin, 'GET', `/v1/audit?limit=1000&action=${action}`)).items;
 }
 
 sshdTest('ok/certunnel ssh runs a command on the device sshd through the broker; key made once (0600); audited', (t) =>

@@ -7,15 +7,13 @@
 import test from 'ava';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ApiError, type ApiClientOptions } from '../../api/client.js';
+import { ApiError, type ApiClientOptions, type ListTokensResponse, type MintTokensResponse, type TokenView } from '../../api/index.js';
 import { readManifest, runBatch, type BatchOptions, type Manifest } from '../../provisioning/index.js';
 import { withBroker, type TestBroker } from '../../testkit/broker.js';
 import { bundleSecrets, recordingDeps, tempDir } from './helpers.js';
 
-interface TokenView { id: string; status: string; bindName: string | null; bindSerial: string | null }
-
 async function brokerTokens(b: TestBroker, batch: string): Promise<TokenView[]> {
-  return (await b.call<{ items: TokenView[] }>(b.admin, 'GET', `/v1/tokens?batch=${batch}&limit=1000`)).items;
+  return (await b.call<ListTokensResponse>(b.admin, 'GET', `/v1/tokens?batch=${batch}&limit=1000`)).items;
 }
 
 /** Every token the manifest knows: the devices' current ones and the discarded ones. */
@@ -232,7 +230,7 @@ test('ok/a refused mint leaves no pending mint; tokens minted elsewhere into the
       await t.throwsAsync(runBatch(options(dir, provisioner, { count: 6 }), recordingDeps(provisioner)), { code: 'MINT_FAILED' });
       t.is((await readManifest(dir))!.pendingMint, null);
       await runBatch(options(dir, provisioner, { count: 5 }), recordingDeps(provisioner));
-      const foreign = await b.call<{ tokens: Array<{ id: string }> }>(b.admin, 'POST', '/v1/tokens', { count: 1, batch: 'line-7' });
+      const foreign = await b.call<MintTokensResponse>(b.admin, 'POST', '/v1/tokens', { count: 1, batch: 'line-7' });
       const report = await runBatch(options(dir, provisioner, { count: 5 }), recordingDeps(provisioner));
       t.deepEqual(report.foreign, [foreign.tokens[0]!.id]);
       t.is(report.discardedNow.length, 0);

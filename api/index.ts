@@ -1,0 +1,18 @@
+/**
+ * The public surface of api/, the HTTP contract between the broker and its
+ * clients (the agent, the CLI, provisioning). One file per part:
+ *
+ *   device.ts    enroll, renew (and the renewal message), GET /v1/ca, health
+ *   operator.ts  tokens, devices, audit, API keys
+ *   access.ts    operator certificates, the nginx authorize headers
+ *   tunnel.ts    what devices and operators do on the SSH server: logins,
+ *                the loopback address, port-block slots, device names
+ *   errors.ts    the error codes and their HTTP statuses, ApiError
+ *   client.ts    the JSON client with TLS pinning
+ */
+export * from './device.js';
+export * from './operator.js';
+export * from './access.js';
+export * from './tunnel.js';
+export * from './errors.js';
+export { apiRequest, type ApiClientOptions } from './client.js';

@@ -1,0 +1,62 @@
+/**
+ * api/: the broker's JSON answers carry exactly the fields of the contract's
+ * Response and View types, in the order clients have always seen them (a
+ * golden list per route: the types are erased at run time, the wire is not).
+ */
+import test from 'ava';
+import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
+import type {
+  CaResponse, CreateApiKeyResponse, DeviceView, EnrollResponse, HealthResponse, ListApiKeysResponse, ListAuditResponse, ListDevicesResponse,
+  ListTokensResponse, MintTokensResponse, RevokeDeviceResponse, RevokeTokensResponse,
+} from '../../api/index.js';
+import { withBroker } from '../../testkit/broker.js';
+
+const SSH_ENDPOINT = ['host', 'port', 'username', 'hostKey', 'hostCertificateAuthority'];
+const DEVICE_VIEW = [
+  'id', 'name', 'hardwareSerial', 'status', 'ports', 'publicKey', 'fingerprint', 'labels',
+  'online', 'connectedSince', 'remoteAddr', 'lastSeenAt', 'createdAt', 'revokedAt', 'revokedBy', 'revokeReason',
+];
+
+test('ok/every JSON route answers the contract fields, in order', async (t) => {
+  await withBroker(async (b) => {
+    const keys = (value: object): string[] => Object.keys(value);
+
+    t.deepEqual(await b.call<HealthResponse>(b.anonymous, 'GET', '/healthz'), { status: 'ok' });
+    const ca = await b.call<CaResponse>(b.anonymous, 'GET', '/v1/ca');
+    t.deepEqual(keys(ca), ['userCertificateAuthority', 'hostCertificateAuthority', 'hostKey', 'apiPin', 'ssh']);
+    t.deepEqual(keys(ca.ssh), SSH_ENDPOINT);
+
+    const minted = await b.call<MintTokensResponse>(b.admin, 'POST', '/v1/tokens', { count: 2, batch: 'wire' });
+    t.deepEqual(keys(minted), ['batch', 'tokens']);
+    t.deepEqual(keys(minted.tokens[0]!), ['id', 'token', 'batch', 'bindName', 'bindSerial', 'expiresAt']);
+    const listed = await b.call<ListTokensResponse>(b.admin, 'GET', '/v1/tokens?batch=wire');
+    t.deepEqual(keys(listed), ['items', 'nextCursor']);
+    t.deepEqual(keys(listed.items[0]!), ['id', 'batch', 'bindName', 'bindSerial', 'status', 'createdAt', 'createdBy', 'expiresAt', 'usedAt', 'usedByDevice', 'revokedAt']);
+    t.deepEqual(await b.call<RevokeTokensResponse>(b.admin, 'POST', '/v1/tokens/revoke', { id: minted.tokens[1]!.id }), { revoked: 1 });
+
+    const grant = await b.call<EnrollResponse>(b.anonymous, 'POST', '/v1/enroll', { token: minted.tokens[0]!.token, publicKey: formatPublicKey(generateKeyPair().publicKey), name: 'wire-1' });
+    t.deepEqual(keys(grant), ['deviceId', 'name', 'ports', 'certificate', 'serial', 'validAfter', 'validBefore', 'renewAfter', 'ssh']);
+    t.deepEqual(keys(grant.ports), ['first', 'last']);
+    t.deepEqual(keys(grant.ssh), SSH_ENDPOINT);
+
+    const devices = await b.call<ListDevicesResponse>(b.admin, 'GET', '/v1/devices');
+    t.deepEqual(keys(devices), ['items', 'nextCursor']);
+    t.deepEqual(keys(devices.items[0]!), DEVICE_VIEW);
+    const device = await b.call<DeviceView>(b.admin, 'GET', '/v1/devices/wire-1');
+    t.deepEqual(keys(device), DEVICE_VIEW);
+    t.deepEqual(device.ports, grant.ports);
+    const revoked = await b.call<RevokeDeviceResponse>(b.admin, 'POST', '/v1/devices/wire-1/revoke', { reason: 'wire test' });
+    t.deepEqual(keys(revoked), ['device', 'alreadyRevoked', 'certificatesRevoked']);
+    t.deepEqual(keys(revoked.device), DEVICE_VIEW);
+
+    const audit = await b.call<ListAuditResponse>(b.admin, 'GET', '/v1/audit');
+    t.deepEqual(keys(audit), ['items', 'nextCursor']);
+    t.deepEqual(keys(audit.items[0]!), ['id', 'at', 'actor', 'action', 'target', 'remoteAddr', 'outcome', 'details']);
+
+    const created = await b.call<CreateApiKeyResponse>(b.admin, 'POST', '/v1/apikeys', { role: 'operator', name: 'wire' });
+    t.deepEqual(keys(created), ['id', 'name', 'role', 'key']);
+    const apiKeys = await b.call<ListApiKeysResponse>(b.admin, 'GET', '/v1/apikeys');
+    t.deepEqual(keys(apiKeys), ['items']);
+    t.deepEqual(keys(apiKeys.items[0]!), ['id', 'name', 'role', 'createdAt', 'createdBy', 'revokedAt', 'lastUsedAt']);
+  });
+});
