@@ -96,7 +96,8 @@ export interface RevokeTokensResponse {
 
 // ---- devices: GET /v1/devices, GET /v1/devices/:ref, POST /v1/devices/:ref/revoke (:ref is an id or a name)
 
-export type DeviceStatus = 'active' | 'revoked';
+export const DEVICE_STATUSES = ['active', 'revoked'] as const;
+export type DeviceStatus = (typeof DEVICE_STATUSES)[number];
 
 export interface ListDevicesRequest extends ListRequest {
   status?: DeviceStatus;

@@ -18,6 +18,7 @@ interface InitFlags {
   apiListen?: string;
   sshMode?: string;
   insecureHttp?: boolean;
+  trustProxy?: boolean;
   passphraseFile?: string;
 }
 
@@ -29,6 +30,8 @@ function initConfig(flags: InitFlags): Record<string, unknown> {
   const ports = config.ports as Record<string, unknown>;
   if (flags.apiListen) api.listen = flags.apiListen;
   if (flags.insecureHttp) api.insecureHttp = true;
+  // A new plain-HTTP broker says whether it believes X-Forwarded-For, rather than inheriting it from insecureHttp.
+  if (flags.insecureHttp || flags.trustProxy) api.trustProxy = flags.trustProxy === true;
   if (flags.sshListen) ssh.listen = flags.sshListen;
   if (flags.sshMode) ssh.mode = flags.sshMode;
   if (flags.portRange) {
@@ -58,13 +61,14 @@ interface ServeFlags {
   sshListen?: string;
   sshMode?: string;
   insecureHttp?: boolean;
+  trustProxy?: boolean;
   logLevel?: string;
   passphraseFile?: string;
 }
 
 function serveOverrides(flags: ServeFlags): Record<string, unknown> {
   return {
-    api: { listen: flags.apiListen, insecureHttp: flags.insecureHttp ? true : undefined },
+    api: { listen: flags.apiListen, insecureHttp: flags.insecureHttp ? true : undefined, trustProxy: flags.trustProxy ? true : undefined },
     ssh: { listen: flags.sshListen, mode: flags.sshMode },
     log: { level: flags.logLevel },
   };
@@ -94,6 +98,7 @@ function addServeOptions(cmd: Command): Command {
     .option('--ssh-listen <host:port>', 'SSH gateway listen address (overrides config)')
     .option('--ssh-mode <mode>', 'embedded or openssh')
     .option('--insecure-http', 'serve plain HTTP (only behind a TLS-terminating proxy)')
+    .option('--trust-proxy', 'believe the last X-Forwarded-For entry (only when every client comes through your TLS proxy)')
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace, silent')
     .option('--passphrase-file <file>', 'passphrase of the CA keys (or set CERTUNNEL_CA_PASSPHRASE)');
 }
@@ -107,6 +112,7 @@ function addInitOptions(cmd: Command): Command {
     .option('--api-listen <host:port>', 'HTTPS API listen address (default 0.0.0.0:8443)')
     .option('--ssh-mode <mode>', 'embedded (default) or openssh')
     .option('--insecure-http', 'serve plain HTTP (only behind a TLS-terminating proxy)')
+    .option('--trust-proxy', 'believe the last X-Forwarded-For entry (only when every client comes through your TLS proxy)')
     .option('--passphrase-file <file>', 'encrypt the CA keys with this passphrase (or set CERTUNNEL_CA_PASSPHRASE)');
 }
 
@@ -121,7 +127,7 @@ export function registerBrokerCommands(program: Command, env: NodeJS.ProcessEnv)
   addServeOptions(program.command('start').description('initialise the data directory on first run, then run the broker'))
     .action(async (flags: ServeFlags) => {
       const initialised = await access(join(flags.data, 'config.json')).then(() => true, () => false);
-      if (!initialised) await runInit({ data: flags.data, apiListen: flags.apiListen, sshListen: flags.sshListen, sshMode: flags.sshMode, insecureHttp: flags.insecureHttp, passphraseFile: flags.passphraseFile }, env);
+      if (!initialised) await runInit({ data: flags.data, apiListen: flags.apiListen, sshListen: flags.sshListen, sshMode: flags.sshMode, insecureHttp: flags.insecureHttp, trustProxy: flags.trustProxy, passphraseFile: flags.passphraseFile }, env);
       await serve(flags, env);
     });
 

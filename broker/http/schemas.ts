@@ -3,12 +3,14 @@
  * bounded, and a failure becomes BAD_REQUEST naming the field — never the value.
  */
 import { z } from 'zod';
+import { HARDWARE_SERIAL } from '../../api/device.js';
+import { API_KEY_NAME, API_KEY_ROLES, DEVICE_STATUSES, TOKEN_BATCH, TOKEN_STATUSES } from '../../api/operator.js';
 import { DEVICE_NAME } from '../../api/tunnel.js';
 import { BrokerError } from '../core/errors.js';
 
 const name = z.string().min(1).max(63).regex(DEVICE_NAME, 'lowercase letters, digits and inner hyphens (a DNS label)');
-const serial = z.string().min(1).max(128).regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
-const batch = z.string().min(1).max(64).regex(/^[A-Za-z0-9._-]+$/, 'letters, digits, dot, underscore, hyphen');
+const serial = z.string().min(1).max(128).regex(HARDWARE_SERIAL, 'printable ASCII without spaces');
+const batch = z.string().min(1).max(64).regex(TOKEN_BATCH, 'letters, digits, dot, underscore, hyphen');
 const keyLine = z.string().min(1).max(8192);
 const armored = z.string().min(1).max(8192);
 
@@ -41,8 +43,8 @@ export const revokeTokensSchema = z.union([z.strictObject({ id: z.string().min(1
 export const revokeDeviceSchema = z.strictObject({ reason: z.string().max(500).optional() });
 
 export const createApiKeySchema = z.strictObject({
-  role: z.enum(['admin', 'operator', 'provisioner']),
-  name: z.string().min(1).max(100).regex(/^[A-Za-z0-9._@-]+$/),
+  role: z.enum(API_KEY_ROLES),
+  name: z.string().min(1).max(100).regex(API_KEY_NAME),
 });
 
 const limit = z.coerce.number().int().min(1).max(1000).optional();
@@ -50,13 +52,13 @@ const cursor = z.string().max(512).optional();
 
 export const listTokensQuery = z.strictObject({
   batch: batch.optional(),
-  status: z.enum(['active', 'used', 'expired', 'revoked']).optional(),
+  status: z.enum(TOKEN_STATUSES).optional(),
   limit,
   cursor,
 });
 
 export const listDevicesQuery = z.strictObject({
-  status: z.enum(['active', 'revoked']).optional(),
+  status: z.enum(DEVICE_STATUSES).optional(),
   name: z.string().max(63).optional(),
   label: z.string().max(200).regex(/^[^=]+=.*$/, 'KEY=VALUE').optional(),
   limit,

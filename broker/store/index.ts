@@ -1,5 +1,4 @@
-/** The store's public surface: openStore, the Store/StoreTx types, and pure helpers. */
+/** The store's public surface: openStore, the Store/StoreTx types, and iterating active devices. */
 export { openStore } from './open.js';
-export { tokenStatus } from './tokens.js';
 export type * from './types.js';
 export { activeDevices } from './iterate.js';

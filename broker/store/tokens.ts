@@ -9,7 +9,7 @@ import {
   toMillisOrNull,
   type Db,
 } from './db.js';
-import type { NewToken, Page, TokenFilter, TokenRecord, TokenSelector, TokenStatus } from './types.js';
+import type { NewToken, Page, TokenFilter, TokenRecord, TokenSelector } from './types.js';
 
 interface TokenRow {
   id: string;
@@ -41,14 +41,6 @@ function fromRow(row: TokenRow): TokenRecord {
     revokedAt: toDateOrNull(row.revoked_at),
     revokedBy: row.revoked_by,
   };
-}
-
-/** Why a token can or cannot be redeemed at `now` (precedence: used, revoked, expired). */
-export function tokenStatus(token: TokenRecord, now: Date): TokenStatus {
-  if (token.usedAt) return 'used';
-  if (token.revokedAt) return 'revoked';
-  if (token.expiresAt.getTime() <= now.getTime()) return 'expired';
-  return 'active';
 }
 
 // SQLite allows 32766 bound variables per statement; 8 columns x 500 rows

@@ -95,6 +95,25 @@ test('fail/invalid config is refused with the field named', async (t) => {
   });
 });
 
+const TRUST_CASES: Array<[string, string[], Record<string, unknown>]> = [
+  ['ok/init (HTTPS): no proxy settings written', [], {}],
+  ['ok/init --insecure-http: X-Forwarded-For is not believed unless asked for', ['--insecure-http'], { insecureHttp: true, trustProxy: false }],
+  ['ok/init --insecure-http --trust-proxy: both written', ['--insecure-http', '--trust-proxy'], { insecureHttp: true, trustProxy: true }],
+  ['ok/init --trust-proxy (HTTPS behind a balancer)', ['--trust-proxy'], { trustProxy: true }],
+];
+
+for (const [title, flags, expected] of TRUST_CASES) {
+  test(title, async (t) => {
+    await withTempDir(async (dir) => {
+      const data = join(dir, 'data');
+      const init = await runCli(['init', '--data', data, ...INIT, ...flags]);
+      t.is(init.code, 0, init.stderr);
+      const api = (JSON.parse(await readFile(join(data, 'config.json'), 'utf8')) as { api: Record<string, unknown> }).api;
+      t.deepEqual({ insecureHttp: api.insecureHttp, trustProxy: api.trustProxy }, { insecureHttp: undefined, trustProxy: undefined, ...expected });
+    });
+  });
+}
+
 test('ok/init warns (and still initialises) when the pool overlaps the kernel ephemeral range', async (t) => {
   const range = readEphemeralRange();
   if (!range) return t.pass('no /proc/sys/net/ipv4/ip_local_port_range here');

@@ -2,7 +2,8 @@
 import test from 'ava';
 import { isBrokerError } from '../../../broker/core/errors.js';
 import { poolBlockCount, poolBlocks, type PortPool } from '../../../broker/core/port-pool.js';
-import { tokenStatus, type PortBlock } from '../../../broker/store/index.js';
+import { tokenStatus } from '../../../broker/core/tokens.js';
+import type { PortBlock } from '../../../broker/store/index.js';
 import { HOUR, POOL, T0, at, countRows, device, enroll, token, withStore } from './fixtures.js';
 
 test('ok/300 concurrent enrollments: distinct blocks and serials', async (t) => {

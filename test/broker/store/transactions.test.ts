@@ -6,7 +6,8 @@
  */
 import test from 'ava';
 import { isBrokerError } from '../../../broker/core/errors.js';
-import { openStore, tokenStatus, type StoreTx } from '../../../broker/store/index.js';
+import { tokenStatus } from '../../../broker/core/tokens.js';
+import { openStore, type StoreTx } from '../../../broker/store/index.js';
 import { HOUR, T0, at, audit, countRows, enroll, sql, token, withStore } from './fixtures.js';
 
 test('fail/a throwing transaction rolls back everything', async (t) => {
