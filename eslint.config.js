@@ -8,8 +8,11 @@ import tseslint from 'typescript-eslint';
 const SERVER_PACKAGES = ['koa', '@koa/*', 'knex', 'sqlite3', 'pg'];
 const noEnv = ['error', { object: 'process', property: 'env', message: 'configuration flows down from the entry point (STYLE: "Configuration flows down")' }];
 
-/** `import … from` restrictions: { group: [...patterns], message } or { regex, message }. */
-const restrict = (...patterns) => ['error', { patterns }];
+/** Outside api/, the contract is reached through its one surface, as ca/ is. */
+const API_DOOR = { regex: '^(\\.\\./)+api/(?!index\\.js$)', message: 'import the contract from api/index.ts, its one surface' };
+
+/** `import … from` restrictions: { group: [...patterns], message } or { regex, message }; every room also keeps to api/'s one door. */
+const restrict = (...patterns) => ['error', { patterns: [...patterns, API_DOOR] }];
 const deny = (group, message) => ({ group, message });
 const denyRegex = (regex, message) => ({ regex, message });
 
@@ -96,6 +99,10 @@ export default tseslint.config(
   brokerRoom('proxy', { may: ['store', 'telemetry'] }),
   brokerRoom('telemetry', { may: ['store'] }),
   brokerRoom('compose', { may: ['store', 'http', 'ssh', 'openssh', 'proxy', 'telemetry'] }),
+  {
+    files: ['test/**/*.ts'],
+    rules: { 'no-restricted-imports': restrict() },
+  },
   {
     // What tests and benchmark scripts share lives in testkit/; nothing shipped or shared imports a test.
     files: ['testkit/**/*.ts', 'scripts/**/*.ts'],

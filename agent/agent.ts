@@ -19,7 +19,7 @@
  * waiting forever), status-writer.ts (status.json), clock.ts (time and the
  * run loop's wakeable sleep).
  */
-import { apiRequest } from '../api/client.js';
+import { apiRequest } from '../api/index.js';
 import { nextDelay } from './backoff.js';
 import { systemClock, WakeableSleep, type Clock } from './clock.js';
 import type { AgentConfig } from './config.js';

@@ -3,7 +3,7 @@
  * device, port block, certificate expiry) and what the running agent last
  * wrote to status.json (tunnel state, last error), for people or --json.
  */
-import { TUNNEL_HOST, slotPort, type PortBlockWire } from '../api/index.js';
+import { type PortBlockWire, slotPort, TUNNEL_HOST } from '../api/index.js';
 import type { ServiceMapping } from './config.js';
 import { loadEnrollment, readStatus, runningAgentPid, statePaths } from './state-dir.js';
 

@@ -4,7 +4,7 @@
  * certificate, and one remote forward per configured service whose slot
  * lies inside the device's port block (slot N is broker port first + N).
  */
-import type { PortBlockWire } from '../api/device.js';
+import type { PortBlockWire } from '../api/index.js';
 import type { AgentConfig, ServiceMapping } from './config.js';
 import { pinnedHostKey, type Enrollment } from './state-dir.js';
 import type { ForwardSpec, TunnelSpec } from './transport.js';

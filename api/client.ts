@@ -12,8 +12,6 @@ import { connect as tlsConnect, type ConnectionOptions as TlsConnectionOptions }
 import { tlsPinOfSpki } from '../ca/index.js';
 import { ApiError, type ErrorResponse } from './errors.js';
 
-export { ApiError };
-
 export interface ApiClientOptions {
   readonly baseUrl: string;
   /** "sha256//BASE64" of the broker's TLS public key. */

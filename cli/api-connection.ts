@@ -5,7 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { apiRequest, type ApiClientOptions } from '../api/index.js';
+import { type ApiClientOptions, apiRequest } from '../api/index.js';
 import { dataPaths, loadConfig, splitHostPort } from '../broker/compose/index.js';
 import { CliError } from './output.js';
 

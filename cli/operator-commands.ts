@@ -1,9 +1,6 @@
 /** `certunnel token|device|audit …`: operator and provisioner commands over the HTTPS API (wire types: api/operator.ts). */
 import type { Command } from 'commander';
-import type {
-  DeviceView, ListAuditRequest, ListAuditResponse, ListDevicesRequest, ListDevicesResponse, ListTokensRequest, ListTokensResponse,
-  MintTokensRequest, MintTokensResponse, RevokeDeviceRequest, RevokeDeviceResponse, RevokeTokensRequest, RevokeTokensResponse,
-} from '../api/index.js';
+import type { DeviceView, ListAuditRequest, ListAuditResponse, ListDevicesRequest, ListDevicesResponse, ListTokensRequest, ListTokensResponse, MintTokensRequest, MintTokensResponse, RevokeDeviceRequest, RevokeDeviceResponse, RevokeTokensRequest, RevokeTokensResponse } from '../api/index.js';
 import { addApiOptions, callApi, type ApiFlags } from './api-connection.js';
 import { CliError, printJson, printTable } from './output.js';
 

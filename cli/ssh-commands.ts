@@ -17,7 +17,7 @@ import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { generateKeyPair, saveKeyPair } from '../ca/index.js';
-import { SLOT, TUNNEL_HOST, slotPort, type ListDevicesResponse, type OperatorCertificateResponse } from '../api/index.js';
+import { type ListDevicesResponse, type OperatorCertificateResponse, SLOT, slotPort, TUNNEL_HOST } from '../api/index.js';
 import { addApiOptions, callApi, resolveApi, type ApiFlags } from './api-connection.js';
 import { CliError } from './output.js';
 

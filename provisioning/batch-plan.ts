@@ -8,7 +8,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DEVICE_NAME, HARDWARE_SERIAL, TOKEN_BATCH, type CaResponse, type ListTokensResponse } from '../api/index.js';
+import { type CaResponse, DEVICE_NAME, HARDWARE_SERIAL, type ListTokensResponse, TOKEN_BATCH } from '../api/index.js';
 import { fingerprint, parsePublicKey } from '../ca/index.js';
 import { DEFAULT_STATE_DIR, buildAgentConfig, type BrokerInfo } from './bundle.js';
 import { ProvisionError } from './errors.js';

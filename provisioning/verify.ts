@@ -24,7 +24,7 @@
  */
 import type { Stats } from 'node:fs';
 import { lstat, readFile } from 'node:fs/promises';
-import { ApiError, apiRequest, type ApiClientOptions } from '../api/client.js';
+import { type ApiClientOptions, ApiError, apiRequest } from '../api/index.js';
 import { parseAgentConfig, type AgentConfig } from '../agent/config.js';
 import { statePaths } from '../agent/state-dir.js';
 import { DEFAULT_STATE_DIR, type BrokerCaResponse } from './bundle.js';

@@ -26,7 +26,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { apiRequest } from '../api/client.js';
+import { apiRequest } from '../api/index.js';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 const ENTRY = join(REPO, 'cli/main.ts');

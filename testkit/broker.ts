@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { apiRequest, type ApiClientOptions } from '../api/client.js';
+import { type ApiClientOptions, apiRequest } from '../api/index.js';
 import { loadConfig } from '../broker/compose/load-config.js';
 import { dataPaths, initDataDir, type InitResult } from '../broker/compose/data-dir.js';
 import { createLogger } from '../broker/telemetry/logger.js';

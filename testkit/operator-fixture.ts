@@ -13,7 +13,7 @@ import { request as httpsRequest, type Agent as HttpsAgent } from 'node:https';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair, parseCertificateLine, parsePublicKey, type KeyPair } from '../ca/index.js';
-import type { EnrollResponse } from '../api/device.js';
+import type { EnrollResponse } from '../api/index.js';
 import { withBroker, type BrokerFixtureOptions, type TestBroker } from './broker.js';
 import { freePortBlock, isListening } from './gateway.js';
 import { makeOpensshKey } from './openssh.js';

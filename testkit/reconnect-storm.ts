@@ -19,7 +19,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent, type AgentLogger } from '../agent/agent.js';
-import { apiRequest, type ApiClientOptions } from '../api/client.js';
+import { type ApiClientOptions, apiRequest } from '../api/index.js';
 import { parseAgentConfig } from '../agent/config.js';
 import { enrollDevice } from '../agent/enroll.js';
 import { createSsh2Transport } from '../agent/transport-ssh2.js';

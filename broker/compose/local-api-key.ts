@@ -4,7 +4,7 @@
  * admin key is at hand). The key is returned once and stored only hashed.
  */
 import { access } from 'node:fs/promises';
-import type { ApiKeyRole } from '../../api/operator.js';
+import type { ApiKeyRole } from '../../api/index.js';
 import { createApiKey } from '../core/api-keys.js';
 import { BrokerError } from '../core/errors.js';
 import { openStore } from '../store/index.js';

@@ -7,7 +7,7 @@
  */
 import { join } from 'node:path';
 import type { KeyPair } from '../../ca/index.js';
-import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/tunnel.js';
+import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import type { TunnelPresence } from '../core/presence.js';
 import { splitHostPort, type BrokerConfig } from '../core/config.js';
 import type { DataPaths } from './data-dir.js';

@@ -23,8 +23,7 @@ import { RevocationList } from './revocation-list.js';
 import { startSshSide, type SshSide } from './ssh-side.js';
 import { openStore } from '../store/index.js';
 import type { Store } from '../store/types.js';
-import type { SshEndpointWire } from '../../api/device.js';
-import { DEVICE_LOGIN } from '../../api/tunnel.js';
+import { DEVICE_LOGIN, type SshEndpointWire } from '../../api/index.js';
 
 export interface StartBrokerOptions {
   readonly config: BrokerConfig;

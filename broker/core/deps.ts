@@ -6,7 +6,7 @@
 import type { KeyPair, PublicKey } from '../../ca/index.js';
 import type { BrokerConfig } from './config.js';
 import type { Store } from '../store/types.js';
-import type { SshEndpointWire } from '../../api/device.js';
+import type { SshEndpointWire } from '../../api/index.js';
 
 export interface CaKeys {
   readonly userCa: KeyPair;

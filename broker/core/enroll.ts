@@ -14,7 +14,7 @@
 import { fingerprint, formatPublicKey, isCaError, parsePublicKey, type PortBlock, type PublicKey } from '../../ca/index.js';
 import { BrokerError } from './errors.js';
 import type { DeviceRecord, StoreTx, TokenRecord } from '../store/types.js';
-import type { CertificateGrantWire, EnrollRequest } from '../../api/device.js';
+import type { CertificateGrantWire, EnrollRequest } from '../../api/index.js';
 import type { Actor, CoreDeps } from './deps.js';
 import { withFailureAudit, type FailureAuditRow } from './failure-audit.js';
 import { issueDeviceCertificate } from './grant.js';

@@ -3,7 +3,7 @@
  * docs/api.md, never renamed) and its HTTP status. One middleware renders
  * them as {"error": {"code", "message"}}; messages never contain secrets.
  */
-import { ERROR_STATUS, type ErrorCode } from '../../api/errors.js';
+import { ERROR_STATUS, type ErrorCode } from '../../api/index.js';
 
 export { ERROR_STATUS, type ErrorCode };
 

@@ -1,7 +1,7 @@
 /** Issuing a device certificate inside a store transaction: shared by enrollment and renewal. */
 import { formatCertificate, signDeviceCert, type PublicKey } from '../../ca/index.js';
 import type { DeviceRecord, NewAuditEvent, NewCertificate, PortBlock, StoreTx } from '../store/types.js';
-import type { CertificateGrantWire } from '../../api/device.js';
+import type { CertificateGrantWire } from '../../api/index.js';
 import type { CoreDeps } from './deps.js';
 
 export interface IssueOptions {

@@ -9,7 +9,7 @@
  * audited, refusals included.
  */
 import { fingerprint, formatCertificate, signOperatorCert } from '../../ca/index.js';
-import { OPERATOR_LOGIN } from '../../api/tunnel.js';
+import { OPERATOR_LOGIN, type OperatorCertificateRequest, type OperatorCertificateResponse } from '../../api/index.js';
 import type { Actor, CoreDeps } from './deps.js';
 import { parseDeviceKey } from './enroll.js';
 import { findDeviceByRef } from './revoke.js';
@@ -17,7 +17,6 @@ import { BrokerError } from './errors.js';
 import { withFailureAudit, type FailureAuditRow } from './failure-audit.js';
 import type { DeviceRecord } from '../store/types.js';
 import { offlineSince, type TunnelPresence } from './presence.js';
-import type { OperatorCertificateRequest, OperatorCertificateResponse } from '../../api/access.js';
 
 export interface OperatorCertificateDeps {
   readonly core: CoreDeps;

@@ -7,7 +7,7 @@
  * all read the layout from here. Slot meanings are contract: api/tunnel.ts.
  */
 import type { PortBlock } from '../../ca/index.js';
-import { SLOT } from '../../api/tunnel.js';
+import { SLOT } from '../../api/index.js';
 
 export type { PortBlock };
 

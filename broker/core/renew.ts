@@ -8,7 +8,7 @@
 import { fingerprint, formatPublicKey, isCaError, parsePublicKey, verifySshsig, type PublicKey } from '../../ca/index.js';
 import { BrokerError } from './errors.js';
 import type { DeviceRecord } from '../store/types.js';
-import { RENEW_NAMESPACE, renewMessage, type CertificateGrantWire, type RenewRequest } from '../../api/device.js';
+import { type CertificateGrantWire, RENEW_NAMESPACE, renewMessage, type RenewRequest } from '../../api/index.js';
 import type { Actor, CoreDeps } from './deps.js';
 import { parseDeviceKey } from './enroll.js';
 import { withFailureAudit, type FailureAuditRow } from './failure-audit.js';

@@ -3,10 +3,7 @@
  * keys, shown once, stored only as hashes, listed without secrets, revoked
  * one by one or by batch.
  */
-import type {
-  ListTokensRequest, ListTokensResponse, MintedTokenView, MintTokensRequest, MintTokensResponse, RevokeTokensRequest, RevokeTokensResponse,
-  TokenStatus, TokenView,
-} from '../../api/index.js';
+import type { ListTokensRequest, ListTokensResponse, MintedTokenView, MintTokensRequest, MintTokensResponse, RevokeTokensRequest, RevokeTokensResponse, TokenStatus, TokenView } from '../../api/index.js';
 import { BrokerError } from './errors.js';
 import type { TokenRecord } from '../store/types.js';
 import type { Actor, CoreDeps } from './deps.js';

@@ -8,7 +8,7 @@ import type { RouterContext } from '@koa/router';
 import type Koa from 'koa';
 import type { Logger } from '../telemetry/logger.js';
 import type { BrokerMetrics } from '../telemetry/metrics.js';
-import type { ErrorCode, ErrorResponse } from '../../api/errors.js';
+import type { ErrorCode, ErrorResponse } from '../../api/index.js';
 import type { Actor, CoreDeps } from '../core/deps.js';
 import { admitApiKey } from '../core/api-keys.js';
 import type { AccessLayer } from '../proxy/index.js';

@@ -8,7 +8,7 @@ import { z } from 'zod';
 import type { AccessLayer } from '../proxy/index.js';
 import { issueOperatorCertificate } from '../core/operator-certificate.js';
 import { hostOf } from '../proxy/hostname.js';
-import { AUTHORIZE_HEADERS } from '../../api/access.js';
+import { AUTHORIZE_HEADERS } from '../../api/index.js';
 import { requireRole } from '../core/api-keys.js';
 import { BrokerError } from '../core/errors.js';
 import { trustsProxy } from '../core/config.js';

@@ -4,10 +4,7 @@
  * the views below render store records in them.
  */
 import type Router from '@koa/router';
-import type {
-  ApiKeyView, AuditEventView, CreateApiKeyRequest, CreateApiKeyResponse, DeviceView, ListApiKeysResponse, ListAuditRequest, ListAuditResponse,
-  ListDevicesRequest, ListDevicesResponse, ListTokensRequest, MintTokensRequest, RevokeDeviceRequest, RevokeDeviceResponse, RevokeTokensRequest,
-} from '../../api/index.js';
+import type { ApiKeyView, AuditEventView, CreateApiKeyRequest, CreateApiKeyResponse, DeviceView, ListApiKeysResponse, ListAuditRequest, ListAuditResponse, ListDevicesRequest, ListDevicesResponse, ListTokensRequest, MintTokensRequest, RevokeDeviceRequest, RevokeDeviceResponse, RevokeTokensRequest } from '../../api/index.js';
 import { createApiKey, requireRole } from '../core/api-keys.js';
 import { findDeviceByRef, revokeDevice } from '../core/revoke.js';
 import { listTokens, mintTokens, revokeTokens } from '../core/tokens.js';

@@ -3,9 +3,7 @@
  * bounded, and a failure becomes BAD_REQUEST naming the field — never the value.
  */
 import { z } from 'zod';
-import { HARDWARE_SERIAL } from '../../api/device.js';
-import { API_KEY_NAME, API_KEY_ROLES, DEVICE_STATUSES, TOKEN_BATCH, TOKEN_STATUSES } from '../../api/operator.js';
-import { DEVICE_NAME } from '../../api/tunnel.js';
+import { API_KEY_NAME, API_KEY_ROLES, DEVICE_NAME, DEVICE_STATUSES, HARDWARE_SERIAL, TOKEN_BATCH, TOKEN_STATUSES } from '../../api/index.js';
 import { BrokerError } from '../core/errors.js';
 
 const name = z.string().min(1).max(63).regex(DEVICE_NAME, 'lowercase letters, digits and inner hyphens (a DNS label)');

@@ -21,7 +21,7 @@
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import { devicePrincipal, formatPublicKey, operatorPrincipal, writeFileAtomic, type PublicKey } from '../../ca/index.js';
-import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN, TUNNEL_HOST } from '../../api/tunnel.js';
+import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN, TUNNEL_HOST } from '../../api/index.js';
 import { BrokerError } from '../core/errors.js';
 import { isValidPool, poolBlocks, type PortPool } from '../core/port-pool.js';
 

@@ -3,7 +3,7 @@
  * (one DNS label, as device names are) that is not one of the broker's own
  * names. Everything else is the API.
  */
-import { DEVICE_NAME } from '../../api/tunnel.js';
+import { DEVICE_NAME } from '../../api/index.js';
 
 /** The host part of a Host header, lower-cased, without port and trailing dot; undefined for IP literals. */
 export function hostOf(header: string | undefined): string | undefined {

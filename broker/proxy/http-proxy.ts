@@ -9,7 +9,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { RESERVED_PREFIX } from '../../api/access.js';
+import { RESERVED_PREFIX } from '../../api/index.js';
 import { refusalAnswer, sendFailure, sendPage } from './answers.js';
 import { hostOf } from './hostname.js';
 import { handleLogin } from './login.js';

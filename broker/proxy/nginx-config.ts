@@ -13,8 +13,7 @@
  * on, with the broker's own removed.
  */
 import { BrokerError } from '../core/errors.js';
-import { AUTHORIZE_HEADERS, RESERVED_PREFIX } from '../../api/access.js';
-import { DEVICE_NAME, SLOT } from '../../api/tunnel.js';
+import { AUTHORIZE_HEADERS, DEVICE_NAME, RESERVED_PREFIX, SLOT } from '../../api/index.js';
 import { isValidPool, poolBlocks, type PortPool } from '../core/port-pool.js';
 
 export interface NginxConfigInput {

@@ -5,7 +5,7 @@
  * X-Certunnel-Error header (and in the page) for tools and tests.
  */
 import type { ErrorCode } from '../core/errors.js';
-import { RESERVED_PREFIX } from '../../api/access.js';
+import { RESERVED_PREFIX } from '../../api/index.js';
 
 export const LOGIN_PATH = `${RESERVED_PREFIX}login`;
 export const LOGOUT_PATH = `${RESERVED_PREFIX}logout`;

@@ -34,7 +34,7 @@ import { ConnectionRateLimiter } from '../core/rate-limit.js';
 import type { ApiKeyRecord, DeviceRecord } from '../store/types.js';
 import { offlineSince, type TunnelPresence } from '../core/presence.js';
 import { readCookie, SESSION_COOKIE, signSession, stripCookie, verifySession } from './session-cookie.js';
-import { SLOT } from '../../api/tunnel.js';
+import { SLOT } from '../../api/index.js';
 
 export const KEY_CACHE_MS = 5_000;
 export const DEVICE_CACHE_MS = 2_000;

@@ -6,7 +6,7 @@
  * offline / unavailable page.
  */
 import { request as httpRequest, type Agent, type ClientRequest, type IncomingMessage, type RequestOptions, type ServerResponse } from 'node:http';
-import { TUNNEL_HOST } from '../../api/tunnel.js';
+import { TUNNEL_HOST } from '../../api/index.js';
 import { sendFailure, sendPage } from './answers.js';
 import { downstreamHeaders, upstreamHeaders } from './forwarded-headers.js';
 import { refusalPage } from './pages.js';

@@ -15,7 +15,7 @@
 import type { ClientRequest } from 'node:http';
 import { connect } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { TUNNEL_HOST } from '../../api/tunnel.js';
+import { TUNNEL_HOST } from '../../api/index.js';
 import type { TunnelPresence } from '../core/presence.js';
 
 

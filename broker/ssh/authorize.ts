@@ -15,7 +15,7 @@ import {
   type PortBlock,
   type PublicKey,
 } from '../../ca/index.js';
-import { slotPort, TUNNEL_HOST } from '../../api/tunnel.js';
+import { slotPort, TUNNEL_HOST } from '../../api/index.js';
 import { inBlock, isPoolBlock, SERVICE_PORT_SLOTS, type PortPool } from '../core/port-pool.js';
 
 export type Decision<R extends string> = { readonly allow: true } | { readonly allow: false; readonly reason: R };

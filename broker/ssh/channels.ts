@@ -10,7 +10,7 @@
  */
 import { createConnection } from 'node:net';
 import type { RejectConnection, ServerChannel } from 'ssh2';
-import { DEVICE_NAME, TUNNEL_HOST } from '../../api/tunnel.js';
+import { DEVICE_NAME, TUNNEL_HOST } from '../../api/index.js';
 import { authorizeChannel, authorizeDirectTcpip, authorizeReach, resolveNamedTarget } from './authorize.js';
 import { relay } from './forwards.js';
 import { truncate } from './peer-text.js';

@@ -7,7 +7,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { Duplex } from 'node:stream';
 import type { Channel, Connection } from 'ssh2';
-import { TUNNEL_HOST } from '../../api/tunnel.js';
+import { TUNNEL_HOST } from '../../api/index.js';
 import type { ByteCounters } from './stats.js';
 
 const EMPTY = Buffer.alloc(0);

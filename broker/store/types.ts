@@ -12,8 +12,7 @@
  *   rows) they changed, so callers can explain a refusal without a racy
  *   read-then-write.
  */
-import type { ApiKeyRole, DeviceStatus, TokenStatus } from '../../api/operator.js';
-import type { ErrorCode } from '../../api/errors.js';
+import type { ApiKeyRole, DeviceStatus, ErrorCode, TokenStatus } from '../../api/index.js';
 import type { PortBlock, PortPool } from '../core/port-pool.js';
 
 export type { ApiKeyRole, DeviceStatus, PortBlock, PortPool, TokenStatus };

@@ -30,10 +30,9 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { apiRequest } from '../../api/client.js';
+import { apiRequest, type EnrollResponse } from '../../api/index.js';
 import { encodePrivateKey, formatPublicKey, generateKeyPair, type KeyPair } from '../../ca/index.js';
 import { renderNginxConfig } from '../../broker/proxy/nginx-config.js';
-import type { EnrollResponse } from '../../api/device.js';
 import { perRequest } from './proc-usage.js';
 import { nginxConfig } from './proxy-nginx-conf.js';
 

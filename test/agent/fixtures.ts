@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodePrivateKey, formatCertificate, formatPublicKey, generateKeyPair, signDeviceCert, writeFileAtomic, type KeyPair } from '../../ca/index.js';
 import type { Clock, AgentLogger } from '../../agent/agent.js';
-import { ApiError, type ApiClientOptions, type CertificateGrantWire, type RenewRequest } from '../../api/index.js';
+import { type ApiClientOptions, ApiError, type CertificateGrantWire, type RenewRequest } from '../../api/index.js';
 import { ensureStateDir, writeGrant } from '../../agent/state-dir.js';
 import { TransportError, type Transport, type TransportErrorCode, type Tunnel, type TunnelEnd, type TunnelSpec } from '../../agent/transport.js';
 import type { TestBroker } from '../../testkit/broker.js';

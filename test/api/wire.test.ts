@@ -5,10 +5,7 @@
  */
 import test from 'ava';
 import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
-import type {
-  CaResponse, CreateApiKeyResponse, DeviceView, EnrollResponse, HealthResponse, ListApiKeysResponse, ListAuditResponse, ListDevicesResponse,
-  ListTokensResponse, MintTokensResponse, RevokeDeviceResponse, RevokeTokensResponse,
-} from '../../api/index.js';
+import type { CaResponse, CreateApiKeyResponse, DeviceView, EnrollResponse, HealthResponse, ListApiKeysResponse, ListAuditResponse, ListDevicesResponse, ListTokensResponse, MintTokensResponse, RevokeDeviceResponse, RevokeTokensResponse } from '../../api/index.js';
 import { withBroker } from '../../testkit/broker.js';
 
 const SSH_ENDPOINT = ['host', 'port', 'username', 'hostKey', 'hostCertificateAuthority'];

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { generateKeyPair, parseCertificateLine, parsePublicKey, formatPublicKey } from '../../ca/index.js';
-import type { EnrollResponse } from '../../api/device.js';
+import type { EnrollResponse } from '../../api/index.js';
 import { withBroker } from '../../testkit/broker.js';
 import { exchange, isListening, startDeviceService } from '../../testkit/gateway.js';
 import { spawnSsh, sshArgs, waitFor, writeClientIdentity, writeKnownHosts } from '../../testkit/ssh-client.js';

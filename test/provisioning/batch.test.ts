@@ -7,7 +7,7 @@
 import test from 'ava';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ApiError, type ApiClientOptions, type ListTokensResponse, type MintTokensResponse, type TokenView } from '../../api/index.js';
+import { type ApiClientOptions, ApiError, type ListTokensResponse, type MintTokensResponse, type TokenView } from '../../api/index.js';
 import { readManifest, runBatch, type BatchOptions, type Manifest } from '../../provisioning/index.js';
 import { withBroker, type TestBroker } from '../../testkit/broker.js';
 import { bundleSecrets, recordingDeps, tempDir } from './helpers.js';

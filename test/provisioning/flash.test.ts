@@ -7,7 +7,7 @@
 import test from 'ava';
 import { access, chmod, chown, lstat, mkdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ApiError, type ApiClientOptions } from '../../api/client.js';
+import { type ApiClientOptions, ApiError } from '../../api/index.js';
 import {
   findRepoUnit, flashImage, parseAgentUnit, resolveInRoot, verifyImage, type BrokerCaResponse, type DeviceBundle, type VerifyReport,
 } from '../../provisioning/index.js';

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { apiRequest, type ApiClientOptions } from '../../api/client.js';
+import { type ApiClientOptions, apiRequest } from '../../api/index.js';
 import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
 import { BUNDLE_FORMAT, type BatchDeps, type BrokerCall, type DeviceBundle } from '../../provisioning/index.js';
 import { cliArgs, REPO_ROOT } from '../../testkit/cli.js';

@@ -13,7 +13,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair, type PortBlock } from '../../ca/index.js';
 import { createGateway, type AuditEvent, type Gateway as EmbeddedGateway, type GatewayLimits } from '../../broker/ssh/index.js';
-import { DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/tunnel.js';
+import { DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import { portsOf, type Gateway, type GatewayDriver, type World } from './world.js';
 
 export interface EmbeddedConformanceGateway extends Gateway {

@@ -11,7 +11,7 @@
 import { chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { encodeKrl, formatCertificate, generateKeyPair, saveKeyPair, signHostCert, writeKrl, type PortBlock } from '../../ca/index.js';
-import { DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/tunnel.js';
+import { DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import { OPENSSH_FILES, writeOpensshFiles } from '../../broker/openssh/config-files.js';
 import { findListenerPids, killSessionsHoldingPorts } from '../../broker/openssh/session-killer.js';
 import { runCommand } from '../openssh.js';

@@ -1,6 +1,6 @@
 import test from 'ava';
 import { join } from 'node:path';
-import { apiRequest, type ApiClientOptions } from '../../../api/client.js';
+import { type ApiClientOptions, apiRequest } from '../../../api/index.js';
 import { formatPublicKey, generateKeyPair } from '../../../ca/index.js';
 import { runCli, spawnBroker } from '../../../testkit/cli.js';
 import { countRows } from '../../../testkit/db-snapshot.js';

@@ -5,7 +5,7 @@ import { buildRenewRequest } from '../../../agent/renew-request.js';
 import { formatPublicKey, generateKeyPair } from '../../../ca/index.js';
 import { createLogger } from '../../../broker/telemetry/logger.js';
 import { runMaintenance } from '../../../broker/compose/maintenance.js';
-import type { EnrollResponse } from '../../../api/device.js';
+import type { EnrollResponse } from '../../../api/index.js';
 import { withBroker } from '../../../testkit/broker.js';
 import { sshKeygen } from '../../../testkit/openssh.js';
 

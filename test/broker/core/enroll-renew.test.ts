@@ -1,10 +1,9 @@
 import test from 'ava';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ApiError } from '../../../api/client.js';
+import { ApiError, type EnrollResponse, RENEW_NAMESPACE, renewMessage, type RenewResponse } from '../../../api/index.js';
 import { buildRenewRequest } from '../../../agent/renew-request.js';
 import { formatPublicKey, generateKeyPair, parseCertificateLine, verifyCertificate, encodePrivateKey, type KeyPair } from '../../../ca/index.js';
-import { RENEW_NAMESPACE, renewMessage, type EnrollResponse, type RenewResponse } from '../../../api/device.js';
 import { withBroker, type TestBroker } from '../../../testkit/broker.js';
 import { sshKeygen, sshKeygenOk } from '../../../testkit/openssh.js';
 

@@ -7,9 +7,8 @@
 import test from 'ava';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ApiError, type ApiClientOptions } from '../../../api/client.js';
+import { type ApiClientOptions, ApiError, type OperatorCertificateResponse } from '../../../api/index.js';
 import { formatPublicKey, generateKeyPair, parseCertificateLine, parsePublicKey, type KeyPair } from '../../../ca/index.js';
-import type { OperatorCertificateResponse } from '../../../api/access.js';
 import { makeOpensshKey, sshKeygenOk } from '../../../testkit/openssh.js';
 import { spawnSsh, sshArgs, writeClientIdentity, writeKnownHosts } from '../../../testkit/ssh-client.js';
 import { withFleet, type Fleet } from '../../../testkit/operator-fixture.js';

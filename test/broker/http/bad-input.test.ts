@@ -1,7 +1,7 @@
 import test from 'ava';
 import { request } from 'node:https';
 import { connect } from 'node:tls';
-import { ApiError, type ApiClientOptions } from '../../../api/client.js';
+import { type ApiClientOptions, ApiError } from '../../../api/index.js';
 import { formatPublicKey, generateKeyPair } from '../../../ca/index.js';
 import { withBroker, dataPaths, type TestBroker } from '../../../testkit/broker.js';
 import { snapshotState } from '../../../testkit/db-snapshot.js';

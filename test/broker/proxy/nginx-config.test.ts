@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { readFile } from 'node:fs/promises';
-import { DEVICE_NAME } from '../../../api/tunnel.js';
+import { DEVICE_NAME } from '../../../api/index.js';
 import { isBrokerError } from '../../../broker/core/errors.js';
 import { renderNginxConfig, type NginxConfigInput } from '../../../broker/proxy/nginx-config.js';
 
