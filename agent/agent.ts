@@ -19,7 +19,7 @@
  * waiting forever), status-writer.ts (status.json), clock.ts (time and the
  * run loop's wakeable sleep).
  */
-import { apiRequest } from '../api/index.js';
+import { type ApiCall, apiRequest } from '../api/index.js';
 import { nextDelay } from './backoff.js';
 import { systemClock, WakeableSleep, type Clock } from './clock.js';
 import type { AgentConfig } from './config.js';
@@ -27,7 +27,6 @@ import { enrollDevice } from './enroll.js';
 import { AgentError, EXIT } from './errors.js';
 import type { AgentLogger } from './logger.js';
 import { RenewalSchedule } from './renewal-schedule.js';
-import type { ApiCall } from './renewer.js';
 import { AgentStateMachine, type AgentState, type StateChange } from './state-machine.js';
 import { loadEnrollment, type Enrollment } from './state-dir.js';
 import { runtimeStatus, StatusWriter, type RecordedError } from './status-writer.js';

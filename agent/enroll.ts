@@ -16,9 +16,8 @@
  */
 import { readFile, rename, unlink } from 'node:fs/promises';
 import { decodePrivateKey, encodePrivateKey, formatPublicKey, generateKeyPair, writeFileAtomic, type KeyPair } from '../ca/index.js';
-import { ApiError, apiRequest, type EnrollRequest, type EnrollResponse } from '../api/index.js';
+import { type ApiCall, ApiError, apiRequest, type EnrollRequest, type EnrollResponse } from '../api/index.js';
 import { AgentError, ENROLL_FATAL_CODES, EXIT } from './errors.js';
-import type { ApiCall } from './renewer.js';
 import { checkGrant, ensureStateDir, isEnrolled, loadEnrollment, runningAgentPid, writeGrant, type BrokerApiRef, type Enrollment } from './state-dir.js';
 
 export interface EnrollOptions {

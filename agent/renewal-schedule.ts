@@ -15,7 +15,8 @@ import { MAX_TIMER_MS, type Clock } from './clock.js';
 import type { AgentConfig } from './config.js';
 import { EXIT, RENEW_FATAL_CODES } from './errors.js';
 import type { AgentLogger } from './logger.js';
-import { renewCertificate, renewalDueAt, suggestedRenewal, validityOf, type ApiCall } from './renewer.js';
+import type { ApiCall } from '../api/index.js';
+import { renewCertificate, renewalDueAt, suggestedRenewal, validityOf } from './renewer.js';
 import type { AgentState, AgentStateMachine } from './state-machine.js';
 import { loadEnrollment, type BrokerApiRef, type Enrollment } from './state-dir.js';
 

@@ -6,7 +6,7 @@
  * certificate, known_hosts and state.json atomically).
  */
 import type { Certificate } from '../ca/index.js';
-import type { ApiClientOptions, CertificateGrantWire } from '../api/index.js';
+import type { ApiCall, ApiClientOptions, CertificateGrantWire } from '../api/index.js';
 import { AgentError } from './errors.js';
 import { buildRenewRequest } from './renew-request.js';
 import { checkGrant, writeGrant, type BrokerApiRef, type Enrollment } from './state-dir.js';
@@ -48,7 +48,6 @@ export function suggestedRenewal(enrollment: Enrollment): number | undefined {
   return Number.isFinite(at) ? at : undefined;
 }
 
-export type ApiCall = <T>(options: ApiClientOptions, method: string, path: string, body?: unknown) => Promise<T>;
 
 export interface RenewOptions {
   readonly enrollment: Enrollment;

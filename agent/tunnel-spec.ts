@@ -4,7 +4,7 @@
  * certificate, and one remote forward per configured service whose slot
  * lies inside the device's port block (slot N is broker port first + N).
  */
-import type { PortBlockWire } from '../api/index.js';
+import { slotPort, type PortBlockWire } from '../api/index.js';
 import type { AgentConfig, ServiceMapping } from './config.js';
 import { pinnedHostKey, type Enrollment } from './state-dir.js';
 import type { ForwardSpec, TunnelSpec } from './transport.js';
@@ -22,7 +22,8 @@ export function forwardsFor(services: readonly ServiceMapping[], ports: PortBloc
   const forwards: ForwardSpec[] = [];
   const skipped: SkippedService[] = [];
   for (const s of services) {
-    if (s.slot < blockSize) forwards.push({ name: s.name, remotePort: ports.first + s.slot, localHost: s.host, localPort: s.port });
+    const remotePort = slotPort(ports, s.slot);
+    if (remotePort !== undefined) forwards.push({ name: s.name, remotePort, localHost: s.host, localPort: s.port });
     else skipped.push({ service: s.name, slot: s.slot, blockSize });
   }
   return { forwards, skipped };

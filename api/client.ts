@@ -70,6 +70,9 @@ async function readBody(res: IncomingMessage, limit = 16 * 1024 * 1024): Promise
   return Buffer.concat(chunks);
 }
 
+/** apiRequest's shape: what callers take as a dependency, so tests can hand them a fake. */
+export type ApiCall = <T>(options: ApiClientOptions, method: string, path: string, body?: unknown) => Promise<T>;
+
 /** Sends one request and returns the parsed JSON (or raw bytes for non-JSON). Throws ApiError. */
 export async function apiRequest<T>(options: ApiClientOptions, method: string, path: string, body?: unknown): Promise<T> {
   const url = new URL(path, options.baseUrl);

@@ -15,4 +15,4 @@ export * from './operator.js';
 export * from './access.js';
 export * from './tunnel.js';
 export * from './errors.js';
-export { apiRequest, type ApiClientOptions } from './client.js';
+export { apiRequest, type ApiCall, type ApiClientOptions } from './client.js';

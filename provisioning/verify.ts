@@ -24,7 +24,7 @@
  */
 import type { Stats } from 'node:fs';
 import { lstat, readFile } from 'node:fs/promises';
-import { type ApiClientOptions, ApiError, apiRequest } from '../api/index.js';
+import { type ApiCall, type ApiClientOptions, ApiError, apiRequest, type ListTokensResponse, type TokenView } from '../api/index.js';
 import { parseAgentConfig, type AgentConfig } from '../agent/config.js';
 import { statePaths } from '../agent/state-dir.js';
 import { DEFAULT_STATE_DIR, type BrokerCaResponse } from './bundle.js';
@@ -47,7 +47,6 @@ export interface VerifyReport {
 }
 
 /** The typed API client's shape (api/client.ts), so that tests can answer for the broker. */
-export type ApiCall = typeof apiRequest;
 
 export interface VerifyOptions {
   readonly root: string;
@@ -245,13 +244,13 @@ async function verifyTokenStatus(options: VerifyOptions, api: ApiCall, config: A
 }
 
 /** Token ID of BATCH as the broker lists it, page by page until found. */
-async function findBatchToken(api: ApiCall, base: ApiClientOptions, batch: string, id: string): Promise<{ status: string } | undefined> {
-  let found: { status: string } | undefined;
+async function findBatchToken(api: ApiCall, base: ApiClientOptions, batch: string, id: string): Promise<TokenView | undefined> {
+  let found: TokenView | undefined;
   let cursor: string | null = null;
   do {
     const q = new URLSearchParams({ batch, limit: '1000' });
     if (cursor) q.set('cursor', cursor);
-    const page: { items: Array<{ id: string; status: string }>; nextCursor: string | null } = await api(base, 'GET', `/v1/tokens?${q.toString()}`);
+    const page = await api<ListTokensResponse>(base, 'GET', `/v1/tokens?${q.toString()}`);
     found = page.items.find((t) => t.id === id);
     cursor = found ? null : page.nextCursor;
   } while (cursor);
