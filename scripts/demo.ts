@@ -22,11 +22,11 @@ import { randomInt } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { get as httpsGet } from 'node:https';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { apiRequest } from '../api/index.js';
+import { isListening } from '../testkit/net.js';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 const ENTRY = join(REPO, 'cli/main.ts');
@@ -162,18 +162,6 @@ function proxyGet(target: ProxyTarget): Promise<{ status: number; error: string 
     });
     req.once('timeout', () => req.destroy(new Error('timed out')));
     req.once('error', reject);
-  });
-}
-
-/** True while something accepts connections on 127.0.0.1:PORT. */
-function listening(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host: '127.0.0.1', port });
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
   });
 }
 
@@ -333,7 +321,7 @@ async function reachDevice(data: string, apiUrl: string, operatorKey: string): P
 async function revokeDevice(data: string, target: ProxyTarget, httpPort: number, agentExit: Promise<number>): Promise<void> {
   title('Operator: revoke the device; the broker cuts its tunnel');
   await certunnel(['device', 'revoke', 'kiosk-0001', '--reason', 'demo: revoked', '--data', data], asOperator(target.apiKey));
-  await until(async () => !(await listening(httpPort)), 'the tunnel to close', 5000);
+  await until(async () => !(await isListening(httpPort)), 'the tunnel to close', 5000);
   const after = await proxyGet(target);
   print(`  GET https://${target.host}:${new URL(target.apiUrl).port}/ again`);
   print(indent(`HTTP ${after.status} ${after.error ?? ''}`.trimEnd()));

@@ -212,16 +212,4 @@ export function exchange(port: number, data: Buffer | string): Promise<Buffer> {
   });
 }
 
-/** True if something accepts TCP connections on 127.0.0.1:PORT. */
-export function isListening(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host: '127.0.0.1', port });
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
-
-export const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
+export { isListening, sha256 } from './net.js';

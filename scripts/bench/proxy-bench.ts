@@ -26,7 +26,6 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,6 +34,7 @@ import { encodePrivateKey, formatPublicKey, generateKeyPair, type KeyPair } from
 import { renderNginxConfig } from '../../broker/proxy/nginx-config.js';
 import { perRequest } from './proc-usage.js';
 import { nginxConfig } from './proxy-nginx-conf.js';
+import { isListening } from '../../testkit/net.js';
 
 function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
@@ -106,20 +106,9 @@ function output(child: ChildProcess, until: (text: string) => boolean, label: st
   });
 }
 
-function listening(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ host: '127.0.0.1', port });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
-
 async function waitListening(port: number, label: string): Promise<void> {
   const deadline = Date.now() + 15_000;
-  while (!(await listening(port))) {
+  while (!(await isListening(port))) {
     if (Date.now() > deadline) throw new Error(`${label} is not listening on ${port}`);
     await new Promise((r) => setTimeout(r, 50));
   }

@@ -9,7 +9,6 @@
  * - data echoed back through a channel is the yes to -W / -L.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import ssh2 from 'ssh2';
 import { loadKeyPair } from '../../ca/index.js';
@@ -303,17 +302,7 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Whether something accepts TCP connections on 127.0.0.1:PORT. */
-export function isListening(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
+export { isListening, sha256 } from '../net.js';
 
 /** An echo server on 127.0.0.1: the device's local service. */
 export async function startEchoServer(): Promise<{ port: number; close(): Promise<void> }> {
@@ -349,6 +338,3 @@ export function roundTrip(port: number, payload: Buffer, timeoutMs = CLIENT_TIME
   });
 }
 
-export function sha256(data: Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
-}
