@@ -4,11 +4,11 @@
  * certificate another, a direct-tcpip connection to a live device port.
  * This file is the assembly: the listener and the limits that apply before
  * ssh2 sees a byte, and the wiring of each connection's events to the
- * phases that handle them, each in its own module: authentication.ts (user
- * authentication), forward-requests.ts (tcpip-forward and the takeover of
- * a held port), channels.ts (direct-tcpip, every other channel refused).
+ * phases that handle them, each in its own module: handle-userauth.ts (user
+ * authentication), handle-global-requests.ts (tcpip-forward and the takeover of
+ * a held port), handle-channels.ts (direct-tcpip, every other channel refused).
  * Those translate ssh2 events into the pure decisions of authorize.ts and
- * auth.ts; everything they do not recognise is refused.
+ * userauth.ts; everything they do not recognise is refused.
  *
  * Accounting: every refusal (authentication, forward, channel) is logged,
  * counted in stats() and audited with a reason code; the peer only sees the
@@ -22,11 +22,11 @@ import ssh2 from 'ssh2';
 import type { Connection } from 'ssh2';
 import { encodePrivateKey } from '../../ca/index.js';
 import { ConnectionRateLimiter } from '../core/rate-limit.js';
-import { handleUserauth, refuseUserauth, type Authenticating, type AuthenticationDeps } from './authentication.js';
+import { handleUserauth, refuseUserauth, type Authenticating, type AuthenticationDeps } from './handle-userauth.js';
 import { authorizeReach, type ForwardRequest } from './authorize.js';
-import { handleDirectTcpip, refuseChannel, type ChannelDeps } from './channels.js';
+import { handleDirectTcpip, refuseChannel, type ChannelDeps } from './handle-channels.js';
 import { coalesceWrites } from './coalesce.js';
-import { handleGlobalRequest, type ForwardRequestDeps } from './forward-requests.js';
+import { handleGlobalRequest, type ForwardRequestDeps } from './handle-global-requests.js';
 import { SessionRegistry, actorOf } from './registry.js';
 import { GatewaySession } from './session.js';
 import { installPaddingPool } from './ssh2-padding.js';

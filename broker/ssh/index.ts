@@ -12,7 +12,7 @@ export {
 } from './types.js';
 export type { SessionInfo } from './session.js';
 export type { ByteCounters, ConnectionRefusal, GatewayStats } from './stats.js';
-export type { AuthRefusal, SignatureForm } from './auth.js';
+export type { AuthRefusal, SignatureForm } from './userauth.js';
 export {
   authorizeChannel,
   authorizeDirectTcpip,

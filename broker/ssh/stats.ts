@@ -3,7 +3,7 @@
  * the metrics module (elsewhere) reads snapshots and turns them into
  * Prometheus counters and gauges; nothing here allocates per byte.
  */
-import type { SignatureForm } from './auth.js';
+import type { SignatureForm } from './userauth.js';
 
 /** Bytes carried by device tunnels, seen from the broker. */
 export interface ByteCounters {
@@ -32,7 +32,7 @@ export interface GatewayStats {
   readonly channelsRefused: Readonly<Record<string, number>>;
   /** Sessions the gateway ended, by reason (REVOKED, EXPIRED, TAKEOVER, KEEPALIVE_TIMEOUT, GATEWAY_CLOSED). */
   readonly sessionsClosed: Readonly<Record<string, number>>;
-  /** How session signatures arrived from ssh2 (see auth.ts unwrapSessionSignature). */
+  /** How session signatures arrived from ssh2 (see userauth.ts unwrapSessionSignature). */
   readonly signatureForms: Readonly<Record<SignatureForm, number>>;
   /** Bytes received from devices through their tunnels (ByteCounters.in). */
   readonly bytesIn: number;

@@ -1,5 +1,5 @@
 /**
- * The gateway's pure decisions (broker/ssh/authorize.ts, auth.ts), table-driven.
+ * The gateway's pure decisions (broker/ssh/authorize.ts, userauth.ts), table-driven.
  */
 import test from 'ava';
 import { sign } from 'node:crypto';
@@ -29,7 +29,7 @@ import {
   type PortHolder,
   type SessionRef,
 } from '../../../broker/ssh/authorize.js';
-import { decideUserauth, unwrapSessionSignature } from '../../../broker/ssh/auth.js';
+import { decideUserauth, unwrapSessionSignature } from '../../../broker/ssh/userauth.js';
 
 const OWN = 'ports-20000-20001';
 

@@ -1,6 +1,6 @@
 /**
  * User authentication of one connection (RFC 4252), the shell around
- * auth.ts: ssh2's AuthContext goes to decideUserauth, its decision goes back
+ * userauth.ts: ssh2's AuthContext goes to decideUserauth, its decision goes back
  * to the client. Every refusal is counted, logged and audited (ssh.auth,
  * outcome refused) with its reason while the client sees only the plain SSH
  * failure; a connection is dropped after maxAuthAttempts refusals (sshd
@@ -8,7 +8,7 @@
  */
 import type { Socket } from 'node:net';
 import type { AuthContext, Connection } from 'ssh2';
-import { decideUserauth, type AuthDecision, type AuthRefusal } from './auth.js';
+import { decideUserauth, type AuthDecision, type AuthRefusal } from './userauth.js';
 import type { CertificateCheckDeps, Identity } from './authorize.js';
 import { truncate } from './peer-text.js';
 import type { GatewayCounters } from './stats.js';
