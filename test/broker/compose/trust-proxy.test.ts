@@ -10,19 +10,12 @@ import test from 'ava';
 import { readFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
+import type { AuditEventView, ListAuditResponse } from '../../../api/index.js';
 import { dataPaths, withBroker, type TestBroker } from '../../../testkit/broker.js';
 import { DOMAIN, deviceRequest } from '../../../testkit/operator-fixture.js';
 
 const WRONG_KEY = { authorization: 'Bearer ctk_notakey0000000000000000000000000000000000' };
 
-interface AuditRow {
-  actor: string;
-  action: string;
-  target: string | null;
-  remoteAddr: string | null;
-  outcome: string;
-  details: Record<string, unknown>;
-}
 
 /** GET PATH on the broker's API hostname with HEADERS; the status. */
 async function apiGet(b: TestBroker, path: string, headers: Record<string, string>): Promise<number> {
@@ -45,8 +38,8 @@ async function proxyGuess(b: TestBroker, client: string): Promise<number> {
   return (await deviceRequest(b.broker.apiUrl, 'kiosk', { headers: { ...WRONG_KEY, 'x-forwarded-for': `203.0.113.66, ${client}` } }, ca)).status;
 }
 
-async function failures(b: TestBroker): Promise<AuditRow[]> {
-  return (await b.call<{ items: AuditRow[] }>(b.admin, 'GET', '/v1/audit?action=auth.failure')).items;
+async function failures(b: TestBroker): Promise<AuditEventView[]> {
+  return (await b.call<ListAuditResponse>(b.admin, 'GET', '/v1/audit?action=auth.failure')).items;
 }
 
 const combos: Array<[string, { insecureHttp: boolean; trustProxy?: boolean }, boolean]> = [
