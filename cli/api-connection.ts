@@ -6,7 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { type ApiClientOptions, apiRequest } from '../api/index.js';
-import { dataPaths, loadConfig, splitHostPort } from '../broker/compose/index.js';
+import { dataPaths, loadConfig, localApiUrl, splitHostPort } from '../broker/compose/index.js';
 import { CliError } from './output.js';
 
 export interface ApiFlags {
@@ -34,9 +34,7 @@ export async function resolveApi(flags: ApiFlags, env: NodeJS.ProcessEnv): Promi
     const paths = dataPaths(flags.data);
     // A running broker records the address it bound (the configured port may be 0).
     const running = await readFile(paths.runtime, 'utf8').then((text) => (JSON.parse(text) as { apiUrl?: string }).apiUrl, () => undefined);
-    const { host, port } = splitHostPort(config.api.listen);
-    const local = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
-    baseUrl ??= running ?? config.api.publicUrl ?? `${config.api.insecureHttp ? 'http' : 'https'}://${local}:${port}`;
+    baseUrl ??= running ?? config.api.publicUrl ?? localApiUrl(config, splitHostPort(config.api.listen).port);
     if (!config.api.insecureHttp) pin ??= (await readFile(paths.apiPin, 'utf8')).trim();
   }
   if (!baseUrl) throw new CliError('BAD_ARGUMENT', 'no API URL: give --api, CERTUNNEL_API_URL or --data');

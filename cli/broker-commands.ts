@@ -1,6 +1,5 @@
 /** `certunnel init`, `certunnel broker`, `certunnel start`, `certunnel apikey create`: running a broker from a data directory. */
 import { access } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Command } from 'commander';
 import { API_KEY_NAME, API_KEY_ROLES as ROLES, type ApiKeyRole } from '../api/index.js';
 import {
@@ -126,7 +125,7 @@ export function registerBrokerCommands(program: Command, env: NodeJS.ProcessEnv)
 
   addServeOptions(program.command('start').description('initialise the data directory on first run, then run the broker'))
     .action(async (flags: ServeFlags) => {
-      const initialised = await access(join(flags.data, 'config.json')).then(() => true, () => false);
+      const initialised = await access(dataPaths(flags.data).config).then(() => true, () => false);
       if (!initialised) await runInit({ data: flags.data, apiListen: flags.apiListen, sshListen: flags.sshListen, sshMode: flags.sshMode, insecureHttp: flags.insecureHttp, trustProxy: flags.trustProxy, passphraseFile: flags.passphraseFile }, env);
       await serve(flags, env);
     });

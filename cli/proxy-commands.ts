@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { dataPaths, loadConfig, renderNginxConfig, splitHostPort } from '../broker/compose/index.js';
+import { dataPaths, loadConfig, localApiUrl, renderNginxConfig, splitHostPort } from '../broker/compose/index.js';
 import { CliError } from './output.js';
 
 interface NginxFlags {
@@ -24,11 +24,8 @@ async function brokerUrlFromData(dir: string, env: NodeJS.ProcessEnv): Promise<{
   const config = await loadConfig({ dataDir: dir, env });
   const paths = dataPaths(dir);
   const running = await readFile(paths.runtime, 'utf8').then((text) => (JSON.parse(text) as { apiPort?: number }).apiPort, () => undefined);
-  const { host, port } = splitHostPort(config.api.listen);
-  const local = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
-  const scheme = config.api.insecureHttp ? 'http' : 'https';
   return {
-    url: `${scheme}://${local}:${running ?? port}`,
+    url: localApiUrl(config, running ?? splitHostPort(config.api.listen).port),
     domain: config.domain,
     certificate: config.api.insecureHttp ? undefined : resolve(paths.tlsCert),
     pool: config.ports,

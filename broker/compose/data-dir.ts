@@ -12,6 +12,7 @@ import {
 import { parseConfig, splitHostPort, type BrokerConfig } from '../core/config.js';
 import { createApiKey } from '../core/api-keys.js';
 import { BrokerError } from '../core/errors.js';
+import { isWildcardAddress } from '../core/net-address.js';
 import { openStore } from '../store/index.js';
 import { generateTlsIdentity } from './tls.js';
 
@@ -54,7 +55,7 @@ export function brokerHostnames(config: BrokerConfig): string[] {
   const names = new Set<string>([config.domain, 'localhost', '127.0.0.1']);
   if (config.ssh.publicHost) names.add(config.ssh.publicHost);
   const apiHost = splitHostPort(config.api.listen).host;
-  if (apiHost !== '0.0.0.0' && apiHost !== '::') names.add(apiHost);
+  if (!isWildcardAddress(apiHost)) names.add(apiHost);
   if (config.api.publicUrl) names.add(new URL(config.api.publicUrl).hostname);
   return [...names];
 }
@@ -137,4 +138,10 @@ export async function initDataDir(options: InitOptions): Promise<InitResult> {
   return {
     config, adminKey, apiPin: tls.pin, userCaFingerprint: fingerprint(userCa.publicKey), hostCaFingerprint: fingerprint(hostCa.publicKey),
   };
+}
+
+/** The API's URL on this host, from its listen address and PORT (the one bound, when the configured port is 0). */
+export function localApiUrl(config: BrokerConfig, port: number): string {
+  const { host } = splitHostPort(config.api.listen);
+  return `${config.api.insecureHttp ? 'http' : 'https'}://${isWildcardAddress(host) ? '127.0.0.1' : host}:${port}`;
 }

@@ -14,8 +14,8 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
   return (await import('./start.js')).startBroker(options);
 }
 
-export { dataPaths, initDataDir, type DataPaths, type InitOptions, type InitResult } from './data-dir.js';
-export { loadConfig, CONFIG_FILE } from './load-config.js';
+export { dataPaths, initDataDir, localApiUrl, type DataPaths, type InitOptions, type InitResult } from './data-dir.js';
+export { loadConfig } from './load-config.js';
 export { createLocalApiKey } from './local-api-key.js';
 export { ephemeralOverlapWarning, readEphemeralRange } from './ephemeral-ports.js';
 export { splitHostPort, type BrokerConfig } from '../core/config.js';

@@ -4,11 +4,10 @@
  * flags (broker/core/config.ts validates, defaults and freezes it).
  */
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename } from 'node:path';
 import { fromEnv, isPlainObject, merge, parseConfig, type BrokerConfig, type PlainObject } from '../core/config.js';
 import { BrokerError } from '../core/errors.js';
-
-export const CONFIG_FILE = 'config.json';
+import { dataPaths } from './data-dir.js';
 
 export interface LoadConfigOptions {
   readonly dataDir: string;
@@ -18,12 +17,12 @@ export interface LoadConfigOptions {
 }
 
 export async function loadConfig(options: LoadConfigOptions): Promise<BrokerConfig> {
-  const path = join(options.dataDir, CONFIG_FILE);
+  const path = dataPaths(options.dataDir).config;
   let text: string;
   try {
     text = await readFile(path, 'utf8');
   } catch {
-    throw new BrokerError('CONFIG_INVALID', `no ${CONFIG_FILE} in ${options.dataDir}; run certunnel init --data ${options.dataDir}`);
+    throw new BrokerError('CONFIG_INVALID', `no ${basename(path)} in ${options.dataDir}; run certunnel init --data ${options.dataDir}`);
   }
   let file: unknown;
   try {

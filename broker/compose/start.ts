@@ -12,8 +12,9 @@ import type { AddressInfo } from 'node:net';
 import { formatPublicKey, loadKeyPair, loadPublicKey, writeFileAtomic, type KeyPair, type PublicKey } from '../../ca/index.js';
 import { createAccessLayer, UNKNOWN_PRESENCE, type AccessLayer } from '../proxy/index.js';
 import { implicitTrustProxyWarning, splitHostPort, type BrokerConfig } from '../core/config.js';
+import { isWildcardAddress } from '../core/net-address.js';
 import type { CoreDeps, CoreHooks } from '../core/deps.js';
-import { brokerHostnames, dataPaths, type DataPaths } from './data-dir.js';
+import { brokerHostnames, dataPaths, localApiUrl, type DataPaths } from './data-dir.js';
 import { createApp } from '../http/app.js';
 import { ephemeralOverlapWarning, readEphemeralRange } from './ephemeral-ports.js';
 import type { Logger } from '../telemetry/logger.js';
@@ -81,15 +82,11 @@ function shutdownSteps(logger: Logger): { add(step: () => Promise<void>): void; 
   };
 }
 
-function publicHost(listenHost: string, config: BrokerConfig): string {
-  return listenHost === '0.0.0.0' || listenHost === '::' ? config.domain : listenHost;
-}
-
 /** What devices are told about the SSH server: where it is, the login, the host key and host CA. */
 function sshEndpointOf(config: BrokerConfig, sshPort: number, keys: BrokerKeys): SshEndpointWire {
   const sshListen = splitHostPort(config.ssh.listen);
   return {
-    host: config.ssh.publicHost ?? publicHost(sshListen.host, config),
+    host: config.ssh.publicHost ?? (isWildcardAddress(sshListen.host) ? config.domain : sshListen.host),
     port: config.ssh.publicPort ?? sshPort,
     username: DEVICE_LOGIN,
     hostKey: formatPublicKey(keys.hostKey.publicKey),
@@ -144,12 +141,6 @@ async function startApiServer(config: BrokerConfig, paths: DataPaths, access: Ac
   return { port, close };
 }
 
-function apiUrlOf(config: BrokerConfig, apiPort: number): string {
-  const apiHost = splitHostPort(config.api.listen).host;
-  const scheme = config.api.insecureHttp ? 'http' : 'https';
-  return config.api.publicUrl ?? `${scheme}://${apiHost === '0.0.0.0' || apiHost === '::' ? '127.0.0.1' : apiHost}:${apiPort}`;
-}
-
 export async function startBroker(options: StartBrokerOptions): Promise<RunningBroker> {
   const { config, logger } = options;
   const clock = options.clock ?? (() => new Date());
@@ -189,7 +180,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     });
     const api = await startApiServer(config, paths, access, app.callback());
     shutdown.add(() => api.close());
-    const apiUrl = apiUrlOf(config, api.port);
+    const apiUrl = config.api.publicUrl ?? localApiUrl(config, api.port);
     await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort: api.port, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o644 });
     shutdown.add(() => rm(paths.runtime, { force: true }));
     logger.info({ apiUrl, sshPort: ssh.port, sshMode: config.ssh.mode }, 'broker started');

@@ -10,6 +10,11 @@ export function isLoopbackAddress(addr: string | undefined): boolean {
   return addr !== undefined && LOOPBACK.test(addr);
 }
 
+/** A listen address meaning every interface (0.0.0.0, ::): not an address anyone can dial. */
+export function isWildcardAddress(host: string): boolean {
+  return host === '0.0.0.0' || host === '::';
+}
+
 /**
  * The client address to audit and rate-limit, for the API, the HTTP proxy
  * and nginx's auth_request alike: the TCP peer's, unless the caller trusts

@@ -1,8 +1,8 @@
 /**
  * What every route handler shares: the dependencies handed to the koa
  * application, the request state, the API-key check (`Authorization:
- * Bearer …`) and the body of a refusal. The route files and app.ts import this file; it imports
- * neither, so the http room has no import loop.
+ * Bearer …`) and the body of a refusal. The route files and app.ts import
+ * this file; it imports neither, so the http room has no import loop.
  */
 import type { RouterContext } from '@koa/router';
 import type Koa from 'koa';

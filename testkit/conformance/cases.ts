@@ -11,6 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { connect } from 'node:net';
+import { blockPorts } from '../../api/index.js';
 import {
   execSession,
   isListening,
@@ -31,7 +32,6 @@ import {
   issueHostTypeCert,
   issueOperator,
   plainKey,
-  portsOf,
   type CaseEnv,
   type ConformanceCase,
   type Identity,
@@ -121,7 +121,7 @@ export const CASES: readonly ConformanceCase[] = [
     expect: { verdict: 'ok', stage: 'request' },
     setup: async (env) => issueDevice(env.world, await env.world.nextBlock()),
     async run(env, identity) {
-      const forwards = portsOf(identity.block).map((port) => ({ bind: '127.0.0.1', port }));
+      const forwards = blockPorts(identity.block).map((port) => ({ bind: '127.0.0.1', port }));
       const tunnel = await env.tunnel(identity, env.gateway.deviceUser, forwards);
       if (tunnel.observation.verdict !== 'ok') return tunnel.observation;
       for (const { port } of forwards) {
@@ -177,7 +177,7 @@ export const CASES: readonly ConformanceCase[] = [
     name: 'fail/port-zero',
     expect: { verdict: 'refused', stage: 'request' },
     setup: async (env) => issueDevice(env.world, await env.world.nextBlock()),
-    run: (env, identity) => tryReverse(env, identity, env.gateway.deviceUser, [{ bind: '127.0.0.1', port: 0 }], portsOf(identity.block)),
+    run: (env, identity) => tryReverse(env, identity, env.gateway.deviceUser, [{ bind: '127.0.0.1', port: 0 }], blockPorts(identity.block)),
   }),
   defineCase({
     name: 'fail/device-local-forward',

@@ -13,8 +13,8 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair, type PortBlock } from '../../ca/index.js';
 import { createGateway, type AuditEvent, type Gateway as EmbeddedGateway, type GatewayLimits } from '../../broker/ssh/index.js';
-import { DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
-import { portsOf, type Gateway, type GatewayDriver, type World } from './world.js';
+import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
+import { type Gateway, type GatewayDriver, type World } from './world.js';
 
 export interface EmbeddedConformanceGateway extends Gateway {
   readonly gateway: EmbeddedGateway;
@@ -68,7 +68,7 @@ async function startGateway(world: World, options: GatewayDriverOptions): Promis
     // sessions end (broker/compose/ssh-side.ts deviceRevoked -> revokeDevice).
     async revoke(serials: readonly bigint[], blocks: readonly PortBlock[]) {
       for (const s of serials) revoked.add(s);
-      const ports = new Set(blocks.flatMap(portsOf));
+      const ports = new Set(blocks.flatMap(blockPorts));
       const devices = new Set(
         gateway
           .sessions()

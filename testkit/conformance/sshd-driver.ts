@@ -11,12 +11,12 @@
 import { chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { encodeKrl, formatCertificate, generateKeyPair, saveKeyPair, signHostCert, writeKrl, type PortBlock } from '../../ca/index.js';
-import { DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
+import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import { OPENSSH_FILES, writeOpensshFiles } from '../../broker/openssh/config-files.js';
 import { findListenerPids, killSessionsHoldingPorts } from '../../broker/openssh/session-killer.js';
 import { runCommand } from '../openssh.js';
 import { startSshd, type RunningSshd } from '../sshd.js';
-import { portsOf, type Gateway, type GatewayDriver, type World } from './world.js';
+import { type Gateway, type GatewayDriver, type World } from './world.js';
 
 /**
  * Creates the users if missing (system users, no home, nologin shell: they
@@ -125,13 +125,13 @@ async function startGateway(world: World, deviceUser: string, operatorUser: stri
     async revoke(serials: readonly bigint[], blocks: readonly PortBlock[]) {
       for (const s of serials) revoked.add(s);
       await writeKrl(join(outDir, OPENSSH_FILES.krl), { caKey: world.userCa.publicKey, serials: revoked, version: ++krlVersion, generatedAt: new Date() });
-      lastKilled = await killSessionsHoldingPorts(blocks.flatMap(portsOf));
+      lastKilled = await killSessionsHoldingPorts(blocks.flatMap(blockPorts));
     },
     async stop() {
       // Per-connection sshd processes call setsid(), so stopping the master's
       // process group leaves live sessions behind (measured): end those that
       // hold pool ports first.
-      await killSessionsHoldingPorts(portsOf(world.pool));
+      await killSessionsHoldingPorts(blockPorts(world.pool));
       await sshd.stop();
     },
   };

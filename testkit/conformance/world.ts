@@ -7,6 +7,7 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { blockPorts } from '../../api/index.js';
 import {
   formatCertificate,
   formatPublicKey,
@@ -87,7 +88,7 @@ export async function createWorld(dir: string, options: { blocks?: number; perDe
       while (nextFirst + perDevice - 1 <= pool.last) {
         const block = { first: nextFirst, last: nextFirst + perDevice - 1 };
         nextFirst += perDevice;
-        const busy = await Promise.all(portsOf(block).map(isListening));
+        const busy = await Promise.all(blockPorts(block).map(isListening));
         if (!busy.some(Boolean)) return block;
       }
       throw new Error('test port pool exhausted');
@@ -95,9 +96,6 @@ export async function createWorld(dir: string, options: { blocks?: number; perDe
   };
 }
 
-export function portsOf(block: PortBlock): number[] {
-  return Array.from({ length: block.last - block.first + 1 }, (_, i) => block.first + i);
-}
 
 export interface Identity extends SshIdentity {
   readonly serial: bigint;
