@@ -18,7 +18,7 @@ import { isListening, startDeviceService } from '../../testkit/gateway.js';
 import { runCommand, withTempDir } from '../../testkit/openssh.js';
 import { waitFor } from '../../testkit/ssh-client.js';
 import { ensureGatewayUsers } from '../../testkit/conformance/sshd-driver.js';
-import { exchangeWithin, mintToken, within } from './fixtures.js';
+import { answersWithin, exchangeWithin, mintToken, within } from './fixtures.js';
 import { freePool, freePort, startBrokerSshd, type BrokerSshd } from './net-fixtures.js';
 
 const SCRIPT = join(REPO_ROOT, 'agent', 'certunnel-agent.sh');
@@ -96,22 +96,23 @@ for (const mode of ['embedded', 'openssh'] as const) {
             '--keepalive', '2', '--backoff-cap', '2', '--poll', '1']);
           try {
             const up = await agent.waitForEvent('connected');
-            t.is(up.serial, enrollment!.state.serial);
+            // Under load the certificate may already have been renewed before the first connection.
+            t.true(BigInt(String(up.serial)) >= BigInt(enrollment!.state.serial));
             // The Node agent's status reader understands the shell agent's status.json and run.pid.
             const status = await readAgentStatus(state, []);
             t.is(status.tunnel.state, 'connected');
             t.true(status.tunnel.running);
             t.is(status.tunnel.transport, 'openssh-sh');
-            t.is(await exchangeWithin(pool.first, 'sh'), 'ssh:sh');
-            t.is(await exchangeWithin(pool.last, 'web'), 'http:web');
+            await answersWithin(pool.first, 'sh', 'ssh:sh');
+            await answersWithin(pool.last, 'web', 'http:web');
 
-            const renewed = await agent.waitForEvent('renewed', 0, 30_000);
+            const renewed = await agent.waitForEvent('renewed', agent.lines.indexOf(up), 30_000);
             t.not(renewed.serial, up.serial);
             const from = agent.lines.indexOf(renewed);
             await waitFor(() => agent.lines.slice(from).some((l) => l.event === 'connected' && l.serial === renewed.serial), 'reconnected with the new certificate', 15_000);
             if (sshd) t.regex(sshd.output(), new RegExp(`serial ${String(renewed.serial)}\\)`));
             else t.true(b.logs.some((l) => l.includes('ssh session authenticated') && l.includes(`"serial":"${String(renewed.serial)}"`)));
-            await waitFor(async () => (await exchangeWithin(pool.first, 'again')) === 'ssh:again', 'traffic after renewal', 10_000);
+            await answersWithin(pool.first, 'again', 'ssh:again');
             const stateJson = JSON.parse(await readFile(join(state, 'state.json'), 'utf8')) as { serial: string; renewedAt: string | null };
             t.is(stateJson.serial, String(renewed.serial));
             t.truthy(stateJson.renewedAt);

@@ -17,7 +17,7 @@ import { isListening, startDeviceService } from '../../testkit/gateway.js';
 import { withTempDir } from '../../testkit/openssh.js';
 import { waitFor } from '../../testkit/ssh-client.js';
 import { ensureGatewayUsers } from '../../testkit/conformance/sshd-driver.js';
-import { agentConfig, exchangeWithin, mintToken, spawnAgent, within } from './fixtures.js';
+import { agentConfig, answersWithin, mintToken, spawnAgent, within } from './fixtures.js';
 import { freePool, freePort, startBrokerSshd, type BrokerSshd } from './net-fixtures.js';
 
 test.before(async () => {
@@ -60,8 +60,8 @@ for (const mode of ['embedded', 'openssh'] as const) {
               const first = await agent.waitForLog(ok('connected'), 'tunnel up');
               // Under load the certificate may already have been renewed before the first connection.
               t.true(BigInt(String(first.serial)) >= BigInt(grant.serial));
-              t.is(await exchangeWithin(pool.first, 'hello'), 'ssh:hello');
-              t.is(await exchangeWithin(pool.last, 'GET /'), 'http:GET /');
+              await answersWithin(pool.first, 'hello', 'ssh:hello');
+              await answersWithin(pool.last, 'GET /', 'http:GET /');
               // The broker knows it is connected: from its gateway, or in OpenSSH mode from sshd's listening ports.
               const online = async (): Promise<boolean> => (await b.call<{ online: boolean }>(b.admin, 'GET', `/v1/devices/${grant.deviceId}`)).online;
               await waitFor(online, 'the broker to see the device online', 10_000);
@@ -77,7 +77,7 @@ for (const mode of ['embedded', 'openssh'] as const) {
               } else {
                 t.true(b.logs.some((l) => l.includes('ssh session authenticated') && l.includes(`"serial":"${newSerial}"`)), 'the gateway saw the new serial');
               }
-              await waitFor(async () => (await exchangeWithin(pool.first, 'again')) === 'ssh:again', 'traffic after the reconnection', 10_000);
+              await answersWithin(pool.first, 'again', 'ssh:again');
 
               const report = await readAgentStatus(stateDir, []);
               t.true(report.enrolled);

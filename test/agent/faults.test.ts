@@ -15,7 +15,7 @@ import { startDeviceService, startGatewayEnv, type DeviceService } from '../../t
 import { withTempDir } from '../../testkit/openssh.js';
 import { spawnSsh, waitFor } from '../../testkit/ssh-client.js';
 import { ensureGatewayUsers } from '../../testkit/conformance/sshd-driver.js';
-import { agentConfig, exchangeWithin, mintToken, spawnAgent, type AgentProcess } from './fixtures.js';
+import { agentConfig, answersWithin, mintToken, spawnAgent, type AgentProcess } from './fixtures.js';
 import { FaultProxy, freePool, freePort, startBrokerSshd } from './net-fixtures.js';
 
 test.before(async () => {
@@ -25,8 +25,8 @@ test.before(async () => {
 const BACKOFF_CAP_MS = 2000; // agentConfig's backoff.capMs
 const KEEPALIVE_BOUND_MS = 2000 * (2 + 1); // agentConfig's keepalive: 2 s x 2, +1 interval
 
-async function echoWorks(port: number, text: string, timeoutMs = 10_000): Promise<void> {
-  await waitFor(async () => (await exchangeWithin(port, text)) === `ssh:${text}`, `traffic on ${port}`, timeoutMs);
+function echoWorks(port: number, text: string, timeoutMs = 10_000): Promise<void> {
+  return answersWithin(port, text, `ssh:${text}`, timeoutMs);
 }
 
 function since(agent: AgentProcess): number {

@@ -16,6 +16,7 @@ import { TransportError, type Transport, type TransportErrorCode, type Tunnel, t
 import type { TestBroker } from '../../testkit/broker.js';
 import { cliArgs, REPO_ROOT } from '../../testkit/cli.js';
 import { exchange, type DeviceService } from '../../testkit/gateway.js';
+import { waitFor } from '../../testkit/ssh-client.js';
 
 /** A clock whose time moves only when the test says so; timers fire in order. */
 export class FakeClock implements Clock {
@@ -285,6 +286,16 @@ export function agentConfig(b: { apiUrl: string; pin: string }, stateDir: string
 /** exchange() that gives up after 3 s (a connection the broker accepted but nobody serves would wait forever). */
 export function exchangeWithin(port: number, text: string): Promise<string> {
   return within(exchange(port, text).then((b) => b.toString(), () => ''), 3000, '(no answer within 3 s)');
+}
+
+/**
+ * Waits until TEXT sent to PORT comes back as EXPECTED. Agents in these tests
+ * renew every few seconds and reconnect with the new certificate, so on a
+ * loaded machine a single exchange can fall into that gap: the outcome is
+ * asserted, with a bound, not the first try.
+ */
+export async function answersWithin(port: number, text: string, expected: string, timeoutMs = 10_000): Promise<void> {
+  await waitFor(async () => (await exchangeWithin(port, text)) === expected, `${JSON.stringify(expected)} through port ${port}`, timeoutMs);
 }
 
 
