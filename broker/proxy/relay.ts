@@ -92,8 +92,19 @@ export function createRelay(ctx: ProxyContext, pool: UpstreamPool, retry: (req: 
   }
 
   return (req, res, decision, deviceName, attempt) => {
+    const te = req.headers['transfer-encoding'];
+    // Transfer-Encoding is hop-by-hop: node de-chunks the body and the relay re-frames it. Any coding
+    // but chunked alone would be lost on the way (RFC 9112 section 6.1), so such a request is refused.
+    if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {
+      ctx.count('REQUEST_FRAMING_REFUSED');
+      sendPage(res, refusalPage({ code: 'REQUEST_FRAMING_REFUSED', device: deviceName, message: 'only Transfer-Encoding: chunked is relayed', now: clock() }, 400));
+      return;
+    }
     const headers = upstreamHeaders(req, decision.forward, { remoteAddr: peerOf(req), encrypted: encryptedOf(req), behindProxy: ctx.behindProxy, upgrade: false });
-    const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
+    const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : te !== undefined;
+    // A chunked body is re-framed as chunked, explicitly: node's client would otherwise write a GET's
+    // body without framing, and the device would read it as a second request the broker never saw.
+    if (te !== undefined) headers.push('Transfer-Encoding', 'chunked');
     let responded = false;
     const started = metrics ? performance.now() : 0;
     const upstream: ClientRequest = httpRequest({
