@@ -37,6 +37,10 @@ export const ERROR_STATUS = {
   DEVICE_SERVICE_UNAVAILABLE: 502,
   /** Too many failed authentication attempts from one address (the proxy's login and bearer keys); Retry-After says when to try again. */
   RATE_LIMITED: 429,
+  /** (HTTP proxy) The device's web service answered with a response the broker does not relay: an invalid status line, header or framing, or endless 1xx. */
+  DEVICE_RESPONSE_INVALID: 502,
+  /** (HTTP proxy) A request whose framing the proxy would change (a transfer coding other than chunked alone). */
+  REQUEST_FRAMING_REFUSED: 400,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

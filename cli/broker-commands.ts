@@ -3,7 +3,7 @@ import { access } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { API_KEY_NAME, API_KEY_ROLES as ROLES, type ApiKeyRole } from '../api/index.js';
 import {
-  createLocalApiKey, createLogger, dataPaths, ephemeralOverlapWarning, initDataDir, loadConfig, readEphemeralRange, startBroker, type BrokerConfig,
+  createLocalApiKey, createLogger, dataPaths, ephemeralOverlapWarning, initDataDir, loadConfig, readEphemeralRange, startBroker, type BrokerConfig, type Logger,
 } from '../broker/compose/index.js';
 import { CliError } from './output.js';
 import { readPassphrase } from './passphrase.js';
@@ -73,9 +73,30 @@ function serveOverrides(flags: ServeFlags): Record<string, unknown> {
   };
 }
 
+/** Exit status after an unexpected error (sysexits EX_SOFTWARE): the service manager restarts the broker. */
+const EXIT_UNEXPECTED = 70;
+
+/**
+ * The last line of defence: an exception nobody caught, or a promise
+ * rejection nobody handled, leaves the process in an unknown state (a
+ * half-done revocation, a listener gone), so the broker logs it and exits
+ * rather than run on; systemd (Restart=on-failure) starts a clean one. Known
+ * hostile input never gets here: it is refused where it is read.
+ */
+function exitOnUnexpectedError(logger: Logger): void {
+  const die = (err: unknown, origin: string): void => {
+    logger.fatal({ err, origin }, 'unexpected error: exiting for the service manager to restart the broker');
+    logger.flush();
+    process.exit(EXIT_UNEXPECTED);
+  };
+  process.on('uncaughtException', (err) => die(err, 'uncaughtException'));
+  process.on('unhandledRejection', (reason) => die(reason, 'unhandledRejection'));
+}
+
 async function serve(flags: ServeFlags, env: NodeJS.ProcessEnv): Promise<void> {
   const config: BrokerConfig = await loadConfig({ dataDir: flags.data, env, overrides: serveOverrides(flags) });
   const logger = createLogger(config.log.level);
+  exitOnUnexpectedError(logger);
   const broker = await startBroker({ config, logger, passphrase: await readPassphrase(flags.passphraseFile, env) });
   // One line on stdout that scripts (and tests) can wait for.
   process.stdout.write(`${JSON.stringify({ ready: true, apiUrl: broker.apiUrl, apiPort: broker.apiPort, sshPort: broker.sshPort })}\n`);

@@ -11,9 +11,14 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, request as httpRequest, type Agent, type IncomingMessage, type Server } from 'node:http';
 import { request as httpsRequest, type Agent as HttpsAgent } from 'node:https';
 import type { Socket } from 'node:net';
+import { existsSync } from 'node:fs';
+import { chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair, parseCertificateLine, parsePublicKey, type KeyPair } from '../ca/index.js';
 import type { EnrollResponse } from '../api/index.js';
+import { OPENSSH_FILES } from '../broker/openssh/config-files.js';
+import { killSessionsHoldingPorts } from '../broker/openssh/session-killer.js';
+import { ensureGatewayUsers } from './conformance/sshd-driver.js';
 import { withBroker, type BrokerFixtureOptions, type TestBroker } from './broker.js';
 import { freePortBlock, isListening } from './gateway.js';
 import { makeOpensshKey } from './openssh.js';
@@ -124,6 +129,8 @@ export interface FleetDevice {
   readonly key: KeyPair;
   readonly grant: EnrollResponse;
   readonly http?: HttpService;
+  /** Where the tunnel's http slot leads instead of `http` (a hostile service in a test). */
+  readonly httpTarget?: number;
   readonly sshd?: RunningSshd;
   /** The `ssh -R` device client, while connected. */
   tunnel?: SshProcess;
@@ -135,7 +142,7 @@ export interface Fleet {
   readonly login: { keyPath: string; knownHosts: string };
   readonly devices: Map<string, FleetDevice>;
   /** Enrolls a device; with `connect`, starts its services and tunnel. */
-  enroll(name: string, options?: { connect?: boolean; sshd?: boolean }): Promise<FleetDevice>;
+  enroll(name: string, options?: { connect?: boolean; sshd?: boolean; httpTarget?: number }): Promise<FleetDevice>;
   connect(device: FleetDevice): Promise<void>;
   disconnect(device: FleetDevice): Promise<void>;
 }
@@ -147,6 +154,35 @@ export interface FleetOptions {
   readonly before?: (b: TestBroker) => Promise<() => Promise<void>>;
   readonly config?: Record<string, unknown>;
   readonly logLevel?: string;
+}
+
+/** Whether this machine can run a system sshd for OpenSSH mode (Linux, root, /usr/sbin/sshd). */
+export const CAN_RUN_SSHD = process.platform === 'linux' && process.getuid?.() === 0 && existsSync('/usr/sbin/sshd');
+
+/**
+ * Fleet options for a broker in OpenSSH mode: a real system sshd on a free
+ * port, configured only by the files the broker writes, holds the devices'
+ * tunnels (needs CAN_RUN_SSHD).
+ */
+export async function opensshFleetOptions(): Promise<FleetOptions> {
+  const sshPort = (await freePortBlock(1)).first;
+  return {
+    config: { ssh: { mode: 'openssh', listen: `127.0.0.1:${sshPort}` } },
+    before: async (broker) => {
+      await ensureGatewayUsers(['tunnel', 'operator']);
+      // sshd reads the principals files as the connecting user: the data directory must be searchable.
+      await chmod(broker.dir, 0o755);
+      const sshd = await startSshd({
+        // Port is cumulative in sshd_config: the broker's SSH port, besides the helper's own.
+        config: [`Include ${join(broker.dir, broker.broker.core.config.ssh.opensshDir, OPENSSH_FILES.config)}`, `Port ${sshPort}`],
+      });
+      return async () => {
+        const pool = broker.broker.core.config.ports;
+        await killSessionsHoldingPorts(Array.from({ length: pool.last - pool.first + 1 }, (_, i) => pool.first + i));
+        await sshd.stop();
+      };
+    },
+  };
 }
 
 export async function withFleet<T>(fn: (fleet: Fleet) => Promise<T>, options: FleetOptions = {}): Promise<T> {
@@ -183,7 +219,7 @@ export async function withFleet<T>(fn: (fleet: Fleet) => Promise<T>, options: Fl
           const hostKey = (await readFile(`${sshd.hostKeyPath}.pub`, 'utf8')).trim().split(' ').slice(0, 2).join(' ');
           await writeFile(loginKnownHosts, `${name} ${hostKey}\n`, { flag: 'a' });
         }
-        const device: FleetDevice = { name, key, grant, http, sshd };
+        const device: FleetDevice = { name, key, grant, http, httpTarget: o.httpTarget, sshd };
         devices.set(name, device);
         if (o.connect) await fleet.connect(device);
         return device;
@@ -192,7 +228,7 @@ export async function withFleet<T>(fn: (fleet: Fleet) => Promise<T>, options: Fl
         const { grant } = device;
         await writeKnownHosts(brokerKnownHosts, '127.0.0.1', grant.ssh.port, parsePublicKey(grant.ssh.hostKey));
         const identity = await writeClientIdentity(b.dir, `device-${device.name}`, device.key, parseCertificateLine(grant.certificate));
-        const forwards = ['-R', `127.0.0.1:${grant.ports.first + 1}:127.0.0.1:${device.http!.port}`];
+        const forwards = ['-R', `127.0.0.1:${grant.ports.first + 1}:127.0.0.1:${device.httpTarget ?? device.http!.port}`];
         if (device.sshd) forwards.push('-R', `127.0.0.1:${grant.ports.first}:127.0.0.1:${device.sshd.port}`);
         const ssh = spawnSsh([...sshArgs({ port: grant.ssh.port, knownHosts: brokerKnownHosts, identity, user: grant.ssh.username }), '-N', '-o', 'ExitOnForwardFailure=yes', ...forwards]);
         device.tunnel = ssh;

@@ -18,9 +18,13 @@ import { registerOperatorRoutes } from './routes-operator.js';
 /** 5xx answers about a device (offline since …), not about the broker: their messages are written for the caller. */
 const DEVICE_5XX: ReadonlySet<ErrorCode> = new Set(['DEVICE_OFFLINE', 'DEVICE_SERVICE_UNAVAILABLE']);
 
-/** koa-bodyparser (co-body / raw-body) errors carry a type and a status. */
+/** zlib's codes for bytes that are not what their Content-Encoding says (inflate passes them through as they are). */
+const ZLIB_DATA_ERRORS: ReadonlySet<string> = new Set(['Z_DATA_ERROR', 'Z_BUF_ERROR', 'Z_NEED_DICT']);
+
+/** koa-bodyparser (co-body / raw-body) errors carry a type and a status; a body that does not decode carries zlib's code. */
 function bodyError(err: unknown): BrokerError | undefined {
-  const e = err as { type?: string; status?: number };
+  const e = err as { type?: string; status?: number; code?: string };
+  if (e.code !== undefined && ZLIB_DATA_ERRORS.has(e.code)) return new BrokerError('BAD_REQUEST', 'request body does not match its Content-Encoding');
   if (e.type === 'entity.too.large' || e.status === 413) return new BrokerError('BODY_TOO_LARGE', 'request body is too large');
   if (e.type === 'entity.parse.failed' || e.type === 'entity.verify.failed') return new BrokerError('BAD_REQUEST', 'request body is not valid JSON');
   if (e.type === 'encoding.unsupported' || e.type === 'charset.unsupported') return new BrokerError('UNSUPPORTED_MEDIA_TYPE', 'unsupported body encoding');

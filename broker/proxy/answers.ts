@@ -29,9 +29,17 @@ export function sendPage(res: ServerResponse, page: Page, extra: Record<string, 
 /** PAGE written as a whole HTTP/1.1 response on SOCKET (an upgrade request has no ServerResponse), then closed. */
 export function sendRawPage(socket: Duplex, page: Page, extra: Record<string, string> = {}): void {
   const body = Buffer.from(page.html);
-  const head = [`HTTP/1.1 ${page.status} ${STATUS_CODES[page.status] ?? 'Refused'}`];
-  for (const [k, v] of Object.entries({ ...PAGE_HEADERS, 'x-certunnel-error': page.code, ...extra, 'content-length': String(body.length), connection: 'close' })) head.push(`${k}: ${v}`);
-  socket.end(Buffer.concat([Buffer.from(`${head.join('\r\n')}\r\n\r\n`), body]));
+  const headers = Object.entries({ ...PAGE_HEADERS, 'x-certunnel-error': page.code, ...extra, 'content-length': String(body.length), connection: 'close' }).flat();
+  socket.end(Buffer.concat([Buffer.from(rawResponseHead(page.status, STATUS_CODES[page.status] ?? 'Refused', headers)), body]));
+  // Whatever the client still sends is read and dropped, never relayed: a paused socket would not see its close.
+  socket.resume();
+}
+
+/** An HTTP/1.1 response head as text, from a raw [name, value, …] list its caller has checked (responseHeadProblem). */
+export function rawResponseHead(status: number, message: string, headers: readonly string[]): string {
+  let head = `HTTP/1.1 ${status} ${message}\r\n`;
+  for (let i = 0; i < headers.length; i += 2) head += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  return `${head}\r\n`;
 }
 
 /** The page for DECISION: the login form when unauthenticated (with a hint when a credential was refused), else why not. */

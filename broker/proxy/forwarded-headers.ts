@@ -10,9 +10,11 @@
  * replaced. The Host header stays the device hostname.
  *
  * To the client: the device's headers minus hop-by-hop ones, and never a
- * Set-Cookie for the broker's session cookie.
+ * Set-Cookie for the broker's session cookie; and only a response head that
+ * node's http server accepts (responseHeadProblem), for node's writeHead
+ * throws on anything else.
  */
-import type { IncomingMessage } from 'node:http';
+import { validateHeaderName, validateHeaderValue, type IncomingMessage } from 'node:http';
 import type { ForwardedCredentials } from './proxy-auth.js';
 import { SESSION_COOKIE, setsCookie } from './session-cookie.js';
 
@@ -73,4 +75,32 @@ export function downstreamHeaders(raw: readonly string[], connection: string | s
     out.push(raw[i]!, raw[i + 1]!);
   }
   return out;
+}
+
+/**
+ * Why the device's response head cannot be relayed, or null if it can.
+ * node's response parser lets through a status of 0-99 and control
+ * characters in the reason phrase, which writeHead then throws on
+ * (measured, node 20); header names and values are checked by node's own
+ * validators (the rules writeHead applies), in case a parser lets more
+ * through. A 1xx is never a final response, and 101 only answers an
+ * Upgrade request (UPGRADE).
+ */
+export function responseHeadProblem(status: number | undefined, message: string | undefined, raw: readonly string[], upgrade = false): string | null {
+  if (status === undefined || !Number.isInteger(status) || status > 999 || (status < 200 && !(upgrade && status === 101))) return `status ${String(status)}`;
+  try {
+    // The reason phrase (RFC 9112 section 4) obeys the rule of a header value: HTAB, SP, VCHAR, obs-text.
+    if (message) validateHeaderValue('reason-phrase', message);
+  } catch {
+    return 'control character in the reason phrase';
+  }
+  try {
+    for (let i = 0; i < raw.length; i += 2) {
+      validateHeaderName(raw[i]!);
+      validateHeaderValue(raw[i]!, raw[i + 1]!);
+    }
+  } catch {
+    return 'invalid header name or value';
+  }
+  return null;
 }

@@ -50,6 +50,7 @@ export async function createAccessLayer(o: AccessOptions): Promise<AccessLayer> 
     ? createDeviceProxy({
         authorizer, presence: o.presence, logger: o.logger.child({ component: 'http-proxy' }), clock: o.core.clock,
         behindProxy: trustsProxy(config.api), sessionMinutes: config.proxy.sessionMinutes, metrics: o.metrics,
+        audit: (event) => o.core.store.appendAudit(event),
       })
     : undefined;
   return {

@@ -1,12 +1,13 @@
 /**
  * What the HTTP proxy's parts (login, relay, WebSocket relay, answers)
- * share: the options the proxy was made with, the request counter, and who
- * a request comes from.
+ * share: the options the proxy was made with, the request counter, the
+ * record of a device's invalid answers, and who a request comes from.
  */
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import { clientAddressFrom } from '../core/net-address.js';
 import type { TunnelPresence } from '../core/presence.js';
+import type { NewAuditEvent } from '../store/types.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { BrokerMetrics } from '../telemetry/metrics.js';
 import type { ProxyAuthorizer } from './proxy-auth.js';
@@ -23,16 +24,44 @@ export interface DeviceProxyOptions {
   readonly behindProxy: boolean;
   readonly sessionMinutes: number;
   readonly metrics?: ProxyMetrics;
+  /** Writes an audit event (the store's appendAudit); failures to write are the store's to log. */
+  readonly audit: (event: NewAuditEvent) => Promise<void>;
 }
 
 export interface ProxyContext extends DeviceProxyOptions {
   /** Counts one request's outcome (certunnel_proxy_requests_total): a refusal's code, `upgraded`, … */
   count(outcome: string): void;
+  /**
+   * DEVICE answered a relayed request with something the proxy will not
+   * relay (REASON, the broker's own words, never the device's bytes):
+   * counted and logged each time, audited once per device per window.
+   */
+  deviceResponseInvalid(device: { id: string; name: string | null }, reason: string): void;
 }
 
+/** One `proxy.device_response` audit event per device per window: a device answering badly cannot flood the audit trail. */
+const DEVICE_FAULT_AUDIT_WINDOW_MS = 60_000;
+/** Devices remembered for that window; past it the memory starts over (at worst one more event per device). */
+const DEVICE_FAULT_MEMORY = 10_000;
+
 export function proxyContext(options: DeviceProxyOptions): ProxyContext {
-  const { metrics } = options;
-  return { ...options, count: (outcome) => metrics?.proxyRequests.inc({ outcome }) };
+  const { metrics, logger, clock } = options;
+  const count = (outcome: string): void => void metrics?.proxyRequests.inc({ outcome });
+  const audited = new Map<string, number>();
+  return {
+    ...options,
+    count,
+    deviceResponseInvalid(device, reason) {
+      count('DEVICE_RESPONSE_INVALID');
+      logger.warn({ device: device.id, reason }, 'proxy: the device answered with a response that is not relayed');
+      const now = clock();
+      const last = audited.get(device.id);
+      if (last !== undefined && now.getTime() - last < DEVICE_FAULT_AUDIT_WINDOW_MS) return;
+      if (audited.size >= DEVICE_FAULT_MEMORY) audited.clear();
+      audited.set(device.id, now.getTime());
+      void options.audit({ at: now, actor: `device:${device.id}`, action: 'proxy.device_response', target: device.id, remoteAddr: null, outcome: 'DEVICE_RESPONSE_INVALID', details: { name: device.name, reason } }).catch(() => undefined);
+    },
+  };
 }
 
 /** The TCP peer's address ('' if the socket is gone), for the device's X-Forwarded-For and the tunnel's origin. */

@@ -1,7 +1,9 @@
 /**
  * Structured JSON logs (pino), one line per event. Secret-bearing fields are
  * redacted by path as a second line of defence; the first is never passing
- * secrets to a logger at all.
+ * secrets to a logger at all. By default the lines go to stderr: stdout
+ * belongs to the command's own output (the broker's ready line, --json),
+ * and systemd's journal takes both.
  */
 import { pino, type Logger, type DestinationStream } from 'pino';
 
@@ -12,7 +14,7 @@ const REDACT = [
   'req.headers.authorization', 'req.headers["x-api-key"]', 'passphrase', '*.passphrase', 'privateKey', '*.privateKey',
 ];
 
-export function createLogger(level: string, destination?: DestinationStream): Logger {
+export function createLogger(level: string, destination: DestinationStream = pino.destination(2)): Logger {
   return pino(
     {
       level,
