@@ -37,6 +37,10 @@ export const ERROR_STATUS = {
   DEVICE_SERVICE_UNAVAILABLE: 502,
   /** Too many failed authentication attempts from one address (the proxy's login and bearer keys); Retry-After says when to try again. */
   RATE_LIMITED: 429,
+  /** An unsafe method (or a WebSocket upgrade) through the proxy whose Origin, or Sec-Fetch-Site, is not the device hostname's own origin (cross-device CSRF). */
+  CROSS_ORIGIN_REFUSED: 403,
+  /** A sign-in code presented on a device hostname is unknown, already used, expired, or for another device. */
+  LOGIN_CODE_INVALID: 400,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
