@@ -149,6 +149,16 @@ nginxTest('ok/nginx -t accepts it, and nginx routes device hostnames through the
       t.is(offline.headers['x-certunnel-error'], 'DEVICE_OFFLINE');
       t.is((await deviceRequest(url, 'kiosk-none', { headers: auth }, ca)).status, 404);
 
+      // Cross-device CSRF through nginx: refused by the broker's authorize answer, never relayed.
+      const nginxPort = new URL(url).port;
+      const relayed = dev.http!.requests.length;
+      const csrf = await deviceRequest(url, 'kiosk-a', { method: 'POST', path: '/echo', body: 'x=1', headers: { ...auth, 'content-length': '3', origin: `https://kiosk-b.${DOMAIN}:${nginxPort}` } }, ca);
+      t.is(csrf.status, 403, csrf.body);
+      t.is(csrf.headers['x-certunnel-error'], 'CROSS_ORIGIN_REFUSED');
+      t.is(dev.http!.requests.length, relayed, 'the device received nothing');
+      const own = await deviceRequest(url, 'kiosk-a', { method: 'POST', path: '/echo', body: 'x=1', headers: { ...auth, 'content-length': '3', origin: `https://kiosk-a.${DOMAIN}:${nginxPort}` } }, ca);
+      t.is(own.status, 200, own.body);
+
       // Browser sign-in on the broker's origin through nginx, the code redeemed on the device hostname, then
       // the cookie is honoured by auth_request and not relayed.
       const body = new URLSearchParams({ apiKey: operatorKey, device: 'kiosk-a', next: '/echo' }).toString();
