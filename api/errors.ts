@@ -41,6 +41,10 @@ export const ERROR_STATUS = {
   DEVICE_RESPONSE_INVALID: 502,
   /** (HTTP proxy) A request whose framing the proxy would change (a transfer coding other than chunked alone). */
   REQUEST_FRAMING_REFUSED: 400,
+  /** An unsafe method (or a WebSocket upgrade) through the proxy whose Origin, or Sec-Fetch-Site, is not the device hostname's own origin (cross-device CSRF). */
+  CROSS_ORIGIN_REFUSED: 403,
+  /** A sign-in code presented on a device hostname is unknown, already used, expired, or for another device. */
+  LOGIN_CODE_INVALID: 400,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

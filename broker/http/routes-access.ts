@@ -8,6 +8,7 @@ import { z } from 'zod';
 import type { AccessLayer } from '../proxy/index.js';
 import { issueOperatorCertificate } from '../core/operator-certificate.js';
 import { hostOf } from '../proxy/hostname.js';
+import { crossOriginRefusal, requestOrigin } from '../proxy/origin.js';
 import { AUTHORIZE_HEADERS } from '../../api/index.js';
 import { requireRole } from '../core/api-keys.js';
 import { BrokerError } from '../core/errors.js';
@@ -39,6 +40,18 @@ export function registerAccessRoutes(router: Router<AppState>, deps: HttpDeps, a
     const forwardedHost = ctx.get('x-forwarded-host').split(',')[0]!.trim();
     const deviceName = access.matchDevice(forwardedHost);
     if (deviceName === undefined) throw new BrokerError('BAD_REQUEST', 'X-Forwarded-Host must be <device-name>.<domain>');
+    // nginx's subrequest is a GET; the configuration names the request's method and the origin it addressed.
+    const method = ctx.get('x-original-method');
+    if (method) {
+      const own = requestOrigin(ctx.get('x-forwarded-proto') === 'http' ? 'http' : 'https', ctx.get('x-original-host') || forwardedHost);
+      const refusal = crossOriginRefusal({ method, headers: ctx.req.headers, own, upgrade: ctx.get('upgrade') !== '' });
+      if (refusal) {
+        ctx.status = 403;
+        ctx.set(AUTHORIZE_HEADERS.error, 'CROSS_ORIGIN_REFUSED');
+        ctx.body = errorResponse('CROSS_ORIGIN_REFUSED', refusal);
+        return;
+      }
+    }
     const decision = await access.authorizer.decide({
       deviceName, host: hostOf(forwardedHost)!, authorization: ctx.get('authorization') || undefined, cookie: ctx.get('cookie') || undefined,
       // nginx on this host (or the proxy trusted by api.trustProxy) puts the client last in X-Forwarded-For.

@@ -13,7 +13,9 @@ import { createDeviceProxy, type DeviceProxy } from './http-proxy.js';
 import type { ProxyMetrics } from './proxy-context.js';
 import type { TunnelPresence } from '../core/presence.js';
 import { ProxyAuthorizer, type ProxyAuthDeps } from './proxy-auth.js';
+import { LoginCodes } from './login-codes.js';
 import { loadOrCreateSessionSecret } from './session-cookie.js';
+import { RESERVED_PREFIX } from '../../api/index.js';
 
 export { UNKNOWN_PRESENCE, type TunnelPresence } from '../core/presence.js';
 
@@ -51,6 +53,7 @@ export async function createAccessLayer(o: AccessOptions): Promise<AccessLayer> 
         authorizer, presence: o.presence, logger: o.logger.child({ component: 'http-proxy' }), clock: o.core.clock,
         behindProxy: trustsProxy(config.api), sessionMinutes: config.proxy.sessionMinutes, metrics: o.metrics,
         audit: (event) => o.core.store.appendAudit(event),
+        codes: new LoginCodes(o.core.clock), domain: config.domain, publicUrl: config.api.publicUrl,
       })
     : undefined;
   return {
@@ -61,7 +64,8 @@ export async function createAccessLayer(o: AccessOptions): Promise<AccessLayer> 
       if (!proxy) return api;
       return (req, res) => {
         const device = matchDevice(req.headers.host);
-        if (device === undefined) return api(req, res);
+        // The broker's own origin signs operators in (broker/proxy/sign-in.ts); the API has no such paths.
+        if (device === undefined) return req.url?.startsWith(RESERVED_PREFIX) ? proxy.handleSignIn(req, res) : api(req, res);
         proxy.handleRequest(req, res, device);
       };
     },

@@ -1,77 +1,65 @@
 /**
- * The login form on a device hostname (GET and POST /.certunnel/login): an
- * operator's API key typed into the broker's own page becomes the session
- * cookie for that hostname alone. Only a form of this very origin may post
- * here (login CSRF), and the form's body is small.
+ * Signing in, on a device hostname: no credential is ever typed here (a
+ * device's page shares this origin and could imitate or read a form).
+ * LOGIN_PATH and a browser's unauthenticated navigation are sent to the
+ * broker's origin (sign-in.ts); CALLBACK_PATH redeems the one-time code the
+ * broker sends back and sets this hostname's own session cookie.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BrokerError } from '../core/errors.js';
 import { sendPage } from './answers.js';
-import { hostOf } from './hostname.js';
-import { loginPage, refusalPage, safeNext } from './pages.js';
-import { clientOf, type ProxyContext } from './proxy-context.js';
+import { loginPage, LOGIN_PATH, refusalPage, safeNext } from './pages.js';
+import { brokerOriginOf, type ProxyContext } from './proxy-context.js';
 import { sessionCookieHeader } from './session-cookie.js';
 
-const LOGIN_BODY_LIMIT = 4096;
-
-function readSmallBody(req: IncomingMessage, limit: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        reject(new BrokerError('BODY_TOO_LARGE', 'login form too large'));
-        req.destroy();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.once('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    req.once('error', reject);
-  });
+/** The query of a request target, parsed without trusting the rest of it (new URL throws on some targets). */
+export function queryOf(req: IncomingMessage): URLSearchParams {
+  const url = req.url ?? '';
+  const i = url.indexOf('?');
+  return new URLSearchParams(i < 0 ? '' : url.slice(i + 1));
 }
 
-/** Is this a cross-site post (its Origin another host, or Sec-Fetch-Site not same-origin)? */
-function isCrossSite(req: IncomingMessage, host: string): boolean {
-  const origin = req.headers.origin;
-  const site = req.headers['sec-fetch-site'];
-  return Boolean((origin && origin !== 'null' && hostOf(new URL(origin, 'http://invalid').host) !== host) || (site && site !== 'same-origin' && site !== 'none'));
+/** A 303 to LOCATION, with nothing cached and nothing referred. */
+export function redirect(res: ServerResponse, location: string, extra: Record<string, string> = {}): void {
+  res.writeHead(303, { location, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer', 'content-length': '0', ...extra });
+  res.end();
 }
 
-/** The login route for DEVICENAME at HOST: the form, or a posted key checked and turned into a session. */
-export async function handleLogin(ctx: ProxyContext, req: IncomingMessage, res: ServerResponse, deviceName: string, host: string): Promise<void> {
-  const { authorizer, metrics, clock } = ctx;
-  if (req.method === 'GET' || req.method === 'HEAD') {
-    const next = new URL(req.url ?? '/', 'http://x').searchParams.get('next') ?? '/';
-    sendPage(res, loginPage({ device: deviceName, next }), {}, 200);
-    return;
-  }
-  if (req.method !== 'POST') {
-    sendPage(res, loginPage({ device: deviceName, next: '/' }), { allow: 'GET, POST' }, 405);
-    return;
-  }
-  if (isCrossSite(req, host)) {
-    metrics?.proxyLogins.inc({ outcome: 'CROSS_SITE' });
-    sendPage(res, refusalPage({ code: 'FORBIDDEN', device: deviceName, message: 'cross-site login refused', now: clock() }, 403));
-    return;
-  }
-  const form = new URLSearchParams(await readSmallBody(req, LOGIN_BODY_LIMIT));
-  const next = safeNext(form.get('next') ?? '/');
-  const client = clientOf(req, ctx);
+/** Where DEVICENAME's visitor signs in: the broker origin's LOGIN_PATH, or undefined when the Host is unusable. */
+export function brokerLoginUrl(ctx: ProxyContext, req: IncomingMessage, deviceName: string, next: string): string | undefined {
+  const origin = brokerOriginOf(req, ctx);
+  return origin && `${origin}${LOGIN_PATH}?${new URLSearchParams({ device: deviceName, next: safeNext(next) }).toString()}`;
+}
+
+/** Is REQ a browser opening a page (not a tool, not a script's fetch)? Those are sent to sign in. */
+export function isNavigation(req: IncomingMessage): boolean {
+  if ((req.method !== 'GET' && req.method !== 'HEAD') || req.headers.authorization) return false;
+  const mode = req.headers['sec-fetch-mode'];
+  return mode === 'navigate' || (mode === undefined && /\btext\/html\b/.test(req.headers.accept ?? ''));
+}
+
+/** LOGIN_PATH on a device hostname: a redirect to the broker's origin (GET), nothing else. */
+export function handleLogin(ctx: ProxyContext, req: IncomingMessage, res: ServerResponse, deviceName: string): void {
+  const next = queryOf(req).get('next') ?? '/';
+  const target = req.method === 'GET' || req.method === 'HEAD' ? brokerLoginUrl(ctx, req, deviceName, next) : undefined;
+  if (target) return redirect(res, target);
+  sendPage(res, loginPage({ device: deviceName, next }), { allow: 'GET' }, req.method === 'GET' || req.method === 'HEAD' ? 400 : 405);
+}
+
+/** CALLBACK_PATH on HOST: the one-time code redeemed (for this device only) into HOST's session cookie. */
+export async function handleCallback(ctx: ProxyContext, req: IncomingMessage, res: ServerResponse, deviceName: string, host: string): Promise<void> {
+  const query = queryOf(req);
+  const next = safeNext(query.get('next') ?? '/');
+  let keyId: string;
   try {
-    const result = await authorizer.login({ deviceName, host, remoteAddr: client }, (form.get('apiKey') ?? '').trim(), ctx.sessionMinutes);
-    metrics?.proxyLogins.inc({ outcome: 'ok' });
-    res.writeHead(303, { location: next, 'set-cookie': sessionCookieHeader(result.cookie, result.maxAgeSeconds), 'cache-control': 'no-store', 'content-length': '0' });
-    res.end();
+    ({ keyId } = ctx.codes.redeem(query.get('code') ?? '', deviceName));
   } catch (err) {
     if (!(err instanceof BrokerError)) throw err;
-    metrics?.proxyLogins.inc({ outcome: err.code });
-    if (err.code === 'FORBIDDEN') sendPage(res, refusalPage({ code: 'FORBIDDEN', device: deviceName, message: err.message, now: clock() }, 403));
-    else if (err.code === 'RATE_LIMITED') {
-      const retryAfterSeconds = authorizer.retryAfterSeconds(client);
-      const page = loginPage({ device: deviceName, next, error: `Too many API keys that were not accepted came from your address. Try again in ${retryAfterSeconds} seconds.` });
-      sendPage(res, page, { 'retry-after': String(retryAfterSeconds), 'x-certunnel-error': 'RATE_LIMITED' }, 429);
-    } else sendPage(res, loginPage({ device: deviceName, next, error: 'That API key was not accepted.' }));
+    ctx.metrics?.proxyLogins.inc({ outcome: err.code });
+    sendPage(res, refusalPage({ code: err.code, device: deviceName, message: err.message, now: ctx.clock() }, err.status));
+    return;
   }
+  const session = await ctx.authorizer.sessionFor(keyId, host, ctx.sessionMinutes);
+  if (!session) return sendPage(res, loginPage({ device: deviceName, next, error: 'That API key may no longer reach devices.' }));
+  redirect(res, next, { 'set-cookie': sessionCookieHeader(session.cookie, session.maxAgeSeconds) });
 }

@@ -1,14 +1,18 @@
 /**
- * The pages the broker answers on a device hostname instead of the device:
- * login, and why a device cannot be reached. Plain HTML, no scripts, every
- * interpolated value escaped; the stable error code travels in the
- * X-Certunnel-Error header (and in the page) for tools and tests.
+ * The pages the broker answers on a device hostname instead of the device
+ * (where to sign in, why a device cannot be reached), and the sign-in form
+ * on the broker's own origin, the only place an operator types a
+ * credential. Plain HTML, no scripts, every interpolated value escaped; the
+ * stable error code travels in the X-Certunnel-Error header (and in the
+ * page) for tools and tests.
  */
 import type { ErrorCode } from '../core/errors.js';
 import { RESERVED_PREFIX } from '../../api/index.js';
 
 export const LOGIN_PATH = `${RESERVED_PREFIX}login`;
 export const LOGOUT_PATH = `${RESERVED_PREFIX}logout`;
+/** On a device hostname: where the broker hands over a one-time sign-in code. */
+export const CALLBACK_PATH = `${RESERVED_PREFIX}callback`;
 
 export interface Page {
   readonly status: number;
@@ -20,14 +24,27 @@ export function escapeHtml(text: string): string {
   return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
-/** Headers every broker page carries: never cached, never framed, no scripts. */
+const CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/** Headers every broker page carries: never cached, never framed (nor framing-era browsers), no scripts, no opener. */
 export const PAGE_HEADERS: Readonly<Record<string, string>> = Object.freeze({
   'content-type': 'text/html; charset=utf-8',
   'cache-control': 'no-store',
-  'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+  'content-security-policy': CSP,
+  'x-frame-options': 'DENY',
+  'cross-origin-opener-policy': 'same-origin',
   'x-content-type-options': 'nosniff',
   'referrer-policy': 'no-referrer',
 });
+
+/**
+ * The sign-in page's policy: its form posts to the broker, whose answer
+ * redirects to a device hostname, and browsers hold form-action to
+ * redirects too, so DEVICEORIGINS (`https://*.<domain>:*`) are allowed there.
+ */
+export function signInPageHeaders(deviceOrigins: string): Record<string, string> {
+  return { 'content-security-policy': CSP.replace("form-action 'self'", `form-action 'self' ${deviceOrigins}`) };
+}
 
 function layout(title: string, body: string): string {
   return `<!doctype html>
@@ -51,10 +68,28 @@ function page(status: number, code: Page['code'], title: string, paragraphs: rea
   return { status, code, html: layout(title, body) };
 }
 
-/** A same-origin path to come back to after login; anything else (//evil, https://…) becomes "/". */
+const SAME_ORIGIN = 'https://same-origin.invalid';
+
+/**
+ * A same-origin path to come back to after login; anything else becomes "/".
+ * Parsed as a browser would (the WHATWG URL parser: "\\" is "/", dot
+ * segments resolve) after refusing control characters, which browsers
+ * strip ("/<TAB>/evil.example" is "//evil.example" to them); what is left
+ * must stay on the origin it is resolved against, and is returned as the
+ * parser serialised it, so the browser reads the very same path.
+ */
 export function safeNext(next: string | undefined): string {
-  if (!next || !next.startsWith('/') || next.startsWith('//') || next.startsWith('/\\') || /[\r\n]/.test(next)) return '/';
-  return next.startsWith(RESERVED_PREFIX) ? '/' : next;
+  // eslint-disable-next-line no-control-regex -- control characters are what this refuses
+  if (!next || !next.startsWith('/') || /[\u0000-\u001f\u007f]/.test(next)) return '/';
+  let url: URL;
+  try {
+    url = new URL(next, SAME_ORIGIN);
+  } catch {
+    return '/';
+  }
+  const path = `${url.pathname}${url.search}${url.hash}`;
+  if (url.origin !== SAME_ORIGIN || path.startsWith('//') || path.startsWith(RESERVED_PREFIX)) return '/';
+  return path;
 }
 
 export interface LoginPageOptions {
@@ -68,20 +103,48 @@ export interface LoginPageOptions {
   readonly crossSite?: boolean;
 }
 
+/** The device hostname's query for where to sign in: `?next=…`, always a path of this origin. */
+export function nextQuery(next: string): string {
+  return `?${new URLSearchParams({ next: safeNext(next) }).toString()}`;
+}
+
+/**
+ * On a device hostname, for a request without a valid credential: where to
+ * sign in (the device's LOGIN_PATH, which redirects to the broker's
+ * origin). Never a form: what a device origin shows, the device can forge.
+ */
 export function loginPage(o: LoginPageOptions): Page {
   const next = safeNext(o.next);
   const paragraphs = [
-    `Log in with your operator API key to reach <strong>${escapeHtml(o.device)}</strong>.`,
-    ...(o.crossSite ? [`Already logged in? <a href="${escapeHtml(next)}">Continue to ${escapeHtml(o.device)}</a>.`] : []),
+    `Sign in to reach <strong>${escapeHtml(o.device)}</strong>: <a href="${escapeHtml(`${LOGIN_PATH}${nextQuery(next)}`)}">sign in on the broker</a>.`,
+    ...(o.crossSite ? [`Already signed in? <a href="${escapeHtml(next)}">Continue to ${escapeHtml(o.device)}</a>.`] : []),
+    ...(o.error ? [`<span class="err">${escapeHtml(o.error)}</span>`] : []),
+    'Tools can send <code>Authorization: Bearer &lt;API key&gt;</code> instead. The device never sees either credential.',
+    'Never type an API key into a page of a device hostname: the broker asks for it only on its own address.',
+  ];
+  return page(401, 'UNAUTHENTICATED', `Sign in to reach ${o.device}`, paragraphs);
+}
+
+export interface SignInPageOptions {
+  readonly device: string;
+  readonly next: string;
+  readonly error?: string;
+}
+
+/** The broker origin's sign-in form (LOGIN_PATH there): the operator's API key, for DEVICE. */
+export function signInPage(o: SignInPageOptions): Page {
+  const paragraphs = [
+    `Sign in with your operator API key to reach <strong>${escapeHtml(o.device)}</strong>.`,
     ...(o.error ? [`<span class="err">${escapeHtml(o.error)}</span>`] : []),
     `<form method="post" action="${LOGIN_PATH}">
 <label>API key<br><input type="password" name="apiKey" autocomplete="current-password" required autofocus></label>
-<input type="hidden" name="next" value="${escapeHtml(next)}">
-<button type="submit">Log in</button>
+<input type="hidden" name="device" value="${escapeHtml(o.device)}">
+<input type="hidden" name="next" value="${escapeHtml(safeNext(o.next))}">
+<button type="submit">Sign in</button>
 </form>`,
-    'Tools can send <code>Authorization: Bearer &lt;API key&gt;</code> instead. The device never sees either credential.',
+    'This page belongs to the broker; the device never sees your key.',
   ];
-  return page(401, 'UNAUTHENTICATED', `Log in to reach ${o.device}`, paragraphs);
+  return page(401, 'UNAUTHENTICATED', `Sign in to reach ${o.device}`, paragraphs);
 }
 
 function ago(since: Date, now: Date): string {
@@ -132,6 +195,8 @@ export function refusalPage(o: RefusalPageOptions, status: number): Page {
   }
 }
 
-export function loggedOutPage(device: string): Page {
+/** Logged out of DEVICE's hostname, or (without DEVICE) of the broker's origin. */
+export function loggedOutPage(device?: string): Page {
+  if (!device) return page(200, 'LOGGED_OUT', 'Logged out', ['You are signed out of the broker. Device hostnames you opened keep their own sessions until they log out or expire.']);
   return page(200, 'LOGGED_OUT', 'Logged out', [`You are logged out of ${escapeHtml(device)}. <a href="${LOGIN_PATH}">Log in again</a>.`]);
 }

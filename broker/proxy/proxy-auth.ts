@@ -184,20 +184,48 @@ export class ProxyAuthorizer {
   }
 
   /**
-   * Browser login: the API key typed into the login form, checked like a
-   * bearer key. Returns the Set-Cookie value and its lifetime.
+   * Browser sign-in on the broker's origin: the API key typed into the form,
+   * checked like a bearer key (INFO.host is what the session is bound to,
+   * INFO.deviceName the device asked for). Returns the Set-Cookie value,
+   * its lifetime, and the key's id for the device's sign-in code.
    */
-  async login(info: Omit<ProxyRequestInfo, 'authorization' | 'cookie'>, presented: string, sessionMinutes: number): Promise<{ cookie: string; maxAgeSeconds: number; actor: Actor }> {
+  async login(info: Omit<ProxyRequestInfo, 'authorization' | 'cookie'>, presented: string, sessionMinutes: number): Promise<{ cookie: string; maxAgeSeconds: number; actor: Actor; keyId: string }> {
     const door = { action: 'proxy.login', target: info.deviceName, remoteAddr: info.remoteAddr };
     const { record, actor } = await admitApiKey(this.deps.core, presented, door, () => this.apiKey(presented, info.remoteAddr));
     if (!PROXY_ROLES.has(record.role)) {
       await this.audit(actor.id, 'proxy.login', info.deviceName, info.remoteAddr, 'FORBIDDEN');
       throw new BrokerError('FORBIDDEN', 'this API key may not reach devices (roles: admin, operator)');
     }
-    const maxAgeSeconds = sessionMinutes * 60;
-    const cookie = signSession(this.deps.sessionSecret, { keyId: record.id, host: info.host, expiresAt: new Date(this.now().getTime() + maxAgeSeconds * 1000) });
     await this.audit(actor.id, 'proxy.login', info.deviceName, info.remoteAddr, 'ok', { name: record.name, host: info.host });
-    return { cookie, maxAgeSeconds, actor };
+    return { ...this.session(record.id, info.host, sessionMinutes), actor, keyId: record.id };
+  }
+
+  /** A session cookie value naming KEYID, bound to HOST, for SESSIONMINUTES. */
+  private session(keyId: string, host: string, sessionMinutes: number): { cookie: string; maxAgeSeconds: number } {
+    const maxAgeSeconds = sessionMinutes * 60;
+    const cookie = signSession(this.deps.sessionSecret, { keyId, host, expiresAt: new Date(this.now().getTime() + maxAgeSeconds * 1000) });
+    return { cookie, maxAgeSeconds };
+  }
+
+  /** The session for HOST that a redeemed sign-in code gives, if KEYID still may reach devices. */
+  async sessionFor(keyId: string, host: string, sessionMinutes: number): Promise<{ cookie: string; maxAgeSeconds: number } | undefined> {
+    const record = await this.keyById(keyId);
+    if (!record || record.revokedAt || !PROXY_ROLES.has(record.role)) return undefined;
+    return this.session(keyId, host, sessionMinutes);
+  }
+
+  /** The API key a session cookie in COOKIEHEADER (bound to HOST) names, if genuine, unexpired and its key unrevoked. */
+  private async sessionKey(cookieHeader: string | undefined, host: string): Promise<ApiKeyRecord | undefined> {
+    const session = readCookie(cookieHeader, SESSION_COOKIE);
+    const claims = session ? verifySession(this.deps.sessionSecret, session, host, this.now()) : undefined;
+    const record = claims ? await this.keyById(claims.keyId) : null;
+    return record && !record.revokedAt ? record : undefined;
+  }
+
+  /** The key id of an operator already signed in on the broker's origin (HOST: BROKER_SESSION_HOST), if any. */
+  async signedInKey(cookieHeader: string | undefined, host: string): Promise<string | undefined> {
+    const record = await this.sessionKey(cookieHeader, host);
+    return record && PROXY_ROLES.has(record.role) ? record.id : undefined;
   }
 
   /** The caller's identity from a bearer API key or a session cookie; a refusal otherwise. */
@@ -217,9 +245,8 @@ export class ProxyAuthorizer {
         return refuse('UNAUTHENTICATED', 'the API key was not accepted');
       }
     } else if (session) {
-      const claims = verifySession(this.deps.sessionSecret, session, info.host, this.now());
-      record = claims ? await this.keyById(claims.keyId) : null;
-      if (!record || record.revokedAt) return refuse('UNAUTHENTICATED', 'your session has expired; log in again');
+      record = (await this.sessionKey(info.cookie, info.host)) ?? null;
+      if (!record) return refuse('UNAUTHENTICATED', 'your session has expired; log in again');
     } else {
       return refuse('UNAUTHENTICATED', 'log in with an operator API key');
     }

@@ -10,6 +10,8 @@ import type { TunnelPresence } from '../core/presence.js';
 import type { NewAuditEvent } from '../store/types.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { BrokerMetrics } from '../telemetry/metrics.js';
+import type { LoginCodes } from './login-codes.js';
+import { requestOrigin, schemeOf, withHostname } from './origin.js';
 import type { ProxyAuthorizer } from './proxy-auth.js';
 
 export type ProxyMetrics = Pick<BrokerMetrics, 'proxyRequests' | 'proxyUpstreamSeconds' | 'proxyLogins' | 'proxyWebsockets'>;
@@ -26,6 +28,12 @@ export interface DeviceProxyOptions {
   readonly metrics?: ProxyMetrics;
   /** Writes an audit event (the store's appendAudit); failures to write are the store's to log. */
   readonly audit: (event: NewAuditEvent) => Promise<void>;
+  /** The sign-in codes the broker's origin mints and device hostnames redeem. */
+  readonly codes: LoginCodes;
+  /** Device hostnames are <name>.<domain> (config domain). */
+  readonly domain: string;
+  /** api.publicUrl: where browsers reach the broker's own origin; unset, the host they addressed with the name <domain>. */
+  readonly publicUrl?: string;
 }
 
 export interface ProxyContext extends DeviceProxyOptions {
@@ -77,4 +85,27 @@ export function encryptedOf(req: IncomingMessage): boolean {
 /** Who is asking, for the audit log and the failure limiter (clientAddressFrom). */
 export function clientOf(req: IncomingMessage, ctx: Pick<DeviceProxyOptions, 'behindProxy'>): string | null {
   return clientAddressFrom(req.socket.remoteAddress, req.headers['x-forwarded-for'], ctx.behindProxy);
+}
+
+/** The origin REQ addressed (its scheme and Host header), undefined if its Host is unusable. */
+export function ownOriginOf(req: IncomingMessage, ctx: Pick<DeviceProxyOptions, 'behindProxy'>): URL | undefined {
+  return requestOrigin(schemeOf(req.headers, encryptedOf(req), ctx.behindProxy), req.headers.host);
+}
+
+/** How browsers reach this listener from outside: api.publicUrl when set, else the scheme and port REQ came with. */
+function publicBaseOf(req: IncomingMessage, ctx: Pick<DeviceProxyOptions, 'behindProxy' | 'publicUrl'>): URL | undefined {
+  return ctx.publicUrl ? new URL(ctx.publicUrl) : ownOriginOf(req, ctx);
+}
+
+/** The broker's own origin, where operators sign in: api.publicUrl's, else <domain> on the scheme and port REQ used. */
+export function brokerOriginOf(req: IncomingMessage, ctx: Pick<DeviceProxyOptions, 'behindProxy' | 'publicUrl' | 'domain'>): string | undefined {
+  if (ctx.publicUrl) return new URL(ctx.publicUrl).origin;
+  const base = publicBaseOf(req, ctx);
+  return base && withHostname(base, ctx.domain);
+}
+
+/** DEVICENAME's hostname as an origin, on the broker's public scheme and port. */
+export function deviceOriginOf(req: IncomingMessage, ctx: Pick<DeviceProxyOptions, 'behindProxy' | 'publicUrl' | 'domain'>, deviceName: string): string | undefined {
+  const base = publicBaseOf(req, ctx);
+  return base && withHostname(base, `${deviceName}.${ctx.domain}`);
 }

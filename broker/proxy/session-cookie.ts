@@ -14,6 +14,14 @@ import { writeFileAtomic } from '../../ca/index.js';
 
 export const SESSION_COOKIE = '__Host-certunnel';
 
+/**
+ * What a session on the broker's own origin (signed in there, so that the
+ * next device needs no key) is bound to in place of a hostname: no device
+ * hostname (hostOf) starts with a dot, so neither kind of session passes
+ * for the other.
+ */
+export const BROKER_SESSION_HOST = '.broker';
+
 const VERSION = 'v1';
 const KEY_ID = /^key_[a-z2-7]{16}$/;
 
@@ -65,8 +73,15 @@ export function setsCookie(line: string, name: string): boolean {
   return i > 0 && line.slice(0, i).trim() === name;
 }
 
-export function sessionCookieHeader(value: string, maxAgeSeconds: number): string {
-  return `${SESSION_COOKIE}=${value}; Path=/; Max-Age=${maxAgeSeconds}; Secure; HttpOnly; SameSite=Strict`;
+/**
+ * SAMESITE Strict on device hostnames. Lax on the broker's origin: the
+ * browser arrives there by a redirect from a device hostname (another site
+ * when the device domain is its own registrable domain, as recommended),
+ * and a top-level GET is all Lax lets through; that GET only mints a code
+ * for the operator's own session, which lands on the device it names.
+ */
+export function sessionCookieHeader(value: string, maxAgeSeconds: number, sameSite: 'Strict' | 'Lax' = 'Strict'): string {
+  return `${SESSION_COOKIE}=${value}; Path=/; Max-Age=${maxAgeSeconds}; Secure; HttpOnly; SameSite=${sameSite}`;
 }
 
 export function clearSessionCookieHeader(): string {

@@ -16,8 +16,9 @@ import { downstreamHeaders, responseHeadProblem, upstreamHeaders } from './forwa
 import { hostOf } from './hostname.js';
 import { refusalPage } from './pages.js';
 import type { ProxyDecision } from './proxy-auth.js';
-import { clientOf, encryptedOf, peerOf, type ProxyContext } from './proxy-context.js';
 import { capInformational, isParseError } from './relay.js';
+import { crossOriginRefusal } from './origin.js';
+import { clientOf, encryptedOf, ownOriginOf, peerOf, type ProxyContext } from './proxy-context.js';
 import { openUpstream } from './upstream-pool.js';
 
 /** Holds SOCKET and UPSTREAM in RELAYS (close() drops them) until either closes, then closes both. */
@@ -114,6 +115,11 @@ export async function relayUpgrade(ctx: ProxyContext, relays: Set<Duplex>, req: 
   // Nothing may be read (and lost) before the upstream pipe exists.
   socket.pause();
   socket.on('error', () => socket.destroy());
+  const crossOrigin = crossOriginRefusal({ method: req.method, headers: req.headers, own: ownOriginOf(req, ctx), upgrade: true });
+  if (crossOrigin) {
+    ctx.count('CROSS_ORIGIN_REFUSED');
+    return sendRawPage(socket, refusalPage({ code: 'CROSS_ORIGIN_REFUSED', device: deviceName, message: crossOrigin, now: clock() }, 403));
+  }
   const host = hostOf(req.headers.host) ?? '';
   const decision = await authorizer.decide({ deviceName, host, authorization: req.headers.authorization, cookie: req.headers.cookie, remoteAddr: clientOf(req, ctx) });
   if (!decision.allow) {

@@ -143,19 +143,35 @@ nginxTest('ok/nginx -t accepts it, and nginx routes device hostnames through the
       // Refusals are the broker's pages, with their status.
       const anon = await deviceRequest(url, 'kiosk-a', {}, ca);
       t.is(anon.status, 401);
-      t.regex(anon.body, /<form method="post" action="\/\.certunnel\/login">/);
+      t.regex(anon.body, /href="\/\.certunnel\/login\?next=%2Fecho"/);
       const offline = await deviceRequest(url, 'kiosk-idle', { headers: auth }, ca);
       t.is(offline.status, 502);
       t.is(offline.headers['x-certunnel-error'], 'DEVICE_OFFLINE');
       t.is((await deviceRequest(url, 'kiosk-none', { headers: auth }, ca)).status, 404);
 
-      // Browser login through nginx, then the cookie is honoured by auth_request and not relayed.
-      const body = new URLSearchParams({ apiKey: operatorKey, next: '/echo' }).toString();
-      const login = await deviceRequest(url, 'kiosk-a', {
+      // Cross-device CSRF through nginx: refused by the broker's authorize answer, never relayed.
+      const nginxPort = new URL(url).port;
+      const relayed = dev.http!.requests.length;
+      const csrf = await deviceRequest(url, 'kiosk-a', { method: 'POST', path: '/echo', body: 'x=1', headers: { ...auth, 'content-length': '3', origin: `https://kiosk-b.${DOMAIN}:${nginxPort}` } }, ca);
+      t.is(csrf.status, 403, csrf.body);
+      t.is(csrf.headers['x-certunnel-error'], 'CROSS_ORIGIN_REFUSED');
+      t.is(dev.http!.requests.length, relayed, 'the device received nothing');
+      const own = await deviceRequest(url, 'kiosk-a', { method: 'POST', path: '/echo', body: 'x=1', headers: { ...auth, 'content-length': '3', origin: `https://kiosk-a.${DOMAIN}:${nginxPort}` } }, ca);
+      t.is(own.status, 200, own.body);
+
+      // Browser sign-in on the broker's origin through nginx, the code redeemed on the device hostname, then
+      // the cookie is honoured by auth_request and not relayed.
+      const body = new URLSearchParams({ apiKey: operatorKey, device: 'kiosk-a', next: '/echo' }).toString();
+      const signIn = await deviceRequest(url, 'x', {
         method: 'POST', path: '/.certunnel/login', body,
-        headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': String(body.length), origin: `https://kiosk-a.${DOMAIN}` },
+        headers: { host: DOMAIN, 'content-type': 'application/x-www-form-urlencoded', 'content-length': String(body.length), origin: `https://${DOMAIN}` },
       }, ca);
+      t.is(signIn.status, 303, signIn.body);
+      const callback = new URL(signIn.headers.location!);
+      t.is(callback.origin, `https://kiosk-a.${DOMAIN}`);
+      const login = await deviceRequest(url, 'kiosk-a', { path: `${callback.pathname}${callback.search}` }, ca);
       t.is(login.status, 303);
+      t.is(login.headers.location, '/echo');
       const cookie = login.headers['set-cookie']![0]!.split(';')[0]!;
       const viaCookie = await deviceRequest(url, 'kiosk-a', { headers: { cookie: `${cookie}; lang=fr` } }, ca);
       t.is(viaCookie.status, 200);

@@ -114,5 +114,20 @@ const nexts: Array<[string | undefined, string]> = [
   ['javascript:alert(1)', '/'],
   ['/.certunnel/logout', '/'],
   ['/ok\r\nSet-Cookie: x=1', '/'],
+  // Browsers strip tabs and newlines from URLs: "/\t/evil.example/x" is "//evil.example/x", another origin.
+  ['/\t/evil.example/x', '/'],
+  ['/\n/evil.example/x', '/'],
+  ['/\r/evil.example/x', '/'],
+  ['/\u0000/evil.example', '/'],
+  ['/\u007f/x', '/'],
+  ['/\\\\evil.example', '/'],
+  ['\t//evil.example', '/'],
+  [' /admin', '/'],
+  ['/%2F%2Fevil.example', '/%2F%2Fevil.example'],
+  ['/a/../.certunnel/logout', '/'],
+  ['/%2e%2e/x', '/x'],
+  ['http:/evil.example', '/'],
+  ['/path?q=1#frag', '/path?q=1#frag'],
+  ['/caf\u00e9', '/caf%C3%A9'],
 ];
 for (const [input, want] of nexts) test(`post-login redirect ${JSON.stringify(input)}`, (t) => t.is(safeNext(input), want));
