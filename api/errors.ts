@@ -37,6 +37,14 @@ export const ERROR_STATUS = {
   DEVICE_SERVICE_UNAVAILABLE: 502,
   /** Too many failed authentication attempts from one address (the proxy's login and bearer keys); Retry-After says when to try again. */
   RATE_LIMITED: 429,
+  /** The API key is right but past its expiresAt. */
+  API_KEY_EXPIRED: 401,
+  /** The API key is right but revoked. */
+  API_KEY_REVOKED: 401,
+  /** A key of role proxy opens device web pages only; every API route refuses it. */
+  API_KEY_PROXY_ONLY: 403,
+  /** Revoking the last active admin key needs {"force": true}. */
+  LAST_ADMIN_KEY: 409,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
