@@ -169,7 +169,7 @@ export async function revokeApiKey(
     const alreadyRevoked = target.revokedAt !== null;
     const lastAdmin = target.role === 'admin' && apiKeyStatus(target, now) === 'active' && otherActiveAdmins(keys, id, now) === 0;
     if (lastAdmin && !options.force) {
-      throw new BrokerError('LAST_ADMIN_KEY', `${id} is the last active admin key; revoke it with force to do so anyway`);
+      throw new BrokerError('LAST_ADMIN_KEY', `${id} is the last active admin key; force (CLI: --force) revokes it anyway, and then only \`certunnel apikey create --data\` on the broker host makes another`);
     }
     if (!alreadyRevoked) await tx.revokeApiKey(id, now);
     const details = { name: target.name, role: target.role, alreadyRevoked, ...(lastAdmin ? { force: true } : {}) };
