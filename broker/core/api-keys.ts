@@ -93,9 +93,14 @@ export interface ApiKeyDoor {
   readonly details?: Record<string, unknown>;
 }
 
+/** The actor id of key KEYID in the audit trail: `apikey:<id>`. */
+export function apiKeyActorId(keyId: string): string {
+  return `apikey:${keyId}`;
+}
+
 /** Who an API key acts as, from REMOTEADDR. */
 export function apiKeyActor(record: ApiKeyRecord, remoteAddr: string | null): Actor {
-  return { id: `apikey:${record.id}`, role: record.role, name: record.name, remoteAddr };
+  return { id: apiKeyActorId(record.id), role: record.role, name: record.name, remoteAddr };
 }
 
 /** The audit row of a key refused at DOOR with CODE: the actor is anonymous, since no key was accepted. */

@@ -32,7 +32,7 @@
  * good keep working from a limited address: only unknown keys are guesses.
  */
 import { createHash } from 'node:crypto';
-import { admitApiKey, apiKeyActor, apiKeyStatus, authenticateApiKey } from '../core/api-keys.js';
+import { admitApiKey, apiKeyActor, apiKeyActorId, apiKeyStatus, authenticateApiKey } from '../core/api-keys.js';
 import type { Actor, CoreDeps } from '../core/deps.js';
 import { BrokerError, type ErrorCode } from '../core/errors.js';
 import { ConnectionRateLimiter } from '../core/rate-limit.js';
@@ -121,6 +121,8 @@ export class ProxyAuthorizer {
   private readonly byConnection = new WeakMap<object, { presented: string; cached: Cached<ApiKeyRecord>; generation: number }>();
   /** Bumped by forgetApiKey: a connection's memo from an older generation is not trusted. */
   private keyGeneration = 0;
+  /** Live connections (WebSocket relays) by the actor id of the key that opened them: forgetApiKey closes them. */
+  private readonly liveByActor = new Map<string, Set<() => void>>();
   /** Failed key checks per client address. */
   private readonly failures: ConnectionRateLimiter;
 
@@ -143,10 +145,27 @@ export class ProxyAuthorizer {
     for (const [name, entry] of this.devices) if (entry.value?.id === deviceId) this.devices.delete(name);
   }
 
-  /** A revoked API key must not be served from the caches (by secret, by id for sessions, per connection). */
+  /**
+   * A revoked API key must not be served from the caches (by secret, by id
+   * for sessions, per connection), and the live connections it opened end.
+   */
   forgetApiKey(keyId: string): void {
     for (const [cacheKey, entry] of this.keys) if (entry.value.id === keyId) this.keys.delete(cacheKey);
     this.keyGeneration++;
+    const live = this.liveByActor.get(apiKeyActorId(keyId));
+    this.liveByActor.delete(apiKeyActorId(keyId));
+    for (const close of live ?? []) close();
+  }
+
+  /** CLOSE ends a live connection ACTOR opened (a WebSocket relay) when its key is revoked; call the returned release once it ended. */
+  holdForKey(actor: Actor, close: () => void): () => void {
+    let live = this.liveByActor.get(actor.id);
+    if (!live) this.liveByActor.set(actor.id, (live = new Set()));
+    live.add(close);
+    return () => {
+      live.delete(close);
+      if (live.size === 0 && this.liveByActor.get(actor.id) === live) this.liveByActor.delete(actor.id);
+    };
   }
 
   private async audit(actor: string, action: string, target: string | null, remoteAddr: string | null, outcome: 'ok' | ErrorCode, details?: Record<string, unknown>): Promise<void> {

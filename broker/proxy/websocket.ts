@@ -6,6 +6,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import type { Actor } from '../core/deps.js';
 import type { ErrorCode } from '../core/errors.js';
 import { refusalAnswer, sendRawPage } from './answers.js';
 import { upstreamHeaders } from './forwarded-headers.js';
@@ -14,8 +15,8 @@ import { refusalPage } from './pages.js';
 import { clientOf, encryptedOf, peerOf, type ProxyContext } from './proxy-context.js';
 import { openUpstream } from './upstream-pool.js';
 
-/** Holds SOCKET and UPSTREAM in RELAYS (close() drops them) until either closes, then closes both. */
-function track(ctx: ProxyContext, relays: Set<Duplex>, socket: Duplex, upstream: Duplex): void {
+/** Holds SOCKET and UPSTREAM in RELAYS (close() drops them) until either closes or ACTOR's key is revoked, then closes both. */
+function track(ctx: ProxyContext, relays: Set<Duplex>, socket: Duplex, upstream: Duplex, actor: Actor): void {
   relays.add(socket);
   relays.add(upstream);
   ctx.count('upgraded');
@@ -24,11 +25,13 @@ function track(ctx: ProxyContext, relays: Set<Duplex>, socket: Duplex, upstream:
   const forget = (): void => {
     if (open) ctx.metrics?.proxyWebsockets.dec();
     open = false;
+    release();
     relays.delete(socket);
     relays.delete(upstream);
     socket.destroy();
     upstream.destroy();
   };
+  const release = ctx.authorizer.holdForKey(actor, forget);
   upstream.on('error', forget);
   upstream.once('close', forget);
   socket.once('close', forget);
@@ -67,7 +70,7 @@ export async function relayUpgrade(ctx: ProxyContext, relays: Set<Duplex>, req: 
     sendRawPage(socket, refusalPage({ code, device: deviceName, message: `${deviceName} did not answer on its http slot`, offlineSince: since, now: clock() }, 502));
     return;
   }
-  track(ctx, relays, socket, upstream);
+  track(ctx, relays, socket, upstream, decision.actor);
   writeHandshake(upstream, req, headers, head);
   upstream.pipe(socket);
   socket.pipe(upstream);
