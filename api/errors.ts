@@ -45,6 +45,14 @@ export const ERROR_STATUS = {
   CROSS_ORIGIN_REFUSED: 403,
   /** A sign-in code presented on a device hostname is unknown, already used, expired, or for another device. */
   LOGIN_CODE_INVALID: 400,
+  /** The API key is right but past its expiresAt. */
+  API_KEY_EXPIRED: 401,
+  /** The API key is right but revoked. */
+  API_KEY_REVOKED: 401,
+  /** A key of role proxy opens device web pages only; every API route refuses it. */
+  API_KEY_PROXY_ONLY: 403,
+  /** Revoking the last active admin key needs {"force": true}. */
+  LAST_ADMIN_KEY: 409,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

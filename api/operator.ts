@@ -7,8 +7,12 @@
  */
 import type { PortBlockWire } from './device.js';
 
-/** The roles an API key can carry. */
-export const API_KEY_ROLES = ['admin', 'operator', 'provisioner'] as const;
+/**
+ * The roles an API key can carry. `proxy` only opens device web pages
+ * through the HTTP proxy (bearer or login); the API refuses it on every
+ * route (API_KEY_PROXY_ONLY).
+ */
+export const API_KEY_ROLES = ['admin', 'operator', 'provisioner', 'proxy'] as const;
 export type ApiKeyRole = (typeof API_KEY_ROLES)[number];
 
 /** An API key's name: who or what holds it. */
@@ -166,11 +170,13 @@ export interface AuditEventView {
 
 export type ListAuditResponse = ListResponse<AuditEventView>;
 
-// ---- API keys: POST /v1/apikeys, GET /v1/apikeys ------------------------------
+// ---- API keys: POST /v1/apikeys, GET /v1/apikeys, POST /v1/apikeys/:id/revoke
 
 export interface CreateApiKeyRequest {
   role: ApiKeyRole;
   name: string;
+  /** When the key stops working (ISO 8601, in the future); absent: never. */
+  expiresAt?: string;
 }
 
 export interface CreateApiKeyResponse {
@@ -179,7 +185,12 @@ export interface CreateApiKeyResponse {
   role: ApiKeyRole;
   /** `ctk_…`, shown only in this response. */
   key: string;
+  expiresAt: string | null;
 }
+
+/** Derived, not stored, in this order of precedence: revoked > expired > active. */
+export const API_KEY_STATUSES = ['active', 'expired', 'revoked'] as const;
+export type ApiKeyStatus = (typeof API_KEY_STATUSES)[number];
 
 export interface ApiKeyView {
   id: string;
@@ -189,9 +200,22 @@ export interface ApiKeyView {
   createdBy: string;
   revokedAt: string | null;
   lastUsedAt: string | null;
+  expiresAt: string | null;
+  status: ApiKeyStatus;
 }
 
 /** Every key, in one page. */
 export interface ListApiKeysResponse {
   items: ApiKeyView[];
+}
+
+export interface RevokeApiKeyRequest {
+  /** Revoke the last active admin key too (then only `certunnel apikey create --data` on the broker's host makes another). */
+  force?: boolean;
+}
+
+export interface RevokeApiKeyResponse {
+  key: ApiKeyView;
+  /** True if the key was revoked before: nothing changed. */
+  alreadyRevoked: boolean;
 }

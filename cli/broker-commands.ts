@@ -1,9 +1,8 @@
-/** `certunnel init`, `certunnel broker`, `certunnel start`, `certunnel apikey create`: running a broker from a data directory. */
+/** `certunnel init`, `certunnel broker`, `certunnel start`: running a broker from a data directory. */
 import { access } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { API_KEY_NAME, API_KEY_ROLES as ROLES, type ApiKeyRole } from '../api/index.js';
 import {
-  createLocalApiKey, createLogger, dataPaths, ephemeralOverlapWarning, initDataDir, loadConfig, readEphemeralRange, startBroker, type BrokerConfig, type Logger,
+  createLogger, dataPaths, ephemeralOverlapWarning, initDataDir, loadConfig, readEphemeralRange, startBroker, type BrokerConfig, type Logger,
 } from '../broker/compose/index.js';
 import { CliError } from './output.js';
 import { readPassphrase } from './passphrase.js';
@@ -149,18 +148,5 @@ export function registerBrokerCommands(program: Command, env: NodeJS.ProcessEnv)
       const initialised = await access(dataPaths(flags.data).config).then(() => true, () => false);
       if (!initialised) await runInit({ data: flags.data, apiListen: flags.apiListen, sshListen: flags.sshListen, sshMode: flags.sshMode, insecureHttp: flags.insecureHttp, trustProxy: flags.trustProxy, passphraseFile: flags.passphraseFile }, env);
       await serve(flags, env);
-    });
-
-  const apikey = program.command('apikey').description('API keys, locally against the data directory');
-  apikey.command('create')
-    .requiredOption('--data <dir>', 'broker data directory')
-    .requiredOption('--role <role>', `one of ${ROLES.join(', ')}`)
-    .requiredOption('--name <name>', 'who or what holds the key')
-    .action(async (flags: { data: string; role: string; name: string }) => {
-      if (!ROLES.includes(flags.role as ApiKeyRole)) throw new CliError('BAD_ARGUMENT', `--role must be one of ${ROLES.join(', ')}`);
-      if (!API_KEY_NAME.test(flags.name)) throw new CliError('BAD_ARGUMENT', '--name: letters, digits, . _ @ -');
-      const key = await createLocalApiKey(flags.data, { role: flags.role as ApiKeyRole, name: flags.name });
-      process.stdout.write(`${key.key}\n`);
-      process.stderr.write(`created ${key.role} key ${key.id} (${key.name}); the key is shown once\n`);
     });
 }

@@ -28,7 +28,7 @@ async function exists(path: string): Promise<boolean> {
 }
 
 /** Parses "1h", "30m", "90s", "2d" or plain seconds. */
-function parseDuration(text: string): number {
+export function parseDuration(text: string): number {
   const m = /^(\d+)([smhd]?)$/.exec(text.trim());
   if (!m) throw new CliError('BAD_ARGUMENT', `not a duration: ${text} (use e.g. 90s, 30m, 1h, 2d)`);
   const unit = { '': 1, s: 1, m: 60, h: 3600, d: 86400 }[m[2] as '' | 's' | 'm' | 'h' | 'd'];

@@ -14,7 +14,8 @@ type Register = (program: Command, env: NodeJS.ProcessEnv) => void;
 /** Top-level command names → the module that registers them. */
 const GROUPS: ReadonlyArray<{ readonly commands: readonly string[]; readonly load: () => Promise<Register> }> = [
   { commands: ['ca'], load: async () => (await import('./ca-commands.js')).registerCaCommands },
-  { commands: ['init', 'broker', 'start', 'apikey'], load: async () => (await import('./broker-commands.js')).registerBrokerCommands },
+  { commands: ['init', 'broker', 'start'], load: async () => (await import('./broker-commands.js')).registerBrokerCommands },
+  { commands: ['apikey'], load: async () => (await import('./apikey-commands.js')).registerApiKeyCommands },
   { commands: ['token', 'device', 'audit'], load: async () => (await import('./operator-commands.js')).registerOperatorCommands },
   { commands: ['ssh', 'ssh-proxy', 'ssh-config'], load: async () => (await import('./ssh-commands.js')).registerSshCommands },
   { commands: ['proxy'], load: async () => (await import('./proxy-commands.js')).registerProxyCommands },

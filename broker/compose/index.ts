@@ -16,7 +16,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
 
 export { dataPaths, initDataDir, localApiUrl, type DataPaths, type InitOptions, type InitResult } from './data-dir.js';
 export { loadConfig } from './load-config.js';
-export { createLocalApiKey } from './local-api-key.js';
+export { createLocalApiKey, listLocalApiKeys, revokeLocalApiKey } from './local-api-key.js';
 export { ephemeralOverlapWarning, readEphemeralRange } from './ephemeral-ports.js';
 export { splitHostPort, type BrokerConfig } from '../core/config.js';
 export { createLogger, type Logger } from '../telemetry/logger.js';

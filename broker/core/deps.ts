@@ -6,7 +6,7 @@
 import type { KeyPair, PublicKey } from '../../ca/index.js';
 import type { BrokerConfig } from './config.js';
 import type { Store } from '../store/types.js';
-import type { SshEndpointWire } from '../../api/index.js';
+import type { ApiKeyRole, SshEndpointWire } from '../../api/index.js';
 
 export interface CaKeys {
   readonly userCa: KeyPair;
@@ -17,7 +17,7 @@ export interface CaKeys {
 export interface Actor {
   /** `apikey:<id>`, `device:<id>`, `token:<id>`, `system`. */
   readonly id: string;
-  readonly role?: 'admin' | 'operator' | 'provisioner';
+  readonly role?: ApiKeyRole;
   /** The API key's name, for operator certificates' key ids. */
   readonly name?: string;
   readonly remoteAddr: string | null;

@@ -10,7 +10,7 @@ import type { Logger } from '../telemetry/logger.js';
 import type { BrokerMetrics } from '../telemetry/metrics.js';
 import type { ErrorCode, ErrorResponse } from '../../api/index.js';
 import type { Actor, CoreDeps } from '../core/deps.js';
-import { admitApiKey } from '../core/api-keys.js';
+import { admitApiKey, requireApiAccess } from '../core/api-keys.js';
 import type { AccessLayer } from '../proxy/index.js';
 
 export interface HttpDeps {
@@ -32,10 +32,11 @@ export interface AppState {
 }
 export type AppContext = Koa.ParameterizedContext<AppState, RouterContext>;
 
-/** Authenticates the API key in `Authorization: Bearer …` and returns the actor. */
+/** Authenticates the API key in `Authorization: Bearer …` and returns the actor; proxy keys are refused here, on every route. */
 export async function authenticate(ctx: AppContext, deps: HttpDeps): Promise<Actor> {
   const presented = /^Bearer (\S+)$/i.exec(ctx.get('authorization'))?.[1];
   const { actor } = await admitApiKey(deps.core, presented, { action: 'auth.failure', target: ctx.path, remoteAddr: clientAddress(ctx) });
+  requireApiAccess(actor);
   ctx.state.actor = actor;
   return actor;
 }

@@ -1,17 +1,18 @@
 /**
  * Routes for API-key holders: tokens (admin, provisioner), devices and audit
  * (admin, operator), API keys (admin). Their wire types are api/operator.ts;
- * the views below render store records in them.
+ * the views below render store records in them (an API key's view is core's
+ * viewApiKey: the local CLI lists keys in it too).
  */
 import type Router from '@koa/router';
-import type { ApiKeyView, AuditEventView, CreateApiKeyRequest, CreateApiKeyResponse, DeviceView, ListApiKeysResponse, ListAuditRequest, ListAuditResponse, ListDevicesRequest, ListDevicesResponse, ListTokensRequest, MintTokensRequest, RevokeDeviceRequest, RevokeDeviceResponse, RevokeTokensRequest } from '../../api/index.js';
-import { createApiKey, requireRole } from '../core/api-keys.js';
+import type { AuditEventView, CreateApiKeyRequest, CreateApiKeyResponse, DeviceView, ListApiKeysResponse, ListAuditRequest, ListAuditResponse, ListDevicesRequest, ListDevicesResponse, ListTokensRequest, MintTokensRequest, RevokeApiKeyRequest, RevokeApiKeyResponse, RevokeDeviceRequest, RevokeDeviceResponse, RevokeTokensRequest } from '../../api/index.js';
+import { createApiKey, requireRole, revokeApiKey, viewApiKey } from '../core/api-keys.js';
 import { findDeviceByRef, revokeDevice } from '../core/revoke.js';
 import { listTokens, mintTokens, revokeTokens } from '../core/tokens.js';
-import type { ApiKeyRecord, AuditEvent, DeviceRecord } from '../store/types.js';
+import type { AuditEvent, DeviceRecord } from '../store/types.js';
 import { authenticate, type AppState, type HttpDeps } from './context.js';
 import {
-  createApiKeySchema, listAuditQuery, listDevicesQuery, listTokensQuery, mintTokensSchema, parseWith, revokeDeviceSchema, revokeTokensSchema,
+  createApiKeySchema, listAuditQuery, listDevicesQuery, listTokensQuery, mintTokensSchema, parseWith, revokeApiKeySchema, revokeDeviceSchema, revokeTokensSchema,
 } from './schemas.js';
 
 const iso = (d: Date | null): string | null => d?.toISOString() ?? null;
@@ -28,10 +29,6 @@ function viewDevice(d: DeviceRecord): DeviceView {
 
 function viewAudit(e: AuditEvent): AuditEventView {
   return { id: e.id, at: e.at.toISOString(), actor: e.actor, action: e.action, target: e.target, remoteAddr: e.remoteAddr, outcome: e.outcome, details: e.details };
-}
-
-function viewApiKey(k: ApiKeyRecord): ApiKeyView {
-  return { id: k.id, name: k.name, role: k.role, createdAt: k.createdAt.toISOString(), createdBy: k.createdBy, revokedAt: iso(k.revokedAt), lastUsedAt: iso(k.lastUsedAt) };
 }
 
 function registerTokenRoutes(router: Router<AppState>, deps: HttpDeps): void {
@@ -97,14 +94,26 @@ function registerApiKeyRoutes(router: Router<AppState>, deps: HttpDeps): void {
     const actor = await authenticate(ctx, deps);
     requireRole(actor, ['admin']);
     const req: CreateApiKeyRequest = parseWith(createApiKeySchema, ctx.request.body);
-    ctx.body = (await createApiKey(core.store, req, actor, core.clock())) satisfies CreateApiKeyResponse;
+    const expiresAt = req.expiresAt === undefined ? null : new Date(req.expiresAt);
+    ctx.body = (await createApiKey(core.store, { role: req.role, name: req.name, expiresAt }, actor, core.clock())) satisfies CreateApiKeyResponse;
     ctx.status = 201;
   });
 
   router.get('/v1/apikeys', async (ctx) => {
     requireRole(await authenticate(ctx, deps), ['admin']);
     const keys = await core.store.listApiKeys();
-    ctx.body = { items: keys.map(viewApiKey) } satisfies ListApiKeysResponse;
+    const now = core.clock();
+    ctx.body = { items: keys.map((k) => viewApiKey(k, now)) } satisfies ListApiKeysResponse;
+  });
+
+  router.post('/v1/apikeys/:id/revoke', async (ctx) => {
+    const actor = await authenticate(ctx, deps);
+    requireRole(actor, ['admin']);
+    const req: RevokeApiKeyRequest = parseWith(revokeApiKeySchema, ctx.request.body);
+    const result = await revokeApiKey(core, ctx.params.id!, { force: req.force }, actor);
+    // The proxy caches keys for a few seconds: the revoked one must fail on its next request.
+    deps.access?.authorizer.forgetApiKey(result.record.id);
+    ctx.body = { key: viewApiKey(result.record, core.clock()), alreadyRevoked: result.alreadyRevoked } satisfies RevokeApiKeyResponse;
   });
 }
 

@@ -43,7 +43,10 @@ export const revokeDeviceSchema = z.strictObject({ reason: z.string().max(500).o
 export const createApiKeySchema = z.strictObject({
   role: z.enum(API_KEY_ROLES),
   name: z.string().min(1).max(100).regex(API_KEY_NAME),
+  expiresAt: z.iso.datetime({ offset: true }).optional(),
 });
+
+export const revokeApiKeySchema = z.strictObject({ force: z.boolean().optional() });
 
 const limit = z.coerce.number().int().min(1).max(1000).optional();
 const cursor = z.string().max(512).optional();

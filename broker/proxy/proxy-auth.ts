@@ -4,7 +4,8 @@
  * of sockets.
  *
  * - Credentials: `Authorization: Bearer ctk_…` (an API key, for tools) or
- *   the broker's session cookie (a browser login). Roles admin and operator.
+ *   the broker's session cookie (a browser login). Roles admin, operator
+ *   and proxy (a key that opens device pages only).
  * - Then the device by name: unknown → DEVICE_UNKNOWN, revoked →
  *   DEVICE_REVOKED, not connected → DEVICE_OFFLINE. Up front only with the
  *   embedded gateway, which knows the ports each tunnel holds; in OpenSSH
@@ -14,9 +15,13 @@
  * - Unauthenticated requests learn nothing about devices: authentication
  *   comes first.
  *
- * Every request hits this, so API keys and devices are cached briefly
- * (a revoked API key keeps working for at most KEY_CACHE_MS; a revoked
- * device is dropped from the cache by the revocation hook at once). Access
+ * Every request hits this, so API keys and devices are cached briefly. A
+ * cached key is checked on every use (apiKeyStatus: expiry needs no store
+ * read), and a key revoked through the API is dropped from the caches
+ * at once (forgetApiKey), so it fails on its next request, bearer or
+ * session; a key revoked by another process (the local CLI on the store)
+ * within KEY_CACHE_MS. A revoked device is dropped from the cache by the
+ * revocation hook at once. Access
  * is audited once per (credential, device) per AUDIT_WINDOW_MS, logins and
  * refused credentials always.
  *
@@ -27,7 +32,7 @@
  * good keep working from a limited address: only unknown keys are guesses.
  */
 import { createHash } from 'node:crypto';
-import { admitApiKey, apiKeyActor, authenticateApiKey } from '../core/api-keys.js';
+import { admitApiKey, apiKeyActor, apiKeyActorId, apiKeyStatus, authenticateApiKey } from '../core/api-keys.js';
 import type { Actor, CoreDeps } from '../core/deps.js';
 import { BrokerError, type ErrorCode } from '../core/errors.js';
 import { ConnectionRateLimiter } from '../core/rate-limit.js';
@@ -41,7 +46,11 @@ export const DEVICE_CACHE_MS = 2_000;
 export const AUDIT_WINDOW_MS = 10 * 60_000;
 const CACHE_MAX = 10_000;
 
-const PROXY_ROLES = new Set(['admin', 'operator']);
+const PROXY_ROLES = new Set(['admin', 'operator', 'proxy']);
+/** Bearer refusals the proxy names as they are (after RATE_LIMITED); any other is UNAUTHENTICATED. */
+const KEY_REFUSALS: ReadonlySet<ErrorCode> = new Set(['API_KEY_REVOKED', 'API_KEY_EXPIRED']);
+/** Refusals of a presented key that spend one of its address's failures: a revoked or expired key is no better than a guess. */
+const FAILED_KEY: ReadonlySet<ErrorCode> = new Set(['UNAUTHENTICATED', ...KEY_REFUSALS]);
 const BEARER = /^Bearer\s+(ctk_\S+)$/i;
 
 export interface ProxyRequestInfo {
@@ -109,7 +118,11 @@ export class ProxyAuthorizer {
   private readonly devices = new Map<string, Cached<DeviceRecord | null>>();
   private readonly audited = new Map<string, number>();
   /** Per client connection: the last bearer key it presented and what it was (skips hashing on keep-alive). */
-  private readonly byConnection = new WeakMap<object, { presented: string; cached: Cached<ApiKeyRecord> }>();
+  private readonly byConnection = new WeakMap<object, { presented: string; cached: Cached<ApiKeyRecord>; generation: number }>();
+  /** Bumped by forgetApiKey: a connection's memo from an older generation is not trusted. */
+  private keyGeneration = 0;
+  /** Live connections (WebSocket relays) by the actor id of the key that opened them: forgetApiKey closes them. */
+  private readonly liveByActor = new Map<string, Set<() => void>>();
   /** Failed key checks per client address. */
   private readonly failures: ConnectionRateLimiter;
 
@@ -132,6 +145,29 @@ export class ProxyAuthorizer {
     for (const [name, entry] of this.devices) if (entry.value?.id === deviceId) this.devices.delete(name);
   }
 
+  /**
+   * A revoked API key must not be served from the caches (by secret, by id
+   * for sessions, per connection), and the live connections it opened end.
+   */
+  forgetApiKey(keyId: string): void {
+    for (const [cacheKey, entry] of this.keys) if (entry.value.id === keyId) this.keys.delete(cacheKey);
+    this.keyGeneration++;
+    const live = this.liveByActor.get(apiKeyActorId(keyId));
+    this.liveByActor.delete(apiKeyActorId(keyId));
+    for (const close of live ?? []) close();
+  }
+
+  /** CLOSE ends a live connection ACTOR opened (a WebSocket relay) when its key is revoked; call the returned release once it ended. */
+  holdForKey(actor: Actor, close: () => void): () => void {
+    let live = this.liveByActor.get(actor.id);
+    if (!live) this.liveByActor.set(actor.id, (live = new Set()));
+    live.add(close);
+    return () => {
+      live.delete(close);
+      if (live.size === 0 && this.liveByActor.get(actor.id) === live) this.liveByActor.delete(actor.id);
+    };
+  }
+
   private async audit(actor: string, action: string, target: string | null, remoteAddr: string | null, outcome: 'ok' | ErrorCode, details?: Record<string, unknown>): Promise<void> {
     await this.deps.core.store.appendAudit({ at: this.now(), actor, action, target, remoteAddr, outcome, details }).catch(() => undefined);
   }
@@ -144,24 +180,36 @@ export class ProxyAuthorizer {
   private async apiKey(presented: string, source: string | null, connection?: object): Promise<ApiKeyRecord> {
     const nowMs = Date.now();
     const memo = connection ? this.byConnection.get(connection) : undefined;
-    if (memo && memo.presented === presented && memo.cached.until > nowMs) return memo.cached.value;
+    if (memo && memo.presented === presented && memo.generation === this.keyGeneration && this.usable(memo.cached, nowMs)) return memo.cached.value;
     const cacheKey = createHash('sha256').update(presented).digest('base64url');
     let hit = this.keys.get(cacheKey);
-    if (!hit || hit.until <= nowMs) {
+    // A cached key past its expiry is a miss: the store says why, and the refusal counts as a failure.
+    if (!hit || !this.usable(hit, nowMs)) {
       const wait = this.retryAfterSeconds(source);
       if (wait > 0) throw new BrokerError('RATE_LIMITED', `too many failed attempts from your address; try again in ${wait} s`);
       let record: ApiKeyRecord;
       try {
         record = await authenticateApiKey(this.deps.core.store, presented, this.now());
       } catch (err) {
-        if (source && err instanceof BrokerError && err.code === 'UNAUTHENTICATED') this.failures.take(source);
+        if (source && err instanceof BrokerError && FAILED_KEY.has(err.code)) this.failures.take(source);
         throw err;
       }
       hit = { value: record, until: nowMs + KEY_CACHE_MS };
       setBounded(this.keys, cacheKey, hit);
     }
-    if (connection) this.byConnection.set(connection, { presented, cached: hit });
+    if (connection) this.byConnection.set(connection, { presented, cached: hit, generation: this.keyGeneration });
     return hit.value;
+  }
+
+  /** A cache entry still fresh at NOWMS, for a key still usable now (checkApiKeyUsable's rule: not revoked, not expired). */
+  private usable(entry: Cached<ApiKeyRecord>, nowMs: number): boolean {
+    return entry.until > nowMs && apiKeyStatus(entry.value, this.now()) === 'active';
+  }
+
+  /** The key KEYID, while it is still usable (not revoked, not expired); null otherwise. */
+  private async activeKey(keyId: string): Promise<ApiKeyRecord | null> {
+    const record = await this.keyById(keyId);
+    return record && apiKeyStatus(record, this.now()) === 'active' ? record : null;
   }
 
   private async keyById(id: string): Promise<ApiKeyRecord | null> {
@@ -194,7 +242,7 @@ export class ProxyAuthorizer {
     const { record, actor } = await admitApiKey(this.deps.core, presented, door, () => this.apiKey(presented, info.remoteAddr));
     if (!PROXY_ROLES.has(record.role)) {
       await this.audit(actor.id, 'proxy.login', info.deviceName, info.remoteAddr, 'FORBIDDEN');
-      throw new BrokerError('FORBIDDEN', 'this API key may not reach devices (roles: admin, operator)');
+      throw new BrokerError('FORBIDDEN', 'this API key may not reach devices (roles: admin, operator, proxy)');
     }
     await this.audit(actor.id, 'proxy.login', info.deviceName, info.remoteAddr, 'ok', { name: record.name, host: info.host });
     return { ...this.session(record.id, info.host, sessionMinutes), actor, keyId: record.id };
@@ -209,17 +257,17 @@ export class ProxyAuthorizer {
 
   /** The session for HOST that a redeemed sign-in code gives, if KEYID still may reach devices. */
   async sessionFor(keyId: string, host: string, sessionMinutes: number): Promise<{ cookie: string; maxAgeSeconds: number } | undefined> {
-    const record = await this.keyById(keyId);
-    if (!record || record.revokedAt || !PROXY_ROLES.has(record.role)) return undefined;
+    const record = await this.activeKey(keyId);
+    if (!record || !PROXY_ROLES.has(record.role)) return undefined;
     return this.session(keyId, host, sessionMinutes);
   }
 
-  /** The API key a session cookie in COOKIEHEADER (bound to HOST) names, if genuine, unexpired and its key unrevoked. */
+  /** The API key a session cookie in COOKIEHEADER (bound to HOST) names, if genuine and unexpired and its key still active (not revoked, not expired). */
   private async sessionKey(cookieHeader: string | undefined, host: string): Promise<ApiKeyRecord | undefined> {
     const session = readCookie(cookieHeader, SESSION_COOKIE);
     const claims = session ? verifySession(this.deps.sessionSecret, session, host, this.now()) : undefined;
-    const record = claims ? await this.keyById(claims.keyId) : null;
-    return record && !record.revokedAt ? record : undefined;
+    const record = claims ? await this.activeKey(claims.keyId) : null;
+    return record ?? undefined;
   }
 
   /** The key id of an operator already signed in on the broker's origin (HOST: BROKER_SESSION_HOST), if any. */
@@ -242,6 +290,7 @@ export class ProxyAuthorizer {
       } catch (err) {
         if (!(err instanceof BrokerError)) throw err;
         if (err.code === 'RATE_LIMITED') return refuse('RATE_LIMITED', err.message, { retryAfterSeconds: this.retryAfterSeconds(info.remoteAddr) });
+        if (KEY_REFUSALS.has(err.code)) return refuse(err.code, err.message);
         return refuse('UNAUTHENTICATED', 'the API key was not accepted');
       }
     } else if (session) {
@@ -250,7 +299,7 @@ export class ProxyAuthorizer {
     } else {
       return refuse('UNAUTHENTICATED', 'log in with an operator API key');
     }
-    if (!PROXY_ROLES.has(record.role)) return refuse('FORBIDDEN', 'this API key may not reach devices (roles: admin, operator)');
+    if (!PROXY_ROLES.has(record.role)) return refuse('FORBIDDEN', 'this API key may not reach devices (roles: admin, operator, proxy)');
     return { actor: apiKeyActor(record, info.remoteAddr), forward };
   }
 

@@ -10,6 +10,7 @@
  */
 import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import type { Actor } from '../core/deps.js';
 import type { ErrorCode } from '../core/errors.js';
 import { rawResponseHead, refusalAnswer, sendRawPage } from './answers.js';
 import { downstreamHeaders, responseHeadProblem, upstreamHeaders } from './forwarded-headers.js';
@@ -21,8 +22,8 @@ import { crossOriginRefusal } from './origin.js';
 import { clientOf, encryptedOf, ownOriginOf, peerOf, type ProxyContext } from './proxy-context.js';
 import { openUpstream } from './upstream-pool.js';
 
-/** Holds SOCKET and UPSTREAM in RELAYS (close() drops them) until either closes, then closes both. */
-function track(ctx: ProxyContext, relays: Set<Duplex>, socket: Duplex, upstream: Duplex): void {
+/** Holds SOCKET and UPSTREAM in RELAYS (close() drops them) until either closes or ACTOR's key is revoked, then closes both. */
+function track(ctx: ProxyContext, relays: Set<Duplex>, socket: Duplex, upstream: Duplex, actor: Actor): void {
   relays.add(socket);
   relays.add(upstream);
   ctx.count('upgraded');
@@ -31,11 +32,13 @@ function track(ctx: ProxyContext, relays: Set<Duplex>, socket: Duplex, upstream:
   const forget = (): void => {
     if (open) ctx.metrics?.proxyWebsockets.dec();
     open = false;
+    release();
     relays.delete(socket);
     relays.delete(upstream);
     socket.destroy();
     upstream.destroy();
   };
+  const release = ctx.authorizer.holdForKey(actor, forget);
   upstream.on('error', forget);
   upstream.once('close', forget);
   socket.once('close', forget);
@@ -73,7 +76,7 @@ function switchProtocols(h: Handshake, relays: Set<Duplex>, ures: IncomingMessag
   if (deviceHead.length) h.socket.write(deviceHead);
   // The client's bytes after its request (its first frames) are for the new protocol only.
   if (clientHead.length) h.tunnel.write(clientHead);
-  track(h.ctx, relays, h.socket, h.tunnel);
+  track(h.ctx, relays, h.socket, h.tunnel, h.decision.actor);
   h.tunnel.pipe(h.socket);
   h.socket.pipe(h.tunnel);
 }

@@ -1,16 +1,17 @@
 /** api_keys: operator and factory credentials, stored only as a hash. */
-import { toDate, toDateOrNull, toMillis, type Db } from './db.js';
+import { toDate, toDateOrNull, toMillis, toMillisOrNull, type Db } from './db.js';
 import type { ApiKeyRecord, NewApiKey } from './types.js';
 
 interface ApiKeyRow {
   id: string;
   name: string;
-  role: 'admin' | 'operator' | 'provisioner';
+  role: ApiKeyRecord['role'];
   key_hash: string;
   created_at: number | string;
   created_by: string;
   revoked_at: number | string | null;
   last_used_at: number | string | null;
+  expires_at: number | string | null;
 }
 
 function fromRow(row: ApiKeyRow): ApiKeyRecord {
@@ -23,6 +24,7 @@ function fromRow(row: ApiKeyRow): ApiKeyRecord {
     createdBy: row.created_by,
     revokedAt: toDateOrNull(row.revoked_at),
     lastUsedAt: toDateOrNull(row.last_used_at),
+    expiresAt: toDateOrNull(row.expires_at),
   };
 }
 
@@ -35,6 +37,7 @@ export async function insertApiKey(db: Db, k: NewApiKey): Promise<void> {
       key_hash: k.keyHash,
       created_at: toMillis(k.createdAt),
       created_by: k.createdBy,
+      expires_at: toMillisOrNull(k.expiresAt),
     }),
   );
 }

@@ -154,10 +154,13 @@ export interface NewApiKey {
   keyHash: string;
   createdAt: Date;
   createdBy: string;
+  /** Absent or null: never expires (as every key made before migration 002). */
+  expiresAt?: Date | null;
 }
 export interface ApiKeyRecord extends NewApiKey {
   revokedAt: Date | null;
   lastUsedAt: Date | null;
+  expiresAt: Date | null;
 }
 
 // ---- audit ----------------------------------------------------------------

@@ -5,10 +5,11 @@
  */
 import test from 'ava';
 import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
-import type { CaResponse, CreateApiKeyResponse, DeviceView, EnrollResponse, HealthResponse, ListApiKeysResponse, ListAuditResponse, ListDevicesResponse, ListTokensResponse, MintTokensResponse, RevokeDeviceResponse, RevokeTokensResponse } from '../../api/index.js';
+import type { CaResponse, CreateApiKeyResponse, DeviceView, EnrollResponse, HealthResponse, ListApiKeysResponse, ListAuditResponse, ListDevicesResponse, ListTokensResponse, MintTokensResponse, RevokeApiKeyResponse, RevokeDeviceResponse, RevokeTokensResponse } from '../../api/index.js';
 import { withBroker } from '../../testkit/broker.js';
 
 const SSH_ENDPOINT = ['host', 'port', 'username', 'hostKey', 'hostCertificateAuthority'];
+const API_KEY_VIEW = ['id', 'name', 'role', 'createdAt', 'createdBy', 'revokedAt', 'lastUsedAt', 'expiresAt', 'status'];
 const DEVICE_VIEW = [
   'id', 'name', 'hardwareSerial', 'status', 'ports', 'publicKey', 'fingerprint', 'labels',
   'online', 'connectedSince', 'remoteAddr', 'lastSeenAt', 'createdAt', 'revokedAt', 'revokedBy', 'revokeReason',
@@ -51,9 +52,12 @@ test('ok/every JSON route answers the contract fields, in order', async (t) => {
     t.deepEqual(keys(audit.items[0]!), ['id', 'at', 'actor', 'action', 'target', 'remoteAddr', 'outcome', 'details']);
 
     const created = await b.call<CreateApiKeyResponse>(b.admin, 'POST', '/v1/apikeys', { role: 'operator', name: 'wire' });
-    t.deepEqual(keys(created), ['id', 'name', 'role', 'key']);
+    t.deepEqual(keys(created), ['id', 'name', 'role', 'key', 'expiresAt']);
     const apiKeys = await b.call<ListApiKeysResponse>(b.admin, 'GET', '/v1/apikeys');
     t.deepEqual(keys(apiKeys), ['items']);
-    t.deepEqual(keys(apiKeys.items[0]!), ['id', 'name', 'role', 'createdAt', 'createdBy', 'revokedAt', 'lastUsedAt']);
+    t.deepEqual(keys(apiKeys.items[0]!), API_KEY_VIEW);
+    const revokedKey = await b.call<RevokeApiKeyResponse>(b.admin, 'POST', `/v1/apikeys/${created.id}/revoke`, {});
+    t.deepEqual(keys(revokedKey), ['key', 'alreadyRevoked']);
+    t.deepEqual(keys(revokedKey.key), API_KEY_VIEW);
   });
 });

@@ -6,12 +6,13 @@
  */
 import type { Knex } from 'knex';
 import * as m001 from './001-initial.js';
+import * as m002 from './002-api-key-expiry-and-proxy-role.js';
 
 interface NamedMigration extends Knex.Migration {
   name: string;
 }
 
-export const MIGRATIONS: readonly NamedMigration[] = [m001];
+export const MIGRATIONS: readonly NamedMigration[] = [m001, m002];
 
 export const migrationSource: Knex.MigrationSource<NamedMigration> = {
   getMigrations: async () => [...MIGRATIONS],

@@ -8,10 +8,11 @@ import test from 'ava';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { admitApiKey, createApiKey, type ApiKeyDoor } from '../../../broker/core/api-keys.js';
+import { admitApiKey, apiKeyStatus, createApiKey, revokeApiKey, type ApiKeyDoor } from '../../../broker/core/api-keys.js';
 import { BrokerError, isBrokerError } from '../../../broker/core/errors.js';
 import { openStore } from '../../../broker/store/index.js';
 import type { AuditEvent, Store } from '../../../broker/store/types.js';
+import type { ApiKeyStatus } from '../../../api/index.js';
 
 const now = new Date('2026-01-01T00:00:00Z');
 
@@ -61,12 +62,51 @@ for (const [doorName, door, details] of doors) {
   }
 }
 
-test('fail/a revoked key is refused like an unknown one', (t) =>
+test('fail/a revoked key: API_KEY_REVOKED, audited so; with a wrong secret it is as good as unknown (no oracle)', (t) =>
   withStore(async (deps, key) => {
     await deps.store.revokeApiKey(key.id, now);
     const err = await t.throwsAsync(admitApiKey(deps, key.key, doors[0]![1]));
-    t.true(isBrokerError(err, 'UNAUTHENTICATED'));
-    t.is((await refusals(deps.store)).length, 1);
+    t.true(isBrokerError(err, 'API_KEY_REVOKED'));
+    const wrong = await t.throwsAsync(admitApiKey(deps, `${key.key.slice(0, -4)}AAAA`, doors[0]![1]));
+    t.true(isBrokerError(wrong, 'UNAUTHENTICATED'));
+    t.deepEqual((await refusals(deps.store)).map((e) => e.outcome), ['API_KEY_REVOKED', 'UNAUTHENTICATED']);
+  }));
+
+test('fail/an expired key: API_KEY_EXPIRED from its expiresAt on; active before', (t) =>
+  withStore(async (deps) => {
+    const key = await createApiKey(deps.store, { role: 'proxy', name: 'kiosk-viewer', expiresAt: new Date(now.getTime() + 60_000) }, { id: 'system', remoteAddr: null }, now);
+    t.is(key.expiresAt, '2026-01-01T00:01:00.000Z');
+    t.is((await admitApiKey(deps, key.key, doors[0]![1])).actor.role, 'proxy');
+    const later = { store: deps.store, clock: () => new Date(now.getTime() + 60_000) };
+    t.true(isBrokerError(await t.throwsAsync(admitApiKey(later, key.key, doors[0]![1])), 'API_KEY_EXPIRED'));
+  }));
+
+test('apiKeyStatus: revoked > expired > active', (t) => {
+  const base = { id: 'key_x', name: 'n', role: 'admin' as const, keyHash: 'h', createdAt: now, createdBy: 's', lastUsedAt: null };
+  const past = new Date(now.getTime() - 1);
+  const cases: Array<[string, Date | null, Date | null, ApiKeyStatus]> = [
+    ['ok/never-expires', null, null, 'active'],
+    ['ok/expires-later', null, new Date(now.getTime() + 1), 'active'],
+    ['fail/expires-now', null, now, 'expired'],
+    ['fail/expired', null, past, 'expired'],
+    ['fail/revoked', past, null, 'revoked'],
+    ['fail/revoked-and-expired', past, past, 'revoked'],
+  ];
+  for (const [name, revokedAt, expiresAt, want] of cases) t.is(apiKeyStatus({ ...base, revokedAt, expiresAt }, now), want, name);
+});
+
+test('fail/create: an expiry not in the future is BAD_REQUEST and stores nothing', (t) =>
+  withStore(async (deps) => {
+    const err = await t.throwsAsync(createApiKey(deps.store, { role: 'operator', name: 'late', expiresAt: now }, { id: 'system', remoteAddr: null }, now));
+    t.true(isBrokerError(err, 'BAD_REQUEST'));
+    t.is((await deps.store.listApiKeys()).length, 1);
+  }));
+
+test('fail/revoke: an unknown id is NOT_FOUND and audits nothing', (t) =>
+  withStore(async (deps) => {
+    const err = await t.throwsAsync(revokeApiKey(deps, 'key_aaaaaaaaaaaaaaaa', {}, { id: 'system', remoteAddr: null }));
+    t.true(isBrokerError(err, 'NOT_FOUND'));
+    t.deepEqual((await deps.store.listAudit({ action: 'apikey.revoke' })).items, []);
   }));
 
 test('fail/RATE_LIMITED from the check (the proxy\'s limiter) is rethrown, not audited: no key was checked', (t) =>

@@ -3,6 +3,7 @@ import test from 'ava';
 import { existsSync } from 'node:fs';
 import { isBrokerError } from '../../../broker/core/errors.js';
 import { openStore } from '../../../broker/store/index.js';
+import { MIGRATIONS } from '../../../broker/store/migrations/index.js';
 import { POOL, T0, sql, token, withStore } from './fixtures.js';
 
 test('ok/migrations run once; re-open keeps data; read-only open refuses writes', async (t) => {
@@ -13,7 +14,7 @@ test('ok/migrations run once; re-open keeps data; read-only open refuses writes'
     t.false(existsSync(`${file}-wal`));
     const again = await openStore({ filename: file });
     await again.close();
-    t.deepEqual(await sql(file, 'SELECT name FROM knex_migrations'), [{ name: '001-initial' }]);
+    t.deepEqual(await sql(file, 'SELECT name FROM knex_migrations'), MIGRATIONS.map((m) => ({ name: m.name })));
     const ro = await openStore({ filename: file, readonly: true });
     try {
       t.is((await ro.listTokens({ now: T0 })).items[0]?.id, 'tok_keep');

@@ -1,0 +1,117 @@
+/**
+ * Upgrade: a data directory made by v0.2.0 (test/fixtures/v0.2.0, see its
+ * README) opens in this broker. Migration 002 rebuilds api_keys (a wider
+ * role CHECK) and adds expires_at; the old keys, their hashes and the
+ * devices, tokens, certificates and audit rows must all survive, and the
+ * new features (expiry, the proxy role, revocation) must work on it.
+ */
+import test from 'ava';
+import { chmod, cp, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import {
+  ApiError, apiRequest, type ApiClientOptions, type CreateApiKeyResponse, type EnrollResponse, type ListApiKeysResponse, type ListAuditResponse,
+  type ListDevicesResponse, type ListTokensResponse, type MintTokensResponse, type RevokeApiKeyResponse,
+} from '../../../api/index.js';
+import { formatPublicKey, generateKeyPair } from '../../../ca/index.js';
+import { dataPaths, loadConfig, startBroker, createLogger, type RunningBroker } from '../../../broker/compose/index.js';
+
+const FIXTURE = fileURLToPath(new URL('../../fixtures/v0.2.0/', import.meta.url));
+/** Just after the fixture was made: its tokens (30-day default) are still valid at this broker time. */
+const FIXTURE_TIME = Date.parse('2026-12-04T19:05:00Z');
+
+interface FixtureKeys {
+  admin: string;
+  operator: string;
+  provisioner: string;
+}
+
+/** git keeps no modes: the copy gets the data directory's (0700 directories, 0600 secrets) back. */
+async function copyFixture(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'certunnel-upgrade-'));
+  const data = join(dir, 'data');
+  await cp(join(FIXTURE, 'data'), data, { recursive: true });
+  await chmod(data, 0o700);
+  for (const sub of ['ca', 'ssh', 'tls']) {
+    await chmod(join(data, sub), 0o700);
+    for (const file of await readdir(join(data, sub))) {
+      if (!/\.(pub|crt|pin)$/.test(file)) await chmod(join(data, sub, file), 0o600);
+    }
+  }
+  for (const file of ['config.json', 'broker.sqlite']) await chmod(join(data, file), 0o600);
+  return data;
+}
+
+async function code(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+    return 'NONE';
+  } catch (err) {
+    if (err instanceof ApiError) return err.code;
+    throw err;
+  }
+}
+
+async function withUpgradedBroker(fn: (broker: RunningBroker, clients: Record<keyof FixtureKeys | 'anonymous', ApiClientOptions>) => Promise<void>): Promise<void> {
+  const data = await copyFixture();
+  const keys = JSON.parse(await readFile(join(FIXTURE, 'keys.json'), 'utf8')) as FixtureKeys;
+  const started = Date.now();
+  const logger = createLogger('warn', new Writable({ write: (_c, _e, cb) => cb() }));
+  const broker = await startBroker({ config: await loadConfig({ dataDir: data }), logger, clock: () => new Date(FIXTURE_TIME + Date.now() - started) });
+  try {
+    const anonymous = { baseUrl: broker.apiUrl, pin: (await readFile(dataPaths(data).apiPin, 'utf8')).trim() };
+    await fn(broker, {
+      anonymous, admin: { ...anonymous, apiKey: keys.admin }, operator: { ...anonymous, apiKey: keys.operator }, provisioner: { ...anonymous, apiKey: keys.provisioner },
+    });
+  } finally {
+    await broker.close();
+    await rm(join(data, '..'), { recursive: true, force: true });
+  }
+}
+
+test('ok/upgrade from v0.2.0: old keys, devices, tokens and audit survive; the migrations ran', (t) =>
+  withUpgradedBroker(async (broker, c) => {
+    const apiKeys = (await apiRequest<ListApiKeysResponse>(c.admin, 'GET', '/v1/apikeys')).items;
+    t.deepEqual(apiKeys.map((k) => [k.name, k.role, k.status, k.expiresAt, k.revokedAt]), [
+      ['initial-admin', 'admin', 'active', null, null], ['ops-alice', 'operator', 'active', null, null], ['factory', 'provisioner', 'active', null, null],
+    ]);
+    t.truthy(apiKeys[1]!.lastUsedAt, 'last use recorded by v0.2.0 is kept');
+
+    const devices = (await apiRequest<ListDevicesResponse>(c.operator, 'GET', '/v1/devices')).items;
+    t.deepEqual(devices.map((d) => [d.name, d.status, d.ports, d.revokeReason]), [
+      ['kiosk-1', 'active', { first: 20000, last: 20001 }, null], ['kiosk-2', 'revoked', { first: 20002, last: 20003 }, 'stolen'],
+    ]);
+    const tokens = (await apiRequest<ListTokensResponse>(c.provisioner, 'GET', '/v1/tokens?batch=line-1')).items;
+    t.deepEqual(tokens.map((x) => x.status).sort(), ['active', 'revoked', 'used', 'used']);
+    const audit = (await apiRequest<ListAuditResponse>(c.admin, 'GET', '/v1/audit?limit=1000')).items.map((e) => e.action);
+    for (const action of ['apikey.create', 'token.mint', 'device.enroll', 'token.revoke', 'device.revoke']) t.true(audit.includes(action), action);
+    t.deepEqual((await broker.store.listRevokedDeviceIds()).length, 1);
+
+    // The old token still enrolls, into a fresh block (kiosk-2's stays quarantined).
+    const fixtureTokens = JSON.parse(await readFile(join(FIXTURE, 'tokens.json'), 'utf8')) as MintTokensResponse;
+    const active = tokens.find((x) => x.status === 'active')!;
+    const secret = fixtureTokens.tokens.find((x) => x.id === active.id)!.token;
+    const grant = await apiRequest<EnrollResponse>(c.anonymous, 'POST', '/v1/enroll', { token: secret, publicKey: formatPublicKey(generateKeyPair().publicKey), name: 'kiosk-3' });
+    t.deepEqual(grant.ports, { first: 20004, last: 20005 });
+    t.true(BigInt(grant.serial) > 2n, 'serials go on from the old ones');
+    // The rebuilt table keeps its CHECK: only the known roles.
+    const row = { id: 'key_aaaaaaaaaaaaaaaa', name: 'x', keyHash: 'h', createdAt: new Date(FIXTURE_TIME), createdBy: 'test' };
+    await t.throwsAsync(broker.store.insertApiKey({ ...row, role: 'root' as 'admin' }));
+    await t.notThrowsAsync(broker.store.insertApiKey({ ...row, role: 'proxy' }));
+  }));
+
+test('ok/upgrade from v0.2.0: expiry, the proxy role and revocation work on the old data', (t) =>
+  withUpgradedBroker(async (_broker, c) => {
+    const proxy = await apiRequest<CreateApiKeyResponse>(c.admin, 'POST', '/v1/apikeys', { role: 'proxy', name: 'viewer', expiresAt: new Date(FIXTURE_TIME + 86400_000).toISOString() });
+    t.is(await code(apiRequest({ ...c.anonymous, apiKey: proxy.key }, 'GET', '/v1/devices')), 'API_KEY_PROXY_ONLY');
+
+    const operatorId = (await apiRequest<ListApiKeysResponse>(c.admin, 'GET', '/v1/apikeys')).items.find((k) => k.name === 'ops-alice')!.id;
+    const revoked = await apiRequest<RevokeApiKeyResponse>(c.admin, 'POST', `/v1/apikeys/${operatorId}/revoke`, {});
+    t.is(revoked.key.status, 'revoked');
+    t.is(await code(apiRequest(c.operator, 'GET', '/v1/devices')), 'API_KEY_REVOKED');
+    const adminId = c.admin.apiKey!.split('.')[0]!.slice('ctk_'.length);
+    t.is(await code(apiRequest(c.admin, 'POST', `/v1/apikeys/${adminId}/revoke`, {})), 'LAST_ADMIN_KEY');
+    t.is(await code(apiRequest(c.provisioner, 'GET', '/v1/tokens')), 'NONE', 'the other old keys are untouched');
+  }));

@@ -1,0 +1,88 @@
+/**
+ * `certunnel apikey create|list|revoke`, the real CLI (a child process)
+ * against a real broker: over the API with an admin key, and with --local
+ * straight on the data directory (no key needed: the way back when the
+ * admin key is lost).
+ */
+import test from 'ava';
+import { ApiError, apiRequest, type ApiKeyView, type ListApiKeysResponse, type RevokeApiKeyResponse } from '../../api/index.js';
+import { withBroker } from '../../testkit/broker.js';
+import { runCli } from '../../testkit/cli.js';
+
+async function code(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+    return 'NONE';
+  } catch (err) {
+    if (err instanceof ApiError) return err.code;
+    throw err;
+  }
+}
+
+test('ok/apikey: create with --expires-in, list and revoke over the API, --json', (t) =>
+  withBroker(async (b) => {
+    const admin = { CERTUNNEL_API_KEY: b.init.adminKey };
+    const created = await runCli(['apikey', 'create', '--data', b.dir, '--role', 'proxy', '--name', 'viewer', '--expires-in', '2h']);
+    t.is(created.code, 0, created.stderr);
+    const key = created.stdout.trim();
+    t.regex(created.stderr, /created proxy key key_[a-z2-7]{16} \(viewer, expires 20\d\d-/);
+
+    const listed = await runCli(['apikey', 'list', '--data', b.dir, '--json'], admin);
+    t.is(listed.code, 0, listed.stderr);
+    const viewer = (JSON.parse(listed.stdout) as ListApiKeysResponse).items.find((k) => k.name === 'viewer')!;
+    t.is(viewer.role, 'proxy');
+    t.is(viewer.status, 'active');
+    const hours = (Date.parse(viewer.expiresAt!) - Date.now()) / 3600_000;
+    t.true(hours > 1.5 && hours <= 2, `expires in ${hours} h`);
+    t.false(listed.stdout.includes(key.split('.')[1]!), 'list never shows a secret');
+    const table = await runCli(['apikey', 'list', '--data', b.dir], admin);
+    t.regex(table.stdout, /^ID\s+NAME\s+ROLE\s+STATUS\s+EXPIRESAT/m);
+    t.regex(table.stdout, /viewer\s+proxy\s+active/);
+
+    const revoked = await runCli(['apikey', 'revoke', viewer.id, '--data', b.dir], admin);
+    t.is(revoked.code, 0, revoked.stderr);
+    t.is(revoked.stdout, `revoked proxy key ${viewer.id} (viewer)\n`);
+    const again = await runCli(['apikey', 'revoke', viewer.id, '--data', b.dir, '--json'], admin);
+    t.true((JSON.parse(again.stdout) as RevokeApiKeyResponse).alreadyRevoked);
+  }));
+
+test('ok/apikey --local: list and revoke on the data directory without a key; the last admin needs --force', (t) =>
+  withBroker(async (b) => {
+    const adminId = b.init.adminKey.split('.')[0]!.slice('ctk_'.length);
+    const refused = await runCli(['apikey', 'revoke', adminId, '--data', b.dir, '--local']);
+    t.is(refused.code, 1);
+    t.regex(refused.stderr, /LAST_ADMIN_KEY/);
+    t.is(await code(apiRequest(b.admin, 'GET', '/v1/apikeys')), 'NONE');
+
+    const forced = await runCli(['apikey', 'revoke', adminId, '--data', b.dir, '--local', '--force', '--json']);
+    t.is(forced.code, 0, forced.stderr);
+    t.is((JSON.parse(forced.stdout) as RevokeApiKeyResponse).key.status, 'revoked');
+    t.is(await code(apiRequest(b.admin, 'GET', '/v1/apikeys')), 'API_KEY_REVOKED', 'the running broker sees it on the next request');
+
+    const listed = await runCli(['apikey', 'list', '--data', b.dir, '--local', '--json']);
+    t.deepEqual((JSON.parse(listed.stdout) as ListApiKeysResponse).items.map((k: ApiKeyView) => [k.id, k.status]), [[adminId, 'revoked']]);
+    const audit = (await b.broker.store.listAudit({ action: 'apikey.revoke' })).items;
+    t.deepEqual(audit.map((e) => [e.actor, e.target, e.details]), [['local-cli', adminId, { name: 'initial-admin', role: 'admin', alreadyRevoked: false, force: true }]]);
+  }));
+
+test('fail/apikey: bad arguments get a code and change nothing; help names the subcommands', (t) =>
+  withBroker(async (b) => {
+    const cases: Array<[string[], RegExp]> = [
+      [['apikey', 'revoke', 'key_aaaaaaaaaaaaaaaa', '--local'], /BAD_ARGUMENT: --local needs --data/],
+      [['apikey', 'create', '--data', b.dir, '--role', 'operator', '--name', 'x', '--expires-in', '0'], /BAD_ARGUMENT/],
+      [['apikey', 'create', '--data', b.dir, '--role', 'operator', '--name', 'x', '--expires-in', 'soon'], /BAD_ARGUMENT: not a duration/],
+      [['apikey', 'create', '--data', b.dir, '--role', 'root', '--name', 'x'], /BAD_ARGUMENT: --role must be one of admin, operator, provisioner, proxy/],
+      [['apikey', 'revoke', 'key_aaaaaaaaaaaaaaaa', '--data', b.dir, '--local'], /NOT_FOUND/],
+    ];
+    for (const [args, want] of cases) {
+      const res = await runCli(args);
+      t.is(res.code, 1, args.join(' '));
+      t.regex(res.stderr, want, args.join(' '));
+    }
+    t.is((await apiRequest<ListApiKeysResponse>(b.admin, 'GET', '/v1/apikeys')).items.length, 1);
+    const help = await runCli(['apikey', '--help']);
+    for (const sub of ['create', 'list', 'revoke']) t.regex(help.stdout, new RegExp(`^  ${sub}\\b`, 'm'));
+    const revokeHelp = await runCli(['apikey', 'revoke', '--help']);
+    t.regex(revokeHelp.stdout, /--force/);
+    t.regex(revokeHelp.stdout, /--local/);
+  }));
