@@ -5,7 +5,7 @@
  * ends, while the device's new certificate logs in and stays up — in both
  * SSH modes, with the real ssh client (and a real sshd in OpenSSH mode).
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { dataPaths, withBroker, type TestBroker } from '../../../testkit/broker.js';
@@ -26,7 +26,7 @@ async function krlVerdict(krlPath: string, certPath: string): Promise<'revoked' 
   return r.code !== 0 && /REVOKED/.test(r.stdout) ? 'revoked' : 'ok';
 }
 
-async function rotationScenario(t: Parameters<Parameters<typeof test>[1]>[0], b: TestBroker, sshPort: number, krlPath: string): Promise<void> {
+async function rotationScenario(t: ExecutionContext, b: TestBroker, sshPort: number, krlPath: string): Promise<void> {
   const service = await startDeviceService('device\n');
   const old = await enrollTestDevice(b, 'kiosk-rotate');
   const oldSession = await connectDevice(old, sshPort, service.port);
