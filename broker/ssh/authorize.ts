@@ -4,6 +4,9 @@
  * takes over a port its older session holds, and which ports an operator
  * may reach. No ssh2, no sockets: the gateway translates protocol events
  * into these calls, and anything these functions do not know is denied.
+ *
+ * Long file: one table of decisions, each short and table-tested; split by
+ * protocol phase it would scatter the shared deny/Decision helpers.
  */
 import {
   BACKDATE_S,

@@ -1,7 +1,6 @@
 /** devices: enrolled keys, their port block, status and live state. */
 import { BrokerError } from '../core/errors.js';
 import {
-  bindUint64,
   decodeCursor,
   encodeCursor,
   isUniqueViolation,
@@ -126,26 +125,6 @@ export async function findDeviceWithLatestCertificate(
     [id],
   );
   return row ? { device: fromRow(row), latest: prefixedCertificate(row) } : null;
-}
-/**
- * What a login is checked against (the gateway's store check): the
- * certificate with this serial and the device it was issued to, by the
- * serial's primary key, in one statement; null if no such serial was issued.
- */
-export async function findCertificateWithDevice(
-  db: Db,
-  serial: bigint,
-): Promise<{ certificate: CertificateRecord; device: DeviceRecord | null } | null> {
-  const row = await db.first<DeviceRow & Record<string, unknown>>(
-    `SELECT d.*, ${PREFIXED_CERT_COLUMNS}
-     FROM certificates c
-     LEFT JOIN devices d ON d.id = c.device_id
-     WHERE c.serial = ?`,
-    [bindUint64(serial)],
-  );
-  const certificate = row ? prefixedCertificate(row) : null;
-  if (!row || !certificate) return null;
-  return { certificate, device: row.id ? fromRow(row) : null };
 }
 export const findDeviceByName = (db: Db, name: string) => findBy(db, 'name', name);
 export const findDeviceByFingerprint = (db: Db, fingerprint: string) => findBy(db, 'key_fingerprint', fingerprint);

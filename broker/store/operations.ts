@@ -24,7 +24,7 @@ const READ_OPERATIONS: ReadonlySet<string> = new Set<keyof StoreTx>([
   'findTokenByHash', 'listTokens', 'countActiveTokens',
   'findDevice', 'findDeviceByName', 'findDeviceByFingerprint', 'findActiveDeviceByPort', 'listDevices', 'countDevicesByStatus',
   'portPoolUsage',
-  'findCertificate', 'latestCertificateOfDevice', 'findDeviceWithLatestCertificate', 'findCertificateWithDevice', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
+  'findCertificate', 'latestCertificateOfDevice', 'findDeviceWithLatestCertificate', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
   'findApiKey', 'listApiKeys',
   'listAudit',
 ]);
@@ -67,7 +67,6 @@ export function bindOps(withDb: WithDb): StoreTx {
     findCertificate: op('findCertificate', certs.findCertificate),
     latestCertificateOfDevice: op('latestCertificateOfDevice', certs.latestCertificateOfDevice),
     findDeviceWithLatestCertificate: op('findDeviceWithLatestCertificate', devices.findDeviceWithLatestCertificate),
-    findCertificateWithDevice: op('findCertificateWithDevice', devices.findCertificateWithDevice),
     revokeCertificatesOfDevice: op('revokeCertificatesOfDevice', certs.revokeCertificatesOfDevice),
     revokeCertificatesOfKey: op('revokeCertificatesOfKey', certs.revokeCertificatesOfKey),
     listRevokedUnexpiredSerials: op('listRevokedUnexpiredSerials', certs.listRevokedUnexpiredSerials),

@@ -264,8 +264,6 @@ export interface StoreTx {
   latestCertificateOfDevice(deviceId: string): Promise<CertificateRecord | null>;
   /** findDevice and latestCertificateOfDevice in one statement; null if there is no such device. */
   findDeviceWithLatestCertificate(deviceId: string): Promise<{ device: DeviceRecord; latest: CertificateRecord | null } | null>;
-  /** The certificate with SERIAL and the device it was issued to (one indexed statement); null if never issued (or pruned). */
-  findCertificateWithDevice(serial: bigint): Promise<{ certificate: CertificateRecord; device: DeviceRecord | null } | null>;
   /** Revokes the device's unrevoked device certificates of one key (by fingerprint); returns their serials, ascending. */
   revokeCertificatesOfKey(deviceId: string, keyFingerprint: string, now: Date): Promise<bigint[]>;
   /** Revokes every unrevoked certificate recorded for the device; returns how many. */
