@@ -77,9 +77,15 @@ export interface CaResponse {
   ssh: SshEndpointWire;
 }
 
-/** GET /healthz */
+/**
+ * GET /healthz, always 200 while the broker serves. `degraded`: it serves,
+ * but something needs an operator; `problems` says what
+ * (`KRL_WRITE_FAILING`: the KRL file cannot be written; revocations still
+ * hold in memory and the write is retried).
+ */
 export interface HealthResponse {
-  status: 'ok';
+  status: 'ok' | 'degraded';
+  problems?: string[];
 }
 
 export const RENEW_NAMESPACE = 'certunnel-renew';

@@ -6,16 +6,16 @@
  *   presence read from the kernel's listening sockets.
  */
 import { join } from 'node:path';
-import type { KeyPair } from '../../ca/index.js';
+import { writeFileAtomic, type KeyPair, type PortBlock } from '../../ca/index.js';
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import type { TunnelPresence } from '../core/presence.js';
 import { splitHostPort, type BrokerConfig } from '../core/config.js';
 import type { DataPaths } from './data-dir.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { GatewayStatsSource } from '../telemetry/metrics.js';
-import { writeOpensshFiles } from '../openssh/config-files.js';
+import { OPENSSH_FILES, writeOpensshFiles } from '../openssh/config-files.js';
 import { OpensshPresence } from '../openssh/presence.js';
-import { killSessionsHoldingPorts } from '../openssh/session-killer.js';
+import { killSessionsHoldingPorts, ticksSinceBoot } from '../openssh/session-killer.js';
 import type { RevocationList } from './revocation-list.js';
 import { createGateway } from '../ssh/index.js';
 import { activeDevices, type Store } from '../store/index.js';
@@ -26,8 +26,20 @@ export interface SshSide {
   readonly statsSource?: GatewayStatsSource;
   /** Which ports each device's tunnel holds (embedded gateway); absent in OpenSSH mode, where sshd holds them. */
   readonly presence?: TunnelPresence;
-  /** Called after the KRL has been rewritten: drop the device's live tunnel. */
+  /** Ends the device's live tunnels now; no file is written (DESIGN: revocation does not depend on I/O). */
   deviceRevoked(deviceId: string): Promise<void>;
+  /**
+   * A rotation revoked the old key's certificates SERIALS: ends the device's
+   * sessions made with them. Called after the KRL has been written, which
+   * OpenSSH mode needs (it cannot see a session's serial, only when it began).
+   */
+  certificatesRevoked(deviceId: string, serials: readonly bigint[]): Promise<void>;
+  /**
+   * The periodic reconciliation: ends every live session that REVOCATIONS
+   * (rebuilt from the store just before) denies, or, in OpenSSH mode, that
+   * holds a block no active device owns; returns how many.
+   */
+  reconcile(revocations: Pick<RevocationList, 'isRevoked' | 'isDeviceRevoked'>): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -96,42 +108,72 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
       dial: (deviceId, port, origin) => gateway.dialTunnel(deviceId, port, origin),
     },
     deviceRevoked: async (deviceId) => gateway.revokeDevice(deviceId),
+    certificatesRevoked: async (_deviceId, serials) => {
+      const revoked = new Set(serials);
+      gateway.endRevokedSessions((cert) => revoked.has(cert.serial));
+    },
+    reconcile: async (revocations) => gateway.endRevokedSessions((cert) => revocations.isRevoked(cert)),
     close: () => gateway.close(),
   };
 }
 
 async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
   const outDir = join(o.config.dataDir, o.config.ssh.opensshDir);
-  const write = (): Promise<string[]> =>
-    writeOpensshFiles({
-      outDir,
-      userCaKey: o.userCa.publicKey,
-      hostKeyPath: o.paths.hostKey,
-      hostCertificate: o.hostCertificate,
-      krl: o.revocations.krl,
-      pool: o.config.ports,
-      deviceUser: DEVICE_LOGIN,
-      operatorUser: OPERATOR_LOGIN,
-      keepalive: { intervalSeconds: o.config.ssh.keepaliveIntervalSeconds, countMax: o.config.ssh.keepaliveCountMax },
-    });
-  await write();
+  await writeOpensshFiles({
+    outDir,
+    userCaKey: o.userCa.publicKey,
+    hostKeyPath: o.paths.hostKey,
+    hostCertificate: o.hostCertificate,
+    krl: o.revocations.krl,
+    pool: o.config.ports,
+    deviceUser: DEVICE_LOGIN,
+    operatorUser: OPERATOR_LOGIN,
+    keepalive: { intervalSeconds: o.config.ssh.keepaliveIntervalSeconds, countMax: o.config.ssh.keepaliveCountMax },
+  });
   o.logger.info({ outDir }, 'OpenSSH mode: wrote sshd configuration files');
+  // Only the KRL changes afterwards; a failed write is the revocation list's to retry.
+  o.revocations.addWriter((krl) => writeFileAtomic(join(outDir, OPENSSH_FILES.krl), krl, { mode: 0o644 }));
   const presence = new OpensshPresence({
     store: o.store, pool: o.config.ports, clock: o.clock, logger: o.logger.child({ component: 'openssh-presence' }),
     intervalMs: o.config.ssh.presencePollSeconds * 1000,
   });
   await presence.start();
+  const killer = opensshKiller(o, presence);
   return {
     port: o.config.ssh.publicPort ?? splitHostPort(o.config.ssh.listen).port,
     deviceRevoked: async (deviceId) => {
-      await write();
-      const device = await o.store.findDevice(deviceId);
-      if (!device || device.portFirst === null || device.portLast === null) return;
-      const killed = await killSessionsHoldingPorts(blockPorts({ first: device.portFirst, last: device.portLast }));
-      o.logger.info({ deviceId, killed }, 'OpenSSH mode: ended the sshd sessions holding the revoked device ports');
+      await killer.endDevice(deviceId, 'revoked');
       await presence.poll();
     },
+    // sshd does not say which certificate a session used: end the device's sessions older than the KRL that lists the old serials.
+    certificatesRevoked: async (deviceId) => killer.endDevice(deviceId, 'key rotated', { startedBy: await ticksSinceBoot() }),
+    reconcile: async (revocations) => {
+      await presence.poll();
+      let ended = 0;
+      for (const [first, owner] of presence.blockOwners()) {
+        if (owner !== null && !revocations.isDeviceRevoked(owner)) continue;
+        ended += (await killer.endBlock({ first, last: first + o.config.ports.perDevice - 1 }, owner, 'reconciliation')).length;
+      }
+      return ended;
+    },
     close: async () => presence.close(),
+  };
+}
+
+/** Ends sshd sessions by port block, asking presence which process holds each listener before scanning /proc. */
+function opensshKiller(o: SshSideOptions, presence: OpensshPresence) {
+  const endBlock = async (block: PortBlock, deviceId: string | null, why: string, options: { startedBy?: number } = {}): Promise<number[]> => {
+    const killed = await killSessionsHoldingPorts(blockPorts(block), { cache: presence.pids, ...options });
+    if (killed.length > 0) o.logger.info({ deviceId, block, killed, why }, 'OpenSSH mode: ended the sshd sessions holding a revoked port block');
+    return killed;
+  };
+  return {
+    endBlock,
+    endDevice: async (deviceId: string, why: string, options: { startedBy?: number } = {}): Promise<void> => {
+      const device = await o.store.findDevice(deviceId);
+      if (!device || device.portFirst === null || device.portLast === null) return;
+      await endBlock({ first: device.portFirst, last: device.portLast }, deviceId, why, options);
+    },
   };
 }
 

@@ -18,7 +18,7 @@ import { brokerHostnames, dataPaths, localApiUrl, type DataPaths } from './data-
 import { createApp } from '../http/app.js';
 import { ephemeralOverlapWarning, readEphemeralRange } from './ephemeral-ports.js';
 import type { Logger } from '../telemetry/logger.js';
-import { startMaintenance } from './maintenance.js';
+import { startMaintenance, startReconciliation } from './maintenance.js';
 import { BrokerMetrics } from '../telemetry/metrics.js';
 import { RevocationList } from './revocation-list.js';
 import { startSshSide, type SshSide } from './ssh-side.js';
@@ -95,18 +95,38 @@ function sshEndpointOf(config: BrokerConfig, sshPort: number, keys: BrokerKeys):
 }
 
 /**
- * After a revocation commits, in this order: the KRL is rewritten, the SSH
- * side ends the device's live tunnel, the proxy forgets the device; then
- * one log line. Errors are logged by the caller.
+ * After a revocation commits (or is asked for again), in this order: the
+ * device is denied in memory, the SSH side ends its live tunnel, the proxy
+ * forgets it — none of which touches a file — then the KRL is rewritten
+ * (a failing write is retried by the revocation list, and loud) and, in
+ * OpenSSH mode, whatever logged in before the KRL landed is ended too.
+ * After a key rotation: the old serials denied in memory, the KRL written,
+ * then the sessions made with them ended. The hooks never reject: a store
+ * that cannot be read is logged, and the reconciliation catches up.
  */
 function revocationHooks(parts: { revocations: RevocationList; ssh: SshSide; access: AccessLayer; logger: Logger }): CoreHooks {
   const { revocations, ssh, access, logger } = parts;
+  const writeKrl = async (): Promise<boolean> =>
+    revocations.refresh().catch((err: unknown) => {
+      logger.error({ err }, 'KRL rebuild failed; the reconciliation will retry');
+      return false;
+    });
+  const endTunnels = (deviceId: string): Promise<void> =>
+    ssh.deviceRevoked(deviceId).catch((err: unknown) => logger.error({ err, deviceId }, 'ending the revoked device sessions failed'));
   return {
     deviceRevoked: async (deviceId) => {
-      await revocations.refresh();
-      await ssh.deviceRevoked(deviceId);
+      revocations.deny({ deviceIds: [deviceId] });
+      await endTunnels(deviceId);
       access.deviceRevoked(deviceId);
-      logger.info({ deviceId }, 'device revoked; KRL rewritten and live sessions closed');
+      const written = await writeKrl();
+      await endTunnels(deviceId);
+      logger.info({ deviceId, krlWritten: written }, 'device revoked: denied in memory, live sessions closed');
+    },
+    certificatesRevoked: async (deviceId, serials) => {
+      revocations.deny({ serials });
+      const written = await writeKrl();
+      await ssh.certificatesRevoked(deviceId, serials).catch((err: unknown) => logger.error({ err, deviceId }, 'ending the rotated key sessions failed'));
+      logger.info({ deviceId, serials: serials.map(String), krlWritten: written }, 'key rotated: the old key certificates revoked and their sessions closed');
     },
   };
 }
@@ -151,9 +171,12 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
   const shutdown = shutdownSteps(logger);
   shutdown.add(() => store.close());
   try {
-    const revocations = new RevocationList(store, keys.userCa.publicKey, paths.krl, clock);
+    const revocations = new RevocationList(store, keys.userCa.publicKey, paths.krl, clock, { logger });
+    shutdown.add(async () => revocations.close());
+    // A KRL that cannot be written does not stop the start: memory has the store's revocations, and the write is retried.
     await revocations.refresh();
     const metrics = new BrokerMetrics(store, config, clock);
+    metrics.attachRevocations(revocations);
     const stopMaintenance = startMaintenance({
       store, revocations, clock, logger,
       // Renewal within the grace period needs the last certificate of a device.
@@ -172,6 +195,8 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     });
     shutdown.add(async () => access.close());
     const core: CoreDeps = { ...coreBase, hooks: revocationHooks({ revocations, ssh, access, logger }) };
+    const stopReconciliation = startReconciliation({ revocations, ssh, logger, intervalMs: config.ssh.reconcileSeconds * 1000 });
+    shutdown.add(async () => stopReconciliation());
 
     const apiPin = config.api.insecureHttp ? null : (await readFile(paths.apiPin, 'utf8')).trim();
     const app = createApp({

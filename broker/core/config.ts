@@ -44,6 +44,11 @@ const configSchema = z
         opensshDir: z.string().default('openssh'),
         /** OpenSSH mode: how often the broker looks for the devices' listening tunnel ports (presence). */
         presencePollSeconds: z.number().int().min(1).max(300).default(5),
+        /**
+         * How often live sessions are checked against the store's revocations
+         * (and the KRL rebuilt): anything a lost hook or a stale KRL let in ends then.
+         */
+        reconcileSeconds: z.number().int().min(1).max(3600).default(10),
       })
       .strict()
       .prefault({}),

@@ -24,8 +24,18 @@ export interface Actor {
 }
 
 export interface CoreHooks {
-  /** After a revocation commits: rewrite the KRL, close live sessions. Errors are logged by the caller. */
+  /**
+   * After a revocation commits (and again on every re-revocation): deny the
+   * device in memory, close its live sessions, rewrite the KRL. Rejects only
+   * if the store cannot be read; a failing KRL write is retried by the hook.
+   */
   deviceRevoked(deviceId: string): Promise<void>;
+  /**
+   * After a key rotation commits: the old key's certificates (SERIALS) are
+   * revoked in the store; deny them in memory, close the sessions that
+   * authenticated with them, rewrite the KRL.
+   */
+  certificatesRevoked(deviceId: string, serials: readonly bigint[]): Promise<void>;
 }
 
 export interface CoreDeps {

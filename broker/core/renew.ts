@@ -3,7 +3,11 @@
  * signature (namespace certunnel-renew) over renewMessage(), which carries a
  * timestamp and a nonce for replay protection. Allowed before expiry and
  * within a grace period after it, for the same key; key rotation is a renewal
- * that also carries the new key, signed by both keys.
+ * that also carries the new key, signed by both keys. A rotation revokes the
+ * old key's certificates in the same transaction (a key the device gave up
+ * may be a leaked one), and after the commit the hook denies their serials
+ * and ends the sessions that used them: the device's new session, made with
+ * the new certificate, is never among them.
  */
 import { fingerprint, formatPublicKey, isCaError, parsePublicKey, verifySshsig, type PublicKey } from '../../ca/index.js';
 import { BrokerError } from './errors.js';
@@ -70,39 +74,53 @@ export async function renewDevice(deps: CoreDeps, req: RenewRequest, actor: Pick
   const now = deps.clock();
   const failure = (): FailureAuditRow => ({ at: now, actor: `device:${req.deviceId}`, action: 'device.renew', target: req.deviceId, remoteAddr: actor.remoteAddr });
   return withFailureAudit(deps.store, failure, async () => {
-    const { device, currentKey, newKey } = await checkRenewal(deps, req, now);
-    return deps.store.transaction(async (tx) => {
-      // Serial, key and signature first, then every statement at once (one
-      // round trip to the store instead of two): the checks below throw if
-      // the request or the device do not allow the renewal, and the throw
-      // rolls the writes back.
-      let key = currentKey;
-      let keyFingerprint = device.keyFingerprint;
-      if (newKey) {
-        key = newKey;
-        keyFingerprint = fingerprint(newKey);
-      }
-      const block = { first: device.portFirst!, last: device.portLast! };
-      const signed = signDeviceCertificate(deps, { id: device.id, name: device.name, keyFingerprint }, key, block, now, await tx.nextSerial());
-      const nonceExpiry = new Date(now.getTime() + 2 * deps.config.renew.maxSkewSeconds * 1000);
-      const [fresh, again] = await Promise.all([
-        tx.insertNonce(`${device.id}:${req.nonce}`, device.id, nonceExpiry),
-        tx.findDevice(device.id),
-        recordDeviceCertificate(tx, signed, {
-          at: now, actor: `device:${device.id}`, action: newKey ? 'device.rotate' : 'device.renew', target: device.id,
-          remoteAddr: actor.remoteAddr, outcome: 'ok', details: { serial: signed.grant.serial, fingerprint: keyFingerprint },
-        }),
-      ]);
-      if (!fresh) throw new BrokerError('REQUEST_REPLAYED', 'this renewal request was already used');
-      // Re-read inside the transaction: a revocation, or a key rotation, may have committed since the first read.
-      if (!again || again.status !== 'active') throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
-      if (again.keyFingerprint !== device.keyFingerprint) {
-        throw new BrokerError('SIGNATURE_INVALID', 'the device key changed since this request was signed');
-      }
-      if (newKey && !(await tx.updateDeviceKey(device.id, formatPublicKey(newKey), keyFingerprint))) {
-        throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
-      }
-      return signed.grant;
-    });
+    const checked = await checkRenewal(deps, req, now);
+    const { grant, oldSerials } = await commitRenewal(deps, req, checked, actor, now);
+    if (oldSerials.length > 0) await deps.hooks.certificatesRevoked(checked.device.id, oldSerials);
+    return grant;
+  });
+}
+
+/** Signs and records the new certificate; when rotating, switches the key and revokes the old key's certificates. */
+async function commitRenewal(
+  deps: CoreDeps,
+  req: RenewRequest,
+  { device, currentKey, newKey }: CheckedRenewal,
+  actor: Pick<Actor, 'remoteAddr'>,
+  now: Date,
+): Promise<{ grant: CertificateGrantWire; oldSerials: bigint[] }> {
+  return deps.store.transaction(async (tx) => {
+    // Serial, key and signature first, then every statement at once (one
+    // round trip to the store instead of two): the checks below throw if
+    // the request or the device do not allow the renewal, and the throw
+    // rolls the writes back.
+    let key = currentKey;
+    let keyFingerprint = device.keyFingerprint;
+    if (newKey) {
+      key = newKey;
+      keyFingerprint = fingerprint(newKey);
+    }
+    const block = { first: device.portFirst!, last: device.portLast! };
+    const signed = signDeviceCertificate(deps, { id: device.id, name: device.name, keyFingerprint }, key, block, now, await tx.nextSerial());
+    const nonceExpiry = new Date(now.getTime() + 2 * deps.config.renew.maxSkewSeconds * 1000);
+    const [fresh, again] = await Promise.all([
+      tx.insertNonce(`${device.id}:${req.nonce}`, device.id, nonceExpiry),
+      tx.findDevice(device.id),
+      recordDeviceCertificate(tx, signed, {
+        at: now, actor: `device:${device.id}`, action: newKey ? 'device.rotate' : 'device.renew', target: device.id,
+        remoteAddr: actor.remoteAddr, outcome: 'ok', details: { serial: signed.grant.serial, fingerprint: keyFingerprint },
+      }),
+    ]);
+    if (!fresh) throw new BrokerError('REQUEST_REPLAYED', 'this renewal request was already used');
+    // Re-read inside the transaction: a revocation, or a key rotation, may have committed since the first read.
+    if (!again || again.status !== 'active') throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
+    if (again.keyFingerprint !== device.keyFingerprint) {
+      throw new BrokerError('SIGNATURE_INVALID', 'the device key changed since this request was signed');
+    }
+    if (!newKey) return { grant: signed.grant, oldSerials: [] };
+    if (!(await tx.updateDeviceKey(device.id, formatPublicKey(newKey), keyFingerprint))) {
+      throw new BrokerError('DEVICE_REVOKED', 'the device has been revoked');
+    }
+    return { grant: signed.grant, oldSerials: await tx.revokeCertificatesOfKey(device.id, device.keyFingerprint, now) };
   });
 }

@@ -1,8 +1,12 @@
 /**
  * Revocation: mark the device revoked, revoke its certificates, start the
  * quarantine of its port block, record who did it — in one transaction —
- * then (after commit) let the hooks rewrite the KRL and close live sessions.
- * Revoking a revoked device changes nothing and says so.
+ * then (after commit) let the hooks deny the device in memory, close its
+ * live sessions and rewrite the KRL. Revoking a revoked device changes
+ * nothing in the store and says so, but runs the hooks again: if the
+ * effects after the first commit were cut short (a crash, a failing disk),
+ * revoking again re-applies them (DESIGN: revocation does not depend on
+ * I/O succeeding).
  */
 import { BrokerError } from './errors.js';
 import type { DeviceRecord } from '../store/types.js';
@@ -34,7 +38,7 @@ export async function revokeDevice(deps: CoreDeps, ref: string, reason: string |
     });
     return { changed: true, certificates };
   });
-  if (outcome.changed) await deps.hooks.deviceRevoked(device.id);
+  await deps.hooks.deviceRevoked(device.id);
   const after = (await deps.store.findDevice(device.id))!;
   return { device: after, alreadyRevoked: !outcome.changed, certificatesRevoked: outcome.certificates };
 }

@@ -17,8 +17,8 @@ export interface HttpDeps {
   readonly core: CoreDeps;
   readonly logger: Logger;
   readonly metrics: BrokerMetrics;
-  /** The current KRL (GET /v1/krl). */
-  readonly revocations: { readonly krl: Buffer };
+  /** The current KRL (GET /v1/krl) and whether it is on disk (GET /healthz). */
+  readonly revocations: { readonly krl: Buffer; health(): { written: boolean } };
   readonly publicKeys: { userCa: string; hostCa: string; hostKey: string };
   readonly apiPin: string | null;
   /** Operator certificates and the proxy's auth_request endpoint (broker/proxy). */

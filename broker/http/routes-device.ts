@@ -16,7 +16,8 @@ function outcomeOf(err: unknown): string {
 
 export function registerDeviceRoutes(router: Router<AppState>, deps: HttpDeps): void {
   router.get('/healthz', (ctx) => {
-    ctx.body = { status: 'ok' } satisfies HealthResponse;
+    const krl = deps.revocations.health();
+    ctx.body = (krl.written ? { status: 'ok' } : { status: 'degraded', problems: ['KRL_WRITE_FAILING'] }) satisfies HealthResponse;
   });
 
   router.get('/metrics', async (ctx) => {

@@ -7,24 +7,32 @@
  * root needed) and writes the changes to the store: online, connected since,
  * and last seen when a tunnel goes away — what `device list`, the metrics and
  * the proxy's "offline since …" page read. Not Linux: nothing is polled.
+ *
+ * It also learns which process holds each new listener (ListenerPidCache),
+ * so that a revocation ends the sshd session from what is already known
+ * instead of scanning /proc while the machine may be busy, and it lists
+ * the blocks listened on with their owner for the reconciliation of
+ * revoked devices (broker/compose/ssh-side.ts).
  */
 import { blockFirstOf, type PortPool } from '../core/port-pool.js';
 import type { Logger } from '../telemetry/logger.js';
 import { activeDevices } from '../store/index.js';
 import type { Store } from '../store/types.js';
-import { isLoopbackOrAny, readTcpSockets, TCP_LISTEN, type ProcNetTcpEntry } from './session-killer.js';
+import { isLoopbackOrAny, ListenerPidCache, readTcpSockets, TCP_LISTEN, type ProcNetTcpEntry } from './session-killer.js';
 
 /**
  * First ports of the pool's blocks in which something listens on loopback
  * (or the wildcard address). A trailing partial block is no block: it is
  * never allocated, and sshd's principals files name none of its ports.
  */
-export function listeningBlocks(entries: readonly ProcNetTcpEntry[], pool: PortPool): Set<number> {
+export function listeningBlocks(entries: readonly ProcNetTcpEntry[], pool: PortPool, inodes?: Set<number>): Set<number> {
   const blocks = new Set<number>();
   for (const e of entries) {
     if (e.state !== TCP_LISTEN || !isLoopbackOrAny(e.address)) continue;
     const first = blockFirstOf(e.port, pool);
-    if (first !== undefined) blocks.add(first);
+    if (first === undefined) continue;
+    blocks.add(first);
+    if (e.inode !== 0) inodes?.add(e.inode);
   }
   return blocks;
 }
@@ -48,8 +56,17 @@ export class OpensshPresence {
   private readonly owners = new Map<number, string | null>();
   private timer: NodeJS.Timeout | undefined;
   private polling: Promise<boolean> | undefined;
+  /** Which process holds each listener of the pool, learnt as listeners appear. */
+  readonly pids: ListenerPidCache;
 
-  constructor(private readonly o: OpensshPresenceOptions) {}
+  constructor(private readonly o: OpensshPresenceOptions) {
+    this.pids = new ListenerPidCache(o.procRoot);
+  }
+
+  /** Blocks listened on at the last poll, each with the active device that held it when first seen (null: none). */
+  blockOwners(): ReadonlyMap<number, string | null> {
+    return this.owners;
+  }
 
   /** The devices the store says are online: the first poll corrects them (sshd sessions outlive a broker restart). */
   async start(): Promise<boolean> {
@@ -77,7 +94,9 @@ export class OpensshPresence {
   private async pollOnce(): Promise<boolean> {
     const sockets = await readTcpSockets(this.o.procRoot, { littleEndian: this.o.littleEndian });
     if (!sockets) return false;
-    const blocks = listeningBlocks(sockets, this.o.pool);
+    const inodes = new Set<number>();
+    const blocks = listeningBlocks(sockets, this.o.pool, inodes);
+    this.pids.learn(inodes);
     for (const block of this.owners.keys()) if (!blocks.has(block)) this.owners.delete(block);
     const now = new Set<string>();
     for (const block of blocks) {

@@ -181,24 +181,101 @@ function socketInodesOf(procRoot: string, pid: number): number[] {
   return inodes;
 }
 
-/** Pids of the processes that hold a LISTEN socket on one of PORTS (loopback or wildcard), ascending. */
-export async function findListenerPids(ports: readonly number[], options: ProcOptions = {}): Promise<number[]> {
-  const procRoot = options.procRoot ?? '/proc';
-  const wanted = checkPorts(ports);
-  if (wanted.size === 0) return [];
-  const entries = (await readTcpSockets(procRoot)) ?? [];
-  const inodes = listenerInodes(entries, wanted);
-  if (inodes.size === 0) return [];
-  const pids: number[] = [];
+/** Whether PID holds one of INODES (the readlinks of one process). */
+function holdsAny(procRoot: string, pid: number, inodes: ReadonlySet<number>): boolean {
+  return socketInodesOf(procRoot, pid).some((inode) => inodes.has(inode));
+}
+
+/** The processes holding each of INODES: one pass over every process's fds. */
+function scanForInodes(procRoot: string, inodes: ReadonlySet<number>): Map<number, number> {
+  const holders = new Map<number, number>();
+  if (inodes.size === 0) return holders;
   for (const name of readdirSync(procRoot)) {
     if (!/^\d+$/.test(name)) continue;
     const pid = Number(name);
-    if (socketInodesOf(procRoot, pid).some((inode) => inodes.has(inode))) pids.push(pid);
+    for (const inode of socketInodesOf(procRoot, pid)) if (inodes.has(inode)) holders.set(inode, pid);
+    if (holders.size === inodes.size) break;
   }
-  return pids.sort((a, b) => a - b);
+  return holders;
 }
 
-export interface KillSessionsOptions extends ProcOptions {
+/**
+ * Which process holds each listener socket (by inode), learnt ahead of time
+ * (OpenSSH presence feeds it on every poll) so that a revocation finds the
+ * sshd session to end without scanning all of /proc while the machine is
+ * busy: one scan per new listener, when it appears, instead of one per
+ * revocation. A remembered pid is believed only while it still holds the
+ * socket (pids are reused).
+ */
+export class ListenerPidCache {
+  private readonly pids = new Map<number, number>();
+
+  constructor(private readonly procRoot = '/proc') {}
+
+  /** Scans for the holders of INODES not known yet; forgets inodes that are not among INODES any more. */
+  learn(inodes: ReadonlySet<number>): void {
+    for (const inode of this.pids.keys()) if (!inodes.has(inode)) this.pids.delete(inode);
+    const unknown = new Set([...inodes].filter((inode) => !this.pids.has(inode)));
+    for (const [inode, pid] of scanForInodes(this.procRoot, unknown)) this.pids.set(inode, pid);
+  }
+
+  /** The pid known to hold INODE, if it still does. */
+  holder(inode: number): number | undefined {
+    const pid = this.pids.get(inode);
+    if (pid === undefined) return undefined;
+    if (holdsAny(this.procRoot, pid, new Set([inode]))) return pid;
+    this.pids.delete(inode);
+    return undefined;
+  }
+}
+
+export interface FindListenerOptions extends ProcOptions {
+  /** Holders learnt before: asked first, so that only sockets it does not know cost a scan of /proc. */
+  readonly cache?: ListenerPidCache;
+}
+
+/** Pids of the processes that hold a LISTEN socket on one of PORTS (loopback or wildcard), ascending. */
+export async function findListenerPids(ports: readonly number[], options: FindListenerOptions = {}): Promise<number[]> {
+  const procRoot = options.procRoot ?? '/proc';
+  const wanted = checkPorts(ports);
+  if (wanted.size === 0) return [];
+  const inodes = listenerInodes((await readTcpSockets(procRoot)) ?? [], wanted);
+  const pids = new Set<number>();
+  const unknown = new Set<number>();
+  for (const inode of inodes) {
+    const pid = options.cache?.holder(inode);
+    if (pid === undefined) unknown.add(inode);
+    else pids.add(pid);
+  }
+  for (const pid of scanForInodes(procRoot, unknown).values()) pids.add(pid);
+  return [...pids].sort((a, b) => a - b);
+}
+
+/** USER_HZ: /proc reports process start times in these ticks (fixed at 100 by the kernel's ABI). */
+const CLOCK_TICKS_PER_SECOND = 100;
+
+/** Now, in clock ticks since boot: the clock of /proc/<pid>/stat's starttime. */
+export async function ticksSinceBoot(procRoot = '/proc'): Promise<number> {
+  const uptime = Number((await readFile(join(procRoot, 'uptime'), 'utf8')).split(' ')[0]);
+  return Math.floor(uptime * CLOCK_TICKS_PER_SECOND);
+}
+
+/** When PID started, in clock ticks since boot (proc(5): field 22 of stat); undefined if it is gone. */
+async function startTicksOf(procRoot: string, pid: number): Promise<number | undefined> {
+  const stat = await readFile(join(procRoot, String(pid), 'stat'), 'utf8').catch(() => undefined);
+  // The command name (field 2) may contain spaces and parentheses: count from the last ")".
+  const fields = stat?.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(fields?.[19]);
+  return Number.isSafeInteger(ticks) ? ticks : undefined;
+}
+
+export interface KillSessionsOptions extends FindListenerOptions {
+  /**
+   * Only sessions whose process started at or before this (ticksSinceBoot):
+   * a key rotation ends the sessions made before the old key's certificates
+   * were in the KRL, and spares the device's newer session.
+   */
+  readonly startedBy?: number;
   /** Default SIGTERM: sshd's child exits and its monitor closes the connection. */
   readonly signal?: NodeJS.Signals;
   /**
@@ -222,6 +299,7 @@ export async function killSessionsHoldingPorts(ports: readonly number[], options
     if (pid === 1 || pid === process.pid) continue;
     const comm = (await readFile(join(procRoot, String(pid), 'comm'), 'utf8').catch(() => '')).trim();
     if (!commands.has(comm)) continue;
+    if (options.startedBy !== undefined && ((await startTicksOf(procRoot, pid)) ?? Infinity) > options.startedBy) continue;
     try {
       process.kill(pid, options.signal ?? 'SIGTERM');
       killed.push(pid);

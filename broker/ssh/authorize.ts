@@ -4,14 +4,23 @@
  * takes over a port its older session holds, and which ports an operator
  * may reach. No ssh2, no sockets: the gateway translates protocol events
  * into these calls, and anything these functions do not know is denied.
+ *
+ * Long file: one table of decisions, each short and table-tested; split by
+ * protocol phase it would scatter the shared deny/Decision helpers.
  */
 import {
+  BACKDATE_S,
+  DEVICE_CERT_MAX_VALIDITY_S,
   isCaError,
+  maxValidity,
+  nonZeroSerial,
+  OPERATOR_CERT_MAX_VALIDITY_S,
   parseCertificate,
   parsePortPrincipal,
   verifyCertificate,
   type CaErrorCode,
   type Certificate,
+  type CertRule,
   type PortBlock,
   type PublicKey,
 } from '../../ca/index.js';
@@ -46,6 +55,8 @@ export type CertRefusal =
   | 'PRINCIPAL_INVALID'
   | 'PRINCIPAL_OUTSIDE_POOL'
   | 'FORWARDING_NOT_PERMITTED'
+  | 'SERIAL_ZERO'
+  | 'VALIDITY_TOO_LONG'
   | 'REVOKED';
 
 export interface CertificateCheckDeps {
@@ -67,7 +78,8 @@ interface IdentityBase {
   /** The certificate's one principal, ports-A-B or reach-A-B. */
   readonly principal: string;
   readonly block: PortBlock;
-  /** Seconds since the epoch (PROTOCOL.certkeys valid_before). */
+  /** Seconds since the epoch (PROTOCOL.certkeys valid_after, valid_before). */
+  readonly validAfter: bigint;
   readonly validBefore: bigint;
   /** The certified Ed25519 key: the session signature must verify with it. */
   readonly publicKey: PublicKey;
@@ -129,13 +141,42 @@ function checkCommon(
   // sshd refuses port forwarding to a certificate without this extension;
   // the embedded gateway gives the same verdict (DESIGN: one policy, two modes).
   if (!('permit-port-forwarding' in cert.extensions)) return { ok: false, reason: 'FORWARDING_NOT_PERMITTED' };
+  const overLimit = profileRefusal(cert, kind);
+  if (overLimit) return { ok: false, reason: overLimit };
   if (deps.isRevoked({ serial: cert.serial, keyId: cert.keyId })) return { ok: false, reason: 'REVOKED' };
   return { ok: true, block: parsed.block };
 }
 
 /** What every identity carries from its (already checked) certificate. */
 function identityBase(cert: Certificate, block: PortBlock) {
-  return { keyId: cert.keyId, serial: cert.serial, principal: cert.principals[0]!, block, validBefore: cert.validBefore, publicKey: cert.publicKey };
+  return {
+    keyId: cert.keyId, serial: cert.serial, principal: cert.principals[0]!, block,
+    validAfter: cert.validAfter, validBefore: cert.validBefore, publicKey: cert.publicKey,
+  };
+}
+
+/**
+ * The CA profile's own limits (ca/profiles.ts), checked again at login:
+ * defence in depth against a certificate the CA should never have signed
+ * (a bug, a misused key): serial 0 cannot be listed in a KRL, and a
+ * validity longer than the profile's outlives every revocation that
+ * expires its serial from the KRL.
+ */
+const PROFILE_LIMITS: Readonly<Record<'ports' | 'reach', ReadonlyArray<readonly [CertRefusal, CertRule]>>> = {
+  ports: [['SERIAL_ZERO', nonZeroSerial], ['VALIDITY_TOO_LONG', maxValidity(DEVICE_CERT_MAX_VALIDITY_S + BACKDATE_S)]],
+  reach: [['SERIAL_ZERO', nonZeroSerial], ['VALIDITY_TOO_LONG', maxValidity(OPERATOR_CERT_MAX_VALIDITY_S + BACKDATE_S)]],
+};
+
+function profileRefusal(cert: Certificate, kind: 'ports' | 'reach'): CertRefusal | undefined {
+  for (const [reason, rule] of PROFILE_LIMITS[kind]) {
+    try {
+      rule(cert);
+    } catch (err) {
+      if (isCaError(err)) return reason;
+      throw err;
+    }
+  }
+  return undefined;
 }
 
 /** A device certificate: key id device:<id>, exactly one ports-A-B principal, not revoked. */

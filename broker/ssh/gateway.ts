@@ -235,6 +235,17 @@ class EmbeddedGateway implements Gateway {
     for (const session of this.registry.ofDevice(deviceId)) void this.registry.end(session, 'REVOKED');
   }
 
+  endRevokedSessions(isRevoked: (cert: { serial: bigint; keyId: string }) => boolean): number {
+    let ended = 0;
+    for (const session of this.registry.all()) {
+      const { identity } = session;
+      if (identity.role !== 'device' || !isRevoked(identity)) continue;
+      void this.registry.end(session, 'REVOKED');
+      ended += 1;
+    }
+    return ended;
+  }
+
   dialTunnel(deviceId: string, port: number, origin: { address: string; port: number }): ReturnType<Gateway['dialTunnel']> {
     const holder = this.registry.owner(port);
     const forward = holder?.forwards.get(port);

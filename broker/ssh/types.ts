@@ -110,6 +110,12 @@ export interface Gateway {
   close(): Promise<void>;
   /** Ends every live session of DEVICEID and its listeners at once. */
   revokeDevice(deviceId: string): void;
+  /**
+   * Ends (reason REVOKED) every live device session whose certificate
+   * ISREVOKED denies: the revoked serials of a rotated-away key, and the
+   * periodic reconciliation against the store. Returns how many it ended.
+   */
+  endRevokedSessions(isRevoked: (cert: { serial: bigint; keyId: string }) => boolean): number;
   /** Ports DEVICEID's live sessions listen on right now, ascending ([] = offline). */
   tunnelPorts(deviceId: string): number[];
   /**

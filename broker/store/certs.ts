@@ -134,6 +134,17 @@ export async function revokeCertificatesOfDevice(db: Db, deviceId: string, now: 
   return db.run('UPDATE certificates SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL', [toMillis(now), deviceId]);
 }
 
+/** Revokes the device's unrevoked device certificates for one key (a rotated-away key); returns their serials. */
+export async function revokeCertificatesOfKey(db: Db, deviceId: string, keyFingerprint: string, now: Date): Promise<bigint[]> {
+  const rows = await db.all<{ serial: string }>(
+    `UPDATE certificates SET revoked_at = ?
+     WHERE device_id = ? AND kind = 'device' AND key_fingerprint = ? AND revoked_at IS NULL
+     RETURNING CAST(serial AS TEXT) AS serial`,
+    [toMillis(now), deviceId, keyFingerprint],
+  );
+  return rows.map((r) => BigInt(r.serial)).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
 export async function listRevokedUnexpiredSerials(db: Db, now: Date): Promise<bigint[]> {
   const rows = await db.all<{ serial: string }>(
     'SELECT CAST(serial AS TEXT) AS serial FROM certificates WHERE revoked_at IS NOT NULL AND valid_before > ? ORDER BY serial',

@@ -68,6 +68,7 @@ export function bindOps(withDb: WithDb): StoreTx {
     latestCertificateOfDevice: op('latestCertificateOfDevice', certs.latestCertificateOfDevice),
     findDeviceWithLatestCertificate: op('findDeviceWithLatestCertificate', devices.findDeviceWithLatestCertificate),
     revokeCertificatesOfDevice: op('revokeCertificatesOfDevice', certs.revokeCertificatesOfDevice),
+    revokeCertificatesOfKey: op('revokeCertificatesOfKey', certs.revokeCertificatesOfKey),
     listRevokedUnexpiredSerials: op('listRevokedUnexpiredSerials', certs.listRevokedUnexpiredSerials),
     listRevokedDeviceIds: op('listRevokedDeviceIds', certs.listRevokedDeviceIds),
     isSerialRevoked: op('isSerialRevoked', certs.isSerialRevoked),

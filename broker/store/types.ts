@@ -267,6 +267,8 @@ export interface StoreTx {
   latestCertificateOfDevice(deviceId: string): Promise<CertificateRecord | null>;
   /** findDevice and latestCertificateOfDevice in one statement; null if there is no such device. */
   findDeviceWithLatestCertificate(deviceId: string): Promise<{ device: DeviceRecord; latest: CertificateRecord | null } | null>;
+  /** Revokes the device's unrevoked device certificates of one key (by fingerprint); returns their serials, ascending. */
+  revokeCertificatesOfKey(deviceId: string, keyFingerprint: string, now: Date): Promise<bigint[]>;
   /** Revokes every unrevoked certificate recorded for the device; returns how many. */
   revokeCertificatesOfDevice(deviceId: string, now: Date): Promise<number>;
   /** Ascending; what the KRL must list at `now`. */

@@ -17,6 +17,11 @@ export interface GatewayStatsSource {
   };
 }
 
+/** The revocation list's KRL health (broker/compose/revocation-list.ts). */
+export interface KrlHealthSource {
+  health(): { written: boolean; writeFailures: number };
+}
+
 export class BrokerMetrics {
   readonly registry = new Registry();
   readonly enrollments = new Counter({ name: 'certunnel_enrollments_total', help: 'Enrollment attempts by outcome (ok or error code)', labelNames: ['outcome'], registers: [this.registry] });
@@ -37,6 +42,7 @@ export class BrokerMetrics {
   readonly proxyLogins = new Counter({ name: 'certunnel_proxy_logins_total', help: 'Browser logins on device hostnames by outcome (ok or error code)', labelNames: ['outcome'], registers: [this.registry] });
   readonly proxyWebsockets = new Gauge({ name: 'certunnel_proxy_websockets', help: 'WebSocket (upgraded) connections relayed now', registers: [this.registry] });
   private gateway: GatewayStatsSource | undefined;
+  private krl: KrlHealthSource | undefined;
 
   constructor(store: Store, config: BrokerConfig, clock: () => Date) {
     new Gauge({
@@ -59,6 +65,19 @@ export class BrokerMetrics {
       async collect() {
         const usage = await store.portPoolUsage(config.ports, clock());
         for (const state of ['total', 'allocated', 'quarantined', 'free'] as const) this.set({ state }, usage[state]);
+      },
+    });
+    const krlHealth = (): ReturnType<KrlHealthSource['health']> | undefined => this.krl?.health();
+    new Gauge({
+      name: 'certunnel_krl_stale', help: 'Whether the KRL file on disk lags the store because writes fail (1) or not (0)', registers: [this.registry],
+      collect() {
+        this.set(krlHealth()?.written === false ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'certunnel_krl_write_failures', help: 'Failed KRL writes (since start)', registers: [this.registry],
+      collect() {
+        this.set(krlHealth()?.writeFailures ?? 0);
       },
     });
     const gatewayStats = (): ReturnType<GatewayStatsSource['stats']> | undefined => this.gateway?.stats();
@@ -88,6 +107,11 @@ export class BrokerMetrics {
         this.set({ direction: 'out' }, s?.bytesOut ?? 0);
       },
     });
+  }
+
+  /** The KRL gauges: alert on certunnel_krl_stale 1 (the file sshd and GET /v1/krl readers see lags the store). */
+  attachRevocations(source: KrlHealthSource): void {
+    this.krl = source;
   }
 
   attachGateway(source: GatewayStatsSource): void {

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { encodeKrl, formatCertificate, generateKeyPair, saveKeyPair, signHostCert, writeKrl, type PortBlock } from '../../ca/index.js';
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import { OPENSSH_FILES, writeOpensshFiles } from '../../broker/openssh/config-files.js';
-import { findListenerPids, killSessionsHoldingPorts } from '../../broker/openssh/session-killer.js';
+import { findListenerPids, killSessionsHoldingPorts, listenerInodes, ListenerPidCache, readTcpSockets } from '../../broker/openssh/session-killer.js';
 import { runCommand } from '../openssh.js';
 import { startSshd, type RunningSshd } from '../sshd.js';
 import { type Gateway, type GatewayDriver, type World } from './world.js';
@@ -108,6 +108,14 @@ async function startGateway(world: World, deviceUser: string, operatorUser: stri
   });
   const { sshd, masterPid } = await startSystemSshd(outDir, extraConfig);
   let lastKilled: number[] = [];
+  // As the broker's OpenSSH presence does: learn which sshd session holds each pool listener while it is
+  // up, so that a revocation signals it at once instead of scanning /proc then (issue 12 item 13).
+  const pids = new ListenerPidCache();
+  const poolPorts = new Set(blockPorts(world.pool));
+  const learning = setInterval(() => {
+    void readTcpSockets().then((sockets) => pids.learn(listenerInodes(sockets ?? [], poolPorts)), () => undefined);
+  }, 250);
+  learning.unref();
   return {
     name: 'sshd',
     target: { host: '127.0.0.1', port: sshd.port, knownHostsPath: world.knownHostsPath },
@@ -125,9 +133,10 @@ async function startGateway(world: World, deviceUser: string, operatorUser: stri
     async revoke(serials: readonly bigint[], blocks: readonly PortBlock[]) {
       for (const s of serials) revoked.add(s);
       await writeKrl(join(outDir, OPENSSH_FILES.krl), { caKey: world.userCa.publicKey, serials: revoked, version: ++krlVersion, generatedAt: new Date() });
-      lastKilled = await killSessionsHoldingPorts(blocks.flatMap(blockPorts));
+      lastKilled = await killSessionsHoldingPorts(blocks.flatMap(blockPorts), { cache: pids });
     },
     async stop() {
+      clearInterval(learning);
       // Per-connection sshd processes call setsid(), so stopping the master's
       // process group leaves live sessions behind (measured): end those that
       // hold pool ports first.

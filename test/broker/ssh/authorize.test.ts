@@ -224,6 +224,12 @@ const certCases: [name: string, blob: () => Buffer, expected: string][] = [
   ['fail/login-principal', () => raw({ principals: ['root'] }).blob, 'PRINCIPAL_INVALID'],
   ['fail/no-port-forwarding-extension', () => raw({ extensions: {} }).blob, 'FORWARDING_NOT_PERMITTED'],
   ['fail/critical-option', () => raw({ criticalOptions: { 'force-command': '/bin/true' } }).blob, 'CERT_UNKNOWN_CRITICAL_OPTION'],
+  // Defence in depth (issue 12 item 12): what the CA profile never signs is refused at login too.
+  ['fail/serial-zero', () => raw({ serial: 0n }).blob, 'SERIAL_ZERO'],
+  ['fail/device-validity-over-profile-max', () => raw({ validBefore: nowS + 8n * 86400n }).blob, 'VALIDITY_TOO_LONG'],
+  ['fail/device-valid-forever', () => raw({ validAfter: 0n, validBefore: (1n << 64n) - 1n }).blob, 'VALIDITY_TOO_LONG'],
+  ['ok/device-validity-at-profile-max', () => raw({ validBefore: nowS + 7n * 86400n }).blob, 'device:dev-1'],
+  ['fail/operator-validity-over-profile-max', () => raw({ keyId: 'operator:alice:device:dev-1', principals: ['reach-20000-20001'], validBefore: nowS + 2n * 3600n }).blob, 'VALIDITY_TOO_LONG'],
 ];
 
 for (const [name, blob, expected] of certCases) {
