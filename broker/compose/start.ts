@@ -181,7 +181,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const api = await startApiServer(config, paths, access, app.callback());
     shutdown.add(() => api.close());
     const apiUrl = config.api.publicUrl ?? localApiUrl(config, api.port);
-    await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort: api.port, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o644 });
+    await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort: api.port, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o600 });
     shutdown.add(() => rm(paths.runtime, { force: true }));
     logger.info({ apiUrl, sshPort: ssh.port, sshMode: config.ssh.mode }, 'broker started');
     return { apiUrl, apiPort: api.port, sshPort: ssh.port, store, core, revocations, ssh, access, close: () => shutdown.run() };

@@ -220,13 +220,16 @@ export function renderOpensshFiles(input: OpensshModeInput): Map<string, Openssh
   const config = renderSshdConfig(input); // validates the input first
   // Insertion order is write order: everything the config references exists
   // before the config that references it.
+  // Modes: sshd reads the config, CA key, host certificate and KRL as root
+  // (its privileged monitor), so they are the owner's alone; it opens the
+  // principals files with the connecting user's uid, so they must be 0644.
   return new Map<string, OpensshFile>([
-    [OPENSSH_FILES.krl, { content: input.krl, mode: 0o644 }],
-    [OPENSSH_FILES.userCa, { content: `${formatPublicKey(input.userCaKey, 'certunnel-user-ca')}\n`, mode: 0o644 }],
-    [OPENSSH_FILES.hostCertificate, { content: `${input.hostCertificate.trim()}\n`, mode: 0o644 }],
+    [OPENSSH_FILES.krl, { content: input.krl, mode: 0o600 }],
+    [OPENSSH_FILES.userCa, { content: `${formatPublicKey(input.userCaKey, 'certunnel-user-ca')}\n`, mode: 0o600 }],
+    [OPENSSH_FILES.hostCertificate, { content: `${input.hostCertificate.trim()}\n`, mode: 0o600 }],
     [OPENSSH_FILES.devicePrincipals, { content: renderPrincipals(input.pool, 'devices'), mode: 0o644 }],
     [OPENSSH_FILES.operatorPrincipals, { content: renderPrincipals(input.pool, 'operators'), mode: 0o644 }],
-    [OPENSSH_FILES.config, { content: config, mode: 0o644 }],
+    [OPENSSH_FILES.config, { content: config, mode: 0o600 }],
   ]);
 }
 
