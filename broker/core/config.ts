@@ -7,6 +7,7 @@
  */
 import { z } from 'zod';
 import { BrokerError } from './errors.js';
+import { parseMaxStartups } from './rate-limit.js';
 
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT');
 
@@ -44,6 +45,17 @@ const configSchema = z
         opensshDir: z.string().default('openssh'),
         /** OpenSSH mode: how often the broker looks for the devices' listening tunnel ports (presence). */
         presencePollSeconds: z.number().int().min(1).max(300).default(5),
+        /**
+         * Connections not yet authenticated, both modes (sshd MaxStartups start:rate:full): from start on, new ones are
+         * refused at random, rate% at start rising to 100% at full.
+         */
+        maxStartups: z.string().refine((v) => parseMaxStartups(v) !== undefined, 'must be start:rate:full, 1 <= start <= full, rate 1-100').default('128:30:512'),
+        /** …of which one IPv4 address or IPv6 /64 may hold this many (sshd PerSourceMaxStartups). */
+        perSourceMaxStartups: z.number().int().min(1).max(100_000).default(32),
+        /** From TCP connect to authentication (sshd LoginGraceTime). */
+        loginGraceSeconds: z.number().int().min(1).max(600).default(15),
+        /** Embedded gateway: concurrent sessions of one device (or one operator certificate). */
+        maxSessionsPerDevice: z.number().int().min(1).max(1000).default(4),
       })
       .strict()
       .prefault({}),

@@ -99,6 +99,9 @@ test('fail/unsafe input is refused with CONFIG_INVALID', (t) => {
     ['same users', { operatorUser: 'tunnel' }],
     ['not a host certificate', { hostCertificate: 'ssh-ed25519 AAAA' }],
     ['two lines as host certificate', { hostCertificate: `${good.hostCertificate}\nMatch all` }],
+    ['startups not start:rate:full', { startups: { maxStartups: '10:30', perSource: 3, loginGraceSeconds: 15 } }],
+    ['startups with a line break', { startups: { maxStartups: '10:30:100\nMatch all', perSource: 3, loginGraceSeconds: 15 } }],
+    ['zero login grace (sshd: no limit)', { startups: { maxStartups: '10:30:100', perSource: 3, loginGraceSeconds: 0 } }],
   ];
   for (const [name, change] of bad) {
     const err = t.throws(() => renderOpensshFiles({ ...good, ...change }), undefined, name);
@@ -122,6 +125,11 @@ sshdTest('ok/sshd -t accepts the generated file; the Match blocks apply to their
     t.true(check.ok, check.output);
 
     const device = await effectiveSshdConfig(config, { user: 'tunnel' });
+    // sshd's own limits on connections not yet authenticated, as the embedded gateway's.
+    t.deepEqual(device.get('maxstartups'), ['128:30:512']);
+    t.deepEqual(device.get('persourcemaxstartups'), ['32']);
+    t.deepEqual(device.get('persourcenetblocksize'), ['32:64']);
+    t.deepEqual(device.get('logingracetime'), ['15']);
     t.deepEqual(device.get('allowtcpforwarding'), ['remote']);
     t.deepEqual(device.get('maxsessions'), ['0']);
     t.deepEqual(device.get('permittty'), ['no']);
