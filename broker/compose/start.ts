@@ -11,9 +11,10 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { formatPublicKey, loadKeyPair, loadPublicKey, writeFileAtomic, type KeyPair, type PublicKey } from '../../ca/index.js';
 import { createAccessLayer, UNKNOWN_PRESENCE, type AccessLayer } from '../proxy/index.js';
-import { implicitTrustProxyWarning, splitHostPort, type BrokerConfig } from '../core/config.js';
+import { implicitTrustProxyWarning, splitHostPort, trustsProxy, type BrokerConfig } from '../core/config.js';
 import { isWildcardAddress } from '../core/net-address.js';
 import type { CoreDeps, CoreHooks } from '../core/deps.js';
+import { limitConnections } from './connection-limits.js';
 import { brokerHostnames, dataPaths, localApiUrl, type DataPaths } from './data-dir.js';
 import { createApp } from '../http/app.js';
 import { ephemeralOverlapWarning, readEphemeralRange } from './ephemeral-ports.js';
@@ -122,16 +123,24 @@ function listen(server: HttpServer, hostPort: string): Promise<number> {
   });
 }
 
-/** The API's server (HTTPS, or plain HTTP with api.insecureHttp): device hostnames to the proxy, the rest to koa. */
-async function startApiServer(config: BrokerConfig, paths: DataPaths, access: AccessLayer, koa: RequestListener): Promise<{ port: number; close(): Promise<void> }> {
+/**
+ * The API's server (HTTPS, or plain HTTP with api.insecureHttp): device hostnames to the proxy, the rest to koa.
+ * Anyone can connect, so every stage has a deadline (TLS handshake, headers, the whole request, keep-alive idle)
+ * and sockets are capped per source and in all (connection-limits.ts).
+ */
+async function startApiServer(config: BrokerConfig, paths: DataPaths, access: AccessLayer, koa: RequestListener, logger: Logger): Promise<{ port: number; close(): Promise<void> }> {
+  const { api } = config;
   const listener = access.requestListener(koa);
-  const server = config.api.insecureHttp
-    ? createHttpServer(listener)
-    : createHttpsServer({ key: await readFile(paths.tlsKey), cert: await readFile(paths.tlsCert) }, listener);
+  // How often node looks for requests past their deadlines (its default, 30 s, would let them run that much longer).
+  const timing = { connectionsCheckingInterval: 1000 };
+  const server = api.insecureHttp
+    ? createHttpServer(timing, listener)
+    : createHttpsServer({ key: await readFile(paths.tlsKey), cert: await readFile(paths.tlsCert), handshakeTimeout: api.handshakeTimeoutSeconds * 1000, ...timing }, listener);
   server.on('upgrade', (req, socket, head) => access.onUpgrade(req, socket, head));
-  server.keepAliveTimeout = 30_000;
-  server.headersTimeout = 20_000;
   server.requestTimeout = config.proxy.enabled ? config.proxy.requestTimeoutSeconds * 1000 : 30_000;
+  server.headersTimeout = Math.min(api.headersTimeoutSeconds * 1000, server.requestTimeout);
+  server.keepAliveTimeout = api.keepAliveTimeoutSeconds * 1000;
+  limitConnections(server, { perSource: trustsProxy(api) ? undefined : api.maxConnectionsPerSource, total: api.maxConnections }, logger);
   const port = await listen(server, config.api.listen);
   const close = (): Promise<void> =>
     new Promise<void>((resolve) => {
@@ -178,7 +187,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       core, logger, metrics, revocations, apiPin, access,
       publicKeys: { userCa: formatPublicKey(keys.userCa.publicKey), hostCa: formatPublicKey(keys.hostCaPublicKey), hostKey: core.ssh.hostKey },
     });
-    const api = await startApiServer(config, paths, access, app.callback());
+    const api = await startApiServer(config, paths, access, app.callback(), logger);
     shutdown.add(() => api.close());
     const apiUrl = config.api.publicUrl ?? localApiUrl(config, api.port);
     await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort: api.port, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o600 });

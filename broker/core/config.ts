@@ -29,6 +29,19 @@ const configSchema = z
         /** URL devices and operators use; defaults from listen. */
         publicUrl: z.string().url().optional(),
         bodyLimitBytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(64 * 1024),
+        /**
+         * Sockets open at once on the API port from one IPv4 address or IPv6 /64; beyond it a new one is closed at
+         * once. Not applied with trustProxy (every peer is then the proxy, which must limit its clients itself).
+         */
+        maxConnectionsPerSource: z.number().int().min(1).max(100_000).default(100),
+        /** Sockets open at once on the API port, all sources together. */
+        maxConnections: z.number().int().min(1).max(1_000_000).default(10_000),
+        /** A TLS handshake not finished in this long is abandoned (node's default is 120 s). */
+        handshakeTimeoutSeconds: z.number().int().min(1).max(120).default(10),
+        /** A request's headers must arrive within this long. */
+        headersTimeoutSeconds: z.number().int().min(1).max(60).default(10),
+        /** An idle keep-alive connection is closed after this long. */
+        keepAliveTimeoutSeconds: z.number().int().min(1).max(300).default(10),
       })
       .strict()
       .prefault({}),
