@@ -19,7 +19,8 @@ import { brokerHostnames, dataPaths, localApiUrl, type DataPaths } from './data-
 import { createApp } from '../http/app.js';
 import { ephemeralOverlapWarning, readEphemeralRange } from './ephemeral-ports.js';
 import type { Logger } from '../telemetry/logger.js';
-import { startMaintenance } from './maintenance.js';
+import { startAuditFlush, startMaintenance } from './maintenance.js';
+import { FailureAggregator } from '../core/failure-audit.js';
 import { BrokerMetrics } from '../telemetry/metrics.js';
 import { RevocationList } from './revocation-list.js';
 import { startSshSide, type SshSide } from './ssh-side.js';
@@ -167,8 +168,11 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       store, revocations, clock, logger,
       // Renewal within the grace period needs the last certificate of a device.
       keepExpiredCertificatesMs: (config.certs.renewGraceSeconds + 86400) * 1000,
+      keepAuditFailuresMs: config.audit.failureRetentionDays * 86400_000,
     });
     shutdown.add(async () => stopMaintenance());
+    const failureAudit = new FailureAggregator(store, config.audit.aggregateSeconds * 1000);
+    shutdown.add(startAuditFlush(failureAudit, { clock, logger, windowMs: config.audit.aggregateSeconds * 1000 }));
 
     const ssh = await startSshSide({ config, logger, store, clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths });
     shutdown.add(() => ssh.close());
@@ -180,7 +184,8 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       core: coreBase, logger, presence: ssh.presence ?? UNKNOWN_PRESENCE, sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
     });
     shutdown.add(async () => access.close());
-    const core: CoreDeps = { ...coreBase, hooks: revocationHooks({ revocations, ssh, access, logger }) };
+    // Failures on the API are aggregated; the proxy bounds its own with its failed-key limiter and audit window.
+    const core: CoreDeps = { ...coreBase, failureAudit, hooks: revocationHooks({ revocations, ssh, access, logger }) };
 
     const apiPin = config.api.insecureHttp ? null : (await readFile(paths.apiPin, 'utf8')).trim();
     const app = createApp({

@@ -7,6 +7,7 @@
 import { BrokerError, isBrokerError } from './errors.js';
 import type { ApiKeyRecord, ApiKeyRole, NewAuditEvent, Store } from '../store/types.js';
 import type { Actor, CoreDeps } from './deps.js';
+import { failureSink } from './failure-audit.js';
 import { hashesEqual, hashSecret, newApiKeySecret, newId, splitApiKey } from './secrets.js';
 
 export async function createApiKey(
@@ -65,7 +66,7 @@ export function refusedKeyAudit(door: ApiKeyDoor, at: Date): NewAuditEvent {
  * limiter refused before any key was checked.
  */
 export async function admitApiKey(
-  deps: Pick<CoreDeps, 'store' | 'clock'>,
+  deps: Pick<CoreDeps, 'store' | 'clock'> & Partial<Pick<CoreDeps, 'failureAudit'>>,
   presented: string | undefined,
   door: ApiKeyDoor,
   check: () => Promise<ApiKeyRecord> = () => authenticateApiKey(deps.store, presented, deps.clock()),
@@ -74,7 +75,7 @@ export async function admitApiKey(
   try {
     record = await check();
   } catch (err) {
-    if (!isBrokerError(err, 'RATE_LIMITED')) await deps.store.appendAudit(refusedKeyAudit(door, deps.clock())).catch(() => undefined);
+    if (!isBrokerError(err, 'RATE_LIMITED')) await failureSink(deps).appendAudit(refusedKeyAudit(door, deps.clock())).catch(() => undefined);
     throw err;
   }
   return { record, actor: apiKeyActor(record, door.remoteAddr) };

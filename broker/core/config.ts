@@ -42,6 +42,12 @@ const configSchema = z
         headersTimeoutSeconds: z.number().int().min(1).max(60).default(10),
         /** An idle keep-alive connection is closed after this long. */
         keepAliveTimeoutSeconds: z.number().int().min(1).max(300).default(10),
+        /**
+         * Failed enrollments and renewals and unknown API keys per client address (IPv6: per /64): this many at once,
+         * then failuresPerMinute; beyond that RATE_LIMITED (429) until the bucket refills. Successes never spend it.
+         */
+        failureBurst: z.number().int().min(1).max(100_000).default(50),
+        failuresPerMinute: z.number().min(0.1).max(100_000).default(30),
       })
       .strict()
       .prefault({}),
@@ -128,6 +134,15 @@ const configSchema = z
          */
         authFailureBurst: z.number().int().min(1).max(10_000).default(10),
         authFailuresPerMinute: z.number().min(0.1).max(10_000).default(6),
+      })
+      .strict()
+      .prefault({}),
+    audit: z
+      .object({
+        /** Refusal and failure rows older than this are deleted (state changes are kept). */
+        failureRetentionDays: z.number().int().min(1).max(36_500).default(90),
+        /** Repeats of one failure (action, outcome, client address) within this window make one row with a count. */
+        aggregateSeconds: z.number().int().min(1).max(3600).default(60),
       })
       .strict()
       .prefault({}),

@@ -61,6 +61,12 @@ export class BrokerMetrics {
         for (const state of ['total', 'allocated', 'quarantined', 'free'] as const) this.set({ state }, usage[state]);
       },
     });
+    new Gauge({
+      name: 'certunnel_audit_events', help: 'Rows in the audit trail (refusals and failures are pruned after audit.failureRetentionDays)', registers: [this.registry],
+      async collect() {
+        this.set(await store.countAudit());
+      },
+    });
     const gatewayStats = (): ReturnType<GatewayStatsSource['stats']> | undefined => this.gateway?.stats();
     new Gauge({
       name: 'certunnel_tunnels_connected', help: 'Device tunnels connected to the embedded gateway', registers: [this.registry],
