@@ -56,6 +56,8 @@ export interface GatewayEnvOptions {
   readonly clock?: () => Date;
   /** Replaces the revokedSerials lookup (e.g. with one that throws). */
   readonly isRevoked?: (cert: { serial: bigint; keyId: string }) => boolean;
+  /** The random early drop's draw (GatewayDeps.random). */
+  readonly random?: () => number;
 }
 
 export async function startGatewayEnv(options: GatewayEnvOptions = {}): Promise<GatewayEnv> {
@@ -81,6 +83,7 @@ export async function startGatewayEnv(options: GatewayEnvOptions = {}): Promise<
       error: (obj, msg) => logs.push({ level: 'error', obj, msg }),
     },
     limits: options.limits,
+    ...(options.random ? { random: options.random } : {}),
   });
   const { port } = await gateway.listen(0, '127.0.0.1');
   const knownHosts = await writeKnownHosts(join(dir, 'known_hosts'), '127.0.0.1', port, hostKey.publicKey);

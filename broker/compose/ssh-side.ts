@@ -10,6 +10,7 @@ import { writeFileAtomic, type KeyPair, type PortBlock } from '../../ca/index.js
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import type { TunnelPresence } from '../core/presence.js';
 import { splitHostPort, type BrokerConfig } from '../core/config.js';
+import { parseMaxStartups } from '../core/rate-limit.js';
 import type { DataPaths } from './data-dir.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { GatewayStatsSource } from '../telemetry/metrics.js';
@@ -17,7 +18,7 @@ import { OPENSSH_FILES, writeOpensshFiles } from '../openssh/config-files.js';
 import { OpensshPresence } from '../openssh/presence.js';
 import { killSessionsHoldingPorts, ticksSinceBoot } from '../openssh/session-killer.js';
 import type { RevocationList } from './revocation-list.js';
-import { createGateway } from '../ssh/index.js';
+import { createGateway, type GatewayLimits } from '../ssh/index.js';
 import { activeDevices, type Store } from '../store/index.js';
 
 export interface SshSide {
@@ -69,6 +70,16 @@ async function markEveryDeviceOffline(store: Store, now: Date): Promise<number> 
   return changed;
 }
 
+/** ssh.maxStartups, perSourceMaxStartups, loginGraceSeconds and maxSessionsPerDevice as the gateway's limits. */
+function startupLimits(config: BrokerConfig): GatewayLimits {
+  const { ssh } = config;
+  const startups = parseMaxStartups(ssh.maxStartups)!; // the config schema checked it
+  return {
+    earlyDropStart: startups.start, earlyDropRate: startups.rate, maxUnauthenticated: startups.full,
+    maxUnauthenticatedPerSource: ssh.perSourceMaxStartups, authTimeoutMs: ssh.loginGraceSeconds * 1000, maxSessionsPerCertificate: ssh.maxSessionsPerDevice,
+  };
+}
+
 async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   const log = o.logger.child({ component: 'ssh-gateway' });
   const stale = await markEveryDeviceOffline(o.store, o.clock());
@@ -96,7 +107,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
       if (!device || device.status !== 'active' || device.portFirst === null || device.portLast === null) return undefined;
       return { deviceId: device.id, block: { first: device.portFirst, last: device.portLast } };
     },
-    limits: { keepaliveIntervalMs: o.config.ssh.keepaliveIntervalSeconds * 1000, keepaliveCountMax: o.config.ssh.keepaliveCountMax },
+    limits: { keepaliveIntervalMs: o.config.ssh.keepaliveIntervalSeconds * 1000, keepaliveCountMax: o.config.ssh.keepaliveCountMax, ...startupLimits(o.config) },
   });
   const { host, port } = splitHostPort(o.config.ssh.listen);
   const bound = await gateway.listen(port, host);
@@ -129,6 +140,7 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
     deviceUser: DEVICE_LOGIN,
     operatorUser: OPERATOR_LOGIN,
     keepalive: { intervalSeconds: o.config.ssh.keepaliveIntervalSeconds, countMax: o.config.ssh.keepaliveCountMax },
+    startups: { maxStartups: o.config.ssh.maxStartups, perSource: o.config.ssh.perSourceMaxStartups, loginGraceSeconds: o.config.ssh.loginGraceSeconds },
   });
   o.logger.info({ outDir }, 'OpenSSH mode: wrote sshd configuration files');
   // Only the KRL changes afterwards; a failed write is the revocation list's to retry.

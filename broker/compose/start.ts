@@ -11,14 +11,16 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { formatPublicKey, loadKeyPair, loadPublicKey, writeFileAtomic, type KeyPair, type PublicKey } from '../../ca/index.js';
 import { createAccessLayer, UNKNOWN_PRESENCE, type AccessLayer } from '../proxy/index.js';
-import { implicitTrustProxyWarning, splitHostPort, type BrokerConfig } from '../core/config.js';
+import { implicitTrustProxyWarning, splitHostPort, trustsProxy, type BrokerConfig } from '../core/config.js';
 import { isWildcardAddress } from '../core/net-address.js';
 import type { CoreDeps, CoreHooks } from '../core/deps.js';
+import { limitConnections } from './connection-limits.js';
 import { brokerHostnames, dataPaths, localApiUrl, type DataPaths } from './data-dir.js';
 import { createApp } from '../http/app.js';
 import { ephemeralOverlapWarning, readEphemeralRange } from './ephemeral-ports.js';
 import type { Logger } from '../telemetry/logger.js';
-import { startMaintenance, startReconciliation } from './maintenance.js';
+import { startAuditFlush, startMaintenance, startReconciliation } from './maintenance.js';
+import { FailureAggregator } from '../core/failure-audit.js';
 import { BrokerMetrics } from '../telemetry/metrics.js';
 import { RevocationList } from './revocation-list.js';
 import { startSshSide, type SshSide } from './ssh-side.js';
@@ -142,16 +144,24 @@ function listen(server: HttpServer, hostPort: string): Promise<number> {
   });
 }
 
-/** The API's server (HTTPS, or plain HTTP with api.insecureHttp): device hostnames to the proxy, the rest to koa. */
-async function startApiServer(config: BrokerConfig, paths: DataPaths, access: AccessLayer, koa: RequestListener): Promise<{ port: number; close(): Promise<void> }> {
+/**
+ * The API's server (HTTPS, or plain HTTP with api.insecureHttp): device hostnames to the proxy, the rest to koa.
+ * Anyone can connect, so every stage has a deadline (TLS handshake, headers, the whole request, keep-alive idle)
+ * and sockets are capped per source and in all (connection-limits.ts).
+ */
+async function startApiServer(config: BrokerConfig, paths: DataPaths, access: AccessLayer, koa: RequestListener, logger: Logger): Promise<{ port: number; close(): Promise<void> }> {
+  const { api } = config;
   const listener = access.requestListener(koa);
-  const server = config.api.insecureHttp
-    ? createHttpServer(listener)
-    : createHttpsServer({ key: await readFile(paths.tlsKey), cert: await readFile(paths.tlsCert) }, listener);
+  // How often node looks for requests past their deadlines (its default, 30 s, would let them run that much longer).
+  const timing = { connectionsCheckingInterval: 1000 };
+  const server = api.insecureHttp
+    ? createHttpServer(timing, listener)
+    : createHttpsServer({ key: await readFile(paths.tlsKey), cert: await readFile(paths.tlsCert), handshakeTimeout: api.handshakeTimeoutSeconds * 1000, ...timing }, listener);
   server.on('upgrade', (req, socket, head) => access.onUpgrade(req, socket, head));
-  server.keepAliveTimeout = 30_000;
-  server.headersTimeout = 20_000;
   server.requestTimeout = config.proxy.enabled ? config.proxy.requestTimeoutSeconds * 1000 : 30_000;
+  server.headersTimeout = Math.min(api.headersTimeoutSeconds * 1000, server.requestTimeout);
+  server.keepAliveTimeout = api.keepAliveTimeoutSeconds * 1000;
+  limitConnections(server, { perSource: trustsProxy(api) ? undefined : api.maxConnectionsPerSource, total: api.maxConnections }, logger);
   const port = await listen(server, config.api.listen);
   const close = (): Promise<void> =>
     new Promise<void>((resolve) => {
@@ -181,8 +191,11 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       store, revocations, clock, logger,
       // Renewal within the grace period needs the last certificate of a device.
       keepExpiredCertificatesMs: (config.certs.renewGraceSeconds + 86400) * 1000,
+      keepAuditFailuresMs: config.audit.failureRetentionDays * 86400_000,
     });
     shutdown.add(async () => stopMaintenance());
+    const failureAudit = new FailureAggregator(store, config.audit.aggregateSeconds * 1000);
+    shutdown.add(startAuditFlush(failureAudit, { clock, logger, windowMs: config.audit.aggregateSeconds * 1000 }));
 
     const ssh = await startSshSide({ config, logger, store, clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths });
     shutdown.add(() => ssh.close());
@@ -194,7 +207,8 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       core: coreBase, logger, presence: ssh.presence ?? UNKNOWN_PRESENCE, sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
     });
     shutdown.add(async () => access.close());
-    const core: CoreDeps = { ...coreBase, hooks: revocationHooks({ revocations, ssh, access, logger }) };
+    // Failures on the API are aggregated; the proxy bounds its own with its failed-key limiter and audit window.
+    const core: CoreDeps = { ...coreBase, failureAudit, hooks: revocationHooks({ revocations, ssh, access, logger }) };
     const stopReconciliation = startReconciliation({ revocations, ssh, logger, intervalMs: config.ssh.reconcileSeconds * 1000 });
     shutdown.add(async () => stopReconciliation());
 
@@ -203,10 +217,10 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       core, logger, metrics, revocations, apiPin, access,
       publicKeys: { userCa: formatPublicKey(keys.userCa.publicKey), hostCa: formatPublicKey(keys.hostCaPublicKey), hostKey: core.ssh.hostKey },
     });
-    const api = await startApiServer(config, paths, access, app.callback());
+    const api = await startApiServer(config, paths, access, app.callback(), logger);
     shutdown.add(() => api.close());
     const apiUrl = config.api.publicUrl ?? localApiUrl(config, api.port);
-    await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort: api.port, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o644 });
+    await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort: api.port, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o600 });
     shutdown.add(() => rm(paths.runtime, { force: true }));
     logger.info({ apiUrl, sshPort: ssh.port, sshMode: config.ssh.mode }, 'broker started');
     return { apiUrl, apiPort: api.port, sshPort: ssh.port, store, core, revocations, ssh, access, close: () => shutdown.run() };

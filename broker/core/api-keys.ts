@@ -10,6 +10,7 @@ import type { ApiKeyStatus, ApiKeyView } from '../../api/index.js';
 import { BrokerError, isBrokerError, type ErrorCode } from './errors.js';
 import type { ApiKeyRecord, ApiKeyRole, NewAuditEvent, Store } from '../store/types.js';
 import type { Actor, CoreDeps } from './deps.js';
+import { failureSink } from './failure-audit.js';
 import { hashesEqual, hashSecret, newApiKeySecret, newId, splitApiKey } from './secrets.js';
 
 export interface CreatedApiKey {
@@ -116,7 +117,7 @@ export function refusedKeyAudit(door: ApiKeyDoor, at: Date, code: ErrorCode = 'U
  * limiter refused before any key was checked.
  */
 export async function admitApiKey(
-  deps: Pick<CoreDeps, 'store' | 'clock'>,
+  deps: Pick<CoreDeps, 'store' | 'clock'> & Partial<Pick<CoreDeps, 'failureAudit'>>,
   presented: string | undefined,
   door: ApiKeyDoor,
   check: () => Promise<ApiKeyRecord> = () => authenticateApiKey(deps.store, presented, deps.clock()),
@@ -127,7 +128,7 @@ export async function admitApiKey(
   } catch (err) {
     if (!isBrokerError(err, 'RATE_LIMITED')) {
       const code = err instanceof BrokerError ? err.code : 'UNAUTHENTICATED';
-      await deps.store.appendAudit(refusedKeyAudit(door, deps.clock(), code)).catch(() => undefined);
+      await failureSink(deps).appendAudit(refusedKeyAudit(door, deps.clock(), code)).catch(() => undefined);
     }
     throw err;
   }

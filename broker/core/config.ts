@@ -7,6 +7,7 @@
  */
 import { z } from 'zod';
 import { BrokerError } from './errors.js';
+import { parseMaxStartups } from './rate-limit.js';
 
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT');
 
@@ -28,6 +29,25 @@ const configSchema = z
         /** URL devices and operators use; defaults from listen. */
         publicUrl: z.string().url().optional(),
         bodyLimitBytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(64 * 1024),
+        /**
+         * Sockets open at once on the API port from one IPv4 address or IPv6 /64; beyond it a new one is closed at
+         * once. Not applied with trustProxy (every peer is then the proxy, which must limit its clients itself).
+         */
+        maxConnectionsPerSource: z.number().int().min(1).max(100_000).default(100),
+        /** Sockets open at once on the API port, all sources together. */
+        maxConnections: z.number().int().min(1).max(1_000_000).default(10_000),
+        /** A TLS handshake not finished in this long is abandoned (node's default is 120 s). */
+        handshakeTimeoutSeconds: z.number().int().min(1).max(120).default(10),
+        /** A request's headers must arrive within this long. */
+        headersTimeoutSeconds: z.number().int().min(1).max(60).default(10),
+        /** An idle keep-alive connection is closed after this long. */
+        keepAliveTimeoutSeconds: z.number().int().min(1).max(300).default(10),
+        /**
+         * Failed enrollments and renewals and unknown API keys per client address (IPv6: per /64): this many at once,
+         * then failuresPerMinute; beyond that RATE_LIMITED (429) until the bucket refills. Successes never spend it.
+         */
+        failureBurst: z.number().int().min(1).max(100_000).default(50),
+        failuresPerMinute: z.number().min(0.1).max(100_000).default(30),
       })
       .strict()
       .prefault({}),
@@ -49,6 +69,17 @@ const configSchema = z
          * (and the KRL rebuilt): anything a lost hook or a stale KRL let in ends then.
          */
         reconcileSeconds: z.number().int().min(1).max(3600).default(10),
+        /**
+         * Connections not yet authenticated, both modes (sshd MaxStartups start:rate:full): from start on, new ones are
+         * refused at random, rate% at start rising to 100% at full.
+         */
+        maxStartups: z.string().refine((v) => parseMaxStartups(v) !== undefined, 'must be start:rate:full, 1 <= start <= full, rate 1-100').default('128:30:512'),
+        /** …of which one IPv4 address or IPv6 /64 may hold this many (sshd PerSourceMaxStartups). */
+        perSourceMaxStartups: z.number().int().min(1).max(100_000).default(32),
+        /** From TCP connect to authentication (sshd LoginGraceTime). */
+        loginGraceSeconds: z.number().int().min(1).max(600).default(15),
+        /** Embedded gateway: concurrent sessions of one device (or one operator certificate). */
+        maxSessionsPerDevice: z.number().int().min(1).max(1000).default(4),
       })
       .strict()
       .prefault({}),
@@ -108,6 +139,15 @@ const configSchema = z
          */
         authFailureBurst: z.number().int().min(1).max(10_000).default(10),
         authFailuresPerMinute: z.number().min(0.1).max(10_000).default(6),
+      })
+      .strict()
+      .prefault({}),
+    audit: z
+      .object({
+        /** Refusal and failure rows older than this are deleted (state changes are kept). */
+        failureRetentionDays: z.number().int().min(1).max(36_500).default(90),
+        /** Repeats of one failure (action, outcome, client address) within this window make one row with a count. */
+        aggregateSeconds: z.number().int().min(1).max(3600).default(60),
       })
       .strict()
       .prefault({}),

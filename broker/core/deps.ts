@@ -6,6 +6,7 @@
 import type { KeyPair, PublicKey } from '../../ca/index.js';
 import type { BrokerConfig } from './config.js';
 import type { Store } from '../store/types.js';
+import type { AuditSink } from './failure-audit.js';
 import type { ApiKeyRole, SshEndpointWire } from '../../api/index.js';
 
 export interface CaKeys {
@@ -45,4 +46,6 @@ export interface CoreDeps {
   readonly clock: () => Date;
   readonly ssh: SshEndpointWire;
   readonly hooks: CoreHooks;
+  /** Failure audit rows go here (a FailureAggregator in front of the store); absent: straight to the store. */
+  readonly failureAudit?: AuditSink;
 }

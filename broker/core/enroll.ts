@@ -16,7 +16,7 @@ import { BrokerError } from './errors.js';
 import type { DeviceRecord, StoreTx, TokenRecord } from '../store/types.js';
 import type { CertificateGrantWire, EnrollRequest } from '../../api/index.js';
 import type { Actor, CoreDeps } from './deps.js';
-import { withFailureAudit, type FailureAuditRow } from './failure-audit.js';
+import { failureSink, withFailureAudit, type FailureAuditRow } from './failure-audit.js';
 import { issueDeviceCertificate } from './grant.js';
 import { hashSecret, newId } from './secrets.js';
 
@@ -86,7 +86,7 @@ export async function enrollDevice(deps: CoreDeps, req: EnrollRequest, actor: Pi
   const failure = (): FailureAuditRow => ({
     at: now, actor: tokenId ? `token:${tokenId}` : 'anonymous', action: 'device.enroll', target: null, remoteAddr: actor.remoteAddr,
   });
-  return withFailureAudit(deps.store, failure, async () => {
+  return withFailureAudit(failureSink(deps), failure, async () => {
     const publicKey = parseDeviceKey(req.publicKey);
     const keyFingerprint = fingerprint(publicKey);
     return deps.store.transaction(async (tx) => {

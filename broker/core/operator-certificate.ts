@@ -14,7 +14,7 @@ import type { Actor, CoreDeps } from './deps.js';
 import { parseDeviceKey } from './enroll.js';
 import { findDeviceByRef } from './revoke.js';
 import { BrokerError } from './errors.js';
-import { withFailureAudit, type FailureAuditRow } from './failure-audit.js';
+import { failureSink, withFailureAudit, type FailureAuditRow } from './failure-audit.js';
 import type { DeviceRecord } from '../store/types.js';
 import { offlineSince, type TunnelPresence } from './presence.js';
 
@@ -51,7 +51,7 @@ export async function issueOperatorCertificate(
     at: now, actor: actor.id, action: 'operator.certificate', target: device?.id ?? null, remoteAddr: actor.remoteAddr,
     details: device ? { name: device.name } : { ref: ref.slice(0, 128) },
   });
-  return withFailureAudit(core.store, failure, async () => {
+  return withFailureAudit(failureSink(core), failure, async () => {
     device = await findDeviceByRef(core, ref);
     const publicKey = parseDeviceKey(req.publicKey);
     const forwarded = deps.presence.forwardedPorts(device.id);

@@ -1,8 +1,11 @@
 /**
- * Per-source rate limiting (SSH connections; failed proxy logins): a token bucket per IPv4 address or
- * IPv6 /64 (one host usually owns a whole /64, so per-address buckets would
- * be free to multiply). A full bucket is indistinguishable from no bucket,
- * which is what keeps the map small: full buckets are pruned when it grows.
+ * Per-source limits, per IPv4 address or IPv6 /64 (one host usually owns a
+ * whole /64, so per-address limits would be free to multiply):
+ * - rate (SSH connections; failed logins, enrollments and renewals): a token
+ *   bucket per source. A full bucket is indistinguishable from no bucket,
+ *   which is what keeps the map small: full buckets are pruned when it grows;
+ * - concurrency (unauthenticated SSH connections, API sockets): PerSourceCap;
+ * - and, for all sources together, sshd's random early drop (shouldDropEarly).
  */
 import { isIPv6 } from 'node:net';
 
@@ -112,5 +115,78 @@ export class ConnectionRateLimiter {
       if (drop-- <= 0) break;
       this.buckets.delete(key);
     }
+  }
+}
+
+/** sshd's MaxStartups start:rate:full, for connections that have not authenticated yet. */
+export interface EarlyDropPolicy {
+  /** Below this many, every new connection is admitted. */
+  readonly start: number;
+  /** At START, a new connection is refused with this probability (percent)… */
+  readonly rate: number;
+  /** …rising linearly to 100% here: from FULL on, every new one is refused. */
+  readonly full: number;
+}
+
+/** sshd's `start:rate:full` text as a policy; undefined unless 1 <= start <= full and rate is 1..100. */
+export function parseMaxStartups(text: string): EarlyDropPolicy | undefined {
+  const m = /^(\d{1,6}):(\d{1,3}):(\d{1,6})$/.exec(text);
+  if (!m) return undefined;
+  const [start, rate, full] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  return start >= 1 && start <= full && rate >= 1 && rate <= 100 ? { start, rate, full } : undefined;
+}
+
+/**
+ * Random early drop (sshd's drop_connection): whether to refuse a new
+ * connection while OPEN others are unauthenticated. Random, so that a flood
+ * cannot keep every slot: a device retrying still gets in now and then.
+ * RANDOM returns [0, 1); injected so that tests decide the draw.
+ */
+export function shouldDropEarly(open: number, policy: EarlyDropPolicy, random: () => number = Math.random): boolean {
+  if (open >= policy.full) return true;
+  if (open < policy.start) return false;
+  const percent = policy.rate + ((100 - policy.rate) * (open - policy.start)) / (policy.full - policy.start);
+  return random() * 100 < percent;
+}
+
+/**
+ * Concurrent things (unauthenticated SSH connections, sockets on the API
+ * port) per source, keyed as the token buckets are (IPv4 address, IPv6 /64):
+ * sshd's PerSourceMaxStartups. Every admitted acquire must be released once.
+ */
+export class PerSourceCap {
+  private readonly held = new Map<string, number>();
+  /** Sources refused since their last admission: log the first refusal of a run only. */
+  private readonly refusing = new Set<string>();
+
+  constructor(private readonly max: number) {
+    if (!(max >= 1)) throw new RangeError('the per-source cap must be >= 1');
+  }
+
+  /** Takes one slot for ADDR, unless it holds MAX already. */
+  acquire(addr: string): RateDecision {
+    const key = rateLimitKey(addr);
+    const held = this.held.get(key) ?? 0;
+    if (held >= this.max) {
+      const firstRefusal = !this.refusing.has(key);
+      this.refusing.add(key);
+      return { allowed: false, firstRefusal };
+    }
+    this.held.set(key, held + 1);
+    this.refusing.delete(key);
+    return { allowed: true, firstRefusal: false };
+  }
+
+  /** Gives back a slot ADDR acquired. */
+  release(addr: string): void {
+    const key = rateLimitKey(addr);
+    const held = (this.held.get(key) ?? 0) - 1;
+    if (held > 0) this.held.set(key, held);
+    else this.held.delete(key);
+  }
+
+  /** Slots ADDR's source holds now. */
+  holding(addr: string): number {
+    return this.held.get(rateLimitKey(addr)) ?? 0;
   }
 }

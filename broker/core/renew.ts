@@ -15,7 +15,7 @@ import type { DeviceRecord } from '../store/types.js';
 import { type CertificateGrantWire, RENEW_NAMESPACE, renewMessage, type RenewRequest } from '../../api/index.js';
 import type { Actor, CoreDeps } from './deps.js';
 import { parseDeviceKey } from './enroll.js';
-import { withFailureAudit, type FailureAuditRow } from './failure-audit.js';
+import { failureSink, withFailureAudit, type FailureAuditRow } from './failure-audit.js';
 import { recordDeviceCertificate, signDeviceCertificate } from './grant.js';
 
 function verifySignedBy(signature: string, message: string, key: PublicKey): void {
@@ -73,7 +73,7 @@ async function checkRenewal(deps: CoreDeps, req: RenewRequest, now: Date): Promi
 export async function renewDevice(deps: CoreDeps, req: RenewRequest, actor: Pick<Actor, 'remoteAddr'>): Promise<CertificateGrantWire> {
   const now = deps.clock();
   const failure = (): FailureAuditRow => ({ at: now, actor: `device:${req.deviceId}`, action: 'device.renew', target: req.deviceId, remoteAddr: actor.remoteAddr });
-  return withFailureAudit(deps.store, failure, async () => {
+  return withFailureAudit(failureSink(deps), failure, async () => {
     const checked = await checkRenewal(deps, req, now);
     const { grant, oldSerials } = await commitRenewal(deps, req, checked, actor, now);
     if (oldSerials.length > 0) await deps.hooks.certificatesRevoked(checked.device.id, oldSerials);

@@ -11,6 +11,7 @@ import { BrokerError, type ErrorCode } from '../core/errors.js';
 import { clientAddressFrom } from '../core/net-address.js';
 import type { Logger } from '../telemetry/logger.js';
 import { clientAddress, errorResponse, type AppState, type HttpDeps } from './context.js';
+import { limitFailures } from './failure-limit.js';
 import { registerAccessRoutes } from './routes-access.js';
 import { registerDeviceRoutes } from './routes-device.js';
 import { registerOperatorRoutes } from './routes-operator.js';
@@ -69,6 +70,7 @@ export function createApp(deps: HttpDeps): Koa<AppState> {
     }
   });
 
+  app.use(limitFailures(deps));
   app.use(async (ctx, next) => {
     if (ctx.method === 'POST' && ctx.request.length && !ctx.is('application/json')) {
       throw new BrokerError('UNSUPPORTED_MEDIA_TYPE', 'request bodies must be application/json');

@@ -24,6 +24,7 @@ import { devicePrincipal, formatPublicKey, operatorPrincipal, writeFileAtomic, t
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN, TUNNEL_HOST } from '../../api/index.js';
 import { BrokerError } from '../core/errors.js';
 import { isValidPool, poolBlocks, type PortPool } from '../core/port-pool.js';
+import { parseMaxStartups } from '../core/rate-limit.js';
 
 export interface OpensshModeInput {
   /**
@@ -48,6 +49,11 @@ export interface OpensshModeInput {
   readonly operatorUser?: string;
   /** ClientAliveInterval / ClientAliveCountMax: how fast sshd notices a vanished device. Default 15 s x 3. */
   readonly keepalive?: { readonly intervalSeconds: number; readonly countMax: number };
+  /**
+   * Connections not yet authenticated: MaxStartups (start:rate:full), PerSourceMaxStartups and LoginGraceTime.
+   * Default 128:30:512, 32 and 15 s, as the embedded gateway.
+   */
+  readonly startups?: { readonly maxStartups: string; readonly perSource: number; readonly loginGraceSeconds: number };
 }
 
 export interface OpensshFile {
@@ -93,6 +99,10 @@ function checkInput(input: OpensshModeInput): { deviceUser: string; operatorUser
   const operatorUser = input.operatorUser ?? OPERATOR_LOGIN;
   if (!SAFE_USER.test(deviceUser) || !SAFE_USER.test(operatorUser)) invalid('device and operator users must be plain user names');
   if (deviceUser === operatorUser) invalid('device and operator users must differ');
+  const startups = input.startups;
+  if (startups && !(parseMaxStartups(startups.maxStartups) && [startups.perSource, startups.loginGraceSeconds].every((n) => Number.isInteger(n) && n >= 1))) {
+    invalid('startups must be start:rate:full and positive integers');
+  }
   const keepalive = input.keepalive;
   if (keepalive && !(Number.isInteger(keepalive.intervalSeconds) && keepalive.intervalSeconds >= 1 && Number.isInteger(keepalive.countMax) && keepalive.countMax >= 1)) {
     invalid('keepalive must be positive integers');
@@ -168,6 +178,23 @@ function lockdown(input: OpensshModeInput, principalsFile: string): string[] {
   ];
 }
 
+/**
+ * Unauthenticated connections, as the embedded gateway limits them: random
+ * early drop over all sources, a cap per IPv4 address or IPv6 /64 (the
+ * gateway's source key), a short login grace. Global keywords (not allowed
+ * after Match): they govern everyone this sshd serves, admins included.
+ */
+function startupLines(input: OpensshModeInput): string[] {
+  const startups = input.startups ?? { maxStartups: '128:30:512', perSource: 32, loginGraceSeconds: 15 };
+  return [
+    '# Connections not yet authenticated (global: these govern every user of this sshd).',
+    `MaxStartups ${startups.maxStartups}`,
+    `PerSourceMaxStartups ${startups.perSource}`,
+    'PerSourceNetBlockSize 32:64',
+    `LoginGraceTime ${startups.loginGraceSeconds}`,
+  ];
+}
+
 function matchBlock(user: string, comment: string, lines: readonly string[]): string {
   return [`# ${comment}`, `Match User ${user}`, ...lines.map((line) => `    ${line}`)].join('\n');
 }
@@ -199,6 +226,7 @@ export function renderSshdConfig(input: OpensshModeInput): string {
 # Global part: HostKey and HostCertificate are not allowed after Match.
 HostKey ${input.hostKeyPath}
 HostCertificate ${join(input.outDir, OPENSSH_FILES.hostCertificate)}
+${startupLines(input).join('\n')}
 `;
   const device = matchBlock(deviceUser, `Devices: a remote forward on ${TUNNEL_HOST} of their own ports (principals.devices), nothing else.`, [
     'AllowTcpForwarding remote',
@@ -220,13 +248,16 @@ export function renderOpensshFiles(input: OpensshModeInput): Map<string, Openssh
   const config = renderSshdConfig(input); // validates the input first
   // Insertion order is write order: everything the config references exists
   // before the config that references it.
+  // Modes: sshd reads the config, CA key, host certificate and KRL as root
+  // (its privileged monitor), so they are the owner's alone; it opens the
+  // principals files with the connecting user's uid, so they must be 0644.
   return new Map<string, OpensshFile>([
-    [OPENSSH_FILES.krl, { content: input.krl, mode: 0o644 }],
-    [OPENSSH_FILES.userCa, { content: `${formatPublicKey(input.userCaKey, 'certunnel-user-ca')}\n`, mode: 0o644 }],
-    [OPENSSH_FILES.hostCertificate, { content: `${input.hostCertificate.trim()}\n`, mode: 0o644 }],
+    [OPENSSH_FILES.krl, { content: input.krl, mode: 0o600 }],
+    [OPENSSH_FILES.userCa, { content: `${formatPublicKey(input.userCaKey, 'certunnel-user-ca')}\n`, mode: 0o600 }],
+    [OPENSSH_FILES.hostCertificate, { content: `${input.hostCertificate.trim()}\n`, mode: 0o600 }],
     [OPENSSH_FILES.devicePrincipals, { content: renderPrincipals(input.pool, 'devices'), mode: 0o644 }],
     [OPENSSH_FILES.operatorPrincipals, { content: renderPrincipals(input.pool, 'operators'), mode: 0o644 }],
-    [OPENSSH_FILES.config, { content: config, mode: 0o644 }],
+    [OPENSSH_FILES.config, { content: config, mode: 0o600 }],
   ]);
 }
 

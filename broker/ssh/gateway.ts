@@ -14,14 +14,14 @@
  * counted in stats() and audited with a reason code; the peer only sees the
  * plain SSH failure. Two exceptions, both documented: "none" (the method
  * list probe every client sends first) is not an attempt, and connections
- * refused before any SSH byte (rate limit, unauthenticated cap) are counted
+ * refused before any SSH byte (rate limit, per-source cap, random early drop) are counted
  * and logged once per run, not audited - there is no one to name yet.
  */
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import ssh2 from 'ssh2';
 import type { Connection } from 'ssh2';
 import { encodePrivateKey } from '../../ca/index.js';
-import { ConnectionRateLimiter } from '../core/rate-limit.js';
+import { ConnectionRateLimiter, PerSourceCap, shouldDropEarly, type EarlyDropPolicy } from '../core/rate-limit.js';
 import { handleUserauth, refuseUserauth, type Authenticating, type AuthenticationDeps } from './handle-userauth.js';
 import { authorizeReach, type ForwardRequest } from './authorize.js';
 import { handleDirectTcpip, refuseChannel, type ChannelDeps } from './handle-channels.js';
@@ -60,6 +60,12 @@ class EmbeddedGateway implements Gateway {
   private readonly registry: SessionRegistry;
   private readonly phases: PhaseDeps;
   private readonly limiter: ConnectionRateLimiter;
+  /** Unauthenticated connections per source (sshd PerSourceMaxStartups). */
+  private readonly perSource: PerSourceCap;
+  /** sshd MaxStartups start:rate:full over every source's unauthenticated connections. */
+  private readonly earlyDrop: EarlyDropPolicy;
+  /** Early drops since the last admission: the first of a run is logged. */
+  private droppingEarly = false;
   private readonly sshServer: ssh2.Server;
   private readonly netServer: NetServer;
   private readonly states = new Set<ConnState>();
@@ -79,9 +85,14 @@ class EmbeddedGateway implements Gateway {
       clock, logger, audit, counters: this.counters, registry: this.registry,
       certDeps: { trustedCaKeys: deps.userCaKeys, isRevoked: (c) => deps.isRevoked(c), ...(deps.portPool ? { pool: deps.portPool } : {}) },
       maxAuthAttempts: limits.maxAuthAttempts,
+      sessionsOf: (identity) => this.registry.sessionsOf(identity),
+      maxSessionsPerCertificate: limits.maxSessionsPerCertificate,
       resolveDevice: deps.resolveDevice,
     };
     this.limiter = new ConnectionRateLimiter({ ratePerSecond: limits.perIpRatePerSecond, burst: limits.perIpBurst });
+    this.perSource = new PerSourceCap(limits.maxUnauthenticatedPerSource);
+    const full = limits.maxUnauthenticated;
+    this.earlyDrop = { start: Math.min(limits.earlyDropStart, full), rate: limits.earlyDropRate, full };
     // ssh2 is used for the protocol only: sockets come from our own listener
     // (injectSocket), so that limits apply before ssh2 allocates anything.
     this.sshServer = new ssh2.Server({
@@ -124,7 +135,14 @@ class EmbeddedGateway implements Gateway {
     if (this.closing) return this.refuseConnection(socket, 'GATEWAY_CLOSING', remoteAddr, false);
     const rate = this.limiter.take(remoteAddr);
     if (!rate.allowed) return this.refuseConnection(socket, 'RATE_LIMITED', remoteAddr, rate.firstRefusal);
-    if (this.unauthenticated >= this.limits.maxUnauthenticated) return this.refuseConnection(socket, 'TOO_MANY_UNAUTHENTICATED', remoteAddr, true);
+    if (shouldDropEarly(this.unauthenticated, this.earlyDrop, this.deps.random)) {
+      const first = !this.droppingEarly;
+      this.droppingEarly = true;
+      return this.refuseConnection(socket, 'TOO_MANY_UNAUTHENTICATED', remoteAddr, first);
+    }
+    const source = this.perSource.acquire(remoteAddr);
+    if (!source.allowed) return this.refuseConnection(socket, 'TOO_MANY_FROM_SOURCE', remoteAddr, source.firstRefusal);
+    this.droppingEarly = false;
     this.track({ socket, remoteAddr, failures: 0 });
     this.sshServer.injectSocket(socket);
   }
@@ -143,11 +161,17 @@ class EmbeddedGateway implements Gateway {
       this.states.delete(state);
       if (!state.session) {
         clearTimeout(state.authTimer);
-        this.unauthenticated -= 1;
+        this.leaveUnauthenticated(state);
       } else {
         void this.registry.end(state.session, undefined);
       }
     });
+  }
+
+  /** STATE authenticated or closed: its slot, global and per source, is free. */
+  private leaveUnauthenticated(state: ConnState): void {
+    this.unauthenticated -= 1;
+    this.perSource.release(state.remoteAddr);
   }
 
   private onSshConnection(conn: Connection, info: { ip: string; port: number }): void {
@@ -181,7 +205,7 @@ class EmbeddedGateway implements Gateway {
       return;
     }
     clearTimeout(state.authTimer);
-    this.unauthenticated -= 1;
+    this.leaveUnauthenticated(state);
     const { clock, logger } = this.deps;
     const session = new GatewaySession(this.nextSessionId++, identity, conn, state.socket, state.remoteAddr, clock());
     state.session = session;

@@ -4,7 +4,9 @@
  * to the client. Every refusal is counted, logged and audited (ssh.auth,
  * outcome refused) with its reason while the client sees only the plain SSH
  * failure; a connection is dropped after maxAuthAttempts refusals (sshd
- * MaxAuthTries) or when its login grace time runs out (AUTH_TIMEOUT).
+ * MaxAuthTries) or when its login grace time runs out (AUTH_TIMEOUT), and
+ * a valid certificate is refused while its device already holds
+ * maxSessionsPerCertificate sessions (TOO_MANY_SESSIONS).
  */
 import type { Socket } from 'node:net';
 import type { AuthContext, Connection } from 'ssh2';
@@ -32,6 +34,9 @@ export interface AuthenticationDeps {
   readonly logger: GatewayLogger;
   audit(event: AuditEvent): void;
   readonly maxAuthAttempts: number;
+  /** Sessions IDENTITY's device (or operator certificate) holds now, and how many it may. */
+  sessionsOf(identity: Identity): number;
+  readonly maxSessionsPerCertificate: number;
 }
 
 /** Answers one SSH_MSG_USERAUTH_REQUEST. */
@@ -46,6 +51,13 @@ export function handleUserauth(deps: AuthenticationDeps, state: Authenticating, 
       ctx.accept();
       return;
     case 'accept':
+      if (deps.sessionsOf(decision.identity) >= deps.maxSessionsPerCertificate) {
+        // Checked here, not once the session exists: ssh2 emits "ready" within accept(), so the count is exact.
+        ctx.reject(['publickey']);
+        const { keyId, serial } = decision.identity;
+        refuseUserauth(deps, state, 'TOO_MANY_SESSIONS', { claimed: { keyId, serial }, method: ctx.method, drop: true });
+        return;
+      }
       deps.counters.signature(decision.signatureForm);
       state.identity = decision.identity;
       ctx.accept();

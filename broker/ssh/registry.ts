@@ -32,6 +32,14 @@ export class SessionRegistry {
     return [...this.live];
   }
 
+  /** Live sessions of IDENTITY's device (any of its certificates), or of an operator's certificate (by serial). */
+  sessionsOf(identity: Identity): number {
+    if (identity.role === 'device') return this.byDevice.get(identity.deviceId)?.size ?? 0;
+    let n = 0;
+    for (const s of this.live) if (s.identity.role === 'operator' && s.identity.serial === identity.serial) n++;
+    return n;
+  }
+
   ofDevice(deviceId: string): GatewaySession[] {
     return [...(this.byDevice.get(deviceId) ?? [])];
   }

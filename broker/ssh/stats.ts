@@ -13,7 +13,7 @@ export interface ByteCounters {
   out: number;
 }
 
-export type ConnectionRefusal = 'RATE_LIMITED' | 'TOO_MANY_UNAUTHENTICATED' | 'GATEWAY_CLOSING';
+export type ConnectionRefusal = 'RATE_LIMITED' | 'TOO_MANY_UNAUTHENTICATED' | 'TOO_MANY_FROM_SOURCE' | 'GATEWAY_CLOSING';
 
 export interface GatewayStats {
   /** TCP connections held, authenticated or not. */

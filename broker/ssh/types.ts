@@ -44,10 +44,18 @@ export interface GatewayLogger {
 }
 
 export interface GatewayLimits {
-  /** Connections that have not authenticated yet, all sources together (sshd MaxStartups). */
+  /** Connections that have not authenticated yet, all sources together: sshd MaxStartups' full. */
   readonly maxUnauthenticated?: number;
+  /** Random early drop from this many unauthenticated connections on (MaxStartups' start; capped at maxUnauthenticated)… */
+  readonly earlyDropStart?: number;
+  /** …refusing a new one with this probability (percent) there, rising to 100% at maxUnauthenticated (MaxStartups' rate). */
+  readonly earlyDropRate?: number;
+  /** Unauthenticated connections from one IPv4 address / IPv6 /64 (sshd PerSourceMaxStartups). */
+  readonly maxUnauthenticatedPerSource?: number;
   /** From TCP accept to successful authentication (sshd LoginGraceTime). */
   readonly authTimeoutMs?: number;
+  /** Concurrent sessions of one device (all its certificates), or of one operator certificate (by serial). */
+  readonly maxSessionsPerCertificate?: number;
   /** Refused attempts per connection before it is dropped (sshd MaxAuthTries). */
   readonly maxAuthAttempts?: number;
   /** Token bucket per IPv4 address / IPv6 /64: sustained new connections per second… */
@@ -65,10 +73,23 @@ export interface GatewayLimits {
  * devices behind one NAT that all reconnect after a broker restart: 100 at
  * once, then 10 a second (600 a minute) while their jittered backoff spreads
  * them out. A dead device is noticed after about 15 s x (3 + 1) = 60 s.
+ *
+ * Unauthenticated connections: a device authenticates within a few round
+ * trips, so 32 at once per source is plenty for that venue (one that is
+ * refused retries with its backoff), and a 15 s grace still covers a slow
+ * cellular link. One address holds at most 32 slots of 512, and from 128
+ * held in all, new ones are dropped at random (30% rising to 100% at 512):
+ * a flood from many addresses slows devices down but cannot shut them out.
+ * A device reconnecting replaces its old session (takeover), so a device
+ * needs two sessions at most for a moment; 4 leaves room.
  */
 export const DEFAULT_LIMITS: Required<GatewayLimits> = Object.freeze({
   maxUnauthenticated: 512,
-  authTimeoutMs: 30_000,
+  earlyDropStart: 128,
+  earlyDropRate: 30,
+  maxUnauthenticatedPerSource: 32,
+  authTimeoutMs: 15_000,
+  maxSessionsPerCertificate: 4,
   maxAuthAttempts: 6,
   perIpRatePerSecond: 10,
   perIpBurst: 100,
@@ -101,6 +122,8 @@ export interface GatewayDeps {
   presence?(update: PresenceUpdate): void;
   readonly logger: GatewayLogger;
   readonly limits?: GatewayLimits;
+  /** [0, 1) for the random early drop; injected so that tests decide it. Default Math.random. */
+  readonly random?: () => number;
 }
 
 export interface Gateway {

@@ -20,6 +20,8 @@ export type AuthRefusal =
   | 'BAD_SESSION_SIGNATURE'
   | 'TOO_MANY_ATTEMPTS'
   | 'AUTH_TIMEOUT'
+  /** A valid certificate whose device (or operator certificate) already has maxSessionsPerCertificate sessions. */
+  | 'TOO_MANY_SESSIONS'
   /** An injected dependency (isRevoked, clock) threw: refused, fail closed. */
   | 'INTERNAL_ERROR';
 

@@ -71,6 +71,25 @@ export async function listAudit(db: Db, filter: AuditFilter): Promise<Page<Audit
 }
 
 /**
+ * What audit retention may delete: refusals and failures (an error code,
+ * `refused`). Rows of what happened - `ok` (enrollments, renewals,
+ * revocations, mints, keys), `allowed` (an operator's connection), `closed`
+ * (a session the gateway ended) - are kept.
+ */
+const KEPT_OUTCOMES = ['ok', 'allowed', 'closed'] as const;
+
+/** Deletes failure rows older than BEFORE; returns how many. */
+export async function pruneAuditFailures(db: Db, before: Date): Promise<number> {
+  return db.run(`DELETE FROM audit_events WHERE at < ? AND outcome NOT IN (${KEPT_OUTCOMES.map(() => '?').join(', ')})`, [toMillis(before), ...KEPT_OUTCOMES]);
+}
+
+/** Rows in the audit trail (the metric of its size). */
+export async function countAudit(db: Db): Promise<number> {
+  const row = await db.first<{ n: number | string }>('SELECT COUNT(*) AS n FROM audit_events');
+  return Number(row?.n ?? 0);
+}
+
+/**
  * The primary key detects a replay; ON CONFLICT DO NOTHING (rather than
  * catching the violation) keeps a PostgreSQL transaction usable afterwards.
  * Nonces must outlive the renewal request's freshness window, or a request

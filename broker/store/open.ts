@@ -23,6 +23,7 @@
  * fails STORE_BUSY; a Store *read* there does not see the transaction's own
  * writes. Use the `tx` the callback receives.
  */
+import { chmod, open } from 'node:fs/promises';
 import knex, { type Knex } from 'knex';
 import * as certs from './certs.js';
 import { connectionDb } from './connection-db.js';
@@ -105,8 +106,28 @@ function runTransaction<T>(committer: GroupCommitter, serials: SerialReserve, fn
   });
 }
 
+/**
+ * The database holds the device inventory and the audit trail: owner-only,
+ * whatever the umask (0022 would make it 0644, and OpenSSH mode documents
+ * the data directory as 0711, searchable by everyone). The file is created
+ * 0600 before SQLite opens it; SQLite gives -wal and -shm the main file's
+ * mode when it creates them. Files an older broker left 0644 are narrowed.
+ */
+async function restrictDatabaseFiles(filename: string): Promise<void> {
+  if (filename === ':memory:' || filename === '' || filename.startsWith('file:')) return;
+  // Cannot create it (no such directory…): SQLite's own open says why, as before.
+  const created = await open(filename, 'a', 0o600).catch(() => undefined);
+  await created?.close();
+  for (const path of [filename, `${filename}-wal`, `${filename}-shm`]) {
+    await chmod(path, 0o600).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+  }
+}
+
 export async function openStore(options: OpenStoreOptions): Promise<Store> {
   const readonly = options.readonly ?? false;
+  if (!readonly) await restrictDatabaseFiles(options.filename);
   const acquireTimeoutMs = options.acquireTimeoutMs ?? ACQUIRE_TIMEOUT_MS;
   const connections = await openConnections(options.filename, { readonly, readConnections: options.readConnections ?? 1, acquireTimeoutMs });
   // A connection-less knex: compiles queries, can never execute one.

@@ -26,7 +26,7 @@ const READ_OPERATIONS: ReadonlySet<string> = new Set<keyof StoreTx>([
   'portPoolUsage',
   'findCertificate', 'latestCertificateOfDevice', 'findDeviceWithLatestCertificate', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
   'findApiKey', 'listApiKeys',
-  'listAudit',
+  'listAudit', 'countAudit',
 ]);
 
 export function isReadOperation(operation: string): boolean {
@@ -85,5 +85,7 @@ export function bindOps(withDb: WithDb): StoreTx {
     pruneNonces: op('pruneNonces', audit.pruneNonces),
     appendAudit: op('appendAudit', audit.appendAudit),
     listAudit: op('listAudit', audit.listAudit),
+    pruneAuditFailures: op('pruneAuditFailures', audit.pruneAuditFailures),
+    countAudit: op('countAudit', audit.countAudit),
   };
 }

@@ -299,6 +299,10 @@ export interface StoreTx {
   appendAudit(event: NewAuditEvent): Promise<void>;
   /** Oldest first. */
   listAudit(filter: AuditFilter): Promise<Page<AuditEvent>>;
+  /** Deletes refusal and failure rows (any outcome but ok, allowed, closed) older than BEFORE; returns how many. */
+  pruneAuditFailures(before: Date): Promise<number>;
+  /** Rows in the audit trail. */
+  countAudit(): Promise<number>;
 }
 
 export interface Store extends StoreTx {

@@ -80,6 +80,12 @@ export class BrokerMetrics {
         this.set(krlHealth()?.writeFailures ?? 0);
       },
     });
+    new Gauge({
+      name: 'certunnel_audit_events', help: 'Rows in the audit trail (refusals and failures are pruned after audit.failureRetentionDays)', registers: [this.registry],
+      async collect() {
+        this.set(await store.countAudit());
+      },
+    });
     const gatewayStats = (): ReturnType<GatewayStatsSource['stats']> | undefined => this.gateway?.stats();
     new Gauge({
       name: 'certunnel_tunnels_connected', help: 'Device tunnels connected to the embedded gateway', registers: [this.registry],

@@ -23,7 +23,7 @@ const gateway = createGateway({
   logger: { info: silent, warn: silent, error: silent },
   // Every device connects from 127.0.0.1 here: lift the per-source bucket
   // (default 100 at once, then 10/s) and the unauthenticated cap.
-  limits: { perIpBurst: 100_000, perIpRatePerSecond: 100_000, maxUnauthenticated: 10_000 },
+  limits: { perIpBurst: 100_000, perIpRatePerSecond: 100_000, maxUnauthenticated: 10_000, earlyDropStart: 10_000, maxUnauthenticatedPerSource: 10_000 },
 });
 const { port } = await gateway.listen(0, '127.0.0.1');
 const gc = (globalThis as { gc?: () => void }).gc;

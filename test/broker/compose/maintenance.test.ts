@@ -44,3 +44,21 @@ test('ok/maintenance drops expired serials from the KRL but keeps the revoked ke
     t.regex(after, new RegExp(`id: device:${grant.deviceId}`));
   });
 });
+
+test('ok/maintenance prunes failure rows older than audit.failureRetentionDays and keeps state changes; /metrics counts the audit', async (t) => {
+  await withBroker(async (b) => {
+    await b.call(b.admin, 'POST', '/v1/tokens', { count: 1 }); // token.mint, kept
+    await b.broker.store.appendAudit({ at: b.clock.now(), actor: 'anonymous', action: 'device.enroll', target: null, remoteAddr: '192.0.2.9', outcome: 'TOKEN_UNKNOWN' });
+    const before = await b.broker.store.countAudit();
+    const metric = async (): Promise<number> => Number(/^certunnel_audit_events (\d+)$/m.exec(String(await b.call(b.anonymous, 'GET', '/metrics')))?.[1]);
+    t.is(await metric(), before);
+    b.clock.advance(91 * 86400_000);
+    const pruned = await runMaintenance({
+      store: b.broker.store, revocations: b.broker.revocations, clock: b.clock.now, logger: createLogger('silent'),
+      keepExpiredCertificatesMs: 86400_000, keepAuditFailuresMs: 90 * 86400_000,
+    });
+    t.is(pruned.auditFailures, 1);
+    t.is(await b.broker.store.countAudit(), before - 1);
+    t.true((await b.broker.store.listAudit({ action: 'token.mint' })).items.length === 1);
+  });
+});

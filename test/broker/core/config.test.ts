@@ -43,3 +43,16 @@ for (const [raw, want] of envs) {
     t.is(parseConfig(overrides, '/data').api.trustProxy, want);
   });
 }
+
+test('ok/ssh start-up limits default to 128:30:512, 32 per source, 15 s grace, 4 sessions per device', (t) => {
+  const { ssh } = parseConfig({}, '/data');
+  t.like(ssh, { maxStartups: '128:30:512', perSourceMaxStartups: 32, loginGraceSeconds: 15, maxSessionsPerDevice: 4 });
+});
+
+for (const bad of ['10:30', '100:30:10', '10:0:100', '10:101:100', '0:30:100', ' 10:30:100', '10:30:100\nMatch all']) {
+  test(`fail/ssh.maxStartups ${JSON.stringify(bad)}`, (t) => {
+    const err = t.throws(() => parseConfig({ ssh: { maxStartups: bad } }, '/data'));
+    t.true(isBrokerError(err, 'CONFIG_INVALID'));
+    t.regex(err!.message, /ssh\.maxStartups/);
+  });
+}

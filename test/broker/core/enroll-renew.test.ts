@@ -217,7 +217,8 @@ test('ok/300 parallel enrollments with distinct tokens get 300 distinct blocks',
     const sorted = grants.map((g) => g.ports).sort((x, y) => x.first - y.first);
     for (let i = 1; i < sorted.length; i++) t.true(sorted[i]!.first > sorted[i - 1]!.last, 'blocks overlap');
     t.is(new Set(grants.map((g) => g.serial)).size, 300);
-  });
+    // 300 sockets at once from one address: above the default api.maxConnectionsPerSource (100).
+  }, { config: { api: { maxConnectionsPerSource: 400 } } });
 });
 
 test('fail/a full pool is PORT_POOL_EXHAUSTED and consumes no token', async (t) => {

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { ConnectionRateLimiter, rateLimitKey } from '../../../broker/core/rate-limit.js';
+import { ConnectionRateLimiter, PerSourceCap, rateLimitKey, shouldDropEarly } from '../../../broker/core/rate-limit.js';
 
 function limiter(ratePerSecond: number, burst: number, maxSources?: number) {
   let now = 0;
@@ -92,4 +92,38 @@ test('retryAfterSeconds: 0 while a token is left, then the wait for the next one
   now = 10_000;
   t.is(limiter.retryAfterSeconds('192.0.2.9'), 0);
   t.true(limiter.take('192.0.2.9').allowed);
+});
+
+test('early drop: none below start, rate% at start rising linearly, all from full (sshd MaxStartups)', (t) => {
+  const policy = { start: 10, rate: 30, full: 110 };
+  const drops = (open: number, draw: number): boolean => shouldDropEarly(open, policy, () => draw);
+  t.false(drops(9, 0), 'below start: never, whatever the draw');
+  t.true(drops(10, 0.299) && !drops(10, 0.3), 'at start: 30%');
+  t.true(drops(60, 0.649) && !drops(60, 0.65), 'half way: 65%');
+  t.true(drops(109, 0.99) && !drops(109, 0.999), 'just below full: 99.3%');
+  t.true(drops(110, 0.9999) && drops(500, 0.9999), 'from full: always');
+  let n = 0;
+  const cycle = (): number => (n++ % 100) / 100; // every draw once per 100
+  let dropped = 0;
+  for (let i = 0; i < 1000; i++) if (shouldDropEarly(35, policy, cycle)) dropped++;
+  t.is(dropped, 480, 'at a quarter of the way, 47.5% rounds up to 48 draws in 100');
+});
+
+test('per-source cap: a source holds at most max; release frees a slot; sources are independent; an IPv6 /64 is one source', (t) => {
+  const cap = new PerSourceCap(2);
+  t.true(cap.acquire('192.0.2.1').allowed);
+  t.true(cap.acquire('192.0.2.1').allowed);
+  t.deepEqual(cap.acquire('192.0.2.1'), { allowed: false, firstRefusal: true });
+  t.deepEqual(cap.acquire('::ffff:192.0.2.1'), { allowed: false, firstRefusal: false }, 'mapped IPv4 is the same source; one log per run');
+  t.true(cap.acquire('192.0.2.2').allowed);
+  cap.release('192.0.2.1');
+  t.is(cap.holding('192.0.2.1'), 1);
+  t.true(cap.acquire('192.0.2.1').allowed);
+  t.true(cap.acquire('2001:db8::1').allowed);
+  t.true(cap.acquire('2001:db8::ffff').allowed);
+  t.false(cap.acquire('2001:db8:0:0:1::1').allowed);
+  t.true(cap.acquire('2001:db8:0:1::1').allowed, 'another /64');
+  for (const addr of ['192.0.2.1', '192.0.2.1', '192.0.2.2']) cap.release(addr);
+  t.is(cap.holding('192.0.2.1'), 0);
+  t.is(cap.holding('192.0.2.2'), 0);
 });

@@ -94,7 +94,8 @@ test('fail/roles and API keys are enforced', async (t) => {
     t.is(await code(b.call(provisioner, 'POST', '/v1/tokens', { count: 2 })), 'NONE');
     t.is(await code(b.call(operator, 'GET', '/v1/devices')), 'NONE');
     const failures = await b.call<{ items: unknown[] }>(b.admin, 'GET', '/v1/audit?action=auth.failure');
-    t.true(failures.items.length >= 3);
+    // Three refused keys from one address in one audit.aggregateSeconds window: the first row now, the repeats as a count later.
+    t.true(failures.items.length >= 1);
   });
 });
 

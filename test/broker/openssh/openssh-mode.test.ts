@@ -74,7 +74,8 @@ test('ok/a pool of 10,000 ports renders 5,000 lines per user', (t) => {
 test('ok/files, modes and order: everything the config references comes before it', (t) => {
   const files = renderOpensshFiles(sampleInput('/srv/certunnel/openssh', '/srv/certunnel/host_key'));
   t.deepEqual([...files.keys()], ['revoked.krl', 'user_ca.pub', 'host_key-cert.pub', 'principals.devices', 'principals.operators', 'sshd_config.certunnel']);
-  for (const file of files.values()) t.is(file.mode, 0o644);
+  // Only the principals files are read by sshd as another user (the connecting one).
+  for (const [name, file] of files) t.is(file.mode, name.startsWith('principals.') ? 0o644 : 0o600, name);
   const config = String(files.get(OPENSSH_FILES.config)!.content);
   // Global keywords before the first Match, each user's lockdown after it.
   const firstMatch = config.indexOf('\nMatch ');
@@ -98,6 +99,9 @@ test('fail/unsafe input is refused with CONFIG_INVALID', (t) => {
     ['same users', { operatorUser: 'tunnel' }],
     ['not a host certificate', { hostCertificate: 'ssh-ed25519 AAAA' }],
     ['two lines as host certificate', { hostCertificate: `${good.hostCertificate}\nMatch all` }],
+    ['startups not start:rate:full', { startups: { maxStartups: '10:30', perSource: 3, loginGraceSeconds: 15 } }],
+    ['startups with a line break', { startups: { maxStartups: '10:30:100\nMatch all', perSource: 3, loginGraceSeconds: 15 } }],
+    ['zero login grace (sshd: no limit)', { startups: { maxStartups: '10:30:100', perSource: 3, loginGraceSeconds: 0 } }],
   ];
   for (const [name, change] of bad) {
     const err = t.throws(() => renderOpensshFiles({ ...good, ...change }), undefined, name);
@@ -114,13 +118,18 @@ sshdTest('ok/sshd -t accepts the generated file; the Match blocks apply to their
     const input = sampleInput(join(dir, 'openssh'), hostKeyPath, { first: 20000, last: 29999, perDevice: 2 });
     const written = await writeOpensshFiles(input);
     t.is(written.length, 6);
-    for (const path of written) t.is((await stat(path)).mode & 0o777, 0o644);
+    for (const path of written) t.is((await stat(path)).mode & 0o777, path.includes('/principals.') ? 0o644 : 0o600, path);
     t.deepEqual(await readFile(join(dir, 'openssh', OPENSSH_FILES.krl)), input.krl);
     const config = join(dir, 'openssh', OPENSSH_FILES.config);
     const check = await checkSshdConfig(config);
     t.true(check.ok, check.output);
 
     const device = await effectiveSshdConfig(config, { user: 'tunnel' });
+    // sshd's own limits on connections not yet authenticated, as the embedded gateway's.
+    t.deepEqual(device.get('maxstartups'), ['128:30:512']);
+    t.deepEqual(device.get('persourcemaxstartups'), ['32']);
+    t.deepEqual(device.get('persourcenetblocksize'), ['32:64']);
+    t.deepEqual(device.get('logingracetime'), ['15']);
     t.deepEqual(device.get('allowtcpforwarding'), ['remote']);
     t.deepEqual(device.get('maxsessions'), ['0']);
     t.deepEqual(device.get('permittty'), ['no']);

@@ -47,3 +47,17 @@ test('ok/presence, api keys, audit', async (t) => {
     t.deepEqual((await store.listAudit({ action: 'auth.failure' })).items.map((e) => e.outcome), ['UNAUTHENTICATED']);
   });
 });
+
+test('ok/audit retention deletes old refusals and failures only; countAudit counts every row', async (t) => {
+  await withStore(async (store) => {
+    const row = (ms: number, outcome: string, action = 'device.enroll') =>
+      store.appendAudit({ at: at(ms), actor: 'anonymous', action, target: null, remoteAddr: '192.0.2.1', outcome: outcome as 'ok', details: {} });
+    for (const outcome of ['ok', 'allowed', 'closed', 'TOKEN_UNKNOWN', 'refused', 'UNAUTHENTICATED']) await row(0, outcome);
+    await row(600_000, 'TOKEN_UNKNOWN');
+    t.is(await store.countAudit(), 7);
+    t.is(await store.pruneAuditFailures(at(300_000)), 3, 'the three old failures');
+    const left = (await store.listAudit({})).items.map((e) => `${e.outcome}@${e.at.getTime() - T0.getTime()}`);
+    t.deepEqual(left, ['ok@0', 'allowed@0', 'closed@0', 'TOKEN_UNKNOWN@600000']);
+    t.is(await store.countAudit(), 4);
+  });
+});

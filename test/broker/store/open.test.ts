@@ -1,6 +1,9 @@
 /** Opening a store (broker/store/open.ts, connections.ts): migrations, WAL, foreign keys, read-only opens. */
 import test from 'ava';
 import { existsSync } from 'node:fs';
+import { chmod, mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { isBrokerError } from '../../../broker/core/errors.js';
 import { openStore } from '../../../broker/store/index.js';
 import { MIGRATIONS } from '../../../broker/store/migrations/index.js';
@@ -34,4 +37,30 @@ test('ok/WAL journal, foreign keys enforced', async (t) => {
     const err = await t.throwsAsync(store.allocatePortBlock('dev_missing', POOL, T0));
     t.true(isBrokerError(err, 'DEVICE_UNKNOWN'));
   });
+});
+
+test('fail/world-readable: the database, its -wal and -shm are 0600 whatever the umask, an older 0644 file is narrowed', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'certunnel-store-'));
+  const file = join(dir, 'broker.sqlite');
+  const previous = process.umask(0o022); // the usual login umask: new files 0644
+  try {
+    const store = await openStore({ filename: file });
+    try {
+      await store.insertTokens([token({ id: 'tok_mode' })]); // a write, so that -wal and -shm exist
+      for (const path of [file, `${file}-wal`, `${file}-shm`]) t.is((await stat(path)).mode & 0o777, 0o600, path);
+    } finally {
+      await store.close();
+    }
+    await chmod(file, 0o644); // as brokers before this fix left it
+    const again = await openStore({ filename: file });
+    try {
+      await again.insertTokens([token({ id: 'tok_mode_2' })]);
+      for (const path of [file, `${file}-wal`, `${file}-shm`]) t.is((await stat(path)).mode & 0o777, 0o600, path);
+    } finally {
+      await again.close();
+    }
+  } finally {
+    process.umask(previous);
+    await rm(dir, { recursive: true, force: true });
+  }
 });
