@@ -37,6 +37,8 @@ export const ERROR_STATUS = {
   DEVICE_SERVICE_UNAVAILABLE: 502,
   /** Too many failed authentication attempts from one address (the proxy's login and bearer keys); Retry-After says when to try again. */
   RATE_LIMITED: 429,
+  /** (CLI) Another running broker holds the data directory's lock; the message names its pid. */
+  DATA_DIR_LOCKED: 409,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
