@@ -50,10 +50,11 @@ export interface ErrorResponse {
 
 /**
  * What the client (api/client.ts) reports when there is no broker refusal to
- * read: the TLS key is not the pinned one, no connection or answer in time,
+ * read: the TLS key is not the pinned one, no pin for a certificate the
+ * system CAs do not vouch for (TLS_PIN_REQUIRED), no connection or answer in time,
  * an oversized answer, or HTTP_<status> for a refusal without a JSON body.
  */
-export type ClientErrorCode = 'PIN_MISMATCH' | 'UNREACHABLE' | 'TIMEOUT' | 'RESPONSE_TOO_LARGE' | `HTTP_${string}`;
+export type ClientErrorCode = 'PIN_MISMATCH' | 'TLS_PIN_REQUIRED' | 'UNREACHABLE' | 'TIMEOUT' | 'RESPONSE_TOO_LARGE' | `HTTP_${string}`;
 
 export type ApiErrorCode = ErrorCode | ClientErrorCode;
 

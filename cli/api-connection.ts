@@ -27,8 +27,9 @@ export function addApiOptions(cmd: Command): Command {
 }
 
 export async function resolveApi(flags: ApiFlags, env: NodeJS.ProcessEnv): Promise<ApiClientOptions> {
-  let baseUrl = flags.api ?? env.CERTUNNEL_API_URL;
-  let pin = flags.pin ?? env.CERTUNNEL_API_PIN;
+  // An empty variable (`CERTUNNEL_API_PIN= certunnel …`) is an unset one, so --data still fills it in.
+  let baseUrl = flags.api ?? (env.CERTUNNEL_API_URL || undefined);
+  let pin = flags.pin ?? (env.CERTUNNEL_API_PIN || undefined);
   if (flags.data) {
     const config = await loadConfig({ dataDir: flags.data, env });
     const paths = dataPaths(flags.data);

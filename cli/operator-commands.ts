@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import type { DeviceView, ListAuditRequest, ListAuditResponse, ListDevicesRequest, ListDevicesResponse, ListTokensRequest, ListTokensResponse, MintTokensRequest, MintTokensResponse, RevokeDeviceRequest, RevokeDeviceResponse, RevokeTokensRequest, RevokeTokensResponse } from '../api/index.js';
 import { addApiOptions, callApi, type ApiFlags } from './api-connection.js';
+import { callDeviceApi } from './device-ref.js';
 import { CliError, printJson, printTable } from './output.js';
 
 /** The query string of a list request, its values as given on the command line (the broker validates them). */
@@ -85,7 +86,7 @@ function registerDeviceCommands(program: Command, env: NodeJS.ProcessEnv): void 
     });
   addApiOptions(device.command('show').description('show one device').argument('<device>', 'device id or name'))
     .action(async (ref: string, flags: ApiFlags) => {
-      const res = await callApi<DeviceView>(flags, env, 'GET', `/v1/devices/${encodeURIComponent(ref)}`);
+      const res = await callDeviceApi<DeviceView>(flags, env, 'GET', ref);
       if (flags.json) printJson(res);
       else for (const [k, v] of Object.entries(res)) process.stdout.write(`${k.padEnd(16)} ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v ?? '-')}\n`);
     });
@@ -93,7 +94,7 @@ function registerDeviceCommands(program: Command, env: NodeJS.ProcessEnv): void 
     .option('--reason <text>', 'why, recorded in the audit trail')
     .action(async (ref: string, flags: ApiFlags & { reason?: string }) => {
       const body: RevokeDeviceRequest = { reason: flags.reason };
-      const res = await callApi<RevokeDeviceResponse>(flags, env, 'POST', `/v1/devices/${encodeURIComponent(ref)}/revoke`, body);
+      const res = await callDeviceApi<RevokeDeviceResponse>(flags, env, 'POST', ref, '/revoke', body);
       if (flags.json) printJson(res);
       else process.stdout.write(res.alreadyRevoked ? `${res.device.id} was already revoked\n` : `revoked ${res.device.id}${res.device.name ? ` (${res.device.name})` : ''}: ${res.certificatesRevoked} certificate(s) revoked, KRL updated, live tunnel (if any) closed\n`);
     });

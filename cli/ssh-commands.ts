@@ -19,6 +19,7 @@ import type { Command } from 'commander';
 import { generateKeyPair, saveKeyPair } from '../ca/index.js';
 import { type ListDevicesResponse, type OperatorCertificateResponse, SLOT, slotPort, TUNNEL_HOST } from '../api/index.js';
 import { addApiOptions, callApi, resolveApi, type ApiFlags } from './api-connection.js';
+import { callDeviceApi } from './device-ref.js';
 import { CliError, notice, printResult } from './output.js';
 
 const OPERATOR_KEY_FILE = 'operator_ed25519';
@@ -169,7 +170,7 @@ export function explainHopFailure(log: string, grant: OperatorCertificateRespons
 }
 
 async function requestGrant(flags: ApiFlags, env: NodeJS.ProcessEnv, device: string, publicKey: string): Promise<OperatorCertificateResponse> {
-  return callApi<OperatorCertificateResponse>(flags, env, 'POST', `/v1/devices/${encodeURIComponent(device)}/operator-certificate`, { publicKey });
+  return callDeviceApi<OperatorCertificateResponse>(flags, env, 'POST', device, '/operator-certificate', { publicKey });
 }
 
 function run(command: string, args: readonly string[], stdio: 'inherit' | ['inherit', 'inherit', number]): Promise<number> {
