@@ -174,7 +174,7 @@ export class Agent {
   #start(): void {
     if (!this.#renewal.enrollment) {
       if (!this.#config.enroll.token) {
-        return this.#finish('closed', EXIT.NOT_ENROLLED, 'NOT_ENROLLED', `${this.#config.stateDir} is not enrolled and no enrollment token is configured`);
+        return this.#finish('closed', EXIT.NOT_ENROLLED, 'NOT_ENROLLED', `${this.#config.stateDir} is not enrolled and no enrollment token is configured: run certunnel agent enroll --url <broker> --pin <sha256//…> --token-file <file>, or give agent run --token-file <file> (or enroll.token in --config)`);
       }
       if (!this.#config.broker) throw new AgentError('CONFIG_INVALID', 'config field broker: needed to enroll', EXIT.USAGE);
       this.machine.transition('enrolling', 'not enrolled yet');

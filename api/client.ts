@@ -50,13 +50,34 @@ class PinnedAgent extends HttpsAgent {
     socket.once('secureConnect', () => {
       const cert = socket.getPeerCertificate();
       if (!cert || !cert.pubkey || tlsPinOfSpki(cert.pubkey) !== this.pin) {
-        finish(new ApiError('PIN_MISMATCH', `the broker at ${host} does not present the pinned TLS key`));
+        finish(new ApiError('PIN_MISMATCH', `the broker at ${host} does not present the pinned TLS key; nothing was sent. Check the pin (tls/api.pin in the broker's data directory); if the broker's TLS key was replaced on purpose, pin the new one`));
       } else {
         finish(null);
       }
     });
     return undefined;
   }
+}
+
+/**
+ * The certificate checks of an unpinned https request (Node's TLS error
+ * codes): the broker answered, but with a certificate no system CA vouches
+ * for, which is what its own self-signed one is. The fix is its pin.
+ */
+const UNTRUSTED_CERTIFICATE = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'UNABLE_TO_GET_ISSUER_CERT', 'CERT_HAS_EXPIRED', 'CERT_UNTRUSTED', 'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+function connectionError(url: URL, err: NodeJS.ErrnoException): ApiError {
+  if (url.protocol === 'https:' && err.code !== undefined && UNTRUSTED_CERTIFICATE.has(err.code)) {
+    return new ApiError(
+      'TLS_PIN_REQUIRED',
+      `the broker at ${url.host} answered, but its TLS certificate is not vouched for by a system CA (${err.code}); nothing was sent. ` +
+        "Pin its key: --pin sha256//… (or CERTUNNEL_API_PIN; the agent's broker.pin), printed by certunnel init and kept in tls/api.pin in the broker's data directory",
+    );
+  }
+  return new ApiError('UNREACHABLE', `cannot reach ${url.host}: ${err.message}`);
 }
 
 async function readBody(res: IncomingMessage, limit = 16 * 1024 * 1024): Promise<Buffer> {
@@ -90,7 +111,7 @@ export async function apiRequest<T>(options: ApiClientOptions, method: string, p
   const res = await new Promise<IncomingMessage>((resolve, reject) => {
     const req = (https ? httpsRequest : httpRequest)(url, { method, headers, agent }, resolve);
     req.setTimeout(timeoutMs, () => req.destroy(new ApiError('TIMEOUT', `${method} ${url.pathname} timed out after ${timeoutMs} ms`)));
-    req.once('error', (err) => reject(err instanceof ApiError ? err : new ApiError('UNREACHABLE', `cannot reach ${url.host}: ${err.message}`)));
+    req.once('error', (err) => reject(err instanceof ApiError ? err : connectionError(url, err)));
     req.end(payload);
   });
   const data = await readBody(res);

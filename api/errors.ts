@@ -53,6 +53,8 @@ export const ERROR_STATUS = {
   API_KEY_PROXY_ONLY: 403,
   /** Revoking the last active admin key needs {"force": true}. */
   LAST_ADMIN_KEY: 409,
+  /** (CLI) Another running broker holds the data directory's lock; the message names its pid. */
+  DATA_DIR_LOCKED: 409,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
@@ -64,10 +66,11 @@ export interface ErrorResponse {
 
 /**
  * What the client (api/client.ts) reports when there is no broker refusal to
- * read: the TLS key is not the pinned one, no connection or answer in time,
+ * read: the TLS key is not the pinned one, no pin for a certificate the
+ * system CAs do not vouch for (TLS_PIN_REQUIRED), no connection or answer in time,
  * an oversized answer, or HTTP_<status> for a refusal without a JSON body.
  */
-export type ClientErrorCode = 'PIN_MISMATCH' | 'UNREACHABLE' | 'TIMEOUT' | 'RESPONSE_TOO_LARGE' | `HTTP_${string}`;
+export type ClientErrorCode = 'PIN_MISMATCH' | 'TLS_PIN_REQUIRED' | 'UNREACHABLE' | 'TIMEOUT' | 'RESPONSE_TOO_LARGE' | `HTTP_${string}`;
 
 export type ApiErrorCode = ErrorCode | ClientErrorCode;
 

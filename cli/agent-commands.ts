@@ -153,6 +153,8 @@ async function run(flags: RunFlags): Promise<void> {
     process.off('SIGINT', stop);
     status = result.status;
     logger.info({ event: 'exit', status, state: result.state, code: result.code }, `agent exiting with status ${status}`);
+    // Not enrolled is a mistake of the person starting it, not a log event: say it where they look, with the fix.
+    if (result.code === 'NOT_ENROLLED') throw new AgentError('NOT_ENROLLED', result.message, status);
   } finally {
     await release();
   }

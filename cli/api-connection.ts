@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { type ApiClientOptions, apiRequest } from '../api/index.js';
 import { dataPaths, loadConfig, localApiUrl, splitHostPort } from '../broker/compose/index.js';
-import { CliError } from './output.js';
+import { CliError, notice } from './output.js';
 
 export interface ApiFlags {
   api?: string;
@@ -27,8 +27,9 @@ export function addApiOptions(cmd: Command): Command {
 }
 
 export async function resolveApi(flags: ApiFlags, env: NodeJS.ProcessEnv): Promise<ApiClientOptions> {
-  let baseUrl = flags.api ?? env.CERTUNNEL_API_URL;
-  let pin = flags.pin ?? env.CERTUNNEL_API_PIN;
+  // An empty variable (`CERTUNNEL_API_PIN= certunnel …`) is an unset one, so --data still fills it in.
+  let baseUrl = flags.api ?? (env.CERTUNNEL_API_URL || undefined);
+  let pin = flags.pin ?? (env.CERTUNNEL_API_PIN || undefined);
   if (flags.data) {
     const config = await loadConfig({ dataDir: flags.data, env });
     const paths = dataPaths(flags.data);
@@ -41,7 +42,7 @@ export async function resolveApi(flags: ApiFlags, env: NodeJS.ProcessEnv): Promi
   const apiKey = flags.apiKey ?? env.CERTUNNEL_API_KEY;
   if (!apiKey) throw new CliError('UNAUTHENTICATED', 'no API key: set CERTUNNEL_API_KEY (or --api-key)');
   if (baseUrl.startsWith('https:') && !pin) {
-    process.stderr.write('certunnel: no --pin given; verifying the broker with the system CA store\n');
+    notice('no --pin given; verifying the broker with the system CA store');
   }
   return { baseUrl, apiKey, pin };
 }

@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import {
   createLogger, dataPaths, ephemeralOverlapWarning, initDataDir, loadConfig, readEphemeralRange, startBroker, type BrokerConfig, type Logger,
 } from '../broker/compose/index.js';
-import { CliError } from './output.js';
+import { CliError, JSON_OPTION_HELP, notice, printResult } from './output.js';
 import { readPassphrase } from './passphrase.js';
 
 interface InitFlags {
@@ -18,6 +18,7 @@ interface InitFlags {
   insecureHttp?: boolean;
   trustProxy?: boolean;
   passphraseFile?: string;
+  json?: boolean;
 }
 
 function initConfig(flags: InitFlags): Record<string, unknown> {
@@ -42,19 +43,30 @@ function initConfig(flags: InitFlags): Record<string, unknown> {
   return config;
 }
 
-async function runInit(flags: InitFlags, env: NodeJS.ProcessEnv): Promise<void> {
+async function runInit(flags: InitFlags, env: NodeJS.ProcessEnv, next: string): Promise<void> {
   const result = await initDataDir({ dir: flags.data, config: initConfig(flags), passphrase: await readPassphrase(flags.passphraseFile, env) });
-  const out = process.stdout;
-  out.write(`Initialised certunnel broker data in ${flags.data}\n`);
-  out.write(`  user CA:  ${result.userCaFingerprint}\n  host CA:  ${result.hostCaFingerprint}\n`);
-  out.write(`  API pin:  ${result.apiPin}   (devices pin this; also in ${dataPaths(flags.data).apiPin})\n`);
-  out.write(`\nAdmin API key (shown once, store it now):\n  ${result.adminKey}\n`);
   const overlap = ephemeralOverlapWarning(result.config.ports, readEphemeralRange());
-  if (overlap) process.stderr.write(`warning: ${overlap}\n`);
+  const pinFile = dataPaths(flags.data).apiPin;
+  const summary = {
+    dataDir: flags.data, userCa: result.userCaFingerprint, hostCa: result.hostCaFingerprint, apiPin: result.apiPin, apiPinFile: pinFile,
+    adminKey: result.adminKey, warnings: overlap ? [overlap] : [],
+  };
+  printResult(flags.json, summary, [
+    `Initialised certunnel broker data in ${flags.data}`,
+    `  user CA:  ${result.userCaFingerprint}\n  host CA:  ${result.hostCaFingerprint}`,
+    `  API pin:  ${result.apiPin}   (devices pin this; also in ${pinFile})`,
+    `\nAdmin API key (shown once, store it now):\n  ${result.adminKey}`,
+    `\nNext: ${next}`,
+    `  export CERTUNNEL_API_KEY=<the admin key above>`,
+    `  certunnel token create --data ${flags.data}     # a single-use enrollment token for a device`,
+    '',
+  ].join('\n'));
+  if (overlap && !flags.json) notice(`warning: ${overlap}`);
 }
 
 interface ServeFlags {
   data: string;
+  json?: boolean;
   apiListen?: string;
   sshListen?: string;
   sshMode?: string;
@@ -138,15 +150,21 @@ function addInitOptions(cmd: Command): Command {
 export function registerBrokerCommands(program: Command, env: NodeJS.ProcessEnv): void {
   addInitOptions(program.command('init').description('create a broker data directory (config, database, CAs, keys, TLS, admin API key)'))
     .requiredOption('--data <dir>', 'data directory to create')
-    .action((flags: InitFlags) => runInit(flags, env));
+    .option('--json', JSON_OPTION_HELP)
+    .action((flags: InitFlags) => runInit(flags, env, `certunnel broker --data ${flags.data}     # run it; then, in another shell:`));
 
   addServeOptions(program.command('broker').description('run the broker (HTTPS API and SSH gateway) from a data directory'))
     .action((flags: ServeFlags) => serve(flags, env));
 
+  // start takes every init option (used on the first run only) besides the broker's own.
   addServeOptions(program.command('start').description('initialise the data directory on first run, then run the broker'))
-    .action(async (flags: ServeFlags) => {
+    .option('--domain <domain>', 'first run: domain for device hostnames and certificates')
+    .option('--port-range <first-last>', 'first run: pool of tunnel ports, e.g. 20000-29999')
+    .option('--ports-per-device <n>', 'first run: ports in each device block (default 2: ssh, http)')
+    .option('--json', JSON_OPTION_HELP)
+    .action(async (flags: ServeFlags & InitFlags) => {
       const initialised = await access(dataPaths(flags.data).config).then(() => true, () => false);
-      if (!initialised) await runInit({ data: flags.data, apiListen: flags.apiListen, sshListen: flags.sshListen, sshMode: flags.sshMode, insecureHttp: flags.insecureHttp, trustProxy: flags.trustProxy, passphraseFile: flags.passphraseFile }, env);
+      if (!initialised) await runInit(flags, env, 'the broker starts now; in another shell:');
       await serve(flags, env);
     });
 }

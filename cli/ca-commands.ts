@@ -18,7 +18,7 @@ import {
   writeKrl,
 } from '../ca/index.js';
 import { readPassphrase } from './passphrase.js';
-import { CliError } from './output.js';
+import { CliError, printJson, printResult } from './output.js';
 
 const USER_CA_FILE = 'user_ca';
 const HOST_CA_FILE = 'host_ca';
@@ -50,6 +50,7 @@ interface SignDeviceFlags {
   validity: string;
   passphraseFile?: string;
   out?: string;
+  json?: boolean;
 }
 
 interface KrlFlags {
@@ -59,9 +60,10 @@ interface KrlFlags {
   serialRange?: string[];
   keyId?: string[];
   version: string;
+  json?: boolean;
 }
 
-async function initCa(opts: { dir: string; passphraseFile?: string }, env: NodeJS.ProcessEnv): Promise<void> {
+async function initCa(opts: { dir: string; passphraseFile?: string; json?: boolean }, env: NodeJS.ProcessEnv): Promise<void> {
   const passphrase = await readPassphrase(opts.passphraseFile, env);
   for (const name of [USER_CA_FILE, HOST_CA_FILE]) {
     if (await exists(join(opts.dir, name))) {
@@ -69,11 +71,13 @@ async function initCa(opts: { dir: string; passphraseFile?: string }, env: NodeJ
     }
   }
   await mkdir(opts.dir, { recursive: true, mode: 0o700 });
+  const fingerprints: Record<string, string> = {};
   for (const name of [USER_CA_FILE, HOST_CA_FILE]) {
     const pair = generateKeyPair();
     await saveKeyPair(join(opts.dir, name), pair, { passphrase, comment: `certunnel ${name.replace('_', ' ')}` });
-    process.stdout.write(`${name}: ${fingerprint(pair.publicKey)}\n`);
+    fingerprints[name] = fingerprint(pair.publicKey);
   }
+  printResult(opts.json, fingerprints, Object.entries(fingerprints).map(([name, fp]) => `${name}: ${fp}`).join('\n'));
 }
 
 async function signDevice(opts: SignDeviceFlags, env: NodeJS.ProcessEnv): Promise<void> {
@@ -90,7 +94,8 @@ async function signDevice(opts: SignDeviceFlags, env: NodeJS.ProcessEnv): Promis
   });
   const line = `${formatCertificate(cert, `device:${opts.deviceId}`)}\n`;
   if (opts.out) await writeFile(opts.out, line, { mode: 0o644 });
-  else process.stdout.write(line);
+  if (opts.json) printJson({ certificate: line.trim(), out: opts.out ?? null });
+  else if (!opts.out) process.stdout.write(line);
 }
 
 /** The serials of --serial and --serial-range, as given (duplicates and all). */
@@ -114,23 +119,30 @@ async function krl(opts: KrlFlags): Promise<void> {
   const serials = krlSerials(opts);
   if (!/^\d+$/.test(opts.version)) throw new CliError('BAD_ARGUMENT', '--version must be a number');
   await writeKrl(opts.out, { caKey: await loadPublicKey(opts.ca), serials, keyIds: opts.keyId ?? [], version: BigInt(opts.version), generatedAt: new Date() });
-  process.stdout.write(`wrote ${opts.out}: ${new Set(serials).size} serial(s), ${(opts.keyId ?? []).length} key id(s)\n`);
+  const counts = { out: opts.out, serials: new Set(serials).size, keyIds: (opts.keyId ?? []).length };
+  printResult(opts.json, counts, `wrote ${opts.out}: ${counts.serials} serial(s), ${counts.keyIds} key id(s)`);
 }
 
-async function inspect(certfile: string, opts: { ca?: string; type: string }): Promise<void> {
-  const cert = parseCertificateLine(await readFile(certfile, 'utf8'));
-  process.stdout.write(`${describeCertificate(cert, certfile)}\n`);
-  if (!opts.ca) return;
-  if (opts.type !== 'user' && opts.type !== 'host') throw new CliError('BAD_ARGUMENT', '--type must be user or host');
-  const caKey = await loadPublicKey(opts.ca);
+/** The verdict of verifying CERT against the CA in CAFILE; a refusal is a verdict (exit status 3), not an error. */
+async function verification(cert: ReturnType<typeof parseCertificateLine>, caFile: string, type: string): Promise<{ ok: boolean; ca: string; code?: string; message?: string }> {
+  if (type !== 'user' && type !== 'host') throw new CliError('BAD_ARGUMENT', '--type must be user or host');
+  const caKey = await loadPublicKey(caFile);
   try {
-    verifyCertificate(cert, { trustedCaKeys: [caKey], type: opts.type, now: new Date() });
-    process.stdout.write(`        Verification: OK (signed by ${fingerprint(caKey)})\n`);
+    verifyCertificate(cert, { trustedCaKeys: [caKey], type, now: new Date() });
+    return { ok: true, ca: fingerprint(caKey) };
   } catch (err) {
     if (!(err instanceof CaError)) throw err;
-    process.stdout.write(`        Verification: FAILED ${err.code}: ${err.message}\n`);
-    process.exitCode = 3;
+    return { ok: false, ca: fingerprint(caKey), code: err.code, message: err.message };
   }
+}
+
+async function inspect(certfile: string, opts: { ca?: string; type: string; json?: boolean }): Promise<void> {
+  const cert = parseCertificateLine(await readFile(certfile, 'utf8'));
+  const description = describeCertificate(cert, certfile);
+  const verdict = opts.ca ? await verification(cert, opts.ca, opts.type) : undefined;
+  if (verdict && !verdict.ok) process.exitCode = 3;
+  const line = !verdict ? '' : verdict.ok ? `\n        Verification: OK (signed by ${verdict.ca})` : `\n        Verification: FAILED ${verdict.code}: ${verdict.message}`;
+  printResult(opts.json, { description, verification: verdict ?? null }, `${description}${line}`);
 }
 
 export function registerCaCommands(program: Command, env: NodeJS.ProcessEnv): void {

@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import type { DeviceView, ListAuditRequest, ListAuditResponse, ListDevicesRequest, ListDevicesResponse, ListTokensRequest, ListTokensResponse, MintTokensRequest, MintTokensResponse, RevokeDeviceRequest, RevokeDeviceResponse, RevokeTokensRequest, RevokeTokensResponse } from '../api/index.js';
 import { addApiOptions, callApi, type ApiFlags } from './api-connection.js';
+import { callDeviceApi } from './device-ref.js';
 import { CliError, printJson, printTable } from './output.js';
 
 /** The query string of a list request, its values as given on the command line (the broker validates them). */
@@ -32,6 +33,9 @@ function deviceRow(d: DeviceView): Omit<DeviceView, 'ports' | 'online'> & { port
 
 type ListFlags = ApiFlags & { limit?: string; cursor?: string };
 
+const LIMIT_HELP = 'at most this many rows per page';
+const CURSOR_HELP = 'the next page, from the previous page\'s "(more: --cursor …)"';
+
 function registerTokenCommands(program: Command, env: NodeJS.ProcessEnv): void {
   const token = program.command('token').description('enrollment tokens (admin or provisioner key)');
   addApiOptions(token.command('create').description('mint one or more single-use enrollment tokens'))
@@ -52,7 +56,7 @@ function registerTokenCommands(program: Command, env: NodeJS.ProcessEnv): void {
       show(flags, res, res.tokens, ['id', 'token', 'batch', 'bindName', 'expiresAt']);
     });
   addApiOptions(token.command('list').description('list tokens (secrets are never shown again)'))
-    .option('--batch <name>').option('--status <status>', 'active, used, expired, revoked').option('--limit <n>').option('--cursor <c>')
+    .option('--batch <name>', 'only the tokens of this batch').option('--status <status>', 'active, used, expired, revoked').option('--limit <n>', LIMIT_HELP).option('--cursor <c>', CURSOR_HELP)
     .action(async (flags: ListFlags & { batch?: string; status?: string }) => {
       const q = query<ListTokensRequest>({ batch: flags.batch, status: flags.status, limit: flags.limit, cursor: flags.cursor });
       const res = await callApi<ListTokensResponse>(flags, env, 'GET', `/v1/tokens${q}`);
@@ -60,7 +64,7 @@ function registerTokenCommands(program: Command, env: NodeJS.ProcessEnv): void {
       moreHint(flags, res.nextCursor);
     });
   addApiOptions(token.command('revoke').description('revoke one unused token, or every unused token of a batch'))
-    .option('--id <id>').option('--batch <name>')
+    .option('--id <id>', 'the token id (tok_…) to revoke').option('--batch <name>', 'revoke every unused token of this batch')
     .action(async (flags: ApiFlags & { id?: string; batch?: string }) => {
       if (!flags.id === !flags.batch) throw new CliError('BAD_ARGUMENT', 'give exactly one of --id or --batch');
       const body: RevokeTokensRequest = flags.id ? { id: flags.id } : { batch: flags.batch! };
@@ -73,7 +77,7 @@ function registerTokenCommands(program: Command, env: NodeJS.ProcessEnv): void {
 function registerDeviceCommands(program: Command, env: NodeJS.ProcessEnv): void {
   const device = program.command('device').description('devices (admin or operator key)');
   addApiOptions(device.command('list').description('list devices'))
-    .option('--status <status>', 'active or revoked').option('--name <text>', 'name contains').option('--label <k=v>').option('--limit <n>').option('--cursor <c>')
+    .option('--status <status>', 'active or revoked').option('--name <text>', 'name contains').option('--label <k=v>', 'only devices with this label').option('--limit <n>', LIMIT_HELP).option('--cursor <c>', CURSOR_HELP)
     .action(async (flags: ListFlags & { status?: string; name?: string; label?: string }) => {
       const q = query<ListDevicesRequest>({ status: flags.status, name: flags.name, label: flags.label, limit: flags.limit, cursor: flags.cursor });
       const res = await callApi<ListDevicesResponse>(flags, env, 'GET', `/v1/devices${q}`);
@@ -82,15 +86,15 @@ function registerDeviceCommands(program: Command, env: NodeJS.ProcessEnv): void 
     });
   addApiOptions(device.command('show').description('show one device').argument('<device>', 'device id or name'))
     .action(async (ref: string, flags: ApiFlags) => {
-      const res = await callApi<DeviceView>(flags, env, 'GET', `/v1/devices/${encodeURIComponent(ref)}`);
+      const res = await callDeviceApi<DeviceView>(flags, env, 'GET', ref);
       if (flags.json) printJson(res);
       else for (const [k, v] of Object.entries(res)) process.stdout.write(`${k.padEnd(16)} ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v ?? '-')}\n`);
     });
   addApiOptions(device.command('revoke').description('revoke a device: its certificates, its tunnel, its renewals').argument('<device>', 'device id or name'))
-    .option('--reason <text>')
+    .option('--reason <text>', 'why, recorded in the audit trail')
     .action(async (ref: string, flags: ApiFlags & { reason?: string }) => {
       const body: RevokeDeviceRequest = { reason: flags.reason };
-      const res = await callApi<RevokeDeviceResponse>(flags, env, 'POST', `/v1/devices/${encodeURIComponent(ref)}/revoke`, body);
+      const res = await callDeviceApi<RevokeDeviceResponse>(flags, env, 'POST', ref, '/revoke', body);
       if (flags.json) printJson(res);
       else process.stdout.write(res.alreadyRevoked ? `${res.device.id} was already revoked\n` : `revoked ${res.device.id}${res.device.name ? ` (${res.device.name})` : ''}: ${res.certificatesRevoked} certificate(s) revoked, KRL updated, live tunnel (if any) closed\n`);
     });
@@ -100,7 +104,7 @@ export function registerOperatorCommands(program: Command, env: NodeJS.ProcessEn
   registerTokenCommands(program, env);
   registerDeviceCommands(program, env);
   addApiOptions(program.command('audit').description('the audit trail (admin or operator key)'))
-    .option('--since <iso-time>').option('--action <action>').option('--actor <actor>').option('--limit <n>').option('--cursor <c>')
+    .option('--since <iso-time>', 'only events at or after this time, e.g. 2026-01-31T00:00:00Z').option('--action <action>', 'only this action, e.g. device.revoke').option('--actor <actor>', 'only this actor, e.g. apikey:key_… or device:dev_…').option('--limit <n>', LIMIT_HELP).option('--cursor <c>', CURSOR_HELP)
     .action(async (flags: ListFlags & { since?: string; action?: string; actor?: string }) => {
       const q = query<ListAuditRequest>({ since: flags.since, action: flags.action, actor: flags.actor, limit: flags.limit, cursor: flags.cursor });
       const res = await callApi<ListAuditResponse>(flags, env, 'GET', `/v1/audit${q}`);

@@ -13,7 +13,7 @@ import {
   type BatchReport, type FlashReport, type VerifyReport,
 } from '../provisioning/index.js';
 import { addApiOptions, resolveApi, type ApiFlags } from './api-connection.js';
-import { printJson } from './output.js';
+import { notice, printJson } from './output.js';
 
 interface BatchFlags extends ApiFlags {
   count?: string;
@@ -67,7 +67,7 @@ function printFlash(r: FlashReport): void {
     const line = f.mode === 'link' ? `${f.path} ${f.note ?? ''}` : `${f.path.padEnd(width)}  ${f.mode} ${f.owner}${f.note ? `  ${f.note}` : ''}`;
     process.stdout.write(`  ${line.trimEnd()}\n`);
   }
-  for (const w of r.warnings) process.stderr.write(`certunnel: warning: ${w}\n`);
+  for (const w of r.warnings) notice(`warning: ${w}`);
 }
 
 function printVerify(r: VerifyReport): void {

@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { dataPaths, loadConfig, localApiUrl, renderNginxConfig, splitHostPort } from '../broker/compose/index.js';
-import { CliError } from './output.js';
+import { CliError, printResult } from './output.js';
 
 interface NginxFlags {
   data?: string;
@@ -17,6 +17,7 @@ interface NginxFlags {
   apiHost?: string[];
   portRange?: string;
   portsPerDevice?: string;
+  json?: boolean;
 }
 
 /** The broker's API URL as a local nginx reaches it: what the running broker recorded, else its listen address. */
@@ -32,6 +33,15 @@ async function brokerUrlFromData(dir: string, env: NodeJS.ProcessEnv): Promise<{
   };
 }
 
+/** --listen: host:port (or [v6]:port), or a bare port for compatibility with earlier releases. */
+function parseListen(text: string | undefined): { host?: string; port: number } | undefined {
+  if (text === undefined) return undefined;
+  if (/^\d+$/.test(text)) return { port: Number(text) };
+  const { host, port } = splitHostPort(text);
+  if (!host || !/^\d+$/.test(text.slice(text.lastIndexOf(':') + 1))) throw new CliError('BAD_ARGUMENT', `--listen must be host:port or a port: ${text}`);
+  return { host, port };
+}
+
 export function registerProxyCommands(program: Command, env: NodeJS.ProcessEnv): void {
   const proxy = program.command('proxy').description('the HTTP reverse proxy by hostname (<device>.<domain>)');
   proxy
@@ -42,7 +52,7 @@ export function registerProxyCommands(program: Command, env: NodeJS.ProcessEnv):
     .option('--broker <url>', 'the broker API as nginx reaches it, e.g. http://127.0.0.1:8443')
     .option('--broker-certificate <file>', "with an https broker: its TLS certificate (data/tls/api.crt), which nginx verifies")
     .option('--broker-tls-name <name>', 'the name nginx checks in that certificate (default: the domain)')
-    .option('--listen <port>', 'port nginx listens on (default 443 with --ssl-certificate, else 80)')
+    .option('--listen <host:port>', 'address nginx listens on, like every other listen option (a bare port, as before, binds every interface; default port 443 with --ssl-certificate, else 80)')
     .option('--ssl-certificate <file>', 'wildcard certificate for *.<domain>')
     .option('--ssl-certificate-key <file>', 'its key')
     .option('--api-host <name...>', 'more hostnames routed to the API (the domain itself always is)')
@@ -54,7 +64,7 @@ export function registerProxyCommands(program: Command, env: NodeJS.ProcessEnv):
       const brokerUrl = flags.broker ?? fromData?.url;
       if (!domain || !brokerUrl) throw new CliError('BAD_ARGUMENT', 'give --data, or --domain and --broker');
       if (Boolean(flags.sslCertificate) !== Boolean(flags.sslCertificateKey)) throw new CliError('BAD_ARGUMENT', '--ssl-certificate and --ssl-certificate-key go together');
-      const listenPort = flags.listen === undefined ? undefined : Number(flags.listen);
+      const listen = parseListen(flags.listen);
       let pool = fromData?.pool;
       if (flags.portRange) {
         const m = /^(\d+)-(\d+)$/.exec(flags.portRange);
@@ -63,18 +73,18 @@ export function registerProxyCommands(program: Command, env: NodeJS.ProcessEnv):
       }
       const abs = (p: string | undefined): string | undefined => (p === undefined ? undefined : resolve(p));
       try {
-        process.stdout.write(
-          renderNginxConfig({
+        const config = renderNginxConfig({
             domain,
             brokerUrl,
             brokerCertificate: abs(flags.brokerCertificate) ?? (brokerUrl.startsWith('https:') ? fromData?.certificate : undefined),
             brokerTlsName: flags.brokerTlsName,
-            listenPort,
+            listenPort: listen?.port,
+            listenHost: listen?.host,
             tls: flags.sslCertificate ? { certificate: abs(flags.sslCertificate)!, key: abs(flags.sslCertificateKey)! } : undefined,
             apiHostnames: flags.apiHost,
             pool,
-          }),
-        );
+          });
+        printResult(flags.json, { config }, config);
       } catch (err) {
         const e = err as { code?: string; message?: string };
         throw new CliError(e.code === 'BAD_REQUEST' ? 'BAD_ARGUMENT' : (e.code ?? 'INTERNAL'), e.message ?? String(err));

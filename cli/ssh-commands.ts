@@ -19,7 +19,8 @@ import type { Command } from 'commander';
 import { generateKeyPair, saveKeyPair } from '../ca/index.js';
 import { type ListDevicesResponse, type OperatorCertificateResponse, SLOT, slotPort, TUNNEL_HOST } from '../api/index.js';
 import { addApiOptions, callApi, resolveApi, type ApiFlags } from './api-connection.js';
-import { CliError } from './output.js';
+import { callDeviceApi } from './device-ref.js';
+import { CliError, notice, printResult } from './output.js';
 
 const OPERATOR_KEY_FILE = 'operator_ed25519';
 
@@ -36,7 +37,7 @@ async function ensureOperatorKey(home: string): Promise<{ keyPath: string; publi
   if (!exists) {
     await mkdir(home, { recursive: true, mode: 0o700 });
     await saveKeyPair(keyPath, generateKeyPair(), { comment: 'certunnel operator key' });
-    process.stderr.write(`certunnel: made an operator key in ${keyPath}\n`);
+    notice(`made an operator key in ${keyPath}`);
   }
   const publicKeyLine = (await readFile(`${keyPath}.pub`, 'utf8')).trim();
   return { keyPath, publicKeyLine };
@@ -128,7 +129,7 @@ function warnOnSkew(grant: OperatorCertificateResponse, now = Date.now()): void 
   const after = Date.parse(grant.validAfter);
   const before = Date.parse(grant.validBefore);
   if (after > now + 120_000 || before < now) {
-    process.stderr.write(`certunnel: warning: the certificate is valid ${grant.validAfter} to ${grant.validBefore}, but this machine says ${new Date(now).toISOString()}: check the clocks\n`);
+    notice(`warning: the certificate is valid ${grant.validAfter} to ${grant.validBefore}, but this machine says ${new Date(now).toISOString()}: check the clocks`);
   }
 }
 
@@ -169,7 +170,7 @@ export function explainHopFailure(log: string, grant: OperatorCertificateRespons
 }
 
 async function requestGrant(flags: ApiFlags, env: NodeJS.ProcessEnv, device: string, publicKey: string): Promise<OperatorCertificateResponse> {
-  return callApi<OperatorCertificateResponse>(flags, env, 'POST', `/v1/devices/${encodeURIComponent(device)}/operator-certificate`, { publicKey });
+  return callDeviceApi<OperatorCertificateResponse>(flags, env, 'POST', device, '/operator-certificate', { publicKey });
 }
 
 function run(command: string, args: readonly string[], stdio: 'inherit' | ['inherit', 'inherit', number]): Promise<number> {
@@ -260,7 +261,7 @@ async function sshConfig(flags: ApiFlags & { command?: string }, env: NodeJS.Pro
     out.push(`Host ${names.slice(i, i + 16).join(' ')}`, `    ProxyCommand ${self} ssh-proxy ${apiArgs} %n`);
   }
   if (names.length === 0) out.push('# (no named active devices)');
-  process.stdout.write(`${out.join('\n')}\n`);
+  printResult(flags.json, { devices: names, config: `${out.join('\n')}\n` }, out.join('\n'));
 }
 
 export function registerSshCommands(program: Command, env: NodeJS.ProcessEnv): void {

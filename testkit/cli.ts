@@ -20,6 +20,8 @@ export interface BrokerProcess {
   readonly apiPort: number;
   readonly sshPort: number;
   readonly stderr: () => string;
+  /** Everything it wrote to stdout: the ready line, then its JSON logs. */
+  readonly stdout: () => string;
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
@@ -44,7 +46,7 @@ export function spawnBroker(args: readonly string[], env: NodeJS.ProcessEnv = {}
       clearTimeout(timer);
       const ready = JSON.parse(line) as { apiUrl: string; apiPort: number; sshPort: number };
       resolve({
-        child, ...ready, stderr: () => err,
+        child, ...ready, stderr: () => err, stdout: () => out,
         stop: async (signal = 'SIGTERM') => {
           if (child.exitCode === null && child.signalCode === null) child.kill(signal);
           return exited;

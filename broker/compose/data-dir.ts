@@ -4,8 +4,8 @@
  * and host CAs, SSH host key and host certificate, the API's TLS identity, an
  * empty KRL, and a first admin API key (printed once, stored hashed).
  */
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import {
   encodeKrl, fingerprint, formatCertificate, formatPublicKey, generateKeyPair, saveKeyPair, signHostCert, writeFileAtomic,
 } from '../../ca/index.js';
@@ -86,24 +86,30 @@ export interface InitResult {
   readonly hostCaFingerprint: string;
 }
 
-async function isEmptyOrMissing(dir: string): Promise<boolean> {
+/** Whether DIR exists (and is empty); a non-empty one is refused. */
+async function existingEmptyDir(dir: string): Promise<boolean> {
+  let entries: string[];
   try {
-    return (await readdir(dir)).length === 0;
+    entries = await readdir(dir);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw err;
   }
+  if (entries.length > 0) throw dataDirExists(dir);
+  return true;
 }
 
-export async function initDataDir(options: InitOptions): Promise<InitResult> {
-  const now = options.now ?? new Date();
-  const config = parseConfig(options.config, options.dir);
-  if (!(await isEmptyOrMissing(options.dir))) {
-    throw new BrokerError('DATA_DIR_EXISTS', `${options.dir} is not empty; refusing to initialise over an existing broker`);
-  }
-  const paths = dataPaths(options.dir);
-  await mkdir(options.dir, { recursive: true, mode: 0o700 });
-  for (const sub of ['ca', 'ssh', 'tls']) await mkdir(join(options.dir, sub), { mode: 0o700 });
+function dataDirExists(dir: string): BrokerError {
+  return new BrokerError(
+    'DATA_DIR_EXISTS',
+    `${dir} is not empty; refusing to initialise over an existing broker. Run it with: certunnel broker --data ${dir}; or initialise another with --data <new directory>`,
+  );
+}
+
+/** Everything init creates, written into STAGING (the final directory is DIR, whose name the certificates do not depend on). */
+async function buildDataDir(staging: string, config: BrokerConfig, options: InitOptions, now: Date): Promise<InitResult> {
+  const paths = dataPaths(staging);
+  for (const sub of ['ca', 'ssh', 'tls']) await mkdir(join(staging, sub), { mode: 0o700 });
 
   const userCa = generateKeyPair();
   const hostCa = generateKeyPair();
@@ -133,11 +139,62 @@ export async function initDataDir(options: InitOptions): Promise<InitResult> {
   } finally {
     await store.close();
   }
-  // The config goes last: its presence marks a complete data directory.
   await writeFile(paths.config, `${JSON.stringify(options.config, null, 2)}\n`, { mode: 0o600 });
   return {
     config, adminKey, apiPin: tls.pin, userCaFingerprint: fingerprint(userCa.publicKey), hostCaFingerprint: fingerprint(hostCa.publicKey),
   };
+}
+
+/**
+ * Moves a built data directory into place. A missing DIR is one rename of
+ * its sibling staging directory. An existing empty DIR (a mount point, which
+ * cannot be renamed over) receives the staged entries one by one, config.json
+ * last: its presence marks a complete data directory.
+ */
+async function commitDataDir(staging: string, dir: string, existing: boolean): Promise<void> {
+  if (!existing) {
+    await rename(staging, dir).catch((err: NodeJS.ErrnoException) => {
+      throw err.code === 'ENOTEMPTY' || err.code === 'EEXIST' ? dataDirExists(dir) : err;
+    });
+    return;
+  }
+  const config = basename(dataPaths(dir).config);
+  const entries = (await readdir(staging)).filter((e) => e !== config);
+  const moved: string[] = [];
+  try {
+    for (const entry of [...entries, config]) {
+      await rename(join(staging, entry), join(dir, entry));
+      moved.push(entry);
+    }
+  } catch (err) {
+    for (const entry of moved) await rm(join(dir, entry), { recursive: true, force: true });
+    throw err;
+  }
+  await rm(staging, { recursive: true, force: true });
+}
+
+/**
+ * Creates a data directory, atomically: everything is built in a staging
+ * directory (beside DIR, or inside it when DIR is an existing empty
+ * directory) and moved into place at the end; a failure removes the staging
+ * directory, so a retry starts from nothing rather than DATA_DIR_EXISTS.
+ */
+export async function initDataDir(options: InitOptions): Promise<InitResult> {
+  const now = options.now ?? new Date();
+  const config = parseConfig(options.config, options.dir);
+  const dir = resolve(options.dir);
+  const existing = await existingEmptyDir(dir);
+  if (!existing) await mkdir(dirname(dir), { recursive: true });
+  // mkdtemp makes the staging directory 0700, as the data directory must be.
+  const staging = await mkdtemp(existing ? join(dir, '.init-') : join(dirname(dir), `.${basename(dir)}.init-`));
+  try {
+    const result = await buildDataDir(staging, config, options, now);
+    await commitDataDir(staging, dir, existing);
+    return result;
+  } catch (err) {
+    await rm(staging, { recursive: true, force: true });
+    throw err;
+  }
 }
 
 /** The API's URL on this host, from its listen address and PORT (the one bound, when the configured port is 0). */

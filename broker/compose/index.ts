@@ -5,13 +5,36 @@
  * rules only through the HTTP API (api/), and the broker process only
  * through this file.
  */
+import { lockDataDir } from './data-dir-lock.js';
 import type { RunningBroker, StartBrokerOptions } from './start.js';
 
 export type { RunningBroker, StartBrokerOptions };
 
-/** Starts a broker. Loaded on demand: operator commands that only read the data directory do not pay for the HTTP and SSH stack. */
+/**
+ * Starts a broker, holding its data directory's lock (data-dir-lock.ts) until
+ * it closes: a second broker on the same directory stops before it touches
+ * anything. Loaded on demand: operator commands that only read the data
+ * directory do not pay for the HTTP and SSH stack.
+ */
 export async function startBroker(options: StartBrokerOptions): Promise<RunningBroker> {
-  return (await import('./start.js')).startBroker(options);
+  const lock = await lockDataDir(options.config.dataDir, options.logger);
+  let broker: RunningBroker;
+  try {
+    broker = await (await import('./start.js')).startBroker(options);
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+  return {
+    ...broker,
+    close: async () => {
+      try {
+        await broker.close();
+      } finally {
+        await lock.release();
+      }
+    },
+  };
 }
 
 export { dataPaths, initDataDir, localApiUrl, type DataPaths, type InitOptions, type InitResult } from './data-dir.js';

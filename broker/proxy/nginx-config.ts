@@ -12,6 +12,7 @@
  * the authorize answer carries the Cookie and Authorization headers to send
  * on, with the broker's own removed.
  */
+import { isIP, isIPv6 } from 'node:net';
 import { BrokerError } from '../core/errors.js';
 import { AUTHORIZE_HEADERS, DEVICE_NAME, RESERVED_PREFIX, SLOT } from '../../api/index.js';
 import { isValidPool, poolBlocks, type PortPool } from '../core/port-pool.js';
@@ -27,6 +28,8 @@ export interface NginxConfigInput {
   readonly brokerTlsName?: string;
   /** Port nginx listens on; default 443 with TLS, 80 without. */
   readonly listenPort?: number;
+  /** Address nginx binds (an IP address or a DNS name); default: every interface. */
+  readonly listenHost?: string;
   /** The wildcard certificate for *.<domain> (and <domain>); without it nginx listens in plain HTTP. */
   readonly tls?: { readonly certificate: string; readonly key: string };
   /** Also route the API hostnames (the domain itself and these) to the broker. Default: the domain. */
@@ -53,7 +56,7 @@ function invalid(message: string): never {
   throw new BrokerError('BAD_REQUEST', message);
 }
 
-function checkInput(input: NginxConfigInput): { broker: URL; port: number } {
+function checkInput(input: NginxConfigInput): { broker: URL; port: string } {
   if (!DOMAIN.test(input.domain)) invalid('domain must be a DNS name');
   let broker: URL;
   try {
@@ -74,7 +77,10 @@ function checkInput(input: NginxConfigInput): { broker: URL; port: number } {
   }
   const port = input.listenPort ?? (input.tls ? 443 : 80);
   if (!Number.isInteger(port) || port < 1 || port > 65535) invalid('listen port must be 1-65535');
-  return { broker, port };
+  const host = input.listenHost;
+  if (host !== undefined && !isIP(host) && !DOMAIN.test(host)) invalid(`listen host ${JSON.stringify(host)} is not an IP address or a DNS name`);
+  // nginx's listen takes [v6]:port, v4:port, name:port or a bare port (every interface).
+  return { broker, port: host === undefined ? `${port}` : `${isIPv6(host) ? `[${host}]` : host}:${port}` };
 }
 
 /** The http slot of every block the allocator can hand out. */
@@ -99,7 +105,7 @@ interface SharedDirectives {
   readonly toBroker: readonly string[];
 }
 
-function sharedDirectives(input: NginxConfigInput, broker: URL, port: number): SharedDirectives {
+function sharedDirectives(input: NginxConfigInput, broker: URL, port: string): SharedDirectives {
   // Through an upstream block, so that nginx keeps connections (and TLS sessions) to the broker alive:
   // one auth_request per request would otherwise cost a TCP (and TLS) handshake each.
   const upstream = `${broker.protocol}//certunnel_broker`;

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair, encodePrivateKey } from '../../ca/index.js';
 import { apiRequest, type DeviceView, type EnrollResponse, type MintTokensResponse } from '../../api/index.js';
 import { readEphemeralRange } from '../../broker/compose/ephemeral-ports.js';
-import { runCli, spawnBroker, REPO_ROOT } from '../../testkit/cli.js';
+import { spawn } from 'node:child_process';
+import { cliArgs, runCli, spawnBroker, REPO_ROOT } from '../../testkit/cli.js';
 import { runCommand, withTempDir } from '../../testkit/openssh.js';
 
 const INIT = ['--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0', '--port-range', '21000-21999'];
@@ -123,5 +124,24 @@ test('ok/init warns (and still initialises) when the pool overlaps the kernel ep
     t.is(init.code, 0, init.stderr);
     t.regex(init.stderr, new RegExp(`warning: the port pool ${range.first}-${range.first + 99} overlaps the kernel's ephemeral ports`));
     t.truthy((await stat(join(data, 'config.json'))).size);
+  });
+});
+
+test('ok/start takes init options on its first run, says what to do next, then serves', async (t) => {
+  await withTempDir(async (dir) => {
+    const data = join(dir, 'data');
+    const child = spawn(process.execPath, cliArgs(['start', '--data', data, '--domain', 'fleet.example', ...INIT, '--log-level', 'warn']), { cwd: REPO_ROOT });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    try {
+      const deadline = Date.now() + 60_000;
+      while (!out.includes('{"ready":true') && Date.now() < deadline && child.exitCode === null) await new Promise((r) => setTimeout(r, 200));
+      t.regex(out, /\{"ready":true/);
+      t.regex(out, /Next: the broker starts now/);
+      t.is((JSON.parse(await readFile(join(data, 'config.json'), 'utf8')) as { domain: string }).domain, 'fleet.example');
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    }
   });
 });

@@ -74,7 +74,7 @@ async function withNginx(f: Fleet, fn: (nginxUrl: string, ca: string) => Promise
   const paths = dataPaths(f.b.dir);
   const port = (await freePortBlock(1)).first;
   const generated = await runCli([
-    'proxy', 'nginx-config', '--data', f.b.dir, '--listen', String(port), '--ssl-certificate', paths.tlsCert, '--ssl-certificate-key', paths.tlsKey,
+    'proxy', 'nginx-config', '--data', f.b.dir, '--listen', `127.0.0.1:${port}`, '--ssl-certificate', paths.tlsCert, '--ssl-certificate-key', paths.tlsKey,
   ]);
   if (generated.code !== 0) throw new Error(generated.stderr);
   const dir = join(f.b.dir, 'nginx');
