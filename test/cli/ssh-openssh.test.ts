@@ -7,21 +7,14 @@
  */
 import test from 'ava';
 import { existsSync } from 'node:fs';
-import { chmod } from 'node:fs/promises';
 import { join } from 'node:path';
-import { OPENSSH_FILES } from '../../broker/openssh/config-files.js';
-import { killSessionsHoldingPorts } from '../../broker/openssh/session-killer.js';
-import { ensureGatewayUsers } from '../../testkit/conformance/sshd-driver.js';
-import { freePortBlock } from '../../testkit/gateway.js';
 import { runCli } from '../../testkit/cli.js';
-import { startSshd } from '../../testkit/sshd.js';
-import { withFleet } from '../../testkit/operator-fixture.js';
+import { opensshFleetOptions, withFleet } from '../../testkit/operator-fixture.js';
 
 const CAN_RUN_SSHD = process.platform === 'linux' && process.getuid?.() === 0 && existsSync('/usr/sbin/sshd');
 const sshdTest = CAN_RUN_SSHD ? test : test.skip;
 
 sshdTest('ok/OpenSSH mode: certunnel ssh goes through sshd as "operator"; another device\'s port is refused by permitopen', async (t) => {
-  const sshPort = (await freePortBlock(1)).first;
   await withFleet(
     async (f) => {
       await f.enroll('kiosk-a', { connect: true, sshd: true });
@@ -41,22 +34,6 @@ sshdTest('ok/OpenSSH mode: certunnel ssh goes through sshd as "operator"; anothe
       t.regex(other.stderr, /certunnel: REACH_REFUSED: the broker refused port \d+: the certificate for kiosk-a reaches its block \d+-\d+ only/);
       t.is(b.sshd!.output().match(/Accepted publickey/g), null);
     },
-    {
-      config: { ssh: { mode: 'openssh', listen: `127.0.0.1:${sshPort}` } },
-      before: async (broker) => {
-        await ensureGatewayUsers(['tunnel', 'operator']);
-        // sshd reads the principals files as the connecting user: the data directory must be searchable.
-        await chmod(broker.dir, 0o755);
-        const sshd = await startSshd({
-          // Port is cumulative in sshd_config: the broker's SSH port, besides the helper's own.
-          config: [`Include ${join(broker.dir, broker.broker.core.config.ssh.opensshDir, OPENSSH_FILES.config)}`, `Port ${sshPort}`],
-        });
-        return async () => {
-          const pool = broker.broker.core.config.ports;
-          await killSessionsHoldingPorts(Array.from({ length: pool.last - pool.first + 1 }, (_, i) => pool.first + i));
-          await sshd.stop();
-        };
-      },
-    },
+    await opensshFleetOptions(),
   );
 });

@@ -88,7 +88,7 @@ sshdTest('fail/unknown, revoked and offline devices: clear codes before any ssh 
     const op = await operatorOf(f);
     const unknown = await runCli(['ssh', 'kiosk-none', ...op.api, '--', ...op.login, 'true'], op.env);
     t.is(unknown.code, 1);
-    t.regex(unknown.stderr, /^certunnel: DEVICE_UNKNOWN: no such device$/m);
+    t.regex(unknown.stderr, /^certunnel: DEVICE_UNKNOWN: no device named \(or with id\) "kiosk-none"$/m);
 
     const gone = await f.enroll('kiosk-gone', { connect: true, sshd: true });
     await f.b.call(f.b.admin, 'POST', '/v1/devices/kiosk-gone/revoke', { reason: 'test' });
