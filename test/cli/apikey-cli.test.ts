@@ -5,19 +5,10 @@
  * admin key is lost).
  */
 import test from 'ava';
-import { ApiError, apiRequest, type ApiKeyView, type ListApiKeysResponse, type RevokeApiKeyResponse } from '../../api/index.js';
+import { apiRequest, type ApiKeyView, type ListApiKeysResponse, type RevokeApiKeyResponse } from '../../api/index.js';
 import { withBroker } from '../../testkit/broker.js';
 import { runCli } from '../../testkit/cli.js';
-
-async function code(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-    return 'NONE';
-  } catch (err) {
-    if (err instanceof ApiError) return err.code;
-    throw err;
-  }
-}
+import { apiErrorCode as code } from '../../testkit/api-error.js';
 
 test('ok/apikey: create with --expires-in, list and revoke over the API, --json', (t) =>
   withBroker(async (b) => {

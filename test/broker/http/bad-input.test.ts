@@ -1,11 +1,12 @@
 import test from 'ava';
 import { request } from 'node:https';
 import { connect } from 'node:tls';
-import { type ApiClientOptions, ApiError } from '../../../api/index.js';
+import { type ApiClientOptions } from '../../../api/index.js';
 import { formatPublicKey, generateKeyPair } from '../../../ca/index.js';
 import { withBroker, dataPaths, type TestBroker } from '../../../testkit/broker.js';
 import { snapshotState } from '../../../testkit/db-snapshot.js';
 import { makeOpensshKey } from '../../../testkit/openssh.js';
+import { apiErrorCode as code } from '../../../testkit/api-error.js';
 
 /** Sends raw bytes as a request body (the API client only sends valid JSON). */
 function rawPost(b: TestBroker, path: string, body: Buffer | string, contentType = 'application/json', apiKey?: string): Promise<{ status: number; json: { error?: { code: string; message: string } } }> {
@@ -22,16 +23,6 @@ function rawPost(b: TestBroker, path: string, body: Buffer | string, contentType
     req.on('error', reject);
     req.end(body);
   });
-}
-
-async function code(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-    return 'NONE';
-  } catch (err) {
-    if (err instanceof ApiError) return err.code;
-    throw err;
-  }
 }
 
 /** Runs the refusals and checks that the stored state is byte-for-byte unchanged. */

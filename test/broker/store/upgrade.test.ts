@@ -12,11 +12,12 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import {
-  ApiError, apiRequest, type ApiClientOptions, type CreateApiKeyResponse, type EnrollResponse, type ListApiKeysResponse, type ListAuditResponse,
+  apiRequest, type ApiClientOptions, type CreateApiKeyResponse, type EnrollResponse, type ListApiKeysResponse, type ListAuditResponse,
   type ListDevicesResponse, type ListTokensResponse, type MintTokensResponse, type RevokeApiKeyResponse,
 } from '../../../api/index.js';
 import { formatPublicKey, generateKeyPair } from '../../../ca/index.js';
 import { dataPaths, loadConfig, startBroker, createLogger, type RunningBroker } from '../../../broker/compose/index.js';
+import { apiErrorCode as code } from '../../../testkit/api-error.js';
 
 const FIXTURE = fileURLToPath(new URL('../../fixtures/v0.2.0/', import.meta.url));
 /** Just after the fixture was made: its tokens (30-day default) are still valid at this broker time. */
@@ -42,16 +43,6 @@ async function copyFixture(): Promise<string> {
   }
   for (const file of ['config.json', 'broker.sqlite']) await chmod(join(data, file), 0o600);
   return data;
-}
-
-async function code(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-    return 'NONE';
-  } catch (err) {
-    if (err instanceof ApiError) return err.code;
-    throw err;
-  }
 }
 
 async function withUpgradedBroker(fn: (broker: RunningBroker, clients: Record<keyof FixtureKeys | 'anonymous', ApiClientOptions>) => Promise<void>): Promise<void> {
