@@ -19,13 +19,13 @@ export function parseSshdListenPorts(effectiveConfig: string): number[] {
   const listen = new Set<number>();
   const port = new Set<number>();
   for (const line of effectiveConfig.split('\n')) {
-    const m = /^(listenaddress|port)\s+(\S+)\s*$/i.exec(line.trim());
+    const m = /^(listenaddress|port)\s+(\S+)/i.exec(line.trim());
     if (!m) continue;
     if (m[1]!.toLowerCase() === 'port') {
       if (/^\d+$/.test(m[2]!)) port.add(Number(m[2]));
       continue;
     }
-    // "0.0.0.0:22", "[::]:22", "127.0.0.1:2222 rdomain x" is split off by \S+.
+    // "0.0.0.0:22", "[::]:22"; a trailing " rdomain NAME" is not part of \S+.
     const p = /:(\d+)$/.exec(m[2]!);
     if (p) listen.add(Number(p[1]));
   }

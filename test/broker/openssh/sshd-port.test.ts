@@ -24,6 +24,7 @@ test('ok/ports from sshd -T: listenaddress lines, else port lines', (t) => {
   t.deepEqual(parseSshdListenPorts('port 22\naddressfamily any\nlistenaddress [::]:22\nlistenaddress 0.0.0.0:22\n'), [22]);
   t.deepEqual(parseSshdListenPorts('port 2022\nport 22\nlistenaddress 127.0.0.1:2022\nlistenaddress 127.0.0.1:22\n'), [22, 2022]);
   t.deepEqual(parseSshdListenPorts('port 2200\n'), [2200]);
+  t.deepEqual(parseSshdListenPorts('port 22\nlistenaddress 192.0.2.1:2201 rdomain 3\n'), [2201]);
   t.deepEqual(parseSshdListenPorts('permitlisten any\nsubsystem sftp internal-sftp\n'), []);
 });
 
