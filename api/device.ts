@@ -81,7 +81,9 @@ export interface CaResponse {
  * GET /healthz, always 200 while the broker serves. `degraded`: it serves,
  * but something needs an operator; `problems` says what
  * (`KRL_WRITE_FAILING`: the KRL file cannot be written; revocations still
- * hold in memory and the write is retried).
+ * hold in memory and the write is retried; `SSHD_PORT_MISMATCH`: OpenSSH
+ * mode, sshd does not listen on the port devices are told, see
+ * docs/operations.md).
  */
 export interface HealthResponse {
   status: 'ok' | 'degraded';

@@ -129,6 +129,8 @@ export interface DeviceView {
   revokedAt: string | null;
   revokedBy: string | null;
   revokeReason: string | null;
+  /** The API key's name when revokedBy is `apikey:<id>` (absent otherwise; added after v0.2.0, so last). */
+  revokedByName?: string;
 }
 
 export type ListDevicesResponse = ListResponse<DeviceView>;
@@ -166,6 +168,8 @@ export interface AuditEventView {
   outcome: string;
   /** Never secrets. */
   details: Record<string, unknown>;
+  /** The API key's name when actor is `apikey:<id>`, e.g. `alice` (absent otherwise; added after v0.2.0, so last). */
+  actorName?: string;
 }
 
 export type ListAuditResponse = ListResponse<AuditEventView>;

@@ -33,13 +33,18 @@ function registerCreate(apikey: Command): void {
     .requiredOption('--role <role>', `one of ${ROLES.join(', ')} (proxy: opens device web pages only, cannot call the API)`)
     .requiredOption('--name <name>', 'who or what holds the key')
     .option('--expires-in <duration>', 'the key stops working after this long, e.g. 12h, 30d (default: never)')
-    .action(async (flags: { data: string; role: string; name: string; expiresIn?: string }) => {
+    .option('--json', 'print {"id","name","role","key","expiresAt"} on stdout instead of the bare key (errors: {"error":{"code","message"}} on stderr)')
+    .action(async (flags: { data: string; role: string; name: string; expiresIn?: string; json?: boolean }) => {
       if (!ROLES.includes(flags.role as ApiKeyRole)) throw new CliError('BAD_ARGUMENT', `--role must be one of ${ROLES.join(', ')}`);
       if (!API_KEY_NAME.test(flags.name)) throw new CliError('BAD_ARGUMENT', '--name: letters, digits, . _ @ -');
       const seconds = flags.expiresIn === undefined ? undefined : parseDuration(flags.expiresIn);
       if (seconds === 0) throw new CliError('BAD_ARGUMENT', '--expires-in must be longer than 0 s');
       const expiresAt = seconds === undefined ? null : new Date(Date.now() + seconds * 1000);
       const key = await createLocalApiKey(flags.data, { role: flags.role as ApiKeyRole, name: flags.name, expiresAt });
+      if (flags.json) {
+        printJson({ id: key.id, name: key.name, role: key.role, key: key.key, expiresAt: key.expiresAt });
+        return;
+      }
       process.stdout.write(`${key.key}\n`);
       const until = key.expiresAt ? `, expires ${key.expiresAt}` : '';
       process.stderr.write(`created ${key.role} key ${key.id} (${key.name}${until}); the key is shown once\n`);

@@ -31,6 +31,11 @@ function deviceRow(d: DeviceView): Omit<DeviceView, 'ports' | 'online'> & { port
   };
 }
 
+/** An actor for people: `apikey:key_… (alice)` when the broker knows the key's name. */
+function withName(actor: string, name: string | undefined): string {
+  return name === undefined ? actor : `${actor} (${name})`;
+}
+
 type ListFlags = ApiFlags & { limit?: string; cursor?: string };
 
 const LIMIT_HELP = 'at most this many rows per page';
@@ -87,8 +92,9 @@ function registerDeviceCommands(program: Command, env: NodeJS.ProcessEnv): void 
   addApiOptions(device.command('show').description('show one device').argument('<device>', 'device id or name'))
     .action(async (ref: string, flags: ApiFlags) => {
       const res = await callDeviceApi<DeviceView>(flags, env, 'GET', ref);
+      const { revokedByName, ...shown } = res;
       if (flags.json) printJson(res);
-      else for (const [k, v] of Object.entries(res)) process.stdout.write(`${k.padEnd(16)} ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v ?? '-')}\n`);
+      else for (const [k, v] of Object.entries({ ...shown, revokedBy: shown.revokedBy && withName(shown.revokedBy, revokedByName) })) process.stdout.write(`${k.padEnd(16)} ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v ?? '-')}\n`);
     });
   addApiOptions(device.command('revoke').description('revoke a device: its certificates, its tunnel, its renewals').argument('<device>', 'device id or name'))
     .option('--reason <text>', 'why, recorded in the audit trail')
@@ -108,7 +114,7 @@ export function registerOperatorCommands(program: Command, env: NodeJS.ProcessEn
     .action(async (flags: ListFlags & { since?: string; action?: string; actor?: string }) => {
       const q = query<ListAuditRequest>({ since: flags.since, action: flags.action, actor: flags.actor, limit: flags.limit, cursor: flags.cursor });
       const res = await callApi<ListAuditResponse>(flags, env, 'GET', `/v1/audit${q}`);
-      show(flags, res, res.items, ['at', 'actor', 'action', 'target', 'outcome', 'remoteAddr']);
+      show(flags, res, res.items.map((e) => ({ ...e, actor: withName(e.actor, e.actorName) })), ['at', 'actor', 'action', 'target', 'outcome', 'remoteAddr']);
       moreHint(flags, res.nextCursor);
     });
 }

@@ -16,6 +16,7 @@ import type { Logger } from '../telemetry/logger.js';
 import type { GatewayStatsSource } from '../telemetry/metrics.js';
 import { OPENSSH_FILES, writeOpensshFiles } from '../openssh/config-files.js';
 import { OpensshPresence } from '../openssh/presence.js';
+import { judgeSshdPort, readSshdPorts } from '../openssh/sshd-port.js';
 import { killSessionsHoldingPorts, ticksSinceBoot } from '../openssh/session-killer.js';
 import type { RevocationList } from './revocation-list.js';
 import { createGateway, type GatewayLimits } from '../ssh/index.js';
@@ -27,6 +28,8 @@ export interface SshSide {
   readonly statsSource?: GatewayStatsSource;
   /** Which ports each device's tunnel holds (embedded gateway); absent in OpenSSH mode, where sshd holds them. */
   readonly presence?: TunnelPresence;
+  /** What needs an operator on this side, as /healthz codes (OpenSSH mode: SSHD_PORT_MISMATCH); empty when nothing does. */
+  problems(): readonly string[];
   /** Ends the device's live tunnels now; no file is written (DESIGN: revocation does not depend on I/O). */
   deviceRevoked(deviceId: string): Promise<void>;
   /**
@@ -124,6 +127,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
       gateway.endRevokedSessions((cert) => revoked.has(cert.serial));
     },
     reconcile: async (revocations) => gateway.endRevokedSessions((cert) => revocations.isRevoked(cert)),
+    problems: () => [],
     close: () => gateway.close(),
   };
 }
@@ -151,8 +155,11 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
   });
   await presence.start();
   const killer = opensshKiller(o, presence);
+  const port = o.config.ssh.publicPort ?? splitHostPort(o.config.ssh.listen).port;
+  const portProblem = await checkSshdPort(o, port);
   return {
-    port: o.config.ssh.publicPort ?? splitHostPort(o.config.ssh.listen).port,
+    port,
+    problems: () => (portProblem ? [portProblem] : []),
     deviceRevoked: async (deviceId) => {
       await killer.endDevice(deviceId, 'revoked');
       await presence.poll();
@@ -170,6 +177,27 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
     },
     close: async () => presence.close(),
   };
+}
+
+/**
+ * Asks the operator's sshd (`sshd -T`) which ports it listens on and says so, with a warning naming the fix when
+ * devices are told another one; returns the /healthz problem, if any. If sshd cannot say, that is a warning too.
+ */
+async function checkSshdPort(o: SshSideOptions, devicePort: number): Promise<string | null> {
+  const { sshdPath, sshdConfig } = o.config.ssh;
+  const log = o.logger.child({ component: 'openssh' });
+  const read = await readSshdPorts({ sshdPath, configPath: sshdConfig });
+  if ('error' in read) {
+    log.warn({ code: 'SSHD_CHECK_FAILED', sshdPath, sshdConfig, devicePort, reason: read.error },
+      `OpenSSH mode: could not ask sshd which port it listens on (sshd -T -f ${sshdConfig}); make sure it is ${devicePort}, the port devices are told, or set ssh.publicPort`);
+    return null;
+  }
+  const verdict = judgeSshdPort(read.ports, devicePort, o.config.ssh.publicPort !== undefined);
+  const fields = { code: verdict.code ?? undefined, sshdPorts: read.ports, devicePort, sshdConfig };
+  const problem = verdict.declared ? null : verdict.code;
+  if (problem) log.warn(fields, `OpenSSH mode: ${verdict.message}`);
+  else log.info(fields, `OpenSSH mode: ${verdict.message}`);
+  return problem;
 }
 
 /** Ends sshd sessions by port block, asking presence which process holds each listener before scanning /proc. */

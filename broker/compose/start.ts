@@ -214,7 +214,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
 
     const apiPin = config.api.insecureHttp ? null : (await readFile(paths.apiPin, 'utf8')).trim();
     const app = createApp({
-      core, logger, metrics, revocations, apiPin, access,
+      core, logger, metrics, revocations, apiPin, access, problems: () => ssh.problems(),
       publicKeys: { userCa: formatPublicKey(keys.userCa.publicKey), hostCa: formatPublicKey(keys.hostCaPublicKey), hostKey: core.ssh.hostKey },
     });
     const api = await startApiServer(config, paths, access, app.callback(), logger);

@@ -99,6 +99,20 @@ export function apiKeyActorId(keyId: string): string {
   return `apikey:${keyId}`;
 }
 
+/**
+ * The key names behind the `apikey:<id>` actors among ACTORS (audit rows, a device's revokedBy), by actor: a
+ * person recognises "alice", not key_…. Revoked and expired keys keep their names; unknown ids get none.
+ */
+export async function apiKeyActorNames(store: Pick<Store, 'findApiKey'>, actors: Iterable<string | null>): Promise<Map<string, string>> {
+  const names = new Map<string, string>();
+  const wanted = new Set([...actors].filter((a): a is string => a !== null && a.startsWith('apikey:')));
+  for (const actor of wanted) {
+    const key = await store.findApiKey(actor.slice('apikey:'.length));
+    if (key) names.set(actor, key.name);
+  }
+  return names;
+}
+
 /** Who an API key acts as, from REMOTEADDR. */
 export function apiKeyActor(record: ApiKeyRecord, remoteAddr: string | null): Actor {
   return { id: apiKeyActorId(record.id), role: record.role, name: record.name, remoteAddr };

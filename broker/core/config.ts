@@ -62,6 +62,9 @@ const configSchema = z
         keepaliveCountMax: z.number().int().min(1).max(100).default(3),
         /** Where OpenSSH mode writes sshd's files; relative to the data dir. */
         opensshDir: z.string().default('openssh'),
+        /** OpenSSH mode: the sshd binary (absolute path) and the sshd_config it runs with, for `sshd -T` at start (which port it listens on). */
+        sshdPath: z.string().startsWith('/', 'must be an absolute path').default('/usr/sbin/sshd'),
+        sshdConfig: z.string().default('/etc/ssh/sshd_config'),
         /** OpenSSH mode: how often the broker looks for the devices' listening tunnel ports (presence). */
         presencePollSeconds: z.number().int().min(1).max(300).default(5),
         /**

@@ -16,7 +16,7 @@ import { findDeviceByRef } from './revoke.js';
 import { BrokerError } from './errors.js';
 import { failureSink, withFailureAudit, type FailureAuditRow } from './failure-audit.js';
 import type { DeviceRecord } from '../store/types.js';
-import { offlineSince, type TunnelPresence } from './presence.js';
+import { describeOffline, offlineSince, type TunnelPresence } from './presence.js';
 
 export interface OperatorCertificateDeps {
   readonly core: CoreDeps;
@@ -32,8 +32,7 @@ export function checkReachable(
   if (device.portFirst === null || device.portLast === null) throw new BrokerError('DEVICE_UNKNOWN', 'the device has no port block');
   // undefined: OpenSSH mode, which has no live view per port (UNKNOWN_PRESENCE); the store's online flag is not consulted.
   if (forwarded !== undefined && forwarded.length === 0) {
-    const since = offlineSince(device);
-    throw new BrokerError('DEVICE_OFFLINE', `device ${device.name ?? device.id} is offline${since ? ` since ${since.toISOString()}` : ' (it has never connected)'}`);
+    throw new BrokerError('DEVICE_OFFLINE', `device ${device.name ?? device.id} is offline${describeOffline(offlineSince(device))}`);
   }
   return { first: device.portFirst, last: device.portLast };
 }

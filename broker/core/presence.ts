@@ -28,7 +28,34 @@ export interface TunnelPresence {
  */
 export const UNKNOWN_PRESENCE: TunnelPresence = Object.freeze({ forwardedPorts: () => undefined });
 
-/** When the device was last seen connected, for "offline since …"; null if it never connected. */
-export function offlineSince(device: { lastSeenAt: Date | null; connectedSince: Date | null }): Date | null {
-  return device.lastSeenAt ?? device.connectedSince ?? null;
+/**
+ * What a refusal says about when a device went offline. The store learns of a disconnect late in OpenSSH mode
+ * (presence polls every ssh.presencePollSeconds): a connection refused in that window meets a device the store
+ * still calls online, whose lastSeenAt is when it came online, not when it left, so it is no "offline since".
+ * - `since`: the store recorded the tunnel going down then (the device was last seen at AT);
+ * - `unrecorded`: the store still says connected (since CONNECTEDSINCE): it went down moments ago;
+ * - `never`: it has never connected.
+ */
+export type OfflineSince =
+  | { readonly kind: 'since'; readonly at: Date }
+  | { readonly kind: 'unrecorded'; readonly connectedSince: Date | null }
+  | { readonly kind: 'never' };
+
+/** For a device whose tunnel is down now (no live forward, or a refused connection): see OfflineSince. */
+export function offlineSince(device: { online: boolean; lastSeenAt: Date | null; connectedSince: Date | null }): OfflineSince {
+  if (device.online) return { kind: 'unrecorded', connectedSince: device.connectedSince ?? device.lastSeenAt };
+  const at = device.lastSeenAt ?? device.connectedSince;
+  return at ? { kind: 'since', at } : { kind: 'never' };
+}
+
+/** OFFLINE in words, after "is offline": " since 2026-…Z", " (its tunnel went down moments ago …)", " (it has never connected)". */
+export function describeOffline(offline: OfflineSince): string {
+  switch (offline.kind) {
+    case 'since':
+      return ` since ${offline.at.toISOString()}`;
+    case 'unrecorded':
+      return ` (its tunnel went down moments ago${offline.connectedSince ? `, after being up since ${offline.connectedSince.toISOString()}` : ''})`;
+    case 'never':
+      return ' (it has never connected)';
+  }
 }

@@ -19,6 +19,8 @@ export interface HttpDeps {
   readonly metrics: BrokerMetrics;
   /** The current KRL (GET /v1/krl) and whether it is on disk (GET /healthz). */
   readonly revocations: { readonly krl: Buffer; health(): { written: boolean } };
+  /** Other problems /healthz reports (the SSH side's, e.g. SSHD_PORT_MISMATCH); none when absent. */
+  readonly problems?: () => readonly string[];
   readonly publicKeys: { userCa: string; hostCa: string; hostKey: string };
   readonly apiPin: string | null;
   /** Operator certificates and the proxy's auth_request endpoint (broker/proxy). */

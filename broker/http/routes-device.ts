@@ -16,8 +16,8 @@ function outcomeOf(err: unknown): string {
 
 export function registerDeviceRoutes(router: Router<AppState>, deps: HttpDeps): void {
   router.get('/healthz', (ctx) => {
-    const krl = deps.revocations.health();
-    ctx.body = (krl.written ? { status: 'ok' } : { status: 'degraded', problems: ['KRL_WRITE_FAILING'] }) satisfies HealthResponse;
+    const problems = [...(deps.revocations.health().written ? [] : ['KRL_WRITE_FAILING']), ...(deps.problems?.() ?? [])];
+    ctx.body = (problems.length === 0 ? { status: 'ok' } : { status: 'degraded', problems }) satisfies HealthResponse;
   });
 
   router.get('/metrics', async (ctx) => {

@@ -6,7 +6,7 @@
  */
 import type Router from '@koa/router';
 import type { AuditEventView, CreateApiKeyRequest, CreateApiKeyResponse, DeviceView, ListApiKeysResponse, ListAuditRequest, ListAuditResponse, ListDevicesRequest, ListDevicesResponse, ListTokensRequest, MintTokensRequest, RevokeApiKeyRequest, RevokeApiKeyResponse, RevokeDeviceRequest, RevokeDeviceResponse, RevokeTokensRequest } from '../../api/index.js';
-import { createApiKey, requireRole, revokeApiKey, viewApiKey } from '../core/api-keys.js';
+import { apiKeyActorNames, createApiKey, requireRole, revokeApiKey, viewApiKey } from '../core/api-keys.js';
 import { findDeviceByRef, revokeDevice } from '../core/revoke.js';
 import { listTokens, mintTokens, revokeTokens } from '../core/tokens.js';
 import type { AuditEvent, DeviceRecord } from '../store/types.js';
@@ -17,18 +17,31 @@ import {
 
 const iso = (d: Date | null): string | null => d?.toISOString() ?? null;
 
-function viewDevice(d: DeviceRecord): DeviceView {
+/** NAMES: API key names by actor (apiKeyActorNames), for revokedByName. */
+function viewDevice(d: DeviceRecord, names: ReadonlyMap<string, string>): DeviceView {
+  const revokedByName = d.revokedBy === null ? undefined : names.get(d.revokedBy);
   return {
     id: d.id, name: d.name, hardwareSerial: d.hardwareSerial, status: d.status,
     ports: d.portFirst === null || d.portLast === null ? null : { first: d.portFirst, last: d.portLast },
     publicKey: d.publicKey, fingerprint: d.keyFingerprint, labels: d.labels,
     online: d.online, connectedSince: iso(d.connectedSince), remoteAddr: d.remoteAddr, lastSeenAt: iso(d.lastSeenAt),
     createdAt: d.createdAt.toISOString(), revokedAt: iso(d.revokedAt), revokedBy: d.revokedBy, revokeReason: d.revokeReason,
+    // Fields added after v0.2.0 come last: clients may rely on the order of the older ones (test/api/wire.test.ts).
+    ...(revokedByName === undefined ? {} : { revokedByName }),
   };
 }
 
-function viewAudit(e: AuditEvent): AuditEventView {
-  return { id: e.id, at: e.at.toISOString(), actor: e.actor, action: e.action, target: e.target, remoteAddr: e.remoteAddr, outcome: e.outcome, details: e.details };
+async function viewDevices(deps: HttpDeps, devices: readonly DeviceRecord[]): Promise<DeviceView[]> {
+  const names = await apiKeyActorNames(deps.core.store, devices.map((d) => d.revokedBy));
+  return devices.map((d) => viewDevice(d, names));
+}
+
+function viewAudit(e: AuditEvent, names: ReadonlyMap<string, string>): AuditEventView {
+  const actorName = names.get(e.actor);
+  return {
+    id: e.id, at: e.at.toISOString(), actor: e.actor, action: e.action, target: e.target, remoteAddr: e.remoteAddr, outcome: e.outcome, details: e.details,
+    ...(actorName === undefined ? {} : { actorName }),
+  };
 }
 
 function registerTokenRoutes(router: Router<AppState>, deps: HttpDeps): void {
@@ -63,12 +76,12 @@ function registerDeviceAndAuditRoutes(router: Router<AppState>, deps: HttpDeps):
     const page = await core.store.listDevices({
       status: q.status, nameContains: q.name, label: key === undefined ? undefined : { key, value: value.join('=') }, limit: q.limit, cursor: q.cursor,
     });
-    ctx.body = { items: page.items.map(viewDevice), nextCursor: page.nextCursor } satisfies ListDevicesResponse;
+    ctx.body = { items: await viewDevices(deps, page.items), nextCursor: page.nextCursor } satisfies ListDevicesResponse;
   });
 
   router.get('/v1/devices/:ref', async (ctx) => {
     requireRole(await authenticate(ctx, deps), ['admin', 'operator']);
-    ctx.body = viewDevice(await findDeviceByRef(core, ctx.params.ref!));
+    ctx.body = (await viewDevices(deps, [await findDeviceByRef(core, ctx.params.ref!)]))[0]!;
   });
 
   router.post('/v1/devices/:ref/revoke', async (ctx) => {
@@ -77,14 +90,15 @@ function registerDeviceAndAuditRoutes(router: Router<AppState>, deps: HttpDeps):
     const { reason }: RevokeDeviceRequest = parseWith(revokeDeviceSchema, ctx.request.body);
     const result = await revokeDevice(core, ctx.params.ref!, reason ?? null, actor);
     if (!result.alreadyRevoked) deps.metrics.revocations.inc();
-    ctx.body = { device: viewDevice(result.device), alreadyRevoked: result.alreadyRevoked, certificatesRevoked: result.certificatesRevoked } satisfies RevokeDeviceResponse;
+    ctx.body = { device: (await viewDevices(deps, [result.device]))[0]!, alreadyRevoked: result.alreadyRevoked, certificatesRevoked: result.certificatesRevoked } satisfies RevokeDeviceResponse;
   });
 
   router.get('/v1/audit', async (ctx) => {
     requireRole(await authenticate(ctx, deps), ['admin', 'operator']);
     const q: ListAuditRequest = parseWith(listAuditQuery, ctx.query);
     const page = await core.store.listAudit({ since: q.since ? new Date(q.since) : undefined, action: q.action, actor: q.actor, limit: q.limit, cursor: q.cursor });
-    ctx.body = { items: page.items.map(viewAudit), nextCursor: page.nextCursor } satisfies ListAuditResponse;
+    const names = await apiKeyActorNames(core.store, page.items.map((e) => e.actor));
+    ctx.body = { items: page.items.map((e) => viewAudit(e, names)), nextCursor: page.nextCursor } satisfies ListAuditResponse;
   });
 }
 

@@ -7,6 +7,7 @@
  * page) for tools and tests.
  */
 import type { ErrorCode } from '../core/errors.js';
+import type { OfflineSince } from '../core/presence.js';
 import { RESERVED_PREFIX } from '../../api/index.js';
 
 export const LOGIN_PATH = `${RESERVED_PREFIX}login`;
@@ -155,11 +156,25 @@ function ago(since: Date, now: Date): string {
   return `${Math.round(s / 86400)} days ago`;
 }
 
+/** After "DEVICE is": offline since when, in HTML. */
+function offlineText(offline: OfflineSince, now: Date): string {
+  switch (offline.kind) {
+    case 'since':
+      return `offline since ${escapeHtml(offline.at.toISOString())} (${ago(offline.at, now)})`;
+    case 'unrecorded': {
+      const up = offline.connectedSince ? `, after being up since ${escapeHtml(offline.connectedSince.toISOString())} (${ago(offline.connectedSince, now)})` : '';
+      return `offline: its tunnel went down moments ago${up}`;
+    }
+    case 'never':
+      return 'offline: it has never connected';
+  }
+}
+
 export interface RefusalPageOptions {
   readonly code: ErrorCode;
   readonly device: string;
   readonly message: string;
-  readonly offlineSince?: Date | null;
+  readonly offlineSince?: OfflineSince;
   readonly revokedAt?: Date | null;
   readonly retryAfterSeconds?: number;
   readonly now: Date;
@@ -176,10 +191,7 @@ export function refusalPage(o: RefusalPageOptions, status: number): Page {
         `${d} was revoked${o.revokedAt ? ` on ${escapeHtml(o.revokedAt.toISOString())}` : ''}; it can no longer be reached.`,
       ]);
     case 'DEVICE_OFFLINE': {
-      const since = o.offlineSince
-        ? `offline since ${escapeHtml(o.offlineSince.toISOString())} (${ago(o.offlineSince, o.now)})`
-        : 'offline: it has never connected';
-      return page(502, o.code, `${o.device} is offline`, [`${d} is ${since}.`, 'Its tunnel to the broker is down; try again once it reconnects.']);
+      return page(502, o.code, `${o.device} is offline`, [`${d} is ${offlineText(o.offlineSince ?? { kind: 'never' }, o.now)}.`, 'Its tunnel to the broker is down; try again once it reconnects.']);
     }
     case 'DEVICE_SERVICE_UNAVAILABLE':
       return page(502, o.code, `${o.device} is not answering`, [`${escapeHtml(o.message)}.`, `The tunnel to ${d} is up, but its web service did not answer.`]);

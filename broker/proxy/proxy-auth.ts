@@ -11,7 +11,8 @@
  *   embedded gateway, which knows the ports each tunnel holds; in OpenSSH
  *   mode this gets UNKNOWN_PRESENCE (no view per port), so the request goes
  *   on and a port nothing listens on answers DEVICE_OFFLINE, "since" the
- *   time OpenSSH-mode presence recorded in the store.
+ *   time OpenSSH-mode presence recorded in the store, or "moments ago"
+ *   while the store still says connected (core/presence.ts, OfflineSince).
  * - Unauthenticated requests learn nothing about devices: authentication
  *   comes first.
  *
@@ -37,7 +38,7 @@ import type { Actor, CoreDeps } from '../core/deps.js';
 import { BrokerError, type ErrorCode } from '../core/errors.js';
 import { ConnectionRateLimiter } from '../core/rate-limit.js';
 import type { ApiKeyRecord, DeviceRecord } from '../store/types.js';
-import { offlineSince, type TunnelPresence } from '../core/presence.js';
+import { offlineSince, type OfflineSince, type TunnelPresence } from '../core/presence.js';
 import { readCookie, SESSION_COOKIE, signSession, stripCookie, verifySession } from './session-cookie.js';
 import { SLOT } from '../../api/index.js';
 
@@ -85,8 +86,8 @@ export type ProxyDecision =
       readonly code: ErrorCode;
       readonly message: string;
       readonly device?: DeviceRecord;
-      /** DEVICE_OFFLINE: when the device was last seen; null if never. */
-      readonly offlineSince?: Date | null;
+      /** DEVICE_OFFLINE: when the device went offline, as far as the store knows. */
+      readonly offlineSince?: OfflineSince;
       /** RATE_LIMITED: when to try again. */
       readonly retryAfterSeconds?: number;
     };
@@ -104,7 +105,7 @@ interface Cached<T> {
   readonly until: number;
 }
 
-function refuse(code: ErrorCode, message: string, extra: { device?: DeviceRecord; offlineSince?: Date | null; retryAfterSeconds?: number } = {}): ProxyDecision {
+function refuse(code: ErrorCode, message: string, extra: { device?: DeviceRecord; offlineSince?: OfflineSince; retryAfterSeconds?: number } = {}): ProxyDecision {
   return { allow: false, code, message, ...extra };
 }
 
@@ -325,8 +326,8 @@ export class ProxyAuthorizer {
     return { allow: true, actor: auth.actor, device, port, forward: auth.forward };
   }
 
-  /** When DEVICE was last seen connected: the cached row may predate the disconnect, so this reads the store. */
-  async offlineSince(device: DeviceRecord): Promise<Date | null> {
+  /** When DEVICE went offline: the cached row may predate the disconnect, so this reads the store. */
+  async offlineSince(device: DeviceRecord): Promise<OfflineSince> {
     return offlineSince((await this.deps.core.store.findDevice(device.id)) ?? device);
   }
 

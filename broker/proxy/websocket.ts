@@ -138,7 +138,7 @@ export async function relayUpgrade(ctx: ProxyContext, relays: Set<Duplex>, req: 
   } catch (err) {
     const code: ErrorCode = (err as NodeJS.ErrnoException).code === 'ECONNREFUSED' ? 'DEVICE_OFFLINE' : 'DEVICE_SERVICE_UNAVAILABLE';
     ctx.count(code);
-    const since = code === 'DEVICE_OFFLINE' ? await authorizer.offlineSince(decision.device) : null;
+    const since = code === 'DEVICE_OFFLINE' ? await authorizer.offlineSince(decision.device) : undefined;
     sendRawPage(socket, refusalPage({ code, device: deviceName, message: `${deviceName} did not answer on its http slot`, offlineSince: since, now: clock() }, 502));
     return;
   }

@@ -45,11 +45,14 @@ test('ok/every JSON route answers the contract fields, in order', async (t) => {
     t.deepEqual(device.ports, grant.ports);
     const revoked = await b.call<RevokeDeviceResponse>(b.admin, 'POST', '/v1/devices/wire-1/revoke', { reason: 'wire test' });
     t.deepEqual(keys(revoked), ['device', 'alreadyRevoked', 'certificatesRevoked']);
-    t.deepEqual(keys(revoked.device), DEVICE_VIEW);
+    // Optional fields added after v0.2.0 come after the others: revokedByName, as the admin key revoked it.
+    t.deepEqual(keys(revoked.device), [...DEVICE_VIEW, 'revokedByName']);
 
     const audit = await b.call<ListAuditResponse>(b.admin, 'GET', '/v1/audit');
     t.deepEqual(keys(audit), ['items', 'nextCursor']);
-    t.deepEqual(keys(audit.items[0]!), ['id', 'at', 'actor', 'action', 'target', 'remoteAddr', 'outcome', 'details']);
+    const auditRow = ['id', 'at', 'actor', 'action', 'target', 'remoteAddr', 'outcome', 'details'];
+    t.deepEqual(keys(audit.items.find((e) => !e.actor.startsWith('apikey:'))!), auditRow);
+    t.deepEqual(keys(audit.items.find((e) => e.actor.startsWith('apikey:'))!), [...auditRow, 'actorName']);
 
     const created = await b.call<CreateApiKeyResponse>(b.admin, 'POST', '/v1/apikeys', { role: 'operator', name: 'wire' });
     t.deepEqual(keys(created), ['id', 'name', 'role', 'key', 'expiresAt']);

@@ -37,6 +37,35 @@ test('ok/apikey: create with --expires-in, list and revoke over the API, --json'
     t.true((JSON.parse(again.stdout) as RevokeApiKeyResponse).alreadyRevoked);
   }));
 
+test('ok/apikey create --json: one JSON document with the key, which works; help describes the subcommand', (t) =>
+  withBroker(async (b) => {
+    const created = await runCli(['apikey', 'create', '--data', b.dir, '--role', 'operator', '--name', 'ci-bot', '--expires-in', '1d', '--json']);
+    t.is(created.code, 0, created.stderr);
+    t.is(created.stderr, '', 'nothing but the document: scripts read stdout');
+    const doc = JSON.parse(created.stdout) as Record<string, unknown>;
+    t.deepEqual(Object.keys(doc), ['id', 'name', 'role', 'key', 'expiresAt']);
+    t.regex(String(doc.id), /^key_[a-z2-7]{16}$/);
+    t.is(doc.name, 'ci-bot');
+    t.is(doc.role, 'operator');
+    t.true(String(doc.key).startsWith(`ctk_${String(doc.id)}.`));
+    const hours = (Date.parse(String(doc.expiresAt)) - Date.now()) / 3600_000;
+    t.true(hours > 23 && hours <= 24, `expires in ${hours} h`);
+    // The printed key is the real one: the broker accepts it with its role.
+    t.is(await code(apiRequest({ ...b.admin, apiKey: String(doc.key) }, 'GET', '/v1/devices')), 'NONE');
+    t.is(await code(apiRequest({ ...b.admin, apiKey: String(doc.key) }, 'GET', '/v1/apikeys')), 'FORBIDDEN');
+
+    const never = await runCli(['apikey', 'create', '--data', b.dir, '--role', 'provisioner', '--name', 'factory', '--json']);
+    t.is((JSON.parse(never.stdout) as { expiresAt: unknown }).expiresAt, null);
+    const bad = await runCli(['apikey', 'create', '--data', b.dir, '--role', 'root', '--name', 'x', '--json']);
+    t.is(bad.code, 1);
+    t.is(bad.stdout, '');
+    t.is((JSON.parse(bad.stderr) as { error: { code: string } }).error.code, 'BAD_ARGUMENT');
+
+    const help = await runCli(['apikey', 'create', '--help']);
+    t.regex(help.stdout, /^make an API key/m);
+    t.regex(help.stdout, /--json\s+print \{"id","name","role","key","expiresAt"\}/);
+  }));
+
 test('ok/apikey --local: list and revoke on the data directory without a key; the last admin needs --force', (t) =>
   withBroker(async (b) => {
     const adminId = b.init.adminKey.split('.')[0]!.slice('ctk_'.length);
