@@ -10,14 +10,16 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  fingerprint,
   generateKeyPair,
+  parsePortPrincipal,
   signDeviceCert,
   signOperatorCert,
   type Certificate,
   type KeyPair,
   type PortBlock,
 } from '../ca/index.js';
-import { createGateway, type AuditEvent, type Gateway, type GatewayLimits, type PresenceUpdate } from '../broker/ssh/index.js';
+import { createGateway, type AuditEvent, type Gateway, type GatewayDeps, type GatewayLimits, type IssuedCertificate, type PresenceUpdate } from '../broker/ssh/index.js';
 import { sshArgs, writeClientIdentity, writeKnownHosts, type ClientIdentity } from './ssh-client.js';
 
 export interface LogLine {
@@ -58,6 +60,8 @@ export interface GatewayEnvOptions {
   readonly isRevoked?: (cert: { serial: bigint; keyId: string }) => boolean;
   /** The random early drop's draw (GatewayDeps.random). */
   readonly random?: () => number;
+  /** The store's record of a serial (GatewayDeps.lookupIssued): e.g. one from issuedRecord(), a slow one, one that throws. */
+  readonly lookupIssued?: GatewayDeps['lookupIssued'];
 }
 
 export async function startGatewayEnv(options: GatewayEnvOptions = {}): Promise<GatewayEnv> {
@@ -84,6 +88,7 @@ export async function startGatewayEnv(options: GatewayEnvOptions = {}): Promise<
     },
     limits: options.limits,
     ...(options.random ? { random: options.random } : {}),
+    ...(options.lookupIssued ? { lookupIssued: options.lookupIssued } : {}),
   });
   const { port } = await gateway.listen(0, '127.0.0.1');
   const knownHosts = await writeKnownHosts(join(dir, 'known_hosts'), '127.0.0.1', port, hostKey.publicKey);
@@ -114,6 +119,34 @@ export async function startGatewayEnv(options: GatewayEnvOptions = {}): Promise<
     },
   };
   return env;
+}
+
+/**
+ * What the store records for CERT when the broker issues it
+ * (broker/core/grant.ts, operator-certificate.ts), with its device active
+ * on the certificate's block; OVER replaces any part of it.
+ */
+export function issuedRecord(
+  cert: Certificate,
+  over: { certificate?: Partial<IssuedCertificate['certificate']>; device?: IssuedCertificate['device'] } = {},
+): IssuedCertificate {
+  const parsed = parsePortPrincipal(cert.principals[0] ?? '');
+  const deviceId = /device:([^:]+)$/.exec(cert.keyId)?.[1] ?? null;
+  if (!parsed || !deviceId) throw new Error(`issuedRecord: not a device or operator certificate (${cert.keyId})`);
+  return {
+    certificate: {
+      kind: cert.keyId.startsWith('operator:') ? 'operator' : 'device',
+      deviceId,
+      keyFingerprint: fingerprint(cert.publicKey),
+      keyId: cert.keyId,
+      principal: cert.principals[0]!,
+      validAfter: new Date(Number(cert.validAfter) * 1000),
+      validBefore: new Date(Number(cert.validBefore) * 1000),
+      revokedAt: null,
+      ...over.certificate,
+    },
+    device: over.device !== undefined ? over.device : { id: deviceId, status: 'active', portFirst: parsed.block.first, portLast: parsed.block.last },
+  };
 }
 
 function listenOn(server: Server, port: number): Promise<number> {

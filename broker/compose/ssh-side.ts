@@ -93,6 +93,8 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     // Only certificates naming a real block of this broker's pool get in.
     portPool: o.config.ports,
     isRevoked: (cert) => o.revocations.isRevoked(cert),
+    // Defence in depth: only a certificate the store issued, as presented, for an active device's current block.
+    lookupIssued: (serial) => o.store.findIssuedCertificate(serial),
     clock: o.clock,
     logger: log,
     audit: (event) => {

@@ -7,11 +7,16 @@
  * MaxAuthTries) or when its login grace time runs out (AUTH_TIMEOUT), and
  * a valid certificate is refused while its device already holds
  * maxSessionsPerCertificate sessions (TOO_MANY_SESSIONS).
+ *
+ * A certificate that passes every check of its own is then looked up in the
+ * store (acceptIfIssued, issued.ts): the answer to the client waits for the
+ * lookup, and ssh2 holds the client's further requests until it comes.
  */
 import type { Socket } from 'node:net';
 import type { AuthContext, Connection } from 'ssh2';
 import { decideUserauth, type AuthDecision, type AuthRefusal } from './userauth.js';
-import type { CertificateCheckDeps, Identity } from './authorize.js';
+import type { CertificateCheckDeps, Decision, Identity } from './authorize.js';
+import { checkIssued, type IssuedRefusal, type LookupIssued } from './issued.js';
 import { truncate } from './peer-text.js';
 import type { GatewayCounters } from './stats.js';
 import type { AuditEvent, GatewayLogger } from './types.js';
@@ -37,7 +42,11 @@ export interface AuthenticationDeps {
   /** Sessions IDENTITY's device (or operator certificate) holds now, and how many it may. */
   sessionsOf(identity: Identity): number;
   readonly maxSessionsPerCertificate: number;
+  /** The store's record of a serial (issued.ts); without it every certificate the CA signed is believed. */
+  readonly lookupIssued?: LookupIssued | undefined;
 }
+
+type Accepted = Extract<AuthDecision, { kind: 'accept' }>;
 
 /** Answers one SSH_MSG_USERAUTH_REQUEST. */
 export function handleUserauth(deps: AuthenticationDeps, state: Authenticating, ctx: AuthContext): void {
@@ -50,23 +59,68 @@ export function handleUserauth(deps: AuthenticationDeps, state: Authenticating, 
       // SSH_MSG_USERAUTH_PK_OK: the client may now sign (RFC 4252 section 7).
       ctx.accept();
       return;
-    case 'accept':
-      if (deps.sessionsOf(decision.identity) >= deps.maxSessionsPerCertificate) {
-        // Checked here, not once the session exists: ssh2 emits "ready" within accept(), so the count is exact.
-        ctx.reject(['publickey']);
-        const { keyId, serial } = decision.identity;
-        refuseUserauth(deps, state, 'TOO_MANY_SESSIONS', { claimed: { keyId, serial }, method: ctx.method, drop: true });
-        return;
-      }
-      deps.counters.signature(decision.signatureForm);
-      state.identity = decision.identity;
-      ctx.accept();
+    case 'accept': {
+      const { lookupIssued } = deps;
+      if (!lookupIssued) return admit(deps, state, ctx, decision);
+      acceptIfIssued(deps, state, ctx, decision, lookupIssued).catch((err: unknown) => {
+        // admit() runs the session's start ("ready") synchronously: whatever that throws ends this connection only.
+        deps.logger.error({ err, remoteAddr: state.remoteAddr }, 'ssh authentication failed');
+        state.socket.destroy();
+      });
       return;
+    }
     case 'refuse':
       ctx.reject(['publickey']);
       refuseUserauth(deps, state, decision.reason, { claimed: decision.claimed, method: ctx.method });
       return;
   }
+}
+
+/** The last checks before the session starts: the device's session count, then ctx.accept(). */
+function admit(deps: AuthenticationDeps, state: Authenticating, ctx: AuthContext, decision: Accepted): void {
+  if (deps.sessionsOf(decision.identity) >= deps.maxSessionsPerCertificate) {
+    // Checked here, not once the session exists: ssh2 emits "ready" within accept(), so the count is exact.
+    ctx.reject(['publickey']);
+    const { keyId, serial } = decision.identity;
+    refuseUserauth(deps, state, 'TOO_MANY_SESSIONS', { claimed: { keyId, serial }, method: ctx.method, drop: true });
+    return;
+  }
+  deps.counters.signature(decision.signatureForm);
+  state.identity = decision.identity;
+  ctx.accept();
+}
+
+/**
+ * Accepts DECISION's certificate only if the store issued it as presented
+ * (checkIssued). Fails closed: a lookup that throws refuses the login
+ * (INTERNAL_ERROR), logged. The connection may close while the lookup is
+ * pending (the client gave up, the login grace time ran out, the gateway
+ * is closing): then nothing is answered on it, and a refusal is still
+ * counted, logged and audited.
+ */
+export async function acceptIfIssued(
+  deps: AuthenticationDeps,
+  state: Authenticating,
+  ctx: AuthContext,
+  decision: Accepted,
+  lookupIssued: LookupIssued,
+): Promise<void> {
+  const { identity } = decision;
+  let verdict: Decision<IssuedRefusal | 'INTERNAL_ERROR'>;
+  try {
+    verdict = checkIssued(identity, await lookupIssued(identity.serial));
+  } catch (err) {
+    deps.logger.error({ err, remoteAddr: state.remoteAddr, serial: identity.serial.toString() }, 'ssh certificate store check failed');
+    verdict = { allow: false, reason: 'INTERNAL_ERROR' };
+  }
+  const gone = state.socket.destroyed || !state.socket.writable;
+  if (verdict.allow) {
+    if (!gone) admit(deps, state, ctx, decision);
+    return;
+  }
+  if (!gone) ctx.reject(['publickey']);
+  const { keyId, serial } = identity;
+  refuseUserauth(deps, state, verdict.reason, { claimed: { keyId, serial }, method: ctx.method, drop: gone });
 }
 
 function decide(deps: AuthenticationDeps, state: Authenticating, ctx: AuthContext): AuthDecision {

@@ -13,6 +13,7 @@ export {
 export type { SessionInfo } from './session.js';
 export type { ByteCounters, ConnectionRefusal, GatewayStats } from './stats.js';
 export type { AuthRefusal, SignatureForm } from './userauth.js';
+export { checkIssued, type IssuedCertificate, type IssuedRefusal, type LookupIssued } from './issued.js';
 export {
   authorizeChannel,
   authorizeDirectTcpip,

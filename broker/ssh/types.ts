@@ -5,6 +5,7 @@
 import type { Duplex } from 'node:stream';
 import type { KeyPair, PublicKey } from '../../ca/index.js';
 import type { PortPool } from '../core/port-pool.js';
+import type { LookupIssued } from './issued.js';
 import type { SessionInfo } from './session.js';
 import type { GatewayStats } from './stats.js';
 
@@ -110,6 +111,14 @@ export interface GatewayDeps {
   readonly portPool?: PortPool;
   /** Synchronous, in memory; the control plane keeps it fresh. */
   isRevoked(cert: { serial: bigint; keyId: string }): boolean;
+  /**
+   * The store's record of a serial, consulted at login after every other
+   * check passed (issued.ts: the certificate must be one the broker issued,
+   * as presented, for an active device's current block); a lookup that
+   * rejects refuses the login. Without it the gateway believes every
+   * certificate the CA signed (tests, benchmarks).
+   */
+  lookupIssued?: LookupIssued;
   readonly clock: () => Date;
   /**
    * Looks up an active device by name, so that an operator may name the

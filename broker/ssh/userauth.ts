@@ -12,9 +12,12 @@
  */
 import { ED25519, ED25519_CERT, SshReader, verifyBytes } from '../../ca/index.js';
 import { checkUserCertificate, type CertificateCheckDeps, type CertRefusal, type Identity } from './authorize.js';
+import type { IssuedRefusal } from './issued.js';
 
 export type AuthRefusal =
   | CertRefusal
+  /** The store's check at login (issued.ts): a certificate the CA signed but the broker did not issue as presented. */
+  | IssuedRefusal
   | 'METHOD_NOT_ALLOWED'
   | 'NOT_A_CERTIFICATE'
   | 'BAD_SESSION_SIGNATURE'
@@ -22,7 +25,7 @@ export type AuthRefusal =
   | 'AUTH_TIMEOUT'
   /** A valid certificate whose device (or operator certificate) already has maxSessionsPerCertificate sessions. */
   | 'TOO_MANY_SESSIONS'
-  /** An injected dependency (isRevoked, clock) threw: refused, fail closed. */
+  /** An injected dependency (isRevoked, clock, the store lookup) threw: refused, fail closed. */
   | 'INTERNAL_ERROR';
 
 /** What the gateway learned from one SSH_MSG_USERAUTH_REQUEST (ssh2's AuthContext, flattened). */

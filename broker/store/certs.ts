@@ -5,9 +5,9 @@
  * doubles (exact only up to 2^53).
  */
 import { BrokerError } from '../core/errors.js';
-import { bindUint64, toDate, toDateOrNull, toMillis, type Db } from './db.js';
+import { bindUint64, toDate, toDateOrNull, toMillis, toNumberOrNull, type Db } from './db.js';
 import type { SerialBlock } from './serials.js';
-import type { CertificateRecord, NewCertificate } from './types.js';
+import type { CertificateRecord, IssuedCertificateRecord, NewCertificate } from './types.js';
 
 interface CertRow {
   serial: string;
@@ -128,6 +128,46 @@ export function prefixedCertificate(row: Record<string, unknown>): CertificateRe
   const cert: Record<string, unknown> = { serial: row.cert_serial };
   for (const col of CERT_COLUMNS) cert[col] = row[`cert_${col}`];
   return certificateFromRow(cert as unknown as CertRow);
+}
+
+interface IssuedRow extends CertRow {
+  d_id: string | null;
+  d_status: 'active' | 'revoked' | null;
+  d_port_first: number | string | null;
+  d_port_last: number | string | null;
+}
+
+/** The largest serial the counter can hand out (nextSerial's guard); bindUint64 refuses anything above. */
+const MAX_STORED_SERIAL = 0x7fffffffffffffffn;
+
+/**
+ * One statement, a primary-key lookup on certificates and one on devices:
+ * EXPLAIN QUERY PLAN gives two SEARCHes by the primary keys' indexes, no
+ * SCAN (test/broker/store/certs.test.ts checks it on this very text).
+ */
+export const FIND_ISSUED_SQL = `
+  SELECT CAST(c.serial AS TEXT) AS serial, c.device_id, c.kind, c.key_fingerprint, c.key_id, c.principal,
+         c.valid_after, c.valid_before, c.issued_at, c.revoked_at,
+         d.id AS d_id, d.status AS d_status, d.port_first AS d_port_first, d.port_last AS d_port_last
+  FROM certificates c
+  LEFT JOIN devices d ON d.id = c.device_id
+  WHERE c.serial = ?`;
+
+/**
+ * The certificate recorded under SERIAL and the device it names, as the
+ * SSH gateway checks them at login (FIND_ISSUED_SQL). A serial the counter
+ * can never have handed out (0, or above 2^63 - 1, as a forged certificate
+ * may carry) is simply not there: null, without a query.
+ */
+export async function findIssuedCertificate(db: Db, serial: bigint): Promise<IssuedCertificateRecord | null> {
+  if (serial <= 0n || serial > MAX_STORED_SERIAL) return null;
+  const row = await db.first<IssuedRow>(FIND_ISSUED_SQL, [bindUint64(serial)]);
+  if (!row) return null;
+  const device =
+    row.d_id === null || row.d_status === null
+      ? null
+      : { id: row.d_id, status: row.d_status, portFirst: toNumberOrNull(row.d_port_first), portLast: toNumberOrNull(row.d_port_last) };
+  return { certificate: certificateFromRow(row), device };
 }
 
 export async function revokeCertificatesOfDevice(db: Db, deviceId: string, now: Date): Promise<number> {

@@ -24,7 +24,7 @@ const READ_OPERATIONS: ReadonlySet<string> = new Set<keyof StoreTx>([
   'findTokenByHash', 'listTokens', 'countActiveTokens',
   'findDevice', 'findDeviceByName', 'findDeviceByFingerprint', 'findActiveDeviceByPort', 'listDevices', 'countDevicesByStatus',
   'portPoolUsage',
-  'findCertificate', 'latestCertificateOfDevice', 'findDeviceWithLatestCertificate', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
+  'findCertificate', 'findIssuedCertificate', 'latestCertificateOfDevice', 'findDeviceWithLatestCertificate', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
   'findApiKey', 'listApiKeys',
   'listAudit', 'countAudit',
 ]);
@@ -65,6 +65,7 @@ export function bindOps(withDb: WithDb): StoreTx {
     nextSerial: op('nextSerial', certs.nextSerial),
     insertCertificate: op('insertCertificate', certs.insertCertificate),
     findCertificate: op('findCertificate', certs.findCertificate),
+    findIssuedCertificate: op('findIssuedCertificate', certs.findIssuedCertificate),
     latestCertificateOfDevice: op('latestCertificateOfDevice', certs.latestCertificateOfDevice),
     findDeviceWithLatestCertificate: op('findDeviceWithLatestCertificate', devices.findDeviceWithLatestCertificate),
     revokeCertificatesOfDevice: op('revokeCertificatesOfDevice', certs.revokeCertificatesOfDevice),

@@ -144,6 +144,17 @@ export interface CertificateRecord extends NewCertificate {
   revokedAt: Date | null;
 }
 
+/**
+ * A certificate as recorded when it was issued, with the device it names
+ * (a device certificate's own device, the device an operator certificate
+ * reaches) as that device is now.
+ */
+export interface IssuedCertificateRecord {
+  certificate: CertificateRecord;
+  /** null when the row names no device, or none with that id exists. */
+  device: Pick<DeviceRecord, 'id' | 'status' | 'portFirst' | 'portLast'> | null;
+}
+
 // ---- API keys -------------------------------------------------------------
 
 export interface NewApiKey {
@@ -263,6 +274,12 @@ export interface StoreTx {
   nextSerial(): Promise<bigint>;
   insertCertificate(cert: NewCertificate): Promise<void>;
   findCertificate(serial: bigint): Promise<CertificateRecord | null>;
+  /**
+   * The certificate recorded under SERIAL joined to its device, in one
+   * primary-key lookup (the SSH gateway's check at login); null when no
+   * such serial was issued (or any longer recorded: pruneCertificates).
+   */
+  findIssuedCertificate(serial: bigint): Promise<IssuedCertificateRecord | null>;
   /** The device-kind certificate issued last to the device (highest serial), or null. */
   latestCertificateOfDevice(deviceId: string): Promise<CertificateRecord | null>;
   /** findDevice and latestCertificateOfDevice in one statement; null if there is no such device. */

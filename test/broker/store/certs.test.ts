@@ -2,7 +2,8 @@
 import test from 'ava';
 import { isBrokerError } from '../../../broker/core/errors.js';
 import { openStore } from '../../../broker/store/index.js';
-import { HOUR, T0, at, device, sql, withStore } from './fixtures.js';
+import { FIND_ISSUED_SQL } from '../../../broker/store/certs.js';
+import { HOUR, POOL, T0, at, device, sql, withStore } from './fixtures.js';
 
 test('ok/serials are 64-bit exact and stop before overflowing', async (t) => {
   await withStore(async (store, file) => {
@@ -31,5 +32,43 @@ test('ok/serials are 64-bit exact and stop before overflowing', async (t) => {
     } finally {
       await reopened.close();
     }
+  });
+});
+
+test('findIssuedCertificate: the certificate as issued and its device as it is now, in one primary-key lookup', async (t) => {
+  await withStore(async (store, file) => {
+    const dev = device({ id: 'dev_i', keyFingerprint: 'SHA256:dev' });
+    await store.insertDevice(dev);
+    const block = await store.allocatePortBlock(dev.id, POOL, T0);
+    const issued = {
+      serial: 7n, deviceId: dev.id, kind: 'device', keyFingerprint: 'SHA256:dev', keyId: `device:${dev.id}`,
+      principal: `ports-${block.first}-${block.last}`, validAfter: T0, validBefore: at(HOUR), issuedAt: T0,
+    } as const;
+    const operator = { ...issued, serial: 8n, kind: 'operator', keyFingerprint: 'SHA256:op', keyId: `operator:alice:device:${dev.id}`, principal: `reach-${block.first}-${block.last}` } as const;
+    const orphan = { ...issued, serial: 9n, deviceId: null } as const;
+    for (const c of [issued, operator, orphan]) await store.insertCertificate(c);
+    const active = { id: dev.id, status: 'active', portFirst: block.first, portLast: block.last };
+
+    t.deepEqual(await store.findIssuedCertificate(7n), { certificate: { ...issued, revokedAt: null }, device: active });
+    t.deepEqual(await store.findIssuedCertificate(8n), { certificate: { ...operator, revokedAt: null }, device: active });
+    t.deepEqual(await store.findIssuedCertificate(9n), { certificate: { ...orphan, revokedAt: null }, device: null });
+    // Never issued, and serials no counter hands out (a forged certificate may carry them): null, never a throw.
+    for (const serial of [6n, 10n, 0n, 2n ** 63n, 2n ** 64n - 1n]) t.is(await store.findIssuedCertificate(serial), null, String(serial));
+
+    // Revoked: the serial and the device say so; the block stays on the device row as history.
+    await store.transaction(async (tx) => {
+      await tx.markDeviceRevoked(dev.id, 'apikey:test', null, at(1000));
+      await tx.revokeCertificatesOfDevice(dev.id, at(1000));
+    });
+    t.like(await store.findIssuedCertificate(7n), { certificate: { revokedAt: at(1000) }, device: { ...active, status: 'revoked' } });
+    // Inside a transaction too (its own writes visible).
+    t.like(await store.transaction((tx) => tx.findIssuedCertificate(8n)), { certificate: { kind: 'operator', revokedAt: at(1000) } });
+
+    // The plan of the statement the store runs: a SEARCH of each table by its primary key's index, no SCAN.
+    const plan = await sql<{ detail: string }>(file, `EXPLAIN QUERY PLAN ${FIND_ISSUED_SQL}`, ['7']);
+    t.is(plan.length, 2, JSON.stringify(plan));
+    t.regex(plan[0]!.detail, /^SEARCH c USING (INDEX sqlite_autoindex_certificates_1|INTEGER PRIMARY KEY) \(serial=\?\)$/);
+    t.regex(plan[1]!.detail, /^SEARCH d USING INDEX sqlite_autoindex_devices_1 \(id=\?\)/);
+    t.false(plan.some((row) => /SCAN/.test(row.detail)));
   });
 });
