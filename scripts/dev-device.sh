@@ -26,6 +26,13 @@
 # (no user is created on this machine: flash only chowns files in the image).
 # As a normal user, sshd can only let that same user in, and the image's
 # certunnel-agent is that user's uid, so that flash can give it its files.
+# OpenSSH refuses an account it takes for locked (seen as `nobody`: "User
+# nobody not allowed because account is locked"); use a login account.
+#
+# The broker needs nothing special for such a device when it listens on
+# 127.0.0.1 (`certunnel init --ssh-listen 127.0.0.1:2222 --api-listen
+# 127.0.0.1:8443`): it then tells devices to reach 127.0.0.1; a broker
+# listening on every address needs CERTUNNEL_SSH_PUBLIC_HOST=127.0.0.1.
 set -eu
 
 SSHD=/usr/sbin/sshd # sshd re-executes itself and insists on an absolute path
@@ -37,7 +44,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,21s/^# \{0,1\}//p' "$0" >&2
+  sed -n '2,22s/^# \{0,1\}//p' "$0" >&2
   exit 2
 }
 
@@ -75,6 +82,8 @@ cmd_image() {
   printf '#!/bin/sh\nexec %s "$@"\n' "$certunnel_path" >"$root/usr/bin/certunnel"
   chmod 0755 "$root/usr/bin/certunnel"
   printf 'device image root %s: certunnel-agent is uid %s, /usr/bin/certunnel runs %s\n' "$root" "$uid" "$certunnel_path"
+  printf '  flash it:   certunnel provision flash --bundle BUNDLE --root %s\n' "$root"
+  printf '  then run:   certunnel agent run --config %s/etc/certunnel/agent.json --state-dir %s/var/lib/certunnel --token-file %s/etc/certunnel/enroll-token\n' "$root" "$root" "$root"
 }
 
 cmd_start() {
