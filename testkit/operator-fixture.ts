@@ -178,7 +178,7 @@ export async function opensshFleetOptions(): Promise<FleetOptions> {
       });
       return async () => {
         const pool = broker.broker.core.config.ports;
-        await killSessionsHoldingPorts(Array.from({ length: pool.last - pool.first + 1 }, (_, i) => pool.first + i));
+        killSessionsHoldingPorts(Array.from({ length: pool.last - pool.first + 1 }, (_, i) => pool.first + i));
         await sshd.stop();
       };
     },

@@ -167,7 +167,7 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
       await presence.poll();
     },
     // sshd does not say which certificate a session used: end the device's sessions older than the KRL that lists the old serials.
-    certificatesRevoked: async (deviceId) => killer.endDevice(deviceId, 'key rotated', { startedBy: await ticksSinceBoot() }),
+    certificatesRevoked: async (deviceId) => killer.endDevice(deviceId, 'key rotated', { startedBy: ticksSinceBoot() }),
     reconcile: async (revocations) => {
       await presence.poll();
       let ended = 0;
@@ -205,7 +205,7 @@ async function checkSshdPort(o: SshSideOptions, devicePort: number): Promise<str
 /** Ends sshd sessions by port block, asking presence which process holds each listener before scanning /proc. */
 function opensshKiller(o: SshSideOptions, presence: OpensshPresence) {
   const endBlock = async (block: PortBlock, deviceId: string | null, why: string, options: { startedBy?: number } = {}): Promise<number[]> => {
-    const killed = await killSessionsHoldingPorts(blockPorts(block), { cache: presence.pids, ...options });
+    const killed = killSessionsHoldingPorts(blockPorts(block), { cache: presence.pids, ...options });
     if (killed.length > 0) o.logger.info({ deviceId, block, killed, why }, 'OpenSSH mode: ended the sshd sessions holding a revoked port block');
     return killed;
   };

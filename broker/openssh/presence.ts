@@ -92,7 +92,7 @@ export class OpensshPresence {
   }
 
   private async pollOnce(): Promise<boolean> {
-    const sockets = await readTcpSockets(this.o.procRoot, { littleEndian: this.o.littleEndian });
+    const sockets = readTcpSockets(this.o.procRoot, { littleEndian: this.o.littleEndian });
     if (!sockets) return false;
     const inodes = new Set<number>();
     const blocks = listeningBlocks(sockets, this.o.pool, inodes);

@@ -5,7 +5,9 @@
  *
  * Linux only: it reads /proc/net/tcp and /proc/net/tcp6 for sockets in LISTEN
  * state on the given ports (loopback or wildcard address), then maps socket
- * inodes to processes through the /proc/<pid>/fd symlinks. With privilege
+ * inodes to processes through the /proc/<pid>/fd symlinks of the sshd
+ * processes (by /proc/<pid>/comm), or asks ListenerPidCache, which OpenSSH
+ * presence keeps while the tunnels are up. With privilege
  * separation the listener of a remote forward belongs to the per-connection
  * child that runs as the device user ("sshd: tunnel"), not to the sshd
  * master ("[listener]") nor to the root monitor ("[priv]"): ending that child
@@ -17,8 +19,7 @@
  * another user's process and sshd marks it non-dumpable, which makes its
  * /proc/<pid>/fd unreadable even to that user.
  */
-import { readdirSync, readlinkSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { join } from 'node:path';
 import { isLoopbackAddress } from '../core/net-address.js';
@@ -130,6 +131,14 @@ export interface ProcOptions {
   readonly procRoot?: string;
 }
 
+/**
+ * /proc/<pid>/comm of the processes that may be an sshd session: sshd
+ * (through OpenSSH 9.7) and sshd-session (9.8 and later run each
+ * connection's processes in that binary). The killer signals nothing else,
+ * and looks into the fds of nothing else.
+ */
+export const SSHD_SESSION_COMMANDS: readonly string[] = ['sshd', 'sshd-session'];
+
 function checkPorts(ports: readonly number[]): Set<number> {
   for (const port of ports) {
     if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`not a TCP port: ${port}`);
@@ -137,9 +146,19 @@ function checkPorts(ports: readonly number[]): Set<number> {
   return new Set(ports);
 }
 
-async function readIfPresent(path: string): Promise<string | null> {
+/*
+ * Everything below reads /proc synchronously, on purpose. /proc answers
+ * from kernel memory and never waits for a disk, while fs/promises sends
+ * each read through libuv's four-thread pool, queued behind whatever else
+ * is there (SQLite's statements, file writes): under load one revocation's
+ * reads took seconds that way (measured: 4.5 s), and /proc/net/tcp alone
+ * 30-80 ms with two busy loops on the 2-core reference machine — time a
+ * revoked device keeps its tunnel.
+ */
+
+function readIfPresent(path: string): string | null {
   try {
-    return await readFile(path, 'utf8');
+    return readFileSync(path, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw err;
@@ -147,18 +166,22 @@ async function readIfPresent(path: string): Promise<string | null> {
 }
 
 /** The TCP sockets of PROCROOT/net/tcp and tcp6 (absent when IPv6 is disabled); null without /proc/net/tcp (not Linux). */
-export async function readTcpSockets(procRoot = '/proc', parse: ParseProcNetTcpOptions = {}): Promise<ProcNetTcpEntry[] | null> {
-  const v4 = await readIfPresent(join(procRoot, 'net', 'tcp'));
+export function readTcpSockets(procRoot = '/proc', parse: ParseProcNetTcpOptions = {}): ProcNetTcpEntry[] | null {
+  const v4 = readIfPresent(join(procRoot, 'net', 'tcp'));
   if (v4 === null) return null;
-  return [...parseProcNetTcp(v4, parse), ...parseProcNetTcp((await readIfPresent(join(procRoot, 'net', 'tcp6'))) ?? '', parse)];
+  return [...parseProcNetTcp(v4, parse), ...parseProcNetTcp(readIfPresent(join(procRoot, 'net', 'tcp6')) ?? '', parse)];
 }
 
-/**
- * The socket inodes PID holds. Synchronous on purpose: /proc answers from
- * memory, and a few hundred readlink calls through the libuv thread pool
- * queued behind other work took seconds under load (measured: 4.5 s for one
- * revocation), which is seconds a revoked device keeps its tunnel.
- */
+/** /proc/<pid>/comm without its newline; '' if PID is gone. */
+function commandOf(procRoot: string, pid: number): string {
+  try {
+    return readFileSync(join(procRoot, String(pid), 'comm'), 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+/** The socket inodes PID holds (readdir and readlink of /proc/<pid>/fd). */
 function socketInodesOf(procRoot: string, pid: number): number[] {
   const fdDir = join(procRoot, String(pid), 'fd');
   let fds: string[];
@@ -186,37 +209,55 @@ function holdsAny(procRoot: string, pid: number, inodes: ReadonlySet<number>): b
   return socketInodesOf(procRoot, pid).some((inode) => inodes.has(inode));
 }
 
-/** The processes holding each of INODES: one pass over every process's fds. */
-function scanForInodes(procRoot: string, inodes: ReadonlySet<number>): Map<number, number> {
+/**
+ * The process holding each of INODES: one pass over the processes' fds,
+ * only those whose comm is one of COMMANDS (all when absent), newest pid
+ * first, until every inode has a holder. Reading one small comm file costs
+ * far less than listing a process's fds and reading each link (a node
+ * process has dozens). Newest first because a listener the cache does not
+ * know appeared since the last presence poll, so its sshd session is among
+ * the newest processes (pids grow until they wrap, which only costs time).
+ */
+function scanForInodes(procRoot: string, inodes: ReadonlySet<number>, commands?: ReadonlySet<string>): Map<number, number> {
   const holders = new Map<number, number>();
   if (inodes.size === 0) return holders;
-  for (const name of readdirSync(procRoot)) {
-    if (!/^\d+$/.test(name)) continue;
-    const pid = Number(name);
-    for (const inode of socketInodesOf(procRoot, pid)) if (inodes.has(inode)) holders.set(inode, pid);
+  const pids = readdirSync(procRoot)
+    .filter((name) => /^\d+$/.test(name))
+    .map(Number)
+    .sort((a, b) => b - a);
+  for (const pid of pids) {
+    if (commands && !commands.has(commandOf(procRoot, pid))) continue;
+    for (const inode of socketInodesOf(procRoot, pid)) if (inodes.has(inode) && !holders.has(inode)) holders.set(inode, pid);
     if (holders.size === inodes.size) break;
   }
   return holders;
 }
 
 /**
- * Which process holds each listener socket (by inode), learnt ahead of time
- * (OpenSSH presence feeds it on every poll) so that a revocation finds the
- * sshd session to end without scanning all of /proc while the machine is
- * busy: one scan per new listener, when it appears, instead of one per
- * revocation. A remembered pid is believed only while it still holds the
- * socket (pids are reused).
+ * Which sshd session process holds each listener socket (by inode), learnt
+ * ahead of time (OpenSSH presence feeds it on every poll) so that a
+ * revocation signals the session it already knows instead of scanning /proc
+ * while the machine may be busy: one scan per new listener, when it
+ * appears, instead of one per revocation. A remembered pid is believed only
+ * while it still holds the socket (pids are reused). Holders that are not
+ * sshd sessions (COMMANDS) are not looked for: they are never signalled.
  */
 export class ListenerPidCache {
   private readonly pids = new Map<number, number>();
+  private readonly commands: ReadonlySet<string>;
 
-  constructor(private readonly procRoot = '/proc') {}
+  constructor(
+    private readonly procRoot = '/proc',
+    commands: readonly string[] = SSHD_SESSION_COMMANDS,
+  ) {
+    this.commands = new Set(commands);
+  }
 
   /** Scans for the holders of INODES not known yet; forgets inodes that are not among INODES any more. */
   learn(inodes: ReadonlySet<number>): void {
     for (const inode of this.pids.keys()) if (!inodes.has(inode)) this.pids.delete(inode);
     const unknown = new Set([...inodes].filter((inode) => !this.pids.has(inode)));
-    for (const [inode, pid] of scanForInodes(this.procRoot, unknown)) this.pids.set(inode, pid);
+    for (const [inode, pid] of scanForInodes(this.procRoot, unknown, this.commands)) this.pids.set(inode, pid);
   }
 
   /** The pid known to hold INODE, if it still does. */
@@ -232,14 +273,16 @@ export class ListenerPidCache {
 export interface FindListenerOptions extends ProcOptions {
   /** Holders learnt before: asked first, so that only sockets it does not know cost a scan of /proc. */
   readonly cache?: ListenerPidCache;
+  /** Look only into the fds of processes whose /proc/<pid>/comm is one of these (default: every process). */
+  readonly commands?: readonly string[];
 }
 
 /** Pids of the processes that hold a LISTEN socket on one of PORTS (loopback or wildcard), ascending. */
-export async function findListenerPids(ports: readonly number[], options: FindListenerOptions = {}): Promise<number[]> {
+export function findListenerPids(ports: readonly number[], options: FindListenerOptions = {}): number[] {
   const procRoot = options.procRoot ?? '/proc';
   const wanted = checkPorts(ports);
   if (wanted.size === 0) return [];
-  const inodes = listenerInodes((await readTcpSockets(procRoot)) ?? [], wanted);
+  const inodes = listenerInodes(readTcpSockets(procRoot) ?? [], wanted);
   const pids = new Set<number>();
   const unknown = new Set<number>();
   for (const inode of inodes) {
@@ -247,7 +290,8 @@ export async function findListenerPids(ports: readonly number[], options: FindLi
     if (pid === undefined) unknown.add(inode);
     else pids.add(pid);
   }
-  for (const pid of scanForInodes(procRoot, unknown).values()) pids.add(pid);
+  const commands = options.commands ? new Set(options.commands) : undefined;
+  for (const pid of scanForInodes(procRoot, unknown, commands).values()) pids.add(pid);
   return [...pids].sort((a, b) => a - b);
 }
 
@@ -255,21 +299,23 @@ export async function findListenerPids(ports: readonly number[], options: FindLi
 const CLOCK_TICKS_PER_SECOND = 100;
 
 /** Now, in clock ticks since boot: the clock of /proc/<pid>/stat's starttime. */
-export async function ticksSinceBoot(procRoot = '/proc'): Promise<number> {
-  const uptime = Number((await readFile(join(procRoot, 'uptime'), 'utf8')).split(' ')[0]);
+export function ticksSinceBoot(procRoot = '/proc'): number {
+  const uptime = Number(readFileSync(join(procRoot, 'uptime'), 'utf8').split(' ')[0]);
   return Math.floor(uptime * CLOCK_TICKS_PER_SECOND);
 }
 
 /** When PID started, in clock ticks since boot (proc(5): field 22 of stat); undefined if it is gone. */
-async function startTicksOf(procRoot: string, pid: number): Promise<number | undefined> {
-  const stat = await readFile(join(procRoot, String(pid), 'stat'), 'utf8').catch(() => undefined);
+function startTicksOf(procRoot: string, pid: number): number | undefined {
+  const stat = readIfPresent(join(procRoot, String(pid), 'stat')) ?? undefined;
   // The command name (field 2) may contain spaces and parentheses: count from the last ")".
   const fields = stat?.slice(stat.lastIndexOf(')') + 2).split(' ');
   const ticks = Number(fields?.[19]);
   return Number.isSafeInteger(ticks) ? ticks : undefined;
 }
 
-export interface KillSessionsOptions extends FindListenerOptions {
+export interface KillSessionsOptions extends ProcOptions {
+  /** Holders learnt before: asked first, so that only sockets it does not know cost a scan of /proc. */
+  readonly cache?: ListenerPidCache;
   /**
    * Only sessions whose process started at or before this (ticksSinceBoot):
    * a key rotation ends the sessions made before the old key's certificates
@@ -279,27 +325,30 @@ export interface KillSessionsOptions extends FindListenerOptions {
   /** Default SIGTERM: sshd's child exits and its monitor closes the connection. */
   readonly signal?: NodeJS.Signals;
   /**
-   * /proc/<pid>/comm values that may be signalled. Default sshd (through
-   * OpenSSH 9.7) and sshd-session (9.8 and later run sessions in that
-   * binary). Anything else holding a pool port is not an sshd session, and
-   * killing it would be a bug elsewhere turned into an outage.
+   * /proc/<pid>/comm values that may be signalled (default
+   * SSHD_SESSION_COMMANDS); the scan looks only into their fds. Anything
+   * else holding a pool port is not an sshd session, and killing it would
+   * be a bug elsewhere turned into an outage.
    */
   readonly commands?: readonly string[];
 }
 
 /**
  * Signals the sshd session processes that listen on PORTS; returns the pids
- * signalled. A process that is gone by then is not counted.
+ * signalled. A process that is gone by then is not counted. Synchronous
+ * (see above): nothing between the revocation and the signal waits in a
+ * queue.
  */
-export async function killSessionsHoldingPorts(ports: readonly number[], options: KillSessionsOptions = {}): Promise<number[]> {
+export function killSessionsHoldingPorts(ports: readonly number[], options: KillSessionsOptions = {}): number[] {
   const procRoot = options.procRoot ?? '/proc';
-  const commands = new Set(options.commands ?? ['sshd', 'sshd-session']);
+  const commands = options.commands ?? SSHD_SESSION_COMMANDS;
+  const allowed = new Set(commands);
   const killed: number[] = [];
-  for (const pid of await findListenerPids(ports, options)) {
+  for (const pid of findListenerPids(ports, { procRoot, cache: options.cache, commands })) {
     if (pid === 1 || pid === process.pid) continue;
-    const comm = (await readFile(join(procRoot, String(pid), 'comm'), 'utf8').catch(() => '')).trim();
-    if (!commands.has(comm)) continue;
-    if (options.startedBy !== undefined && ((await startTicksOf(procRoot, pid)) ?? Infinity) > options.startedBy) continue;
+    // Checked again: a pid from the cache was not filtered by the scan, and the process may have exec'd.
+    if (!allowed.has(commandOf(procRoot, pid))) continue;
+    if (options.startedBy !== undefined && (startTicksOf(procRoot, pid) ?? Infinity) > options.startedBy) continue;
     try {
       process.kill(pid, options.signal ?? 'SIGTERM');
       killed.push(pid);

@@ -187,7 +187,7 @@ export async function startBrokerSshd(dataDir: string, port: number, pool: { fir
     output: () => log,
     async stop() {
       // Per-connection children call setsid(): end those holding pool ports, then the master's group.
-      await killSessionsHoldingPorts(Array.from({ length: pool.last - pool.first + 1 }, (_, i) => pool.first + i));
+      killSessionsHoldingPorts(Array.from({ length: pool.last - pool.first + 1 }, (_, i) => pool.first + i));
       try {
         if (child.pid) process.kill(-child.pid, 'SIGTERM');
       } catch {

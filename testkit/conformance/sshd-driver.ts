@@ -81,7 +81,7 @@ async function startSystemSshd(outDir: string, extraConfig: readonly string[]): 
     ],
   });
   // The master is whoever listens on sshd's own port.
-  const listeners = await findListenerPids([sshd.port]);
+  const listeners = findListenerPids([sshd.port]);
   const masterPid = listeners[0];
   if (listeners.length !== 1 || masterPid === undefined) throw new Error(`expected one sshd master, found ${listeners.join(', ') || 'none'}`);
   return { sshd, masterPid };
@@ -112,9 +112,7 @@ async function startGateway(world: World, deviceUser: string, operatorUser: stri
   // up, so that a revocation signals it at once instead of scanning /proc then (issue 12 item 13).
   const pids = new ListenerPidCache();
   const poolPorts = new Set(blockPorts(world.pool));
-  const learning = setInterval(() => {
-    void readTcpSockets().then((sockets) => pids.learn(listenerInodes(sockets ?? [], poolPorts)), () => undefined);
-  }, 250);
+  const learning = setInterval(() => pids.learn(listenerInodes(readTcpSockets() ?? [], poolPorts)), 250);
   learning.unref();
   return {
     name: 'sshd',
@@ -128,19 +126,22 @@ async function startGateway(world: World, deviceUser: string, operatorUser: stri
       return lastKilled;
     },
     log: () => sshd.output(),
-    // The broker's revoke in OpenSSH mode: the KRL first (no new logins),
-    // then end the sessions that already hold the ports.
+    // The broker's revoke in OpenSSH mode (broker/compose/start.ts, revocationHooks): end the sessions
+    // that hold the ports first, touching no file; then the KRL (no new logins); then end whatever
+    // logged in before the KRL landed.
     async revoke(serials: readonly bigint[], blocks: readonly PortBlock[]) {
+      const ports = blocks.flatMap(blockPorts);
+      lastKilled = killSessionsHoldingPorts(ports, { cache: pids });
       for (const s of serials) revoked.add(s);
       await writeKrl(join(outDir, OPENSSH_FILES.krl), { caKey: world.userCa.publicKey, serials: revoked, version: ++krlVersion, generatedAt: new Date() });
-      lastKilled = await killSessionsHoldingPorts(blocks.flatMap(blockPorts), { cache: pids });
+      lastKilled = [...lastKilled, ...killSessionsHoldingPorts(ports, { cache: pids })];
     },
     async stop() {
       clearInterval(learning);
       // Per-connection sshd processes call setsid(), so stopping the master's
       // process group leaves live sessions behind (measured): end those that
       // hold pool ports first.
-      await killSessionsHoldingPorts(blockPorts(world.pool));
+      killSessionsHoldingPorts(blockPorts(world.pool));
       await sshd.stop();
     },
   };

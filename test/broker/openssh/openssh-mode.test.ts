@@ -168,14 +168,14 @@ test('ok/findListenerPids finds this process listening on 127.0.0.1 and ::1, and
     v6.listen(port, '::1', () => resolve(true));
   });
   try {
-    t.deepEqual(await findListenerPids([port]), [process.pid]);
+    t.deepEqual(findListenerPids([port]), [process.pid]);
     if (!v6ok) t.log('no IPv6 loopback here; tcp6 not exercised');
   } finally {
     v4.close();
     if (v6ok) v6.close();
   }
   await sleep(50);
-  t.deepEqual(await findListenerPids([port]), []);
+  t.deepEqual(findListenerPids([port]), []);
 });
 
 test('fail/killSessionsHoldingPorts never signals a process that is not sshd', async (t) => {
@@ -183,13 +183,13 @@ test('fail/killSessionsHoldingPorts never signals a process that is not sshd', a
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as { port: number }).port;
   try {
-    t.deepEqual(await findListenerPids([port]), [process.pid]);
-    t.deepEqual(await killSessionsHoldingPorts([port], { signal: 'SIGCONT' }), []);
-    t.deepEqual(await killSessionsHoldingPorts([port], { signal: 'SIGCONT', commands: ['node', 'MainThread'] }), []); // never ourselves
+    t.deepEqual(findListenerPids([port]), [process.pid]);
+    t.deepEqual(killSessionsHoldingPorts([port], { signal: 'SIGCONT' }), []);
+    t.deepEqual(killSessionsHoldingPorts([port], { signal: 'SIGCONT', commands: ['node', 'MainThread'] }), []); // never ourselves
   } finally {
     server.close();
   }
-  await t.throwsAsync(findListenerPids([0]), { instanceOf: RangeError });
+  t.throws(() => findListenerPids([0]), { instanceOf: RangeError });
 });
 
 // --- real sshd: the session killer -------------------------------------------
@@ -236,7 +236,7 @@ sshdTest('ok/the session killer ends the per-session child that holds the port, 
   const tunnel = await openReverseTunnel(gateway.target, identity, gateway.deviceUser, [{ bind: '127.0.0.1', port }], echo.port);
   try {
     t.is(tunnel.observation.verdict, 'ok', tunnel.observation.detail);
-    const pids = await findListenerPids([port]);
+    const pids = findListenerPids([port]);
     t.is(pids.length, 1);
     const holder = await processInfo(pids[0]!);
     const monitor = await processInfo(holder.ppid);
@@ -247,10 +247,10 @@ sshdTest('ok/the session killer ends the per-session child that holds the port, 
     t.is(monitor.ppid, gateway.masterPid);
     t.log(`holder ${pids[0]} "${holder.cmdline}" <- monitor ${holder.ppid} "${monitor.cmdline}" <- master ${gateway.masterPid}`);
 
-    t.deepEqual(await killSessionsHoldingPorts([port]), pids);
+    t.deepEqual(killSessionsHoldingPorts([port]), pids);
     for (let i = 0; i < 100 && !tunnel.exited(); i++) await sleep(20);
     t.true(tunnel.exited(), 'the device client saw its connection end');
-    t.deepEqual(await findListenerPids([port]), []);
+    t.deepEqual(findListenerPids([port]), []);
     process.kill(gateway.masterPid, 0); // still there
     const again = await openReverseTunnel(gateway.target, identity, gateway.deviceUser, [{ bind: '127.0.0.1', port }], echo.port);
     try {
