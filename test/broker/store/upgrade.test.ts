@@ -21,7 +21,7 @@ import { apiErrorCode as code } from '../../../testkit/api-error.js';
 
 const FIXTURE = fileURLToPath(new URL('../../fixtures/v0.2.0/', import.meta.url));
 /** Just after the fixture was made: its tokens (30-day default) are still valid at this broker time. */
-const FIXTURE_TIME = Date.parse('2026-12-05T05:16:00Z');
+const FIXTURE_TIME = Date.parse('2026-12-05T06:32:00Z');
 
 interface FixtureKeys {
   admin: string;
