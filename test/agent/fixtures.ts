@@ -213,8 +213,9 @@ export interface AgentProcess {
   stop(signal?: NodeJS.Signals): Promise<number>;
 }
 
-export function spawnAgent(args: readonly string[], env: NodeJS.ProcessEnv = {}): AgentProcess {
-  const child = spawn(process.execPath, cliArgs(['agent', ...args]), { cwd: REPO_ROOT, env: { ...process.env, ...env } });
+/** `certunnel agent ARGS`; NODE_ARGS (node's options and the entry point) may name another build of the CLI, e.g. a released one. */
+export function spawnAgent(args: readonly string[], env: NodeJS.ProcessEnv = {}, nodeArgs: readonly string[] = cliArgs([])): AgentProcess {
+  const child = spawn(process.execPath, [...nodeArgs, 'agent', ...args], { cwd: REPO_ROOT, env: { ...process.env, ...env } });
   const logs: Array<Record<string, unknown>> = [];
   let raw = '';
   let pending = '';

@@ -1,0 +1,232 @@
+/**
+ * Upgrade, the agents' side: devices keep running the agent they shipped
+ * with while the broker is upgraded, and a device upgraded first keeps the
+ * state directory its old agent made. From the v0.2.0 fixtures
+ * (test/fixtures/v0.2.0, see its README): a copy of the data directory
+ * v0.2.0's broker made is opened by the current broker (the migrations
+ * run), and
+ *
+ *  (a) v0.2.0's agent (its sources vendored in agent-src/, run as they
+ *      shipped) from the state directory it made renews its certificate
+ *      against the new broker (a new serial) and its tunnel carries
+ *      traffic; the revoked device's old agent stops with the revoked
+ *      status;
+ *  (b) the current agent, from a copy of that v0.2.0 state directory, does
+ *      the same;
+ *  (c) v0.2.0's agent enrolls a new device with the fixture's unused token
+ *      and its tunnel comes up.
+ *
+ * Time: the broker runs on an injected clock and the agents (separate
+ * processes) on testkit/shifted-clock.ts, both at FIXTURE_TIME + DUE, when
+ * kiosk-1's one-hour certificate is past its renewal time (two thirds of
+ * its life) but still valid, and the fixture's tokens (30 days) too.
+ *
+ * Ports: the fixture's pool is 127.0.0.1:20000-20099 and kiosk-1 holds
+ * 20000-20001 (kiosk-3 gets 20004-20005); the devices keep their blocks
+ * across an upgrade, so the pool stays and the tests run one at a time.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { chmod, cp, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import type { ApiClientOptions, ListTokensResponse, MintTokensResponse } from '../../api/index.js';
+import { apiRequest } from '../../api/index.js';
+import { EXIT } from '../../agent/errors.js';
+import { createLogger, dataPaths, loadConfig, startBroker, type RunningBroker } from '../../broker/compose/index.js';
+import { cliArgs } from '../../testkit/cli.js';
+import { startDeviceService, type DeviceService } from '../../testkit/gateway.js';
+import { isListening } from '../../testkit/net.js';
+import { runCommand } from '../../testkit/openssh.js';
+import { waitFor } from '../../testkit/ssh-client.js';
+import { answersWithin, spawnAgent, within, type AgentProcess } from '../agent/fixtures.js';
+
+const FIXTURE = fileURLToPath(new URL('../fixtures/v0.2.0/', import.meta.url));
+/** Just after the fixture was made (as in test/broker/store/upgrade.test.ts). */
+const FIXTURE_TIME = Date.parse('2026-12-05T06:32:00Z');
+/** 50 minutes on: kiosk-1's certificate (3600 s, renewal at 2/3) is due for renewal and still valid. */
+const DUE_MS = 50 * 60_000;
+const SHIFTED_CLOCK = fileURLToPath(new URL('../../testkit/shifted-clock.ts', import.meta.url));
+const OLD_CLI = join(FIXTURE, 'agent-src', 'cli', 'main.ts');
+/** node's arguments to run v0.2.0's `certunnel`, with its wall clock moved (its code cannot take a clock). */
+const oldAgent = ['--import', 'tsx', '--import', SHIFTED_CLOCK, OLD_CLI];
+const currentAgent = ['--import', 'tsx', '--import', SHIFTED_CLOCK, ...cliArgs([]).slice(2)];
+
+interface Upgraded {
+  readonly dir: string;
+  readonly broker: RunningBroker;
+  readonly anonymous: ApiClientOptions;
+  readonly admin: ApiClientOptions;
+  readonly provisioner: ApiClientOptions;
+  /** For the agents' processes: their clock agrees with the broker's. */
+  readonly env: NodeJS.ProcessEnv;
+  readonly service: DeviceService;
+}
+
+/** git keeps no modes: 0700 on the directory, 0600 on the secrets (as v0.2.0 made them). */
+async function restoreModes(dir: string, isPublic: (file: string) => boolean): Promise<void> {
+  await chmod(dir, 0o700);
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) await restoreModes(path, isPublic);
+    else if (!isPublic(entry.name)) await chmod(path, 0o600);
+  }
+}
+
+async function withUpgradedBroker(t: ExecutionContext, fn: (u: Upgraded) => Promise<void>): Promise<void> {
+  t.timeout(240_000);
+  const dir = await mkdtemp(join(tmpdir(), 'certunnel-agent-upgrade-'));
+  const data = join(dir, 'data');
+  await cp(join(FIXTURE, 'data'), data, { recursive: true });
+  await restoreModes(data, (file) => /\.(pub|crt|pin|krl)$/.test(file));
+  const keys = JSON.parse(await readFile(join(FIXTURE, 'keys.json'), 'utf8')) as { admin: string; provisioner: string };
+  const offset = FIXTURE_TIME + DUE_MS - Date.now();
+  const logger = createLogger('warn', new Writable({ write: (_c, _e, cb) => cb() }));
+  const broker = await startBroker({ config: await loadConfig({ dataDir: data }), logger, clock: () => new Date(Date.now() + offset) });
+  const service = await startDeviceService('svc:');
+  try {
+    const anonymous = { baseUrl: broker.apiUrl, pin: (await readFile(dataPaths(data).apiPin, 'utf8')).trim() };
+    await fn({
+      dir, broker, anonymous, service,
+      admin: { ...anonymous, apiKey: keys.admin },
+      provisioner: { ...anonymous, apiKey: keys.provisioner },
+      env: { CERTUNNEL_TEST_CLOCK_OFFSET_MS: String(offset) },
+    });
+  } finally {
+    await service.close();
+    await broker.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * A copy of the agent state directory v0.2.0 made for NAME. The fixture's
+ * broker listened on ephemeral ports; a real broker keeps its address
+ * across an upgrade, so the copy's broker URL and SSH port (state.json,
+ * known_hosts) are pointed at where this one listens. Nothing else changes.
+ */
+async function oldStateDir(u: Upgraded, name: string): Promise<{ dir: string; serial: string }> {
+  const dir = join(u.dir, `state-${name}`);
+  await cp(join(FIXTURE, 'agent-state', name), dir, { recursive: true });
+  await restoreModes(dir, (file) => file !== 'device_key');
+  const statePath = join(dir, 'state.json');
+  const state = JSON.parse(await readFile(statePath, 'utf8')) as { serial: string; broker: { url: string }; ssh: { port: number } };
+  const oldSsh = state.ssh.port;
+  state.broker.url = u.broker.apiUrl;
+  state.ssh.port = u.broker.sshPort;
+  await writeFile(statePath, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
+  const knownHosts = join(dir, 'known_hosts');
+  const hosts = await readFile(knownHosts, 'utf8');
+  await writeFile(knownHosts, hosts.replaceAll(`[127.0.0.1]:${oldSsh} `, `[127.0.0.1]:${u.broker.sshPort} `));
+  return { dir, serial: state.serial };
+}
+
+/** An agent config (v0.2.0's schema, which the current agent still reads) with its first service on the echo service. */
+async function agentConfig(u: Upgraded, stateDir: string): Promise<string> {
+  const path = join(u.dir, `agent-${Math.random().toString(36).slice(2)}.json`);
+  await writeFile(path, JSON.stringify({
+    broker: { url: u.broker.apiUrl, pin: u.anonymous.pin },
+    stateDir,
+    transport: 'ssh2',
+    services: { ssh: `127.0.0.1:${u.service.port}`, http: false },
+    keepalive: { intervalSeconds: 2, countMax: 2 },
+    backoff: { baseMs: 200, capMs: 2000, minMs: 50 },
+    renewBackoff: { baseMs: 500, capMs: 5000, minMs: 100 },
+    connectTimeoutSeconds: 10,
+    log: { level: 'debug' },
+  }));
+  return path;
+}
+
+const event = (name: string) => (line: Record<string, unknown>): boolean => line.event === name;
+
+/** Waits until the agent of device NAME has renewed (a serial other than OLD_SERIAL), its tunnel with the new certificate carries traffic on PORT and the broker sees it online. */
+async function renewsAndTunnels(t: ExecutionContext, u: Upgraded, agent: AgentProcess, name: string, oldSerial: string, port: number): Promise<string> {
+  const renewed = await agent.waitForLog(event('renewed'), 'a renewal against the new broker', 90_000);
+  const serial = String(renewed.serial);
+  t.not(serial, oldSerial, 'a new certificate');
+  t.true(BigInt(serial) > BigInt(oldSerial), 'serials go on from the old ones');
+  await agent.waitForLog((l) => l.event === 'connected' && l.serial === serial, 'the tunnel up with the new certificate', 90_000, agent.logs.indexOf(renewed));
+  await answersWithin(port, 'hello', 'svc:hello', 30_000);
+  type Devices = { items: Array<{ name: string; online: boolean }> };
+  const online = async (): Promise<boolean> => (await apiRequest<Devices>(u.admin, 'GET', '/v1/devices')).items.some((d) => d.name === name && d.online);
+  await waitFor(online, `the broker to see ${name} online`, 30_000);
+  return serial;
+}
+
+test.before(async () => {
+  for (const port of [20000, 20001, 20004, 20005]) {
+    if (await isListening(port)) throw new Error(`port ${port} of the v0.2.0 fixture's pool is taken on this machine; these tests need it free`);
+  }
+});
+
+test.serial('v0.2.0 agent, v0.2.0 state directory, new broker: renews (new serial), the tunnel carries traffic; the revoked device stops for good', (t) =>
+  withUpgradedBroker(t, async (u) => {
+    const kiosk1 = await oldStateDir(u, 'kiosk-1');
+    const agent = spawnAgent(['run', '--config', await agentConfig(u, kiosk1.dir)], u.env, oldAgent);
+    try {
+      const serial = await renewsAndTunnels(t, u, agent, 'kiosk-1', kiosk1.serial, 20000);
+      const state = JSON.parse(await readFile(join(kiosk1.dir, 'state.json'), 'utf8')) as { serial: string; renewedAt: string | null };
+      t.is(state.serial, serial, 'the old agent stored the new grant');
+      t.truthy(state.renewedAt);
+    } finally {
+      await agent.stop();
+    }
+    t.false(await isListening(20000), 'the tunnel closed with the agent');
+
+    const kiosk2 = await oldStateDir(u, 'kiosk-2');
+    const revoked = spawnAgent(['run', '--config', await agentConfig(u, kiosk2.dir)], u.env, oldAgent);
+    try {
+      t.is(await within(revoked.exited, 90_000, -99), EXIT.REVOKED, revoked.output().slice(-3000));
+      t.truthy(revoked.logs.find(event('revoked')), 'v0.2.0 logs why it stopped');
+      t.false(await isListening(20002), 'no tunnel for the revoked device');
+    } finally {
+      await revoked.stop();
+    }
+  }));
+
+test.serial('current agent, v0.2.0 state directory, new broker: renews (new serial), the tunnel carries traffic', (t) =>
+  withUpgradedBroker(t, async (u) => {
+    const kiosk1 = await oldStateDir(u, 'kiosk-1');
+    const agent = spawnAgent(['run', '--config', await agentConfig(u, kiosk1.dir)], u.env, currentAgent);
+    try {
+      await renewsAndTunnels(t, u, agent, 'kiosk-1', kiosk1.serial, 20000);
+    } finally {
+      await agent.stop();
+    }
+    const status = await runCommand(process.execPath, [...currentAgent, 'agent', 'status', '--state-dir', kiosk1.dir, '--json'], { env: u.env });
+    t.is(status.code, 0, status.stderr);
+    t.is((JSON.parse(status.stdout) as { deviceId: string }).deviceId, JSON.parse(await readFile(join(kiosk1.dir, 'state.json'), 'utf8')).deviceId);
+  }));
+
+test.serial('v0.2.0 agent enrolls a new device with the fixture\'s unused token against the new broker; its tunnel comes up', (t) =>
+  withUpgradedBroker(t, async (u) => {
+    const tokens = (await apiRequest<ListTokensResponse>(u.provisioner, 'GET', '/v1/tokens?batch=line-1')).items;
+    const unused = tokens.filter((x) => x.status === 'active');
+    t.is(unused.length, 1);
+    const secrets = JSON.parse(await readFile(join(FIXTURE, 'tokens.json'), 'utf8')) as MintTokensResponse;
+    const token = secrets.tokens.find((x) => x.id === unused[0]!.id)!.token;
+
+    const stateDir = join(u.dir, 'state-kiosk-3');
+    const config = await agentConfig(u, stateDir);
+    const enrolled = await runCommand(process.execPath, [...oldAgent, 'agent', 'enroll', '--config', config, '--name', 'kiosk-3', '--json'], {
+      env: { ...u.env, CERTUNNEL_ENROLL_TOKEN: token },
+    });
+    t.is(enrolled.code, 0, enrolled.stderr);
+    const grant = JSON.parse(enrolled.stdout) as { name: string; ports: { first: number; last: number }; serial: string };
+    t.is(grant.name, 'kiosk-3');
+    t.deepEqual(grant.ports, { first: 20004, last: 20005 }, 'a fresh block; kiosk-2\'s stays quarantined');
+
+    const agent = spawnAgent(['run', '--config', config], u.env, oldAgent);
+    try {
+      await agent.waitForLog((l) => l.event === 'connected' && BigInt(String(l.serial)) >= BigInt(grant.serial), 'the new device\'s tunnel up', 90_000);
+      await answersWithin(20004, 'hello', 'svc:hello', 30_000);
+    } finally {
+      await agent.stop();
+    }
+    const again = await runCommand(process.execPath, [...oldAgent, 'agent', 'enroll', '--config', config, '--name', 'kiosk-4', '--force', '--json'], {
+      env: { ...u.env, CERTUNNEL_ENROLL_TOKEN: token },
+    });
+    t.is(again.code, EXIT.REFUSED, 'the used token is refused, with v0.2.0\'s status for it');
+  }));
