@@ -188,8 +188,12 @@ export async function freePortBlock(size = 2): Promise<PortBlock> {
   throw new Error('no free port block');
 }
 
-/** Where tests put tunnel ports: below the ephemeral range, above the well-known services. */
-export const TEST_PORTS_FIRST = 20000;
+/**
+ * Where tests put tunnel ports: below the ephemeral range, above the
+ * well-known services. 20000-20099 is left to the release fixtures
+ * (test/fixtures/v0.2.0), whose data directories hold that pool.
+ */
+export const TEST_PORTS_FIRST = 20100;
 export const TEST_PORTS_LAST = 32767;
 
 export interface DeviceService {
