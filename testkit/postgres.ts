@@ -19,10 +19,10 @@ import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import { freePort } from './net.js';
 
 export interface PostgresCluster {
   /** postgres://certunnel:<password>@127.0.0.1:<port>/postgres (the superuser). */
@@ -111,18 +111,6 @@ function run(r: Runner, bin: string, args: readonly string[], cwd: string): Prom
       const text = Buffer.concat(out).toString('utf8');
       if (code === 0) resolve(text);
       else reject(new Error(`${bin} ${args.join(' ')} failed (${code ?? signal}):\n${text}`));
-    });
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
     });
   });
 }

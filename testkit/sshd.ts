@@ -6,10 +6,10 @@
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sshKeygenOk } from './openssh.js';
+import { freePort } from './net.js';
 
 export interface SshdOptions {
   /**
@@ -36,18 +36,6 @@ export interface RunningSshd {
 }
 
 const SSHD = '/usr/sbin/sshd'; // sshd re-executes itself and insists on an absolute path
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 function withDefaults(config: readonly string[], port: number, hostKeyPath: string): string {
   const firstMatch = config.findIndex((line) => /^\s*Match\s/i.test(line));
