@@ -26,7 +26,7 @@
  * across an upgrade, so the pool stays and the tests run one at a time.
  */
 import test, { type ExecutionContext } from 'ava';
-import { chmod, cp, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -39,12 +39,12 @@ import { cliArgs } from '../../testkit/cli.js';
 import { startDeviceService, type DeviceService } from '../../testkit/gateway.js';
 import { isListening } from '../../testkit/net.js';
 import { runCommand } from '../../testkit/openssh.js';
+import { copyFixtureData, restoreModes, V020_FIXTURE, V020_FIXTURE_TIME } from '../../testkit/release-fixture.js';
 import { waitFor } from '../../testkit/ssh-client.js';
 import { answersWithin, spawnAgent, within, type AgentProcess } from '../agent/fixtures.js';
 
-const FIXTURE = fileURLToPath(new URL('../fixtures/v0.2.0/', import.meta.url));
-/** Just after the fixture was made (as in test/broker/store/upgrade.test.ts). */
-const FIXTURE_TIME = Date.parse('2026-12-05T06:32:00Z');
+const FIXTURE = V020_FIXTURE;
+const FIXTURE_TIME = V020_FIXTURE_TIME;
 /** 50 minutes on: kiosk-1's certificate (3600 s, renewal at 2/3) is due for renewal and still valid. */
 const DUE_MS = 50 * 60_000;
 const SHIFTED_CLOCK = fileURLToPath(new URL('../../testkit/shifted-clock.ts', import.meta.url));
@@ -64,22 +64,11 @@ interface Upgraded {
   readonly service: DeviceService;
 }
 
-/** git keeps no modes: 0700 on the directory, 0600 on the secrets (as v0.2.0 made them). */
-async function restoreModes(dir: string, isPublic: (file: string) => boolean): Promise<void> {
-  await chmod(dir, 0o700);
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) await restoreModes(path, isPublic);
-    else if (!isPublic(entry.name)) await chmod(path, 0o600);
-  }
-}
-
 async function withUpgradedBroker(t: ExecutionContext, fn: (u: Upgraded) => Promise<void>): Promise<void> {
   t.timeout(240_000);
   const dir = await mkdtemp(join(tmpdir(), 'certunnel-agent-upgrade-'));
   const data = join(dir, 'data');
-  await cp(join(FIXTURE, 'data'), data, { recursive: true });
-  await restoreModes(data, (file) => /\.(pub|crt|pin|krl)$/.test(file));
+  await copyFixtureData(FIXTURE, data);
   const keys = JSON.parse(await readFile(join(FIXTURE, 'keys.json'), 'utf8')) as { admin: string; provisioner: string };
   const offset = FIXTURE_TIME + DUE_MS - Date.now();
   const logger = createLogger('warn', new Writable({ write: (_c, _e, cb) => cb() }));

@@ -6,11 +6,10 @@
  * new features (expiry, the proxy role, revocation) must work on it.
  */
 import test from 'ava';
-import { chmod, cp, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import {
   apiRequest, type ApiClientOptions, type CreateApiKeyResponse, type EnrollResponse, type ListApiKeysResponse, type ListAuditResponse,
   type ListDevicesResponse, type ListTokensResponse, type MintTokensResponse, type RevokeApiKeyResponse,
@@ -18,10 +17,10 @@ import {
 import { formatPublicKey, generateKeyPair } from '../../../ca/index.js';
 import { dataPaths, loadConfig, startBroker, createLogger, type RunningBroker } from '../../../broker/compose/index.js';
 import { apiErrorCode as code } from '../../../testkit/api-error.js';
+import { copyFixtureData, V020_FIXTURE, V020_FIXTURE_TIME } from '../../../testkit/release-fixture.js';
 
-const FIXTURE = fileURLToPath(new URL('../../fixtures/v0.2.0/', import.meta.url));
-/** Just after the fixture was made: its tokens (30-day default) are still valid at this broker time. */
-const FIXTURE_TIME = Date.parse('2026-12-05T06:32:00Z');
+const FIXTURE = V020_FIXTURE;
+const FIXTURE_TIME = V020_FIXTURE_TIME;
 
 interface FixtureKeys {
   admin: string;
@@ -29,19 +28,10 @@ interface FixtureKeys {
   provisioner: string;
 }
 
-/** git keeps no modes: the copy gets the data directory's (0700 directories, 0600 secrets) back. */
+/** A copy of the fixture's data directory, modes restored. */
 async function copyFixture(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'certunnel-upgrade-'));
-  const data = join(dir, 'data');
-  await cp(join(FIXTURE, 'data'), data, { recursive: true });
-  await chmod(data, 0o700);
-  for (const sub of ['ca', 'ssh', 'tls']) {
-    await chmod(join(data, sub), 0o700);
-    for (const file of await readdir(join(data, sub))) {
-      if (!/\.(pub|crt|pin)$/.test(file)) await chmod(join(data, sub, file), 0o600);
-    }
-  }
-  for (const file of ['config.json', 'broker.sqlite']) await chmod(join(data, file), 0o600);
+  const data = join(await mkdtemp(join(tmpdir(), 'certunnel-upgrade-')), 'data');
+  await copyFixtureData(FIXTURE, data);
   return data;
 }
 
