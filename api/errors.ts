@@ -33,6 +33,8 @@ export const ERROR_STATUS = {
   INTERNAL: 500,
   /** The store could not take the request in time (saturated, or its file locked by another process). */
   STORE_BUSY: 503,
+  /** The database (PostgreSQL) cannot be reached: the request changed nothing; retry later. */
+  STORE_UNAVAILABLE: 503,
   /** The device's tunnel is up, but its HTTP service refused or did not answer (or the device forwards no http slot). */
   DEVICE_SERVICE_UNAVAILABLE: 502,
   /** Too many failed authentication attempts from one address (the proxy's login and bearer keys); Retry-After says when to try again. */

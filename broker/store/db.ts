@@ -44,6 +44,19 @@ export interface Db {
   readonly defer?: (insert: DeferredInsert, row: readonly Binding[]) => void;
   /** Inserts the rows queued so far in this batch (before reading their table). */
   readonly flushDeferred?: () => Promise<void>;
+  /**
+   * Several writers only (PostgreSQL), in a transaction: waits for an
+   * exclusive lock on NAME held until the transaction ends, so that the
+   * next holder's statements see this one's committed writes. SQLite has
+   * one writer at a time: undefined there.
+   */
+  readonly lock?: (name: string) => Promise<void>;
+  /**
+   * Several writers only, in a transaction: rows read to decide a write
+   * (a device's status) are read FOR UPDATE, so that a concurrent writer of
+   * the same row waits for this transaction.
+   */
+  readonly lockRows?: boolean;
 }
 
 /** A multi-row INSERT the group committer may postpone to just before COMMIT. */
@@ -76,6 +89,11 @@ export async function insertDeferred(run: (sql: string, bindings: readonly Bindi
     }
     await run(sql, [JSON.stringify(list)]);
   }
+}
+
+/** Whether the Db's statements go to PostgreSQL (for the few statements that differ by dialect). */
+export function isPostgres(db: Pick<Db, 'qb'>): boolean {
+  return (db.qb.client as { config?: { client?: unknown } }).config?.client === 'pg';
 }
 
 /**

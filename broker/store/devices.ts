@@ -3,6 +3,7 @@ import { BrokerError } from '../core/errors.js';
 import {
   decodeCursor,
   encodeCursor,
+  isPostgres,
   isUniqueViolation,
   likeLiteral,
   pageLimit,
@@ -103,9 +104,14 @@ export async function insertDevice(db: Db, d: NewDevice): Promise<void> {
   }
 }
 
+/** In a transaction on PostgreSQL, a device row read there is locked until it ends (Db.lockRows). */
+function forUpdate(db: Db, alias?: string): string {
+  return db.lockRows ? ` FOR UPDATE${alias ? ` OF ${alias}` : ''}` : '';
+}
+
 // Fixed SQL text per lookup column (never built from input).
 async function findBy(db: Db, column: 'id' | 'name' | 'key_fingerprint', value: string): Promise<DeviceRecord | null> {
-  const row = await db.first<DeviceRow>(`SELECT * FROM devices WHERE ${column} = ?`, [value]);
+  const row = await db.first<DeviceRow>(`SELECT * FROM devices WHERE ${column} = ?${forUpdate(db)}`, [value]);
   return row ? fromRow(row) : null;
 }
 
@@ -121,7 +127,7 @@ export async function findDeviceWithLatestCertificate(
      FROM devices d
      LEFT JOIN certificates c
        ON c.serial = (SELECT serial FROM certificates WHERE device_id = d.id AND kind = 'device' ORDER BY serial DESC LIMIT 1)
-     WHERE d.id = ?`,
+     WHERE d.id = ?${forUpdate(db, 'd')}`,
     [id],
   );
   return row ? { device: fromRow(row), latest: prefixedCertificate(row) } : null;
@@ -146,18 +152,22 @@ export async function listDevices(db: Db, filter: DeviceFilter): Promise<Page<De
     ])
     .limit(limit + 1);
   if (filter.status !== undefined) q.where({ status: filter.status });
+  const postgres = isPostgres(db);
   if (filter.nameContains !== undefined) {
-    // LIKE is case-insensitive for ASCII in SQLite, case-sensitive in PostgreSQL.
-    q.whereRaw(`?? LIKE ? ESCAPE '\\'`, ['name', likeLiteral(filter.nameContains)]);
+    // LIKE is case-insensitive for ASCII in SQLite; ILIKE does the same on PostgreSQL.
+    q.whereRaw(`?? ${postgres ? 'ILIKE' : 'LIKE'} ? ESCAPE '\\'`, ['name', likeLiteral(filter.nameContains)]);
   }
   if (filter.label !== undefined) {
-    // SQLite-specific: json_each over the labels text, with key and value
-    // bound (no JSON path built from user text). PostgreSQL would use
-    // `labels::jsonb @> jsonb_build_object(?, ?)`.
-    q.whereRaw(
-      'EXISTS (SELECT 1 FROM json_each(devices.labels) AS l WHERE l.key = ? AND l.type = ? AND l.value = ?)',
-      [filter.label.key, 'text', filter.label.value],
-    );
+    // Key and value bound, never a JSON path built from user text; the
+    // value must be a JSON string (labels are string to string).
+    if (postgres) {
+      q.whereRaw('(devices.labels::jsonb -> ?) = to_jsonb(?::text)', [filter.label.key, filter.label.value]);
+    } else {
+      q.whereRaw(
+        'EXISTS (SELECT 1 FROM json_each(devices.labels) AS l WHERE l.key = ? AND l.type = ? AND l.value = ?)',
+        [filter.label.key, 'text', filter.label.value],
+      );
+    }
   }
   if (filter.cursor) {
     const [createdAt, id] = decodeCursor(filter.cursor, ['number', 'string']);

@@ -31,6 +31,7 @@ import { openConnections } from './connections.js';
 import { toStoreError } from './db.js';
 import { GroupCommitter, type MemberScope } from './group-commit.js';
 import { bindOps, isReadOperation, type WithDb } from './operations.js';
+import { openPostgresStore } from './postgres.js';
 import { SerialReserve } from './serials.js';
 import type { SqliteConnection } from './sqlite-driver.js';
 import type { OpenStoreOptions, Store, StoreTx } from './types.js';
@@ -127,6 +128,14 @@ async function restrictDatabaseFiles(filename: string): Promise<void> {
 
 export async function openStore(options: OpenStoreOptions): Promise<Store> {
   const readonly = options.readonly ?? false;
+  if (options.databaseUrl !== undefined) {
+    return openPostgresStore({
+      url: options.databaseUrl,
+      readonly,
+      acquireTimeoutMs: options.acquireTimeoutMs,
+      onConnectionError: options.onConnectionError,
+    });
+  }
   if (!readonly) await restrictDatabaseFiles(options.filename);
   const acquireTimeoutMs = options.acquireTimeoutMs ?? ACQUIRE_TIMEOUT_MS;
   const connections = await openConnections(options.filename, { readonly, readConnections: options.readConnections ?? 1, acquireTimeoutMs });

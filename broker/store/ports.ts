@@ -80,6 +80,8 @@ export async function allocatePortBlock(db: Db, deviceId: string, pool: PortPool
   const at = toMillis(now);
   return db.atomically(async (trx) => {
     let block: PortBlock | null;
+    // Several writers: one allocation at a time, each seeing the last one's block.
+    await trx.lock?.('port_blocks');
     try {
       block = await takeBlock(trx, deviceId, pool, at);
     } catch (err) {

@@ -344,8 +344,16 @@ export interface Store extends StoreTx {
 }
 
 export interface OpenStoreOptions {
-  /** SQLite database file; created (with its schema) if missing, unless readonly. */
+  /** SQLite database file; created (with its schema) if missing, unless readonly. Unused with databaseUrl. */
   filename: string;
+  /**
+   * postgres://… : the store is in that PostgreSQL database instead
+   * (several broker nodes share it; broker/store/postgres.ts). Its schema
+   * is migrated at open, unless readonly.
+   */
+  databaseUrl?: string;
+  /** PostgreSQL: errors of idle pooled connections (logged by the caller; the pool recovers). */
+  onConnectionError?: (err: Error) => void;
   /**
    * Open read-only (e.g. a CLI inspecting a running broker's data): no
    * migrations run, and the schema must already be current.

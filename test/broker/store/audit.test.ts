@@ -2,8 +2,7 @@
  * Renewal nonces and audit events (broker/store/audit.ts); the second test
  * also covers device presence and API keys, in one store.
  */
-import test from 'ava';
-import { T0, at, device, withStore } from './fixtures.js';
+import { T0, at, device, withStore, test } from './fixtures.js';
 
 test('ok/nonce replay detected; pruned after expiry', async (t) => {
   await withStore(async (store) => {

@@ -1,7 +1,6 @@
 /** Devices (broker/store/devices.ts): data never read as SQL, stable codes for duplicates, the device with its latest certificate. */
-import test from 'ava';
 import { isBrokerError } from '../../../broker/core/errors.js';
-import { HOUR, POOL, T0, at, device, token, withStore } from './fixtures.js';
+import { HOUR, POOL, T0, at, device, token, withStore, test } from './fixtures.js';
 
 const NASTY = [`' OR 1=1 --`, `"; DROP TABLE devices; --`, '100%_\\'];
 

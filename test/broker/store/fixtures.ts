@@ -1,35 +1,96 @@
 /**
- * What the store tests share: a store on a fresh file in a temporary
- * directory (torn down in finally), raw SQLite access for what the Store
- * deliberately does not expose, a fixed clock, and rows to insert.
+ * What the store tests share: a store on a fresh SQLite file in a temporary
+ * directory, or a fresh database of a throwaway PostgreSQL cluster (torn
+ * down in finally); raw SQL access for what the Store deliberately does not
+ * expose; a fixed clock; and rows to insert.
+ *
+ * The store's contract runs on both backends: each contract test file
+ * imports `test` from here, and test/broker/store/postgres/<file>.test.ts
+ * runs the same file again after useBackend('postgres'). A test that is
+ * about SQLite's own machinery registers with `test.sqlite` instead: the
+ * PostgreSQL run does not register it (its title says so), rather than
+ * skipping it silently.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import avaTest, { type ExecutionContext } from 'ava';
+import pg from 'pg';
 import sqlite3 from 'sqlite3';
 import { openStore, type NewDevice, type NewToken, type OpenStoreOptions, type Store, type StoreTx } from '../../../broker/store/index.js';
+import { numberPlaceholders } from '../../../broker/store/postgres.js';
+import { createTestDatabase, startPostgres, type PostgresCluster } from '../../../testkit/postgres.js';
+
+export type Backend = 'sqlite' | 'postgres';
+let backend: Backend = 'sqlite';
+let cluster: Promise<PostgresCluster> | undefined;
+
+/** Runs this file's contract tests on BACKEND (call before importing them); PostgreSQL's cluster stops after the file. */
+export function useBackend(b: Backend): void {
+  backend = b;
+  if (b === 'postgres') {
+    avaTest.after.always(async () => {
+      await (await cluster)?.stop();
+    });
+  }
+}
+
+export const currentBackend = (): Backend => backend;
+
+type Body = (t: ExecutionContext) => Promise<void> | void;
+
+/** ava's test, titled with the backend when it is not SQLite; `.sqlite` for SQLite-only tests. */
+export const test = Object.assign((title: string, body: Body) => avaTest(backend === 'sqlite' ? title : `${backend}: ${title}`, body), {
+  sqlite: (title: string, body: Body) => {
+    if (backend === 'sqlite') avaTest(`${title} (SQLite's own machinery)`, body);
+  },
+});
+
+/** The store's location: a SQLite file, or a PostgreSQL database URL (what `sql` takes). */
+async function freshLocation(): Promise<{ location: string; cleanup: () => Promise<void>; options: Partial<OpenStoreOptions> }> {
+  if (backend === 'postgres') {
+    cluster ??= startPostgres();
+    const database = await createTestDatabase(await cluster);
+    return { location: database.url, cleanup: async () => {}, options: { databaseUrl: database.url } };
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'certunnel-store-'));
+  return { location: join(dir, 'certunnel.db'), cleanup: () => rm(dir, { recursive: true, force: true }), options: {} };
+}
 
 export const T0 = new Date('2030-01-01T00:00:00Z');
 export const at = (ms: number) => new Date(T0.getTime() + ms);
 export const HOUR = 3_600_000;
 export const POOL = { first: 20000, last: 29999, perDevice: 2 };
 
-/** A store on a fresh file, closed and deleted when fn settles. */
+/** A store on a fresh file (or PostgreSQL database), closed and deleted when fn settles; fn gets its location. */
 export async function withStore<T>(fn: (store: Store, file: string) => Promise<T>, options: Omit<OpenStoreOptions, 'filename'> = {}): Promise<T> {
-  const dir = await mkdtemp(join(tmpdir(), 'certunnel-store-'));
-  const file = join(dir, 'certunnel.db');
-  const store = await openStore({ ...options, filename: file });
+  const { location, cleanup, options: where } = await freshLocation();
+  const store = await openStore({ ...options, ...where, filename: where.databaseUrl ? '' : location });
   try {
-    return await fn(store, file);
+    return await fn(store, location);
   } finally {
     await store.close().catch(() => {});
-    await rm(dir, { recursive: true, force: true });
+    await cleanup();
   }
 }
 
-/** Raw SQLite access, for what the Store deliberately does not expose. */
+/** Opens another store on LOCATION (a file or a database URL, as withStore gives it). */
+export function openAt(location: string, options: Omit<OpenStoreOptions, 'filename'> = {}): Promise<Store> {
+  return location.startsWith('postgres://') ? openStore({ ...options, filename: '', databaseUrl: location }) : openStore({ ...options, filename: location });
+}
+
+/** Raw SQL on a store's location (`?` placeholders on both), for what the Store deliberately does not expose. */
 export async function sql<T>(file: string, query: string, params: unknown[] = []): Promise<T[]> {
+  if (file.startsWith('postgres://')) {
+    const client = new pg.Client({ connectionString: file });
+    await client.connect();
+    try {
+      return (await client.query(numberPlaceholders(query), params)).rows as T[];
+    } finally {
+      await client.end();
+    }
+  }
   const db = await new Promise<sqlite3.Database>((res, rej) => {
     const d = new sqlite3.Database(file, (err) => (err ? rej(err) : res(d)));
   });
@@ -40,7 +101,7 @@ export async function sql<T>(file: string, query: string, params: unknown[] = []
   }
 }
 
-export const countRows = (file: string, table: string) => sql<{ n: number }>(file, `SELECT COUNT(*) AS n FROM ${table}`).then((r) => r[0]!.n);
+export const countRows = (file: string, table: string) => sql<{ n: number | string }>(file, `SELECT COUNT(*) AS n FROM ${table}`).then((r) => Number(r[0]!.n));
 
 const rnd = () => randomBytes(10).toString('hex');
 

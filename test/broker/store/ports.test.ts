@@ -1,10 +1,9 @@
 /** Port blocks (broker/store/ports.ts): unique under concurrency, exhaustion, quarantine, the pool's layout. */
-import test from 'ava';
 import { isBrokerError } from '../../../broker/core/errors.js';
 import { poolBlockCount, poolBlocks, type PortPool } from '../../../broker/core/port-pool.js';
 import { tokenStatus } from '../../../broker/core/tokens.js';
 import type { PortBlock } from '../../../broker/store/index.js';
-import { HOUR, POOL, T0, at, countRows, device, enroll, token, withStore } from './fixtures.js';
+import { HOUR, POOL, T0, at, countRows, device, enroll, token, withStore, test } from './fixtures.js';
 
 test('ok/300 concurrent enrollments: distinct blocks and serials', async (t) => {
   await withStore(async (store) => {

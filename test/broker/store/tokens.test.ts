@@ -1,8 +1,7 @@
 /** Enrollment tokens (broker/store/tokens.ts): atomic redemption, why it fails, revocation, pagination. */
-import test from 'ava';
 import { isBrokerError } from '../../../broker/core/errors.js';
 import { tokenStatus } from '../../../broker/core/tokens.js';
-import { HOUR, T0, at, token, withStore } from './fixtures.js';
+import { HOUR, T0, at, token, withStore, test } from './fixtures.js';
 
 test('ok/50 concurrent redemptions of one token: exactly one wins', async (t) => {
   await withStore(async (store) => {
