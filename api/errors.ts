@@ -35,6 +35,8 @@ export const ERROR_STATUS = {
   STORE_BUSY: 503,
   /** The database (PostgreSQL) cannot be reached: the request changed nothing; retry later. */
   STORE_UNAVAILABLE: 503,
+  /** init: the PostgreSQL database already holds a fleet (join it as a node instead). */
+  DATABASE_IN_USE: 409,
   /** The device's tunnel is up, but its HTTP service refused or did not answer (or the device forwards no http slot). */
   DEVICE_SERVICE_UNAVAILABLE: 502,
   /** Too many failed authentication attempts from one address (the proxy's login and bearer keys); Retry-After says when to try again. */

@@ -2,7 +2,7 @@
 import { access } from 'node:fs/promises';
 import type { Command } from 'commander';
 import {
-  createLogger, dataPaths, ephemeralOverlapWarning, initDataDir, loadConfig, readEphemeralRange, startBroker, type BrokerConfig, type Logger,
+  createLogger, DATABASE_URL_ENV, dataPaths, ephemeralOverlapWarning, initDataDir, loadConfig, readEphemeralRange, startBroker, type BrokerConfig, type Logger,
 } from '../broker/compose/index.js';
 import { CliError, JSON_OPTION_HELP, notice, printResult } from './output.js';
 import { readPassphrase } from './passphrase.js';
@@ -18,6 +18,7 @@ interface InitFlags {
   insecureHttp?: boolean;
   trustProxy?: boolean;
   passphraseFile?: string;
+  databaseUrl?: string;
   json?: boolean;
 }
 
@@ -44,7 +45,8 @@ function initConfig(flags: InitFlags): Record<string, unknown> {
 }
 
 async function runInit(flags: InitFlags, env: NodeJS.ProcessEnv, next: string): Promise<void> {
-  const result = await initDataDir({ dir: flags.data, config: initConfig(flags), passphrase: await readPassphrase(flags.passphraseFile, env) });
+  const databaseUrl = flags.databaseUrl ?? (env[DATABASE_URL_ENV] || undefined);
+  const result = await initDataDir({ dir: flags.data, config: initConfig(flags), passphrase: await readPassphrase(flags.passphraseFile, env), databaseUrl });
   const overlap = ephemeralOverlapWarning(result.config.ports, readEphemeralRange());
   const pinFile = dataPaths(flags.data).apiPin;
   const summary = {
@@ -108,7 +110,7 @@ async function serve(flags: ServeFlags, env: NodeJS.ProcessEnv): Promise<void> {
   const config: BrokerConfig = await loadConfig({ dataDir: flags.data, env, overrides: serveOverrides(flags) });
   const logger = createLogger(config.log.level);
   exitOnUnexpectedError(logger);
-  const broker = await startBroker({ config, logger, passphrase: await readPassphrase(flags.passphraseFile, env) });
+  const broker = await startBroker({ config, logger, passphrase: await readPassphrase(flags.passphraseFile, env), env });
   // One line on stdout that scripts (and tests) can wait for.
   process.stdout.write(`${JSON.stringify({ ready: true, apiUrl: broker.apiUrl, apiPort: broker.apiPort, sshPort: broker.sshPort })}\n`);
   await new Promise<void>((resolve) => {
@@ -144,7 +146,8 @@ function addInitOptions(cmd: Command): Command {
     .option('--ssh-mode <mode>', 'embedded (default) or openssh')
     .option('--insecure-http', 'serve plain HTTP (only behind a TLS-terminating proxy)')
     .option('--trust-proxy', 'believe the last X-Forwarded-For entry (only when every client comes through your TLS proxy)')
-    .option('--passphrase-file <file>', 'encrypt the CA keys with this passphrase (or set CERTUNNEL_CA_PASSPHRASE)');
+    .option('--passphrase-file <file>', 'encrypt the CA keys with this passphrase (or set CERTUNNEL_CA_PASSPHRASE)')
+    .option('--database-url <url>', `the store in this empty PostgreSQL database instead of SQLite (or set ${DATABASE_URL_ENV}); kept in DIR/database.url, 0600`);
 }
 
 export function registerBrokerCommands(program: Command, env: NodeJS.ProcessEnv): void {

@@ -34,6 +34,14 @@ export interface PostgresCluster {
   log(): Promise<string>;
   /** `pg_ctl stop -m immediate`, then removes the directory. Idempotent. */
   stop(): Promise<void>;
+  /**
+   * The database goes away for a while: the server stops, its data kept
+   * (fast, not immediate: the test cluster commits asynchronously, and an
+   * immediate stop would lose the last commits).
+   */
+  pause(): Promise<void>;
+  /** …and comes back on the same port. */
+  resume(): Promise<void>;
 }
 
 export interface TestDatabase {
@@ -193,8 +201,19 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<Post
         port,
         dir,
         log: () => readFile(logFile, 'utf8').catch(() => ''),
+        async pause() {
+          await run(r, pgCtl, ['stop', '-D', data, '-m', 'fast', '-w', '-t', timeout], dir);
+        },
+        async resume() {
+          await run(r, pgCtl, ['start', '-D', data, '-l', logFile, '-w', '-t', timeout, '-o', `-p ${port}`], dir);
+        },
         async stop() {
           if (stopped) return;
+          if (!existsSync(join(data, 'postmaster.pid'))) {
+            stopNow();
+            process.removeListener('exit', stopNow);
+            return;
+          }
           await run(r, pgCtl, ['stop', '-D', data, '-m', 'immediate', '-w', '-t', timeout], dir);
           stopNow();
           process.removeListener('exit', stopNow);

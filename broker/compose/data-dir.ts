@@ -14,11 +14,14 @@ import { createApiKey } from '../core/api-keys.js';
 import { BrokerError } from '../core/errors.js';
 import { isWildcardAddress } from '../core/net-address.js';
 import { openStore } from '../store/index.js';
+import { writeDatabaseUrl } from './store-location.js';
 import { generateTlsIdentity } from './tls.js';
 
 export interface DataPaths {
   readonly config: string;
   readonly database: string;
+  /** PostgreSQL instead of the SQLite file: the database URL (0600; compose/store-location.ts). */
+  readonly databaseUrl: string;
   readonly userCa: string;
   readonly hostCa: string;
   readonly hostKey: string;
@@ -37,6 +40,7 @@ export function dataPaths(dir: string): DataPaths {
   return {
     config: join(dir, 'config.json'),
     database: join(dir, 'broker.sqlite'),
+    databaseUrl: join(dir, 'database.url'),
     userCa: join(dir, 'ca', 'user_ca'),
     hostCa: join(dir, 'ca', 'host_ca'),
     hostKey: join(dir, 'ssh', 'host_key'),
@@ -75,6 +79,8 @@ export interface InitOptions {
   readonly config: Record<string, unknown>;
   /** Encrypts the CA private keys; never written to the config. */
   readonly passphrase?: string;
+  /** The store in this (empty) PostgreSQL database instead of SQLite (several broker nodes). */
+  readonly databaseUrl?: string;
   readonly now?: Date;
 }
 
@@ -124,9 +130,14 @@ async function buildDataDir(staging: string, config: BrokerConfig, options: Init
   await writeFileAtomic(paths.apiPin, `${tls.pin}\n`, { mode: 0o644 });
   await writeFileAtomic(paths.krl, encodeKrl({ caKey: userCa.publicKey, version: 0n, generatedAt: now }), { mode: 0o644 });
 
-  const store = await openStore({ filename: paths.database });
+  if (options.databaseUrl !== undefined) await writeDatabaseUrl(paths, options.databaseUrl);
+  const store = await openStore(options.databaseUrl === undefined ? { filename: paths.database } : { filename: paths.database, databaseUrl: options.databaseUrl });
   let adminKey: string;
   try {
+    // A database that already holds a fleet is another cluster's (or this one's): a new node joins it instead.
+    if ((await store.countAudit()) > 0) {
+      throw new BrokerError('DATABASE_IN_USE', 'the database already holds a certunnel fleet; add a node to it with certunnel join, or give an empty database');
+    }
     const serial = await store.nextSerial();
     const hostCert = signHostCert({ hostCa, publicKey: hostKey.publicKey, hostnames: brokerHostnames(config), serial, now });
     await writeFileAtomic(paths.hostCert, `${formatCertificate(hostCert, 'certunnel broker host certificate')}\n`, { mode: 0o644 });

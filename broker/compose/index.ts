@@ -44,3 +44,4 @@ export { ephemeralOverlapWarning, readEphemeralRange } from './ephemeral-ports.j
 export { splitHostPort, type BrokerConfig } from '../core/config.js';
 export { createLogger, type Logger } from '../telemetry/logger.js';
 export { renderNginxConfig, type NginxConfigInput } from '../proxy/nginx-config.js';
+export { DATABASE_URL_ENV } from './store-location.js';

@@ -14,6 +14,7 @@ import { BrokerError } from '../core/errors.js';
 import { openStore } from '../store/index.js';
 import type { Store } from '../store/types.js';
 import { dataPaths } from './data-dir.js';
+import { storeLocation } from './store-location.js';
 
 /** Who acts in the audit trail for these commands. */
 const LOCAL_ACTOR = { id: 'local-cli', remoteAddr: null };
@@ -22,7 +23,7 @@ async function withLocalStore<T>(dataDir: string, fn: (store: Store) => Promise<
   const paths = dataPaths(dataDir);
   const initialised = await access(paths.config).then(() => true, () => false);
   if (!initialised) throw new BrokerError('CONFIG_INVALID', `${dataDir} is not a broker data directory; run certunnel init first`);
-  const store = await openStore({ filename: paths.database });
+  const store = await openStore(await storeLocation(paths));
   try {
     return await fn(store);
   } finally {

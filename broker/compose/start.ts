@@ -25,6 +25,7 @@ import { BrokerMetrics } from '../telemetry/metrics.js';
 import { RevocationList } from './revocation-list.js';
 import { startSshSide, type SshSide } from './ssh-side.js';
 import { openStore } from '../store/index.js';
+import { storeLocation } from './store-location.js';
 import type { Store } from '../store/types.js';
 import { DEVICE_LOGIN, type SshEndpointWire } from '../../api/index.js';
 
@@ -34,6 +35,8 @@ export interface StartBrokerOptions {
   /** Decrypts the CA keys if they are encrypted. */
   readonly passphrase?: string;
   readonly clock?: () => Date;
+  /** Where CERTUNNEL_DATABASE_URL is read (default process.env). */
+  readonly env?: NodeJS.ProcessEnv;
 }
 
 export interface RunningBroker {
@@ -177,7 +180,10 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
   warnAboutConfig(config, logger);
   const paths = dataPaths(config.dataDir);
   const keys = await loadKeys(paths, options.passphrase);
-  const store = await openStore({ filename: paths.database });
+  const store = await openStore({
+    ...(await storeLocation(paths, options.env)),
+    onConnectionError: (err) => logger.warn({ code: (err as { code?: unknown }).code }, 'database connection lost; the pool reconnects'),
+  });
   const shutdown = shutdownSteps(logger);
   shutdown.add(() => store.close());
   try {
