@@ -7,12 +7,13 @@
 import type { Knex } from 'knex';
 import * as m001 from './001-initial.js';
 import * as m002 from './002-api-key-expiry-and-proxy-role.js';
+import * as m003 from './003-nodes.js';
 
 interface NamedMigration extends Knex.Migration {
   name: string;
 }
 
-export const MIGRATIONS: readonly NamedMigration[] = [m001, m002];
+export const MIGRATIONS: readonly NamedMigration[] = [m001, m002, m003];
 
 export const migrationSource: Knex.MigrationSource<NamedMigration> = {
   getMigrations: async () => [...MIGRATIONS],

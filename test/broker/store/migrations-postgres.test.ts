@@ -42,7 +42,7 @@ async function sqlState(promise: Promise<unknown>): Promise<string | undefined> 
   }
 }
 
-test.serial('001 and 002 apply on PostgreSQL; a second run has nothing to do', async (t) => {
+test.serial('every migration applies on PostgreSQL; a second run has nothing to do', async (t) => {
   const [batch, applied] = (await store().migrate.latest({ migrationSource, tableName: 'knex_migrations' })) as [number, string[]];
   t.is(batch, 1);
   t.deepEqual(applied, MIGRATIONS.map((m) => m.name));
@@ -72,4 +72,20 @@ test.serial('the constraints hold on PostgreSQL', async (t) => {
   t.is(await sqlState(store()('port_blocks').insert({ first_port: 20002, last_port: 20003, device_id: 'd1' })), '23505');
   t.is(await sqlState(store()('port_blocks').insert({ first_port: 20000, last_port: 20001 })), '23505');
   t.is((await store()('api_keys').where({ id: 'bad-role' })).length, 0);
+});
+
+test.serial('003 names api_keys constraints properly on PostgreSQL, and every migration rolls back and re-applies', async (t) => {
+  const constraints = async () =>
+    (
+      (await store().raw(`SELECT conname FROM pg_constraint WHERE conrelid = 'api_keys'::regclass ORDER BY conname`)) as { rows: { conname: string }[] }
+    ).rows.map((r) => r.conname);
+  t.deepEqual(await constraints(), ['api_keys_pkey', 'api_keys_role_check']);
+  t.true(await store().schema.hasTable('nodes'));
+  t.true(await store().schema.hasColumn('devices', 'node_id'));
+  await store()('api_keys').where({ role: 'proxy' }).delete(); // 002's down refuses proxy keys
+  while (((await store().migrate.rollback({ migrationSource, tableName: 'knex_migrations' })) as [number, string[]])[1].length > 0);
+  t.false(await store().schema.hasTable('api_keys'));
+  const [, applied] = (await store().migrate.latest({ migrationSource, tableName: 'knex_migrations' })) as [number, string[]];
+  t.deepEqual(applied, MIGRATIONS.map((m) => m.name));
+  t.deepEqual(await constraints(), ['api_keys_pkey', 'api_keys_role_check']);
 });
