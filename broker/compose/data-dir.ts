@@ -34,6 +34,8 @@ export interface DataPaths {
   readonly runtime: string;
   /** HMAC key of the HTTP proxy's login sessions (0600); made by the broker on first start. */
   readonly proxySessionKey: string;
+  /** This broker node's identity in a cluster (compose/node-identity.ts); made on first start. */
+  readonly node: string;
 }
 
 export function dataPaths(dir: string): DataPaths {
@@ -51,6 +53,7 @@ export function dataPaths(dir: string): DataPaths {
     krl: join(dir, 'revoked.krl'),
     runtime: join(dir, 'broker.runtime.json'),
     proxySessionKey: join(dir, 'tls', 'proxy-session.key'),
+    node: join(dir, 'node.json'),
   };
 }
 

@@ -38,6 +38,7 @@ interface DeviceRow {
   online: number | boolean;
   connected_since: number | string | null;
   remote_addr: string | null;
+  node_id?: string | null;
 }
 
 function toLabels(text: string): Labels {
@@ -68,6 +69,7 @@ function fromRow(row: DeviceRow): DeviceRecord {
     online: toBool(row.online),
     connectedSince: toDateOrNull(row.connected_since),
     remoteAddr: row.remote_addr,
+    nodeId: row.node_id ?? null,
   };
 }
 
@@ -201,17 +203,19 @@ export async function updateDeviceKey(db: Db, id: string, publicKey: string, fin
 }
 
 export async function setDeviceOnline(db: Db, id: string, p: DevicePresence): Promise<void> {
-  await db.run(
-    db
-      .qb('devices')
-      .update({
-        online: p.online,
-        connected_since: toMillisOrNull(p.since),
-        remote_addr: p.remoteAddr,
-        last_seen_at: toMillis(p.lastSeen),
-      })
-      .where({ id }),
-  );
+  const q = db
+    .qb('devices')
+    .update({
+      online: p.online,
+      connected_since: toMillisOrNull(p.since),
+      remote_addr: p.remoteAddr,
+      last_seen_at: toMillis(p.lastSeen),
+      ...(p.node === undefined ? {} : { node_id: p.online ? p.node : null }),
+    })
+    .where({ id });
+  // Offline from a node that no longer holds the device (taken over elsewhere): nothing to write.
+  if (!p.online && p.node !== undefined && p.node !== null) q.where((w) => w.where('node_id', p.node!).orWhereNull('node_id'));
+  await db.run(q);
 }
 
 export async function countDevicesByStatus(db: Db): Promise<DeviceCounts> {

@@ -9,6 +9,7 @@ import * as audit from './audit.js';
 import * as certs from './certs.js';
 import type { Db } from './db.js';
 import * as devices from './devices.js';
+import * as nodes from './nodes.js';
 import * as ports from './ports.js';
 import * as tokens from './tokens.js';
 import type { StoreTx } from './types.js';
@@ -26,6 +27,7 @@ const READ_OPERATIONS: ReadonlySet<string> = new Set<keyof StoreTx>([
   'portPoolUsage',
   'findCertificate', 'findIssuedCertificate', 'latestCertificateOfDevice', 'findDeviceWithLatestCertificate', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
   'findApiKey', 'listApiKeys',
+  'listNodes', 'findNode',
   'listAudit', 'countAudit',
 ]);
 
@@ -57,6 +59,15 @@ export function bindOps(withDb: WithDb): StoreTx {
     updateDeviceKey: op('updateDeviceKey', devices.updateDeviceKey),
     setDeviceOnline: op('setDeviceOnline', devices.setDeviceOnline),
     countDevicesByStatus: op('countDevicesByStatus', devices.countDevicesByStatus),
+
+    registerNode: op('registerNode', nodes.registerNode),
+    heartbeatNode: op('heartbeatNode', nodes.heartbeatNode),
+    markNodeStopped: op('markNodeStopped', nodes.markNodeStopped),
+    listNodes: op('listNodes', nodes.listNodes),
+    findNode: op('findNode', nodes.findNode),
+    clearPresenceOfNode: op('clearPresenceOfNode', nodes.clearPresenceOfNode),
+    insertNodeJoinToken: op('insertNodeJoinToken', nodes.insertNodeJoinToken),
+    redeemNodeJoinToken: op('redeemNodeJoinToken', nodes.redeemNodeJoinToken),
 
     allocatePortBlock: op('allocatePortBlock', ports.allocatePortBlock),
     releasePortBlock: op('releasePortBlock', ports.releasePortBlock),

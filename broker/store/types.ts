@@ -91,6 +91,8 @@ export interface DeviceRecord extends NewDevice {
   online: boolean;
   connectedSince: Date | null;
   remoteAddr: string | null;
+  /** Which broker node holds the tunnel (several nodes); null when offline or on a single node that never said. */
+  nodeId: string | null;
 }
 export interface DeviceFilter extends PageRequest {
   status?: DeviceStatus;
@@ -101,10 +103,43 @@ export interface DeviceFilter extends PageRequest {
 }
 export interface DevicePresence {
   online: boolean;
+  /**
+   * The node writing it (several nodes share the store). Online: the device
+   * is now on this node. Offline: written only if the device is still on
+   * this node (or on none): a node losing a session it was taken over from
+   * must not mark the device offline on the node that now holds it.
+   */
+  node?: string | null;
   /** When the current connection started; null when offline. */
   since: Date | null;
   remoteAddr: string | null;
   lastSeen: Date;
+}
+/** A broker node of a cluster (migration 003). */
+export interface NodeRecord {
+  id: string;
+  name: string;
+  /** host:port devices dial. */
+  sshEndpoint: string;
+  apiUrl: string | null;
+  /** host:port other nodes relay to (node-to-node link); null: none. */
+  internalAddress: string | null;
+  /** The relay's public key (an OpenSSH line) other nodes pin; null: none. */
+  relayKey: string | null;
+  version: string;
+  startedAt: Date;
+  heartbeatAt: Date;
+  /** Set by a node stopping cleanly; cleared by its next heartbeat. */
+  stoppedAt: Date | null;
+}
+export interface NewNodeJoinToken {
+  id: string;
+  tokenHash: string;
+  /** The cluster's keys, sealed under a key derived from the token. */
+  sealed: string;
+  createdAt: Date;
+  createdBy: string;
+  expiresAt: Date;
 }
 export interface DeviceCounts {
   active: number;
@@ -247,6 +282,16 @@ export interface StoreTx {
   updateDeviceKey(id: string, publicKey: string, fingerprint: string): Promise<boolean>;
   setDeviceOnline(id: string, presence: DevicePresence): Promise<void>;
   countDevicesByStatus(): Promise<DeviceCounts>;
+
+  // nodes (several brokers on one database)
+  registerNode(node: Omit<NodeRecord, 'heartbeatAt' | 'stoppedAt'>): Promise<void>;
+  heartbeatNode(id: string, at: Date): Promise<boolean>;
+  markNodeStopped(id: string, at: Date): Promise<void>;
+  listNodes(): Promise<NodeRecord[]>;
+  findNode(id: string): Promise<NodeRecord | null>;
+  clearPresenceOfNode(nodeId: string, lastSeen: Date): Promise<number>;
+  insertNodeJoinToken(token: NewNodeJoinToken): Promise<void>;
+  redeemNodeJoinToken(tokenHash: string, nodeId: string, now: Date): Promise<string | null>;
 
   // port blocks
   /**
