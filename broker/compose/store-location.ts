@@ -10,7 +10,12 @@ import { readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../../ca/index.js';
 import { BrokerError } from '../core/errors.js';
 import type { OpenStoreOptions } from '../store/index.js';
-import type { DataPaths } from './data-dir.js';
+
+/** The data directory's paths this needs (data-dir.ts's DataPaths has them; data-dir.ts imports this file). */
+interface StorePaths {
+  readonly database: string;
+  readonly databaseUrl: string;
+}
 
 export const DATABASE_URL_ENV = 'CERTUNNEL_DATABASE_URL';
 
@@ -32,7 +37,7 @@ export function checkDatabaseUrl(url: string): string {
 }
 
 /** The database URL of a data directory: the environment's, else database.url's, else none (SQLite). */
-export async function databaseUrlOf(paths: Pick<DataPaths, 'databaseUrl'>, env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
+export async function databaseUrlOf(paths: Pick<StorePaths, 'databaseUrl'>, env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
   const fromEnv = env[DATABASE_URL_ENV];
   if (fromEnv !== undefined && fromEnv !== '') return checkDatabaseUrl(fromEnv);
   let text: string;
@@ -45,12 +50,12 @@ export async function databaseUrlOf(paths: Pick<DataPaths, 'databaseUrl'>, env: 
   return checkDatabaseUrl(text);
 }
 
-export async function writeDatabaseUrl(paths: Pick<DataPaths, 'databaseUrl'>, url: string): Promise<void> {
+export async function writeDatabaseUrl(paths: Pick<StorePaths, 'databaseUrl'>, url: string): Promise<void> {
   await writeFileAtomic(paths.databaseUrl, `${checkDatabaseUrl(url)}\n`, { mode: 0o600 });
 }
 
 /** openStore's location options for a data directory. */
-export async function storeLocation(paths: Pick<DataPaths, 'database' | 'databaseUrl'>, env: NodeJS.ProcessEnv = process.env): Promise<Pick<OpenStoreOptions, 'filename' | 'databaseUrl'>> {
+export async function storeLocation(paths: StorePaths, env: NodeJS.ProcessEnv = process.env): Promise<Pick<OpenStoreOptions, 'filename' | 'databaseUrl'>> {
   const databaseUrl = await databaseUrlOf(paths, env);
   return databaseUrl === undefined ? { filename: paths.database } : { filename: paths.database, databaseUrl };
 }

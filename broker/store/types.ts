@@ -2,6 +2,10 @@
  * The store's contract. The broker core depends only on these types (tests
  * may implement Fakes of them); only broker/store/*.ts imports knex.
  *
+ * Long file: it is the one list of every record and operation of the
+ * store, the contract both backends (SQLite, PostgreSQL) implement; split,
+ * a reader would chase the contract across files.
+ *
  * Conventions at this boundary:
  * - times are `Date`; the database holds integer milliseconds since the Unix
  *   epoch (UTC), so ordering and comparisons are plain integer comparisons;
