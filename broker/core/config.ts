@@ -154,6 +154,20 @@ const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** Several broker nodes on one PostgreSQL database (docs/cluster.md). A single broker needs none of it. */
+    cluster: z
+      .object({
+        /** How often this node writes its heartbeat into the store. */
+        heartbeatSeconds: z.number().int().min(1).max(60).default(5),
+        /** A node whose heartbeat is older than this is down: its presence is cleared, and its devices reconnect elsewhere. */
+        downAfterSeconds: z.number().int().min(3).max(600).default(20),
+        /** host:port of this node's end of the node-to-node link (operators reaching a device held by another node); absent: no link. */
+        internalListen: hostPort.optional(),
+        /** host:port other nodes dial for internalListen, when it is a wildcard or behind NAT. */
+        internalAddress: hostPort.optional(),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .strict()
@@ -189,6 +203,8 @@ const ENV_FIELDS: ReadonlyArray<[string, string[], 'string' | 'number' | 'boolea
   ['CERTUNNEL_SSH_LISTEN', ['ssh', 'listen'], 'string'],
   ['CERTUNNEL_SSH_PUBLIC_HOST', ['ssh', 'publicHost'], 'string'],
   ['CERTUNNEL_SSH_PUBLIC_PORT', ['ssh', 'publicPort'], 'number'],
+  ['CERTUNNEL_CLUSTER_INTERNAL_LISTEN', ['cluster', 'internalListen'], 'string'],
+  ['CERTUNNEL_CLUSTER_INTERNAL_ADDRESS', ['cluster', 'internalAddress'], 'string'],
   ['CERTUNNEL_LOG_LEVEL', ['log', 'level'], 'string'],
 ];
 
