@@ -41,7 +41,12 @@ import type { Store, StoreTx } from './types.js';
 const MIGRATIONS_TABLE = 'knex_migrations';
 /** Connections per node: enough for c=32 clients, far below max_connections (100) for three nodes. */
 const DEFAULT_POOL_SIZE = 16;
-const ACQUIRE_TIMEOUT_MS = 10_000;
+/**
+ * How long a call may wait for a pooled connection before STORE_BUSY.
+ * Longer than SQLite's 10 s: a pooled connection is also held while a
+ * transaction waits for a row or advisory lock another node holds.
+ */
+const ACQUIRE_TIMEOUT_MS = 30_000;
 /** A statement that runs this long is cancelled: nothing the store does takes more than milliseconds. */
 const STATEMENT_TIMEOUT_MS = 30_000;
 /** Attempts of a transaction that a deadlock or serialization failure aborted. */
