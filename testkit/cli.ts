@@ -38,7 +38,7 @@ export function spawnBroker(args: readonly string[], env: NodeJS.ProcessEnv = {}
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`broker did not start: ${err}`));
-    }, 30_000);
+    }, 90_000); // generous: a loaded 2-core machine running the suite
     child.stdout.on('data', (c: Buffer) => {
       out += c.toString();
       const line = out.split('\n').find((l) => l.startsWith('{"ready":true'));
