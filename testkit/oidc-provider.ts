@@ -91,6 +91,8 @@ export async function startTestIdp(o: TestIdpOptions): Promise<TestIdp> {
     pkce: { required: () => true },
     jwks: { keys: [{ ...signingKey, use: 'sig', alg: 'RS256', kid: randomBytes(8).toString('hex') }] as never },
     cookies: { keys: [randomBytes(32).toString('base64url')] },
+    // Fixed lifetimes (seconds); the authorization code lives 60 s, single use.
+    ttl: { AuthorizationCode: 60, AccessToken: 600, IdToken: 600, Interaction: 600, Session: 3600, Grant: 3600 },
     // Errors end on the provider's own error page; the tests read the page, not a log.
     renderError(ctx, out) {
       ctx.type = 'html';

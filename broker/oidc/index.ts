@@ -47,8 +47,11 @@ export interface OidcHttpContext {
 
 export interface OidcSignInOptions<C extends OidcHttpContext> {
   readonly config: OidcConfig;
-  /** The API's public URL (https://broker.example.com), for the default redirect URLs. */
-  readonly publicUrl: string;
+  /**
+   * The API's public URL (https://broker.example.com), for the default redirect URLs: a string, or a function
+   * asked on first use (the broker knows its URL only once it listens, when api.publicUrl is not set).
+   */
+  readonly publicUrl: string | (() => string);
   /** From readOidcClientSecret; undefined only for a public client. */
   readonly clientSecret: string | undefined;
   /** The broker's session key (at least 32 bytes): the flow cookie's sealing key is derived from it. */
@@ -66,7 +69,7 @@ export interface OidcSignInOptions<C extends OidcHttpContext> {
 }
 
 export interface OidcSignIn<C extends OidcHttpContext> {
-  /** koa middleware: answers OIDC_LOGIN_PATH and OIDC_CALLBACK_PATH (GET, HEAD), passes everything else on. */
+  /** koa middleware: answers GET OIDC_LOGIN_PATH and OIDC_CALLBACK_PATH (other methods there: NOT_FOUND), passes everything else on. */
   middleware(ctx: C, next: () => Promise<unknown>): Promise<void>;
   login(ctx: C): Promise<void>;
   callback(ctx: C): Promise<void>;
@@ -79,7 +82,8 @@ export interface OidcSignIn<C extends OidcHttpContext> {
   logoutUrl(options?: { readonly idTokenHint?: string; readonly postLogoutRedirectUrl?: string }): Promise<URL | undefined>;
   /** Discovers the provider now (at start, to log a problem early); throws OIDC_PROVIDER_UNAVAILABLE. */
   ready(): Promise<void>;
-  readonly redirectUrl: string;
+  /** The redirect URI sent to the provider (register it there). */
+  redirectUrl(): string;
 }
 
 function render(ctx: OidcHttpContext, code: OidcRefusalCode, providerError?: string): void {
@@ -91,9 +95,9 @@ function render(ctx: OidcHttpContext, code: OidcRefusalCode, providerError?: str
 }
 
 export function createOidcSignIn<C extends OidcHttpContext>(o: OidcSignInOptions<C>): OidcSignIn<C> {
-  const base = o.publicUrl.replace(/\/+$/, '');
-  const redirectUrl = o.config.redirectUrl ?? `${base}${OIDC_CALLBACK_PATH}`;
-  const postLogoutRedirectUrl = o.config.postLogoutRedirectUrl ?? `${base}/console/`;
+  const base = (): string => (typeof o.publicUrl === 'string' ? o.publicUrl : o.publicUrl()).replace(/\/+$/, '');
+  const redirectUrl = (): string => o.config.redirectUrl ?? `${base()}${OIDC_CALLBACK_PATH}`;
+  const postLogoutRedirectUrl = (): string => o.config.postLogoutRedirectUrl ?? `${base()}/console/`;
   const provider = new ProviderClient({ config: o.config, clientSecret: o.clientSecret, redirectUrl });
   const key = deriveFlowKey(o.sessionSecret);
   const timeoutMs = o.config.loginTimeoutSeconds * 1000;
@@ -172,12 +176,13 @@ export function createOidcSignIn<C extends OidcHttpContext>(o: OidcSignInOptions
         await next();
         return;
       }
-      if (ctx.method !== 'GET' && ctx.method !== 'HEAD') throw new BrokerError('NOT_FOUND', 'no such route');
+      // GET only: a HEAD (a link checker) must not spend the one-time code.
+      if (ctx.method !== 'GET') throw new BrokerError('NOT_FOUND', 'no such route');
       await route(ctx);
     },
     async logoutUrl(options = {}) {
       try {
-        return await provider.endSessionUrl(options.postLogoutRedirectUrl ?? postLogoutRedirectUrl, options.idTokenHint);
+        return await provider.endSessionUrl(options.postLogoutRedirectUrl ?? postLogoutRedirectUrl(), options.idTokenHint);
       } catch (err) {
         log.warn({ reason: (err as Error).message }, 'single sign-on: no provider logout');
         return undefined;

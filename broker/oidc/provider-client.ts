@@ -20,7 +20,8 @@ export interface ProviderClientOptions {
   readonly config: OidcConfig;
   /** Absent only for tokenEndpointAuthMethod none. */
   readonly clientSecret: string | undefined;
-  readonly redirectUrl: string;
+  /** Asked when first needed: the broker may learn its public URL only once it listens. */
+  readonly redirectUrl: () => string;
 }
 
 export interface AuthorizationRequest {
@@ -67,7 +68,7 @@ export class ProviderClient {
   private async discover(): Promise<client.Configuration> {
     const { config } = this.o;
     try {
-      return await client.discovery(new URL(config.issuer), config.clientId, { redirect_uris: [this.o.redirectUrl], response_types: ['code'] }, clientAuth(config, this.o.clientSecret), {
+      return await client.discovery(new URL(config.issuer), config.clientId, { redirect_uris: [this.o.redirectUrl()], response_types: ['code'] }, clientAuth(config, this.o.clientSecret), {
         timeout: config.requestTimeoutSeconds,
         // Tests only (oidc.allowInsecureIssuer, refused for production-looking configs by the schema): http:// to the provider.
         execute: config.allowInsecureIssuer ? [client.allowInsecureRequests] : [],
@@ -84,7 +85,7 @@ export class ProviderClient {
     const state = client.randomState();
     const nonce = client.randomNonce();
     const url = client.buildAuthorizationUrl(configuration, {
-      redirect_uri: this.o.redirectUrl,
+      redirect_uri: this.o.redirectUrl(),
       response_type: 'code',
       scope: this.o.config.scopes.join(' '),
       code_challenge: await client.calculatePKCECodeChallenge(codeVerifier),
@@ -104,7 +105,7 @@ export class ProviderClient {
   async exchange(query: URLSearchParams, checks: { state: string; nonce: string; codeVerifier: string }, complete: (claims: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
     const configuration = await this.configuration();
     // The redirect_uri sent to the token endpoint is the configured one, never one built from the request's Host.
-    const current = new URL(this.o.redirectUrl);
+    const current = new URL(this.o.redirectUrl());
     current.search = query.toString();
     let tokens: Awaited<ReturnType<typeof client.authorizationCodeGrant>>;
     try {

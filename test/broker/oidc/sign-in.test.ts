@@ -50,6 +50,8 @@ interface HarnessOptions {
   readonly oidc?: Record<string, unknown>;
   /** The secret the broker presents (default: the one the provider has). */
   readonly brokerSecret?: string;
+  /** How the broker authenticates at the token endpoint (default client_secret_basic); none: a public client. */
+  readonly auth?: 'client_secret_basic' | 'client_secret_post' | 'none';
 }
 
 async function withSso(t: ExecutionContext, options: HarnessOptions, fn: (h: Harness) => Promise<void>): Promise<void> {
@@ -59,17 +61,21 @@ async function withSso(t: ExecutionContext, options: HarnessOptions, fn: (h: Har
     const secret = `s3cr3t-${randomBytes(18).toString('base64url')}`;
     const idp = await startTestIdp({
       accounts: ACCOUNTS,
-      clients: [{ clientId: CLIENT_ID, clientSecret: secret, redirectUris: [`${base}${OIDC_CALLBACK_PATH}`], postLogoutRedirectUris: [`${base}/console/`] }],
+      clients: [{
+        clientId: CLIENT_ID, clientSecret: options.auth === 'none' ? undefined : secret, tokenEndpointAuthMethod: options.auth,
+        redirectUris: [`${base}${OIDC_CALLBACK_PATH}`], postLogoutRedirectUris: [`${base}/console/`],
+      }],
       claimsIn: 'id_token',
       ...options.idp,
     });
     const logs: string[] = [];
     const logger = createLogger('debug', new Writable({ write(chunk: Buffer, _enc, cb) { logs.push(chunk.toString()); cb(); } }) as never);
     let offset = 0;
-    const config = parseConfig({ api: { publicUrl: base }, oidc: { issuer: idp.issuer, clientId: CLIENT_ID, roles: ROLES, allowInsecureIssuer: true, scopes: ['openid', 'email', 'profile', 'groups'], ...options.oidc } }, '/data');
+    const config = parseConfig({ api: { publicUrl: base }, oidc: { issuer: idp.issuer, clientId: CLIENT_ID, roles: ROLES, allowInsecureIssuer: true, scopes: ['openid', 'email', 'profile', 'groups'], tokenEndpointAuthMethod: options.auth, ...options.oidc } }, '/data');
     const signedIn: OidcIdentity[] = [];
     const sso = createOidcSignIn<Koa.Context>({
-      config: config.oidc!, publicUrl: base, clientSecret: options.brokerSecret ?? secret, sessionSecret: randomBytes(32),
+      // As the broker passes it when api.publicUrl is unset: asked on first use.
+      config: config.oidc!, publicUrl: () => base, clientSecret: options.auth === 'none' ? undefined : (options.brokerSecret ?? secret), sessionSecret: randomBytes(32),
       audit: store, failureAudit: store, clock: () => new Date(Date.now() + offset), logger,
       remoteAddress: (ctx) => ctx.ip,
       onSignedIn(identity, ctx, after) {
@@ -155,6 +161,15 @@ for (const claimsIn of ['id_token', 'userinfo'] as const) {
   });
 }
 
+for (const auth of ['client_secret_post', 'none'] as const) {
+  test(`ok/token endpoint authentication ${auth}${auth === 'none' ? ' (a public client: PKCE only)' : ''}`, async (t) => {
+    await withSso(t, { auth }, async (h) => {
+      const done = await signIn(new TestBrowser(), h.base, 'oscar');
+      t.is(done.body, 'signed in: oscar as operator');
+    });
+  });
+}
+
 test('ok/the login redirect: code flow with PKCE S256, state, nonce; the flow cookie is __Host-, HttpOnly, Secure, SameSite=Lax', async (t) => {
   await withSso(t, {}, async (h) => {
     const browser = new TestBrowser();
@@ -228,7 +243,9 @@ test('fail/OIDC_STATE_INVALID: a tampered state, a tampered cookie, another brow
     };
 
     const otherState = new URL(callback);
-    otherState.searchParams.set('state', `${callback.searchParams.get('state')!.slice(0, -1)}A`);
+    const state = callback.searchParams.get('state')!;
+    otherState.searchParams.set('state', `${state.slice(0, -1)}${state.endsWith('A') ? 'B' : 'A'}`);
+    t.not(otherState.searchParams.get('state'), state);
     await expectRefused(browser, otherState, 'tampered state');
     t.is(browser.jar.get('127.0.0.1', FLOW_COOKIE), undefined, 'a refusal clears the flow cookie');
 
@@ -322,10 +339,14 @@ test('ok/logout: no end_session_endpoint advertised → undefined (the console l
   });
 });
 
-test('fail/only GET and HEAD on the sign-in paths; other paths pass through', async (t) => {
+test('fail/only GET on the sign-in paths (a HEAD does not spend a code); other paths pass through', async (t) => {
   await withSso(t, {}, async (h) => {
     const browser = new TestBrowser();
     t.is((await browser.request(`${h.base}/console/oidc/callback`, { method: 'POST', form: { state: 'x' } })).status, 404);
+    const stopped = await signIn(browser, h.base, 'alice', true);
+    t.is((await browser.request(stopped.url, { method: 'HEAD' })).status, 404);
+    t.is((await browser.visit(stopped.url)).status, 200, 'the code is still good after the HEAD');
+    t.is(h.signedIn.length, 1);
     t.is((await browser.request(`${h.base}/console/oidc/callback`)).headers.get('x-certunnel-error'), 'OIDC_STATE_INVALID');
     const other = await browser.visit(`${h.base}/console/`);
     t.is(other.body, 'console page');
