@@ -5,7 +5,9 @@
  * redirects, the provider's login and consent forms). The broker side is
  * broker/oidc mounted in a koa app as the API mounts it, with a real
  * SQLite store for the audit trail; onSignedIn is a small recorder that
- * answers a marker page in place of the console's session.
+ * answers a marker page in place of the console's session. Serial: each
+ * test starts a provider (an RSA key, a koa app) and a store, and the
+ * shared 2-core machine is loaded enough without fourteen at once.
  */
 import test, { type ExecutionContext } from 'ava';
 import type { AddressInfo } from 'node:net';
@@ -134,7 +136,7 @@ async function signIn(browser: TestBrowser, base: string, login: string, stop = 
 }
 
 for (const claimsIn of ['id_token', 'userinfo'] as const) {
-  test(`ok/groups in the ${claimsIn} map to roles: alice (admin and ops) is admin, oscar (a single string) is operator`, async (t) => {
+  test.serial(`ok/groups in the ${claimsIn} map to roles: alice (admin and ops) is admin, oscar (a single string) is operator`, async (t) => {
     await withSso(t, { idp: { claimsIn } }, async (h) => {
       for (const [login, role, email] of [['alice', 'admin', 'alice@example.com'], ['oscar', 'operator', 'oscar@example.com']] as const) {
         const browser = new TestBrowser();
@@ -162,7 +164,7 @@ for (const claimsIn of ['id_token', 'userinfo'] as const) {
 }
 
 for (const auth of ['client_secret_post', 'none'] as const) {
-  test(`ok/token endpoint authentication ${auth}${auth === 'none' ? ' (a public client: PKCE only)' : ''}`, async (t) => {
+  test.serial(`ok/token endpoint authentication ${auth}${auth === 'none' ? ' (a public client: PKCE only)' : ''}`, async (t) => {
     await withSso(t, { auth }, async (h) => {
       const done = await signIn(new TestBrowser(), h.base, 'oscar');
       t.is(done.body, 'signed in: oscar as operator');
@@ -170,7 +172,7 @@ for (const auth of ['client_secret_post', 'none'] as const) {
   });
 }
 
-test('ok/the login redirect: code flow with PKCE S256, state, nonce; the flow cookie is __Host-, HttpOnly, Secure, SameSite=Lax', async (t) => {
+test.serial('ok/the login redirect: code flow with PKCE S256, state, nonce; the flow cookie is __Host-, HttpOnly, Secure, SameSite=Lax', async (t) => {
   await withSso(t, {}, async (h) => {
     const browser = new TestBrowser();
     const res = await browser.request(`${h.base}/console/oidc/login`);
@@ -191,7 +193,7 @@ test('ok/the login redirect: code flow with PKCE S256, state, nonce; the flow co
   });
 });
 
-test('fail/OIDC_NO_ROLE: a user whose groups map to no role gets the refusal page, no session, an audit row', async (t) => {
+test.serial('fail/OIDC_NO_ROLE: a user whose groups map to no role gets the refusal page, no session, an audit row', async (t) => {
   await withSso(t, {}, async (h) => {
     for (const login of ['mallory', 'nobody']) {
       const browser = new TestBrowser();
@@ -210,7 +212,7 @@ test('fail/OIDC_NO_ROLE: a user whose groups map to no role gets the refusal pag
   });
 });
 
-test('fail/OIDC_PROVIDER_REFUSED: the user cancels at the provider (error=access_denied)', async (t) => {
+test.serial('fail/OIDC_PROVIDER_REFUSED: the user cancels at the provider (error=access_denied)', async (t) => {
   await withSso(t, {}, async (h) => {
     const browser = new TestBrowser();
     const atIdp = await browser.visit(`${h.base}/console/oidc/login`);
@@ -227,7 +229,7 @@ test('fail/OIDC_PROVIDER_REFUSED: the user cancels at the provider (error=access
   });
 });
 
-test('fail/OIDC_STATE_INVALID: a tampered state, a tampered cookie, another browser, a replayed callback', async (t) => {
+test.serial('fail/OIDC_STATE_INVALID: a tampered state, a tampered cookie, another browser, a replayed callback', async (t) => {
   await withSso(t, {}, async (h) => {
     const browser = new TestBrowser();
     const stopped = await signIn(browser, h.base, 'alice', true);
@@ -271,7 +273,7 @@ test('fail/OIDC_STATE_INVALID: a tampered state, a tampered cookie, another brow
   });
 });
 
-test('fail/OIDC_STATE_EXPIRED: a callback after oidc.loginTimeoutSeconds', async (t) => {
+test.serial('fail/OIDC_STATE_EXPIRED: a callback after oidc.loginTimeoutSeconds', async (t) => {
   await withSso(t, { oidc: { loginTimeoutSeconds: 60 } }, async (h) => {
     const browser = new TestBrowser();
     const stopped = await signIn(browser, h.base, 'alice', true);
@@ -288,7 +290,7 @@ test('fail/OIDC_STATE_EXPIRED: a callback after oidc.loginTimeoutSeconds', async
   });
 });
 
-test('fail/OIDC_TOKEN_INVALID: the provider refuses the broker\'s client secret; the secret is in no page or log', async (t) => {
+test.serial('fail/OIDC_TOKEN_INVALID: the provider refuses the broker\'s client secret; the secret is in no page or log', async (t) => {
   await withSso(t, { brokerSecret: 'not-the-secret-4f1d' }, async (h) => {
     const browser = new TestBrowser();
     const done = await signIn(browser, h.base, 'alice');
@@ -301,7 +303,7 @@ test('fail/OIDC_TOKEN_INVALID: the provider refuses the broker\'s client secret;
   });
 });
 
-test('fail/OIDC_PROVIDER_UNAVAILABLE: the provider cannot be reached when a sign-in starts', async (t) => {
+test.serial('fail/OIDC_PROVIDER_UNAVAILABLE: the provider cannot be reached when a sign-in starts', async (t) => {
   await withSso(t, {}, async (h) => {
     await h.idp.close();
     const res = await new TestBrowser().visit(`${h.base}/console/oidc/login`);
@@ -313,7 +315,7 @@ test('fail/OIDC_PROVIDER_UNAVAILABLE: the provider cannot be reached when a sign
   });
 });
 
-test('ok/logout: the provider\'s end_session_endpoint ends its session and comes back to the console', async (t) => {
+test.serial('ok/logout: the provider\'s end_session_endpoint ends its session and comes back to the console', async (t) => {
   await withSso(t, {}, async (h) => {
     const browser = new TestBrowser();
     t.is((await signIn(browser, h.base, 'alice')).status, 200);
@@ -333,13 +335,13 @@ test('ok/logout: the provider\'s end_session_endpoint ends its session and comes
   });
 });
 
-test('ok/logout: no end_session_endpoint advertised → undefined (the console logs out locally only)', async (t) => {
+test.serial('ok/logout: no end_session_endpoint advertised → undefined (the console logs out locally only)', async (t) => {
   await withSso(t, { idp: { endSession: false } }, async (h) => {
     t.is(await h.sso.logoutUrl(), undefined);
   });
 });
 
-test('fail/only GET on the sign-in paths (a HEAD does not spend a code); other paths pass through', async (t) => {
+test.serial('fail/only GET on the sign-in paths (a HEAD does not spend a code); other paths pass through', async (t) => {
   await withSso(t, {}, async (h) => {
     const browser = new TestBrowser();
     t.is((await browser.request(`${h.base}/console/oidc/callback`, { method: 'POST', form: { state: 'x' } })).status, 404);
