@@ -99,6 +99,8 @@ export default tseslint.config(
   brokerRoom('openssh', { may: ['store', 'telemetry'] }),
   brokerRoom('proxy', { may: ['store', 'telemetry'] }),
   brokerRoom('telemetry', { may: ['store'] }),
+  // Console single sign-on (OpenID Connect): koa-shaped handlers without koa; pages and cookies shared with the proxy's sign-in.
+  brokerRoom('oidc', { may: ['proxy', 'telemetry'] }),
   brokerRoom('compose', { may: ['store', 'http', 'ssh', 'openssh', 'proxy', 'telemetry'] }),
   {
     files: ['test/**/*.ts'],

@@ -49,6 +49,18 @@ export const ERROR_STATUS = {
   CROSS_ORIGIN_REFUSED: 403,
   /** A sign-in code presented on a device hostname is unknown, already used, expired, or for another device. */
   LOGIN_CODE_INVALID: 400,
+  /** (Console single sign-on) The provider signed the user in, but no value of the groups claim maps to a role (config oidc.roles). */
+  OIDC_NO_ROLE: 403,
+  /** (Console single sign-on) The callback's state is missing, tampered with, already used, or from another browser: nothing was done; sign in again. */
+  OIDC_STATE_INVALID: 400,
+  /** (Console single sign-on) The sign-in took longer than oidc.loginTimeoutSeconds at the provider: sign in again. */
+  OIDC_STATE_EXPIRED: 400,
+  /** (Console single sign-on) The identity provider answered the sign-in with an error (access_denied, login_required, …). */
+  OIDC_PROVIDER_REFUSED: 403,
+  /** (Console single sign-on) The provider's token answer or ID token did not pass validation (code already used, wrong issuer, audience, nonce, signature). */
+  OIDC_TOKEN_INVALID: 401,
+  /** (Console single sign-on) The identity provider could not be reached, or answered what is not OpenID Connect. */
+  OIDC_PROVIDER_UNAVAILABLE: 502,
   /** The API key is right but past its expiresAt. */
   API_KEY_EXPIRED: 401,
   /** The API key is right but revoked. */

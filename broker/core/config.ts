@@ -7,6 +7,7 @@
  */
 import { z } from 'zod';
 import { BrokerError } from './errors.js';
+import { oidcConfigSchema } from './oidc-config.js';
 import { parseMaxStartups } from './rate-limit.js';
 
 const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT');
@@ -125,6 +126,8 @@ const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** Single sign-on to the console (broker/core/oidc-config.ts); absent: API-key sign-in only. */
+    oidc: oidcConfigSchema.optional(),
     proxy: z
       .object({
         /** Serve https://<device-name>.<domain>/ by relaying to the device's http slot (operators only). */
