@@ -71,6 +71,12 @@ export const ERROR_STATUS = {
   LAST_ADMIN_KEY: 409,
   /** (CLI) Another running broker holds the data directory's lock; the message names its pid. */
   DATA_DIR_LOCKED: 409,
+  /** (CLI, join) The node join token is malformed, unknown, already used or expired (which of these is not said). */
+  NODE_TOKEN_INVALID: 401,
+  /** (CLI, join) The cluster's sealed files do not decrypt under the token (tampered with in the database): nothing was written. */
+  NODE_TOKEN_SEAL_INVALID: 422,
+  /** (CLI, join, node token) The database is not a certunnel cluster's (no fleet in it, or a data directory on SQLite). */
+  NOT_A_CLUSTER: 409,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

@@ -4,6 +4,7 @@
  *
  *   device.ts    enroll, renew (and the renewal message), GET /v1/ca, health
  *   operator.ts  tokens, devices, audit, API keys
+ *   cluster.ts   the broker nodes of a cluster
  *   access.ts    operator certificates, the nginx authorize headers
  *   tunnel.ts    what devices and operators do on the SSH server: logins,
  *                the loopback address, port-block slots, device names
@@ -12,6 +13,7 @@
  */
 export * from './device.js';
 export * from './operator.js';
+export * from './cluster.js';
 export * from './access.js';
 export * from './tunnel.js';
 export * from './errors.js';

@@ -1,11 +1,11 @@
 /**
  * A cluster of real broker processes on one throwaway PostgreSQL: node 1
- * is made with `certunnel init --database-url`, the others from its data
- * directory (`makeNodeDir`: today a copy of node 1's keys and config
- * without its node identity, the stand-in for `certunnel join`), each
- * started with `certunnel broker` on its own ephemeral ports.
+ * is made with `certunnel init --database-url`, the others as an operator
+ * makes them (`certunnel node token` on node 1's data directory, then
+ * `certunnel join` with it), each started with `certunnel broker` on its
+ * own ephemeral ports.
  */
-import { cp, readFile, rm } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runCli, spawnBroker, type BrokerProcess } from './cli.js';
 import { createTestDatabase, startPostgres, type PostgresCluster } from './postgres.js';
@@ -43,14 +43,18 @@ export interface ClusterOptions {
 
 const LISTEN = ['--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0'];
 
-/**
- * Another node's data directory from node 1's: its keys, TLS identity,
- * config and database URL, without the files that make a node itself
- * (node.json, broker.lock, the runtime file, the SQLite file, OpenSSH-mode files).
- */
-export async function makeNodeDir(from: string, to: string): Promise<void> {
-  await cp(from, to, { recursive: true, preserveTimestamps: true });
-  for (const f of ['node.json', 'broker.lock', 'broker.runtime.json', 'broker.sqlite', 'openssh']) await rm(join(to, f), { recursive: true, force: true });
+/** A node join token minted on FROM's host (`certunnel node token --data FROM --json`). */
+export async function mintJoinToken(from: string, env?: NodeJS.ProcessEnv, extraArgs: readonly string[] = []): Promise<string> {
+  const minted = await runCli(['node', 'token', '--data', from, '--json', ...extraArgs], env);
+  if (minted.code !== 0) throw new Error(`node token failed: ${minted.stderr}`);
+  return (JSON.parse(minted.stdout) as { token: string }).token;
+}
+
+/** Another node of FROM's cluster in TO: a join token from FROM, then `certunnel join` (ephemeral ports on 127.0.0.1). */
+export async function joinNode(from: string, to: string, databaseUrl: string, env?: NodeJS.ProcessEnv): Promise<void> {
+  const token = await mintJoinToken(from, env);
+  const joined = await runCli(['join', '--data', to, '--database-url', databaseUrl, ...LISTEN, '--json'], { ...env, CERTUNNEL_JOIN_TOKEN: token });
+  if (joined.code !== 0) throw new Error(`join failed: ${joined.stderr}`);
 }
 
 export async function startTestCluster(o: ClusterOptions): Promise<TestCluster> {
@@ -65,7 +69,7 @@ export async function startTestCluster(o: ClusterOptions): Promise<TestCluster> 
     const adminKey = /^\s+(ctk_\S+)$/m.exec(init.stdout)?.[1];
     if (!adminKey) throw new Error('init printed no admin key');
     const pin = (await readFile(join(first, 'tls', 'api.pin'), 'utf8')).trim();
-    for (let i = 2; i <= o.nodes; i++) await makeNodeDir(first, join(o.dir, `node${i}`));
+    for (let i = 2; i <= o.nodes; i++) await joinNode(first, join(o.dir, `node${i}`), url, o.env);
     const args = (dir: string) => ['--data', dir, '--log-level', 'warn', ...(o.brokerArgs ?? [])];
     // One at a time: the first start runs the migrations.
     for (let i = 1; i <= o.nodes; i++) {

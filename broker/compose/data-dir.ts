@@ -115,10 +115,15 @@ function dataDirExists(dir: string): BrokerError {
   );
 }
 
+/** The data directory's subdirectories (keys inside): 0700, as the directory itself. */
+export async function makeDataSubdirs(dir: string): Promise<void> {
+  for (const sub of ['ca', 'ssh', 'tls']) await mkdir(join(dir, sub), { mode: 0o700 });
+}
+
 /** Everything init creates, written into STAGING (the final directory is DIR, whose name the certificates do not depend on). */
 async function buildDataDir(staging: string, config: BrokerConfig, options: InitOptions, now: Date): Promise<InitResult> {
   const paths = dataPaths(staging);
-  for (const sub of ['ca', 'ssh', 'tls']) await mkdir(join(staging, sub), { mode: 0o700 });
+  await makeDataSubdirs(staging);
 
   const userCa = generateKeyPair();
   const hostCa = generateKeyPair();
@@ -196,14 +201,24 @@ async function commitDataDir(staging: string, dir: string, existing: boolean): P
 export async function initDataDir(options: InitOptions): Promise<InitResult> {
   const now = options.now ?? new Date();
   const config = parseConfig(options.config, options.dir);
-  const dir = resolve(options.dir);
-  const existing = await existingEmptyDir(dir);
-  if (!existing) await mkdir(dirname(dir), { recursive: true });
+  return stageDataDir(options.dir, (staging) => buildDataDir(staging, config, options, now));
+}
+
+/**
+ * Builds a data directory with BUILD in a staging directory and moves it
+ * into place (init, and join: compose/node-join.ts). DIR must be missing or
+ * empty (else DATA_DIR_EXISTS, before BUILD runs); whatever BUILD throws
+ * removes the staging directory and leaves DIR as it was.
+ */
+export async function stageDataDir<T>(dir: string, build: (staging: string) => Promise<T>): Promise<T> {
+  const target = resolve(dir);
+  const existing = await existingEmptyDir(target);
+  if (!existing) await mkdir(dirname(target), { recursive: true });
   // mkdtemp makes the staging directory 0700, as the data directory must be.
-  const staging = await mkdtemp(existing ? join(dir, '.init-') : join(dirname(dir), `.${basename(dir)}.init-`));
+  const staging = await mkdtemp(existing ? join(target, '.init-') : join(dirname(target), `.${basename(target)}.init-`));
   try {
-    const result = await buildDataDir(staging, config, options, now);
-    await commitDataDir(staging, dir, existing);
+    const result = await build(staging);
+    await commitDataDir(staging, target, existing);
     return result;
   } catch (err) {
     await rm(staging, { recursive: true, force: true });

@@ -4,11 +4,11 @@
  * kept, so that a restarted node is the same node (its presence rows, its
  * heartbeat). A single broker has one too; it is simply alone.
  */
-import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { writeFileAtomic } from '../../ca/index.js';
 import { BrokerError } from '../core/errors.js';
+import { newId } from '../core/secrets.js';
 import type { DataPaths } from './data-dir.js';
 
 export interface NodeIdentity {
@@ -20,7 +20,8 @@ export const NODE_ID = /^node_[a-z0-9]{16}$/;
 const NODE_NAME = /^[\x21-\x7e]{1,64}$/;
 
 export function newNodeIdentity(name = hostname()): NodeIdentity {
-  const id = `node_${randomBytes(10).toString('base64url').toLowerCase().replace(/[^a-z0-9]/g, '0').slice(0, 16)}`;
+  // 80 random bits in base32 (16 characters): NODE_ID reads it back.
+  const id = newId('node');
   return { id, name: NODE_NAME.test(name) ? name : 'node' };
 }
 

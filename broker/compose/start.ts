@@ -14,6 +14,7 @@ import { createAccessLayer, UNKNOWN_PRESENCE, type AccessLayer } from '../proxy/
 import { implicitTrustProxyWarning, splitHostPort, trustsProxy, type BrokerConfig } from '../core/config.js';
 import { isWildcardAddress } from '../core/net-address.js';
 import type { CoreDeps, CoreHooks } from '../core/deps.js';
+import { prepareClusterNode, type ClusterNode, type NodeEndpoints } from './cluster-nodes.js';
 import { limitConnections } from './connection-limits.js';
 import { brokerHostnames, dataPaths, localApiUrl, type DataPaths } from './data-dir.js';
 import { createApp } from '../http/app.js';
@@ -37,6 +38,8 @@ export interface StartBrokerOptions {
   readonly clock?: () => Date;
   /** Where CERTUNNEL_DATABASE_URL is read (default process.env). */
   readonly env?: NodeJS.ProcessEnv;
+  /** What this node registers for the node-to-node link (cluster-nodes.ts); absent: none. */
+  readonly cluster?: Pick<NodeEndpoints, 'internalAddress' | 'relayKey'>;
 }
 
 export interface RunningBroker {
@@ -48,6 +51,7 @@ export interface RunningBroker {
   readonly revocations: RevocationList;
   readonly ssh: SshSide;
   readonly access: AccessLayer;
+  readonly node: ClusterNode;
   close(): Promise<void>;
 }
 
@@ -203,6 +207,8 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const failureAudit = new FailureAggregator(store, config.audit.aggregateSeconds * 1000);
     shutdown.add(startAuditFlush(failureAudit, { clock, logger, windowMs: config.audit.aggregateSeconds * 1000 }));
 
+    const node = await prepareClusterNode({ store, config, logger, clock, paths });
+    shutdown.add(() => node.stop());
     const ssh = await startSshSide({ config, logger, store, clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths });
     shutdown.add(() => ssh.close());
     if (ssh.statsSource) metrics.attachGateway(ssh.statsSource);
@@ -228,8 +234,9 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const apiUrl = config.api.publicUrl ?? localApiUrl(config, api.port);
     await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort: api.port, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o600 });
     shutdown.add(() => rm(paths.runtime, { force: true }));
+    await node.start({ sshEndpoint: { host: core.ssh.host, port: core.ssh.port }, apiUrl, ...options.cluster });
     logger.info({ apiUrl, sshPort: ssh.port, sshMode: config.ssh.mode }, 'broker started');
-    return { apiUrl, apiPort: api.port, sshPort: ssh.port, store, core, revocations, ssh, access, close: () => shutdown.run() };
+    return { apiUrl, apiPort: api.port, sshPort: ssh.port, store, core, revocations, ssh, access, node, close: () => shutdown.run() };
   } catch (err) {
     await shutdown.run();
     throw err;

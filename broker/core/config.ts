@@ -208,6 +208,8 @@ const ENV_FIELDS: ReadonlyArray<[string, string[], 'string' | 'number' | 'boolea
   ['CERTUNNEL_SSH_PUBLIC_PORT', ['ssh', 'publicPort'], 'number'],
   ['CERTUNNEL_CLUSTER_INTERNAL_LISTEN', ['cluster', 'internalListen'], 'string'],
   ['CERTUNNEL_CLUSTER_INTERNAL_ADDRESS', ['cluster', 'internalAddress'], 'string'],
+  ['CERTUNNEL_CLUSTER_HEARTBEAT_SECONDS', ['cluster', 'heartbeatSeconds'], 'number'],
+  ['CERTUNNEL_CLUSTER_DOWN_AFTER_SECONDS', ['cluster', 'downAfterSeconds'], 'number'],
   ['CERTUNNEL_LOG_LEVEL', ['log', 'level'], 'string'],
 ];
 

@@ -24,7 +24,7 @@ function base32(bytes: Buffer): string {
 }
 
 /** `prefix_` + 16 base32 characters (80 random bits): public identifiers. */
-export function newId(prefix: 'dev' | 'tok' | 'key' | 'bat'): string {
+export function newId(prefix: 'dev' | 'tok' | 'key' | 'bat' | 'njt' | 'node'): string {
   return `${prefix}_${base32(randomBytes(10))}`;
 }
 

@@ -14,6 +14,7 @@ import { clientAddress, errorResponse, type AppState, type HttpDeps } from './co
 import { limitFailures } from './failure-limit.js';
 import { registerAccessRoutes } from './routes-access.js';
 import { registerDeviceRoutes } from './routes-device.js';
+import { registerNodeRoutes } from './routes-nodes.js';
 import { registerOperatorRoutes } from './routes-operator.js';
 
 /** 5xx answers about a device (offline since …), not about the broker: their messages are written for the caller. */
@@ -90,6 +91,7 @@ export function createApp(deps: HttpDeps): Koa<AppState> {
 
   registerDeviceRoutes(router, deps);
   registerOperatorRoutes(router, deps);
+  registerNodeRoutes(router, deps);
   if (deps.access) registerAccessRoutes(router, deps, deps.access);
   app.use(router.routes());
   app.use(router.allowedMethods());

@@ -17,6 +17,7 @@ interface NodeRow {
   started_at: number | string;
   heartbeat_at: number | string;
   stopped_at: number | string | null;
+  down_at: number | string | null;
 }
 
 function fromRow(row: NodeRow): NodeRecord {
@@ -31,14 +32,15 @@ function fromRow(row: NodeRow): NodeRecord {
     startedAt: toDate(row.started_at),
     heartbeatAt: toDate(row.heartbeat_at),
     stoppedAt: toDateOrNull(row.stopped_at),
+    downAt: toDateOrNull(row.down_at),
   };
 }
 
-/** A node (re)starting: its row as it is now, heartbeat = startedAt, not stopped. */
-export async function registerNode(db: Db, node: Omit<NodeRecord, 'heartbeatAt' | 'stoppedAt'>): Promise<void> {
+/** A node (re)starting: its row as it is now, heartbeat = startedAt, neither stopped nor down. */
+export async function registerNode(db: Db, node: Omit<NodeRecord, 'heartbeatAt' | 'stoppedAt' | 'downAt'>): Promise<void> {
   const row = {
     id: node.id, name: node.name, ssh_endpoint: node.sshEndpoint, api_url: node.apiUrl, internal_address: node.internalAddress,
-    relay_key: node.relayKey, version: node.version, started_at: toMillis(node.startedAt), heartbeat_at: toMillis(node.startedAt), stopped_at: null,
+    relay_key: node.relayKey, version: node.version, started_at: toMillis(node.startedAt), heartbeat_at: toMillis(node.startedAt), stopped_at: null, down_at: null,
   };
   const { id: _id, ...update } = row;
   await db.run(db.qb('nodes').insert(row).onConflict('id').merge(update));
@@ -46,7 +48,19 @@ export async function registerNode(db: Db, node: Omit<NodeRecord, 'heartbeatAt' 
 
 /** Returns false when the node has no row (deleted by an operator): it should register again. */
 export async function heartbeatNode(db: Db, id: string, at: Date): Promise<boolean> {
-  return (await db.run('UPDATE nodes SET heartbeat_at = ?, stopped_at = NULL WHERE id = ?', [toMillis(at), id])) === 1;
+  return (await db.run('UPDATE nodes SET heartbeat_at = ?, stopped_at = NULL, down_at = NULL WHERE id = ?', [toMillis(at), id])) === 1;
+}
+
+/**
+ * Compare-and-swap: true if this call marked the node down (running, not
+ * already down, its heartbeat older than STALEBEFORE); false if it was not
+ * stale, stopped, already marked, or unknown. Of several nodes seeing the
+ * same dead node, exactly one gets true.
+ */
+export async function markNodeDown(db: Db, id: string, staleBefore: Date, at: Date): Promise<boolean> {
+  return (
+    (await db.run('UPDATE nodes SET down_at = ? WHERE id = ? AND down_at IS NULL AND stopped_at IS NULL AND heartbeat_at < ?', [toMillis(at), id, toMillis(staleBefore)])) === 1
+  );
 }
 
 export async function markNodeStopped(db: Db, id: string, at: Date): Promise<void> {
@@ -71,6 +85,12 @@ export async function clearPresenceOfNode(db: Db, nodeId: string, lastSeen: Date
     'UPDATE devices SET online = ?, connected_since = NULL, remote_addr = NULL, node_id = NULL, last_seen_at = COALESCE(last_seen_at, ?) WHERE node_id = ?',
     [false, toMillis(lastSeen), nodeId],
   );
+}
+
+/** Devices online, by the node holding their tunnel (devices online without a node are not counted). */
+export async function countOnlineDevicesByNode(db: Db): Promise<Record<string, number>> {
+  const rows = await db.all<{ node_id: string; n: number | string }>('SELECT node_id, COUNT(*) AS n FROM devices WHERE online = ? AND node_id IS NOT NULL GROUP BY node_id', [true]);
+  return Object.fromEntries(rows.map((r) => [r.node_id, Number(r.n)]));
 }
 
 export async function insertNodeJoinToken(db: Db, t: NewNodeJoinToken): Promise<void> {

@@ -27,7 +27,7 @@ const READ_OPERATIONS: ReadonlySet<string> = new Set<keyof StoreTx>([
   'portPoolUsage',
   'findCertificate', 'findIssuedCertificate', 'latestCertificateOfDevice', 'findDeviceWithLatestCertificate', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
   'findApiKey', 'listApiKeys',
-  'listNodes', 'findNode',
+  'listNodes', 'findNode', 'countOnlineDevicesByNode',
   'listAudit', 'countAudit',
 ]);
 
@@ -63,6 +63,8 @@ export function bindOps(withDb: WithDb): StoreTx {
     registerNode: op('registerNode', nodes.registerNode),
     heartbeatNode: op('heartbeatNode', nodes.heartbeatNode),
     markNodeStopped: op('markNodeStopped', nodes.markNodeStopped),
+    markNodeDown: op('markNodeDown', nodes.markNodeDown),
+    countOnlineDevicesByNode: op('countOnlineDevicesByNode', nodes.countOnlineDevicesByNode),
     listNodes: op('listNodes', nodes.listNodes),
     findNode: op('findNode', nodes.findNode),
     clearPresenceOfNode: op('clearPresenceOfNode', nodes.clearPresenceOfNode),

@@ -135,6 +135,8 @@ export interface NodeRecord {
   heartbeatAt: Date;
   /** Set by a node stopping cleanly; cleared by its next heartbeat. */
   stoppedAt: Date | null;
+  /** Set by the node that found this one's heartbeat too old (markNodeDown); cleared by its next heartbeat. */
+  downAt: Date | null;
 }
 export interface NewNodeJoinToken {
   id: string;
@@ -288,9 +290,13 @@ export interface StoreTx {
   countDevicesByStatus(): Promise<DeviceCounts>;
 
   // nodes (several brokers on one database)
-  registerNode(node: Omit<NodeRecord, 'heartbeatAt' | 'stoppedAt'>): Promise<void>;
+  registerNode(node: Omit<NodeRecord, 'heartbeatAt' | 'stoppedAt' | 'downAt'>): Promise<void>;
+  /** Heartbeat: clears stoppedAt and downAt; false when the node has no row. */
   heartbeatNode(id: string, at: Date): Promise<boolean>;
   markNodeStopped(id: string, at: Date): Promise<void>;
+  /** Compare-and-swap, once per down transition: true if this call marked the node down (its heartbeat older than staleBefore). */
+  markNodeDown(id: string, staleBefore: Date, at: Date): Promise<boolean>;
+  countOnlineDevicesByNode(): Promise<Record<string, number>>;
   listNodes(): Promise<NodeRecord[]>;
   findNode(id: string): Promise<NodeRecord | null>;
   clearPresenceOfNode(nodeId: string, lastSeen: Date): Promise<number>;

@@ -4,7 +4,9 @@
  * scrape time rather than kept by hand.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { NodeStatus } from '../../api/index.js';
 import type { BrokerConfig } from '../core/config.js';
+import { nodeStatus } from '../core/node-status.js';
 import type { Store } from '../store/types.js';
 
 export interface GatewayStatsSource {
@@ -65,6 +67,15 @@ export class BrokerMetrics {
       async collect() {
         const usage = await store.portPoolUsage(config.ports, clock());
         for (const state of ['total', 'allocated', 'quarantined', 'free'] as const) this.set({ state }, usage[state]);
+      },
+    });
+    new Gauge({
+      name: 'certunnel_cluster_nodes', help: 'Broker nodes sharing the store, by status (up, down, stopped), as this node sees them', labelNames: ['status'], registers: [this.registry],
+      async collect() {
+        const now = clock();
+        const counts: Record<NodeStatus, number> = { up: 0, down: 0, stopped: 0 };
+        for (const node of await store.listNodes()) counts[nodeStatus(node, now, config.cluster.downAfterSeconds)]++;
+        for (const [status, n] of Object.entries(counts)) this.set({ status }, n);
       },
     });
     const krlHealth = (): ReturnType<KrlHealthSource['health']> | undefined => this.krl?.health();

@@ -6,6 +6,7 @@ import { startTestCluster } from '../../testkit/cluster.js';
 import { withTempDir } from '../../testkit/openssh.js';
 
 test('two nodes on one database: a token minted on node 1 enrolls on node 2, and node 1 lists the device', async (t) => {
+  t.timeout(300_000); // node 2 is made with two CLI processes (node token, join) and both brokers start through tsx
   await withTempDir(async (dir) => {
     const cluster = await startTestCluster({ nodes: 2, dir, initArgs: ['--port-range', '22000-22999'] });
     try {

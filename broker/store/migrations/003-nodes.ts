@@ -4,7 +4,8 @@
  * - `nodes`: each broker node registers itself (id, name, the SSH endpoint
  *   devices dial, the API URL, the internal address other nodes relay to,
  *   its relay key) and heart-beats; a node whose heartbeat is older than the
- *   timeout is down, and its presence rows are cleared.
+ *   timeout is down: the first node to see it sets down_at (once per down
+ *   transition, a compare-and-swap) and clears its presence rows.
  * - `devices.node_id`: presence, which node holds the device's tunnel
  *   (NULL: none, or a single-node broker that never set it).
  * - `node_join_tokens`: single-use secrets minted by `certunnel node token`
@@ -35,6 +36,7 @@ export async function up(knex: Knex): Promise<void> {
     t.bigInteger('started_at').notNullable();
     t.bigInteger('heartbeat_at').notNullable();
     t.bigInteger('stopped_at').nullable();
+    t.bigInteger('down_at').nullable();
   });
   await knex.schema.alterTable('devices', (t) => {
     t.string('node_id').nullable();

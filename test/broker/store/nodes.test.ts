@@ -62,3 +62,41 @@ test('ok/node join tokens redeem once, before expiry only, in parallel too', asy
     t.is(await store.redeemNodeJoinToken('h1', 'node_y', at(2)), null);
   });
 });
+
+test('ok/a stale node is marked down once (compare-and-swap), never a stopped or fresh one; a heartbeat clears it', async (t) => {
+  await withStore(async (store) => {
+    await store.registerNode(node('node_a'));
+    await store.registerNode(node('node_b'));
+    await store.registerNode(node('node_c'));
+    await store.markNodeStopped('node_c', at(10));
+    t.true(await store.heartbeatNode('node_b', at(30_000)));
+    // node_a's heartbeat (T0) is older than at(20_000); node_b's is not; node_c stopped cleanly.
+    const marks = await Promise.all(Array.from({ length: 10 }, () => store.markNodeDown('node_a', at(20_000), at(40_000))));
+    t.is(marks.filter(Boolean).length, 1);
+    t.false(await store.markNodeDown('node_b', at(20_000), at(40_000)), 'fresh');
+    t.false(await store.markNodeDown('node_c', at(20_000), at(40_000)), 'stopped');
+    t.false(await store.markNodeDown('node_x', at(20_000), at(40_000)), 'unknown');
+    t.deepEqual((await store.findNode('node_a'))?.downAt, at(40_000));
+    // It comes back: the heartbeat clears the mark, and a later death is a new transition.
+    t.true(await store.heartbeatNode('node_a', at(50_000)));
+    t.is((await store.findNode('node_a'))?.downAt, null);
+    t.true(await store.markNodeDown('node_a', at(70_000), at(80_000)));
+    await store.registerNode(node('node_a', { startedAt: at(90_000) }));
+    t.is((await store.findNode('node_a'))?.downAt, null);
+  });
+});
+
+test('ok/devices online are counted per node', async (t) => {
+  await withStore(async (store) => {
+    const [d, e, f, g] = [device(), device(), device(), device()];
+    for (const x of [d, e, f, g]) await store.insertDevice(x);
+    await store.setDeviceOnline(d.id, { online: true, since: at(1), remoteAddr: null, lastSeen: at(1), node: 'node_a' });
+    await store.setDeviceOnline(e.id, { online: true, since: at(1), remoteAddr: null, lastSeen: at(1), node: 'node_a' });
+    await store.setDeviceOnline(f.id, { online: true, since: at(1), remoteAddr: null, lastSeen: at(1), node: 'node_b' });
+    // Online without a node (a single broker that never said) is not any node's.
+    await store.setDeviceOnline(g.id, { online: true, since: at(1), remoteAddr: null, lastSeen: at(1) });
+    t.deepEqual(await store.countOnlineDevicesByNode(), { node_a: 2, node_b: 1 });
+    await store.setDeviceOnline(f.id, { online: false, since: null, remoteAddr: null, lastSeen: at(2), node: 'node_b' });
+    t.deepEqual(await store.countOnlineDevicesByNode(), { node_a: 2 });
+  });
+});
