@@ -13,6 +13,7 @@ import { formatPublicKey, loadKeyPair, loadPublicKey, writeFileAtomic, type KeyP
 import { createAccessLayer, UNKNOWN_PRESENCE, type AccessLayer } from '../proxy/index.js';
 import { implicitTrustProxyWarning, splitHostPort, trustsProxy, type BrokerConfig } from '../core/config.js';
 import { isWildcardAddress } from '../core/net-address.js';
+import { configuredSshEndpoints } from '../core/ssh-endpoints.js';
 import type { CoreDeps, CoreHooks } from '../core/deps.js';
 import { limitConnections } from './connection-limits.js';
 import { brokerHostnames, dataPaths, localApiUrl, type DataPaths } from './data-dir.js';
@@ -202,7 +203,12 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     if (ssh.statsSource) metrics.attachGateway(ssh.statsSource);
 
     // The rules' dependencies but their hooks: the revocation hook needs the access layer, which needs these.
-    const coreBase = { store, config, clock, ssh: sshEndpointOf(config, ssh.port, keys), ca: { userCa: keys.userCa, hostCaPublicKey: keys.hostCaPublicKey } };
+    const sshEndpoint = sshEndpointOf(config, ssh.port, keys);
+    // The seam for a node registry: it would answer with the live nodes' endpoints.
+    const sshEndpoints = configuredSshEndpoints(config, sshEndpoint);
+    const coreBase = {
+      store, config, clock, ssh: sshEndpoint, sshEndpoints: () => sshEndpoints, ca: { userCa: keys.userCa, hostCaPublicKey: keys.hostCaPublicKey },
+    };
     const access = await createAccessLayer({
       core: coreBase, logger, presence: ssh.presence ?? UNKNOWN_PRESENCE, sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
     });
