@@ -7,9 +7,10 @@
  * data directory) and nothing else.
  */
 import test from 'ava';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseConfig, splitHostPort } from '../../broker/core/config.js';
+import { withBroker } from '../../testkit/broker.js';
 import { REPO_ROOT } from '../../testkit/cli.js';
 import { hasSystemdAnalyze, unitDirectives, verifyUnit } from '../../testkit/systemd-unit.js';
 
@@ -48,13 +49,31 @@ test('the default listen ports need no capability (CapabilityBoundingSet= is emp
 
 test('the OpenSSH-mode drop-in: CAP_KILL and CAP_SYS_PTRACE, sshd processes visible, a searchable data directory; nothing else loosened', async (t) => {
   const d = unitDirectives(await readFile(OPENSSH_DROPIN, 'utf8'));
-  t.deepEqual([...d.keys()].sort(), ['AmbientCapabilities', 'CapabilityBoundingSet', 'ProtectProc', 'StateDirectoryMode']);
+  t.deepEqual([...d.keys()].sort(), ['AmbientCapabilities', 'CapabilityBoundingSet', 'ProtectProc', 'StateDirectoryMode', 'UMask']);
   t.deepEqual(d.get('CapabilityBoundingSet')?.[0]?.split(' ').sort(), ['CAP_KILL', 'CAP_SYS_PTRACE']);
   t.deepEqual(d.get('AmbientCapabilities')?.[0]?.split(' ').sort(), ['CAP_KILL', 'CAP_SYS_PTRACE']);
   t.deepEqual(d.get('ProtectProc'), ['default']);
   t.deepEqual(d.get('StateDirectoryMode'), ['0711'], 'sshd opens the principals files as the connecting user');
+  t.deepEqual(d.get('UMask'), ['0022']);
   // docs/operations.md names the drop-in.
   t.regex(await readFile(join(REPO_ROOT, 'docs', 'operations.md'), 'utf8'), /certunnel-broker\.service\.d\/openssh-mode\.conf/);
+});
+
+/** The mode of the openssh/ directory a broker in OpenSSH mode makes when it runs with UMASK (octal text). */
+async function opensshDirMode(umask: string): Promise<number> {
+  const before = process.umask(parseInt(umask, 8));
+  try {
+    return await withBroker(async (b) => (await stat(join(b.dir, 'openssh'))).mode & 0o777, { config: { ssh: { mode: 'openssh', listen: '127.0.0.1:0' } } });
+  } finally {
+    process.umask(before);
+  }
+}
+
+test.serial("OpenSSH mode under the units' umasks: the base unit's leaves sshd's per-user process unable to search openssh/, the drop-in's does not", async (t) => {
+  const base = unitDirectives(await readFile(UNIT, 'utf8')).get('UMask')?.[0] ?? '';
+  const dropIn = unitDirectives(await readFile(OPENSSH_DROPIN, 'utf8')).get('UMask')?.[0] ?? '';
+  t.is(await opensshDirMode(base), 0o700, 'the reason for the drop-in (the check can fail)');
+  t.is(await opensshDirMode(dropIn), 0o755);
 });
 
 test('systemd-analyze verify accepts the unit, alone and with the OpenSSH-mode drop-in, without a warning', async (t) => {
