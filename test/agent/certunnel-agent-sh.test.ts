@@ -10,6 +10,8 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EXIT } from '../../agent/errors.js';
@@ -316,4 +318,60 @@ test('shell agent: a state.json from before the list keeps its one endpoint; the
       await agent.exited;
     }
   }, { deviceValiditySeconds: 60, renewAtFraction: 0.1 });
+});
+
+/** A stand-in broker whose enrollment answer carries SSHENDPOINTS (the rest is shaped like a grant). */
+async function withFakeEnrollAnswer<T>(sshEndpoints: unknown, fn: (url: string) => Promise<T>): Promise<T> {
+  const hostKey = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ';
+  const server = createServer((_req, res) => {
+    res.writeHead(201, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({
+      deviceId: 'dev_fake0000000000001', name: null, ports: { first: 20000, last: 20001 }, certificate: 'ssh-ed25519-cert-v01@openssh.com AAAA fake',
+      serial: '7', validAfter: '2026-01-01T00:00:00.000Z', validBefore: '2026-01-01T01:00:00.000Z', renewAfter: '2026-01-01T00:40:00.000Z',
+      sshEndpoints, ssh: { host: '127.0.0.1', port: 2222, username: 'tunnel', hostKey, hostCertificateAuthority: hostKey },
+    }));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    return await fn(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  } finally {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}
+
+const shellBadLists: Array<[string, unknown]> = [
+  ['fail/comma (a second known_hosts pattern)', [{ host: '127.0.0.1', port: 2222 }, { host: 'a.example,*', port: 22 }]],
+  ['fail/leading dash (an ssh option)', [{ host: '-oProxyCommand=touch /tmp/x', port: 22 }]],
+  ['fail/space', [{ host: 'a b', port: 22 }]],
+  ['fail/port 0', [{ host: 'a.example', port: 0 }]],
+  ['fail/port 65536', [{ host: 'a.example', port: 65536 }]],
+];
+for (const [name, list] of shellBadLists) {
+  test(`shell agent: enrollment answer with sshEndpoints ${name} is GRANT_INVALID and writes no state`, async (t) => {
+    await withFakeEnrollAnswer(list, async (url) => {
+      await withTempDir(async (dir) => {
+        const state = join(dir, 'state');
+        const enroll = await runCommand('sh', [SCRIPT, 'enroll', '--url', url, '--state-dir', state], { env: { CERTUNNEL_ENROLL_TOKEN: 'ctt_fake_token' } });
+        t.is(enroll.code, EXIT.ERROR, enroll.stdout + enroll.stderr);
+        t.regex(enroll.stderr, /GRANT_INVALID/);
+        await t.throwsAsync(stat(join(state, 'state.json')));
+        await t.throwsAsync(stat(join(state, 'known_hosts')));
+      });
+    });
+  });
+}
+
+test('shell agent: the same stand-in answer with a good list is stored (the refusals above come from the list)', async (t) => {
+  const list = [{ host: 'node-1.example', port: 2222 }, { host: '::1', port: 2223 }];
+  await withFakeEnrollAnswer(list, async (url) => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      const enroll = await runCommand('sh', [SCRIPT, 'enroll', '--url', url, '--state-dir', state], { env: { CERTUNNEL_ENROLL_TOKEN: 'ctt_fake_token' } });
+      t.is(enroll.code, 0, enroll.stderr);
+      t.regex(enroll.stdout, /ssh 127\.0\.0\.1:2222 node-1\.example:2222 \[::1\]:2223,/);
+      const stored = JSON.parse(await readFile(join(state, 'state.json'), 'utf8')) as { sshEndpoints: unknown };
+      t.deepEqual(stored.sshEndpoints, list);
+      t.regex(await readFile(join(state, 'known_hosts'), 'utf8'), /^\[127\.0\.0\.1\]:2222,\[node-1\.example\]:2222,\[::1\]:2223 ssh-ed25519 /m);
+    });
+  });
 });
