@@ -13,26 +13,35 @@
  * offline) or the SSH server refused it (to learn whether the device was
  * revoked).
  *
+ * The broker may name several SSH endpoints (the nodes of a fleet): each
+ * round of connection attempts dials them in a random order (endpoints.ts)
+ * and backs off only when all of them failed; a tunnel that drops moves on
+ * to another endpoint at once, once, before backing off.
+ *
  * The parts: renewal-schedule.ts (the certificate in use and its renewal,
  * the broker's verdict), tunnel-spec.ts (what to dial and which forwards
  * the port block implies), tunnel-session.ts (opening and closing without
  * waiting forever), status-writer.ts (status.json), clock.ts (time and the
  * run loop's wakeable sleep).
+ *
+ * Long file: one handler per state, each a few lines, and the transitions
+ * they make read best side by side; what they call is already split out.
  */
-import { type ApiCall, apiRequest } from '../api/index.js';
+import { type ApiCall, apiRequest, type SshAddressWire } from '../api/index.js';
 import { nextDelay } from './backoff.js';
 import { systemClock, WakeableSleep, type Clock } from './clock.js';
 import type { AgentConfig } from './config.js';
 import { enrollDevice } from './enroll.js';
+import { EndpointRotation } from './endpoints.js';
 import { AgentError, EXIT } from './errors.js';
 import type { AgentLogger } from './logger.js';
 import { RenewalSchedule } from './renewal-schedule.js';
 import { AgentStateMachine, type AgentState, type StateChange } from './state-machine.js';
-import { loadEnrollment, type Enrollment } from './state-dir.js';
+import { formatSshAddress, loadEnrollment, sshEndpointsOf, type Enrollment } from './state-dir.js';
 import { runtimeStatus, StatusWriter, type RecordedError } from './status-writer.js';
 import { forwardsFor, tunnelSpecFor } from './tunnel-spec.js';
 import { closeTunnel, openTunnel, type HeldTunnel } from './tunnel-session.js';
-import { TransportError, type Transport, type Tunnel, type TunnelEnd, type TunnelSpec } from './transport.js';
+import { TransportError, type ForwardSpec, type Transport, type Tunnel, type TunnelEnd } from './transport.js';
 
 // The injected parts AgentDeps names, for callers that build one.
 export type { Clock } from './clock.js';
@@ -77,6 +86,7 @@ export class Agent {
   readonly #renewal: RenewalSchedule;
   readonly #status: StatusWriter;
   readonly #sleep: WakeableSleep;
+  readonly #endpoints: EndpointRotation;
 
   #held: HeldTunnel | null = null;
   #attempt = 0;
@@ -103,6 +113,7 @@ export class Agent {
     this.#writeStatus = deps.writeStatus ?? true;
     this.#status = new StatusWriter(this.#log);
     this.#sleep = new WakeableSleep(this.#clock);
+    this.#endpoints = new EndpointRotation(this.#random);
     this.machine = new AgentStateMachine(() => this.#clock.now());
     this.machine.onChange((change) => this.#onChange(change));
     this.#renewal = new RenewalSchedule({
@@ -235,33 +246,55 @@ export class Agent {
     this.#backOffThen('renewing', outcome.code);
   }
 
+  /** One round: the endpoints in turn until a tunnel is up; a refused certificate or a stop ends the round early. */
   async #connect(): Promise<void> {
     const enrollment = this.#renewal.enrollment!;
-    const spec = this.#tunnelSpec(enrollment);
-    if (spec.forwards.length === 0) {
+    const forwards = this.#forwards(enrollment);
+    if (forwards.length === 0) {
       throw new AgentError('SERVICE_INVALID', 'no configured service fits in the port block', EXIT.USAGE);
     }
-    let tunnel: Tunnel;
-    try {
-      tunnel = await openTunnel(this.#transport, spec, { clock: this.#clock, signal: this.#abort.signal, stopGrace: this.#stopGrace });
-    } catch (err) {
-      return this.#onConnectFailed(err);
+    const round = this.#endpoints.round(sshEndpointsOf(enrollment.state));
+    let failure: unknown = new TransportError('UNREACHABLE', 'no SSH endpoint to dial');
+    for (const [i, endpoint] of round.entries()) {
+      this.#endpoints.dialing(endpoint);
+      const spec = tunnelSpecFor(this.#config, enrollment, forwards, endpoint);
+      let tunnel: Tunnel;
+      try {
+        tunnel = await openTunnel(this.#transport, spec, { clock: this.#clock, signal: this.#abort.signal, stopGrace: this.#stopGrace });
+      } catch (err) {
+        if (this.#stopRequested) return this.#finishStopped();
+        failure = err;
+        const code = this.#logConnectFailed(err, endpoint, round.length - i - 1);
+        // The certificate, not the node: every endpoint checks it against the same CA and revocations.
+        if (code === 'AUTH_REFUSED') break;
+        continue;
+      }
+      this.#renewedAfterRefusal = false;
+      this.#held = { tunnel, serial: enrollment.certificate.serial, connectedAt: this.#clock.now() };
+      this.machine.transition('connected', `serial ${enrollment.certificate.serial}`);
+      this.#log.info({
+        event: 'connected', transport: this.#transport.name, serial: enrollment.certificate.serial.toString(), host: spec.host, port: spec.port,
+        endpoint: formatSshAddress(endpoint), forwards: spec.forwards.map((f) => `${f.name}:${f.remotePort}->${f.localHost}:${f.localPort}`),
+      }, 'tunnel up');
+      return;
     }
-    this.#renewedAfterRefusal = false;
-    this.#held = { tunnel, serial: enrollment.certificate.serial, connectedAt: this.#clock.now() };
-    this.machine.transition('connected', `serial ${enrollment.certificate.serial}`);
-    this.#log.info({
-      event: 'connected', transport: this.#transport.name, serial: enrollment.certificate.serial.toString(), host: spec.host, port: spec.port,
-      forwards: spec.forwards.map((f) => `${f.name}:${f.remotePort}->${f.localHost}:${f.localPort}`),
-    }, 'tunnel up');
+    return this.#onConnectFailed(failure);
   }
 
-  #onConnectFailed(err: unknown): void {
-    if (this.#stopRequested) return this.#finishStopped();
+  /** Logs and records one failed attempt; returns its code. */
+  #logConnectFailed(err: unknown, endpoint: SshAddressWire, left: number): string {
     const code = err instanceof TransportError ? err.code : 'PROTOCOL';
     const message = err instanceof Error ? err.message : String(err);
     this.#recordError(code, message);
-    this.#log.warn({ event: 'connect_failed', code, message, transport: this.#transport.name }, 'tunnel could not be opened');
+    this.#log.warn({
+      event: 'connect_failed', code, message, transport: this.#transport.name, endpoint: formatSshAddress(endpoint), endpointsLeft: left,
+    }, left > 0 && code !== 'AUTH_REFUSED' ? 'tunnel could not be opened; trying another endpoint' : 'tunnel could not be opened');
+    return code;
+  }
+
+  /** Every endpoint of the round failed (or the certificate was refused). */
+  #onConnectFailed(err: unknown): void {
+    const code = err instanceof TransportError ? err.code : 'PROTOCOL';
     if (code === 'AUTH_REFUSED' && !this.#renewedAfterRefusal) {
       // Expired, revoked, or the CA changed: the broker's API knows which.
       // Once only: a certificate refused again right after renewal backs off.
@@ -304,9 +337,16 @@ export class Agent {
 
   #onTunnelLost(ended: TunnelEnd, upForMs: number): void {
     this.#held = null;
+    const dropped = this.#endpoints.current;
     this.#recordError(ended.code, ended.message);
-    this.#log.warn({ event: 'tunnel_lost', code: ended.code, message: ended.message, upForMs }, 'tunnel lost');
-    if (upForMs >= STABLE_CONNECTION_MS) this.#attempt = 0;
+    this.#log.warn({ event: 'tunnel_lost', code: ended.code, message: ended.message, upForMs, endpoint: dropped && formatSshAddress(dropped) }, 'tunnel lost');
+    const stable = upForMs >= STABLE_CONNECTION_MS;
+    if (stable) this.#attempt = 0;
+    // The node may be gone: the other endpoints at once (once), then the backoff.
+    if (this.#endpoints.failOver(sshEndpointsOf(this.#renewal.enrollment!.state), stable)) {
+      this.machine.transition('connecting', `tunnel lost (${ended.code}); trying another endpoint`);
+      return;
+    }
     this.#backOffThen('connecting', ended.code);
   }
 
@@ -327,17 +367,18 @@ export class Agent {
 
   #backOffThen(next: RetryState, reason: string): void {
     this.#afterBackoff = next;
+    this.#endpoints.backedOff();
     this.machine.transition('backoff', reason);
   }
 
-  /** The tunnel ENROLLMENT opens; a service outside the port block is skipped with a warning, once. */
-  #tunnelSpec(enrollment: Enrollment): TunnelSpec {
+  /** The forwards ENROLLMENT's tunnel carries; a service outside the port block is skipped with a warning, once. */
+  #forwards(enrollment: Enrollment): ForwardSpec[] {
     const { forwards, skipped } = forwardsFor(this.#config.services, enrollment.state.ports);
     if (!this.#warnedServices) {
       for (const s of skipped) this.#log.warn({ event: 'service_skipped', ...s }, 'service slot outside the port block; not forwarded');
     }
     this.#warnedServices = true;
-    return tunnelSpecFor(this.#config, enrollment, forwards);
+    return forwards;
   }
 
   async #closeTunnel(): Promise<void> {
@@ -375,6 +416,7 @@ export class Agent {
     if (!this.#writeStatus || !enrollment) return;
     this.#status.write(enrollment.paths, runtimeStatus(change, {
       transport: this.#transport.name, connectedAt: this.#held?.connectedAt ?? null, serial: enrollment.certificate.serial,
+      endpoint: this.#endpoints.current && formatSshAddress(this.#endpoints.current),
       lastError: this.#lastError, now: this.#clock.now(),
     }));
   }

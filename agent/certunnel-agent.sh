@@ -12,14 +12,18 @@
 # enroll: ssh-keygen makes the device key (0600; it never leaves the device),
 # curl sends the public key and the token (in a request body file, never on a
 # command line) to the pinned broker, and the grant is stored: certificate,
-# port block, SSH endpoint, known_hosts with the broker's host key and host CA.
+# port block, SSH endpoints, known_hosts with the broker's host key and host CA
+# for each endpoint.
 #
 # run: keeps `ssh -N -R 127.0.0.1:P:host:port …` up in a loop (strict
 # known_hosts, never trust on first use; ExitOnForwardFailure; server alive
 # keepalives), renews the certificate with certunnel-renew.sh (ssh-keygen -Y
 # sign + curl) at about two thirds of its life and reconnects with it, backs
 # off with full jitter between attempts, and stops for good when the broker
-# says the device is revoked. Default services: slot 0 -> 127.0.0.1:22,
+# says the device is revoked. With several SSH endpoints (the nodes of a
+# fleet; renewal may change the list) each round dials them in a random
+# order and backs off only when all failed; a tunnel that drops moves on to
+# another endpoint at once, once, before backing off. Default services: slot 0 -> 127.0.0.1:22,
 # slot 1 -> 127.0.0.1:80; any --service replaces them.
 #
 # Exit status: 0 stopped (TERM/INT), 1 error, 3 usage, 4 not enrolled,
@@ -73,6 +77,38 @@ epoch_to_iso() {
 json_str() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p" "$2" | head -n 1; }
 json_num() { sed -n "s/.*\"$1\":\\([0-9][0-9]*\\).*/\\1/p" "$2" | head -n 1; }
 
+# The SSH endpoints of a grant or state.json (one line of JSON): "HOST:PORT"
+# words, or nothing when there is no sshEndpoints (an older broker or agent).
+# Returns 1 when the list has an entry that is not a plain host and port
+# (anything else would end up in known_hosts and on ssh's command line).
+json_endpoints() { # file
+  list=$(sed -n 's/.*"sshEndpoints":\[\([^]]*\)\].*/\1/p' "$1" | head -n 1)
+  [ -n "$list" ] || return 0
+  n=$(printf '%s' "$list" | tr '}' '\n' | grep -c '"host"')
+  words=$(printf '%s' "$list" | tr '}' '\n' |
+    sed -n 's/.*"host":"\([A-Za-z0-9._:][A-Za-z0-9._:-]*\)","port":\([1-9][0-9]\{0,4\}\)$/\1:\2/p' | tr '\n' ' ')
+  set -- $words
+  [ $# -eq "$n" ] && [ $# -ge 1 ] || return 1
+  for w in "$@"; do [ "${w##*:}" -le 65535 ] || return 1; done
+  echo "$*"
+}
+
+# ENDPOINTS with SSH_HOST:SSH_PORT first if it is not among them (a state.json from before the list has only that one).
+with_ssh_endpoint() {
+  case " $endpoints " in *" $ssh_host:$ssh_port "*) echo "$endpoints" ;; *) echo "$ssh_host:$ssh_port${endpoints:+ $endpoints}" ;; esac
+}
+
+# HOST:PORT words in a random order, one per line.
+shuffle() {
+  for w in "$@"; do printf '%s %s\n' "$(random16)" "$w"; done | sort -n | cut -d' ' -f2-
+}
+
+# "host:port" as people read it: IPv6 in brackets.
+show_endpoint() { # host:port
+  h=${1%:*}
+  case "$h" in *:*) printf '[%s]:%s' "$h" "${1##*:}" ;; *) printf '%s' "$1" ;; esac
+}
+
 # ---------------------------------------------------------------------------
 # enroll
 
@@ -80,15 +116,28 @@ known_hosts_pattern() { # host port
   if [ "$2" = 22 ]; then printf '%s' "$1"; else printf '[%s]:%s' "$1" "$2"; fi
 }
 
+# known_hosts: the pinned host key and the host CA, for every endpoint (comma-separated patterns).
+write_known_hosts() { # state-dir  (reads host_key, host_ca, ssh_host, ssh_port, endpoints)
+  patterns=
+  for e in $(with_ssh_endpoint); do patterns="$patterns${patterns:+,}$(known_hosts_pattern "${e%:*}" "${e##*:}")"; done
+  printf '%s %s certunnel-broker\n@cert-authority %s %s certunnel-host-ca\n' "$patterns" "$host_key" "$patterns" "$host_ca" >"$1/known_hosts.tmp.$$" &&
+    chmod 0644 "$1/known_hosts.tmp.$$" && mv -f "$1/known_hosts.tmp.$$" "$1/known_hosts"
+}
+
 write_state() { # state-dir enrolled-at renewed-at  (reads the globals set from a grant)
+  endpoints_json=
+  if [ -n "$endpoints" ]; then
+    for e in $endpoints; do endpoints_json="$endpoints_json${endpoints_json:+,}{\"host\":\"${e%:*}\",\"port\":${e##*:}}"; done
+    endpoints_json="\"sshEndpoints\":[$endpoints_json],"
+  fi
   pin_json=
   [ -n "$pin" ] && pin_json=",\"pin\":\"$pin\""
   name_json=null
   [ -n "$name" ] && name_json="\"$name\""
   renewed_json=null
   [ -n "$3" ] && renewed_json="\"$3\""
-  printf '{"version":1,"deviceId":"%s","name":%s,"ports":{"first":%s,"last":%s},"ssh":{"host":"%s","port":%s,"username":"%s","hostKey":"%s","hostCertificateAuthority":"%s"},"broker":{"url":"%s"%s},"serial":"%s","validAfter":"%s","validBefore":"%s","renewAfter":"%s","enrolledAt":"%s","renewedAt":%s}\n' \
-    "$device_id" "$name_json" "$first" "$last" "$ssh_host" "$ssh_port" "$ssh_user" "$host_key" "$host_ca" "$url" "$pin_json" \
+  printf '{"version":1,"deviceId":"%s","name":%s,"ports":{"first":%s,"last":%s},%s"ssh":{"host":"%s","port":%s,"username":"%s","hostKey":"%s","hostCertificateAuthority":"%s"},"broker":{"url":"%s"%s},"serial":"%s","validAfter":"%s","validBefore":"%s","renewAfter":"%s","enrolledAt":"%s","renewedAt":%s}\n' \
+    "$device_id" "$name_json" "$first" "$last" "$endpoints_json" "$ssh_host" "$ssh_port" "$ssh_user" "$host_key" "$host_ca" "$url" "$pin_json" \
     "$serial" "$valid_after" "$valid_before" "$renew_after" "$2" "$renewed_json" >"$1/state.json.tmp.$$"
   chmod 0644 "$1/state.json.tmp.$$"
   mv -f "$1/state.json.tmp.$$" "$1/state.json"
@@ -159,6 +208,8 @@ cmd_enroll() {
   valid_after=$(json_str validAfter "$r") valid_before=$(json_str validBefore "$r") renew_after=$(json_str renewAfter "$r")
   ssh_host=$(json_str host "$r") ssh_port=$(json_num port "$r") ssh_user=$(json_str username "$r")
   host_key=$(json_str hostKey "$r") host_ca=$(json_str hostCertificateAuthority "$r")
+  endpoints=$(json_endpoints "$r") || die $EXIT_ERROR GRANT_INVALID 'the broker sent an unusable list of SSH endpoints'
+  case "$ssh_host" in ''|-*|*[!A-Za-z0-9._:-]*) die $EXIT_ERROR GRANT_INVALID 'the broker sent an unusable SSH host' ;; esac
   granted_name=$(json_str name "$r")
   [ -n "$granted_name" ] && name=$granted_name
   case "$cert" in ssh-ed25519-cert-v01@openssh.com\ *) ;; *) die $EXIT_ERROR GRANT_INVALID 'no certificate in the answer' ;; esac
@@ -170,11 +221,11 @@ cmd_enroll() {
   chmod 0644 "$state/device_key.pub"
   printf '%s\n' "$cert" >"$state/device_key-cert.pub.tmp.$$" && chmod 0644 "$state/device_key-cert.pub.tmp.$$" &&
     mv -f "$state/device_key-cert.pub.tmp.$$" "$state/device_key-cert.pub"
-  pattern=$(known_hosts_pattern "$ssh_host" "$ssh_port")
-  printf '%s %s certunnel-broker\n@cert-authority %s %s certunnel-host-ca\n' "$pattern" "$host_key" "$pattern" "$host_ca" >"$state/known_hosts.tmp.$$" &&
-    chmod 0644 "$state/known_hosts.tmp.$$" && mv -f "$state/known_hosts.tmp.$$" "$state/known_hosts"
+  write_known_hosts "$state"
   write_state "$state" "$(iso_now)" ''
-  echo "enrolled $device_id: ports $first-$last, ssh $ssh_host:$ssh_port, certificate valid until $valid_before"
+  shown=
+  for e in $(with_ssh_endpoint); do shown="$shown${shown:+ }$(show_endpoint "$e")"; done
+  echo "enrolled $device_id: ports $first-$last, ssh $shown, certificate valid until $valid_before"
 }
 
 # ---------------------------------------------------------------------------
@@ -188,6 +239,8 @@ load_state() {
   url=$(json_str url "$s") pin=$(json_str pin "$s") name=$(json_str name "$s")
   host_key=$(json_str hostKey "$s") host_ca=$(json_str hostCertificateAuthority "$s") enrolled_at=$(json_str enrolledAt "$s")
   [ -n "$device_id" ] && [ -n "$first" ] && [ -n "$ssh_port" ] && [ -n "$url" ] || die $EXIT_ERROR STATE_INVALID "$s is incomplete"
+  # Absent from a state.json an older agent wrote: then the ssh endpoint alone.
+  endpoints=$(json_endpoints "$s") || die $EXIT_ERROR STATE_INVALID "$s: malformed sshEndpoints"
 }
 
 # Validity of the certificate file, from ssh-keygen -L (in UTC): sets serial,
@@ -218,8 +271,10 @@ write_status() { # state [error-code error-message]
   [ -n "${last_error:-}" ] && err_json=$last_error
   connected_json=null
   [ "$1" = connected ] && connected_json="\"$(iso_now)\""
-  printf '{"pid":%s,"transport":"openssh-sh","state":"%s","since":"%s","connectedSince":%s,"serial":"%s","lastError":%s,"updatedAt":"%s"}\n' \
-    "$$" "$1" "$(iso_now)" "$connected_json" "$serial" "$err_json" "$(iso_now)" >"$state/status.json.tmp.$$"
+  endpoint_json=null
+  [ -n "${dial:-}" ] && endpoint_json="\"$(show_endpoint "$dial")\""
+  printf '{"pid":%s,"transport":"openssh-sh","state":"%s","endpoint":%s,"since":"%s","connectedSince":%s,"serial":"%s","lastError":%s,"updatedAt":"%s"}\n' \
+    "$$" "$1" "$endpoint_json" "$(iso_now)" "$connected_json" "$serial" "$err_json" "$(iso_now)" >"$state/status.json.tmp.$$"
   mv -f "$state/status.json.tmp.$$" "$state/status.json"
   if [ "$1" != "$current_state" ]; then
     log info state "$current_state -> $1" ",\"from\":\"$current_state\",\"to\":\"$1\""
@@ -227,13 +282,32 @@ write_status() { # state [error-code error-message]
   fi
 }
 
+# The SSH endpoints of a renewal's answer (nodes come and go): kept, with
+# known_hosts, when it names them; an answer without a list (an older
+# broker) or with an unusable one keeps the list the agent has.
+adopt_endpoints() { # grant-file
+  if ! new=$(json_endpoints "$1"); then
+    log warn endpoints_ignored 'the renewal named unusable SSH endpoints; keeping the old list' ',"code":"GRANT_INVALID"'
+    return 0
+  fi
+  [ -n "$new" ] || return 0
+  new_host=$(json_str host "$1") new_port=$(json_num port "$1")
+  case "$new_host" in ''|-*|*[!A-Za-z0-9._:-]*) return 0 ;; esac
+  [ -n "$new_port" ] || return 0
+  endpoints=$new ssh_host=$new_host ssh_port=$new_port
+  write_known_hosts "$state"
+}
+
 # Renews with certunnel-renew.sh. Returns 0 renewed, 1 transient failure;
 # exits the agent when the broker refuses for good.
 renew() {
-  out=$(sh "$renew_script" --url "$url" --pin "$pin" --device-id "$device_id" --key "$key" --out "$cert" 2>&1)
+  rm -f "$state/grant.json"
+  out=$(sh "$renew_script" --url "$url" --pin "$pin" --device-id "$device_id" --key "$key" --out "$cert" --grant "$state/grant.json" 2>&1)
   rc=$?
   if [ $rc = 0 ]; then
     read_certificate || { log warn renew_failed 'renewed certificate unreadable' ',"code":"GRANT_INVALID"'; return 1; }
+    adopt_endpoints "$state/grant.json"
+    rm -f "$state/grant.json"
     renew_after=$(epoch_to_iso "$renew_at")
     write_state "$state" "$enrolled_at" "$(iso_now)"
     renew_attempt=0
@@ -282,7 +356,7 @@ start_ssh() {
       -o UpdateHostKeys=no -o CheckHostIP=no -o IdentitiesOnly=yes -o IdentityAgent=none -o "CertificateFile=$cert" \
       -o PasswordAuthentication=no -o KbdInteractiveAuthentication=no -o ControlMaster=no -o ControlPath=none -i "$key"
     for f in $forwards; do set -- "$@" -R "$f"; done
-    set -- "$@" -p "$ssh_port" -l "$ssh_user" -- "$ssh_host"
+    set -- "$@" -p "${dial##*:}" -l "$ssh_user" -- "${dial%:*}"
     ssh "$@" </dev/null 2>>"$ssh_log" &
     echo $! >"$state/ssh.pid"
     wait $!
@@ -361,7 +435,7 @@ cmd_run() {
   done
   [ $nforwards -gt 0 ] || die $EXIT_USAGE SERVICE_INVALID 'no service fits in the port block'
 
-  current_state=initial last_error= stopping= attempt=0 renew_attempt=0 refused_renewed=
+  current_state=initial last_error= stopping= attempt=0 renew_attempt=0 refused_renewed= round= dial= failed_over=
   trap on_signal TERM INT
   printf '%s %s\n' "$$" "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)" >"$state/run.pid"
   read_certificate || die $EXIT_ERROR STATE_INVALID "$cert is unreadable"
@@ -378,6 +452,9 @@ cmd_run() {
         continue
       fi
     fi
+    # A round dials every endpoint once, in a random order (spreads a fleet over the nodes); after a drop, the others.
+    [ -n "$round" ] || round=$(shuffle $(with_ssh_endpoint) | tr '\n' ' ')
+    dial=${round%% *} round=${round#* }
     write_status connecting
     start_ssh
     connected_at= reconnect=
@@ -386,7 +463,7 @@ cmd_run() {
         connected_at=$(now)
         refused_renewed=
         write_status connected
-        log info connected 'tunnel up' ",\"serial\":\"$serial\""
+        log info connected 'tunnel up' ",\"serial\":\"$serial\",\"endpoint\":\"$(show_endpoint "$dial")\",\"port\":${dial##*:}"
       fi
       if [ "$(now)" -ge "$renew_at" ] && renew; then
         log info reconnect 'reconnect with the renewed certificate'
@@ -397,14 +474,32 @@ cmd_run() {
       pause "$poll"
     done
     [ -n "$stopping" ] && break
-    [ -n "$reconnect" ] && continue # with the fresh certificate, at once
+    if [ -n "$reconnect" ]; then round=; continue; fi # with the fresh certificate (and the renewal's endpoints), at once
     code=$(classify_ssh_end)
+    shown=$(show_endpoint "$dial")
     if [ -n "$connected_at" ]; then
-      log warn tunnel_lost 'tunnel lost' ",\"code\":\"$code\""
-      [ $(($(now) - connected_at)) -ge 10 ] && attempt=0
+      log warn tunnel_lost 'tunnel lost' ",\"code\":\"$code\",\"endpoint\":\"$shown\""
+      if [ $(($(now) - connected_at)) -ge 10 ]; then attempt=0 failed_over=; fi
+      # The node may be gone: the other endpoints at once, but once only before a backoff
+      # (a node that drops every session at once must not make the agent dial in a loop).
+      round=
+      if [ -z "$failed_over" ]; then
+        for e in $(with_ssh_endpoint); do [ "$e" = "$dial" ] || round="$round $e"; done
+        if [ -n "$round" ]; then
+          round=$(shuffle $round | tr '\n' ' ') failed_over=1
+          write_status connecting "$code" 'ssh exited'
+          continue
+        fi
+      fi
     else
-      log warn connect_failed 'tunnel could not be opened' ",\"code\":\"$code\""
+      log warn connect_failed 'tunnel could not be opened' ",\"code\":\"$code\",\"endpoint\":\"$shown\""
+      # The next endpoint of the round at once; a refused certificate is the same on every node.
+      if [ "$code" != AUTH_REFUSED ] && [ -n "$round" ]; then
+        write_status connecting "$code" 'ssh exited'
+        continue
+      fi
     fi
+    round= failed_over=
     write_status backoff "$code" 'ssh exited'
     if [ "$code" = AUTH_REFUSED ] && [ -z "$refused_renewed" ]; then
       # Expired, revoked, or the CA changed: the broker's API knows which.

@@ -4,8 +4,11 @@
 #
 #   certunnel-renew.sh --url https://broker:8443 --pin 'sha256//…' \
 #       --device-id dev_… --key /var/lib/certunnel/device_key \
-#       [--out /var/lib/certunnel/device_key-cert.pub]
+#       [--out /var/lib/certunnel/device_key-cert.pub] [--grant FILE]
 #
+# --grant FILE: the broker's whole answer (JSON) is written there too, for a
+# caller that wants more than the certificate (certunnel-agent.sh reads the
+# SSH endpoints from it).
 # The request is signed in the SSHSIG format (ssh-keygen -Y sign, namespace
 # certunnel-renew) over the same text the broker rebuilds from the fields,
 # with a timestamp and a fresh nonce against replay. The broker's TLS key is
@@ -14,7 +17,7 @@
 # broker (its error code is printed), 4 transport failure.
 set -eu
 
-url= pin= device_id= key= out=
+url= pin= device_id= key= out= grant=
 while [ $# -gt 0 ]; do
   case "$1" in
     --url) url=$2; shift 2 ;;
@@ -22,11 +25,12 @@ while [ $# -gt 0 ]; do
     --device-id) device_id=$2; shift 2 ;;
     --key) key=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --grant) grant=$2; shift 2 ;;
     *) echo "certunnel-renew: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 if [ -z "$url" ] || [ -z "$device_id" ] || [ -z "$key" ]; then
-  echo "usage: certunnel-renew.sh --url URL --pin PIN --device-id ID --key KEYFILE [--out CERTFILE]" >&2
+  echo "usage: certunnel-renew.sh --url URL --pin PIN --device-id ID --key KEYFILE [--out CERTFILE] [--grant FILE]" >&2
   exit 2
 fi
 [ -n "$out" ] || out="$key-cert.pub"
@@ -69,4 +73,7 @@ case "$cert" in ssh-ed25519-cert-v01@openssh.com\ *) ;; *) echo "certunnel-renew
 printf '%s\n' "$cert" >"$out.tmp.$$"
 chmod 0644 "$out.tmp.$$"
 mv -f "$out.tmp.$$" "$out"
+if [ -n "$grant" ]; then
+  cp "$tmp/resp" "$grant.tmp.$$" && mv -f "$grant.tmp.$$" "$grant"
+fi
 echo "certunnel-renew: renewed; valid until $valid_before"

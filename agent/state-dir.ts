@@ -6,7 +6,7 @@
  *   device_key.pub        its public half
  *   device_key-cert.pub   the current certificate (what ssh -i device_key picks up)
  *   known_hosts           the broker's pinned host key and an @cert-authority line for its host CA
- *   state.json            device id, port block, SSH endpoint, broker URL and pin, validity, renewal time
+ *   state.json            device id, port block, SSH endpoints, broker URL and pin, validity, renewal time
  *   status.json           what `run` is doing now (for `status`); rewritten on each state change
  *   run.pid               the running agent (one per state directory)
  *   ssh.pid               the openssh transport's ssh child (ended if a crash left it behind)
@@ -21,7 +21,7 @@ import {
   decodePrivateKey, formatPublicKey, parseCertificateLine, parsePublicKey, writeFileAtomic,
   type Certificate, type KeyPair, type PublicKey,
 } from '../ca/index.js';
-import type { CertificateGrantWire, PortBlockWire, SshEndpointWire } from '../api/index.js';
+import type { CertificateGrantWire, PortBlockWire, SshAddressWire, SshEndpointWire } from '../api/index.js';
 import { AgentError, EXIT } from './errors.js';
 
 const STATE_VERSION = 1;
@@ -63,6 +63,8 @@ export interface DeviceState {
   readonly deviceId: string;
   readonly name: string | null;
   readonly ports: PortBlockWire;
+  /** Every SSH endpoint the broker named (sshEndpointsOf); absent in a state.json from before 0.4 or from an older broker. */
+  readonly sshEndpoints?: readonly SshAddressWire[];
   readonly ssh: SshEndpointWire;
   readonly broker: BrokerApiRef;
   readonly serial: string;
@@ -97,13 +99,47 @@ function knownHostsPattern(host: string, port: number): string {
 }
 
 /**
+ * A host the broker may name: a DNS name, IPv4 or IPv6 address. It goes into
+ * known_hosts patterns and ssh's command line: no spaces, commas, brackets,
+ * wildcards or a leading dash.
+ */
+const SSH_HOST = /^[A-Za-z0-9._:][A-Za-z0-9._:-]{0,252}$/;
+/** More endpoints than any fleet needs is a confused broker. */
+const MAX_SSH_ENDPOINTS = 64;
+
+/** Whether VALUE is a usable list of SSH endpoints (sshEndpoints in a grant or in state.json). */
+export function isSshEndpointList(value: unknown): value is readonly SshAddressWire[] {
+  return Array.isArray(value) && value.length >= 1 && value.length <= MAX_SSH_ENDPOINTS && value.every((e: unknown) => {
+    const { host, port } = (e ?? {}) as Partial<SshAddressWire>;
+    return typeof host === 'string' && SSH_HOST.test(host) && Number.isInteger(port) && port! >= 1 && port! <= 65535;
+  });
+}
+
+/**
+ * The endpoints the agent may dial: the broker's list, or for a state.json
+ * written before there was one (an older agent, an older broker) the single
+ * `ssh` endpoint. `ssh`'s own address always counts, first if the list lacks it.
+ */
+export function sshEndpointsOf(state: Pick<DeviceState, 'ssh' | 'sshEndpoints'>): SshAddressWire[] {
+  const own = { host: state.ssh.host, port: state.ssh.port };
+  const listed = state.sshEndpoints && state.sshEndpoints.length > 0 ? state.sshEndpoints.map((e) => ({ host: e.host, port: e.port })) : [];
+  return listed.some((e) => e.host === own.host && e.port === own.port) ? listed : [own, ...listed];
+}
+
+/** "host:port", IPv6 in brackets: how logs and status show an endpoint. */
+export function formatSshAddress(endpoint: SshAddressWire): string {
+  return `${endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host}:${endpoint.port}`;
+}
+
+/**
  * known_hosts for ssh -o UserKnownHostsFile: the pinned host key, and the
  * host CA for a broker that presents a host certificate (OpenSSH mode with
- * HostCertificate). Never trust on first use: StrictHostKeyChecking=yes and
- * nothing else is ever added.
+ * HostCertificate), for every endpoint (comma-separated patterns: the nodes
+ * of a fleet share both keys). Never trust on first use:
+ * StrictHostKeyChecking=yes and nothing else is ever added.
  */
-export function renderKnownHosts(ssh: SshEndpointWire): string {
-  const pattern = knownHostsPattern(ssh.host, ssh.port);
+export function renderKnownHosts(ssh: SshEndpointWire, endpoints?: readonly SshAddressWire[]): string {
+  const pattern = sshEndpointsOf({ ssh, sshEndpoints: endpoints }).map((e) => knownHostsPattern(e.host, e.port)).join(',');
   const hostKey = formatPublicKey(parsePublicKey(ssh.hostKey));
   const hostCa = formatPublicKey(parsePublicKey(ssh.hostCertificateAuthority));
   return `${pattern} ${hostKey} certunnel-broker\n@cert-authority ${pattern} ${hostCa} certunnel-host-ca\n`;
@@ -132,6 +168,10 @@ export function checkGrant(grant: CertificateGrantWire, key: PublicKey): Certifi
   if (!cert.principals.includes(principal)) throw new AgentError('GRANT_INVALID', `the certificate does not name ${principal}`);
   parsePublicKey(grant.ssh.hostKey);
   parsePublicKey(grant.ssh.hostCertificateAuthority);
+  if (typeof grant.ssh.host !== 'string' || !SSH_HOST.test(grant.ssh.host)) throw new AgentError('GRANT_INVALID', 'the broker sent an unusable SSH host');
+  if (grant.sshEndpoints !== undefined && !isSshEndpointList(grant.sshEndpoints)) {
+    throw new AgentError('GRANT_INVALID', 'the broker sent an unusable list of SSH endpoints');
+  }
   return cert;
 }
 
@@ -146,12 +186,14 @@ export async function writeGrant(
   times: { enrolledAt: string; renewedAt: string | null },
 ): Promise<DeviceState> {
   await writeFileAtomic(paths.certificate, `${grant.certificate.trim()}\n`, { mode: 0o644 });
-  await writeFileAtomic(paths.knownHosts, renderKnownHosts(grant.ssh), { mode: 0o644 });
+  await writeFileAtomic(paths.knownHosts, renderKnownHosts(grant.ssh, grant.sshEndpoints), { mode: 0o644 });
   const state: DeviceState = {
     version: STATE_VERSION,
     deviceId: grant.deviceId,
     name: grant.name,
     ports: { first: grant.ports.first, last: grant.ports.last },
+    // Renewal may change the list (nodes come and go); absent from an older broker's grant.
+    ...(grant.sshEndpoints ? { sshEndpoints: grant.sshEndpoints.map((e) => ({ host: e.host, port: e.port })) } : {}),
     ssh: { ...grant.ssh },
     broker: broker.pin ? { url: broker.url, pin: broker.pin } : { url: broker.url },
     serial: grant.serial,
@@ -185,7 +227,8 @@ async function readState(paths: StatePaths): Promise<DeviceState | null> {
   }
   const ok = typeof s === 'object' && s !== null && typeof s.deviceId === 'string' && /^[A-Za-z0-9_]+$/.test(s.deviceId)
     && Number.isInteger(s.ports?.first) && Number.isInteger(s.ports?.last) && typeof s.ssh?.host === 'string'
-    && Number.isInteger(s.ssh?.port) && typeof s.ssh?.hostKey === 'string' && typeof s.broker?.url === 'string';
+    && Number.isInteger(s.ssh?.port) && typeof s.ssh?.hostKey === 'string' && typeof s.broker?.url === 'string'
+    && (s.sshEndpoints === undefined || isSshEndpointList(s.sshEndpoints));
   if (!ok) invalidState(paths.state, 'missing or malformed fields');
   return s;
 }
@@ -220,6 +263,8 @@ export interface RuntimeStatus {
   readonly pid: number;
   readonly transport: string;
   readonly state: string;
+  /** The SSH endpoint ("host:port") of the tunnel up, or of the last attempt; absent from agents before 0.4. */
+  readonly endpoint?: string | null;
   /** ISO time the state began. */
   readonly since: string;
   readonly connectedSince: string | null;

@@ -22,6 +22,8 @@ export interface StatusFacts {
   /** When the tunnel now up was opened (clock ms), if one is. */
   readonly connectedAt: number | null;
   readonly serial: bigint | null;
+  /** "host:port" of the tunnel up, or of the last attempt. */
+  readonly endpoint?: string | null;
   readonly lastError: RecordedError | null;
   /** Clock ms. */
   readonly now: number;
@@ -35,6 +37,7 @@ export function runtimeStatus(change: StateChange, facts: StatusFacts): RuntimeS
     pid: process.pid,
     transport: facts.transport,
     state: change.to,
+    endpoint: facts.endpoint ?? null,
     since: iso(change.at),
     connectedSince: change.to === 'connected' ? iso(facts.connectedAt ?? change.at) : null,
     serial: facts.serial?.toString() ?? null,

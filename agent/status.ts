@@ -5,7 +5,7 @@
  */
 import { type PortBlockWire, slotPort, TUNNEL_HOST } from '../api/index.js';
 import type { ServiceMapping } from './config.js';
-import { loadEnrollment, readStatus, runningAgentPid, statePaths } from './state-dir.js';
+import { formatSshAddress, loadEnrollment, readStatus, runningAgentPid, sshEndpointsOf, statePaths } from './state-dir.js';
 
 export interface AgentStatusReport {
   readonly enrolled: boolean;
@@ -21,13 +21,21 @@ export interface AgentStatusReport {
     readonly expired: boolean;
     readonly expiresInSeconds: number;
   } | null;
-  readonly broker: { readonly url: string; readonly sshHost: string; readonly sshPort: number } | null;
+  readonly broker: {
+    readonly url: string;
+    readonly sshHost: string;
+    readonly sshPort: number;
+    /** Every SSH endpoint the agent may dial ("host:port"), the `ssh` one first. */
+    readonly sshEndpoints: readonly string[];
+  } | null;
   readonly tunnel: {
     /** The agent's state (connected, backoff, …); "not running" when no agent runs (revoked/closed stay visible). */
     readonly state: string;
     readonly running: boolean;
     readonly pid: number | null;
     readonly transport: string | null;
+    /** The SSH endpoint ("host:port") the running agent is on, or last tried. */
+    readonly endpoint: string | null;
     readonly since: string | null;
     readonly connectedSince: string | null;
   };
@@ -62,6 +70,7 @@ export async function readAgentStatus(stateDir: string, services: readonly Servi
     running,
     pid: running ? pid : null,
     transport: runtime?.transport ?? null,
+    endpoint: running ? runtime?.endpoint ?? null : null,
     since: runtime?.since ?? null,
     connectedSince: running ? runtime?.connectedSince ?? null : null,
   };
@@ -87,7 +96,7 @@ export async function readAgentStatus(stateDir: string, services: readonly Servi
       expired: now.getTime() >= validBefore,
       expiresInSeconds: Math.round((validBefore - now.getTime()) / 1000),
     },
-    broker: { url: s.broker.url, sshHost: s.ssh.host, sshPort: s.ssh.port },
+    broker: { url: s.broker.url, sshHost: s.ssh.host, sshPort: s.ssh.port, sshEndpoints: sshEndpointsOf(s).map(formatSshAddress) },
     tunnel,
     lastError: runtime?.lastError ?? null,
   };
@@ -112,10 +121,11 @@ export function formatAgentStatus(r: AgentStatusReport): string {
     for (const s of r.services) row(`  ${s.name}`, `broker ${TUNNEL_HOST}:${s.brokerPort} -> ${s.target}`);
     const c = r.certificate!;
     row('certificate', `serial ${c.serial}, ${c.expired ? 'EXPIRED' : 'valid'} until ${c.validBefore} (${duration(c.expiresInSeconds)})`);
-    row('broker', `${r.broker!.url}, ssh ${r.broker!.sshHost}:${r.broker!.sshPort}`);
+    row('broker', `${r.broker!.url}, ssh ${r.broker!.sshEndpoints.join(' ')}`);
   }
   const t = r.tunnel;
-  const detail = t.running ? ` (pid ${t.pid}, ${t.transport}${t.since ? `, since ${t.since}` : ''})` : t.since ? ` (last change ${t.since})` : '';
+  const via = t.endpoint ? `, ${t.state === 'connected' ? 'on' : 'last tried'} ${t.endpoint}` : '';
+  const detail = t.running ? ` (pid ${t.pid}, ${t.transport}${via}${t.since ? `, since ${t.since}` : ''})` : t.since ? ` (last change ${t.since})` : '';
   row('tunnel', `${t.state}${detail}`);
   row('last error', r.lastError ? `${r.lastError.code} at ${r.lastError.at}: ${r.lastError.message}` : '-');
   return `${lines.join('\n')}\n`;

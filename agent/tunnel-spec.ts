@@ -1,10 +1,10 @@
 /**
- * What the agent asks a transport for, from its enrollment and config: the
- * broker's SSH endpoint and pinned host key, the device key and
+ * What the agent asks a transport for, from its enrollment and config: one
+ * of the broker's SSH endpoints and the pinned host key, the device key and
  * certificate, and one remote forward per configured service whose slot
  * lies inside the device's port block (slot N is broker port first + N).
  */
-import { slotPort, type PortBlockWire } from '../api/index.js';
+import { slotPort, type PortBlockWire, type SshAddressWire } from '../api/index.js';
 import type { AgentConfig, ServiceMapping } from './config.js';
 import { pinnedHostKey, type Enrollment } from './state-dir.js';
 import type { ForwardSpec, TunnelSpec } from './transport.js';
@@ -29,11 +29,16 @@ export function forwardsFor(services: readonly ServiceMapping[], ports: PortBloc
   return { forwards, skipped };
 }
 
-/** The tunnel ENROLLMENT opens, carrying FORWARDS, with the config's timeouts and keepalives. */
-export function tunnelSpecFor(config: AgentConfig, enrollment: Enrollment, forwards: readonly ForwardSpec[]): TunnelSpec {
+/**
+ * The tunnel ENROLLMENT opens to ENDPOINT (one of sshEndpointsOf(state);
+ * default the `ssh` endpoint), carrying FORWARDS, with the config's
+ * timeouts and keepalives. Every endpoint takes the same login and presents
+ * the same host key.
+ */
+export function tunnelSpecFor(config: AgentConfig, enrollment: Enrollment, forwards: readonly ForwardSpec[], endpoint?: SshAddressWire): TunnelSpec {
   const { state, paths } = enrollment;
   return {
-    host: state.ssh.host, port: state.ssh.port, username: state.ssh.username, bindAddress: config.ssh.bindAddress,
+    host: endpoint?.host ?? state.ssh.host, port: endpoint?.port ?? state.ssh.port, username: state.ssh.username, bindAddress: config.ssh.bindAddress,
     key: enrollment.key, keyPath: paths.key, certificateLine: enrollment.certificateLine, certificatePath: paths.certificate,
     hostKey: pinnedHostKey(state.ssh), knownHostsPath: paths.knownHosts, forwards,
     keepaliveIntervalMs: config.keepalive.intervalSeconds * 1000, keepaliveCountMax: config.keepalive.countMax,

@@ -3,6 +3,7 @@
  * broker nodes sharing one PostgreSQL database (docs/cluster.md). A single
  * broker on SQLite lists itself, alone.
  */
+import type { SshAddressWire } from './device.js';
 
 /**
  * Derived, not stored: `stopped` (it stopped cleanly), `down` (its heartbeat
@@ -12,11 +13,6 @@
 export const NODE_STATUSES = ['up', 'down', 'stopped'] as const;
 export type NodeStatus = (typeof NODE_STATUSES)[number];
 
-/** host and port, as devices dial a node's SSH server. */
-export interface SshAddressWire {
-  host: string;
-  port: number;
-}
 
 export interface NodeView {
   /** `node_…`, from the node's data directory (node.json). */

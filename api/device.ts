@@ -24,6 +24,16 @@ export interface SshEndpointWire {
   hostCertificateAuthority: string;
 }
 
+/**
+ * One address of the broker's SSH server. A fleet of several broker nodes
+ * has one per node; they all present the same host key and host CA and take
+ * the same username (the `ssh` endpoint's), so a device may dial any of them.
+ */
+export interface SshAddressWire {
+  host: string;
+  port: number;
+}
+
 /** A hardware serial (enrollment, token bindings): printable ASCII without spaces. */
 export const HARDWARE_SERIAL = /^[\x21-\x7e]{1,128}$/;
 
@@ -46,6 +56,13 @@ export interface CertificateGrantWire {
   validBefore: string;
   /** Renew at or after this time (about two thirds of the validity). */
   renewAfter: string;
+  /**
+   * Every SSH endpoint the device may dial, the first being `ssh`'s host and
+   * port; pick one at random and fail over to the others. Absent from brokers
+   * before 0.4 (then `ssh` is the only one). Sent before `ssh`: a shell agent
+   * that reads `"host"` with a greedy sed still finds `ssh`'s.
+   */
+  sshEndpoints?: SshAddressWire[];
   ssh: SshEndpointWire;
 }
 
@@ -74,6 +91,8 @@ export interface CaResponse {
   hostKey: string;
   /** "sha256//BASE64" of the API's TLS key; null when the broker serves plain HTTP. */
   apiPin: string | null;
+  /** Every SSH endpoint, the first being `ssh`'s (see CertificateGrantWire.sshEndpoints). */
+  sshEndpoints?: SshAddressWire[];
   ssh: SshEndpointWire;
 }
 

@@ -15,7 +15,7 @@ import { Agent } from '../agent/agent.js';
 import { loadAgentConfig, type AgentConfig } from '../agent/config.js';
 import { enrollDevice } from '../agent/enroll.js';
 import { AgentError, EXIT } from '../agent/errors.js';
-import { acquireRunLock, ensureStateDir } from '../agent/state-dir.js';
+import { acquireRunLock, ensureStateDir, formatSshAddress, sshEndpointsOf } from '../agent/state-dir.js';
 import { formatAgentStatus, readAgentStatus } from '../agent/status.js';
 import type { Transport } from '../agent/transport.js';
 import { createOpensshTransport } from '../agent/transport-openssh.js';
@@ -108,12 +108,13 @@ async function enroll(flags: EnrollFlags, env: NodeJS.ProcessEnv): Promise<void>
   });
   const s = enrollment.state;
   if (flags.json) {
-    printJson({ deviceId: s.deviceId, name: s.name, ports: s.ports, serial: s.serial, validBefore: s.validBefore, ssh: { host: s.ssh.host, port: s.ssh.port }, stateDir: config.stateDir });
+    printJson({ deviceId: s.deviceId, name: s.name, ports: s.ports, serial: s.serial, validBefore: s.validBefore, ssh: { host: s.ssh.host, port: s.ssh.port },
+      sshEndpoints: sshEndpointsOf(s), stateDir: config.stateDir });
     return;
   }
   process.stdout.write(
     `enrolled ${s.deviceId}${s.name ? ` (${s.name})` : ''}: ports ${s.ports.first}-${s.ports.last}, ` +
-      `ssh ${s.ssh.host}:${s.ssh.port}, certificate valid until ${s.validBefore}\nstate in ${config.stateDir}\n`,
+      `ssh ${sshEndpointsOf(s).map(formatSshAddress).join(' ')}, certificate valid until ${s.validBefore}\nstate in ${config.stateDir}\n`,
   );
 }
 

@@ -62,12 +62,16 @@ export interface GatewayEnvOptions {
   readonly random?: () => number;
   /** The store's record of a serial (GatewayDeps.lookupIssued): e.g. one from issuedRecord(), a slow one, one that throws. */
   readonly lookupIssued?: GatewayDeps['lookupIssued'];
+  /** Another node of a fleet: a broker's host key and user CA instead of fresh ones, and a port chosen beforehand. */
+  readonly hostKey?: KeyPair;
+  readonly ca?: KeyPair;
+  readonly port?: number;
 }
 
 export async function startGatewayEnv(options: GatewayEnvOptions = {}): Promise<GatewayEnv> {
   const dir = await mkdtemp(join(tmpdir(), 'certunnel-gw-'));
-  const ca = generateKeyPair();
-  const hostKey = generateKeyPair();
+  const ca = options.ca ?? generateKeyPair();
+  const hostKey = options.hostKey ?? generateKeyPair();
   const audits: AuditEvent[] = [];
   const presence: PresenceUpdate[] = [];
   const logs: LogLine[] = [];
@@ -90,7 +94,7 @@ export async function startGatewayEnv(options: GatewayEnvOptions = {}): Promise<
     ...(options.random ? { random: options.random } : {}),
     ...(options.lookupIssued ? { lookupIssued: options.lookupIssued } : {}),
   });
-  const { port } = await gateway.listen(0, '127.0.0.1');
+  const { port } = await gateway.listen(options.port ?? 0, '127.0.0.1');
   const knownHosts = await writeKnownHosts(join(dir, 'known_hosts'), '127.0.0.1', port, hostKey.publicKey);
   const env: GatewayEnv = {
     dir, ca, hostKey, gateway, port, knownHosts, audits, presence, logs, revokedSerials,

@@ -13,6 +13,7 @@ import { formatPublicKey, loadKeyPair, loadPublicKey, writeFileAtomic, type KeyP
 import { createAccessLayer, UNKNOWN_PRESENCE, type AccessLayer } from '../proxy/index.js';
 import { implicitTrustProxyWarning, splitHostPort, trustsProxy, type BrokerConfig } from '../core/config.js';
 import { isWildcardAddress } from '../core/net-address.js';
+import { configuredSshEndpoints } from '../core/ssh-endpoints.js';
 import type { CoreDeps, CoreHooks } from '../core/deps.js';
 import { prepareClusterNode, type ClusterNode, type NodeEndpoints } from './cluster-nodes.js';
 import { limitConnections } from './connection-limits.js';
@@ -214,7 +215,18 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     if (ssh.statsSource) metrics.attachGateway(ssh.statsSource);
 
     // The rules' dependencies but their hooks: the revocation hook needs the access layer, which needs these.
-    const coreBase = { store, config, clock, ssh: sshEndpointOf(config, ssh.port, keys), ca: { userCa: keys.userCa, hostCaPublicKey: keys.hostCaPublicKey } };
+    const sshEndpoint = sshEndpointOf(config, ssh.port, keys);
+    // Devices' endpoints: ssh.endpoints when the operator set it (a load
+    // balancer, DNS), else the nodes up at the last heartbeat (this one first).
+    const configured = configuredSshEndpoints(config, sshEndpoint);
+    const sshEndpoints = () => {
+      if (config.ssh.endpoints !== undefined) return configured;
+      const live = node.sshEndpoints();
+      return live.length > 0 ? [...live] : configured;
+    };
+    const coreBase = {
+      store, config, clock, ssh: sshEndpoint, sshEndpoints, ca: { userCa: keys.userCa, hostCaPublicKey: keys.hostCaPublicKey },
+    };
     const access = await createAccessLayer({
       core: coreBase, logger, presence: ssh.presence ?? UNKNOWN_PRESENCE, sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
     });

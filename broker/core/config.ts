@@ -10,7 +10,15 @@ import { BrokerError } from './errors.js';
 import { oidcConfigSchema } from './oidc-config.js';
 import { parseMaxStartups } from './rate-limit.js';
 
-const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be HOST:PORT');
+const HOST_PORT = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/;
+const hostPort = z.string().regex(HOST_PORT, 'must be HOST:PORT');
+
+/** An address devices dial: HOST:PORT (IPv6 in brackets), a port 1-65535. */
+const sshEndpoint = z.string().refine((v) => {
+  if (!HOST_PORT.test(v)) return false;
+  const port = Number(v.slice(v.lastIndexOf(':') + 1));
+  return port >= 1 && port <= 65535;
+}, 'must be HOST:PORT with a port from 1 to 65535');
 
 const configSchema = z
   .object({
@@ -59,6 +67,17 @@ const configSchema = z
         /** Host and port devices dial; defaults from listen. */
         publicHost: z.string().optional(),
         publicPort: z.number().int().min(1).max(65535).optional(),
+        /**
+         * Every SSH endpoint devices are told, as HOST:PORT, the first also being the grant's `ssh` endpoint (several
+         * broker nodes sharing one host key and host CA): devices pick one at random and fail over to the others.
+         * Absent: the one endpoint from publicHost/publicPort (or listen).
+         */
+        endpoints: z
+          .array(sshEndpoint)
+          .min(1, 'must list at least one HOST:PORT')
+          .max(64, 'at most 64 endpoints')
+          .refine((list) => new Set(list.map((e) => e.toLowerCase())).size === list.length, 'lists an endpoint twice')
+          .optional(),
         keepaliveIntervalSeconds: z.number().int().min(1).max(3600).default(15),
         keepaliveCountMax: z.number().int().min(1).max(100).default(3),
         /** Where OpenSSH mode writes sshd's files; relative to the data dir. */
@@ -196,7 +215,7 @@ export function merge(base: PlainObject, over: PlainObject): PlainObject {
 }
 
 /** Environment variables that override config fields (documented in docs/operations.md, "Configuration"). */
-const ENV_FIELDS: ReadonlyArray<[string, string[], 'string' | 'number' | 'boolean']> = [
+const ENV_FIELDS: ReadonlyArray<[string, string[], 'string' | 'number' | 'boolean' | 'list']> = [
   ['CERTUNNEL_DOMAIN', ['domain'], 'string'],
   ['CERTUNNEL_API_LISTEN', ['api', 'listen'], 'string'],
   ['CERTUNNEL_API_PUBLIC_URL', ['api', 'publicUrl'], 'string'],
@@ -210,6 +229,8 @@ const ENV_FIELDS: ReadonlyArray<[string, string[], 'string' | 'number' | 'boolea
   ['CERTUNNEL_CLUSTER_INTERNAL_ADDRESS', ['cluster', 'internalAddress'], 'string'],
   ['CERTUNNEL_CLUSTER_HEARTBEAT_SECONDS', ['cluster', 'heartbeatSeconds'], 'number'],
   ['CERTUNNEL_CLUSTER_DOWN_AFTER_SECONDS', ['cluster', 'downAfterSeconds'], 'number'],
+  // Comma-separated HOST:PORT list.
+  ['CERTUNNEL_SSH_ENDPOINTS', ['ssh', 'endpoints'], 'list'],
   ['CERTUNNEL_LOG_LEVEL', ['log', 'level'], 'string'],
 ];
 
@@ -218,7 +239,10 @@ export function fromEnv(env: NodeJS.ProcessEnv): PlainObject {
   for (const [name, path, type] of ENV_FIELDS) {
     const raw = env[name];
     if (raw === undefined || raw === '') continue;
-    const value = type === 'number' ? Number(raw) : type === 'boolean' ? /^(1|true|yes)$/i.test(raw) : raw;
+    const value = type === 'number' ? Number(raw)
+      : type === 'boolean' ? /^(1|true|yes)$/i.test(raw)
+        : type === 'list' ? raw.split(',').map((item) => item.trim()).filter((item) => item !== '')
+          : raw;
     out = merge(out, path.reduceRight<unknown>((acc, key) => ({ [key]: acc }), value) as PlainObject);
   }
   return out;

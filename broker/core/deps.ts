@@ -7,7 +7,7 @@ import type { KeyPair, PublicKey } from '../../ca/index.js';
 import type { BrokerConfig } from './config.js';
 import type { Store } from '../store/types.js';
 import type { AuditSink } from './failure-audit.js';
-import type { ApiKeyRole, SshEndpointWire } from '../../api/index.js';
+import type { ApiKeyRole, SshAddressWire, SshEndpointWire } from '../../api/index.js';
 
 export interface CaKeys {
   readonly userCa: KeyPair;
@@ -44,7 +44,13 @@ export interface CoreDeps {
   readonly ca: CaKeys;
   readonly config: BrokerConfig;
   readonly clock: () => Date;
+  /** This broker's SSH endpoint: its host and port, the host key, host CA and device login every endpoint shares. */
   readonly ssh: SshEndpointWire;
+  /**
+   * Every SSH endpoint devices may dial, asked at each grant (ssh-endpoints.ts): today the config's ssh.endpoints
+   * (or `ssh` alone); a node registry may answer it from the live nodes instead.
+   */
+  sshEndpoints(): readonly SshAddressWire[];
   readonly hooks: CoreHooks;
   /** Failure audit rows go here (a FailureAggregator in front of the store); absent: straight to the store. */
   readonly failureAudit?: AuditSink;

@@ -3,6 +3,7 @@ import { formatCertificate, signDeviceCert, type PublicKey } from '../../ca/inde
 import type { DeviceRecord, NewAuditEvent, NewCertificate, PortBlock, StoreTx } from '../store/types.js';
 import type { CertificateGrantWire } from '../../api/index.js';
 import type { CoreDeps } from './deps.js';
+import { sshGrantFields } from './ssh-endpoints.js';
 
 export interface IssueOptions {
   /** From tx.nextSerial(), started by the caller alongside its other statements. */
@@ -40,7 +41,7 @@ export function signDeviceCertificate(
     validAfter: validAfter.toISOString(),
     validBefore: validBefore.toISOString(),
     renewAfter: renewAfter.toISOString(),
-    ssh: deps.ssh,
+    ...sshGrantFields(deps),
   };
   const record: NewCertificate = {
     serial, deviceId: device.id, kind: 'device', keyFingerprint: device.keyFingerprint, keyId: cert.keyId,

@@ -6,6 +6,7 @@ import type Router from '@koa/router';
 import type { CaResponse, EnrollRequest, EnrollResponse, HealthResponse, RenewRequest, RenewResponse } from '../../api/index.js';
 import { enrollDevice } from '../core/enroll.js';
 import { renewDevice } from '../core/renew.js';
+import { sshGrantFields } from '../core/ssh-endpoints.js';
 import { BrokerError } from '../core/errors.js';
 import { clientAddress, type AppState, type HttpDeps } from './context.js';
 import { enrollSchema, parseWith, renewSchema } from './schemas.js';
@@ -31,7 +32,7 @@ export function registerDeviceRoutes(router: Router<AppState>, deps: HttpDeps): 
       hostCertificateAuthority: deps.publicKeys.hostCa,
       hostKey: deps.publicKeys.hostKey,
       apiPin: deps.apiPin,
-      ssh: deps.core.ssh,
+      ...sshGrantFields(deps.core),
     } satisfies CaResponse;
   });
 

@@ -4,22 +4,27 @@
  * reaches the device's service → renewal with ssh-keygen -Y sign + curl →
  * the tunnel comes back with the new certificate → revoke → exit 10. Its
  * state directory is the Node agent's: `certunnel agent status` reads it.
+ * With several SSH endpoints (a second real gateway with the broker's host
+ * key and CA): the node it is on stops → it comes back on the other; a dead
+ * endpoint costs no backoff; a state.json from before the list still works.
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { readFile, stat } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EXIT } from '../../agent/errors.js';
-import { loadEnrollment } from '../../agent/state-dir.js';
+import { loadEnrollment, statePaths } from '../../agent/state-dir.js';
 import { readAgentStatus, type AgentStatusReport } from '../../agent/status.js';
-import { withBroker } from '../../testkit/broker.js';
+import { withBroker, type TestBroker } from '../../testkit/broker.js';
 import { REPO_ROOT, runCli } from '../../testkit/cli.js';
-import { isListening, startDeviceService } from '../../testkit/gateway.js';
+import { isListening, startDeviceService, type DeviceService, type GatewayEnv } from '../../testkit/gateway.js';
 import { runCommand, withTempDir } from '../../testkit/openssh.js';
 import { waitFor } from '../../testkit/ssh-client.js';
 import { ensureGatewayUsers } from '../../testkit/conformance/sshd-driver.js';
 import { answersWithin, exchangeWithin, mintToken, within } from './fixtures.js';
-import { freePool, freePort, startBrokerSshd, type BrokerSshd } from './net-fixtures.js';
+import { freePool, freePort, startBrokerSshd, startPeerGateway, type BrokerSshd } from './net-fixtures.js';
 
 const SCRIPT = join(REPO_ROOT, 'agent', 'certunnel-agent.sh');
 
@@ -191,6 +196,182 @@ test('ok/enroll: a lost answer does not lose the token (the kept key is presente
       t.is(used.code, EXIT.REFUSED);
       t.regex(used.stderr, /TOKEN_USED/);
       await t.throwsAsync(stat(join(other, 'device_key.pending')));
+    });
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Several SSH endpoints.
+
+interface EndpointsRig {
+  readonly b: TestBroker;
+  readonly pool: { first: number; last: number };
+  readonly state: string;
+  readonly svc: DeviceService;
+  run(): ReturnType<typeof runShellAgent>;
+}
+
+/** An embedded broker on BROKERPORT telling devices ENDPOINTS, and a device enrolled by the shell agent. */
+async function withShellEndpoints(brokerPort: number, endpoints: string[], fn: (r: EndpointsRig) => Promise<void>, certs: Record<string, unknown> = {}): Promise<void> {
+  const pool = await freePool(2);
+  await withBroker(async (b) => {
+    const svc = await startDeviceService('ssh:');
+    try {
+      await withTempDir(async (dir) => {
+        const state = join(dir, 'state');
+        const enroll = await runCommand('sh', [SCRIPT, 'enroll', '--url', b.broker.apiUrl, '--pin', b.init.apiPin, '--state-dir', state], { env: { CERTUNNEL_ENROLL_TOKEN: await mintToken(b) } });
+        if (enroll.code !== 0) throw new Error(`enroll failed: ${enroll.stderr}`);
+        const run = () => runShellAgent(['run', '--state-dir', state, '--service', `0:127.0.0.1:${svc.port}`, '--keepalive', '2', '--backoff-cap', '2', '--poll', '1']);
+        await fn({ b, pool, state, svc, run });
+      });
+    } finally {
+      await svc.close();
+    }
+  }, { config: { ports: { ...pool, perDevice: 2 }, ssh: { listen: `127.0.0.1:${brokerPort}`, endpoints }, certs } });
+}
+
+test('shell agent, embedded broker + a second gateway: the node it is on stops; it comes back on the other and traffic flows', async (t) => {
+  const brokerPort = await freePort();
+  const peerPort = await freePort();
+  let peer: GatewayEnv | undefined;
+  await withShellEndpoints(brokerPort, [`127.0.0.1:${brokerPort}`, `127.0.0.1:${peerPort}`], async (r) => {
+    peer = await startPeerGateway(r.b, peerPort);
+    const both = [{ host: '127.0.0.1', port: brokerPort }, { host: '127.0.0.1', port: peerPort }];
+    // The Node agent reads the list the shell agent stored.
+    t.deepEqual((await loadEnrollment(r.state))!.state.sshEndpoints, both);
+    const agent = r.run();
+    try {
+      const up = await agent.waitForEvent('connected');
+      const firstPort = Number(up.port);
+      t.true([brokerPort, peerPort].includes(firstPort), JSON.stringify(up));
+      await answersWithin(r.pool.first, 'one', 'ssh:one');
+      t.is((await readAgentStatus(r.state, [])).tunnel.endpoint, `127.0.0.1:${firstPort}`);
+      const stopped = Date.now();
+      await (firstPort === peerPort ? peer.close() : r.b.broker.ssh.close());
+      const from = agent.lines.indexOf(up) + 1;
+      const otherPort = firstPort === brokerPort ? peerPort : brokerPort;
+      await waitFor(() => agent.lines.slice(from).some((l) => l.event === 'connected' && l.port === otherPort), 'connected on the other node', 30_000);
+      await answersWithin(r.pool.first, 'two', 'ssh:two');
+      t.log(`shell agent: back on the other node and carrying traffic ${Date.now() - stopped} ms after the first stopped`);
+      const after = agent.lines.slice(from);
+      const lost = after.findIndex((l) => l.event === 'tunnel_lost');
+      t.is(after[lost]?.endpoint, `127.0.0.1:${firstPort}`);
+      const again = after.findIndex((l) => l.event === 'connected');
+      t.false(after.slice(lost, again).some((l) => l.event === 'backoff'), 'the other endpoint was dialled at once');
+      t.is((await readAgentStatus(r.state, [])).tunnel.endpoint, `127.0.0.1:${otherPort}`);
+    } finally {
+      agent.child.kill('SIGTERM');
+      await agent.exited;
+      await peer?.close();
+    }
+  });
+});
+
+test('shell agent: endpoints dead from the start cost no backoff; it connects on the live one', async (t) => {
+  const brokerPort = await freePort();
+  const dead = [await freePort(), await freePort()];
+  await withShellEndpoints(brokerPort, [`127.0.0.1:${dead[0]}`, `127.0.0.1:${brokerPort}`, `127.0.0.1:${dead[1]}`], async (r) => {
+    let deadTried = 0;
+    for (let run = 0; run < 2; run++) {
+      const agent = r.run();
+      try {
+        const up = await agent.waitForEvent('connected', 0, 30_000);
+        t.is(up.port, brokerPort);
+        await answersWithin(r.pool.first, `run${run}`, `ssh:run${run}`);
+        const before = agent.lines.slice(0, agent.lines.indexOf(up));
+        t.false(before.some((l) => l.event === 'backoff'));
+        const failed = before.filter((l) => l.event === 'connect_failed');
+        t.true(failed.every((l) => l.code === 'UNREACHABLE' && dead.some((p) => l.endpoint === `127.0.0.1:${p}`)), JSON.stringify(failed));
+        deadTried += failed.length;
+      } finally {
+        agent.child.kill('SIGTERM');
+        await agent.exited;
+      }
+    }
+    t.log(`shell agent: ${deadTried} dead endpoints dialled before the live one in 2 runs`);
+  });
+});
+
+test('shell agent: a state.json from before the list keeps its one endpoint; the next renewal stores the list and known_hosts for it', async (t) => {
+  const brokerPort = await freePort();
+  const otherPort = await freePort();
+  await withShellEndpoints(brokerPort, [`127.0.0.1:${brokerPort}`, `127.0.0.1:${otherPort}`], async (r) => {
+    const paths = statePaths(r.state);
+    // What the shell agent before 0.4 wrote.
+    const text = await readFile(paths.state, 'utf8');
+    t.regex(text, /"sshEndpoints":\[/);
+    await writeFile(paths.state, text.replace(/"sshEndpoints":\[[^\]]*\],/, ''));
+    const hostKey = (await loadEnrollment(r.state))!.state.ssh.hostKey;
+    await writeFile(paths.knownHosts, `[127.0.0.1]:${brokerPort} ${hostKey} certunnel-broker\n`);
+    t.is((await loadEnrollment(r.state))!.state.sshEndpoints, undefined);
+    const agent = r.run();
+    try {
+      const up = await agent.waitForEvent('connected');
+      t.is(up.port, brokerPort);
+      await answersWithin(r.pool.first, 'old', 'ssh:old');
+      await agent.waitForEvent('renewed', agent.lines.indexOf(up), 30_000);
+      t.deepEqual((await loadEnrollment(r.state))!.state.sshEndpoints, [{ host: '127.0.0.1', port: brokerPort }, { host: '127.0.0.1', port: otherPort }]);
+      t.regex(await readFile(paths.knownHosts, 'utf8'), new RegExp(`^\\[127\\.0\\.0\\.1\\]:${brokerPort},\\[127\\.0\\.0\\.1\\]:${otherPort} `, 'm'));
+      await answersWithin(r.pool.first, 'renewed', 'ssh:renewed');
+    } finally {
+      agent.child.kill('SIGTERM');
+      await agent.exited;
+    }
+  }, { deviceValiditySeconds: 60, renewAtFraction: 0.1 });
+});
+
+/** A stand-in broker whose enrollment answer carries SSHENDPOINTS (the rest is shaped like a grant). */
+async function withFakeEnrollAnswer<T>(sshEndpoints: unknown, fn: (url: string) => Promise<T>): Promise<T> {
+  const hostKey = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ';
+  const server = createServer((_req, res) => {
+    res.writeHead(201, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({
+      deviceId: 'dev_fake0000000000001', name: null, ports: { first: 20000, last: 20001 }, certificate: 'ssh-ed25519-cert-v01@openssh.com AAAA fake',
+      serial: '7', validAfter: '2026-01-01T00:00:00.000Z', validBefore: '2026-01-01T01:00:00.000Z', renewAfter: '2026-01-01T00:40:00.000Z',
+      sshEndpoints, ssh: { host: '127.0.0.1', port: 2222, username: 'tunnel', hostKey, hostCertificateAuthority: hostKey },
+    }));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    return await fn(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  } finally {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}
+
+const shellBadLists: Array<[string, unknown]> = [
+  ['fail/comma (a second known_hosts pattern)', [{ host: '127.0.0.1', port: 2222 }, { host: 'a.example,*', port: 22 }]],
+  ['fail/leading dash (an ssh option)', [{ host: '-oProxyCommand=touch /tmp/x', port: 22 }]],
+  ['fail/space', [{ host: 'a b', port: 22 }]],
+  ['fail/port 0', [{ host: 'a.example', port: 0 }]],
+  ['fail/port 65536', [{ host: 'a.example', port: 65536 }]],
+];
+for (const [name, list] of shellBadLists) {
+  test(`shell agent: enrollment answer with sshEndpoints ${name} is GRANT_INVALID and writes no state`, async (t) => {
+    await withFakeEnrollAnswer(list, async (url) => {
+      await withTempDir(async (dir) => {
+        const state = join(dir, 'state');
+        const enroll = await runCommand('sh', [SCRIPT, 'enroll', '--url', url, '--state-dir', state], { env: { CERTUNNEL_ENROLL_TOKEN: 'ctt_fake_token' } });
+        t.is(enroll.code, EXIT.ERROR, enroll.stdout + enroll.stderr);
+        t.regex(enroll.stderr, /GRANT_INVALID/);
+        await t.throwsAsync(stat(join(state, 'state.json')));
+        await t.throwsAsync(stat(join(state, 'known_hosts')));
+      });
+    });
+  });
+}
+
+test('shell agent: the same stand-in answer with a good list is stored (the refusals above come from the list)', async (t) => {
+  const list = [{ host: 'node-1.example', port: 2222 }, { host: '::1', port: 2223 }];
+  await withFakeEnrollAnswer(list, async (url) => {
+    await withTempDir(async (dir) => {
+      const state = join(dir, 'state');
+      const enroll = await runCommand('sh', [SCRIPT, 'enroll', '--url', url, '--state-dir', state], { env: { CERTUNNEL_ENROLL_TOKEN: 'ctt_fake_token' } });
+      t.is(enroll.code, 0, enroll.stderr);
+      t.regex(enroll.stdout, /ssh 127\.0\.0\.1:2222 node-1\.example:2222 \[::1\]:2223,/);
+      const stored = JSON.parse(await readFile(join(state, 'state.json'), 'utf8')) as { sshEndpoints: unknown };
+      t.deepEqual(stored.sshEndpoints, list);
+      t.regex(await readFile(join(state, 'known_hosts'), 'utf8'), /^\[127\.0\.0\.1\]:2222,\[node-1\.example\]:2222,\[::1\]:2223 ssh-ed25519 /m);
     });
   });
 });

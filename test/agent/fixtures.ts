@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodePrivateKey, formatCertificate, formatPublicKey, generateKeyPair, signDeviceCert, writeFileAtomic, type KeyPair } from '../../ca/index.js';
 import type { Clock, AgentLogger } from '../../agent/agent.js';
-import { type ApiClientOptions, ApiError, type CertificateGrantWire, type RenewRequest } from '../../api/index.js';
+import { type ApiClientOptions, ApiError, type CertificateGrantWire, type RenewRequest, type SshAddressWire } from '../../api/index.js';
 import { ensureStateDir, writeGrant } from '../../agent/state-dir.js';
 import { TransportError, type Transport, type TransportErrorCode, type Tunnel, type TunnelEnd, type TunnelSpec } from '../../agent/transport.js';
 import type { TestBroker } from '../../testkit/broker.js';
@@ -145,12 +145,14 @@ export interface TestDevice {
   readonly key: KeyPair;
   readonly deviceId: string;
   readonly ports: { first: number; last: number };
+  /** The sshEndpoints of the next grant (the first is also its ssh endpoint); undefined: none, as from a broker before 0.4. */
+  endpoints: SshAddressWire[] | undefined;
   grant(options: { now: number; validitySeconds?: number; serial?: bigint }): CertificateGrantWire;
   close(): Promise<void>;
 }
 
 /** A state directory enrolled with a throwaway CA, as `agent enroll` leaves it. */
-export async function enrolledDevice(options: { now: number; validitySeconds?: number; ports?: { first: number; last: number } }): Promise<TestDevice> {
+export async function enrolledDevice(options: { now: number; validitySeconds?: number; ports?: { first: number; last: number }; endpoints?: SshAddressWire[] }): Promise<TestDevice> {
   const dir = await mkdtemp(join(tmpdir(), 'certunnel-agent-'));
   const paths = await ensureStateDir(dir);
   const ca = generateKeyPair();
@@ -161,7 +163,7 @@ export async function enrolledDevice(options: { now: number; validitySeconds?: n
   const ports = options.ports ?? { first: 20000, last: 20001 };
   let serial = 100n;
   const device: TestDevice = {
-    dir, ca, hostKey, hostCa, key, deviceId, ports,
+    dir, ca, hostKey, hostCa, key, deviceId, ports, endpoints: options.endpoints,
     grant: (o) => {
       const validitySeconds = o.validitySeconds ?? options.validitySeconds ?? 3600;
       const cert = signDeviceCert({ ca, publicKey: key.publicKey, deviceId, ports, serial: o.serial ?? ++serial, now: new Date(o.now), validitySeconds });
@@ -170,7 +172,11 @@ export async function enrolledDevice(options: { now: number; validitySeconds?: n
         validAfter: new Date(Number(cert.validAfter) * 1000).toISOString(),
         validBefore: new Date(Number(cert.validBefore) * 1000).toISOString(),
         renewAfter: new Date(o.now + validitySeconds * 1000 * (2 / 3)).toISOString(),
-        ssh: { host: '127.0.0.1', port: 2222, username: 'tunnel', hostKey: formatPublicKey(hostKey.publicKey), hostCertificateAuthority: formatPublicKey(hostCa.publicKey) },
+        ...(device.endpoints ? { sshEndpoints: device.endpoints } : {}),
+        ssh: {
+          host: device.endpoints?.[0]?.host ?? '127.0.0.1', port: device.endpoints?.[0]?.port ?? 2222, username: 'tunnel',
+          hostKey: formatPublicKey(hostKey.publicKey), hostCertificateAuthority: formatPublicKey(hostCa.publicKey),
+        },
       };
     },
     close: () => rm(dir, { recursive: true, force: true }),

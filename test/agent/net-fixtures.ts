@@ -1,17 +1,21 @@
 /**
  * Network fixtures for the agent's tests: port pools below the ephemeral
  * range (so no outgoing connection can take a tunnel port), a TCP proxy that
- * can cut or silently drop traffic (a network drop without FIN), and an sshd
- * run on the files a broker in OpenSSH mode writes.
+ * can cut or silently drop traffic (a network drop without FIN), an sshd
+ * run on the files a broker in OpenSSH mode writes, and a second SSH node
+ * for a broker (an embedded gateway with its host key and user CA).
  */
 import { spawn } from 'node:child_process';
 import { chmod } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { writeFile } from 'node:fs/promises';
+import { loadKeyPair } from '../../ca/index.js';
 import { OPENSSH_FILES } from '../../broker/openssh/config-files.js';
 import { killSessionsHoldingPorts } from '../../broker/openssh/session-killer.js';
+import { dataPaths, type TestBroker } from '../../testkit/broker.js';
 import { ensureGatewayUsers } from '../../testkit/conformance/sshd-driver.js';
+import { startGatewayEnv, type GatewayEnv } from '../../testkit/gateway.js';
 
 function canListen(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -196,4 +200,15 @@ export async function startBrokerSshd(dataDir: string, port: number, pool: { fir
       await exited;
     },
   };
+}
+
+/**
+ * A second node's SSH server for broker B on 127.0.0.1:PORT: a real embedded
+ * gateway with B's host key and trusting B's user CA, as the nodes of a
+ * fleet share them (it knows no revocations: the tests that use it revoke
+ * nothing).
+ */
+export async function startPeerGateway(b: TestBroker, port: number): Promise<GatewayEnv> {
+  const hostKey = await loadKeyPair(dataPaths(b.dir).hostKey);
+  return startGatewayEnv({ hostKey, ca: b.broker.core.ca.userCa, port });
 }

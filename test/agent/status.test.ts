@@ -34,7 +34,7 @@ test('ok/enrolled and running: device, ports, services, expiry, tunnel state, la
     ]);
     t.false(report.certificate!.expired);
     t.true(Math.abs(report.certificate!.expiresInSeconds - 50 * 60) <= 1, String(report.certificate!.expiresInSeconds));
-    t.deepEqual({ ...report.tunnel, since: null }, { state: 'backoff', running: true, pid: process.pid, transport: 'ssh2', since: null, connectedSince: null });
+    t.deepEqual({ ...report.tunnel, since: null }, { state: 'backoff', running: true, pid: process.pid, transport: 'ssh2', endpoint: null, since: null, connectedSince: null });
     t.is(report.lastError?.code, 'UNREACHABLE');
     const text = formatAgentStatus(report);
     t.regex(text, /^device:\s+dev_test0000000000001 \(kiosk-1\)$/m);

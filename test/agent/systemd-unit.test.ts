@@ -4,25 +4,16 @@
  * relies on are there, with the exit statuses agent/errors.ts defines.
  */
 import test from 'ava';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EXIT } from '../../agent/errors.js';
 import { REPO_ROOT } from '../../testkit/cli.js';
-import { runCommand, withTempDir } from '../../testkit/openssh.js';
+import { hasSystemdAnalyze, unitDirectives, verifyUnit } from '../../testkit/systemd-unit.js';
 
 const UNIT = join(REPO_ROOT, 'scripts', 'systemd', 'certunnel-agent.service');
 
-function directives(text: string): Map<string, string[]> {
-  const map = new Map<string, string[]>();
-  for (const line of text.split('\n')) {
-    const m = /^([A-Za-z]+)=(.*)$/.exec(line.trim());
-    if (m) map.set(m[1]!, [...(map.get(m[1]!) ?? []), m[2]!]);
-  }
-  return map;
-}
-
 test('the unit restarts always, except on the statuses a restart cannot fix; it is hardened and has its state directory', async (t) => {
-  const d = directives(await readFile(UNIT, 'utf8'));
+  const d = unitDirectives(await readFile(UNIT, 'utf8'));
   const one = (key: string): string | undefined => d.get(key)?.[0];
   t.is(one('Restart'), 'always');
   t.regex(one('ExecStart') ?? '', /certunnel agent run --config \S+/);
@@ -42,22 +33,15 @@ test('the unit restarts always, except on the statuses a restart cannot fix; it 
 });
 
 test('systemd-analyze verify accepts the unit without a warning', async (t) => {
-  const probe = await runCommand('systemd-analyze', ['--version']).catch(() => null);
-  if (!probe || probe.code !== 0) {
+  if (!(await hasSystemdAnalyze())) {
     t.log('systemd-analyze is not installed; skipped');
     t.pass();
     return;
   }
-  await withTempDir(async (dir) => {
-    // verify insists that ExecStart's program exists: stand in for the installed CLI.
-    const text = (await readFile(UNIT, 'utf8')).replace(/^ExecStart=\S+/m, 'ExecStart=/bin/true');
-    const path = join(dir, 'certunnel-agent.service');
-    await writeFile(path, text);
-    const result = await runCommand('systemd-analyze', ['verify', path]);
-    t.is(result.code, 0, result.stderr);
-    t.is(result.stderr.trim(), '', 'no ignored or unknown directive');
-    // And it does complain about a bad one (the check can fail).
-    await writeFile(path, text.replace('Restart=always', 'Restart=sometimes'));
-    t.regex((await runCommand('systemd-analyze', ['verify', path])).stderr, /restart specifier/);
-  });
+  const text = await readFile(UNIT, 'utf8');
+  const result = await verifyUnit({ name: 'certunnel-agent.service', text });
+  t.is(result.code, 0, result.stderr);
+  t.is(result.stderr.trim(), '', 'no ignored or unknown directive');
+  // And it does complain about a bad one (the check can fail).
+  t.regex((await verifyUnit({ name: 'certunnel-agent.service', text: text.replace('Restart=always', 'Restart=sometimes') })).stderr, /restart specifier/);
 });

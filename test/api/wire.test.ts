@@ -21,8 +21,10 @@ test('ok/every JSON route answers the contract fields, in order', async (t) => {
 
     t.deepEqual(await b.call<HealthResponse>(b.anonymous, 'GET', '/healthz'), { status: 'ok' });
     const ca = await b.call<CaResponse>(b.anonymous, 'GET', '/v1/ca');
-    t.deepEqual(keys(ca), ['userCertificateAuthority', 'hostCertificateAuthority', 'hostKey', 'apiPin', 'ssh']);
+    // sshEndpoints (0.4) comes before ssh, not after the others: shell agents read "host" with a greedy sed, which finds the last.
+    t.deepEqual(keys(ca), ['userCertificateAuthority', 'hostCertificateAuthority', 'hostKey', 'apiPin', 'sshEndpoints', 'ssh']);
     t.deepEqual(keys(ca.ssh), SSH_ENDPOINT);
+    t.deepEqual(ca.sshEndpoints, [{ host: ca.ssh.host, port: ca.ssh.port }]);
 
     const minted = await b.call<MintTokensResponse>(b.admin, 'POST', '/v1/tokens', { count: 2, batch: 'wire' });
     t.deepEqual(keys(minted), ['batch', 'tokens']);
@@ -33,7 +35,8 @@ test('ok/every JSON route answers the contract fields, in order', async (t) => {
     t.deepEqual(await b.call<RevokeTokensResponse>(b.admin, 'POST', '/v1/tokens/revoke', { id: minted.tokens[1]!.id }), { revoked: 1 });
 
     const grant = await b.call<EnrollResponse>(b.anonymous, 'POST', '/v1/enroll', { token: minted.tokens[0]!.token, publicKey: formatPublicKey(generateKeyPair().publicKey), name: 'wire-1' });
-    t.deepEqual(keys(grant), ['deviceId', 'name', 'ports', 'certificate', 'serial', 'validAfter', 'validBefore', 'renewAfter', 'ssh']);
+    t.deepEqual(keys(grant), ['deviceId', 'name', 'ports', 'certificate', 'serial', 'validAfter', 'validBefore', 'renewAfter', 'sshEndpoints', 'ssh']);
+    t.deepEqual(keys(grant.sshEndpoints![0]!), ['host', 'port']);
     t.deepEqual(keys(grant.ports), ['first', 'last']);
     t.deepEqual(keys(grant.ssh), SSH_ENDPOINT);
 
