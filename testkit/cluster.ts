@@ -5,7 +5,7 @@
  * without its node identity, the stand-in for `certunnel join`), each
  * started with `certunnel broker` on its own ephemeral ports.
  */
-import { cp, readFile, rm } from 'node:fs/promises';
+import { cp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runCli, spawnBroker, type BrokerProcess } from './cli.js';
 import { createTestDatabase, startPostgres, type PostgresCluster } from './postgres.js';
@@ -39,6 +39,8 @@ export interface ClusterOptions {
   /** An already running PostgreSQL to use (else one is started, and stopped by stop()). */
   readonly postgres?: PostgresCluster;
   readonly env?: NodeJS.ProcessEnv;
+  /** Merged into node 1's config.json after init (so every node gets it), e.g. { ssh: { reconcileSeconds: 3600 } }. */
+  readonly config?: Record<string, unknown>;
 }
 
 const LISTEN = ['--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0'];
@@ -53,6 +55,19 @@ export async function makeNodeDir(from: string, to: string): Promise<void> {
   for (const f of ['node.json', 'broker.lock', 'broker.runtime.json', 'broker.sqlite', 'openssh']) await rm(join(to, f), { recursive: true, force: true });
 }
 
+/** Deep-merges PATCH into the JSON file at PATH. */
+async function patchConfig(path: string, patch: Record<string, unknown>): Promise<void> {
+  const merge = (base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> => {
+    const out = { ...base };
+    for (const [k, v] of Object.entries(over)) {
+      const b = out[k];
+      out[k] = v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' ? merge(b as Record<string, unknown>, v as Record<string, unknown>) : v;
+    }
+    return out;
+  };
+  await writeFile(path, `${JSON.stringify(merge(JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>, patch), null, 2)}\n`);
+}
+
 export async function startTestCluster(o: ClusterOptions): Promise<TestCluster> {
   const ownPostgres = o.postgres === undefined;
   const postgres = o.postgres ?? (await startPostgres());
@@ -65,6 +80,7 @@ export async function startTestCluster(o: ClusterOptions): Promise<TestCluster> 
     const adminKey = /^\s+(ctk_\S+)$/m.exec(init.stdout)?.[1];
     if (!adminKey) throw new Error('init printed no admin key');
     const pin = (await readFile(join(first, 'tls', 'api.pin'), 'utf8')).trim();
+    if (o.config) await patchConfig(join(first, 'config.json'), o.config);
     for (let i = 2; i <= o.nodes; i++) await makeNodeDir(first, join(o.dir, `node${i}`));
     const args = (dir: string) => ['--data', dir, '--log-level', 'warn', ...(o.brokerArgs ?? [])];
     // One at a time: the first start runs the migrations.
