@@ -7,20 +7,29 @@
  * latency is measured by scripts/bench/cluster-revocation.ts.
  */
 import test from 'ava';
-import { readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
-import { apiRequest, ApiError, type EnrollResponse, type MintTokensResponse } from '../../../api/index.js';
-import { formatPublicKey, generateKeyPair, parseCertificateLine, parsePublicKey, type KeyPair } from '../../../ca/index.js';
+import { apiRequest, ApiError, type MintTokensResponse } from '../../../api/index.js';
+import { formatPublicKey, generateKeyPair } from '../../../ca/index.js';
+import { connectClusterDevice, enrollClusterDevice, nodeApi as api, openClusterTunnel, type ClusterDevice } from '../../../testkit/cluster-device.js';
 import { startTestCluster, type TestCluster } from '../../../testkit/cluster.js';
 import { exchange, isListening, startDeviceService, type DeviceService } from '../../../testkit/gateway.js';
 import { sshKeygen, withTempDir } from '../../../testkit/openssh.js';
 import { startPostgres, type PostgresCluster } from '../../../testkit/postgres.js';
-import { spawnSsh, sshArgs, waitFor, writeClientIdentity, writeKnownHosts, type ClientIdentity, type SshProcess } from '../../../testkit/ssh-client.js';
+import { dataPaths } from '../../../testkit/broker.js';
+import { ensureGatewayUsers } from '../../../testkit/conformance/sshd-driver.js';
+import { startSshd } from '../../../testkit/sshd.js';
+import { DEFAULT_SSHD } from '../../../testkit/sshd-check.js';
+import { OPENSSH_FILES } from '../../../broker/openssh/config-files.js';
+import { waitFor, type SshProcess } from '../../../testkit/ssh-client.js';
 
 /** Generous: a loaded 2-core box; the figure that matters is measured by the benchmark. */
 const CLOSE_BOUND_MS = 10_000;
 const NO_RECONCILIATION = { ssh: { reconcileSeconds: 3600 } };
+const CAN_RUN_SSHD = process.platform === 'linux' && process.getuid?.() === 0 && existsSync(DEFAULT_SSHD);
+const sshdTest = CAN_RUN_SSHD ? test.serial : test.serial.skip;
 
 let postgres: PostgresCluster;
 test.before(async () => {
@@ -30,46 +39,11 @@ test.after.always(async () => {
   await postgres?.stop();
 });
 
-interface ClusterDevice {
-  readonly id: string;
-  readonly key: KeyPair;
-  readonly identity: ClientIdentity;
-  readonly hostKey: string;
-  readonly port: number;
-  readonly certPath: string;
-}
-
-const api = (c: TestCluster, i: number) => ({ baseUrl: c.nodes[i]!.broker.apiUrl, pin: c.pin, apiKey: c.adminKey });
-
-async function enroll(c: TestCluster, i: number, dir: string, name: string): Promise<ClusterDevice> {
-  const minted = await apiRequest<MintTokensResponse>(api(c, i), 'POST', '/v1/tokens', { count: 1 });
-  const key = generateKeyPair();
-  const grant = await apiRequest<EnrollResponse>({ baseUrl: c.nodes[i]!.broker.apiUrl, pin: c.pin }, 'POST', '/v1/enroll', {
-    token: minted.tokens[0]!.token, publicKey: formatPublicKey(key.publicKey), name,
-  });
-  const identity = await writeClientIdentity(dir, name, key, parseCertificateLine(grant.certificate));
-  return { id: grant.deviceId, key, identity, hostKey: grant.ssh.hostKey, port: grant.ports.first, certPath: identity.certPath! };
-}
-
-/** `ssh -N -R` of the device's first port to node I's SSH port; with WAIT, until the port listens. */
-async function tunnel(c: TestCluster, i: number, dir: string, device: ClusterDevice, service: DeviceService, options: { exitOnForwardFailure?: boolean } = {}): Promise<SshProcess> {
-  const sshPort = c.nodes[i]!.broker.sshPort;
-  const knownHosts = await writeKnownHosts(join(dir, `known_hosts.${i}`), '127.0.0.1', sshPort, parsePublicKey(device.hostKey));
-  return spawnSsh([
-    ...sshArgs({ port: sshPort, knownHosts, identity: device.identity }),
-    '-N', '-o', `ExitOnForwardFailure=${options.exitOnForwardFailure === false ? 'no' : 'yes'}`, '-o', 'ServerAliveInterval=5',
-    '-R', `127.0.0.1:${device.port}:127.0.0.1:${service.port}`,
-  ]);
-}
-
-async function connected(c: TestCluster, i: number, dir: string, device: ClusterDevice, service: DeviceService): Promise<SshProcess> {
-  const ssh = await tunnel(c, i, dir, device, service);
-  let exited: number | undefined;
-  void ssh.exited.then((code) => (exited = code));
-  await waitFor(async () => exited !== undefined || (await isListening(device.port)), `the tunnel of ${device.id} on node ${i + 1}`, 20_000);
-  if (exited !== undefined) throw new Error(`ssh exited ${exited}: ${ssh.stderr().trim().split('\n').at(-1)}`);
-  return ssh;
-}
+const enroll = enrollClusterDevice;
+const tunnel = (c: TestCluster, i: number, dir: string, device: ClusterDevice, service: DeviceService, options: { exitOnForwardFailure?: boolean } = {}): Promise<SshProcess> =>
+  openClusterTunnel(c.nodes[i]!.broker.sshPort, dir, device, service, options);
+const connected = (c: TestCluster, i: number, dir: string, device: ClusterDevice, service: DeviceService): Promise<SshProcess> =>
+  connectClusterDevice(c.nodes[i]!.broker.sshPort, dir, device, service);
 
 /** Resolves true if P settles within MS. */
 async function within(p: Promise<unknown>, ms: number): Promise<boolean> {
@@ -240,4 +214,32 @@ test.serial('a revocation committed while node 1 was not listening is applied wh
       await service.close();
     }
   }, { ports: '23300-23399' });
+});
+
+sshdTest('OpenSSH mode on node 1: a device tunnelled through its sshd, revoked through node 3: the sshd session ends and sshd\'s KRL lists it', async (t) => {
+  await withCluster(t, async (c, dir) => {
+    await c.restart(0, ['--ssh-mode', 'openssh']);
+    const node1 = c.nodes[0]!.dataDir;
+    await ensureGatewayUsers(['tunnel', 'operator']);
+    // sshd reads the principals file as the tunnel user: every directory above it must be searchable.
+    for (const d of [dir, node1, join(node1, 'openssh')]) await chmod(d, 0o755);
+    const sshd = await startSshd({ config: [`Include ${join(node1, 'openssh', OPENSSH_FILES.config)}`], hostKeyPath: dataPaths(node1).hostKey });
+    const service = await startDeviceService('sshd-side\n');
+    const device = await enroll(c, 2, dir, 'sshd-side');
+    const ssh = await connectClusterDevice(sshd.port, dir, device, service);
+    try {
+      t.is((await exchange(device.port, 'hi')).toString(), 'sshd-side\nhi');
+      await apiRequest(api(c, 2), 'POST', `/v1/devices/${device.id}/revoke`, { reason: 'test' });
+      t.true(await within(ssh.exited, CLOSE_BOUND_MS), 'node 1 ended the sshd session of a device revoked through node 3');
+      for (const krl of [join(node1, 'openssh', OPENSSH_FILES.krl), join(node1, 'revoked.krl')]) {
+        await waitFor(() => krlRevokes(krl, device.certPath), krl, CLOSE_BOUND_MS).then(() => t.pass(), () => t.fail(`${krl} does not list the certificate`));
+      }
+      const again = await openClusterTunnel(sshd.port, dir, device, service);
+      t.not(await again.exited, 0, 'sshd refuses the revoked certificate');
+    } finally {
+      await ssh.stop();
+      await service.close();
+      await sshd.stop();
+    }
+  }, { ports: '23400-23499' });
 });
