@@ -196,9 +196,14 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
     },
     // sshd does not say which certificate a session used: end the device's sessions older than the KRL that lists the old serials.
     certificatesRevoked: async (deviceId) => void (await killer.endDevice(deviceId, 'key rotated', { startedBy: ticksSinceBoot() })),
-    // /proc counts a process's start in ticks since boot (10 ms each): the sessions begun by SINCE, seen from now.
-    deviceConnectedElsewhere: async (deviceId, since) =>
-      (await killer.endDevice(deviceId, 'connected to another node', { startedBy: ticksSinceBoot() - Math.max(0, Date.now() - since.getTime()) / 10 })).length,
+    deviceConnectedElsewhere: async (deviceId, since) => {
+      // Only if sshd here listens in its block (a reconnection storm elsewhere costs a look at /proc/net/tcp, shared).
+      await presence.poll();
+      if (![...presence.blockOwners().values()].includes(deviceId)) return 0;
+      // /proc counts a process's start in ticks since boot (10 ms each): the sessions begun by SINCE, seen from now.
+      const startedBy = ticksSinceBoot() - Math.max(0, Date.now() - since.getTime()) / 10;
+      return (await killer.endDevice(deviceId, 'connected to another node', { startedBy })).length;
+    },
     reconcile: async (revocations) => {
       await presence.poll();
       let ended = 0;
