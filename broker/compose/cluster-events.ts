@@ -22,8 +22,9 @@
  * `down`) it polls: every pollWhileDownMs it re-reads the revocations from
  * the store, rewrites the KRL and ends the live sessions they deny. When
  * the listening connection is back (state `catching-up`) it does that once
- * more, with the login cache suspended, and only then is `listening`
- * again. Device logins on the embedded gateway always ask the store
+ * more, ends its sessions of devices the store says connected to another
+ * node meanwhile (a missed takeover), with the login cache suspended, and
+ * only then is `listening` again. Device logins on the embedded gateway always ask the store
  * (issued.ts), which vouches for every login while it answers; only when
  * it answers STORE_UNAVAILABLE does the login cache (issued-cache.ts)
  * stand in, never while catching up.
@@ -91,7 +92,7 @@ export interface ClusterEventsOptions {
   /** The hooks the API's revocations run after commit (start.ts revocationHooks). */
   readonly hooks: CoreHooks;
   readonly revocations: RevocationList;
-  readonly ssh: Pick<SshSide, 'reconcile' | 'deviceConnectedElsewhere'>;
+  readonly ssh: Pick<SshSide, 'reconcile' | 'deviceConnectedElsewhere' | 'reconcileTakeovers'>;
   /** The embedded gateway's login cache (absent in OpenSSH mode). */
   readonly loginCache?: IssuedCache;
   /** While not listening, how often revocations are re-read and live sessions reconciled (default 2 s). */
@@ -173,7 +174,9 @@ export function startClusterEvents(o: ClusterEventsOptions): ClusterEvents {
   const catchUp = (): void => {
     clearTimeout(catchUpTimer);
     if (closed || !feed.listening()) return;
-    reconcile().then(
+    // Revocations first, then takeovers it may have missed (a device that connected to another node meanwhile).
+    const caughtUp = async (): Promise<number> => (await reconcile()) + ((await o.ssh.reconcileTakeovers?.()) ?? 0);
+    caughtUp().then(
       (ended) => {
         if (closed || !feed.listening() || state !== 'catching-up') return;
         catchUps += 1;

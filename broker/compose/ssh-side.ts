@@ -19,7 +19,7 @@ import { OpensshPresence } from '../openssh/presence.js';
 import { judgeSshdPort, readSshdPorts } from '../openssh/sshd-port.js';
 import { killSessionsHoldingPorts, ticksSinceBoot } from '../openssh/session-killer.js';
 import type { RevocationList } from './revocation-list.js';
-import { createGateway, type GatewayLimits } from '../ssh/index.js';
+import { createGateway, type Gateway, type GatewayLimits } from '../ssh/index.js';
 import { IssuedCache } from '../ssh/issued-cache.js';
 import { activeDevices, type Store } from '../store/index.js';
 
@@ -50,6 +50,11 @@ export interface SshSide {
    * no later (embedded: the gateway's takeover; OpenSSH mode: the sshd sessions holding its block); returns how many.
    */
   deviceConnectedElsewhere(deviceId: string, since: Date): Promise<number>;
+  /**
+   * A cluster node that may have missed device.connected events (cluster-events.ts catching up): ends each of its
+   * device sessions whose device the store says connected to another node later; returns how many (embedded only).
+   */
+  reconcileTakeovers?(): Promise<number>;
   /** Cluster nodes' embedded gateway: the records logins fall back on while the store is unavailable. */
   readonly loginCache?: IssuedCache;
   close(): Promise<void>;
@@ -106,6 +111,18 @@ function newLoginCache(o: SshSideOptions): IssuedCache {
   });
 }
 
+/** SshSide.reconcileTakeovers for the embedded gateway: one store read per device with a session here. */
+async function reconcileTakeovers(store: Store, gateway: Pick<Gateway, 'sessions' | 'takeOverDevice'>, node: string): Promise<number> {
+  let ended = 0;
+  const devices = new Set(gateway.sessions().flatMap((s) => (s.role === 'device' && s.deviceId ? [s.deviceId] : [])));
+  for (const id of devices) {
+    const device = await store.findDevice(id);
+    if (!device?.online || device.nodeId === null || device.nodeId === node || !device.connectedSince) continue;
+    ended += gateway.takeOverDevice(id, device.connectedSince);
+  }
+  return ended;
+}
+
 async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   const log = o.logger.child({ component: 'ssh-gateway' });
   const node = o.cluster?.nodeId;
@@ -156,6 +173,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     },
     reconcile: async (revocations) => gateway.endRevokedSessions((cert) => revocations.isRevoked(cert)),
     deviceConnectedElsewhere: async (deviceId, since) => gateway.takeOverDevice(deviceId, since),
+    ...(node === undefined ? {} : { reconcileTakeovers: () => reconcileTakeovers(o.store, gateway, node) }),
     ...(loginCache ? { loginCache } : {}),
     problems: () => [],
     close: () => gateway.close(),

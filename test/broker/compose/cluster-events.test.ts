@@ -216,6 +216,35 @@ test.serial('a revocation committed while node 1 was not listening is applied wh
   }, { ports: '23300-23399' });
 });
 
+test.serial('a takeover node 1 missed while not listening (its listening backend terminated) ends its stale session when it is back', async (t) => {
+  await withCluster(t, async (c, dir) => {
+    const service = await startDeviceService('missed-move\n');
+    const device = await enroll(c, 0, dir, 'missed-move');
+    const stale = await connected(c, 0, dir, device, service);
+    try {
+      const [node1, node2] = [await nodeId(c, 0), await nodeId(c, 1)];
+      await waitFor(async () => (await presence(c, device.id)).node_id === node1, 'presence on node 1', CLOSE_BOUND_MS);
+      // One transaction: node 1's listening backend terminated, then presence moved to node 2 as node 2 would write it
+      // (a session that began now); the device.connected notification goes out while node 1 is not listening.
+      const client = new pg.Client({ connectionString: c.databaseUrl });
+      await client.connect();
+      try {
+        await client.query('BEGIN');
+        await client.query('SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = $1', [`certunnel-events:${node1}`]);
+        await client.query('UPDATE devices SET online = true, node_id = $2, connected_since = $3 WHERE id = $1', [device.id, node2, Date.now()]);
+        await client.query('COMMIT');
+      } finally {
+        await client.end();
+      }
+      t.true(await within(stale.exited, CLOSE_BOUND_MS * 2), 'node 1 ended its stale session once it was back');
+      t.like(await presence(c, device.id), { online: true, node_id: node2 }, 'node 1\'s offline does not undo node 2\'s presence');
+    } finally {
+      await stale.stop();
+      await service.close();
+    }
+  }, { ports: '23500-23599' });
+});
+
 sshdTest('OpenSSH mode on node 1: a device tunnelled through its sshd, revoked through node 3: the sshd session ends and sshd\'s KRL lists it', async (t) => {
   await withCluster(t, async (c, dir) => {
     await c.restart(0, ['--ssh-mode', 'openssh']);
