@@ -5,7 +5,7 @@
  * `certunnel join` with it), each started with `certunnel broker` on its
  * own ephemeral ports.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runCli, spawnBroker, type BrokerProcess } from './cli.js';
 import { createTestDatabase, startPostgres, type PostgresCluster } from './postgres.js';
@@ -39,6 +39,8 @@ export interface ClusterOptions {
   /** An already running PostgreSQL to use (else one is started, and stopped by stop()). */
   readonly postgres?: PostgresCluster;
   readonly env?: NodeJS.ProcessEnv;
+  /** Merged into node 1's config.json after init (so every node gets it), e.g. { ssh: { reconcileSeconds: 3600 } }. */
+  readonly config?: Record<string, unknown>;
 }
 
 const LISTEN = ['--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0'];
@@ -57,6 +59,19 @@ export async function joinNode(from: string, to: string, databaseUrl: string, en
   if (joined.code !== 0) throw new Error(`join failed: ${joined.stderr}`);
 }
 
+/** Deep-merges PATCH into the JSON file at PATH. */
+async function patchConfig(path: string, patch: Record<string, unknown>): Promise<void> {
+  const merge = (base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> => {
+    const out = { ...base };
+    for (const [k, v] of Object.entries(over)) {
+      const b = out[k];
+      out[k] = v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' ? merge(b as Record<string, unknown>, v as Record<string, unknown>) : v;
+    }
+    return out;
+  };
+  await writeFile(path, `${JSON.stringify(merge(JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>, patch), null, 2)}\n`);
+}
+
 export async function startTestCluster(o: ClusterOptions): Promise<TestCluster> {
   const ownPostgres = o.postgres === undefined;
   const postgres = o.postgres ?? (await startPostgres());
@@ -69,6 +84,8 @@ export async function startTestCluster(o: ClusterOptions): Promise<TestCluster> 
     const adminKey = /^\s+(ctk_\S+)$/m.exec(init.stdout)?.[1];
     if (!adminKey) throw new Error('init printed no admin key');
     const pin = (await readFile(join(first, 'tls', 'api.pin'), 'utf8')).trim();
+    // Before the join tokens: they seal node 1's config.json for the others.
+    if (o.config) await patchConfig(join(first, 'config.json'), o.config);
     for (let i = 2; i <= o.nodes; i++) await joinNode(first, join(o.dir, `node${i}`), url, o.env);
     const args = (dir: string) => ['--data', dir, '--log-level', 'warn', ...(o.brokerArgs ?? [])];
     // One at a time: the first start runs the migrations.

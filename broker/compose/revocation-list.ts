@@ -45,6 +45,8 @@ export class RevocationList {
   private denySeq = 0;
   private bytes: Buffer;
   private pending: Promise<unknown> = Promise.resolve();
+  /** The rebuild waiting for the one running to end, if any. */
+  private queued: Promise<boolean> | undefined;
   private readonly writers: KrlWriter[] = [];
   private failingSince: Date | undefined;
   private writeFailures = 0;
@@ -86,7 +88,14 @@ export class RevocationList {
    * retried in the background. Rejects only if the store cannot be read.
    */
   refresh(): Promise<boolean> {
-    const run = this.pending.then(() => this.rebuild());
+    // A rebuild queued but not started yet reads the store after this call: share it (a burst of revocations, or
+    // the same one heard again from another node, costs one more rebuild, not one each).
+    if (this.queued) return this.queued;
+    const run = this.pending.then(() => {
+      if (this.queued === run) this.queued = undefined;
+      return this.rebuild();
+    });
+    this.queued = run;
     this.pending = run.catch(() => undefined);
     return run;
   }

@@ -19,7 +19,8 @@ import { OpensshPresence } from '../openssh/presence.js';
 import { judgeSshdPort, readSshdPorts } from '../openssh/sshd-port.js';
 import { killSessionsHoldingPorts, ticksSinceBoot } from '../openssh/session-killer.js';
 import type { RevocationList } from './revocation-list.js';
-import { createGateway, type GatewayLimits } from '../ssh/index.js';
+import { createGateway, type Gateway, type GatewayLimits } from '../ssh/index.js';
+import { IssuedCache } from '../ssh/issued-cache.js';
 import { activeDevices, type Store } from '../store/index.js';
 
 export interface SshSide {
@@ -44,6 +45,18 @@ export interface SshSide {
    * holds a block no active device owns; returns how many.
    */
   reconcile(revocations: Pick<RevocationList, 'isRevoked' | 'isDeviceRevoked'>): Promise<number>;
+  /**
+   * The device connected to another node at SINCE (cluster-events.ts): ends its sessions on this node that began
+   * no later (embedded: the gateway's takeover; OpenSSH mode: the sshd sessions holding its block); returns how many.
+   */
+  deviceConnectedElsewhere(deviceId: string, since: Date): Promise<number>;
+  /**
+   * A cluster node that may have missed device.connected events (cluster-events.ts catching up): ends each of its
+   * device sessions whose device the store says connected to another node later; returns how many (embedded only).
+   */
+  reconcileTakeovers?(): Promise<number>;
+  /** Cluster nodes' embedded gateway: the records logins fall back on while the store is unavailable. */
+  readonly loginCache?: IssuedCache;
   close(): Promise<void>;
 }
 
@@ -57,17 +70,23 @@ export interface SshSideOptions {
   readonly hostCertificate: string;
   readonly revocations: RevocationList;
   readonly paths: DataPaths;
+  /** A node of a cluster (PostgreSQL store): presence names it, and logins may fall back on the login cache. */
+  readonly cluster?: { readonly nodeId: string };
 }
+
+/** How long the store's word on a serial stands in for it while it is unavailable, and how many serials are kept. */
+const LOGIN_CACHE = { ttlMs: 60 * 60_000, maxEntries: 100_000 };
 
 /**
  * The gateway lives in this process, so at start no device is connected to
  * it, whatever the store says (a crash or a restore leaves stale flags).
  */
-async function markEveryDeviceOffline(store: Store, now: Date): Promise<number> {
+async function markEveryDeviceOffline(store: Store, now: Date, node: string | undefined): Promise<number> {
   let changed = 0;
   for await (const device of activeDevices(store)) {
-    if (!device.online) continue;
-    await store.setDeviceOnline(device.id, { online: false, since: null, remoteAddr: null, lastSeen: device.lastSeenAt ?? now });
+    // In a cluster, only this node's: a device online on another node is not this restart's business.
+    if (!device.online || (node !== undefined && device.nodeId !== null && device.nodeId !== node)) continue;
+    await store.setDeviceOnline(device.id, { online: false, since: null, remoteAddr: null, lastSeen: device.lastSeenAt ?? now, node });
     changed++;
   }
   return changed;
@@ -83,9 +102,33 @@ function startupLimits(config: BrokerConfig): GatewayLimits {
   };
 }
 
+/** The login cache of a cluster node: never for a serial or device the revocation list denies. */
+function newLoginCache(o: SshSideOptions): IssuedCache {
+  return new IssuedCache({
+    ...LOGIN_CACHE,
+    clock: o.clock,
+    seenRevoked: ({ serial, keyId, deviceId }) => o.revocations.isRevoked({ serial, keyId }) || (deviceId !== null && o.revocations.isDeviceRevoked(deviceId)),
+  });
+}
+
+/** SshSide.reconcileTakeovers for the embedded gateway: one store read per device with a session here. */
+async function reconcileTakeovers(store: Store, gateway: Pick<Gateway, 'sessions' | 'takeOverDevice'>, node: string): Promise<number> {
+  let ended = 0;
+  const devices = new Set(gateway.sessions().flatMap((s) => (s.role === 'device' && s.deviceId ? [s.deviceId] : [])));
+  for (const id of devices) {
+    const device = await store.findDevice(id);
+    if (!device?.online || device.nodeId === null || device.nodeId === node || !device.connectedSince) continue;
+    ended += gateway.takeOverDevice(id, device.connectedSince);
+  }
+  return ended;
+}
+
 async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   const log = o.logger.child({ component: 'ssh-gateway' });
-  const stale = await markEveryDeviceOffline(o.store, o.clock());
+  const node = o.cluster?.nodeId;
+  const stale = await markEveryDeviceOffline(o.store, o.clock(), node);
+  const loginCache = o.cluster ? newLoginCache(o) : undefined;
+  const lookupIssued = (serial: bigint) => o.store.findIssuedCertificate(serial);
   if (stale > 0) log.info({ devices: stale }, 'marked devices offline that were online when the broker last stopped');
   const gateway = createGateway({
     hostKey: o.hostKey,
@@ -94,7 +137,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     portPool: o.config.ports,
     isRevoked: (cert) => o.revocations.isRevoked(cert),
     // Defence in depth: only a certificate the store issued, as presented, for an active device's current block.
-    lookupIssued: (serial) => o.store.findIssuedCertificate(serial),
+    lookupIssued: loginCache ? loginCache.wrap(lookupIssued) : lookupIssued,
     clock: o.clock,
     logger: log,
     audit: (event) => {
@@ -104,7 +147,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     },
     presence: (update) => {
       o.store
-        .setDeviceOnline(update.deviceId, { online: update.online, since: update.online ? (update.since ?? o.clock()) : null, remoteAddr: update.remoteAddr ?? null, lastSeen: o.clock() })
+        .setDeviceOnline(update.deviceId, { online: update.online, since: update.online ? (update.since ?? o.clock()) : null, remoteAddr: update.remoteAddr ?? null, lastSeen: o.clock(), node })
         .catch((err: unknown) => log.error({ err }, 'presence write failed'));
     },
     resolveDevice: async (name) => {
@@ -129,6 +172,9 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
       gateway.endRevokedSessions((cert) => revoked.has(cert.serial));
     },
     reconcile: async (revocations) => gateway.endRevokedSessions((cert) => revocations.isRevoked(cert)),
+    deviceConnectedElsewhere: async (deviceId, since) => gateway.takeOverDevice(deviceId, since),
+    ...(node === undefined ? {} : { reconcileTakeovers: () => reconcileTakeovers(o.store, gateway, node) }),
+    ...(loginCache ? { loginCache } : {}),
     problems: () => [],
     close: () => gateway.close(),
   };
@@ -153,7 +199,7 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
   o.revocations.addWriter((krl) => writeFileAtomic(join(outDir, OPENSSH_FILES.krl), krl, { mode: 0o644 }));
   const presence = new OpensshPresence({
     store: o.store, pool: o.config.ports, clock: o.clock, logger: o.logger.child({ component: 'openssh-presence' }),
-    intervalMs: o.config.ssh.presencePollSeconds * 1000,
+    intervalMs: o.config.ssh.presencePollSeconds * 1000, node: o.cluster?.nodeId,
   });
   await presence.start();
   const killer = opensshKiller(o, presence);
@@ -167,7 +213,15 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
       await presence.poll();
     },
     // sshd does not say which certificate a session used: end the device's sessions older than the KRL that lists the old serials.
-    certificatesRevoked: async (deviceId) => killer.endDevice(deviceId, 'key rotated', { startedBy: ticksSinceBoot() }),
+    certificatesRevoked: async (deviceId) => void (await killer.endDevice(deviceId, 'key rotated', { startedBy: ticksSinceBoot() })),
+    deviceConnectedElsewhere: async (deviceId, since) => {
+      // Only if sshd here listens in its block (a reconnection storm elsewhere costs a look at /proc/net/tcp, shared).
+      await presence.poll();
+      if (![...presence.blockOwners().values()].includes(deviceId)) return 0;
+      // /proc counts a process's start in ticks since boot (10 ms each): the sessions begun by SINCE, seen from now.
+      const startedBy = ticksSinceBoot() - Math.max(0, Date.now() - since.getTime()) / 10;
+      return (await killer.endDevice(deviceId, 'connected to another node', { startedBy })).length;
+    },
     reconcile: async (revocations) => {
       await presence.poll();
       let ended = 0;
@@ -211,10 +265,10 @@ function opensshKiller(o: SshSideOptions, presence: OpensshPresence) {
   };
   return {
     endBlock,
-    endDevice: async (deviceId: string, why: string, options: { startedBy?: number } = {}): Promise<void> => {
+    endDevice: async (deviceId: string, why: string, options: { startedBy?: number } = {}): Promise<number[]> => {
       const device = await o.store.findDevice(deviceId);
-      if (!device || device.portFirst === null || device.portLast === null) return;
-      await endBlock({ first: device.portFirst, last: device.portLast }, deviceId, why, options);
+      if (!device || device.portFirst === null || device.portLast === null) return [];
+      return endBlock({ first: device.portFirst, last: device.portLast }, deviceId, why, options);
     },
   };
 }

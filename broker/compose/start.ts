@@ -26,6 +26,7 @@ import { FailureAggregator } from '../core/failure-audit.js';
 import { BrokerMetrics } from '../telemetry/metrics.js';
 import { RevocationList } from './revocation-list.js';
 import { startSshSide, type SshSide } from './ssh-side.js';
+import { startClusterEvents } from './cluster-events.js';
 import { openStore } from '../store/index.js';
 import { storeLocation } from './store-location.js';
 import type { Store } from '../store/types.js';
@@ -185,8 +186,9 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
   warnAboutConfig(config, logger);
   const paths = dataPaths(config.dataDir);
   const keys = await loadKeys(paths, options.passphrase);
+  const location = await storeLocation(paths, options.env);
   const store = await openStore({
-    ...(await storeLocation(paths, options.env)),
+    ...location,
     onConnectionError: (err) => logger.warn({ code: (err as { code?: unknown }).code }, 'database connection lost; the pool reconnects'),
   });
   const shutdown = shutdownSteps(logger);
@@ -210,7 +212,12 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
 
     const node = await prepareClusterNode({ store, config, logger, clock, paths });
     shutdown.add(() => node.stop());
-    const ssh = await startSshSide({ config, logger, store, clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths });
+    // Several nodes share a PostgreSQL store: this node's id names its presence and its events connection.
+    const clustered = location.databaseUrl !== undefined;
+    const ssh = await startSshSide({
+      config, logger, store, clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths,
+      ...(clustered ? { cluster: { nodeId: node.identity.id } } : {}),
+    });
     shutdown.add(() => ssh.close());
     if (ssh.statsSource) metrics.attachGateway(ssh.statsSource);
 
@@ -235,6 +242,10 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const core: CoreDeps = { ...coreBase, failureAudit, hooks: revocationHooks({ revocations, ssh, access, logger }) };
     const stopReconciliation = startReconciliation({ revocations, ssh, logger, intervalMs: config.ssh.reconcileSeconds * 1000 });
     shutdown.add(async () => stopReconciliation());
+    if (location.databaseUrl !== undefined) {
+      const events = startClusterEvents({ databaseUrl: location.databaseUrl, nodeId: node.identity.id, logger, hooks: core.hooks, revocations, ssh, ...(ssh.loginCache ? { loginCache: ssh.loginCache } : {}) });
+      shutdown.add(() => events.close());
+    }
 
     const apiPin = config.api.insecureHttp ? null : (await readFile(paths.apiPin, 'utf8')).trim();
     const app = createApp({

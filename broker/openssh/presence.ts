@@ -43,6 +43,8 @@ export interface OpensshPresenceOptions {
   readonly clock: () => Date;
   readonly logger: Logger;
   readonly intervalMs: number;
+  /** This broker node's id (a cluster): presence names it, and offline is written only for devices still on it. */
+  readonly node?: string | undefined;
   /** Default /proc; tests may point elsewhere. */
   readonly procRoot?: string;
   /** How the fixture's addresses are written (default: this host's byte order). */
@@ -107,12 +109,12 @@ export class OpensshPresence {
     const at = this.o.clock();
     for (const id of now) {
       if (this.online.has(id)) continue;
-      await this.o.store.setDeviceOnline(id, { online: true, since: at, remoteAddr: null, lastSeen: at });
+      await this.o.store.setDeviceOnline(id, { online: true, since: at, remoteAddr: null, lastSeen: at, node: this.o.node });
       this.online.add(id);
     }
     for (const id of [...this.online]) {
       if (now.has(id)) continue;
-      await this.o.store.setDeviceOnline(id, { online: false, since: null, remoteAddr: null, lastSeen: at });
+      await this.o.store.setDeviceOnline(id, { online: false, since: null, remoteAddr: null, lastSeen: at, node: this.o.node });
       this.online.delete(id);
     }
     return true;

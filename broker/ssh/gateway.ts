@@ -260,6 +260,16 @@ class EmbeddedGateway implements Gateway {
     for (const session of this.registry.ofDevice(deviceId)) void this.registry.end(session, 'REVOKED');
   }
 
+  takeOverDevice(deviceId: string, startedAt: Date): number {
+    let ended = 0;
+    for (const session of this.registry.ofDevice(deviceId)) {
+      if (session.since.getTime() > startedAt.getTime()) continue;
+      void this.registry.end(session, 'TAKEOVER');
+      ended += 1;
+    }
+    return ended;
+  }
+
   endRevokedSessions(isRevoked: (cert: { serial: bigint; keyId: string }) => boolean): number {
     let ended = 0;
     for (const session of this.registry.all()) {

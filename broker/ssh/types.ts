@@ -143,6 +143,12 @@ export interface Gateway {
   /** Ends every live session of DEVICEID and its listeners at once. */
   revokeDevice(deviceId: string): void;
   /**
+   * DEVICEID connected to another broker node at STARTEDAT (takeover across
+   * nodes): ends (reason TAKEOVER) its sessions here that began no later;
+   * returns how many. A session that began after it is the newer one and stays.
+   */
+  takeOverDevice(deviceId: string, startedAt: Date): number;
+  /**
    * Ends (reason REVOKED) every live device session whose certificate
    * ISREVOKED denies: the revoked serials of a rotated-away key, and the
    * periodic reconciliation against the store. Returns how many it ended.
