@@ -50,7 +50,7 @@ const LISTEN = ['--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0'];
  */
 export async function makeNodeDir(from: string, to: string): Promise<void> {
   await cp(from, to, { recursive: true, preserveTimestamps: true });
-  for (const f of ['node.json', 'broker.lock', 'broker.runtime.json', 'broker.sqlite', 'openssh']) await rm(join(to, f), { recursive: true, force: true });
+  for (const f of ['node.json', 'relay_ed25519', 'relay_ed25519.pub', 'broker.lock', 'broker.runtime.json', 'broker.sqlite', 'openssh']) await rm(join(to, f), { recursive: true, force: true });
 }
 
 export async function startTestCluster(o: ClusterOptions): Promise<TestCluster> {

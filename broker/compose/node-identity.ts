@@ -20,7 +20,7 @@ export const NODE_ID = /^node_[a-z0-9]{16}$/;
 const NODE_NAME = /^[\x21-\x7e]{1,64}$/;
 
 export function newNodeIdentity(name = hostname()): NodeIdentity {
-  const id = `node_${randomBytes(10).toString('base64url').toLowerCase().replace(/[^a-z0-9]/g, '0').slice(0, 16)}`;
+  const id = `node_${randomBytes(12).toString('base64url').toLowerCase().replace(/[^a-z0-9]/g, '0').slice(0, 16)}`;
   return { id, name: NODE_NAME.test(name) ? name : 'node' };
 }
 

@@ -8,7 +8,7 @@
 import { join } from 'node:path';
 import { writeFileAtomic, type KeyPair, type PortBlock } from '../../ca/index.js';
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
-import type { TunnelPresence } from '../core/presence.js';
+import type { LocalTunnelPresence } from '../core/presence.js';
 import { splitHostPort, type BrokerConfig } from '../core/config.js';
 import { parseMaxStartups } from '../core/rate-limit.js';
 import type { DataPaths } from './data-dir.js';
@@ -19,7 +19,7 @@ import { OpensshPresence } from '../openssh/presence.js';
 import { judgeSshdPort, readSshdPorts } from '../openssh/sshd-port.js';
 import { killSessionsHoldingPorts, ticksSinceBoot } from '../openssh/session-killer.js';
 import type { RevocationList } from './revocation-list.js';
-import { createGateway, type GatewayLimits } from '../ssh/index.js';
+import { createGateway, type GatewayDeps, type GatewayLimits } from '../ssh/index.js';
 import { activeDevices, type Store } from '../store/index.js';
 
 export interface SshSide {
@@ -27,7 +27,7 @@ export interface SshSide {
   readonly port: number;
   readonly statsSource?: GatewayStatsSource;
   /** Which ports each device's tunnel holds (embedded gateway); absent in OpenSSH mode, where sshd holds them. */
-  readonly presence?: TunnelPresence;
+  readonly presence?: LocalTunnelPresence;
   /** What needs an operator on this side, as /healthz codes (OpenSSH mode: SSHD_PORT_MISMATCH); empty when nothing does. */
   problems(): readonly string[];
   /** Ends the device's live tunnels now; no file is written (DESIGN: revocation does not depend on I/O). */
@@ -57,16 +57,21 @@ export interface SshSideOptions {
   readonly hostCertificate: string;
   readonly revocations: RevocationList;
   readonly paths: DataPaths;
+  /** This node's id: presence records which node holds each tunnel (several nodes share the store). */
+  readonly nodeId?: string;
+  /** Several nodes: an operator's connection to a tunnel another node holds (cluster-relay.ts). */
+  readonly remoteReach?: GatewayDeps['remoteReach'];
 }
 
 /**
  * The gateway lives in this process, so at start no device is connected to
  * it, whatever the store says (a crash or a restore leaves stale flags).
  */
-async function markEveryDeviceOffline(store: Store, now: Date): Promise<number> {
+async function markEveryDeviceOffline(store: Store, now: Date, nodeId: string | undefined): Promise<number> {
   let changed = 0;
   for await (const device of activeDevices(store)) {
-    if (!device.online) continue;
+    // Another node's tunnel is that node's to report.
+    if (!device.online || (nodeId !== undefined && device.nodeId !== null && device.nodeId !== nodeId)) continue;
     await store.setDeviceOnline(device.id, { online: false, since: null, remoteAddr: null, lastSeen: device.lastSeenAt ?? now });
     changed++;
   }
@@ -85,7 +90,7 @@ function startupLimits(config: BrokerConfig): GatewayLimits {
 
 async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   const log = o.logger.child({ component: 'ssh-gateway' });
-  const stale = await markEveryDeviceOffline(o.store, o.clock());
+  const stale = await markEveryDeviceOffline(o.store, o.clock(), o.nodeId);
   if (stale > 0) log.info({ devices: stale }, 'marked devices offline that were online when the broker last stopped');
   const gateway = createGateway({
     hostKey: o.hostKey,
@@ -104,7 +109,10 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     },
     presence: (update) => {
       o.store
-        .setDeviceOnline(update.deviceId, { online: update.online, since: update.online ? (update.since ?? o.clock()) : null, remoteAddr: update.remoteAddr ?? null, lastSeen: o.clock() })
+        .setDeviceOnline(update.deviceId, {
+          online: update.online, since: update.online ? (update.since ?? o.clock()) : null, remoteAddr: update.remoteAddr ?? null, lastSeen: o.clock(),
+          ...(o.nodeId === undefined ? {} : { node: o.nodeId }),
+        })
         .catch((err: unknown) => log.error({ err }, 'presence write failed'));
     },
     resolveDevice: async (name) => {
@@ -112,6 +120,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
       if (!device || device.status !== 'active' || device.portFirst === null || device.portLast === null) return undefined;
       return { deviceId: device.id, block: { first: device.portFirst, last: device.portLast } };
     },
+    remoteReach: o.remoteReach,
     limits: { keepaliveIntervalMs: o.config.ssh.keepaliveIntervalSeconds * 1000, keepaliveCountMax: o.config.ssh.keepaliveCountMax, ...startupLimits(o.config) },
   });
   const { host, port } = splitHostPort(o.config.ssh.listen);

@@ -25,6 +25,9 @@ import { BrokerMetrics } from '../telemetry/metrics.js';
 import { RevocationList } from './revocation-list.js';
 import { startSshSide, type SshSide } from './ssh-side.js';
 import { openStore } from '../store/index.js';
+import { createClusterRelay } from './cluster-relay.js';
+import { loadNodeIdentity } from './node-identity.js';
+import { keepRelayNodeRow } from './relay-node-row.js';
 import { storeLocation } from './store-location.js';
 import type { Store } from '../store/types.js';
 import { DEVICE_LOGIN, type SshEndpointWire } from '../../api/index.js';
@@ -203,14 +206,21 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const failureAudit = new FailureAggregator(store, config.audit.aggregateSeconds * 1000);
     shutdown.add(startAuditFlush(failureAudit, { clock, logger, windowMs: config.audit.aggregateSeconds * 1000 }));
 
-    const ssh = await startSshSide({ config, logger, store, clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths });
+    // Several nodes: the node-to-node link (cluster-relay.ts), when this node has cluster.internalListen.
+    const node = config.cluster.internalListen ? await loadNodeIdentity(paths) : undefined;
+    const relay = node ? await createClusterRelay({ config, logger, store, clock, userCa: keys.userCa, revocations, nodeId: node.id }) : undefined;
+    if (relay) shutdown.add(() => relay.close());
+    const ssh = await startSshSide({
+      config, logger, store, clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths, nodeId: node?.id, remoteReach: relay?.remoteReach,
+    });
     shutdown.add(() => ssh.close());
+    await relay?.listen(ssh.presence);
     if (ssh.statsSource) metrics.attachGateway(ssh.statsSource);
 
     // The rules' dependencies but their hooks: the revocation hook needs the access layer, which needs these.
     const coreBase = { store, config, clock, ssh: sshEndpointOf(config, ssh.port, keys), ca: { userCa: keys.userCa, hostCaPublicKey: keys.hostCaPublicKey } };
     const access = await createAccessLayer({
-      core: coreBase, logger, presence: ssh.presence ?? UNKNOWN_PRESENCE, sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
+      core: coreBase, logger, presence: relay && ssh.presence ? relay.presence(ssh.presence) : (ssh.presence ?? UNKNOWN_PRESENCE), sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
     });
     shutdown.add(async () => access.close());
     // Failures on the API are aggregated; the proxy bounds its own with its failed-key limiter and audit window.
@@ -228,6 +238,12 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const apiUrl = config.api.publicUrl ?? localApiUrl(config, api.port);
     await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort: api.port, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o600 });
     shutdown.add(() => rm(paths.runtime, { force: true }));
+    if (relay && node) {
+      const endpoint = sshEndpointOf(config, ssh.port, keys);
+      shutdown.add(await keepRelayNodeRow({
+        store, logger, clock, node, sshEndpoint: `${endpoint.host}:${endpoint.port}`, apiUrl, heartbeatSeconds: config.cluster.heartbeatSeconds, registration: () => relay.registration(),
+      }));
+    }
     logger.info({ apiUrl, sshPort: ssh.port, sshMode: config.ssh.mode }, 'broker started');
     return { apiUrl, apiPort: api.port, sshPort: ssh.port, store, core, revocations, ssh, access, close: () => shutdown.run() };
   } catch (err) {
