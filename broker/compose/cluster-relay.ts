@@ -40,7 +40,7 @@ import type { RevocationList } from './revocation-list.js';
 export const RELAY_KEY_FILE = 'relay_ed25519';
 const CERT_VALIDITY_S = 3600;
 const CERT_REFRESH_MS = 20 * 60_000;
-/** How long a registry or presence answer is reused: the proxy asks once per request. */
+/** How long a registry answer is reused: the proxy asks once per request, and nodes change seldom. */
 const LOOKUP_CACHE_MS = 1000;
 
 /** Codes of the link that mean "the device's tunnel cannot be reached now": DEVICE_OFFLINE to an operator. */
@@ -122,7 +122,8 @@ export async function createClusterRelay(o: ClusterRelayOptions): Promise<Cluste
   refresh.unref();
 
   const findNode = cachedLookup(async (id): Promise<RegisteredNode | undefined> => (await o.store.findNode(id)) ?? undefined);
-  const findDevice = cachedLookup((id) => o.store.findDevice(id));
+  // Presence is read fresh: a device that just left must be DEVICE_OFFLINE at once, not a second later.
+  const findDevice = (id: string) => o.store.findDevice(id);
   const client = new RelayClient({ nodeId: o.nodeId, key, certificateLine: () => certificate, certDeps, clock: o.clock, logger: log });
 
   /** The live node other than this one that holds DEVICEID's tunnel; a RelayDialError otherwise. */
