@@ -9,10 +9,10 @@
 import test from 'ava';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
-import { formatCertificate, formatPublicKey, generateKeyPair, loadKeyPair, parsePublicKey, signNodeCert, type KeyPair } from '../../../ca/index.js';
+import { formatCertificate, formatPublicKey, generateKeyPair, loadKeyPair, parsePublicKey, signDeviceCert, signNodeCert, signOperatorCert, type KeyPair } from '../../../ca/index.js';
 import type { AuditEventView, ListAuditResponse } from '../../../api/index.js';
 import { loadNodeIdentity, newNodeIdentity } from '../../../broker/compose/node-identity.js';
-import { RelayClient, RelayServer, type RelayPeer } from '../../../broker/ssh/index.js';
+import { checkNodeCertificate, checkUserCertificate, RelayClient, RelayServer, type RelayPeer } from '../../../broker/ssh/index.js';
 import { withFleet, type Fleet } from '../../../testkit/operator-fixture.js';
 
 const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined };
@@ -211,3 +211,19 @@ test('fail/a relay endpoint that is not the registered node: no certificate of t
       client.close();
     }
   }, CLUSTER));
+
+test('table/a node certificate is no device or operator certificate, and neither of those is a node certificate', (t) => {
+  const ca = generateKeyPair();
+  const now = new Date();
+  const deps = { trustedCaKeys: [ca.publicKey], isRevoked: () => false };
+  const node = signNodeCert({ ca, publicKey: generateKeyPair().publicKey, nodeId: newNodeIdentity('n').id, serial: 11n, now });
+  const gateway = checkUserCertificate(node.blob, now, deps);
+  t.like(gateway, { ok: false, reason: 'PRINCIPAL_INVALID' }, 'fail/node-cert-at-the-gateway');
+  t.like(checkNodeCertificate(node, now, deps), { ok: true }, 'ok/node-cert-at-the-relay');
+  const operator = signOperatorCert({ ca, publicKey: generateKeyPair().publicKey, operator: 'op', deviceId: 'dev_1', ports: { first: 20000, last: 20001 }, serial: 12n, now });
+  t.like(checkNodeCertificate(operator, now, deps), { ok: false, reason: 'NOT_A_NODE' }, 'fail/operator-cert-at-the-relay');
+  const device = signDeviceCert({ ca, publicKey: generateKeyPair().publicKey, deviceId: 'dev_1', ports: { first: 20000, last: 20001 }, serial: 13n, now });
+  t.like(checkNodeCertificate(device, now, deps), { ok: false, reason: 'NOT_A_NODE' }, 'fail/device-cert-at-the-relay');
+  t.like(checkNodeCertificate(node, new Date(now.getTime() + 2 * 3600_000), deps), { ok: false, reason: 'CERT_EXPIRED' }, 'fail/expired');
+  t.like(checkNodeCertificate(node, now, { ...deps, trustedCaKeys: [generateKeyPair().publicKey] }), { ok: false, reason: 'CERT_UNKNOWN_CA' }, 'fail/other-ca');
+});
