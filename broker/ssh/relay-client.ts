@@ -179,6 +179,8 @@ export class RelayClient {
         },
         authHandler: onceWithCertificate(`node:${deps.nodeId}`, certificateKey(deps.key, deps.certificateLine())),
       });
+      // Small, latency-bound packets (a channel open, then its answer): Nagle against the peer's delayed ACK would add tens of ms per relayed connection.
+      client.setNoDelay(true);
     });
   }
 

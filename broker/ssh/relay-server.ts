@@ -24,6 +24,7 @@ import type { Duplex } from 'node:stream';
 import ssh2 from 'ssh2';
 import type { AuthContext, Connection, ServerChannel } from 'ssh2';
 import { ED25519_CERT, encodePrivateKey, verifyBytes, type KeyPair } from '../../ca/index.js';
+import { coalesceWrites } from './coalesce.js';
 import { relay } from './forwards.js';
 import { truncate } from './peer-text.js';
 import {
@@ -113,7 +114,9 @@ export class RelayServer {
 
   private onSocket(socket: Socket): void {
     socket.on('error', () => undefined);
+    // As the gateway: no Nagle, and one TCP write per turn of the event loop (coalesce.ts).
     socket.setNoDelay(true);
+    coalesceWrites(socket);
     const remoteAddr = socket.remoteAddress ?? '';
     if (this.closing || this.unauthenticated >= (this.deps.maxUnauthenticated ?? 64)) {
       socket.destroy();
@@ -181,7 +184,11 @@ export class RelayServer {
     this.deps.audit({ actor: 'unauthenticated', action: 'ssh.relay.auth', remoteAddr: state.remoteAddr, outcome: 'refused', details });
     state.failures += 1;
     if (ctx && !state.socket.destroyed) ctx.reject(['publickey']);
-    if (drop || state.failures >= MAX_AUTH_ATTEMPTS) state.socket.destroy();
+    if (drop || state.failures >= MAX_AUTH_ATTEMPTS) {
+      // The refusal is corked until the next turn (coalesceWrites): let it go out, then end the connection.
+      setImmediate(() => state.socket.end());
+      setTimeout(() => state.socket.destroy(), 1000).unref();
+    }
   }
 
   private onReady(state: PeerState, conn: Connection): void {
