@@ -210,3 +210,59 @@ export function signHostCert(req: HostCertRequest): Certificate {
   checkRules(fields, hostRules);
   return signCertificate(fields, req.hostCa);
 }
+
+/** A broker node of a cluster, as its relay certificate names it: `node:<id>` (key id and the one principal). */
+const NODE_PRINCIPAL = /^node:(node_[a-z0-9]{16})$/;
+export const NODE_CERT_MAX_VALIDITY_S = 24 * 3600;
+
+export function nodePrincipal(nodeId: string): string {
+  return `node:${nodeId}`;
+}
+
+/** The node id a relay certificate's principal names; undefined if it names none. */
+export function parseNodePrincipal(principal: string): string | undefined {
+  return NODE_PRINCIPAL.exec(principal)?.[1];
+}
+
+const nodeRules: readonly CertRule[] = [
+  nonZeroSerial,
+  positiveValidity,
+  maxValidity(NODE_CERT_MAX_VALIDITY_S + BACKDATE_S),
+  keyIdPattern(NODE_PRINCIPAL),
+  exactlyOnePrincipal(NODE_PRINCIPAL),
+  onlyExtensions([]),
+  noCriticalOptions,
+];
+
+export interface NodeCertRequest {
+  readonly ca: KeyPair;
+  /** The node's relay key. */
+  readonly publicKey: PublicKey;
+  readonly nodeId: string;
+  readonly serial: bigint;
+  readonly now: Date;
+  /** Default one hour. */
+  readonly validitySeconds?: number;
+}
+
+/**
+ * A node's relay certificate (the node-to-node link, docs/cluster.md): a user
+ * certificate whose key id and one principal are node:<id>, with no extension
+ * at all, so that neither the gateway nor sshd lets it forward or reach a port
+ * (their principals are ports-A-B and reach-A-B), and the relay takes nothing else.
+ */
+export function signNodeCert(req: NodeCertRequest): Certificate {
+  const principal = nodePrincipal(req.nodeId);
+  const fields: CertificateFields = {
+    type: 'user',
+    publicKey: req.publicKey,
+    serial: req.serial,
+    keyId: principal,
+    principals: [principal],
+    ...window(req.now, req.validitySeconds ?? 3600),
+    criticalOptions: {},
+    extensions: {},
+  };
+  checkRules(fields, nodeRules);
+  return signCertificate(fields, req.ca);
+}

@@ -8,7 +8,7 @@
 import { join } from 'node:path';
 import { writeFileAtomic, type KeyPair, type PortBlock } from '../../ca/index.js';
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
-import type { TunnelPresence } from '../core/presence.js';
+import type { LocalTunnelPresence } from '../core/presence.js';
 import { splitHostPort, type BrokerConfig } from '../core/config.js';
 import { parseMaxStartups } from '../core/rate-limit.js';
 import type { DataPaths } from './data-dir.js';
@@ -19,7 +19,7 @@ import { OpensshPresence } from '../openssh/presence.js';
 import { judgeSshdPort, readSshdPorts } from '../openssh/sshd-port.js';
 import { killSessionsHoldingPorts, ticksSinceBoot } from '../openssh/session-killer.js';
 import type { RevocationList } from './revocation-list.js';
-import { createGateway, type Gateway, type GatewayLimits } from '../ssh/index.js';
+import { createGateway, type Gateway, type GatewayDeps, type GatewayLimits } from '../ssh/index.js';
 import { IssuedCache } from '../ssh/issued-cache.js';
 import { activeDevices, type Store } from '../store/index.js';
 
@@ -28,7 +28,7 @@ export interface SshSide {
   readonly port: number;
   readonly statsSource?: GatewayStatsSource;
   /** Which ports each device's tunnel holds (embedded gateway); absent in OpenSSH mode, where sshd holds them. */
-  readonly presence?: TunnelPresence;
+  readonly presence?: LocalTunnelPresence;
   /** What needs an operator on this side, as /healthz codes (OpenSSH mode: SSHD_PORT_MISMATCH); empty when nothing does. */
   problems(): readonly string[];
   /** Ends the device's live tunnels now; no file is written (DESIGN: revocation does not depend on I/O). */
@@ -72,6 +72,8 @@ export interface SshSideOptions {
   readonly paths: DataPaths;
   /** A node of a cluster (PostgreSQL store): presence names it, and logins may fall back on the login cache. */
   readonly cluster?: { readonly nodeId: string };
+  /** Several nodes: an operator's connection to a tunnel another node holds (cluster-relay.ts). */
+  readonly remoteReach?: GatewayDeps['remoteReach'];
 }
 
 /** How long the store's word on a serial stands in for it while it is unavailable, and how many serials are kept. */
@@ -155,6 +157,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
       if (!device || device.status !== 'active' || device.portFirst === null || device.portLast === null) return undefined;
       return { deviceId: device.id, block: { first: device.portFirst, last: device.portLast } };
     },
+    remoteReach: o.remoteReach,
     limits: { keepaliveIntervalMs: o.config.ssh.keepaliveIntervalSeconds * 1000, keepaliveCountMax: o.config.ssh.keepaliveCountMax, ...startupLimits(o.config) },
   });
   const { host, port } = splitHostPort(o.config.ssh.listen);

@@ -28,6 +28,7 @@ import { RevocationList } from './revocation-list.js';
 import { startSshSide, type SshSide } from './ssh-side.js';
 import { startClusterEvents } from './cluster-events.js';
 import { openStore } from '../store/index.js';
+import { createClusterRelay } from './cluster-relay.js';
 import { storeLocation } from './store-location.js';
 import type { Store } from '../store/types.js';
 import { DEVICE_LOGIN, type SshEndpointWire } from '../../api/index.js';
@@ -214,11 +215,17 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     shutdown.add(() => node.stop());
     // Several nodes share a PostgreSQL store: this node's id names its presence and its events connection.
     const clustered = location.databaseUrl !== undefined;
+    // The node-to-node link (cluster-relay.ts), when this node has cluster.internalListen.
+    const relay = config.cluster.internalListen
+      ? await createClusterRelay({ config, logger, store, clock, userCa: keys.userCa, revocations, nodeId: node.identity.id })
+      : undefined;
+    if (relay) shutdown.add(() => relay.close());
     const ssh = await startSshSide({
       config, logger, store, clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths,
-      ...(clustered ? { cluster: { nodeId: node.identity.id } } : {}),
+      ...(clustered || relay ? { cluster: { nodeId: node.identity.id } } : {}), remoteReach: relay?.remoteReach,
     });
     shutdown.add(() => ssh.close());
+    await relay?.listen(ssh.presence);
     if (ssh.statsSource) metrics.attachGateway(ssh.statsSource);
 
     // The rules' dependencies but their hooks: the revocation hook needs the access layer, which needs these.
@@ -235,7 +242,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       store, config, clock, ssh: sshEndpoint, sshEndpoints, ca: { userCa: keys.userCa, hostCaPublicKey: keys.hostCaPublicKey },
     };
     const access = await createAccessLayer({
-      core: coreBase, logger, presence: ssh.presence ?? UNKNOWN_PRESENCE, sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
+      core: coreBase, logger, presence: relay && ssh.presence ? relay.presence(ssh.presence) : (ssh.presence ?? UNKNOWN_PRESENCE), sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
     });
     shutdown.add(async () => access.close());
     // Failures on the API are aggregated; the proxy bounds its own with its failed-key limiter and audit window.
@@ -257,7 +264,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const apiUrl = config.api.publicUrl ?? localApiUrl(config, api.port);
     await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort: api.port, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o600 });
     shutdown.add(() => rm(paths.runtime, { force: true }));
-    await node.start({ sshEndpoint: { host: core.ssh.host, port: core.ssh.port }, apiUrl, ...options.cluster });
+    await node.start({ sshEndpoint: { host: core.ssh.host, port: core.ssh.port }, apiUrl, ...(relay ? relay.registration() : {}), ...options.cluster });
     logger.info({ apiUrl, sshPort: ssh.port, sshMode: config.ssh.mode }, 'broker started');
     return { apiUrl, apiPort: api.port, sshPort: ssh.port, store, core, revocations, ssh, access, node, close: () => shutdown.run() };
   } catch (err) {

@@ -53,7 +53,7 @@ export async function issueOperatorCertificate(
   return withFailureAudit(failureSink(core), failure, async () => {
     device = await findDeviceByRef(core, ref);
     const publicKey = parseDeviceKey(req.publicKey);
-    const forwarded = deps.presence.forwardedPorts(device.id);
+    const forwarded = await deps.presence.forwardedPorts(device.id);
     const block = checkReachable(device, forwarded);
     const target = device;
     return core.store.transaction(async (tx) => {

@@ -10,8 +10,11 @@
 import type { Duplex } from 'node:stream';
 
 export interface TunnelPresence {
-  /** Ports DEVICEID's tunnel forwards now ([] = offline), or undefined without a live view (OpenSSH mode). */
-  forwardedPorts(deviceId: string): readonly number[] | undefined;
+  /**
+   * Ports DEVICEID's tunnel forwards now ([] = offline), or undefined without a live view (OpenSSH mode; a
+   * tunnel held by another node of a cluster). A promise when the answer needs the store (several nodes).
+   */
+  forwardedPorts(deviceId: string): readonly number[] | undefined | Promise<readonly number[] | undefined>;
   /**
    * A stream into the tunnel, as a TCP connection to 127.0.0.1:PORT would
    * give, without the loopback hop (embedded gateway only; otherwise the
@@ -19,6 +22,11 @@ export interface TunnelPresence {
    * tunnel does not hold the port.
    */
   dial?(deviceId: string, port: number, origin: { address: string; port: number }): Promise<Duplex>;
+}
+
+/** This node's own view (the embedded gateway's): always known at once. */
+export interface LocalTunnelPresence extends TunnelPresence {
+  forwardedPorts(deviceId: string): readonly number[] | undefined;
 }
 
 /**

@@ -315,7 +315,7 @@ export class ProxyAuthorizer {
       return refuse('DEVICE_SERVICE_UNAVAILABLE', `${info.deviceName} has no http slot in its port block`, { device });
     }
     const port = device.portFirst + SLOT.http;
-    const forwarded = this.deps.presence.forwardedPorts(device.id);
+    const forwarded = await this.deps.presence.forwardedPorts(device.id);
     if (forwarded !== undefined && forwarded.length === 0) {
       return refuse('DEVICE_OFFLINE', `${info.deviceName} is offline`, { device, offlineSince: await this.offlineSince(device) });
     }

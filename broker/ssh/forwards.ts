@@ -13,7 +13,7 @@ import type { ByteCounters } from './stats.js';
 const EMPTY = Buffer.alloc(0);
 
 /**
- * Relays SOCKET <-> CHANNEL with backpressure both ways and half-close.
+ * Relays SOCKET (a TCP socket, or any stream: the node-to-node link's) <-> CHANNEL with backpressure both ways and half-close.
  *
  * pipe() pauses the source whenever the destination's buffer is full:
  * ssh2's channel buffers up to one window (RFC 4254 section 5.2) and only
@@ -26,7 +26,7 @@ const EMPTY = Buffer.alloc(0);
  * client that half-closes. A TCP FIN becomes CHANNEL_EOF instead (RFC 4254
  * section 5.3), and the channel is closed when the socket is.
  */
-export function relay(socket: Socket, channel: Channel, bytes?: ByteCounters): void {
+export function relay(socket: Duplex, channel: Channel, bytes?: ByteCounters): void {
   if (bytes) {
     socket.on('data', (chunk: Buffer) => {
       bytes.out += chunk.length;

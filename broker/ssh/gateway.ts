@@ -88,6 +88,7 @@ class EmbeddedGateway implements Gateway {
       sessionsOf: (identity) => this.registry.sessionsOf(identity),
       maxSessionsPerCertificate: limits.maxSessionsPerCertificate,
       resolveDevice: deps.resolveDevice,
+      remoteReach: deps.remoteReach,
       lookupIssued: deps.lookupIssued,
     };
     this.limiter = new ConnectionRateLimiter({ ratePerSecond: limits.perIpRatePerSecond, burst: limits.perIpBurst });

@@ -25,6 +25,7 @@ export interface ChannelDeps {
   readonly logger: GatewayLogger;
   audit(event: AuditEvent): void;
   readonly resolveDevice: GatewayDeps['resolveDevice'];
+  readonly remoteReach?: GatewayDeps['remoteReach'];
 }
 
 /** What a direct-tcpip channel asks for (RFC 4254 section 7.2), as ssh2 reports it. */
@@ -95,6 +96,8 @@ function connectDirectTcpip(deps: ChannelDeps, session: GatewaySession, reply: C
   if (!decision.allow) return refuseChannel(deps, session, DIRECT_TCPIP, reply.reject, decision.reason, target);
   const holder = deps.registry.owner(info.destPort);
   const reach = authorizeReach(holder, info.destPort);
+  // Not held here at all: the tunnel may be on another node of the cluster (relay-client.ts).
+  if (!reach.allow && !holder && deps.remoteReach && session.identity.role === 'operator') return connectRemote(deps, session, reply, info.destPort, deps.remoteReach);
   if (!reach.allow) return refuseChannel(deps, session, DIRECT_TCPIP, reply.reject, reach.reason, target);
   const deviceId = holder!.deviceId; // authorizeReach allows only a port some session holds
   // Who reached which device: the target is the device, the certificate (key id, serial) links to its issuance audit.
@@ -103,6 +106,35 @@ function connectDirectTcpip(deps: ChannelDeps, session: GatewaySession, reply: C
     details: { deviceId, port: info.destPort, keyId: session.identity.keyId, serial: session.identity.serial.toString() },
   });
   relayToTunnel(session, reply, info.destPort);
+}
+
+/**
+ * PORT of the operator certificate's device through the node that holds its
+ * tunnel; refused with that node's code (DEVICE_OFFLINE, …) otherwise.
+ * Confirmed only once the far end is connected, as relayToTunnel does.
+ */
+function connectRemote(deps: ChannelDeps, session: GatewaySession, reply: ChannelReply, port: number, remoteReach: NonNullable<GatewayDeps['remoteReach']>): void {
+  const { identity } = session;
+  const target = `${TUNNEL_HOST}:${port}`;
+  remoteReach(identity.deviceId, port, { address: session.remoteAddr, port: 0 }).then(
+    (stream) => {
+      if (session.closed) {
+        stream.destroy();
+        return reply.reject();
+      }
+      deps.audit({
+        actor: actorOf(identity), action: 'ssh.reach', target: identity.deviceId, remoteAddr: session.remoteAddr, outcome: 'allowed',
+        details: { deviceId: identity.deviceId, port, keyId: identity.keyId, serial: identity.serial.toString(), via: 'relay' },
+      });
+      session.directRelays.add(stream);
+      stream.once('close', () => session.directRelays.delete(stream));
+      relay(stream, reply.accept());
+    },
+    (err: unknown) => {
+      const code = (err as { code?: unknown }).code;
+      refuseChannel(deps, session, DIRECT_TCPIP, reply.reject, typeof code === 'string' && /^[A-Z_]{1,40}$/.test(code) ? code : 'INTERNAL_ERROR', target);
+    },
+  );
 }
 
 /** Connects to 127.0.0.1:PORT and relays it over the channel, confirmed only once the connection exists, as sshd does. */

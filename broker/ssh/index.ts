@@ -36,3 +36,19 @@ export {
   type Identity,
   type OperatorIdentity,
 } from './authorize.js';
+export { RelayServer, RelayRefusal, type RelayServerDeps } from './relay-server.js';
+export { RelayClient, RelayDialError, type RelayClientDeps, type RelayPeer } from './relay-client.js';
+export {
+  authorizeNodePeer,
+  authorizeRelayTarget,
+  checkNodeCertificate,
+  nodeLiveness,
+  parseRelayTarget,
+  formatRelayStatus,
+  parseRelayStatus,
+  type NodeCertRefusal,
+  type NodeIdentity as RelayNodeIdentity,
+  type NodePeerRefusal,
+  type RegisteredNode,
+  type RelayTargetRefusal,
+} from './relay-authorize.js';

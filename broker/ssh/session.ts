@@ -4,6 +4,7 @@
  * knows how to let go of everything at once.
  */
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Connection } from 'ssh2';
 import { FOREVER } from '../../ca/index.js';
 import type { Identity } from './authorize.js';
@@ -32,7 +33,7 @@ export class GatewaySession {
   /** Listeners by port. */
   readonly forwards = new Map<number, RemoteForward>();
   /** Operators' direct-tcpip connections. */
-  readonly directRelays = new Set<Socket>();
+  readonly directRelays = new Set<Duplex>();
   private expiryTimer: NodeJS.Timeout | undefined;
   private ending: Promise<void> | undefined;
 

@@ -126,6 +126,13 @@ export interface GatewayDeps {
    * only 127.0.0.1 is a target.
    */
   resolveDevice?(name: string): Promise<NamedDevice | undefined>;
+  /**
+   * Several nodes (docs/cluster.md): an operator's connection to a port no
+   * session here holds goes to DEVICEID's tunnel on the node that holds it,
+   * over the node-to-node link; rejects with a code (DEVICE_OFFLINE, …).
+   * Without it such a connection is refused (TUNNEL_NOT_CONNECTED).
+   */
+  remoteReach?(deviceId: string, port: number, origin: { address: string; port: number }): Promise<Duplex>;
   /** Fire-and-forget. */
   audit(event: AuditEvent): void;
   presence?(update: PresenceUpdate): void;
