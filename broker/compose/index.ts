@@ -45,3 +45,4 @@ export { splitHostPort, type BrokerConfig } from '../core/config.js';
 export { createLogger, type Logger } from '../telemetry/logger.js';
 export { renderNginxConfig, type NginxConfigInput } from '../proxy/nginx-config.js';
 export { DATABASE_URL_ENV } from './store-location.js';
+export { migrateStore, redactDatabaseUrl, MIGRATED_SUFFIX, type MigrateStoreOptions, type MigrateStoreResult } from './store-migrate.js';
