@@ -130,7 +130,8 @@ const quote = (name: string): string => `"${name.replace(/"/g, '""')}"`;
 /** SQLite: integers and booleans CAST AS TEXT (exact for 64-bit values), text as is. */
 function sqliteSelect(shape: TableShape, limit: number, after: boolean): string {
   const cols = shape.columns.map((c) => (c.kind === 'text' ? quote(c.name) : `CAST(${quote(c.name)} AS TEXT) AS ${quote(c.name)}`)).join(', ');
-  const key = quote(shape.key.name);
+  // Table-qualified: in ORDER BY, SQLite would take the bare name for the TEXT alias above and order 10 before 9.
+  const key = `${quote(shape.table)}.${quote(shape.key.name)}`;
   return `SELECT ${cols} FROM ${quote(shape.table)}${after ? ` WHERE ${key} > ?` : ''} ORDER BY ${key} LIMIT ${limit}`;
 }
 
@@ -176,6 +177,11 @@ async function copyTable(client: pg.ClientBase, source: SqliteReader, shape: Tab
       throw copyFailed(shape.table, err);
     }
   }
+  // The keyset walk must have met every row: counted apart, so that a walk that skips rows cannot verify itself.
+  const total = Number((await source.all(`SELECT count(*) AS n FROM ${quote(shape.table)}`))[0]!.n);
+  if (total !== digest.rows) {
+    throw new BrokerError('MIGRATION_COPY_FAILED', `table ${shape.table}: read ${digest.rows} rows of ${total} in key order; nothing was committed`);
+  }
   return digest;
 }
 
@@ -193,6 +199,25 @@ function copyFailed(table: string, err: unknown): BrokerError {
   const mapped = toPgStoreError(err, 'store migrate');
   if (mapped.code === 'STORE_UNAVAILABLE') return mapped;
   return new BrokerError('MIGRATION_COPY_FAILED', `copying table ${table} failed (SQLSTATE ${String(e.code ?? '?')}: ${String(e.message ?? err)}); nothing was committed`);
+}
+
+/** Row by row in key order on both sides: where the first difference is (key and column), for the message. */
+async function firstDifference(client: pg.ClientBase, source: SqliteReader, shape: TableShape, chunkRows: number): Promise<string> {
+  const limit = chunkSize(shape, chunkRows);
+  const sourceRows = chunks((after) => source.all(sqliteSelect(shape, limit, after !== undefined), after === undefined ? [] : [after]), shape, limit);
+  const targetRows = chunks(async (after) => (await client.query(pgSelect(shape, limit, after !== undefined), after === undefined ? [] : [after])).rows, shape, limit);
+  const keyIndex = shape.columns.indexOf(shape.key);
+  let a: Canonical[][] = [];
+  let b: Canonical[][] = [];
+  for (;;) {
+    if (a.length === 0) a = (await sourceRows.next()).value ?? [];
+    if (b.length === 0) b = (await targetRows.next()).value ?? [];
+    const [x, y] = [a.shift(), b.shift()];
+    if (!x && !y) return 'no row differs on a second reading';
+    if (!x || !y) return `${shape.key.name} ${String((x ?? y)![keyIndex])} is only in the ${x ? 'SQLite file' : 'target'}`;
+    const column = shape.columns.findIndex((_, i) => x[i] !== y[i]);
+    if (column !== -1) return `${shape.key.name} ${String(x[keyIndex])} differs in column ${shape.columns[column]!.name}`;
+  }
 }
 
 async function copyAndVerify(client: pg.ClientBase, source: SqliteReader, o: CopyOptions): Promise<TableCopyReport[]> {
@@ -213,7 +238,7 @@ async function copyAndVerify(client: pg.ClientBase, source: SqliteReader, o: Cop
     if (copied.rows !== expected.rows || copied.hex() !== expected.hex()) {
       throw new BrokerError(
         'MIGRATION_VERIFY_FAILED',
-        `table ${shape.table}: the copy does not match the SQLite file (rows ${copied.rows} vs ${expected.rows}, sha256 ${copied.hex().slice(0, 16)}… vs ${expected.hex().slice(0, 16)}…); nothing was committed`,
+        `table ${shape.table}: the copy does not match the SQLite file (rows ${copied.rows} vs ${expected.rows}, sha256 ${copied.hex().slice(0, 16)}… vs ${expected.hex().slice(0, 16)}…; ${await firstDifference(client, source, shape, chunkRows)}); nothing was committed`,
       );
     }
     report.push({ table: shape.table, rows: expected.rows, sha256: expected.hex() });
