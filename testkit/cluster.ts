@@ -46,11 +46,12 @@ const LISTEN = ['--api-listen', '127.0.0.1:0', '--ssh-listen', '127.0.0.1:0'];
 /**
  * Another node's data directory from node 1's: its keys, TLS identity,
  * config and database URL, without the files that make a node itself
- * (node.json, broker.lock, the runtime file, the SQLite file, OpenSSH-mode files).
+ * (node.json, broker.lock, the runtime file, the SQLite file or the one
+ * `store migrate` kept, OpenSSH-mode files).
  */
 export async function makeNodeDir(from: string, to: string): Promise<void> {
   await cp(from, to, { recursive: true, preserveTimestamps: true });
-  for (const f of ['node.json', 'broker.lock', 'broker.runtime.json', 'broker.sqlite', 'openssh']) await rm(join(to, f), { recursive: true, force: true });
+  for (const f of ['node.json', 'broker.lock', 'broker.runtime.json', 'broker.sqlite', 'broker.sqlite.migrated', 'openssh']) await rm(join(to, f), { recursive: true, force: true });
 }
 
 export async function startTestCluster(o: ClusterOptions): Promise<TestCluster> {
