@@ -77,6 +77,14 @@ export const ERROR_STATUS = {
   NODE_TOKEN_SEAL_INVALID: 422,
   /** (CLI, join, node token) The database is not a certunnel cluster's (no fleet in it, or a data directory on SQLite). */
   NOT_A_CLUSTER: 409,
+  /** (CLI) `store migrate`: the data directory already keeps its store in PostgreSQL (database.url, or CERTUNNEL_DATABASE_URL). */
+  STORE_ALREADY_MIGRATED: 409,
+  /** (CLI) `store migrate`: the target database holds tables or rows already (not another fleet's: that is DATABASE_IN_USE). */
+  DATABASE_NOT_EMPTY: 409,
+  /** (CLI) `store migrate`: PostgreSQL refused a row, or the schemas differ; the copy was rolled back, nothing changed. */
+  MIGRATION_COPY_FAILED: 500,
+  /** (CLI) `store migrate`: the copy read back does not match the SQLite file (counts or checksums); rolled back, nothing changed. */
+  MIGRATION_VERIFY_FAILED: 500,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

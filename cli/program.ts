@@ -20,6 +20,7 @@ const GROUPS: ReadonlyArray<{ readonly commands: readonly string[]; readonly loa
   { commands: ['ssh', 'ssh-proxy', 'ssh-config'], load: async () => (await import('./ssh-commands.js')).registerSshCommands },
   { commands: ['proxy'], load: async () => (await import('./proxy-commands.js')).registerProxyCommands },
   { commands: ['provision'], load: async () => (await import('./provision-commands.js')).registerProvisionCommands },
+  { commands: ['store'], load: async () => (await import('./store-commands.js')).registerStoreCommands },
   { commands: ['agent'], load: async () => (await import('./agent-commands.js')).registerAgentCommands },
 ];
 

@@ -37,8 +37,8 @@ export function spawnBroker(args: readonly string[], env: NodeJS.ProcessEnv = {}
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`broker did not start: ${err}`));
-    }, 90_000); // generous: a loaded 2-core machine running the suite
+      reject(new Error(`broker did not start within 90 s: ${err}`));
+    }, 90_000);
     child.stdout.on('data', (c: Buffer) => {
       out += c.toString();
       const line = out.split('\n').find((l) => l.startsWith('{"ready":true'));

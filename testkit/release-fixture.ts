@@ -1,6 +1,7 @@
 /**
- * The data directory and agent state directories made by an earlier
- * release, kept as fixtures (test/fixtures/v0.2.0, see its README), and how
+ * The data directories and agent state directories made by earlier
+ * releases, kept as fixtures (test/fixtures/v0.2.0 and v0.3.0, see their
+ * READMEs; the upgrade tests run once per RELEASE_FIXTURES entry), and how
  * a test gets a usable copy of them: git keeps no file modes, so a copy
  * gets 0700 directories and 0600 secrets back, as the release made them.
  */
@@ -12,6 +13,24 @@ import { fileURLToPath } from 'node:url';
 export const V020_FIXTURE = fileURLToPath(new URL('../test/fixtures/v0.2.0/', import.meta.url));
 /** Just after that fixture was made: its tokens (30-day default) are valid at this time. Re-making it moves this. */
 export const V020_FIXTURE_TIME = Date.parse('2026-12-05T06:32:00Z');
+
+/** test/fixtures/v0.3.0/, made by v0.3.0's code with the same make.sh. */
+export const V030_FIXTURE = fileURLToPath(new URL('../test/fixtures/v0.3.0/', import.meta.url));
+export const V030_FIXTURE_TIME = Date.parse('2026-12-05T08:50:00Z');
+
+export interface ReleaseFixture {
+  /** The release tag that made it. */
+  readonly release: string;
+  readonly dir: string;
+  /** Just after it was made (its tokens are valid then). */
+  readonly time: number;
+}
+
+/** Every release fixture, oldest first: an upgrade test runs once for each. */
+export const RELEASE_FIXTURES: readonly ReleaseFixture[] = [
+  { release: 'v0.2.0', dir: V020_FIXTURE, time: V020_FIXTURE_TIME },
+  { release: 'v0.3.0', dir: V030_FIXTURE, time: V030_FIXTURE_TIME },
+];
 
 /** 0700 on DIR and every directory below it, 0600 on every file that isPublic does not name. */
 export async function restoreModes(dir: string, isPublic: (file: string) => boolean): Promise<void> {

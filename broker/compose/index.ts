@@ -46,3 +46,4 @@ export { createLogger, type Logger } from '../telemetry/logger.js';
 export { renderNginxConfig, type NginxConfigInput } from '../proxy/nginx-config.js';
 export { DATABASE_URL_ENV } from './store-location.js';
 export { joinCluster, mintJoinToken, DEFAULT_JOIN_TTL_SECONDS, type JoinOptions, type JoinResult, type MintedJoinToken } from './node-join.js';
+export { migrateStore, redactDatabaseUrl, MIGRATED_SUFFIX, type MigrateStoreOptions, type MigrateStoreResult } from './store-migrate.js';

@@ -113,7 +113,7 @@ function isUnavailable(err: unknown): boolean {
 }
 
 /** A driver error as the store's callers see it: STORE_UNAVAILABLE, STORE_BUSY or INTERNAL (store/db.ts). */
-function toPgStoreError(err: unknown, operation: string): BrokerError {
+export function toPgStoreError(err: unknown, operation: string): BrokerError {
   if (err instanceof BrokerError) return err;
   if (isUnavailable(err)) {
     return new BrokerError('STORE_UNAVAILABLE', `store: ${operation}: the database cannot be reached`, { cause: new Error(errorCode(err) ?? 'connection') });
