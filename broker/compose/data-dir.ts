@@ -31,6 +31,8 @@ export interface DataPaths {
   readonly runtime: string;
   /** HMAC key of the HTTP proxy's login sessions (0600); made by the broker on first start. */
   readonly proxySessionKey: string;
+  /** HMAC key of the console's sessions (0600); made by the broker on first start. */
+  readonly consoleSessionKey: string;
 }
 
 export function dataPaths(dir: string): DataPaths {
@@ -47,6 +49,7 @@ export function dataPaths(dir: string): DataPaths {
     krl: join(dir, 'revoked.krl'),
     runtime: join(dir, 'broker.runtime.json'),
     proxySessionKey: join(dir, 'tls', 'proxy-session.key'),
+    consoleSessionKey: join(dir, 'tls', 'console-session.key'),
   };
 }
 

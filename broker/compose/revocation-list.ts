@@ -52,6 +52,7 @@ export class RevocationList {
   private retryTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
+  private krlVersion = 0n;
   constructor(
     private readonly store: RevocationStore,
     private readonly userCaKey: PublicKey,
@@ -111,6 +112,7 @@ export class RevocationList {
       comment: 'certunnel revoked devices',
     };
     this.bytes = encodeKrl(input);
+    this.krlVersion = version;
     return this.write(input);
   }
 
@@ -165,6 +167,11 @@ export class RevocationList {
 
   get krl(): Buffer {
     return this.bytes;
+  }
+
+  /** The version of the KRL in krl (0 before the first rebuild). */
+  get version(): bigint {
+    return this.krlVersion;
   }
 
   /** Stops retrying (shutdown). */

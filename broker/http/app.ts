@@ -15,6 +15,8 @@ import { limitFailures } from './failure-limit.js';
 import { registerAccessRoutes } from './routes-access.js';
 import { registerDeviceRoutes } from './routes-device.js';
 import { registerOperatorRoutes } from './routes-operator.js';
+import { consolePages, registerConsoleRoutes } from './routes-console.js';
+import { registerFleetRoutes } from './routes-fleet.js';
 
 /** 5xx answers about a device (offline since …), not about the broker: their messages are written for the caller. */
 const DEVICE_5XX: ReadonlySet<ErrorCode> = new Set(['DEVICE_OFFLINE', 'DEVICE_SERVICE_UNAVAILABLE']);
@@ -71,6 +73,8 @@ export function createApp(deps: HttpDeps): Koa<AppState> {
   });
 
   app.use(limitFailures(deps));
+  // The console's pages, before the JSON-only rule: its sign-in form posts urlencoded.
+  if (deps.console) app.use(consolePages(deps, deps.console));
   app.use(async (ctx, next) => {
     if (ctx.method === 'POST' && ctx.request.length && !ctx.is('application/json')) {
       throw new BrokerError('UNSUPPORTED_MEDIA_TYPE', 'request bodies must be application/json');
@@ -90,6 +94,8 @@ export function createApp(deps: HttpDeps): Koa<AppState> {
 
   registerDeviceRoutes(router, deps);
   registerOperatorRoutes(router, deps);
+  registerFleetRoutes(router, deps);
+  if (deps.console) registerConsoleRoutes(router, deps, deps.console);
   if (deps.access) registerAccessRoutes(router, deps, deps.access);
   app.use(router.routes());
   app.use(router.allowedMethods());
