@@ -103,6 +103,16 @@ export default tseslint.config(
   brokerRoom('oidc', { may: ['proxy', 'telemetry'] }),
   brokerRoom('compose', { may: ['store', 'http', 'ssh', 'openssh', 'proxy', 'telemetry'] }),
   {
+    // The console's script runs in the browser (served by broker/http/routes-console.ts): browser globals, no imports.
+    files: ['broker/http/console-assets/**/*.js'],
+    languageOptions: {
+      sourceType: 'module',
+      globals: Object.fromEntries(
+        ['window', 'document', 'location', 'navigator', 'fetch', 'EventSource', 'URL', 'URLSearchParams', 'Blob', 'Node', 'HTMLInputElement', 'HTMLTextAreaElement', 'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'].map((g) => [g, 'readonly']),
+      ),
+    },
+  },
+  {
     files: ['test/**/*.ts'],
     rules: { 'no-restricted-imports': restrict() },
   },

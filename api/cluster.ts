@@ -3,7 +3,6 @@
  * broker nodes sharing one PostgreSQL database (docs/cluster.md). A single
  * broker on SQLite lists itself, alone.
  */
-import type { SshAddressWire } from './device.js';
 
 /**
  * Derived, not stored: `stopped` (it stopped cleanly), `down` (its heartbeat

@@ -69,6 +69,8 @@ export const ERROR_STATUS = {
   API_KEY_PROXY_ONLY: 403,
   /** Revoking the last active admin key needs {"force": true}. */
   LAST_ADMIN_KEY: 409,
+  /** (Console) A POST, PUT or DELETE made with a console session cookie without its CSRF token (X-CSRF-Token) or from another origin. */
+  CSRF_TOKEN_INVALID: 403,
   /** (CLI) Another running broker holds the data directory's lock; the message names its pid. */
   DATA_DIR_LOCKED: 409,
   /** (CLI, join) The node join token is malformed, unknown, already used or expired (which of these is not said). */

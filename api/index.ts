@@ -9,6 +9,7 @@
  *   tunnel.ts    what devices and operators do on the SSH server: logins,
  *                the loopback address, port-block slots, device names
  *   errors.ts    the error codes and their HTTP statuses, ApiError
+ *   console.ts   labels, certificate history, batches, broker status, the console session
  *   client.ts    the JSON client with TLS pinning
  */
 export * from './device.js';
@@ -17,4 +18,5 @@ export * from './cluster.js';
 export * from './access.js';
 export * from './tunnel.js';
 export * from './errors.js';
+export * from './console.js';
 export { apiRequest, type ApiCall, type ApiClientOptions } from './client.js';

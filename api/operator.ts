@@ -109,6 +109,21 @@ export interface ListDevicesRequest extends ListRequest {
   name?: string;
   /** KEY=VALUE: devices whose labels hold exactly that pair. */
   label?: string;
+  /** `true`: devices with a tunnel up; `false`: without (added for the console). */
+  online?: 'true' | 'false';
+  /** The order of the pages: created (default), name, lastSeen (most recent first). */
+  sort?: DeviceSort;
+}
+
+export const DEVICE_SORTS = ['created', 'name', 'lastSeen'] as const;
+export type DeviceSort = (typeof DEVICE_SORTS)[number];
+
+/** A device's current (latest) certificate, as the fleet lists it. */
+export interface DeviceCertificateSummary {
+  /** uint64, decimal. */
+  serial: string;
+  validBefore: string;
+  revoked: boolean;
 }
 
 export interface DeviceView {
@@ -131,6 +146,8 @@ export interface DeviceView {
   revokeReason: string | null;
   /** The API key's name when revokedBy is `apikey:<id>` (absent otherwise; added after v0.2.0, so last). */
   revokedByName?: string;
+  /** The latest certificate issued to the device, if any (added with the console, so last). */
+  certificate?: DeviceCertificateSummary;
 }
 
 export type ListDevicesResponse = ListResponse<DeviceView>;
@@ -153,6 +170,10 @@ export interface ListAuditRequest extends ListRequest {
   since?: string;
   action?: string;
   actor?: string;
+  /** Events about this target (a device id, a key id, …). */
+  target?: string;
+  /** Events before this ISO time. */
+  until?: string;
 }
 
 export interface AuditEventView {

@@ -7,10 +7,13 @@
  *   device        a tiny web service, and the agent: it enrolls and opens the tunnel
  *   operator      list devices, send a request through the broker to the device, revoke it
  *                 — the tunnel is cut and the agent stops with its "revoked" status
+ *   console       where the operators' web console is, and an admin key to sign in with
+ *                 (in a file, never on screen); with --keep the broker keeps running until Ctrl-C
  *
  * Everything lives in one temporary directory, on 127.0.0.1 and ephemeral
  * ports; every child process is stopped and the directory removed at the
- * end, on failure, and on Ctrl-C. The whole run is bounded (90 s). API keys
+ * end, on failure, and on Ctrl-C. The whole run is bounded (90 s), and
+ * with --keep the broker stays up afterwards, for the console, until Ctrl-C. API keys
  * are shown shortened; enrollment tokens are never shown.
  *
  * The device root is a minimal image: an /etc/passwd whose certunnel-agent
@@ -31,7 +34,9 @@ import { isListening } from '../testkit/net.js';
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 const ENTRY = join(REPO, 'cli/main.ts');
 const DEADLINE_MS = 90_000;
-const STEPS = 8;
+const STEPS = 9;
+/** `npm run demo -- --keep`: leave the broker running at the end (for the console) until Ctrl-C. */
+const KEEP = process.argv.includes('--keep');
 const DOMAIN = 'demo.certunnel.test';
 
 interface Run {
@@ -194,11 +199,13 @@ function cleanup(): Promise<void> {
 }
 
 let interrupted = false;
+let keeping = false;
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {
     interrupted = true;
     process.stderr.write(`\ndemo: ${signal}: cleaning up\n`);
-    void cleanup().finally(() => process.exit(130));
+    // Ctrl-C is how a --keep run ends: a success, once the demo itself completed.
+    void cleanup().finally(() => process.exit(keeping ? 0 : 130));
   });
 }
 // A reader that goes away (`npm run demo | head`) or a bug must not leave a broker behind.
@@ -333,6 +340,17 @@ async function revokeDevice(data: string, target: ProxyTarget, httpPort: number,
   if (status !== 10) throw new DemoError(`the agent exited with ${status}, not 10 (revoked)`);
 }
 
+/** Step 9: the console on the broker's own origin, and an admin key for it in a file (0600) under $DEMO. */
+async function showConsole(data: string, apiUrl: string): Promise<void> {
+  title('Operators: the same broker in a browser, the console');
+  const run = await certunnel(['apikey', 'create', '--data', data, '--role', 'admin', '--name', 'console-admin'], { quiet: true });
+  const keyFile = join(work, 'console-admin.key');
+  await writeFile(keyFile, `${run.stdout.trim()}\n`, { mode: 0o600 });
+  print(`  console: ${apiUrl}/console/`);
+  print(`  (the broker's TLS certificate is its own, made by init: the browser asks you to accept it once)`);
+  process.stdout.write(`  sign in with the admin API key in ${keyFile}\n`);
+}
+
 async function demo(): Promise<void> {
   print(`certunnel demo: a broker, a factory, a device and an operator on this machine.`);
   process.stdout.write(`Everything lives in ${work} (shown as $DEMO) and is removed at the end.\n`);
@@ -343,11 +361,21 @@ async function demo(): Promise<void> {
   const { httpPort, agentExit } = await startAgent(root);
   const target = await reachDevice(data, broker.apiUrl, operatorKey);
   await revokeDevice(data, target, httpPort, agentExit);
+  await showConsole(data, broker.apiUrl);
+}
+
+/** --keep: the broker (and the demo's directory) stay until Ctrl-C, whose handler cleans up. */
+async function keepRunning(): Promise<void> {
+  clearTimeout(watchdog);
+  keeping = true;
+  print('\n--keep: the broker keeps running for the console; press Ctrl-C to stop it and remove $DEMO');
+  await new Promise<never>(() => undefined);
 }
 
 let failed = false;
 try {
   await demo();
+  if (KEEP) await keepRunning();
 } catch (err) {
   failed = true;
   if (!interrupted) process.stderr.write(`\ndemo: FAILED: ${mask(err instanceof Error ? err.message : String(err))}\n`);

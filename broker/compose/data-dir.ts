@@ -36,6 +36,8 @@ export interface DataPaths {
   readonly proxySessionKey: string;
   /** This broker node's identity in a cluster (compose/node-identity.ts); made on first start. */
   readonly node: string;
+  /** HMAC key of the console's sessions (0600); made by the broker on first start. */
+  readonly consoleSessionKey: string;
 }
 
 export function dataPaths(dir: string): DataPaths {
@@ -54,6 +56,7 @@ export function dataPaths(dir: string): DataPaths {
     runtime: join(dir, 'broker.runtime.json'),
     proxySessionKey: join(dir, 'tls', 'proxy-session.key'),
     node: join(dir, 'node.json'),
+    consoleSessionKey: join(dir, 'tls', 'console-session.key'),
   };
 }
 

@@ -54,6 +54,7 @@ export class RevocationList {
   private retryTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
+  private krlVersion = 0n;
   constructor(
     private readonly store: RevocationStore,
     private readonly userCaKey: PublicKey,
@@ -120,6 +121,7 @@ export class RevocationList {
       comment: 'certunnel revoked devices',
     };
     this.bytes = encodeKrl(input);
+    this.krlVersion = version;
     return this.write(input);
   }
 
@@ -174,6 +176,11 @@ export class RevocationList {
 
   get krl(): Buffer {
     return this.bytes;
+  }
+
+  /** The version of the KRL in krl (0 before the first rebuild). */
+  get version(): bigint {
+    return this.krlVersion;
   }
 
   /** Stops retrying (shutdown). */

@@ -11,6 +11,9 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { formatPublicKey, loadKeyPair, loadPublicKey, writeFileAtomic, type KeyPair, type PublicKey } from '../../ca/index.js';
 import { createAccessLayer, UNKNOWN_PRESENCE, type AccessLayer } from '../proxy/index.js';
+import { loadOrCreateSessionSecret } from '../proxy/session-cookie.js';
+import { FleetEvents } from '../core/fleet-events.js';
+import { announcingPresence, startTunnelSampler } from './fleet-watch.js';
 import { implicitTrustProxyWarning, splitHostPort, trustsProxy, type BrokerConfig } from '../core/config.js';
 import { isWildcardAddress } from '../core/net-address.js';
 import { configuredSshEndpoints } from '../core/ssh-endpoints.js';
@@ -116,8 +119,8 @@ function sshEndpointOf(config: BrokerConfig, sshPort: number, keys: BrokerKeys):
  * then the sessions made with them ended. The hooks never reject: a store
  * that cannot be read is logged, and the reconciliation catches up.
  */
-function revocationHooks(parts: { revocations: RevocationList; ssh: SshSide; access: AccessLayer; logger: Logger }): CoreHooks {
-  const { revocations, ssh, access, logger } = parts;
+function revocationHooks(parts: { revocations: RevocationList; ssh: SshSide; access: AccessLayer; logger: Logger; events: FleetEvents }): CoreHooks {
+  const { revocations, ssh, access, logger, events } = parts;
   const writeKrl = async (): Promise<boolean> =>
     revocations.refresh().catch((err: unknown) => {
       logger.error({ err }, 'KRL rebuild failed; the reconciliation will retry');
@@ -130,6 +133,7 @@ function revocationHooks(parts: { revocations: RevocationList; ssh: SshSide; acc
       revocations.deny({ deviceIds: [deviceId] });
       await endTunnels(deviceId);
       access.deviceRevoked(deviceId);
+      events.devicesChanged(deviceId);
       const written = await writeKrl();
       await endTunnels(deviceId);
       logger.info({ deviceId, krlWritten: written }, 'device revoked: denied in memory, live sessions closed');
@@ -220,8 +224,9 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       ? await createClusterRelay({ config, logger, store, clock, userCa: keys.userCa, revocations, nodeId: node.identity.id })
       : undefined;
     if (relay) shutdown.add(() => relay.close());
+    const events = new FleetEvents();
     const ssh = await startSshSide({
-      config, logger, store, clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths,
+      config, logger, store: announcingPresence(store, events), clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths,
       ...(clustered || relay ? { cluster: { nodeId: node.identity.id } } : {}), remoteReach: relay?.remoteReach,
     });
     shutdown.add(() => ssh.close());
@@ -246,17 +251,22 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     });
     shutdown.add(async () => access.close());
     // Failures on the API are aggregated; the proxy bounds its own with its failed-key limiter and audit window.
-    const core: CoreDeps = { ...coreBase, failureAudit, hooks: revocationHooks({ revocations, ssh, access, logger }) };
+    const core: CoreDeps = { ...coreBase, failureAudit, hooks: revocationHooks({ revocations, ssh, access, logger, events }) };
     const stopReconciliation = startReconciliation({ revocations, ssh, logger, intervalMs: config.ssh.reconcileSeconds * 1000 });
     shutdown.add(async () => stopReconciliation());
     if (location.databaseUrl !== undefined) {
-      const events = startClusterEvents({ databaseUrl: location.databaseUrl, nodeId: node.identity.id, logger, hooks: core.hooks, revocations, ssh, ...(ssh.loginCache ? { loginCache: ssh.loginCache } : {}) });
-      shutdown.add(() => events.close());
+      const clusterEvents = startClusterEvents({ databaseUrl: location.databaseUrl, nodeId: node.identity.id, logger, hooks: core.hooks, revocations, ssh, ...(ssh.loginCache ? { loginCache: ssh.loginCache } : {}) });
+      shutdown.add(() => clusterEvents.close());
     }
 
     const apiPin = config.api.insecureHttp ? null : (await readFile(paths.apiPin, 'utf8')).trim();
+    const sampler = startTunnelSampler({ store, clock, logger, intervalMs: 60_000, keep: 24 * 60 });
+    shutdown.add(async () => sampler.stop());
+    const consoleDeps = {
+      sessionSecret: await loadOrCreateSessionSecret(paths.consoleSessionKey), events, tunnelSamples: sampler.samples, krlVersion: () => revocations.version, startedAt: clock(),
+    };
     const app = createApp({
-      core, logger, metrics, revocations, apiPin, access, problems: () => ssh.problems(),
+      core, logger, metrics, revocations, apiPin, access, problems: () => ssh.problems(), console: consoleDeps,
       publicKeys: { userCa: formatPublicKey(keys.userCa.publicKey), hostCa: formatPublicKey(keys.hostCaPublicKey), hostKey: core.ssh.hostKey },
     });
     const api = await startApiServer(config, paths, access, app.callback(), logger);

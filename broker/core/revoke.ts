@@ -19,7 +19,7 @@ export interface RevokeResult {
 }
 
 /** Finds a device by id or, failing that, by name. */
-export async function findDeviceByRef(deps: CoreDeps, ref: string): Promise<DeviceRecord> {
+export async function findDeviceByRef(deps: Pick<CoreDeps, 'store'>, ref: string): Promise<DeviceRecord> {
   const device = (await deps.store.findDevice(ref)) ?? (await deps.store.findDeviceByName(ref));
   if (!device) throw new BrokerError('DEVICE_UNKNOWN', 'no such device');
   return device;

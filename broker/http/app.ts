@@ -16,6 +16,8 @@ import { registerAccessRoutes } from './routes-access.js';
 import { registerDeviceRoutes } from './routes-device.js';
 import { registerNodeRoutes } from './routes-nodes.js';
 import { registerOperatorRoutes } from './routes-operator.js';
+import { consolePages, registerConsoleRoutes } from './routes-console.js';
+import { registerFleetRoutes } from './routes-fleet.js';
 
 /** 5xx answers about a device (offline since …), not about the broker: their messages are written for the caller. */
 const DEVICE_5XX: ReadonlySet<ErrorCode> = new Set(['DEVICE_OFFLINE', 'DEVICE_SERVICE_UNAVAILABLE']);
@@ -72,6 +74,8 @@ export function createApp(deps: HttpDeps): Koa<AppState> {
   });
 
   app.use(limitFailures(deps));
+  // The console's pages, before the JSON-only rule: its sign-in form posts urlencoded.
+  if (deps.console) app.use(consolePages(deps, deps.console));
   app.use(async (ctx, next) => {
     if (ctx.method === 'POST' && ctx.request.length && !ctx.is('application/json')) {
       throw new BrokerError('UNSUPPORTED_MEDIA_TYPE', 'request bodies must be application/json');
@@ -92,6 +96,8 @@ export function createApp(deps: HttpDeps): Koa<AppState> {
   registerDeviceRoutes(router, deps);
   registerOperatorRoutes(router, deps);
   registerNodeRoutes(router, deps);
+  registerFleetRoutes(router, deps);
+  if (deps.console) registerConsoleRoutes(router, deps, deps.console);
   if (deps.access) registerAccessRoutes(router, deps, deps.access);
   app.use(router.routes());
   app.use(router.allowedMethods());

@@ -1,14 +1,15 @@
 /**
  * Failed requests per client address on the API: enrollments and renewals
- * that fail, and unknown API keys. A source gets api.failureBurst failures,
+ * that fail, unknown API keys (bearer, or typed into the console's sign-in form). A source gets api.failureBurst failures,
  * refilled at api.failuresPerMinute; once it has none left, its enrollments,
- * renewals and keyed requests are answered RATE_LIMITED (429, Retry-After)
+ * renewals, keyed requests and console sign-ins are answered RATE_LIMITED (429, Retry-After)
  * before any work or audit row. Successes never spend the allowance, so a
  * factory behind one NAT enrolls as fast as it likes.
  */
 import type Koa from 'koa';
 import { BrokerError } from '../core/errors.js';
 import { ConnectionRateLimiter } from '../core/rate-limit.js';
+import { CONSOLE_SIGN_IN_PATH } from './console-pages.js';
 import { clientAddress, type AppState, type HttpDeps } from './context.js';
 
 const DEVICE_ROUTES = new Set(['/v1/enroll', '/v1/renew']);
@@ -30,7 +31,8 @@ export function limitFailures(deps: Pick<HttpDeps, 'core' | 'logger'>): Koa.Midd
   const logs = new ConnectionRateLimiter({ ratePerSecond: 1 / 60, burst: 1 });
   return async (ctx, next) => {
     const source = clientAddress(ctx);
-    if (!source || !(isDeviceRoute(ctx) || ctx.get('authorization'))) return next();
+    const signIn = ctx.method === 'POST' && ctx.path === CONSOLE_SIGN_IN_PATH;
+    if (!source || !(isDeviceRoute(ctx) || signIn || ctx.get('authorization'))) return next();
     const wait = failures.retryAfterSeconds(source);
     if (wait > 0) {
       if (logs.take(source).allowed) deps.logger.warn({ remoteAddr: source, path: ctx.path }, 'api requests refused: too many failures from this address');
@@ -39,6 +41,7 @@ export function limitFailures(deps: Pick<HttpDeps, 'core' | 'logger'>): Koa.Midd
     }
     try {
       await next();
+      if (ctx.state.signInFailed) failures.take(source);
     } catch (err) {
       if (spends(ctx, err)) failures.take(source);
       throw err;

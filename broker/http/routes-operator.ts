@@ -9,7 +9,7 @@ import type { AuditEventView, CreateApiKeyRequest, CreateApiKeyResponse, DeviceV
 import { apiKeyActorNames, createApiKey, requireRole, revokeApiKey, viewApiKey } from '../core/api-keys.js';
 import { findDeviceByRef, revokeDevice } from '../core/revoke.js';
 import { listTokens, mintTokens, revokeTokens } from '../core/tokens.js';
-import type { AuditEvent, DeviceRecord } from '../store/types.js';
+import type { AuditEvent, CertificateRecord, DeviceRecord } from '../store/types.js';
 import { authenticate, type AppState, type HttpDeps } from './context.js';
 import {
   createApiKeySchema, listAuditQuery, listDevicesQuery, listTokensQuery, mintTokensSchema, parseWith, revokeApiKeySchema, revokeDeviceSchema, revokeTokensSchema,
@@ -18,8 +18,9 @@ import {
 const iso = (d: Date | null): string | null => d?.toISOString() ?? null;
 
 /** NAMES: API key names by actor (apiKeyActorNames), for revokedByName. */
-function viewDevice(d: DeviceRecord, names: ReadonlyMap<string, string>): DeviceView {
+function viewDevice(d: DeviceRecord, names: ReadonlyMap<string, string>, cert: CertificateRecord | undefined): DeviceView {
   const revokedByName = d.revokedBy === null ? undefined : names.get(d.revokedBy);
+  const certificate = cert && { serial: cert.serial.toString(), validBefore: cert.validBefore.toISOString(), revoked: cert.revokedAt !== null };
   return {
     id: d.id, name: d.name, hardwareSerial: d.hardwareSerial, status: d.status,
     ports: d.portFirst === null || d.portLast === null ? null : { first: d.portFirst, last: d.portLast },
@@ -28,12 +29,15 @@ function viewDevice(d: DeviceRecord, names: ReadonlyMap<string, string>): Device
     createdAt: d.createdAt.toISOString(), revokedAt: iso(d.revokedAt), revokedBy: d.revokedBy, revokeReason: d.revokeReason,
     // Fields added after v0.2.0 come last: clients may rely on the order of the older ones (test/api/wire.test.ts).
     ...(revokedByName === undefined ? {} : { revokedByName }),
+    ...(certificate === undefined ? {} : { certificate }),
   };
 }
 
-async function viewDevices(deps: HttpDeps, devices: readonly DeviceRecord[]): Promise<DeviceView[]> {
+/** DEVICES as the API shows them: with the names of the keys that revoked them and their latest certificates (one query per page). */
+export async function viewDevices(deps: HttpDeps, devices: readonly DeviceRecord[]): Promise<DeviceView[]> {
   const names = await apiKeyActorNames(deps.core.store, devices.map((d) => d.revokedBy));
-  return devices.map((d) => viewDevice(d, names));
+  const certs = await deps.core.store.latestCertificatesOfDevices(devices.map((d) => d.id));
+  return devices.map((d) => viewDevice(d, names, certs.get(d.id)));
 }
 
 function viewAudit(e: AuditEvent, names: ReadonlyMap<string, string>): AuditEventView {
@@ -75,6 +79,7 @@ function registerDeviceAndAuditRoutes(router: Router<AppState>, deps: HttpDeps):
     const [key, ...value] = q.label?.split('=') ?? [];
     const page = await core.store.listDevices({
       status: q.status, nameContains: q.name, label: key === undefined ? undefined : { key, value: value.join('=') }, limit: q.limit, cursor: q.cursor,
+      online: q.online === undefined ? undefined : q.online === 'true', sort: q.sort,
     });
     ctx.body = { items: await viewDevices(deps, page.items), nextCursor: page.nextCursor } satisfies ListDevicesResponse;
   });
@@ -96,7 +101,9 @@ function registerDeviceAndAuditRoutes(router: Router<AppState>, deps: HttpDeps):
   router.get('/v1/audit', async (ctx) => {
     requireRole(await authenticate(ctx, deps), ['admin', 'operator']);
     const q: ListAuditRequest = parseWith(listAuditQuery, ctx.query);
-    const page = await core.store.listAudit({ since: q.since ? new Date(q.since) : undefined, action: q.action, actor: q.actor, limit: q.limit, cursor: q.cursor });
+    const page = await core.store.listAudit({
+      since: q.since ? new Date(q.since) : undefined, until: q.until ? new Date(q.until) : undefined, action: q.action, actor: q.actor, target: q.target, limit: q.limit, cursor: q.cursor,
+    });
     const names = await apiKeyActorNames(core.store, page.items.map((e) => e.actor));
     ctx.body = { items: page.items.map((e) => viewAudit(e, names)), nextCursor: page.nextCursor } satisfies ListAuditResponse;
   });

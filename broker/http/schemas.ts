@@ -3,7 +3,7 @@
  * bounded, and a failure becomes BAD_REQUEST naming the field — never the value.
  */
 import { z } from 'zod';
-import { API_KEY_NAME, API_KEY_ROLES, DEVICE_NAME, DEVICE_STATUSES, HARDWARE_SERIAL, TOKEN_BATCH, TOKEN_STATUSES } from '../../api/index.js';
+import { API_KEY_NAME, API_KEY_ROLES, DEVICE_NAME, DEVICE_SORTS, DEVICE_STATUSES, HARDWARE_SERIAL, LABEL_KEY, MAX_LABELS, TOKEN_BATCH, TOKEN_STATUSES } from '../../api/index.js';
 import { BrokerError } from '../core/errors.js';
 
 const name = z.string().min(1).max(63).regex(DEVICE_NAME, 'lowercase letters, digits and inner hyphens (a DNS label)');
@@ -62,14 +62,25 @@ export const listDevicesQuery = z.strictObject({
   status: z.enum(DEVICE_STATUSES).optional(),
   name: z.string().max(63).optional(),
   label: z.string().max(200).regex(/^[^=]+=.*$/, 'KEY=VALUE').optional(),
+  online: z.enum(['true', 'false']).optional(),
+  sort: z.enum(DEVICE_SORTS).optional(),
   limit,
   cursor,
+});
+
+/** Printable characters, no control characters (labels are shown in the console and the CLI). */
+const labelValue = z.string().max(200).regex(/^[^\p{Cc}]*$/u, 'no control characters');
+
+export const setLabelsSchema = z.strictObject({
+  labels: z.record(z.string().regex(LABEL_KEY, 'letters, digits, dot, underscore, slash, hyphen (1-63)'), labelValue).refine((l) => Object.keys(l).length <= MAX_LABELS, `at most ${MAX_LABELS} labels`),
 });
 
 export const listAuditQuery = z.strictObject({
   since: z.iso.datetime({ offset: true }).optional(),
   action: z.string().max(64).optional(),
   actor: z.string().max(128).optional(),
+  target: z.string().max(128).optional(),
+  until: z.iso.datetime({ offset: true }).optional(),
   limit,
   cursor,
 });

@@ -19,7 +19,8 @@ import { BROKER_SESSION_HOST, clearSessionCookieHeader, sessionCookieHeader } fr
 
 const LOGIN_BODY_LIMIT = 4096;
 
-function readSmallBody(req: IncomingMessage, limit: number): Promise<string> {
+/** The body of a small form (a sign-in), refused past LIMIT bytes (BODY_TOO_LARGE); the console's sign-in reads its form with it too. */
+export function readSmallBody(req: IncomingMessage, limit: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;

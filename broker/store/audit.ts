@@ -60,6 +60,8 @@ export async function listAudit(db: Db, filter: AuditFilter): Promise<Page<Audit
   if (filter.since !== undefined) q.where('at', '>=', toMillis(filter.since));
   if (filter.action !== undefined) q.where({ action: filter.action });
   if (filter.actor !== undefined) q.where({ actor: filter.actor });
+  if (filter.target !== undefined) q.where({ target: filter.target });
+  if (filter.until !== undefined) q.where('at', '<', toMillis(filter.until));
   if (filter.cursor) {
     const [id] = decodeCursor(filter.cursor, ['number']);
     q.where('id', '>', id!);

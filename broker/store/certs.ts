@@ -115,6 +115,28 @@ export async function latestCertificateOfDevice(db: Db, deviceId: string): Promi
   return row ? certificateFromRow(row) : null;
 }
 
+/** The device-kind certificates of DEVICEID, newest first, at most LIMIT. */
+export async function listCertificatesOfDevice(db: Db, deviceId: string, limit: number): Promise<CertificateRecord[]> {
+  const rows = await db.all<CertRow>(`${SELECT_CERT} WHERE device_id = ? AND kind = 'device' ORDER BY serial DESC LIMIT ?`, [deviceId, limit]);
+  return rows.map(certificateFromRow);
+}
+
+/** The latest device-kind certificate of each of DEVICEIDS (a page of the fleet), by device id; one statement. */
+export async function latestCertificatesOfDevices(db: Db, deviceIds: readonly string[]): Promise<Map<string, CertificateRecord>> {
+  const found = new Map<string, CertificateRecord>();
+  if (deviceIds.length === 0) return found;
+  const marks = deviceIds.map(() => '?').join(', ');
+  const rows = await db.all<CertRow>(
+    `${SELECT_CERT} WHERE serial IN (SELECT MAX(serial) FROM certificates WHERE kind = 'device' AND device_id IN (${marks}) GROUP BY device_id)`,
+    [...deviceIds],
+  );
+  for (const row of rows) {
+    const cert = certificateFromRow(row);
+    if (cert.deviceId) found.set(cert.deviceId, cert);
+  }
+  return found;
+}
+
 /** The certificate columns, prefixed `cert_`, for a join with another table. */
 const CERT_COLUMNS = ['device_id', 'kind', 'key_fingerprint', 'key_id', 'principal', 'valid_after', 'valid_before', 'issued_at', 'revoked_at'] as const;
 export const PREFIXED_CERT_COLUMNS = [

@@ -143,18 +143,34 @@ export async function findActiveDeviceByPort(db: Db, port: number): Promise<Devi
   return row ? fromRow(row) : null;
 }
 
+/**
+ * The keyset of each order: a column expression (never built from input) and the direction. name sorts
+ * unnamed devices first (as ''); lastSeen puts the most recent first and never-seen devices last (as 0).
+ */
+const DEVICE_ORDERS = {
+  created: { expr: 'created_at', dir: 'asc', shape: 'number' },
+  name: { expr: "COALESCE(name, '')", dir: 'asc', shape: 'string' },
+  lastSeen: { expr: 'COALESCE(last_seen_at, 0)', dir: 'desc', shape: 'number' },
+} as const;
+
+function orderKey(d: DeviceRecord, sort: keyof typeof DEVICE_ORDERS): number | string {
+  if (sort === 'name') return d.name ?? '';
+  if (sort === 'lastSeen') return d.lastSeenAt?.getTime() ?? 0;
+  return d.createdAt.getTime();
+}
+
 export async function listDevices(db: Db, filter: DeviceFilter): Promise<Page<DeviceRecord>> {
   const limit = pageLimit(filter);
+  const sort = filter.sort ?? 'created';
+  const order = DEVICE_ORDERS[sort];
   const q = db
     .qb('devices')
     .select('*')
-    .orderBy([
-      { column: 'created_at', order: 'asc' },
-      { column: 'id', order: 'asc' },
-    ])
+    .orderByRaw(`${order.expr} ${order.dir}, id ${order.dir}`)
     .limit(limit + 1);
   if (filter.status !== undefined) q.where({ status: filter.status });
   const postgres = isPostgres(db);
+  if (filter.online !== undefined) q.where({ online: filter.online });
   if (filter.nameContains !== undefined) {
     // LIKE is case-insensitive for ASCII in SQLite; ILIKE does the same on PostgreSQL.
     q.whereRaw(`?? ${postgres ? 'ILIKE' : 'LIKE'} ? ESCAPE '\\'`, ['name', likeLiteral(filter.nameContains)]);
@@ -172,16 +188,22 @@ export async function listDevices(db: Db, filter: DeviceFilter): Promise<Page<De
     }
   }
   if (filter.cursor) {
-    const [createdAt, id] = decodeCursor(filter.cursor, ['number', 'string']);
-    q.where((w) => w.where('created_at', '>', createdAt!).orWhere((w2) => w2.where('created_at', createdAt!).where('id', '>', id!)));
+    const [key, id] = decodeCursor(filter.cursor, [order.shape, 'string']);
+    const cmp = order.dir === 'asc' ? '>' : '<';
+    q.whereRaw(`(${order.expr} ${cmp} ? OR (${order.expr} = ? AND id ${cmp} ?))`, [key!, key!, id!]);
   }
   const rows = await db.all<DeviceRow>(q);
   const items = rows.slice(0, limit).map(fromRow);
   const last = items[items.length - 1];
   return {
     items,
-    nextCursor: rows.length > limit && last ? encodeCursor([last.createdAt.getTime(), last.id]) : null,
+    nextCursor: rows.length > limit && last ? encodeCursor([orderKey(last, sort), last.id]) : null,
   };
+}
+
+/** Replaces the labels of device ID; false if there is no such device. */
+export async function setDeviceLabels(db: Db, id: string, labels: Labels): Promise<boolean> {
+  return (await db.run(db.qb('devices').update({ labels: JSON.stringify(labels) }).where({ id }))) === 1;
 }
 
 export async function markDeviceRevoked(db: Db, id: string, by: string, reason: string | null, now: Date): Promise<boolean> {

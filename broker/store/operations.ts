@@ -22,10 +22,10 @@ export type WithDb = <R>(operation: string, body: (db: Db) => Promise<R>) => Pro
  * they run on a read connection. Every other operation writes.
  */
 const READ_OPERATIONS: ReadonlySet<string> = new Set<keyof StoreTx>([
-  'findTokenByHash', 'listTokens', 'countActiveTokens',
+  'findTokenByHash', 'listTokens', 'countActiveTokens', 'listTokenBatches',
   'findDevice', 'findDeviceByName', 'findDeviceByFingerprint', 'findActiveDeviceByPort', 'listDevices', 'countDevicesByStatus',
   'portPoolUsage',
-  'findCertificate', 'findIssuedCertificate', 'latestCertificateOfDevice', 'findDeviceWithLatestCertificate', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
+  'findCertificate', 'findIssuedCertificate', 'latestCertificateOfDevice', 'listCertificatesOfDevice', 'latestCertificatesOfDevices', 'findDeviceWithLatestCertificate', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
   'findApiKey', 'listApiKeys',
   'listNodes', 'findNode', 'countOnlineDevicesByNode',
   'listAudit', 'countAudit',
@@ -48,6 +48,7 @@ export function bindOps(withDb: WithDb): StoreTx {
     listTokens: op('listTokens', tokens.listTokens),
     revokeTokens: op('revokeTokens', tokens.revokeTokens),
     countActiveTokens: op('countActiveTokens', tokens.countActiveTokens),
+    listTokenBatches: op('listTokenBatches', tokens.listTokenBatches),
 
     insertDevice: op('insertDevice', devices.insertDevice),
     findDevice: op('findDevice', devices.findDevice),
@@ -55,6 +56,7 @@ export function bindOps(withDb: WithDb): StoreTx {
     findDeviceByFingerprint: op('findDeviceByFingerprint', devices.findDeviceByFingerprint),
     findActiveDeviceByPort: op('findActiveDeviceByPort', devices.findActiveDeviceByPort),
     listDevices: op('listDevices', devices.listDevices),
+    setDeviceLabels: op('setDeviceLabels', devices.setDeviceLabels),
     markDeviceRevoked: op('markDeviceRevoked', devices.markDeviceRevoked),
     updateDeviceKey: op('updateDeviceKey', devices.updateDeviceKey),
     setDeviceOnline: op('setDeviceOnline', devices.setDeviceOnline),
@@ -80,6 +82,8 @@ export function bindOps(withDb: WithDb): StoreTx {
     findCertificate: op('findCertificate', certs.findCertificate),
     findIssuedCertificate: op('findIssuedCertificate', certs.findIssuedCertificate),
     latestCertificateOfDevice: op('latestCertificateOfDevice', certs.latestCertificateOfDevice),
+    listCertificatesOfDevice: op('listCertificatesOfDevice', certs.listCertificatesOfDevice),
+    latestCertificatesOfDevices: op('latestCertificatesOfDevices', certs.latestCertificatesOfDevices),
     findDeviceWithLatestCertificate: op('findDeviceWithLatestCertificate', devices.findDeviceWithLatestCertificate),
     revokeCertificatesOfDevice: op('revokeCertificatesOfDevice', certs.revokeCertificatesOfDevice),
     revokeCertificatesOfKey: op('revokeCertificatesOfKey', certs.revokeCertificatesOfKey),

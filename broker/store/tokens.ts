@@ -9,7 +9,7 @@ import {
   toMillisOrNull,
   type Db,
 } from './db.js';
-import type { NewToken, Page, TokenFilter, TokenRecord, TokenSelector } from './types.js';
+import type { NewToken, Page, TokenBatchSummary, TokenFilter, TokenRecord, TokenSelector } from './types.js';
 
 interface TokenRow {
   id: string;
@@ -139,4 +139,24 @@ export async function countActiveTokens(db: Db, now: Date): Promise<number> {
     [toMillis(now)],
   );
   return Number(row?.n ?? 0);
+}
+
+/** Per batch (null: tokens minted without one) at NOW: how many tokens, used, revoked, expired, still active; newest batch first. */
+export async function listTokenBatches(db: Db, now: Date, limit: number): Promise<TokenBatchSummary[]> {
+  const ms = toMillis(now);
+  const rows = await db.all<Record<string, number | string | null>>(
+    `SELECT batch, COUNT(*) AS total,
+            SUM(CASE WHEN used_at IS NOT NULL THEN 1 ELSE 0 END) AS used,
+            SUM(CASE WHEN used_at IS NULL AND revoked_at IS NOT NULL THEN 1 ELSE 0 END) AS revoked,
+            SUM(CASE WHEN used_at IS NULL AND revoked_at IS NULL AND expires_at <= ? THEN 1 ELSE 0 END) AS expired,
+            SUM(CASE WHEN used_at IS NULL AND revoked_at IS NULL AND expires_at > ? THEN 1 ELSE 0 END) AS active,
+            MIN(created_at) AS first_created, MAX(created_at) AS last_created, MAX(expires_at) AS last_expires
+     FROM enrollment_tokens GROUP BY batch ORDER BY MAX(created_at) DESC LIMIT ?`,
+    [ms, ms, limit],
+  );
+  return rows.map((r) => ({
+    batch: r.batch === null ? null : String(r.batch),
+    total: Number(r.total), used: Number(r.used), revoked: Number(r.revoked), expired: Number(r.expired), active: Number(r.active),
+    firstCreatedAt: toDate(r.first_created as number), lastCreatedAt: toDate(r.last_created as number), lastExpiresAt: toDate(r.last_expires as number),
+  }));
 }

@@ -61,6 +61,18 @@ export interface TokenFilter extends PageRequest {
   /** Needed to tell `active` from `expired`. */
   now: Date;
 }
+/** A batch's tokens counted by status (TokenStatus) at the time asked. */
+export interface TokenBatchSummary {
+  batch: string | null;
+  total: number;
+  used: number;
+  revoked: number;
+  expired: number;
+  active: number;
+  firstCreatedAt: Date;
+  lastCreatedAt: Date;
+  lastExpiresAt: Date;
+}
 /** Revoke one token, or every unused token of a batch. */
 export type TokenSelector = { id: string } | { batch: string };
 
@@ -104,6 +116,10 @@ export interface DeviceFilter extends PageRequest {
   nameContains?: string;
   /** Devices whose labels contain exactly this key/value pair. */
   label?: { key: string; value: string };
+  /** Devices with a tunnel up (true) or not (false). */
+  online?: boolean;
+  /** The order (and keyset) of the pages: created (oldest first, the default), name (A-Z), lastSeen (most recent first). */
+  sort?: 'created' | 'name' | 'lastSeen';
 }
 export interface DevicePresence {
   online: boolean;
@@ -239,6 +255,10 @@ export interface AuditFilter extends PageRequest {
   since?: Date;
   action?: string;
   actor?: string;
+  /** Events about this target (a device id, a key id, a batch, …). */
+  target?: string;
+  /** Events before this time. */
+  until?: Date;
 }
 
 // ---- the store ------------------------------------------------------------
@@ -267,6 +287,8 @@ export interface StoreTx {
   revokeTokens(which: TokenSelector, by: string, now: Date): Promise<number>;
   /** Tokens that could still be redeemed at `now` (unused, unrevoked, unexpired). */
   countActiveTokens(now: Date): Promise<number>;
+  /** Tokens counted by batch and status at NOW, newest batch first, at most LIMIT batches. */
+  listTokenBatches(now: Date, limit: number): Promise<TokenBatchSummary[]>;
 
   // devices
   /** Throws KEY_ALREADY_ENROLLED (fingerprint) or NAME_TAKEN (name). */
@@ -276,8 +298,10 @@ export interface StoreTx {
   findDeviceByFingerprint(fingerprint: string): Promise<DeviceRecord | null>;
   /** The active device whose port block holds PORT. */
   findActiveDeviceByPort(port: number): Promise<DeviceRecord | null>;
-  /** Ordered by creation time, then id. */
+  /** Ordered by filter.sort (creation time by default), then id. */
   listDevices(filter: DeviceFilter): Promise<Page<DeviceRecord>>;
+  /** Replaces a device's labels; false if there is no such device. */
+  setDeviceLabels(id: string, labels: Labels): Promise<boolean>;
   /** True if the device was active and is now revoked. */
   markDeviceRevoked(id: string, by: string, reason: string | null, now: Date): Promise<boolean>;
   /**
@@ -337,6 +361,10 @@ export interface StoreTx {
   findIssuedCertificate(serial: bigint): Promise<IssuedCertificateRecord | null>;
   /** The device-kind certificate issued last to the device (highest serial), or null. */
   latestCertificateOfDevice(deviceId: string): Promise<CertificateRecord | null>;
+  /** The device-kind certificates of a device, newest first, at most LIMIT. */
+  listCertificatesOfDevice(deviceId: string, limit: number): Promise<CertificateRecord[]>;
+  /** The latest device-kind certificate of each device named (a page of the fleet), by device id. */
+  latestCertificatesOfDevices(deviceIds: readonly string[]): Promise<Map<string, CertificateRecord>>;
   /** findDevice and latestCertificateOfDevice in one statement; null if there is no such device. */
   findDeviceWithLatestCertificate(deviceId: string): Promise<{ device: DeviceRecord; latest: CertificateRecord | null } | null>;
   /** Revokes the device's unrevoked device certificates of one key (by fingerprint); returns their serials, ascending. */

@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
-import type { CaResponse, CreateApiKeyResponse, DeviceView, EnrollResponse, HealthResponse, ListApiKeysResponse, ListAuditResponse, ListDevicesResponse, ListTokensResponse, MintTokensResponse, RevokeApiKeyResponse, RevokeDeviceResponse, RevokeTokensResponse } from '../../api/index.js';
+import type { BrokerStatusResponse, ListCertificatesResponse, ListTokenBatchesResponse, CaResponse, CreateApiKeyResponse, DeviceView, EnrollResponse, HealthResponse, ListApiKeysResponse, ListAuditResponse, ListDevicesResponse, ListTokensResponse, MintTokensResponse, RevokeApiKeyResponse, RevokeDeviceResponse, RevokeTokensResponse } from '../../api/index.js';
 import { withBroker } from '../../testkit/broker.js';
 
 const SSH_ENDPOINT = ['host', 'port', 'username', 'hostKey', 'hostCertificateAuthority'];
@@ -42,14 +42,25 @@ test('ok/every JSON route answers the contract fields, in order', async (t) => {
 
     const devices = await b.call<ListDevicesResponse>(b.admin, 'GET', '/v1/devices');
     t.deepEqual(keys(devices), ['items', 'nextCursor']);
-    t.deepEqual(keys(devices.items[0]!), DEVICE_VIEW);
+    // Optional fields added with the console come last: the latest certificate of an enrolled device.
+    t.deepEqual(keys(devices.items[0]!), [...DEVICE_VIEW, 'certificate']);
     const device = await b.call<DeviceView>(b.admin, 'GET', '/v1/devices/wire-1');
-    t.deepEqual(keys(device), DEVICE_VIEW);
+    t.deepEqual(keys(device), [...DEVICE_VIEW, 'certificate']);
+    t.deepEqual(keys(device.certificate!), ['serial', 'validBefore', 'revoked']);
+    t.is(device.certificate!.serial, grant.serial);
+    const certs = await b.call<ListCertificatesResponse>(b.admin, 'GET', '/v1/devices/wire-1/certificates');
+    t.deepEqual(keys(certs.items[0]!), ['serial', 'keyId', 'principal', 'fingerprint', 'validAfter', 'validBefore', 'issuedAt', 'revokedAt']);
+    const batches = await b.call<ListTokenBatchesResponse>(b.admin, 'GET', '/v1/tokens/batches');
+    t.deepEqual(batches.items.map((x) => ({ ...x, firstCreatedAt: '', lastCreatedAt: '', lastExpiresAt: '' })), [
+      { batch: 'wire', total: 2, used: 1, active: 0, expired: 0, revoked: 1, firstCreatedAt: '', lastCreatedAt: '', lastExpiresAt: '' },
+    ]);
+    const broker = await b.call<BrokerStatusResponse>(b.admin, 'GET', '/v1/broker');
+    t.deepEqual(keys(broker), ['health', 'fingerprints', 'apiPin', 'krlVersion', 'tunnelsOnline', 'startedAt', 'devices']);
     t.deepEqual(device.ports, grant.ports);
     const revoked = await b.call<RevokeDeviceResponse>(b.admin, 'POST', '/v1/devices/wire-1/revoke', { reason: 'wire test' });
     t.deepEqual(keys(revoked), ['device', 'alreadyRevoked', 'certificatesRevoked']);
     // Optional fields added after v0.2.0 come after the others: revokedByName, as the admin key revoked it.
-    t.deepEqual(keys(revoked.device), [...DEVICE_VIEW, 'revokedByName']);
+    t.deepEqual(keys(revoked.device), [...DEVICE_VIEW, 'revokedByName', 'certificate']);
 
     const audit = await b.call<ListAuditResponse>(b.admin, 'GET', '/v1/audit');
     t.deepEqual(keys(audit), ['items', 'nextCursor']);

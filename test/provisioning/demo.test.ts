@@ -7,6 +7,7 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
 import { access } from 'node:fs/promises';
+import { get as httpsGet } from 'node:https';
 import { join } from 'node:path';
 import { REPO_ROOT } from '../../testkit/cli.js';
 import { waitFor } from '../../testkit/ssh-client.js';
@@ -18,18 +19,18 @@ interface DemoRun {
   readonly stderr: string;
 }
 
-function runDemo(interruptWhen?: (stdout: string) => boolean): Promise<DemoRun> {
+function runDemo(interruptWhen?: (stdout: string) => boolean | Promise<boolean>, args: readonly string[] = []): Promise<DemoRun> {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('CERTUNNEL_')) env[k] = v;
-  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'scripts/demo.ts')], { cwd: REPO_ROOT, env });
+  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'scripts/demo.ts'), ...args], { cwd: REPO_ROOT, env });
   let stdout = '';
   let stderr = '';
   let interrupted = false;
   child.stdout.on('data', (c: Buffer) => {
     stdout += c.toString();
-    if (interruptWhen && !interrupted && interruptWhen(stdout)) {
+    if (interruptWhen && !interrupted) {
       interrupted = true;
-      child.kill('SIGINT');
+      void Promise.resolve(interruptWhen(stdout)).then((now) => (now ? child.kill('SIGINT') : (interrupted = false)));
     }
   });
   child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
@@ -51,7 +52,9 @@ const gone = (path: string): Promise<boolean> => access(path).then(() => false, 
 test.serial('demo/runs to completion: each step, a request through the broker, the revocation cuts the tunnel; nothing left behind', async (t) => {
   const run = await runDemo();
   t.is(run.code, 0, run.stdout + run.stderr);
-  for (let i = 1; i <= 8; i++) t.regex(run.stdout, new RegExp(`^\\[${i}/8\\] `, 'm'));
+  for (let i = 1; i <= 9; i++) t.regex(run.stdout, new RegExp(`^\\[${i}/9\\] `, 'm'));
+  t.regex(run.stdout, /^ +console: https:\/\/127\.0\.0\.1:\d+\/console\/$/m);
+  t.regex(run.stdout, /^ +sign in with the admin API key in \S+\/console-admin\.key$/m);
   t.regex(run.stdout, /^ +HTTP 200: hello from kiosk-0001: GET \/ served on the device$/m);
   t.regex(run.stdout, /^ +revoked dev_\w+ \(kiosk-0001\)/m);
   t.regex(run.stdout, /^ +HTTP 403 DEVICE_REVOKED$/m);
@@ -66,7 +69,7 @@ test.serial('demo/runs to completion: each step, a request through the broker, t
 });
 
 test.serial('demo/Ctrl-C in the middle stops every process and removes the directory', async (t) => {
-  const run = await runDemo((out) => /^\[4\/8\] /m.test(out));
+  const run = await runDemo((out) => /^\[4\/9\] /m.test(out));
   t.is(run.code, 130, run.stdout + run.stderr);
   t.regex(run.stderr, /demo: SIGINT: cleaning up/);
   t.true(await gone(workDir(run.stdout)));
@@ -74,4 +77,24 @@ test.serial('demo/Ctrl-C in the middle stops every process and removes the direc
   t.true(Number.isInteger(pid));
   await waitFor(() => !alive(pid), 'the broker to be gone', 5000);
   t.false(alive(pid));
+});
+
+test.serial('demo/--keep leaves the broker and its console up until Ctrl-C, then cleans up', async (t) => {
+  let consoleAnswer: { status?: number; location?: string } = {};
+  const run = await runDemo(async (out) => {
+    if (!/^--keep: /m.test(out)) return false;
+    const url = /^ +console: (\S+)$/m.exec(out)![1]!;
+    consoleAnswer = await new Promise((resolve) => {
+      httpsGet(url, { rejectUnauthorized: false }, (res) => {
+        res.resume();
+        resolve({ status: res.statusCode, location: res.headers.location });
+      }).on('error', () => resolve({}));
+    });
+    return true;
+  }, ['--keep']);
+  t.deepEqual(consoleAnswer, { status: 302, location: '/console/sign-in' }, 'the console answered while the demo was kept');
+  t.is(run.code, 0, run.stdout + run.stderr);
+  t.true(await gone(workDir(run.stdout)));
+  await waitFor(() => !alive(pidOf(run.stdout)), 'the broker to be gone', 5000);
+  t.false(/ctk_[a-z]+_[a-z2-7]{5}/.test(run.stdout + run.stderr), 'the console key is in a file, not on screen');
 });
