@@ -26,7 +26,7 @@ export function newNodeIdentity(name = hostname()): NodeIdentity {
 }
 
 export async function writeNodeIdentity(paths: Pick<DataPaths, 'node'>, identity: NodeIdentity): Promise<void> {
-  await writeFileAtomic(paths.node, `${JSON.stringify(identity)}\n`, { mode: 0o644 });
+  await writeFileAtomic(paths.node, `${JSON.stringify(identity)}\n`, { mode: 0o600 });
 }
 
 /** The node's identity, made and written on first use. */

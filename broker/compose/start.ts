@@ -22,6 +22,9 @@ import { prepareClusterNode, type ClusterNode, type NodeEndpoints } from './clus
 import { limitConnections } from './connection-limits.js';
 import { brokerHostnames, dataPaths, localApiUrl, type DataPaths } from './data-dir.js';
 import { createApp } from '../http/app.js';
+import { consoleSingleSignOn } from '../http/console-seam.js';
+import type { HttpDeps } from '../http/context.js';
+import { readOidcClientSecret } from '../oidc/index.js';
 import { ephemeralOverlapWarning, readEphemeralRange } from './ephemeral-ports.js';
 import type { Logger } from '../telemetry/logger.js';
 import { startAuditFlush, startMaintenance, startReconciliation } from './maintenance.js';
@@ -265,13 +268,26 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const consoleDeps = {
       sessionSecret: await loadOrCreateSessionSecret(paths.consoleSessionKey), events, tunnelSamples: sampler.samples, krlVersion: () => revocations.version, startedAt: clock(),
     };
-    const app = createApp({
-      core, logger, metrics, revocations, apiPin, access, problems: () => ssh.problems(), console: consoleDeps,
+    // Single sign-on (config.oidc): a success opens a console session; the public URL is known once the API listens.
+    let apiUrl = config.api.publicUrl ?? '';
+    const oidc = config.oidc
+      ? consoleSingleSignOn(
+          {
+            config: config.oidc, publicUrl: () => apiUrl, clientSecret: await readOidcClientSecret(config.oidc, config.dataDir, options.env ?? process.env),
+            sessionSecret: consoleDeps.sessionSecret, audit: store, failureAudit, clock, logger,
+          },
+          () => httpDeps,
+        )
+      : undefined;
+    const httpDeps: HttpDeps = {
+      core, logger, metrics, revocations, apiPin, access, problems: () => ssh.problems(), console: consoleDeps, ...(oidc ? { oidc } : {}),
       publicKeys: { userCa: formatPublicKey(keys.userCa.publicKey), hostCa: formatPublicKey(keys.hostCaPublicKey), hostKey: core.ssh.hostKey },
-    });
+    };
+    const app = createApp(httpDeps);
     const api = await startApiServer(config, paths, access, app.callback(), logger);
     shutdown.add(() => api.close());
-    const apiUrl = config.api.publicUrl ?? localApiUrl(config, api.port);
+    apiUrl = config.api.publicUrl ?? localApiUrl(config, api.port);
+    oidc?.ready().catch((err: unknown) => logger.warn({ code: (err as { code?: unknown }).code }, 'single sign-on: the provider cannot be reached yet (sign-ins retry discovery)'));
     await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort: api.port, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o600 });
     shutdown.add(() => rm(paths.runtime, { force: true }));
     await node.start({ sshEndpoint: { host: core.ssh.host, port: core.ssh.port }, apiUrl, ...(relay ? relay.registration() : {}), ...options.cluster });

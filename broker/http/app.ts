@@ -74,7 +74,9 @@ export function createApp(deps: HttpDeps): Koa<AppState> {
   });
 
   app.use(limitFailures(deps));
-  // The console's pages, before the JSON-only rule: its sign-in form posts urlencoded.
+  // Single sign-on's two GET routes (broker/oidc/), then the console's pages, before the JSON-only rule: its sign-in form posts urlencoded.
+  const oidc = deps.oidc;
+  if (oidc) app.use((ctx, next) => oidc.middleware(ctx, next));
   if (deps.console) app.use(consolePages(deps, deps.console));
   app.use(async (ctx, next) => {
     if (ctx.method === 'POST' && ctx.request.length && !ctx.is('application/json')) {

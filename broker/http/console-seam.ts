@@ -9,6 +9,7 @@
  * configuration has an `oidc` section (oidcConfigured).
  */
 import type Koa from 'koa';
+import { createOidcSignIn, type OidcSignIn, type OidcSignInOptions } from '../oidc/index.js';
 import type { BrokerConfig } from '../core/config.js';
 import { apiKeyActorId } from '../core/api-keys.js';
 import { BROKER_SESSION_HOST, sessionCookieHeader } from '../proxy/session-cookie.js';
@@ -39,10 +40,29 @@ export function consoleActorId(identity: Pick<ConsoleIdentity, 'method' | 'subje
  * session of the HTTP proxy is set too (broker/proxy/sign-in.ts), so that
  * "Open web page" in the console needs no second sign-in.
  */
-export async function startConsoleSession(ctx: Koa.ParameterizedContext<AppState>, deps: HttpDeps, identity: ConsoleIdentity): Promise<void> {
+export interface SessionStart {
+  /** When the session ends (single sign-on: now + oidc.sessionMinutes); default CONSOLE_SESSION_MINUTES, never later. */
+  readonly expiresAt?: Date;
+  /**
+   * 'page' (single sign-on): a small page that moves on to the console by
+   * itself, rather than a 303. The sign-in began on the provider's site, and
+   * a browser does not send a SameSite=Strict cookie on a redirect chain
+   * that began cross-site; a navigation this page starts is same-site.
+   */
+  readonly answer?: 'redirect' | 'page';
+}
+
+/** The page a single sign-on ends with: a meta refresh (no script: the CSP allows none inline) and a link. */
+function continuePage(): string {
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url=${CONSOLE_PATH}"><title>Signed in</title></head><body><p>Signed in. <a href="${CONSOLE_PATH}">Continue to the console</a>.</p></body></html>`;
+}
+
+export async function startConsoleSession(ctx: Koa.ParameterizedContext<AppState>, deps: HttpDeps, identity: ConsoleIdentity, start: SessionStart = {}): Promise<void> {
   if (!deps.console) throw new Error('the console is not enabled');
   const now = deps.core.clock();
-  const maxAgeSeconds = CONSOLE_SESSION_MINUTES * 60;
+  const longest = now.getTime() + CONSOLE_SESSION_MINUTES * 60_000;
+  const expires = Math.min(start.expiresAt?.getTime() ?? longest, longest);
+  const maxAgeSeconds = Math.max(1, Math.floor((expires - now.getTime()) / 1000));
   const cookie = signConsoleSession(deps.console.sessionSecret, identity, new Date(now.getTime() + maxAgeSeconds * 1000));
   ctx.append('set-cookie', consoleCookieHeader(cookie, maxAgeSeconds));
   if (identity.method === 'apikey' && deps.core.config.proxy.enabled) {
@@ -55,6 +75,38 @@ export async function startConsoleSession(ctx: Koa.ParameterizedContext<AppState
     details: { method: identity.method, subject: identity.subject, name: identity.name, email: identity.email, role: identity.role },
   });
   ctx.set('cache-control', 'no-store');
+  if (start.answer === 'page') {
+    ctx.status = 200;
+    ctx.type = 'text/html; charset=utf-8';
+    ctx.body = continuePage();
+    return;
+  }
   ctx.status = 303;
   ctx.redirect(CONSOLE_PATH);
+}
+
+type ConsoleContext = Koa.ParameterizedContext<AppState>;
+
+/**
+ * Single sign-on into the console: broker/oidc/'s sign-in, whose success
+ * opens a console session for the person (their subject, name, e-mail and
+ * mapped role, until oidc.sessionMinutes) with a page that moves on to the
+ * console (see SessionStart.answer). DEPS is asked at sign-in time: the
+ * sign-in is made before the app whose deps it is part of.
+ */
+export function consoleSingleSignOn(
+  options: Omit<OidcSignInOptions<ConsoleContext>, 'onSignedIn' | 'remoteAddress'>,
+  deps: () => HttpDeps,
+): OidcSignIn<ConsoleContext> {
+  return createOidcSignIn<ConsoleContext>({
+    ...options,
+    remoteAddress: (ctx) => clientAddress(ctx),
+    onSignedIn: (identity, ctx) =>
+      startConsoleSession(
+        ctx,
+        deps(),
+        { method: 'oidc', subject: identity.subject, name: identity.name ?? identity.email ?? identity.subject, email: identity.email, role: identity.role },
+        { expiresAt: identity.expiresAt, answer: 'page' },
+      ),
+  });
 }

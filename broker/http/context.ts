@@ -5,6 +5,7 @@
  * this file; it imports neither, so the http room has no import loop.
  */
 import type { RouterContext } from '@koa/router';
+import type { OidcSignIn } from '../oidc/index.js';
 import type Koa from 'koa';
 import type { Logger } from '../telemetry/logger.js';
 import type { BrokerMetrics } from '../telemetry/metrics.js';
@@ -34,6 +35,8 @@ export interface HttpDeps {
   readonly access?: AccessLayer;
   /** The operators' console (pages, its session cookie, live events); absent: no console. */
   readonly console?: ConsoleDeps;
+  /** Single sign-on into the console (broker/oidc/), when the config has an `oidc` section. */
+  readonly oidc?: OidcSignIn<Koa.ParameterizedContext<AppState>>;
 }
 
 export interface ConsoleDeps {

@@ -181,7 +181,9 @@ export function registerConsoleRoutes(router: Router<AppState>, deps: HttpDeps, 
     await deps.core.store.appendAudit({ at: deps.core.clock(), actor: actor.id, action: 'console.signout', target: null, remoteAddr: clientAddress(ctx), outcome: 'ok', details: { name: actor.name } });
     ctx.append('set-cookie', clearConsoleCookieHeader());
     ctx.append('set-cookie', clearSessionCookieHeader());
-    ctx.body = { signedOut: true };
+    // A single sign-on session ends at the provider too, when it offers RP-initiated logout.
+    const next = actor.id.startsWith('oidc:') && deps.oidc ? await deps.oidc.logoutUrl() : undefined;
+    ctx.body = next ? { signedOut: true, next: next.href } : { signedOut: true };
   });
 
   router.get('/v1/events', async (ctx) => {

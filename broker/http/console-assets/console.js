@@ -553,8 +553,9 @@ async function start() {
   for (const [page, p] of Object.entries(PAGES)) if (!p.hidden && allowed(page)) nav.append(h('a', { href: `#/${page}`, 'data-page': page }, p.title));
   document.getElementById('who').textContent = `${session.name} · ${session.role}`;
   document.getElementById('sign-out').addEventListener('click', async () => {
-    await api('POST', '/v1/console/sign-out').catch(() => undefined);
-    location.assign('/console/sign-in');
+    const out = await api('POST', '/v1/console/sign-out').catch(() => undefined);
+    // A single sign-on session ends at the provider too (its logout page comes back to the console).
+    location.assign(out && typeof out.next === 'string' && /^https?:\/\//.test(out.next) ? out.next : '/console/sign-in');
   });
   window.addEventListener('hashchange', route);
   listen();

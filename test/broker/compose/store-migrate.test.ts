@@ -76,6 +76,8 @@ async function dirState(dir: string): Promise<Record<string, string>> {
     for (const e of await readdir(d, { withFileTypes: true })) {
       const path = join(d, e.name);
       if (e.isDirectory()) await walk(path, `${prefix}${e.name}/`);
+      // -shm is SQLite's shared-memory index, rewritten by any reader: not content.
+      else if (e.name.endsWith('-shm')) continue;
       else out[`${prefix}${e.name}`] = `${createHash('sha256').update(await readFile(path)).digest('hex')} ${((await stat(path)).mode & 0o777).toString(8)}`;
     }
   };
