@@ -148,6 +148,8 @@ export interface DeviceView {
   revokedByName?: string;
   /** The latest certificate issued to the device, if any (added with the console, so last). */
   certificate?: DeviceCertificateSummary;
+  /** Several broker nodes: the id of the node holding the device's tunnel (absent when offline or on a single broker that never said; added last). */
+  node?: string;
 }
 
 export type ListDevicesResponse = ListResponse<DeviceView>;

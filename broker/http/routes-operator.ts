@@ -30,6 +30,7 @@ function viewDevice(d: DeviceRecord, names: ReadonlyMap<string, string>, cert: C
     // Fields added after v0.2.0 come last: clients may rely on the order of the older ones (test/api/wire.test.ts).
     ...(revokedByName === undefined ? {} : { revokedByName }),
     ...(certificate === undefined ? {} : { certificate }),
+    ...(d.online && d.nodeId !== null ? { node: d.nodeId } : {}),
   };
 }
 

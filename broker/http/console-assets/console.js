@@ -210,6 +210,7 @@ async function loadFleet(results) {
       h('td', {}, statusOf(d)),
       h('td', {}, d.online ? `since ${when(d.connectedSince)}` : d.lastSeenAt ? `seen ${ago(d.lastSeenAt)}` : 'never'),
       h('td', {}, d.online ? d.remoteAddr ?? '' : ''),
+      h('td', {}, d.online ? d.node ?? '' : ''),
       h('td', {}, labelsOf(d.labels)),
       h('td', { className: 'num' }, d.certificate?.serial ?? '—'),
       h('td', {}, d.certificate ? when(d.certificate.validBefore) : '—'),
@@ -220,7 +221,7 @@ async function loadFleet(results) {
     h('span', {}, `Page ${fleet.cursors.length}`),
     h('button', { type: 'button', disabled: !page.nextCursor, onclick: () => (fleet.cursors.push(page.nextCursor), loadFleet(results)) }, 'Next page'),
   );
-  results.replaceChildren(table('Devices', ['Name', 'Status', 'Connected / last seen', 'Remote address', 'Labels', 'Cert serial', 'Cert expires'], rows, 'No device matches.'), nav);
+  results.replaceChildren(table('Devices', ['Name', 'Status', 'Connected / last seen', 'Remote address', 'Node', 'Labels', 'Cert serial', 'Cert expires'], rows, 'No device matches.'), nav);
 }
 
 // ---- Device ------------------------------------------------------------------
@@ -235,7 +236,7 @@ async function renderDevice(ref) {
   const name = d.name ?? d.id;
   const facts = h('dl', { className: 'facts' }, [
     ['Status', statusOf(d)], ['Id', d.id], ['Hardware serial', d.hardwareSerial ?? '—'],
-    [d.online ? 'Connected since' : 'Last seen', d.online ? when(d.connectedSince) : when(d.lastSeenAt)], ['Remote address', d.remoteAddr ?? '—'],
+    [d.online ? 'Connected since' : 'Last seen', d.online ? when(d.connectedSince) : when(d.lastSeenAt)], ['Remote address', d.remoteAddr ?? '—'], ['Broker node', d.online ? d.node ?? '—' : '—'],
     ['Port block', d.ports ? `${d.ports.first}–${d.ports.last} (ssh ${d.ports.first}, http ${d.ports.first + 1})` : '—'],
     ['Key', d.fingerprint], ['Enrolled', when(d.createdAt)],
     d.status === 'revoked' ? ['Revoked', `${when(d.revokedAt)} by ${d.revokedByName ?? d.revokedBy ?? '?'}${d.revokeReason ? ` (${d.revokeReason})` : ''}`] : null,
