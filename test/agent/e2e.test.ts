@@ -90,7 +90,8 @@ for (const mode of ['embedded', 'openssh'] as const) {
               t.is(code, EXIT.REVOKED, agent.output().slice(-3000));
               const revoked = agent.logs.find(ok('revoked'));
               t.is(revoked?.msg, 'device revoked by the broker; stopping for good');
-              t.false(await isListening(pool.first));
+              // The session ends with the agent; the broker unbinds its port as it tears the session down (under load, a moment later).
+              await waitFor(async () => !(await isListening(pool.first)), 'the tunnel port to close', 10_000);
               await waitFor(async () => !(await online()), 'the broker to see the device offline', 10_000);
               const status = await runCli(['agent', 'status', '--config', cfg, '--json']);
               t.is(status.code, 0, status.stderr);
