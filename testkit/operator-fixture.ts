@@ -35,6 +35,14 @@ export interface HttpService {
   connections(): number;
   /** Bytes `/big` has handed to its socket so far (it honours backpressure). */
   bigWritten(): number;
+  /**
+   * `/stream` writes its next chunk only when this is called (the reader got
+   * the previous one), so a proxy that buffered the response would hold the
+   * stream up; after 20 s without a call it writes the rest anyway and
+   * `streamStalled()` turns true.
+   */
+  streamNext(): void;
+  streamStalled(): boolean;
   close(): Promise<void>;
 }
 
@@ -44,7 +52,7 @@ const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
 /**
  * A device's web service: `/echo` answers JSON of what it got; `/stream`
- * sends chunks slowly; `/set-cookie` tries to set the broker's session
+ * sends three chunks, each after the reader got the last (`streamNext`); `/set-cookie` tries to set the broker's session
  * cookie; `/big?mib=N` sends N MiB of a repeating 1 MiB block as fast as
  * its reader takes them; an Upgrade: websocket request is answered 101 (RFC 6455 section
  * 4.2.2) and then every byte is echoed.
@@ -54,6 +62,8 @@ export async function startHttpService(label: string): Promise<HttpService> {
   const sockets = new Set<Socket>();
   let connections = 0;
   let bigWritten = 0;
+  let streamWaiter: (() => void) | undefined;
+  let stalled = false;
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -62,14 +72,20 @@ export async function startHttpService(label: string): Promise<HttpService> {
       requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body });
       if (req.url === '/stream') {
         res.writeHead(200, { 'content-type': 'text/plain' });
-        let n = 0;
-        const timer = setInterval(() => {
+        const next = (n: number): void => {
           res.write(`chunk ${n}\n`);
-          if (++n === 3) {
-            clearInterval(timer);
-            res.end();
-          }
-        }, 50);
+          if (n === 2) return void res.end();
+          const timer = setTimeout(() => {
+            stalled = true;
+            streamWaiter?.();
+          }, 20_000);
+          streamWaiter = () => {
+            streamWaiter = undefined;
+            clearTimeout(timer);
+            next(n + 1);
+          };
+        };
+        next(0);
         return;
       }
       if (req.url?.startsWith('/big?mib=')) {
@@ -116,6 +132,8 @@ export async function startHttpService(label: string): Promise<HttpService> {
     requests,
     connections: () => connections,
     bigWritten: () => bigWritten,
+    streamNext: () => streamWaiter?.(),
+    streamStalled: () => stalled,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();

@@ -79,7 +79,7 @@ async function rig(options: { endpoints?: SshAddressWire[]; transport: FakeTrans
   const until = (cond: () => boolean, label: string): Promise<void> => waitFor(async () => {
     await settle(1);
     return cond();
-  }, label, 5000);
+  }, label, 30_000);
   const stop = async (): Promise<void> => {
     agent.stop();
     await done;
