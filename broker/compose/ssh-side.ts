@@ -9,11 +9,12 @@ import { join } from 'node:path';
 import { writeFileAtomic, type KeyPair, type PortBlock } from '../../ca/index.js';
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import type { LocalTunnelPresence } from '../core/presence.js';
+import { PresenceWriter } from '../core/presence-writer.js';
 import { splitHostPort, type BrokerConfig } from '../core/config.js';
 import { parseMaxStartups } from '../core/rate-limit.js';
 import type { DataPaths } from './data-dir.js';
 import type { Logger } from '../telemetry/logger.js';
-import type { GatewayStatsSource } from '../telemetry/metrics.js';
+import type { GatewayStatsSource, PresenceWriteStatsSource } from '../telemetry/metrics.js';
 import { OPENSSH_FILES, writeOpensshFiles } from '../openssh/config-files.js';
 import { OpensshPresence } from '../openssh/presence.js';
 import { judgeSshdPort, readSshdPorts } from '../openssh/sshd-port.js';
@@ -27,6 +28,8 @@ export interface SshSide {
   /** The port the SSH server listens on (the gateway's, or the configured sshd's). */
   readonly port: number;
   readonly statsSource?: GatewayStatsSource;
+  /** The embedded gateway's presence writes (presence-writer.ts): pending, retried, dropped. */
+  readonly presenceWrites?: PresenceWriteStatsSource;
   /** Which ports each device's tunnel holds (embedded gateway); absent in OpenSSH mode, where sshd holds them. */
   readonly presence?: LocalTunnelPresence;
   /** What needs an operator on this side, as /healthz codes (OpenSSH mode: SSHD_PORT_MISMATCH); empty when nothing does. */
@@ -78,6 +81,9 @@ export interface SshSideOptions {
 
 /** How long the store's word on a serial stands in for it while it is unavailable, and how many serials are kept. */
 const LOGIN_CACHE = { ttlMs: 60 * 60_000, maxEntries: 100_000 };
+
+/** How long close() waits for the gateway's last presence writes (every device going offline) to land. */
+const PRESENCE_FLUSH_MS = 10_000;
 
 /**
  * The gateway lives in this process, so at start no device is connected to
@@ -132,6 +138,8 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   const loginCache = o.cluster ? newLoginCache(o) : undefined;
   const lookupIssued = (serial: bigint) => o.store.findIssuedCertificate(serial);
   if (stale > 0) log.info({ devices: stale }, 'marked devices offline that were online when the broker last stopped');
+  // Presence is an event the gateway cannot wait for: the writer coalesces it per device and retries a busy store.
+  const presence = new PresenceWriter({ store: o.store, logger: o.logger.child({ component: 'presence-writer' }) });
   const gateway = createGateway({
     hostKey: o.hostKey,
     userCaKeys: [o.userCa.publicKey],
@@ -148,9 +156,8 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
         .catch((err: unknown) => log.error({ err }, 'audit write failed'));
     },
     presence: (update) => {
-      o.store
-        .setDeviceOnline(update.deviceId, { online: update.online, since: update.online ? (update.since ?? o.clock()) : null, remoteAddr: update.remoteAddr ?? null, lastSeen: o.clock(), node })
-        .catch((err: unknown) => log.error({ err }, 'presence write failed'));
+      const now = o.clock();
+      presence.update(update.deviceId, { online: update.online, since: update.online ? (update.since ?? now) : null, remoteAddr: update.remoteAddr ?? null, lastSeen: now, node });
     },
     resolveDevice: async (name) => {
       const device = await o.store.findDeviceByName(name);
@@ -165,6 +172,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   return {
     port: bound.port,
     statsSource: gateway,
+    presenceWrites: presence,
     presence: {
       forwardedPorts: (deviceId) => gateway.tunnelPorts(deviceId),
       dial: (deviceId, port, origin) => gateway.dialTunnel(deviceId, port, origin),
@@ -179,7 +187,11 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     ...(node === undefined ? {} : { reconcileTakeovers: () => reconcileTakeovers(o.store, gateway, node) }),
     ...(loginCache ? { loginCache } : {}),
     problems: () => [],
-    close: () => gateway.close(),
+    close: async () => {
+      // Every session's offline is queued by now; what does not land in time the next start corrects (markEveryDeviceOffline).
+      await gateway.close();
+      await presence.close(PRESENCE_FLUSH_MS);
+    },
   };
 }
 

@@ -235,6 +235,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     shutdown.add(() => ssh.close());
     await relay?.listen(ssh.presence);
     if (ssh.statsSource) metrics.attachGateway(ssh.statsSource);
+    if (ssh.presenceWrites) metrics.attachPresenceWrites(ssh.presenceWrites);
 
     // The rules' dependencies but their hooks: the revocation hook needs the access layer, which needs these.
     const sshEndpoint = sshEndpointOf(config, ssh.port, keys);

@@ -24,6 +24,11 @@ export interface KrlHealthSource {
   health(): { written: boolean; writeFailures: number };
 }
 
+/** The presence writer's queue (broker/core/presence-writer.ts). */
+export interface PresenceWriteStatsSource {
+  stats(): { pending: number; retried: number; dropped: number };
+}
+
 export class BrokerMetrics {
   readonly registry = new Registry();
   readonly enrollments = new Counter({ name: 'certunnel_enrollments_total', help: 'Enrollment attempts by outcome (ok or error code)', labelNames: ['outcome'], registers: [this.registry] });
@@ -45,6 +50,7 @@ export class BrokerMetrics {
   readonly proxyWebsockets = new Gauge({ name: 'certunnel_proxy_websockets', help: 'WebSocket (upgraded) connections relayed now', registers: [this.registry] });
   private gateway: GatewayStatsSource | undefined;
   private krl: KrlHealthSource | undefined;
+  private presenceWrites: PresenceWriteStatsSource | undefined;
 
   constructor(store: Store, config: BrokerConfig, clock: () => Date) {
     new Gauge({
@@ -97,6 +103,25 @@ export class BrokerMetrics {
         this.set(await store.countAudit());
       },
     });
+    const presenceStats = (): ReturnType<PresenceWriteStatsSource['stats']> | undefined => this.presenceWrites?.stats();
+    new Gauge({
+      name: 'certunnel_presence_writes_pending', help: 'Devices whose latest presence update has not reached the store yet (queued, in flight, or waiting for a retry)', registers: [this.registry],
+      collect() {
+        this.set(presenceStats()?.pending ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'certunnel_presence_write_retries', help: 'Presence writes retried after the store was busy or unavailable (since start)', registers: [this.registry],
+      collect() {
+        this.set(presenceStats()?.retried ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'certunnel_presence_writes_dropped', help: 'Presence updates given up: a permanent store error, or not written by shutdown (since start)', registers: [this.registry],
+      collect() {
+        this.set(presenceStats()?.dropped ?? 0);
+      },
+    });
     const gatewayStats = (): ReturnType<GatewayStatsSource['stats']> | undefined => this.gateway?.stats();
     new Gauge({
       name: 'certunnel_tunnels_connected', help: 'Device tunnels connected to the embedded gateway', registers: [this.registry],
@@ -133,5 +158,10 @@ export class BrokerMetrics {
 
   attachGateway(source: GatewayStatsSource): void {
     this.gateway = source;
+  }
+
+  /** The presence gauges: alert on certunnel_presence_writes_pending staying high (the store does not keep up). */
+  attachPresenceWrites(source: PresenceWriteStatsSource): void {
+    this.presenceWrites = source;
   }
 }
