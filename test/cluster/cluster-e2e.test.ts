@@ -106,7 +106,10 @@ sshdTest('three nodes: devices on each reached through another (ssh, HTTP), revo
         cleanups.push(() => sshd.stop());
         const web = createServer((req, res) => res.end(`${name} page ${req.url}`));
         await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
-        cleanups.push(() => new Promise((r) => web.close(r)));
+        cleanups.push(() => new Promise((r) => {
+          web.close(r);
+          web.closeAllConnections();
+        }));
         const hostKey = (await readFile(`${sshd.hostKeyPath}.pub`, 'utf8')).trim().split(' ').slice(0, 2).join(' ');
         await writeFile(deviceKnownHosts, `${name} ${hostKey}\n`, { flag: 'a' });
         const stateDir = join(dir, name);
@@ -132,6 +135,7 @@ sshdTest('three nodes: devices on each reached through another (ssh, HTTP), revo
       t.log(`${devices.length} agents to cover the three nodes: ${ids.map((id, i) => `node ${i + 1} holds ${held.get(id)!.map((d) => d.name).join(', ')}`).join('; ')}`);
       const first = ids.map((id) => held.get(id)![0]!);
       t.true(first.every(Boolean), 'every node holds a tunnel');
+      if (!first.every(Boolean)) return;
 
       // 2. The device on node i through node i+1: certunnel ssh, then the HTTP proxy.
       const opEnv = { CERTUNNEL_API_KEY: cluster.adminKey, CERTUNNEL_HOME: join(dir, 'operator-home') };
