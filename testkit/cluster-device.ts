@@ -1,8 +1,10 @@
 /**
  * A device of a test cluster (testkit/cluster.ts) driven as a field device
  * would be: enrolled through one node's API with its own key, then a real
- * `ssh -N -R` tunnel of its first port to any node's SSH port.
+ * `ssh -N -R` tunnel of its first port to any node's SSH port; and a GET
+ * through a node's HTTP proxy, as an operator's browser would send it.
  */
+import { request } from 'node:https';
 import { join } from 'node:path';
 import { apiRequest, type ApiClientOptions, type EnrollResponse, type MintTokensResponse } from '../api/index.js';
 import { formatPublicKey, generateKeyPair, parseCertificateLine, parsePublicKey, type KeyPair } from '../ca/index.js';
@@ -60,4 +62,17 @@ export async function connectClusterDevice(sshPort: number, dir: string, device:
   }
   if (exited !== undefined) throw new Error(`ssh exited ${exited}: ${ssh.stderr().trim().split('\n').at(-1)}`);
   return ssh;
+}
+
+/** GET PATH from the broker's HTTP proxy on 127.0.0.1:APIPORT for the device named by HOST (`<device>.<domain>`), as the admin APIKEY. */
+export function proxyGet(apiPort: number, host: string, apiKey: string, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port: apiPort, path, rejectUnauthorized: false, headers: { host, authorization: `Bearer ${apiKey}` } }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.once('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.once('error', reject);
+    req.end();
+  });
 }

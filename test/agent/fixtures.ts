@@ -275,7 +275,7 @@ export async function mintToken(b: TestBroker): Promise<string> {
 }
 
 /** An agent config with fast retries and keepalives, its services on the given echo servers. */
-export function agentConfig(b: { apiUrl: string; pin: string }, stateDir: string, transport: string, ssh: DeviceService, http: DeviceService): Record<string, unknown> {
+export function agentConfig(b: { apiUrl: string; pin: string }, stateDir: string, transport: string, ssh: Pick<DeviceService, 'port'>, http: Pick<DeviceService, 'port'>): Record<string, unknown> {
   return {
     broker: { url: b.apiUrl, pin: b.pin },
     stateDir,

@@ -11,7 +11,6 @@ import test from 'ava';
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
-import { request } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { apiRequest, type EnrollResponse, type MintTokensResponse, type OperatorCertificateResponse } from '../../api/index.js';
@@ -19,6 +18,7 @@ import { formatPublicKey, generateKeyPair, parseCertificateLine, parsePublicKey,
 import { apiErrorCode } from '../../testkit/api-error.js';
 import { runCli } from '../../testkit/cli.js';
 import { startTestCluster } from '../../testkit/cluster.js';
+import { proxyGet } from '../../testkit/cluster-device.js';
 import { freePortBlock } from '../../testkit/gateway.js';
 import { makeOpensshKey, runCommand, withTempDir } from '../../testkit/openssh.js';
 import { spawnSsh, sshArgs, waitFor, writeClientIdentity, writeKnownHosts } from '../../testkit/ssh-client.js';
@@ -27,18 +27,6 @@ import { startSshd } from '../../testkit/sshd.js';
 const CAN_RUN = process.platform === 'linux' && process.getuid?.() === 0 && existsSync('/usr/sbin/sshd');
 const sshdTest = CAN_RUN ? test : test.skip;
 const DOMAIN = 'cluster.test';
-
-function proxyGet(apiPort: number, host: string, apiKey: string, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port: apiPort, path, rejectUnauthorized: false, headers: { host, authorization: `Bearer ${apiKey}` } }, (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => (body += c.toString()));
-      res.once('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.once('error', reject);
-    req.end();
-  });
-}
 
 sshdTest('ok/operator on node 2 reaches a device whose tunnel is on node 1: certunnel ssh, ssh -J, HTTP proxy; DEVICE_OFFLINE when it leaves', async (t) => {
   await withTempDir(async (dir) => {
