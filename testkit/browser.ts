@@ -7,6 +7,10 @@
  * page errors and CSP violations, so that a test can require there were none.
  */
 import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TestFn } from 'ava';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 
 /** Where Debian's chromium package puts the browser. */
@@ -54,4 +58,28 @@ export async function launchBrowser(executablePath = CHROMIUM_PATH): Promise<Tes
     },
     close: () => browser.close(),
   };
+}
+
+/** The browser a test file shares, and where its screenshots go. */
+export interface FileBrowser {
+  /** Undefined when chromium is not installed (a test then fails, saying so). */
+  readonly browser: TestBrowser | undefined;
+  /** docs/ with UPDATE_SCREENSHOTS=1 (the screenshots the docs show), else a temp directory removed afterwards. */
+  readonly shots: string;
+}
+
+/** One browser for the test file of TEST: launched before its tests, closed after them (test.before, test.after.always). */
+export function browserForFile(test: TestFn): FileBrowser {
+  const file: { browser: TestBrowser | undefined; shots: string } = { browser: undefined, shots: '' };
+  const update = process.env.UPDATE_SCREENSHOTS === '1';
+  test.before(async () => {
+    if (!chromiumAvailable()) return;
+    file.browser = await launchBrowser();
+    file.shots = update ? join(import.meta.dirname, '..', 'docs') : await mkdtemp(join(tmpdir(), 'certunnel-shots-'));
+  });
+  test.after.always(async () => {
+    await file.browser?.close();
+    if (file.shots && !update) await rm(file.shots, { recursive: true, force: true });
+  });
+  return file;
 }

@@ -8,12 +8,10 @@
  * Screenshots of the pages go to docs/ when UPDATE_SCREENSHOTS=1.
  */
 import test from 'ava';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Page } from 'playwright-core';
 import { withBroker } from '../../testkit/broker.js';
-import { chromiumAvailable, launchBrowser, type TestBrowser } from '../../testkit/browser.js';
+import { browserForFile } from '../../testkit/browser.js';
 import { connectDevice, enrollTestDevice } from '../../testkit/device-tunnel.js';
 import { startDeviceService } from '../../testkit/gateway.js';
 import { isListening } from '../../testkit/net.js';
@@ -22,17 +20,7 @@ import { waitFor } from '../../testkit/ssh-client.js';
 /** Generous: the console updates within about a second; the box is shared and loaded. */
 const LIVE_MS = 15_000;
 
-let browser: TestBrowser | undefined;
-let shots = '';
-test.before(async () => {
-  if (!chromiumAvailable()) return;
-  browser = await launchBrowser();
-  shots = process.env.UPDATE_SCREENSHOTS === '1' ? join(import.meta.dirname, '..', '..', 'docs') : await mkdtemp(join(tmpdir(), 'certunnel-shots-'));
-});
-test.after.always(async () => {
-  await browser?.close();
-  if (shots && process.env.UPDATE_SCREENSHOTS !== '1') await rm(shots, { recursive: true, force: true });
-});
+const file = browserForFile(test);
 
 async function signIn(page: Page, apiUrl: string, key: string): Promise<void> {
   await page.goto(`${apiUrl}/`);
@@ -45,14 +33,14 @@ async function signIn(page: Page, apiUrl: string, key: string): Promise<void> {
 const rowOf = (page: Page, name: string) => page.locator(`tr[data-device="${name}"]`);
 
 test.serial('ok/admin signs in, filters the fleet, sees a real tunnel come and go live, revokes it and the tunnel drops', async (t) => {
-  if (!browser) return t.fail('chromium is not installed (/usr/bin/chromium); .ci/run installs it');
+  if (!file.browser) return t.fail('chromium is not installed (/usr/bin/chromium); .ci/run installs it');
   await withBroker(async (b) => {
     const kiosk = await enrollTestDevice(b, 'kiosk-a');
     await enrollTestDevice(b, 'kiosk-b');
     await enrollTestDevice(b, 'lobby-c');
     await b.call(b.admin, 'PUT', `/v1/devices/kiosk-a/labels`, { labels: { site: 'paris' } });
     const service = await startDeviceService('kiosk-a\n');
-    const { context, page, problems } = await browser!.newPage();
+    const { context, page, problems } = await file.browser!.newPage();
     try {
       await signIn(page, b.broker.apiUrl, b.init.adminKey);
       const cookies = await context.cookies();
@@ -84,7 +72,7 @@ test.serial('ok/admin signs in, filters the fleet, sees a real tunnel come and g
       await rowOf(page, 'kiosk-a').locator('.badge.online').waitFor({ timeout: LIVE_MS });
       t.regex((await rowOf(page, 'kiosk-a').textContent()) ?? '', /127\.0\.0\.1/);
       t.regex((await rowOf(page, 'kiosk-a').locator('td.num').first().textContent()) ?? '', /^\d+$/, 'the certificate serial');
-      await page.screenshot({ path: join(shots, 'console-fleet.png') });
+      await page.screenshot({ path: join(file.shots, 'console-fleet.png') });
       await ssh.stop();
       await rowOf(page, 'kiosk-a').locator('.badge.offline').waitFor({ timeout: LIVE_MS });
 
@@ -103,7 +91,7 @@ test.serial('ok/admin signs in, filters the fleet, sees a real tunnel come and g
       await page.getByRole('button', { name: 'Save labels' }).click();
       await page.getByText('Labels saved.').waitFor();
       t.deepEqual((await b.call<{ labels: Record<string, string> }>(b.admin, 'GET', '/v1/devices/kiosk-a')).labels, { site: 'lyon', stage: 'main' });
-      await page.screenshot({ path: join(shots, 'console-device.png'), fullPage: true });
+      await page.screenshot({ path: join(file.shots, 'console-device.png'), fullPage: true });
 
       const revoke = page.getByRole('button', { name: 'Revoke device' });
       await page.getByLabel(/Type the device's name/).fill('kiosk-b');
@@ -135,7 +123,7 @@ test.serial('ok/admin signs in, filters the fleet, sees a real tunnel come and g
       t.true(facts.includes(b.init.apiPin), 'the API pin');
       t.regex(facts, /KRL version[1-9]\d*/);
       t.is(await page.locator('svg.chart').count(), 1);
-      await page.screenshot({ path: join(shots, 'console-broker.png') });
+      await page.screenshot({ path: join(file.shots, 'console-broker.png') });
 
       // Phone width: still usable (no horizontal scroll of the page itself).
       await page.setViewportSize({ width: 390, height: 800 });

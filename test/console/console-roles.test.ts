@@ -7,26 +7,15 @@
  * session. No console error or CSP violation on any page.
  */
 import test from 'ava';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { BrowserContext, Page } from 'playwright-core';
 import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
 import { withBroker, type TestBroker } from '../../testkit/broker.js';
-import { chromiumAvailable, launchBrowser, type TestBrowser } from '../../testkit/browser.js';
+import { browserForFile } from '../../testkit/browser.js';
 import { waitFor } from '../../testkit/ssh-client.js';
 
-let browser: TestBrowser | undefined;
-let shots = '';
-test.before(async () => {
-  if (!chromiumAvailable()) return;
-  browser = await launchBrowser();
-  shots = process.env.UPDATE_SCREENSHOTS === '1' ? join(import.meta.dirname, '..', '..', 'docs') : await mkdtemp(join(tmpdir(), 'certunnel-shots-'));
-});
-test.after.always(async () => {
-  await browser?.close();
-  if (shots && process.env.UPDATE_SCREENSHOTS !== '1') await rm(shots, { recursive: true, force: true });
-});
+const file = browserForFile(test);
 
 async function signIn(page: Page, apiUrl: string, key: string): Promise<void> {
   await page.goto(`${apiUrl}/console/sign-in`);
@@ -56,10 +45,10 @@ async function keyOf(b: TestBroker, role: 'admin' | 'operator' | 'provisioner' |
 }
 
 test.serial('ok/provisioner sees tokens only, mints a batch, downloads its manifest, sees its counts, revokes it; the API refuses the rest', async (t) => {
-  if (!browser) return t.fail('chromium is not installed (/usr/bin/chromium); .ci/run installs it');
+  if (!file.browser) return t.fail('chromium is not installed (/usr/bin/chromium); .ci/run installs it');
   await withBroker(async (b) => {
     const provisioner = await keyOf(b, 'provisioner');
-    const { context, page, problems } = await browser!.newPage();
+    const { context, page, problems } = await file.browser!.newPage();
     try {
       await signIn(page, b.broker.apiUrl, provisioner.key);
       t.deepEqual(await navLinks(page), ['Tokens']);
@@ -90,7 +79,7 @@ test.serial('ok/provisioner sees tokens only, mints a batch, downloads its manif
       const row = page.locator('tr[data-batch="factory-7"]');
       await row.waitFor();
       t.deepEqual((await row.locator('td.num').allTextContents()).map(Number), [3, 1, 2, 0, 0]);
-      await page.screenshot({ path: join(shots, 'console-tokens.png'), fullPage: true });
+      await page.screenshot({ path: join(file.shots, 'console-tokens.png'), fullPage: true });
       await row.getByRole('button', { name: 'Revoke unused' }).click();
       await row.getByRole('button', { name: 'Confirm: revoke 2 unused' }).click();
       await page.locator('tr[data-batch="factory-7"] td.num').nth(4).filter({ hasText: '2' }).waitFor();
@@ -103,12 +92,12 @@ test.serial('ok/provisioner sees tokens only, mints a batch, downloads its manif
 });
 
 test.serial('ok/operator sees no API keys or tokens; admin manages keys, reads the audit; fail/csrf, cross-site, proxy key, wrong key; sign-out; a revoked key ends its session', async (t) => {
-  if (!browser) return t.fail('chromium is not installed (/usr/bin/chromium); .ci/run installs it');
+  if (!file.browser) return t.fail('chromium is not installed (/usr/bin/chromium); .ci/run installs it');
   await withBroker(async (b) => {
     const operator = await keyOf(b, 'operator');
     const proxy = await keyOf(b, 'proxy');
-    const op = await browser!.newPage({ width: 390, height: 800 });
-    const admin = await browser!.newPage();
+    const op = await file.browser!.newPage({ width: 390, height: 800 });
+    const admin = await file.browser!.newPage();
     try {
       // Operator: the fleet, the audit, the broker; never API keys or tokens, and the server agrees.
       await signIn(op.page, b.broker.apiUrl, operator.key);
@@ -137,7 +126,7 @@ test.serial('ok/operator sees no API keys or tokens; admin manages keys, reads t
       t.regex(secret, /^ctk_/);
       const carol = (await b.call<{ items: Array<{ id: string; name: string; status: string }> }>(b.admin, 'GET', '/v1/apikeys')).items.find((k) => k.name === 'carol')!;
       t.is(carol.status, 'active');
-      await admin.page.screenshot({ path: join(shots, 'console-keys.png'), fullPage: true });
+      await admin.page.screenshot({ path: join(file.shots, 'console-keys.png'), fullPage: true });
       // Revoking the operator's key ends the operator's console session on its next call.
       const row = admin.page.locator(`tr[data-key="${operator.id}"]`);
       await row.getByRole('button', { name: 'Revoke' }).click();
@@ -153,14 +142,14 @@ test.serial('ok/operator sees no API keys or tokens; admin manages keys, reads t
       const rows = admin.page.locator('tbody tr');
       await waitFor(async () => (await rows.count()) >= 2 && (await rows.allTextContents()).every((r) => r.includes('console.signin')), 'the action filter', 15_000);
       t.pass('only console.signin rows');
-      await admin.page.screenshot({ path: join(shots, 'console-audit.png') });
+      await admin.page.screenshot({ path: join(file.shots, 'console-audit.png') });
       const [download] = await Promise.all([admin.page.waitForEvent('download'), admin.page.getByRole('button', { name: 'Export CSV' }).click()]);
       const csv = await readFile((await download.path())!, 'utf8');
       t.regex(csv.split('\r\n')[0]!, /^id,at,actor,actor_name,action,target,outcome,remote_addr,details$/);
       t.regex(csv, /operator-person,console\.signin/);
 
       // Sign-in refusals: a wrong key (audited), a proxy key, and a form posted from another site.
-      const other = await browser!.newPage();
+      const other = await file.browser!.newPage();
       try {
         await other.page.goto(`${b.broker.apiUrl}/console/sign-in`);
         await other.page.getByLabel('API key').fill('ctk_nope');
