@@ -9,7 +9,6 @@
  * endpoint costs no backoff; a state.json from before the list still works.
  */
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { readFile, stat, writeFile } from 'node:fs/promises';
@@ -23,7 +22,7 @@ import { isListening, startDeviceService, type DeviceService, type GatewayEnv } 
 import { runCommand, withTempDir } from '../../testkit/openssh.js';
 import { waitFor } from '../../testkit/ssh-client.js';
 import { ensureGatewayUsers } from '../../testkit/conformance/sshd-driver.js';
-import { answersWithin, exchangeWithin, mintToken, within } from './fixtures.js';
+import { answersWithin, exchangeWithin, mintToken, spawnShellAgent, within } from './fixtures.js';
 import { freePool, freePort, startBrokerSshd, startPeerGateway, type BrokerSshd } from './net-fixtures.js';
 
 const SCRIPT = join(REPO_ROOT, 'agent', 'certunnel-agent.sh');
@@ -32,36 +31,11 @@ test.before(async () => {
   await ensureGatewayUsers(['tunnel', 'operator']);
 });
 
+/** The shell agent as a process: its JSON lines, and the first EVENT line from line FROM on. */
 function runShellAgent(args: readonly string[]) {
-  const child = spawn('sh', [SCRIPT, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: Array<Record<string, unknown>> = [];
-  let raw = '';
-  let pending = '';
-  child.stdout.setEncoding('utf8');
-  child.stderr.setEncoding('utf8');
-  child.stdout.on('data', (c: string) => {
-    raw += c;
-    pending += c;
-    let nl: number;
-    while ((nl = pending.indexOf('\n')) !== -1) {
-      const line = pending.slice(0, nl);
-      pending = pending.slice(nl + 1);
-      try {
-        lines.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        // not JSON: the test fails below on lines that should be there
-      }
-    }
-  });
-  child.stderr.on('data', (c: string) => (raw += c));
-  const exited = new Promise<number>((resolve) => child.once('close', (code) => resolve(code ?? -1)));
-  const waitForEvent = async (event: string, from = 0, timeoutMs = 20_000): Promise<Record<string, unknown>> => {
-    let hit: Record<string, unknown> | undefined;
-    await waitFor(() => (hit = lines.slice(from).find((l) => l.event === event)) !== undefined || child.exitCode !== null, event, timeoutMs).catch(() => undefined);
-    if (!hit) throw new Error(`no ${event} event; output:\n${raw.slice(-3000)}`);
-    return hit;
-  };
-  return { child, lines, exited, output: () => raw, waitForEvent };
+  const agent = spawnShellAgent(args);
+  const waitForEvent = (event: string, from = 0, timeoutMs = 20_000): Promise<Record<string, unknown>> => agent.waitForLog((l) => l.event === event, `a ${event} event`, timeoutMs, from);
+  return { child: agent.child, lines: agent.logs, exited: agent.exited, output: agent.output, waitForEvent };
 }
 
 for (const mode of ['embedded', 'openssh'] as const) {

@@ -221,7 +221,18 @@ export interface AgentProcess {
 
 /** `certunnel agent ARGS`; NODE_ARGS (node's options and the entry point) may name another build of the CLI, e.g. a released one. */
 export function spawnAgent(args: readonly string[], env: NodeJS.ProcessEnv = {}, nodeArgs: readonly string[] = cliArgs([])): AgentProcess {
-  const child = spawn(process.execPath, [...nodeArgs, 'agent', ...args], { cwd: REPO_ROOT, env: { ...process.env, ...env } });
+  return watchAgent(spawn(process.execPath, [...nodeArgs, 'agent', ...args], { cwd: REPO_ROOT, env: { ...process.env, ...env } }));
+}
+
+/** The shell agent (agent/certunnel-agent.sh) run with ARGS by `sh`, as a device without Node runs it. */
+export function spawnShellAgent(args: readonly string[], env: NodeJS.ProcessEnv = {}): AgentProcess {
+  const child = spawn('sh', [join(REPO_ROOT, 'agent', 'certunnel-agent.sh'), ...args], { cwd: REPO_ROOT, env: { ...process.env, ...env } });
+  child.stdin.end();
+  return watchAgent(child);
+}
+
+/** CHILD, an agent process (either agent: both log JSON lines to stdout), with its log lines parsed as they come. */
+function watchAgent(child: ChildProcessWithoutNullStreams): AgentProcess {
   const logs: Array<Record<string, unknown>> = [];
   let raw = '';
   let pending = '';

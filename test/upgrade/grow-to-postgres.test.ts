@@ -29,7 +29,6 @@
  * every few seconds on whichever broker it reaches.
  */
 import test, { type ExecutionContext } from 'ava';
-import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -42,8 +41,7 @@ import { joinNode } from '../../testkit/cluster.js';
 import { startDeviceService, type DeviceService } from '../../testkit/gateway.js';
 import { runCommand } from '../../testkit/openssh.js';
 import { createTestDatabase, startPostgres } from '../../testkit/postgres.js';
-import { waitFor } from '../../testkit/ssh-client.js';
-import { agentConfig, answersWithin, spawnAgent, within, type AgentProcess } from '../agent/fixtures.js';
+import { agentConfig, answersWithin, spawnAgent, spawnShellAgent, within, type AgentProcess } from '../agent/fixtures.js';
 import { freePool, freePort } from '../agent/net-fixtures.js';
 
 const SHELL_AGENT = join(REPO_ROOT, 'agent', 'certunnel-agent.sh');
@@ -72,43 +70,6 @@ async function forwarder(port: number): Promise<{ target: number; close(): Promi
         server.close(() => resolve());
       }),
   });
-}
-
-/** The shell agent as a process, its JSON lines parsed (agent/certunnel-agent.sh run). */
-function runShellAgent(args: readonly string[]): AgentProcess {
-  const child = spawn('sh', [SHELL_AGENT, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  const logs: Array<Record<string, unknown>> = [];
-  let raw = '';
-  let pending = '';
-  child.stdout.setEncoding('utf8');
-  child.stderr.setEncoding('utf8');
-  child.stdout.on('data', (c: string) => {
-    raw += c;
-    pending += c;
-    for (let nl = pending.indexOf('\n'); nl !== -1; nl = pending.indexOf('\n')) {
-      try {
-        logs.push(JSON.parse(pending.slice(0, nl)) as Record<string, unknown>);
-      } catch {
-        // not a JSON line
-      }
-      pending = pending.slice(nl + 1);
-    }
-  });
-  child.stderr.on('data', (c: string) => (raw += c));
-  const exited = new Promise<number>((resolve) => child.once('close', (code) => resolve(code ?? -1)));
-  return {
-    child: child as unknown as AgentProcess['child'], logs, exited, output: () => raw,
-    async waitForLog(pred, label, timeoutMs = 20_000, from = 0) {
-      let hit: Record<string, unknown> | undefined;
-      await waitFor(() => (hit = logs.slice(from).find(pred)) !== undefined || child.exitCode !== null, label, timeoutMs).catch(() => undefined);
-      if (!hit) throw new Error(`no ${label}; shell agent output:\n${raw.slice(-3000)}`);
-      return hit;
-    },
-    async stop(signal = 'SIGTERM') {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      return exited;
-    },
-  };
 }
 
 interface Device {
@@ -193,7 +154,7 @@ test('a fleet on SQLite moves to PostgreSQL and a second node; the same agents r
       const state = join(dir, 'state-shell');
       const enrolled = await runCommand('sh', [SHELL_AGENT, 'enroll', '--url', url, '--pin', pin, '--state-dir', state, '--name', 'shell'], { env: { CERTUNNEL_ENROLL_TOKEN: tokens[2]! } });
       t.is(enrolled.code, 0, enrolled.stderr);
-      const agent = runShellAgent(['run', '--state-dir', state, '--service', `0:127.0.0.1:${svc.port}`, '--keepalive', '2', '--backoff-cap', '2', '--poll', '1']);
+      const agent = spawnShellAgent(['run', '--state-dir', state, '--service', `0:127.0.0.1:${svc.port}`, '--keepalive', '2', '--backoff-cap', '2', '--poll', '1']);
       agents.push(agent);
       const ports = JSON.parse(await readFile(join(state, 'state.json'), 'utf8')) as { ports: { first: number } };
       devices.push({ name: 'shell', agent, port: ports.ports.first, greeting: 'shell:' });
