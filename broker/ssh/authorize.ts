@@ -38,19 +38,22 @@ function deny<R extends string>(reason: R): Decision<R> {
 // ---------------------------------------------------------------------------
 // Certificates
 
+/** The refusals verifyCertificate decides, for any certificate a login presents (a device's, an operator's, a node's). */
+export type CaCertRefusal = Extract<
+  CaErrorCode,
+  | 'CERT_MALFORMED'
+  | 'CERT_UNSUPPORTED'
+  | 'CERT_UNKNOWN_CA'
+  | 'CERT_BAD_SIGNATURE'
+  | 'CERT_WRONG_TYPE'
+  | 'CERT_EXPIRED'
+  | 'CERT_NOT_YET_VALID'
+  | 'CERT_UNKNOWN_CRITICAL_OPTION'
+>;
+
 /** Why a user certificate may not open a session. CA codes come from verifyCertificate. */
 export type CertRefusal =
-  | Extract<
-      CaErrorCode,
-      | 'CERT_MALFORMED'
-      | 'CERT_UNSUPPORTED'
-      | 'CERT_UNKNOWN_CA'
-      | 'CERT_BAD_SIGNATURE'
-      | 'CERT_WRONG_TYPE'
-      | 'CERT_EXPIRED'
-      | 'CERT_NOT_YET_VALID'
-      | 'CERT_UNKNOWN_CRITICAL_OPTION'
-    >
+  | CaCertRefusal
   | 'KEY_ID_INVALID'
   | 'PRINCIPAL_INVALID'
   | 'PRINCIPAL_OUTSIDE_POOL'

@@ -24,17 +24,10 @@ import {
   type PublicKey,
 } from '../../ca/index.js';
 import { inBlock } from '../core/port-pool.js';
-import type { Decision } from './authorize.js';
+import type { CaCertRefusal, Decision } from './authorize.js';
 
 export type NodeCertRefusal =
-  | 'CERT_MALFORMED'
-  | 'CERT_UNSUPPORTED'
-  | 'CERT_UNKNOWN_CA'
-  | 'CERT_BAD_SIGNATURE'
-  | 'CERT_WRONG_TYPE'
-  | 'CERT_EXPIRED'
-  | 'CERT_NOT_YET_VALID'
-  | 'CERT_UNKNOWN_CRITICAL_OPTION'
+  | CaCertRefusal
   /** Key id and principal are not both node:<the same id>, or the certificate carries an extension. */
   | 'NOT_A_NODE'
   | 'SERIAL_ZERO'
