@@ -109,12 +109,14 @@ test('ok/two endpoints down: the third is dialled at once, no backoff; status.js
 });
 
 test('ok/every endpoint down: each round dials each endpoint once, then one backoff', async (t) => {
-  const r = await rig({ endpoints: [A, B], transport: new FakeTransport([], 'UNREACHABLE') });
+  // A fixed random: backoffs of 500 then 1000 ms, so that moving the clock by the first fires it alone (a random
+  // pair of short delays could otherwise fit in one move, and the test would see three backoffs).
+  const r = await rig({ endpoints: [A, B], transport: new FakeTransport([], 'UNREACHABLE'), random: () => 0.5 });
   try {
     await r.until(() => r.log.events('backoff').length === 1, 'backoff');
     t.deepEqual([...dialled(r.transport)].sort(), [key(A), key(B)].sort());
     t.is(r.log.events('backoff')[0]!.attempt, 1);
-    await r.clock.advance(BACKOFF.baseMs);
+    await r.clock.advance(Number(r.log.events('backoff')[0]!.delayMs));
     await r.until(() => r.log.events('backoff').length === 2, 'second backoff');
     t.is(r.transport.specs.length, 4);
     t.deepEqual(dialled(r.transport).slice(2).sort(), [key(A), key(B)].sort());
