@@ -34,6 +34,36 @@ export interface SshAddressWire {
   port: number;
 }
 
+/**
+ * What a device trusts of the broker, the one in use first: its SSH host
+ * keys, host CAs and API TLS pins. Outside a rotation each list holds one
+ * entry (apiPins none when the broker serves plain HTTP); during a rotation
+ * of that root (docs/rotation.md) the current and the next. An agent stores
+ * the set it was last given and accepts any member: a host key in
+ * hostKeys, a host certificate signed by one of hostCertificateAuthorities,
+ * a TLS key whose pin is in apiPins. Absent from brokers before 0.5: then
+ * `ssh.hostKey`, `ssh.hostCertificateAuthority` and the configured pin are
+ * the whole trust.
+ */
+export interface TrustSetWire {
+  /** OpenSSH public key lines, 1 to 4. */
+  hostKeys: string[];
+  /** OpenSSH public key lines, 1 to 4. */
+  hostCertificateAuthorities: string[];
+  /** "sha256//BASE64" pins, 0 to 4. */
+  apiPins: string[];
+}
+
+/**
+ * What an agent tells the broker it can do, in enrollment and renewal
+ * requests (`capabilities`). Unknown strings are ignored; older agents send
+ * none.
+ */
+export const AGENT_CAPABILITIES = {
+  /** Stores `trust` from grants and accepts any member (the broker counts it as having the next trust). */
+  trustSet: 'trust-set-v1',
+} as const;
+
 /** A hardware serial (enrollment, token bindings): printable ASCII without spaces. */
 export const HARDWARE_SERIAL = /^[\x21-\x7e]{1,128}$/;
 
@@ -43,6 +73,8 @@ export interface EnrollRequest {
   publicKey: string;
   name?: string;
   hardwareSerial?: string;
+  /** AGENT_CAPABILITIES values; absent from agents before 0.5. */
+  capabilities?: string[];
 }
 
 export interface CertificateGrantWire {
@@ -64,6 +96,13 @@ export interface CertificateGrantWire {
    */
   sshEndpoints?: SshAddressWire[];
   ssh: SshEndpointWire;
+  /**
+   * The trust set (TrustSetWire); absent from brokers before 0.5. `ssh.hostKey`
+   * and `ssh.hostCertificateAuthority` stay the ones an agent from before 0.5
+   * must pin: the broker's presented host key until a host-key rotation is
+   * committed.
+   */
+  trust?: TrustSetWire;
 }
 
 export type EnrollResponse = CertificateGrantWire;
@@ -80,6 +119,8 @@ export interface RenewRequest {
   signature: string;
   /** With newPublicKey: SSHSIG over the same message by the new key. */
   newKeySignature?: string;
+  /** AGENT_CAPABILITIES values (not covered by the signature); absent from agents before 0.5. */
+  capabilities?: string[];
 }
 
 export type RenewResponse = CertificateGrantWire;
@@ -94,6 +135,8 @@ export interface CaResponse {
   /** Every SSH endpoint, the first being `ssh`'s (see CertificateGrantWire.sshEndpoints). */
   sshEndpoints?: SshAddressWire[];
   ssh: SshEndpointWire;
+  /** The trust set devices are given now (TrustSetWire); absent from brokers before 0.5. */
+  trust?: TrustSetWire;
 }
 
 /**
