@@ -1,7 +1,7 @@
 /**
  * The data directories and agent state directories made by earlier
- * releases, kept as fixtures (test/fixtures/v0.2.0 and v0.3.0, see their
- * READMEs; the upgrade tests run once per RELEASE_FIXTURES entry), and how
+ * releases, kept as fixtures (test/fixtures/v0.2.0, v0.3.0 and v0.4.0, see
+ * their READMEs; the upgrade tests run once per RELEASE_FIXTURES entry), and how
  * a test gets a usable copy of them: git keeps no file modes, so a copy
  * gets 0700 directories and 0600 secrets back, as the release made them.
  */
@@ -18,6 +18,10 @@ export const V020_FIXTURE_TIME = Date.parse('2026-12-05T06:32:00Z');
 export const V030_FIXTURE = fileURLToPath(new URL('../test/fixtures/v0.3.0/', import.meta.url));
 export const V030_FIXTURE_TIME = Date.parse('2026-12-05T08:50:00Z');
 
+/** test/fixtures/v0.4.0/, made by v0.4.0's code with the same make.sh (the last release before trust rotations). */
+export const V040_FIXTURE = fileURLToPath(new URL('../test/fixtures/v0.4.0/', import.meta.url));
+export const V040_FIXTURE_TIME = Date.parse('2026-12-06T02:25:00Z');
+
 export interface ReleaseFixture {
   /** The release tag that made it. */
   readonly release: string;
@@ -30,6 +34,7 @@ export interface ReleaseFixture {
 export const RELEASE_FIXTURES: readonly ReleaseFixture[] = [
   { release: 'v0.2.0', dir: V020_FIXTURE, time: V020_FIXTURE_TIME },
   { release: 'v0.3.0', dir: V030_FIXTURE, time: V030_FIXTURE_TIME },
+  { release: 'v0.4.0', dir: V040_FIXTURE, time: V040_FIXTURE_TIME },
 ];
 
 /** 0700 on DIR and every directory below it, 0600 on every file that isPublic does not name. */

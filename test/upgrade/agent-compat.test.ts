@@ -2,7 +2,7 @@
  * Upgrade, the agents' side: devices keep running the agent they shipped
  * with while the broker is upgraded, and a device upgraded first keeps the
  * state directory its old agent made. For each release fixture
- * (RELEASE_FIXTURES: test/fixtures/v0.2.0 and v0.3.0, see their READMEs):
+ * (RELEASE_FIXTURES: test/fixtures/v0.2.0, v0.3.0 and v0.4.0, see their READMEs):
  * a copy of the data directory that release's broker made is opened by the
  * current broker (the migrations run), and
  *

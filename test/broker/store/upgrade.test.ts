@@ -1,6 +1,6 @@
 /**
  * Upgrade: a data directory made by an earlier release (each of
- * RELEASE_FIXTURES: test/fixtures/v0.2.0 and v0.3.0, see their READMEs)
+ * RELEASE_FIXTURES: test/fixtures/v0.2.0, v0.3.0 and v0.4.0, see their READMEs)
  * opens in this broker. From v0.2.0, migration 002 rebuilds api_keys (a
  * wider role CHECK) and adds expires_at; from both, 003 adds the nodes
  * tables and devices.node_id. The old keys, their hashes and the devices,
