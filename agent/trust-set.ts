@@ -26,7 +26,10 @@ function keyLines(value: unknown, field: string): string[] {
     throw new AgentError('TRUST_INVALID', `trust.${field}: 1 to ${MAX_TRUSTED_KEYS} OpenSSH public key lines expected`);
   }
   const lines = value.map((line: unknown, i) => {
-    if (typeof line !== 'string' || line.length > 8192) throw new AgentError('TRUST_INVALID', `trust.${field}[${i}]: not a key line`);
+    // One printable line: a newline would smuggle a second known_hosts line past the parser.
+    if (typeof line !== 'string' || line.length > 8192 || !/^[\x20-\x7e]+$/.test(line)) {
+      throw new AgentError('TRUST_INVALID', `trust.${field}[${i}]: not a key line`);
+    }
     try {
       // Comments dropped: a key line goes into known_hosts, and a comment is the broker's free text.
       return formatPublicKey(parsePublicKey(line));
