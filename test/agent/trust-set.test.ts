@@ -23,7 +23,7 @@ import { enrollDevice } from '../../agent/enroll.js';
 import { AgentError } from '../../agent/errors.js';
 import { renewCertificate } from '../../agent/renewer.js';
 import { loadEnrollment, renderKnownHosts, statePaths, writeGrant, type DeviceState } from '../../agent/state-dir.js';
-import { readAgentStatus } from '../../agent/status.js';
+import { formatAgentStatus, readAgentStatus } from '../../agent/status.js';
 import { createOpensshTransport } from '../../agent/transport-openssh.js';
 import { createSsh2Transport } from '../../agent/transport-ssh2.js';
 import type { Transport } from '../../agent/transport.js';
@@ -39,7 +39,7 @@ import { startDeviceService, startGatewayEnv, type DeviceService } from '../../t
 import { sshKeygenOk, withTempDir } from '../../testkit/openssh.js';
 import { waitFor } from '../../testkit/ssh-client.js';
 import { startSshd, type RunningSshd } from '../../testkit/sshd.js';
-import { answersWithin, enrolledDevice, memoryLogger, mintToken, type TestDevice } from './fixtures.js';
+import { answersWithin, enrolledDevice, FakeClock, FakeTransport, memoryLogger, mintToken, type TestDevice } from './fixtures.js';
 import { freePool } from './net-fixtures.js';
 
 const keyLine = (): string => formatPublicKey(generateKeyPair().publicKey);
@@ -163,6 +163,46 @@ test('fail/a state.json with a malformed trust set is STATE_INVALID', async (t) 
     const err = await t.throwsAsync(loadEnrollment(device.dir));
     t.is((err as AgentError).code, 'STATE_INVALID');
   } finally {
+    await device.close();
+  }
+});
+
+test('ok/agent: background renewals log trust_changed (counts, no keys) when the set changes, trust_refused for a malformed one, nothing when it is the same', async (t) => {
+  const start = Date.UTC(2030, 0, 1);
+  const device = await enrolledDevice({ now: start });
+  const clock = new FakeClock(start);
+  const transport = new FakeTransport();
+  const log = memoryLogger();
+  const next = keyLine();
+  const answers: unknown[] = [
+    { hostKeys: [formatPublicKey(device.hostKey.publicKey), next], hostCertificateAuthorities: [formatPublicKey(device.hostCa.publicKey)], apiPins: [PIN_A, PIN_B] },
+    { hostKeys: [formatPublicKey(device.hostKey.publicKey), next], hostCertificateAuthorities: [formatPublicKey(device.hostCa.publicKey)], apiPins: [PIN_A, PIN_B] },
+    { hostKeys: [next], hostCertificateAuthorities: [], apiPins: [] },
+  ];
+  const api: ApiCall = async <T>() => grantOf(device, { now: clock.now(), trust: answers.shift() }) as T;
+  const config = parseAgentConfig({ stateDir: device.dir, services: {} });
+  const agent = new Agent({ config, transport, logger: log, clock, random: () => 0.5, api });
+  const done = agent.run();
+  try {
+    const renewals = async (n: number): Promise<void> => {
+      await clock.advance(3600_000);
+      await waitFor(async () => log.events('renewed').length >= n && agent.machine.state === 'connected', `renewal ${n}`, 5000);
+    };
+    await renewals(1);
+    t.deepEqual(log.events('trust_changed').map((e) => [e.from, e.to]), [[
+      { hostKeys: 1, hostCertificateAuthorities: 1, apiPins: 1 }, { hostKeys: 2, hostCertificateAuthorities: 1, apiPins: 2 },
+    ]]);
+    t.deepEqual(transport.specs.at(-1)!.acceptedHostKeys?.length, 2, 'the reconnection accepts both host keys');
+    await renewals(2);
+    t.is(log.events('trust_changed').length, 1, 'the same set again is no change');
+    await renewals(3);
+    t.deepEqual(log.events('trust_refused').map((e) => e.code), ['TRUST_INVALID']);
+    t.is((await stateOf(device.dir)).trust?.hostKeys.length, 2, 'the previous set is kept');
+    t.false(JSON.stringify(log.lines).includes(next.split(' ')[1]!), 'no key in the logs');
+    t.regex(formatAgentStatus(await readAgentStatus(device.dir, [])), /^trust: +2 host keys, 1 host CA, 2 API pins$/m);
+  } finally {
+    agent.stop();
+    await done;
     await device.close();
   }
 });
