@@ -147,7 +147,7 @@ parse_trust() { # file
       and all(.[]; type == "string" and length <= 8192 and test("\\Assh-ed25519 [A-Za-z0-9+/]+={0,2}( [ -~]*)?\\z"));
     def pins_ok: type == "array" and length <= 4 and all(.[]; type == "string" and test("\\Asha256//[A-Za-z0-9+/]{43}=\\z"));
     def uniq: reduce .[] as $x ([]; if any(.[]; . == $x) then . else . + [$x] end);
-    if .trust == null then empty
+    if has("trust") | not then empty
     elif (.trust | type) == "object" and (.trust.hostKeys | keys_ok) and (.trust.hostCertificateAuthorities | keys_ok) and (.trust.apiPins | pins_ok)
     then .trust | {
       hostKeys: [.hostKeys[] | split(" ")[0:2] | join(" ")] | uniq,

@@ -171,6 +171,7 @@ test('shell: fail/a malformed trust set at enrollment is TRUST_INVALID: enrolled
     ['no host keys', { hostKeys: [], hostCertificateAuthorities: [keyLine()], apiPins: [] }],
     ['a key ssh-keygen cannot read', { hostKeys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBAD'], hostCertificateAuthorities: [keyLine()], apiPins: [] }],
     ['a bad pin', { hostKeys: [keyLine()], hostCertificateAuthorities: [keyLine()], apiPins: ['sha256//short'] }],
+    ['null', null],
     ['five CAs', { hostKeys: [keyLine()], hostCertificateAuthorities: [keyLine(), keyLine(), keyLine(), keyLine(), keyLine()], apiPins: [] }],
   ];
   await withFakeBroker(async (f, dir) => {

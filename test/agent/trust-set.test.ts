@@ -58,6 +58,7 @@ test('ok/parseTrustSet: key lines normalized (comments dropped, duplicates remov
 
 const malformed: Array<[string, unknown]> = [
   ['not an object', 'trust'],
+  ['null', null],
   ['a list', []],
   ['no host keys', { hostKeys: [], hostCertificateAuthorities: [keyLine()], apiPins: [] }],
   ['five host keys', { hostKeys: [keyLine(), keyLine(), keyLine(), keyLine(), keyLine()], hostCertificateAuthorities: [keyLine()], apiPins: [] }],
