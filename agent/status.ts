@@ -126,9 +126,10 @@ export function formatAgentStatus(r: AgentStatusReport): string {
     const c = r.certificate!;
     row('certificate', `serial ${c.serial}, ${c.expired ? 'EXPIRED' : 'valid'} until ${c.validBefore} (${duration(c.expiresInSeconds)})`);
     row('broker', `${r.broker!.url}, ssh ${r.broker!.sshEndpoints.join(' ')}`);
+    // Shown once the broker gave a set (0.5 on); before, the one key, CA and pin are what there always was.
     const tr = r.trust!;
     const plural = (n: number, one: string): string => `${n} ${one}${n === 1 ? '' : 's'}`;
-    row('trust', `${plural(tr.hostKeys, 'host key')}, ${plural(tr.hostCertificateAuthorities, 'host CA')}, ${plural(tr.apiPins, 'API pin')}${tr.fromBroker ? '' : ' (no trust set from the broker)'}`);
+    if (tr.fromBroker) row('trust', `${plural(tr.hostKeys, 'host key')}, ${plural(tr.hostCertificateAuthorities, 'host CA')}, ${plural(tr.apiPins, 'API pin')}`);
   }
   const t = r.tunnel;
   const via = t.endpoint ? `, ${t.state === 'connected' ? 'on' : 'last tried'} ${t.endpoint}` : '';

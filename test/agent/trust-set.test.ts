@@ -151,6 +151,7 @@ test('ok/renewal stores the trust set, sends capabilities, and a malformed set l
     t.is((await stateOf(device.dir)).trust, undefined);
     t.is((await readFile(statePaths(device.dir).knownHosts, 'utf8')).trim().split('\n').length, 2);
     t.deepEqual((await readAgentStatus(device.dir, [])).trust, { hostKeys: 1, hostCertificateAuthorities: 1, apiPins: 1, fromBroker: false });
+    t.notRegex(formatAgentStatus(await readAgentStatus(device.dir, [])), /^trust:/m, 'no set, no row: the output of before');
   } finally {
     await device.close();
   }
