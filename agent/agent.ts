@@ -11,7 +11,9 @@
  * stops the agent for good. Renewal runs in the foreground (state renewing)
  * only when the certificate is already due or expired (the device was
  * offline) or the SSH server refused it (to learn whether the device was
- * revoked).
+ * revoked), or no endpoint presented a host key the agent trusts (to learn
+ * the broker's current trust set, trust-set.ts: a device offline through a
+ * whole host-key rotation).
  *
  * The broker may name several SSH endpoints (the nodes of a fleet): each
  * round of connection attempts dials them in a random order (endpoints.ts)
@@ -202,7 +204,7 @@ export class Agent {
       const enrollment = await enrollDevice({
         stateDir: config.stateDir, broker: config.broker!, token: config.enroll.token!, name: config.enroll.name,
         hardwareSerial: config.enroll.hardwareSerial, timeoutMs: config.apiTimeoutSeconds * 1000,
-        now: () => new Date(this.#clock.now()), api: this.#api,
+        now: () => new Date(this.#clock.now()), api: this.#api, log: this.#log,
       });
       this.#renewal.adopt(enrollment);
     } catch (err) {
@@ -255,6 +257,7 @@ export class Agent {
     }
     const round = this.#endpoints.round(sshEndpointsOf(enrollment.state));
     let failure: unknown = new TransportError('UNREACHABLE', 'no SSH endpoint to dial');
+    let hostKeyMismatch = false;
     for (const [i, endpoint] of round.entries()) {
       this.#endpoints.dialing(endpoint);
       const spec = tunnelSpecFor(this.#config, enrollment, forwards, endpoint);
@@ -267,6 +270,7 @@ export class Agent {
         const code = this.#logConnectFailed(err, endpoint, round.length - i - 1);
         // The certificate, not the node: every endpoint checks it against the same CA and revocations.
         if (code === 'AUTH_REFUSED') break;
+        hostKeyMismatch ||= code === 'HOST_KEY_MISMATCH';
         continue;
       }
       this.#renewedAfterRefusal = false;
@@ -278,7 +282,8 @@ export class Agent {
       }, 'tunnel up');
       return;
     }
-    return this.#onConnectFailed(failure);
+    return this.#onConnectFailed(hostKeyMismatch && !(failure instanceof TransportError && failure.code === 'AUTH_REFUSED')
+      ? new TransportError('HOST_KEY_MISMATCH', 'no endpoint presented a host key the agent trusts') : failure);
   }
 
   /** Logs and records one failed attempt; returns its code. */
@@ -300,6 +305,15 @@ export class Agent {
       // Once only: a certificate refused again right after renewal backs off.
       this.#renewedAfterRefusal = true;
       this.machine.transition('renewing', 'certificate refused by the SSH server');
+      return;
+    }
+    if (code === 'HOST_KEY_MISMATCH' && !this.#renewedAfterRefusal) {
+      // A host key outside the stored trust set: a spoof, or a host-key
+      // rotation the device slept through. Only the API (pinned on its own)
+      // may say which: renewal brings the broker's current trust set. The
+      // unknown key itself is never accepted.
+      this.#renewedAfterRefusal = true;
+      this.machine.transition('renewing', 'host key not in the trust set; asking the broker for its trust set');
       return;
     }
     this.#renewedAfterRefusal = false;

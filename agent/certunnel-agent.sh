@@ -15,6 +15,16 @@
 # port block, SSH endpoints, known_hosts with the broker's host key and host CA
 # for each endpoint.
 #
+# Trust set (brokers from 0.5, issue #14): with jq on the device the agent
+# says so (capabilities ["trust-set-v1"]), stores the grant's `trust` (host
+# keys, host CAs, API pins; checked strictly, a malformed one is refused
+# with TRUST_INVALID and the previous kept) and accepts any member: every
+# host key and an @cert-authority line per host CA in known_hosts, every pin
+# for curl. A host key outside the set costs one renewal (to learn a
+# rotation the device slept through), never an acceptance. Without jq, or
+# with a broker before 0.5, the grant's ssh.hostKey, hostCertificateAuthority
+# and the configured pin are the whole trust, as before.
+#
 # run: keeps `ssh -N -R 127.0.0.1:P:host:port …` up in a loop (strict
 # known_hosts, never trust on first use; ExitOnForwardFailure; server alive
 # keepalives), renews the certificate with certunnel-renew.sh (ssh-keygen -Y
@@ -77,6 +87,11 @@ epoch_to_iso() {
 json_str() { sed -n "s/.*\"$1\":\"\\([^\"]*\\)\".*/\\1/p" "$2" | head -n 1; }
 json_num() { sed -n "s/.*\"$1\":\\([0-9][0-9]*\\).*/\\1/p" "$2" | head -n 1; }
 
+# Whether an error answer (FILE) is an older broker's refusal of the capabilities field itself.
+refuses_capabilities() { # file
+  [ "$(json_str code "$1")" = BAD_REQUEST ] && json_str message "$1" | grep -q 'unknown field(s):.*capabilities'
+}
+
 # The SSH endpoints of a grant or state.json (one line of JSON): "HOST:PORT"
 # words, or nothing when there is no sshEndpoints (an older broker or agent).
 # Returns 1 when the list has an entry that is not a plain host and port
@@ -110,18 +125,84 @@ show_endpoint() { # host:port
 }
 
 # ---------------------------------------------------------------------------
+# The broker's trust set (needs jq; without it the agent keeps to ssh.hostKey
+# and ssh.hostCertificateAuthority, as before 0.5).
+
+have_jq() { command -v jq >/dev/null 2>&1; }
+
+# What the agent tells the broker it can do: a JSON fragment for a request body.
+capabilities_json() {
+  have_jq && [ -z "${no_capabilities:-}" ] && printf ',"capabilities":["trust-set-v1"]'
+}
+
+# The `trust` of a grant or state.json (FILE), checked and normalized (key
+# lines without comments, duplicates dropped, order kept), as one line of
+# JSON; nothing when there is none (an older broker) or no jq. Returns 1 when
+# it is malformed: 1 to 4 Ed25519 key lines each that ssh-keygen reads, 0 to
+# 4 sha256// pins. \A and \z, not ^ and $: those match at a newline inside.
+parse_trust() { # file
+  have_jq || return 0
+  t=$(jq -c '
+    def keys_ok: type == "array" and length >= 1 and length <= 4
+      and all(.[]; type == "string" and length <= 8192 and test("\\Assh-ed25519 [A-Za-z0-9+/]+={0,2}( [ -~]*)?\\z"));
+    def pins_ok: type == "array" and length <= 4 and all(.[]; type == "string" and test("\\Asha256//[A-Za-z0-9+/]{43}=\\z"));
+    def uniq: reduce .[] as $x ([]; if any(.[]; . == $x) then . else . + [$x] end);
+    if has("trust") | not then empty
+    elif (.trust | type) == "object" and (.trust.hostKeys | keys_ok) and (.trust.hostCertificateAuthorities | keys_ok) and (.trust.apiPins | pins_ok)
+    then .trust | {
+      hostKeys: [.hostKeys[] | split(" ")[0:2] | join(" ")] | uniq,
+      hostCertificateAuthorities: [.hostCertificateAuthorities[] | split(" ")[0:2] | join(" ")] | uniq,
+      apiPins: .apiPins | uniq }
+    else "malformed" end' "$1" 2>/dev/null) || return 1
+  [ "$t" = '"malformed"' ] && return 1
+  [ -n "$t" ] || return 0
+  # Every key must be one ssh-keygen reads (the pattern only says it looks like one).
+  kf=$(mktemp) || return 1
+  for k in $(printf '%s' "$t" | jq -r '(.hostKeys + .hostCertificateAuthorities)[] | split(" ")[1]'); do
+    printf 'ssh-ed25519 %s\n' "$k" >"$kf"
+    ssh-keygen -l -f "$kf" >/dev/null 2>&1 || { rm -f "$kf"; return 1; }
+  done
+  rm -f "$kf"
+  printf '%s\n' "$t"
+}
+
+# Lines of FIELD (hostKeys | hostCertificateAuthorities) the agent accepts:
+# FIRST (ssh's own) and the trust set's, without comments or duplicates.
+trusted_lines() { # field first
+  { printf '%s\n' "$2"; [ -n "${trust_json:-}" ] && printf '%s' "$trust_json" | jq -r ".$1[]"; } | cut -d' ' -f1,2 | awk 'NF && !seen[$0]++'
+}
+
+# The pins curl accepts ("a;b", --pinnedpubkey's list): the configured one and the trust set's; none without a configured pin.
+api_pins() {
+  [ -n "$pin" ] || return 0
+  { printf '%s\n' "$pin"; [ -n "${trust_json:-}" ] && printf '%s' "$trust_json" | jq -r '.apiPins[]'; } |
+    awk 'NF && !seen[$0]++ { printf "%s%s", (n++ ? ";" : ""), $0 }'
+}
+
+# Counts for the trust_changed event (never the keys).
+trust_counts_json() {
+  printf '{"hostKeys":%s,"hostCertificateAuthorities":%s,"apiPins":%s}' \
+    "$(trusted_lines hostKeys "$host_key" | wc -l | tr -d ' ')" "$(trusted_lines hostCertificateAuthorities "$host_ca" | wc -l | tr -d ' ')" \
+    "$(api_pins | tr ';' '\n' | grep -c .)"
+}
+
+# ---------------------------------------------------------------------------
 # enroll
 
 known_hosts_pattern() { # host port
   if [ "$2" = 22 ]; then printf '%s' "$1"; else printf '[%s]:%s' "$1" "$2"; fi
 }
 
-# known_hosts: the pinned host key and the host CA, for every endpoint (comma-separated patterns).
-write_known_hosts() { # state-dir  (reads host_key, host_ca, ssh_host, ssh_port, endpoints)
+# known_hosts: every trusted host key and an @cert-authority line per host CA
+# (the trust set's, or the pinned key and host CA alone), for every endpoint
+# (comma-separated patterns).
+write_known_hosts() { # state-dir  (reads host_key, host_ca, trust_json, ssh_host, ssh_port, endpoints)
   patterns=
   for e in $(with_ssh_endpoint); do patterns="$patterns${patterns:+,}$(known_hosts_pattern "${e%:*}" "${e##*:}")"; done
-  printf '%s %s certunnel-broker\n@cert-authority %s %s certunnel-host-ca\n' "$patterns" "$host_key" "$patterns" "$host_ca" >"$1/known_hosts.tmp.$$" &&
-    chmod 0644 "$1/known_hosts.tmp.$$" && mv -f "$1/known_hosts.tmp.$$" "$1/known_hosts"
+  {
+    trusted_lines hostKeys "$host_key" | while read -r k; do printf '%s %s certunnel-broker\n' "$patterns" "$k"; done
+    trusted_lines hostCertificateAuthorities "$host_ca" | while read -r k; do printf '@cert-authority %s %s certunnel-host-ca\n' "$patterns" "$k"; done
+  } >"$1/known_hosts.tmp.$$" && chmod 0644 "$1/known_hosts.tmp.$$" && mv -f "$1/known_hosts.tmp.$$" "$1/known_hosts"
 }
 
 write_state() { # state-dir enrolled-at renewed-at  (reads the globals set from a grant)
@@ -136,8 +217,10 @@ write_state() { # state-dir enrolled-at renewed-at  (reads the globals set from 
   [ -n "$name" ] && name_json="\"$name\""
   renewed_json=null
   [ -n "$3" ] && renewed_json="\"$3\""
-  printf '{"version":1,"deviceId":"%s","name":%s,"ports":{"first":%s,"last":%s},%s"ssh":{"host":"%s","port":%s,"username":"%s","hostKey":"%s","hostCertificateAuthority":"%s"},"broker":{"url":"%s"%s},"serial":"%s","validAfter":"%s","validBefore":"%s","renewAfter":"%s","enrolledAt":"%s","renewedAt":%s}\n' \
-    "$device_id" "$name_json" "$first" "$last" "$endpoints_json" "$ssh_host" "$ssh_port" "$ssh_user" "$host_key" "$host_ca" "$url" "$pin_json" \
+  trust_field=
+  [ -n "${trust_json:-}" ] && trust_field=",\"trust\":$trust_json"
+  printf '{"version":1,"deviceId":"%s","name":%s,"ports":{"first":%s,"last":%s},%s"ssh":{"host":"%s","port":%s,"username":"%s","hostKey":"%s","hostCertificateAuthority":"%s"}%s,"broker":{"url":"%s"%s},"serial":"%s","validAfter":"%s","validBefore":"%s","renewAfter":"%s","enrolledAt":"%s","renewedAt":%s}\n' \
+    "$device_id" "$name_json" "$first" "$last" "$endpoints_json" "$ssh_host" "$ssh_port" "$ssh_user" "$host_key" "$host_ca" "$trust_field" "$url" "$pin_json" \
     "$serial" "$valid_after" "$valid_before" "$renew_after" "$2" "$renewed_json" >"$1/state.json.tmp.$$"
   chmod 0644 "$1/state.json.tmp.$$"
   mv -f "$1/state.json.tmp.$$" "$1/state.json"
@@ -187,13 +270,20 @@ cmd_enroll() {
   pubkey=$(cut -d' ' -f1,2 "$state/device_key.pending.pub")
   name_field=
   [ -n "$name" ] && name_field=",\"name\":\"$name\""
-  printf '{"token":"%s","publicKey":"%s"%s}' "$token" "$pubkey" "$name_field" >"$tmp/body"
+  no_capabilities= trust_json=
+  printf '{"token":"%s","publicKey":"%s"%s%s}' "$token" "$pubkey" "$name_field" "$(capabilities_json)" >"$tmp/body"
 
   set -- -sS -o "$tmp/resp" -w '%{http_code}' --max-time 30 -H 'content-type: application/json' --data-binary "@$tmp/body"
   # -k: trust comes from the pinned key, not from a CA store.
   [ -n "$pin" ] && set -- "$@" -k --pinnedpubkey "$pin"
   keep_pending=1
   status=$(curl "$@" "$url/v1/enroll" 2>"$tmp/err") || die $EXIT_ERROR UNREACHABLE "cannot reach the broker: $(cat "$tmp/err")"
+  if [ "$status" = 400 ] && refuses_capabilities "$tmp/resp" && grep -q '"capabilities"' "$tmp/body"; then
+    # A broker before 0.5 refuses fields it does not know: once more without.
+    no_capabilities=1
+    printf '{"token":"%s","publicKey":"%s"%s}' "$token" "$pubkey" "$name_field" >"$tmp/body"
+    status=$(curl "$@" "$url/v1/enroll" 2>"$tmp/err") || die $EXIT_ERROR UNREACHABLE "cannot reach the broker: $(cat "$tmp/err")"
+  fi
   if [ "$status" != 201 ] && [ "$status" != 200 ]; then
     code=$(json_str code "$tmp/resp")
     case "$code" in
@@ -209,6 +299,10 @@ cmd_enroll() {
   ssh_host=$(json_str host "$r") ssh_port=$(json_num port "$r") ssh_user=$(json_str username "$r")
   host_key=$(json_str hostKey "$r") host_ca=$(json_str hostCertificateAuthority "$r")
   endpoints=$(json_endpoints "$r") || die $EXIT_ERROR GRANT_INVALID 'the broker sent an unusable list of SSH endpoints'
+  if ! trust_json=$(parse_trust "$r"); then
+    trust_json=
+    echo 'certunnel-agent: TRUST_INVALID: the broker sent a malformed trust set; trusting its ssh host key and host CA alone' >&2
+  fi
   case "$ssh_host" in ''|-*|*[!A-Za-z0-9._:-]*) die $EXIT_ERROR GRANT_INVALID 'the broker sent an unusable SSH host' ;; esac
   granted_name=$(json_str name "$r")
   [ -n "$granted_name" ] && name=$granted_name
@@ -241,6 +335,7 @@ load_state() {
   [ -n "$device_id" ] && [ -n "$first" ] && [ -n "$ssh_port" ] && [ -n "$url" ] || die $EXIT_ERROR STATE_INVALID "$s is incomplete"
   # Absent from a state.json an older agent wrote: then the ssh endpoint alone.
   endpoints=$(json_endpoints "$s") || die $EXIT_ERROR STATE_INVALID "$s: malformed sshEndpoints"
+  trust_json=$(parse_trust "$s") || die $EXIT_ERROR STATE_INVALID "$s: malformed trust set"
 }
 
 # Validity of the certificate file, from ssh-keygen -L (in UTC): sets serial,
@@ -295,18 +390,42 @@ adopt_endpoints() { # grant-file
   case "$new_host" in ''|-*|*[!A-Za-z0-9._:-]*) return 0 ;; esac
   [ -n "$new_port" ] || return 0
   endpoints=$new ssh_host=$new_host ssh_port=$new_port
-  write_known_hosts "$state"
+}
+
+# The host key, host CA and trust set of a renewal's answer: the set replaces
+# the stored one (none from an older broker: ssh's key and CA alone, as
+# before); a malformed set is refused and the previous kept. One
+# trust_changed line when what the agent accepts changed (counts only).
+adopt_trust() { # grant-file
+  from=$(trust_counts_json)
+  before=$from${trust_json:-}
+  new_key=$(json_str hostKey "$1") new_ca=$(json_str hostCertificateAuthority "$1")
+  case "$new_key" in ssh-ed25519\ [A-Za-z0-9+/]*) host_key=$(printf '%s' "$new_key" | cut -d' ' -f1,2) ;; esac
+  case "$new_ca" in ssh-ed25519\ [A-Za-z0-9+/]*) host_ca=$(printf '%s' "$new_ca" | cut -d' ' -f1,2) ;; esac
+  if new=$(parse_trust "$1"); then
+    trust_json=$new
+    [ "$(trust_counts_json)${trust_json:-}" = "$before" ] ||
+      log info trust_changed "the broker's trust set changed" ",\"from\":$from,\"to\":$(trust_counts_json),\"trustSet\":$([ -n "$trust_json" ] && echo true || echo false)"
+  else
+    log warn trust_refused 'the broker sent a malformed trust set; the previous one is kept' ',"code":"TRUST_INVALID"'
+  fi
 }
 
 # Renews with certunnel-renew.sh. Returns 0 renewed, 1 transient failure;
 # exits the agent when the broker refuses for good.
 renew() {
   rm -f "$state/grant.json"
-  out=$(sh "$renew_script" --url "$url" --pin "$pin" --device-id "$device_id" --key "$key" --out "$cert" --grant "$state/grant.json" 2>&1)
+  caps=
+  have_jq && [ -z "$no_capabilities" ] && caps=trust-set-v1
+  out=$(sh "$renew_script" --url "$url" --pin "$(api_pins)" --device-id "$device_id" --key "$key" --out "$cert" --grant "$state/grant.json" --capabilities "$caps" 2>&1)
   rc=$?
+  # An older broker refused the field (the script retried without): not again in this process.
+  case "$out" in *'capabilities refused'*) no_capabilities=1 ;; esac
   if [ $rc = 0 ]; then
     read_certificate || { log warn renew_failed 'renewed certificate unreadable' ',"code":"GRANT_INVALID"'; return 1; }
     adopt_endpoints "$state/grant.json"
+    adopt_trust "$state/grant.json"
+    write_known_hosts "$state"
     rm -f "$state/grant.json"
     renew_after=$(epoch_to_iso "$renew_at")
     write_state "$state" "$enrolled_at" "$(iso_now)"
@@ -435,7 +554,7 @@ cmd_run() {
   done
   [ $nforwards -gt 0 ] || die $EXIT_USAGE SERVICE_INVALID 'no service fits in the port block'
 
-  current_state=initial last_error= stopping= attempt=0 renew_attempt=0 refused_renewed= round= dial= failed_over=
+  current_state=initial last_error= stopping= attempt=0 renew_attempt=0 refused_renewed= round= dial= failed_over= no_capabilities= round_mismatch=
   trap on_signal TERM INT
   printf '%s %s\n' "$$" "$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)" >"$state/run.pid"
   read_certificate || die $EXIT_ERROR STATE_INVALID "$cert is unreadable"
@@ -461,7 +580,7 @@ cmd_run() {
     while [ -z "$stopping" ] && ssh_running; do
       if [ -z "$connected_at" ] && [ "$(grep -c 'remote forward success' "$ssh_log")" -ge $nforwards ]; then
         connected_at=$(now)
-        refused_renewed=
+        refused_renewed= round_mismatch=
         write_status connected
         log info connected 'tunnel up' ",\"serial\":\"$serial\",\"endpoint\":\"$(show_endpoint "$dial")\",\"port\":${dial##*:}"
       fi
@@ -493,6 +612,7 @@ cmd_run() {
       fi
     else
       log warn connect_failed 'tunnel could not be opened' ",\"code\":\"$code\",\"endpoint\":\"$shown\""
+      [ "$code" = HOST_KEY_MISMATCH ] && round_mismatch=1
       # The next endpoint of the round at once; a refused certificate is the same on every node.
       if [ "$code" != AUTH_REFUSED ] && [ -n "$round" ]; then
         write_status connecting "$code" 'ssh exited'
@@ -500,9 +620,14 @@ cmd_run() {
       fi
     fi
     round= failed_over=
+    [ "$code" != AUTH_REFUSED ] && [ -n "$round_mismatch" ] && code=HOST_KEY_MISMATCH
+    round_mismatch=
     write_status backoff "$code" 'ssh exited'
-    if [ "$code" = AUTH_REFUSED ] && [ -z "$refused_renewed" ]; then
+    if { [ "$code" = AUTH_REFUSED ] || [ "$code" = HOST_KEY_MISMATCH ]; } && [ -z "$refused_renewed" ]; then
       # Expired, revoked, or the CA changed: the broker's API knows which.
+      # A host key outside the trust set: a spoof, or a host-key rotation the
+      # device slept through; renewal (over the pinned API) brings the
+      # current set. The unknown key itself is never accepted.
       refused_renewed=1
       renew_at=0
       continue

@@ -2,7 +2,9 @@
  * Enrollment: the device makes its Ed25519 key here (the private half is
  * written 0600 and never leaves the device), redeems its single-use token
  * with the public half, and stores what the broker grants: certificate,
- * port block, SSH endpoint, the broker's host key and host CA.
+ * port block, SSH endpoint, the broker's host key and host CA, and its trust
+ * set (trust-set.ts). The request says what the agent can do
+ * (capabilities.ts).
  *
  * The new key is written as device_key.pending before the request and moved
  * into place only after the broker accepted it, so a refused `--force`
@@ -18,7 +20,10 @@ import { readFile, rename, unlink } from 'node:fs/promises';
 import { decodePrivateKey, encodePrivateKey, formatPublicKey, generateKeyPair, writeFileAtomic, type KeyPair } from '../ca/index.js';
 import { type ApiCall, ApiError, apiRequest, type EnrollRequest, type EnrollResponse } from '../api/index.js';
 import { AgentError, ENROLL_FATAL_CODES, EXIT } from './errors.js';
+import { callWithCapabilities } from './capabilities.js';
+import type { AgentLogger } from './logger.js';
 import { checkGrant, ensureStateDir, isEnrolled, loadEnrollment, runningAgentPid, writeGrant, type BrokerApiRef, type Enrollment } from './state-dir.js';
+import { trustOfGrant } from './trust-set.js';
 
 export interface EnrollOptions {
   readonly stateDir: string;
@@ -31,6 +36,8 @@ export interface EnrollOptions {
   readonly timeoutMs?: number;
   readonly now?: () => Date;
   readonly api?: ApiCall;
+  /** Told about a malformed trust set in the grant (the enrollment goes on with `ssh`'s key and CA alone). */
+  readonly log?: AgentLogger;
 }
 
 /** The key in PATH, or null when there is none (or it cannot be read: then a new one is made). */
@@ -70,7 +77,8 @@ export async function enrollDevice(options: EnrollOptions): Promise<Enrollment> 
     const body: EnrollRequest = { token: options.token, publicKey: formatPublicKey(key.publicKey) };
     if (options.name) body.name = options.name;
     if (options.hardwareSerial) body.hardwareSerial = options.hardwareSerial;
-    grant = await api<EnrollResponse>({ baseUrl: options.broker.url, pin: options.broker.pin, timeoutMs: options.timeoutMs ?? 30_000 }, 'POST', '/v1/enroll', body);
+    const call = { baseUrl: options.broker.url, pin: options.broker.pin, timeoutMs: options.timeoutMs ?? 30_000 };
+    grant = await callWithCapabilities<EnrollResponse>(api, call, 'POST', '/v1/enroll', body);
     checkGrant(grant, key.publicKey);
   } catch (err) {
     const fatal = err instanceof ApiError && ENROLL_FATAL_CODES.includes(err.code);
@@ -84,7 +92,9 @@ export async function enrollDevice(options: EnrollOptions): Promise<Enrollment> 
   await rename(pending, paths.key);
   await writeFileAtomic(paths.publicKey, `${formatPublicKey(key.publicKey, `certunnel device ${grant.deviceId}`)}\n`, { mode: 0o644 });
   const at = now().toISOString();
-  await writeGrant(paths, grant, options.broker, { enrolledAt: at, renewedAt: null });
+  const trust = trustOfGrant(grant, undefined);
+  if (trust.refused) options.log?.warn({ event: 'trust_refused', code: trust.refused.code, message: trust.refused.message }, 'the broker sent a malformed trust set; trusting its ssh host key and host CA alone');
+  await writeGrant(paths, grant, options.broker, { enrolledAt: at, renewedAt: null, trust: trust.trust });
   const enrollment = await loadEnrollment(options.stateDir);
   if (!enrollment) throw new AgentError('STATE_INVALID', `${options.stateDir}: enrollment was written but cannot be read back`);
   return enrollment;

@@ -45,6 +45,8 @@ export type AgentErrorCode =
   | 'GRANT_INVALID'
   /** No configured service fits in the device's port block. */
   | 'SERVICE_INVALID'
+  /** The broker sent a malformed trust set (trust-set.ts); the previous one is kept. */
+  | 'TRUST_INVALID'
   | ApiErrorCode;
 
 export class AgentError extends Error {

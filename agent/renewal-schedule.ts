@@ -19,6 +19,7 @@ import type { ApiCall } from '../api/index.js';
 import { renewCertificate, renewalDueAt, suggestedRenewal, validityOf } from './renewer.js';
 import type { AgentState, AgentStateMachine } from './state-machine.js';
 import { loadEnrollment, type BrokerApiRef, type Enrollment } from './state-dir.js';
+import { sameTrust, trustCounts, type TrustOutcome } from './trust-set.js';
 
 /** How the agent ends after the broker's last word on its certificate. */
 export interface Verdict {
@@ -147,10 +148,11 @@ export class RenewalSchedule {
     const { clock, config, log } = this.#deps;
     const enrollment = this.#enrollment!;
     try {
-      const grant = await renewCertificate({
+      const { grant, trust } = await renewCertificate({
         enrollment, broker: this.#broker(), timeoutMs: config.apiTimeoutSeconds * 1000, api: this.#deps.api, now: new Date(clock.now()),
       });
       this.adopt((await loadEnrollment(config.stateDir)) ?? enrollment);
+      this.#logTrust(enrollment, trust);
       this.#attempt = 0;
       this.schedule();
       log.info({ event: 'renewed', serial: grant.serial, validBefore: grant.validBefore, renewAt: new Date(this.#dueAt).toISOString() }, 'certificate renewed');
@@ -164,6 +166,22 @@ export class RenewalSchedule {
       this.#verdict = verdict;
       return { kind: 'verdict' };
     }
+  }
+
+  /** One line when the stored trust set changed (counts, never the keys), or when the broker's was refused. */
+  #logTrust(before: Enrollment, outcome: TrustOutcome): void {
+    const { log } = this.#deps;
+    if (outcome.refused) {
+      log.warn({ event: 'trust_refused', code: outcome.refused.code, message: outcome.refused.message }, 'the broker sent a malformed trust set; the previous one is kept');
+      return;
+    }
+    if (sameTrust(before.state.trust, outcome.trust)) return;
+    const now = this.#enrollment!.state;
+    const pin = this.#broker().pin;
+    log.info({
+      event: 'trust_changed', from: trustCounts(before.state.ssh, before.state.trust, pin), to: trustCounts(now.ssh, now.trust, pin),
+      trustSet: outcome.trust !== undefined,
+    }, outcome.trust ? 'the broker\'s trust set changed' : 'the broker sent no trust set; trusting its ssh host key and host CA alone');
   }
 
   /** The broker as the config names it, else as the enrollment recorded it. */

@@ -2,14 +2,17 @@
  * Certificate renewal: when to renew (about two thirds into the
  * certificate's life, as the broker suggests, with a little jitter so that a
  * fleet enrolled together does not renew together), and the renewal itself
- * (POST /v1/renew signed with the device key; the answer replaces the
- * certificate, known_hosts and state.json atomically).
+ * (POST /v1/renew signed with the device key, over the API pinned by the
+ * configured pin or any pin of the stored trust set; the answer replaces the
+ * certificate, known_hosts, the trust set and state.json atomically).
  */
 import type { Certificate } from '../ca/index.js';
 import type { ApiCall, ApiClientOptions, CertificateGrantWire } from '../api/index.js';
 import { AgentError } from './errors.js';
 import { buildRenewRequest } from './renew-request.js';
+import { callWithCapabilities } from './capabilities.js';
 import { checkGrant, writeGrant, type BrokerApiRef, type Enrollment } from './state-dir.js';
+import { trustOfGrant, type TrustOutcome } from './trust-set.js';
 
 /** The fraction of the certificate's life after which the agent renews when the broker says nothing usable. */
 const RENEW_AT_FRACTION = 2 / 3;
@@ -57,14 +60,25 @@ export interface RenewOptions {
   readonly now: Date;
 }
 
+export interface RenewResult {
+  readonly grant: CertificateGrantWire;
+  /** The trust set now stored, and the grant's refused one if it was malformed (the previous then kept). */
+  readonly trust: TrustOutcome;
+}
+
 /** Renews once; throws the ApiError (or AgentError GRANT_INVALID) as is. Returns the grant that was written. */
-export async function renewCertificate(options: RenewOptions): Promise<CertificateGrantWire> {
+export async function renewCertificate(options: RenewOptions): Promise<RenewResult> {
   const { enrollment } = options;
   const request = buildRenewRequest({ deviceId: enrollment.state.deviceId, key: enrollment.key, now: options.now });
-  const api: ApiClientOptions = { baseUrl: options.broker.url, pin: options.broker.pin, timeoutMs: options.timeoutMs };
-  const grant = await options.api<CertificateGrantWire>(api, 'POST', '/v1/renew', request);
+  const api: ApiClientOptions = {
+    baseUrl: options.broker.url, pin: options.broker.pin, pins: enrollment.state.trust?.apiPins, timeoutMs: options.timeoutMs,
+  };
+  const grant = await callWithCapabilities<CertificateGrantWire>(options.api, api, 'POST', '/v1/renew', request);
   checkGrant(grant, enrollment.key.publicKey);
   if (grant.deviceId !== enrollment.state.deviceId) throw new AgentError('GRANT_INVALID', 'the broker renewed another device');
-  await writeGrant(enrollment.paths, grant, options.broker, { enrolledAt: enrollment.state.enrolledAt, renewedAt: options.now.toISOString() });
-  return grant;
+  const trust = trustOfGrant(grant, enrollment.state.trust);
+  await writeGrant(enrollment.paths, grant, options.broker, {
+    enrolledAt: enrollment.state.enrolledAt, renewedAt: options.now.toISOString(), trust: trust.trust,
+  });
+  return { grant, trust };
 }

@@ -5,8 +5,8 @@
  *   device_key            OpenSSH private key, 0600; made here, never sent anywhere
  *   device_key.pub        its public half
  *   device_key-cert.pub   the current certificate (what ssh -i device_key picks up)
- *   known_hosts           the broker's pinned host key and an @cert-authority line for its host CA
- *   state.json            device id, port block, SSH endpoints, broker URL and pin, validity, renewal time
+ *   known_hosts           the broker's trusted host keys and an @cert-authority line per host CA
+ *   state.json            device id, port block, SSH endpoints, broker URL and pin, trust set, validity, renewal time
  *   status.json           what `run` is doing now (for `status`); rewritten on each state change
  *   run.pid               the running agent (one per state directory)
  *   ssh.pid               the openssh transport's ssh child (ended if a crash left it behind)
@@ -18,11 +18,12 @@
 import { mkdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  decodePrivateKey, formatPublicKey, parseCertificateLine, parsePublicKey, writeFileAtomic,
+  decodePrivateKey, parseCertificateLine, parsePublicKey, writeFileAtomic,
   type Certificate, type KeyPair, type PublicKey,
 } from '../ca/index.js';
-import type { CertificateGrantWire, PortBlockWire, SshAddressWire, SshEndpointWire } from '../api/index.js';
+import type { CertificateGrantWire, PortBlockWire, SshAddressWire, SshEndpointWire, TrustSetWire } from '../api/index.js';
 import { AgentError, EXIT } from './errors.js';
+import { acceptedHostKeys, acceptedSshTrust, parseTrustSet, trustOfGrant } from './trust-set.js';
 
 const STATE_VERSION = 1;
 
@@ -66,6 +67,8 @@ export interface DeviceState {
   /** Every SSH endpoint the broker named (sshEndpointsOf); absent in a state.json from before 0.4 or from an older broker. */
   readonly sshEndpoints?: readonly SshAddressWire[];
   readonly ssh: SshEndpointWire;
+  /** The broker's trust set (trust-set.ts) from the last grant that had a valid one; absent from an older broker. */
+  readonly trust?: TrustSetWire;
   readonly broker: BrokerApiRef;
   readonly serial: string;
   readonly validAfter: string;
@@ -132,22 +135,27 @@ export function formatSshAddress(endpoint: SshAddressWire): string {
 }
 
 /**
- * known_hosts for ssh -o UserKnownHostsFile: the pinned host key, and the
- * host CA for a broker that presents a host certificate (OpenSSH mode with
- * HostCertificate), for every endpoint (comma-separated patterns: the nodes
- * of a fleet share both keys). Never trust on first use:
- * StrictHostKeyChecking=yes and nothing else is ever added.
+ * known_hosts for ssh -o UserKnownHostsFile: every trusted host key, and an
+ * @cert-authority line per host CA for a broker that presents a host
+ * certificate (OpenSSH mode with HostCertificate), for every endpoint
+ * (comma-separated patterns: the nodes of a fleet share both keys). TRUST is
+ * the stored trust set (trust-set.ts); without one, `ssh`'s key and CA
+ * alone. Never trust on first use: StrictHostKeyChecking=yes and nothing
+ * else is ever added.
  */
-export function renderKnownHosts(ssh: SshEndpointWire, endpoints?: readonly SshAddressWire[]): string {
+export function renderKnownHosts(ssh: SshEndpointWire, endpoints?: readonly SshAddressWire[], trust?: TrustSetWire): string {
   const pattern = sshEndpointsOf({ ssh, sshEndpoints: endpoints }).map((e) => knownHostsPattern(e.host, e.port)).join(',');
-  const hostKey = formatPublicKey(parsePublicKey(ssh.hostKey));
-  const hostCa = formatPublicKey(parsePublicKey(ssh.hostCertificateAuthority));
-  return `${pattern} ${hostKey} certunnel-broker\n@cert-authority ${pattern} ${hostCa} certunnel-host-ca\n`;
+  const accepted = acceptedSshTrust(ssh, trust);
+  return [
+    ...accepted.hostKeys.map((key) => `${pattern} ${key} certunnel-broker`),
+    ...accepted.hostCertificateAuthorities.map((ca) => `@cert-authority ${pattern} ${ca} certunnel-host-ca`),
+    '',
+  ].join('\n');
 }
 
-/** The broker's host key (raw Ed25519) the ssh2 transport pins. */
-export function pinnedHostKey(ssh: SshEndpointWire): PublicKey {
-  return parsePublicKey(ssh.hostKey);
+/** The broker's host keys (raw Ed25519) the ssh2 transport accepts: `ssh`'s first, then the trust set's. */
+export function pinnedHostKeys(state: Pick<DeviceState, 'ssh' | 'trust'>): PublicKey[] {
+  return acceptedHostKeys(state.ssh, state.trust);
 }
 
 /**
@@ -177,16 +185,19 @@ export function checkGrant(grant: CertificateGrantWire, key: PublicKey): Certifi
 
 /**
  * Writes a grant (enrollment or renewal): certificate, known_hosts, then
- * state.json. The private key must already be in place.
+ * state.json. The private key must already be in place. TRUST is the set to
+ * store (trustOfGrant: the grant's, or the previous one when the grant's
+ * was refused); without the field, the grant's own if it is valid.
  */
 export async function writeGrant(
   paths: StatePaths,
   grant: CertificateGrantWire,
   broker: BrokerApiRef,
-  times: { enrolledAt: string; renewedAt: string | null },
+  times: { enrolledAt: string; renewedAt: string | null; trust?: TrustSetWire | undefined },
 ): Promise<DeviceState> {
+  const trust = 'trust' in times ? times.trust : trustOfGrant(grant, undefined).trust;
   await writeFileAtomic(paths.certificate, `${grant.certificate.trim()}\n`, { mode: 0o644 });
-  await writeFileAtomic(paths.knownHosts, renderKnownHosts(grant.ssh, grant.sshEndpoints), { mode: 0o644 });
+  await writeFileAtomic(paths.knownHosts, renderKnownHosts(grant.ssh, grant.sshEndpoints, trust), { mode: 0o644 });
   const state: DeviceState = {
     version: STATE_VERSION,
     deviceId: grant.deviceId,
@@ -195,6 +206,7 @@ export async function writeGrant(
     // Renewal may change the list (nodes come and go); absent from an older broker's grant.
     ...(grant.sshEndpoints ? { sshEndpoints: grant.sshEndpoints.map((e) => ({ host: e.host, port: e.port })) } : {}),
     ssh: { ...grant.ssh },
+    ...(trust ? { trust } : {}),
     broker: broker.pin ? { url: broker.url, pin: broker.pin } : { url: broker.url },
     serial: grant.serial,
     validAfter: grant.validAfter,
@@ -230,6 +242,13 @@ async function readState(paths: StatePaths): Promise<DeviceState | null> {
     && Number.isInteger(s.ssh?.port) && typeof s.ssh?.hostKey === 'string' && typeof s.broker?.url === 'string'
     && (s.sshEndpoints === undefined || isSshEndpointList(s.sshEndpoints));
   if (!ok) invalidState(paths.state, 'missing or malformed fields');
+  if (s.trust !== undefined) {
+    try {
+      return { ...s, trust: parseTrustSet(s.trust) };
+    } catch (err) {
+      return invalidState(paths.state, (err as Error).message);
+    }
+  }
   return s;
 }
 

@@ -26,8 +26,9 @@ export const TRANSITIONS: Readonly<Record<AgentState, readonly AgentState[]>> = 
   initial: ['enrolling', 'renewing', 'connecting', 'closed'],
   enrolling: ['connecting', 'backoff', 'closed'],
   renewing: ['connecting', 'backoff', 'revoked', 'closed'],
-  // The SSH server refused the certificate: ask the broker why (renewal
-  // answers with a fresh certificate, or DEVICE_REVOKED).
+  // The SSH server refused the certificate, or presented a host key outside
+  // the trust set: ask the broker (renewal answers with a fresh certificate
+  // and the current trust set, or DEVICE_REVOKED).
   connecting: ['connected', 'backoff', 'renewing', 'revoked', 'closed'],
   // connected → connecting: reconnect with a freshly renewed certificate.
   connected: ['connecting', 'backoff', 'revoked', 'closed'],

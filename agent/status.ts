@@ -1,11 +1,12 @@
 /**
  * `certunnel agent status`: what the state directory says (enrolled?,
- * device, port block, certificate expiry) and what the running agent last
+ * device, port block, certificate expiry, how much of the broker it trusts) and what the running agent last
  * wrote to status.json (tunnel state, last error), for people or --json.
  */
 import { type PortBlockWire, slotPort, TUNNEL_HOST } from '../api/index.js';
 import type { ServiceMapping } from './config.js';
 import { formatSshAddress, loadEnrollment, readStatus, runningAgentPid, sshEndpointsOf, statePaths } from './state-dir.js';
+import { trustCounts, type TrustCounts } from './trust-set.js';
 
 export interface AgentStatusReport {
   readonly enrolled: boolean;
@@ -28,6 +29,8 @@ export interface AgentStatusReport {
     /** Every SSH endpoint the agent may dial ("host:port"), the `ssh` one first. */
     readonly sshEndpoints: readonly string[];
   } | null;
+  /** How many host keys, host CAs and API pins the agent accepts; fromBroker: a trust set from the broker (0.5 on), else `ssh`'s key and CA and the pin alone. */
+  readonly trust: (TrustCounts & { readonly fromBroker: boolean }) | null;
   readonly tunnel: {
     /** The agent's state (connected, backoff, …); "not running" when no agent runs (revoked/closed stay visible). */
     readonly state: string;
@@ -76,7 +79,7 @@ export async function readAgentStatus(stateDir: string, services: readonly Servi
   };
   if (!enrollment) {
     return {
-      enrolled: false, stateDir, deviceId: null, name: null, ports: null, services: [], certificate: null, broker: null, tunnel,
+      enrolled: false, stateDir, deviceId: null, name: null, ports: null, services: [], certificate: null, broker: null, trust: null, tunnel,
       lastError: runtime?.lastError ?? null,
     };
   }
@@ -97,6 +100,7 @@ export async function readAgentStatus(stateDir: string, services: readonly Servi
       expiresInSeconds: Math.round((validBefore - now.getTime()) / 1000),
     },
     broker: { url: s.broker.url, sshHost: s.ssh.host, sshPort: s.ssh.port, sshEndpoints: sshEndpointsOf(s).map(formatSshAddress) },
+    trust: { ...trustCounts(s.ssh, s.trust, s.broker.pin), fromBroker: s.trust !== undefined },
     tunnel,
     lastError: runtime?.lastError ?? null,
   };
@@ -122,6 +126,10 @@ export function formatAgentStatus(r: AgentStatusReport): string {
     const c = r.certificate!;
     row('certificate', `serial ${c.serial}, ${c.expired ? 'EXPIRED' : 'valid'} until ${c.validBefore} (${duration(c.expiresInSeconds)})`);
     row('broker', `${r.broker!.url}, ssh ${r.broker!.sshEndpoints.join(' ')}`);
+    // Shown once the broker gave a set (0.5 on); before, the one key, CA and pin are what there always was.
+    const tr = r.trust!;
+    const plural = (n: number, one: string): string => `${n} ${one}${n === 1 ? '' : 's'}`;
+    if (tr.fromBroker) row('trust', `${plural(tr.hostKeys, 'host key')}, ${plural(tr.hostCertificateAuthorities, 'host CA')}, ${plural(tr.apiPins, 'API pin')}`);
   }
   const t = r.tunnel;
   const via = t.endpoint ? `, ${t.state === 'connected' ? 'on' : 'last tried'} ${t.endpoint}` : '';

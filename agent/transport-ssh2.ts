@@ -1,10 +1,11 @@
 /**
  * The ssh2 transport (default): one ssh2 Client in this process. The
  * certificate login is the shim's (ssh2-cert-auth.ts, version-pinned); the
- * host key is checked against the pinned key before authentication starts
- * (ssh2 1.17 does not negotiate host certificates, so the host CA serves
- * the openssh transport only). Forwarded connections are relayed to the
- * device's local services; a service that is down gets its channel refused.
+ * host key is checked against the trusted keys (the trust set's, or the
+ * pinned one) before authentication starts (ssh2 1.17 does not negotiate
+ * host certificates, so host CAs serve the openssh transport only).
+ * Forwarded connections are relayed to the device's local services; a
+ * service that is down gets its channel refused.
  */
 import { connect as netConnect, type Socket } from 'node:net';
 import ssh2 from 'ssh2';
@@ -17,7 +18,7 @@ import { TransportError, type ForwardSpec, type Transport, type Tunnel, type Tun
 type LeveledError = Error & { level?: string; code?: string };
 
 function classify(err: LeveledError, hostKeyRefused: boolean): TransportError {
-  if (hostKeyRefused) return new TransportError('HOST_KEY_MISMATCH', 'the server does not present the pinned broker host key');
+  if (hostKeyRefused) return new TransportError('HOST_KEY_MISMATCH', 'the server presents no host key the agent trusts');
   switch (err.level) {
     case 'client-authentication':
       return new TransportError('AUTH_REFUSED', 'the SSH server refused the device certificate');
@@ -97,7 +98,7 @@ function watchClient(client: ssh2.Client, spec: TunnelSpec, sockets: Set<Socket>
 
 /** Connects over SOCK, authenticates with the certificate and requests every forward; rejects with why the tunnel is not up. */
 function establish(client: ssh2.Client, sock: Socket, spec: TunnelSpec, state: SessionState, closed: Promise<TunnelEnd>, signal?: AbortSignal): Promise<void> {
-  const pinned = publicKeyBlob(spec.hostKey);
+  const trusted = (spec.acceptedHostKeys ?? [spec.hostKey]).map((k) => publicKeyBlob(k));
   return new Promise<void>((resolve, reject) => {
     const onEarlyClose = (end: TunnelEnd): void => {
       reject(new TransportError(end.code === 'DISCONNECTED' ? 'UNREACHABLE' : end.code, end.code === 'DISCONNECTED' ? 'the connection closed before the SSH session was ready' : end.message));
@@ -125,7 +126,7 @@ function establish(client: ssh2.Client, sock: Socket, spec: TunnelSpec, state: S
         keepaliveInterval: spec.keepaliveIntervalMs,
         keepaliveCountMax: spec.keepaliveCountMax,
         hostVerifier: (key: Buffer) => {
-          if (key.equals(pinned)) return true;
+          if (trusted.some((blob) => blob.equals(key))) return true;
           state.hostKeyRefused = true;
           return false;
         },

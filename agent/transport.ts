@@ -29,6 +29,8 @@ export interface TunnelSpec {
   readonly certificatePath: string;
   /** The pinned host key (ssh2 transport). */
   readonly hostKey: PublicKey;
+  /** Every host key of the broker's trust set (ssh2 transport), hostKey among them; absent: hostKey alone. */
+  readonly acceptedHostKeys?: readonly PublicKey[];
   /** Pinned key and host CA, for ssh -o UserKnownHostsFile. */
   readonly knownHostsPath: string;
   readonly forwards: readonly ForwardSpec[];
@@ -41,7 +43,8 @@ export interface TunnelSpec {
 
 /**
  * Failure codes, the same for both transports:
- * - HOST_KEY_MISMATCH: the server is not the pinned broker (never connected, nothing sent);
+ * - HOST_KEY_MISMATCH: the server presents no host key (or host certificate) the agent trusts
+ *   (never authenticated, nothing sent): a spoof, or a host-key rotation the device slept through;
  * - AUTH_REFUSED: the server refused the certificate (expired, revoked, unknown CA…);
  * - FORWARD_REFUSED: a remote forward was refused (port held by a stale session, not permitted);
  * - UNREACHABLE: no TCP connection, or it was cut before the SSH handshake;

@@ -1,12 +1,12 @@
 /**
  * What the agent asks a transport for, from its enrollment and config: one
- * of the broker's SSH endpoints and the pinned host key, the device key and
+ * of the broker's SSH endpoints and the host keys it trusts, the device key and
  * certificate, and one remote forward per configured service whose slot
  * lies inside the device's port block (slot N is broker port first + N).
  */
 import { slotPort, type PortBlockWire, type SshAddressWire } from '../api/index.js';
 import type { AgentConfig, ServiceMapping } from './config.js';
-import { pinnedHostKey, type Enrollment } from './state-dir.js';
+import { pinnedHostKeys, type Enrollment } from './state-dir.js';
 import type { ForwardSpec, TunnelSpec } from './transport.js';
 
 /** A configured service that gets no forward: its slot is past the end of the block. */
@@ -37,10 +37,11 @@ export function forwardsFor(services: readonly ServiceMapping[], ports: PortBloc
  */
 export function tunnelSpecFor(config: AgentConfig, enrollment: Enrollment, forwards: readonly ForwardSpec[], endpoint?: SshAddressWire): TunnelSpec {
   const { state, paths } = enrollment;
+  const hostKeys = pinnedHostKeys(state);
   return {
     host: endpoint?.host ?? state.ssh.host, port: endpoint?.port ?? state.ssh.port, username: state.ssh.username, bindAddress: config.ssh.bindAddress,
     key: enrollment.key, keyPath: paths.key, certificateLine: enrollment.certificateLine, certificatePath: paths.certificate,
-    hostKey: pinnedHostKey(state.ssh), knownHostsPath: paths.knownHosts, forwards,
+    hostKey: hostKeys[0]!, acceptedHostKeys: hostKeys, knownHostsPath: paths.knownHosts, forwards,
     keepaliveIntervalMs: config.keepalive.intervalSeconds * 1000, keepaliveCountMax: config.keepalive.countMax,
     connectTimeoutMs: config.connectTimeoutSeconds * 1000, pidFile: paths.sshPid,
   };

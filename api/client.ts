@@ -16,6 +16,12 @@ export interface ApiClientOptions {
   readonly baseUrl: string;
   /** "sha256//BASE64" of the broker's TLS public key. */
   readonly pin?: string;
+  /**
+   * More pins accepted beside `pin` (an agent's stored trust set: the TLS
+   * keys of a rotation's overlap). Only with `pin`: they extend a pinning,
+   * they never replace the system CAs' check of an unpinned URL.
+   */
+  readonly pins?: readonly string[];
   /** Bearer API key (operators, provisioners). */
   readonly apiKey?: string;
   readonly timeoutMs?: number;
@@ -28,7 +34,7 @@ export interface ApiClientOptions {
  */
 class PinnedAgent extends HttpsAgent {
   constructor(
-    private readonly pin: string,
+    private readonly pins: readonly string[],
     private readonly timeoutMs: number,
   ) {
     super({ keepAlive: false });
@@ -49,7 +55,7 @@ class PinnedAgent extends HttpsAgent {
     socket.once('error', (err) => finish(new ApiError('UNREACHABLE', `cannot reach ${host}: ${err.message}`)));
     socket.once('secureConnect', () => {
       const cert = socket.getPeerCertificate();
-      if (!cert || !cert.pubkey || tlsPinOfSpki(cert.pubkey) !== this.pin) {
+      if (!cert || !cert.pubkey || !this.pins.includes(tlsPinOfSpki(cert.pubkey))) {
         finish(new ApiError('PIN_MISMATCH', `the broker at ${host} does not present the pinned TLS key; nothing was sent. Check the pin (tls/api.pin in the broker's data directory); if the broker's TLS key was replaced on purpose, pin the new one`));
       } else {
         finish(null);
@@ -107,7 +113,7 @@ export async function apiRequest<T>(options: ApiClientOptions, method: string, p
   if (options.apiKey) headers.authorization = `Bearer ${options.apiKey}`;
 
   const https = url.protocol === 'https:';
-  const agent = https && options.pin ? new PinnedAgent(options.pin, timeoutMs) : false;
+  const agent = https && options.pin ? new PinnedAgent([options.pin, ...(options.pins ?? [])], timeoutMs) : false;
   const res = await new Promise<IncomingMessage>((resolve, reject) => {
     const req = (https ? httpsRequest : httpRequest)(url, { method, headers, agent }, resolve);
     req.setTimeout(timeoutMs, () => req.destroy(new ApiError('TIMEOUT', `${method} ${url.pathname} timed out after ${timeoutMs} ms`)));

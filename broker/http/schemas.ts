@@ -11,12 +11,15 @@ const serial = z.string().min(1).max(128).regex(HARDWARE_SERIAL, 'printable ASCI
 const batch = z.string().min(1).max(64).regex(TOKEN_BATCH, 'letters, digits, dot, underscore, hyphen');
 const keyLine = z.string().min(1).max(8192);
 const armored = z.string().min(1).max(8192);
+/** AGENT_CAPABILITIES values; unknown ones are accepted and ignored (a newer agent may say more). */
+const capabilities = z.array(z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces')).max(16);
 
 export const enrollSchema = z.strictObject({
   token: z.string().min(1).max(256),
   publicKey: keyLine,
   name: name.optional(),
   hardwareSerial: serial.optional(),
+  capabilities: capabilities.optional(),
 });
 
 export const renewSchema = z.strictObject({
@@ -26,6 +29,7 @@ export const renewSchema = z.strictObject({
   newPublicKey: keyLine.optional(),
   signature: armored,
   newKeySignature: armored.optional(),
+  capabilities: capabilities.optional(),
 });
 
 export const mintTokensSchema = z.strictObject({

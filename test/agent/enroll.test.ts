@@ -22,7 +22,8 @@ test('ok/real broker: only the public key is sent; the grant is stored; the brok
           return b.call(options, method, path, body);
         },
       });
-      t.deepEqual(Object.keys(sent[0]!).sort(), ['name', 'publicKey', 'token']);
+      t.deepEqual(Object.keys(sent[0]!).sort(), ['capabilities', 'name', 'publicKey', 'token']);
+      t.deepEqual(sent[0]!.capabilities, ['trust-set-v1']);
       t.true(parsePublicKey(sent[0]!.publicKey).equals(enrollment.key.publicKey));
       const keyText = await readFile(join(dir, 'state', 'device_key'), 'utf8');
       t.false(JSON.stringify(sent).includes(keyText.split('\n')[1]!), 'no private key material in the request');
