@@ -105,6 +105,8 @@ async function enroll(flags: EnrollFlags, env: NodeJS.ProcessEnv): Promise<void>
     hardwareSerial: config.enroll.hardwareSerial,
     force: flags.force,
     timeoutMs: config.apiTimeoutSeconds * 1000,
+    // stdout is the answer (--json); warnings such as a refused trust set go to stderr.
+    log: createAgentLogger('warn', pino.destination({ fd: 2, sync: true })),
   });
   const s = enrollment.state;
   if (flags.json) {
