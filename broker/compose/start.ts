@@ -38,6 +38,8 @@ import { createClusterRelay } from './cluster-relay.js';
 import { storeLocation } from './store-location.js';
 import type { Store } from '../store/types.js';
 import { DEVICE_LOGIN, type SshEndpointWire } from '../../api/index.js';
+import type { TrustRoots } from '../core/trust-roots.js';
+import { loadTlsIdentity, trustRootsFromKeys } from './trust-from-keys.js';
 
 export interface StartBrokerOptions {
   readonly config: BrokerConfig;
@@ -49,6 +51,8 @@ export interface StartBrokerOptions {
   readonly env?: NodeJS.ProcessEnv;
   /** What this node registers for the node-to-node link (cluster-nodes.ts); absent: none. */
   readonly cluster?: Pick<NodeEndpoints, 'internalAddress' | 'relayKey'>;
+  /** What the broker presents, signs with and accepts (core/trust-roots.ts); absent: the data directory's keys, fixed. */
+  readonly trustRoots?: TrustRoots;
 }
 
 export interface RunningBroker {
@@ -194,6 +198,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
   warnAboutConfig(config, logger);
   const paths = dataPaths(config.dataDir);
   const keys = await loadKeys(paths, options.passphrase);
+  const trustRoots = options.trustRoots ?? trustRootsFromKeys(keys, await loadTlsIdentity(paths, config.api.insecureHttp));
   const location = await storeLocation(paths, options.env);
   const store = await openStore({
     ...location,
@@ -248,7 +253,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       return live.length > 0 ? [...live] : configured;
     };
     const coreBase = {
-      store, config, clock, ssh: sshEndpoint, sshEndpoints, ca: { userCa: keys.userCa, hostCaPublicKey: keys.hostCaPublicKey },
+      store, config, clock, ssh: sshEndpoint, sshEndpoints, trustRoots, ca: { userCa: keys.userCa, hostCaPublicKey: keys.hostCaPublicKey },
     };
     const access = await createAccessLayer({
       core: coreBase, logger, presence: relay && ssh.presence ? relay.presence(ssh.presence) : (ssh.presence ?? UNKNOWN_PRESENCE), sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
@@ -263,7 +268,6 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       shutdown.add(() => clusterEvents.close());
     }
 
-    const apiPin = config.api.insecureHttp ? null : (await readFile(paths.apiPin, 'utf8')).trim();
     const sampler = startTunnelSampler({ store, clock, logger, intervalMs: 60_000, keep: 24 * 60 });
     shutdown.add(async () => sampler.stop());
     const consoleDeps = {
@@ -281,8 +285,8 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
         )
       : undefined;
     const httpDeps: HttpDeps = {
-      core, logger, metrics, revocations, apiPin, access, problems: () => ssh.problems(), console: consoleDeps, ...(oidc ? { oidc } : {}),
-      publicKeys: { userCa: formatPublicKey(keys.userCa.publicKey), hostCa: formatPublicKey(keys.hostCaPublicKey), hostKey: core.ssh.hostKey },
+      core, logger, metrics, revocations, access, problems: () => ssh.problems(), console: consoleDeps, ...(oidc ? { oidc } : {}),
+      publicKeys: { userCa: formatPublicKey(keys.userCa.publicKey) },
     };
     const app = createApp(httpDeps);
     const api = await startApiServer(config, paths, access, app.callback(), logger);
