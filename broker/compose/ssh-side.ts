@@ -6,7 +6,7 @@
  *   presence read from the kernel's listening sockets.
  */
 import { join } from 'node:path';
-import { writeFileAtomic, type KeyPair, type PortBlock } from '../../ca/index.js';
+import { fingerprint, writeFileAtomic, type KeyPair, type PortBlock } from '../../ca/index.js';
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import type { LocalTunnelPresence } from '../core/presence.js';
 import { PresenceWriter } from '../core/presence-writer.js';
@@ -20,6 +20,7 @@ import { OpensshPresence } from '../openssh/presence.js';
 import { judgeSshdPort, readSshdPorts } from '../openssh/sshd-port.js';
 import { killSessionsHoldingPorts, ticksSinceBoot } from '../openssh/session-killer.js';
 import type { RevocationList } from './revocation-list.js';
+import type { TrustRoots, TrustSnapshot } from '../core/trust-roots.js';
 import { createGateway, type Gateway, type GatewayDeps, type GatewayLimits } from '../ssh/index.js';
 import { IssuedCache } from '../ssh/issued-cache.js';
 import { activeDevices, type Store } from '../store/index.js';
@@ -69,8 +70,8 @@ export interface SshSideOptions {
   readonly store: Store;
   readonly clock: () => Date;
   readonly userCa: KeyPair;
-  readonly hostKey: KeyPair;
-  readonly hostCertificate: string;
+  /** The host key and certificate presented (followed on change: new connections get the new ones). */
+  readonly trustRoots: TrustRoots;
   readonly revocations: RevocationList;
   readonly paths: DataPaths;
   /** A node of a cluster (PostgreSQL store): presence names it, and logins may fall back on the login cache. */
@@ -131,6 +132,17 @@ async function reconcileTakeovers(store: Store, gateway: Pick<Gateway, 'sessions
   return ended;
 }
 
+/** A rotation changed the host key or certificate: new connections get them; a bad pair is refused loudly, the old kept. */
+function presentHostIdentity(gateway: Pick<Gateway, 'setHostIdentity'>, next: TrustSnapshot, previous: TrustSnapshot, log: Logger): void {
+  if (next.hostKey === previous.hostKey && next.hostCertificate === previous.hostCertificate) return;
+  try {
+    gateway.setHostIdentity({ hostKey: next.hostKey, hostCertificate: next.hostCertificate });
+    log.info({ hostKey: fingerprint(next.hostKey.publicKey) }, 'ssh gateway: new connections are shown this host key and its certificate');
+  } catch (err) {
+    log.error({ err, hostKey: fingerprint(next.hostKey.publicKey) }, 'ssh gateway: the new host certificate does not certify the new host key; still showing the old');
+  }
+}
+
 async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   const log = o.logger.child({ component: 'ssh-gateway' });
   const node = o.cluster?.nodeId;
@@ -140,8 +152,10 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   if (stale > 0) log.info({ devices: stale }, 'marked devices offline that were online when the broker last stopped');
   // Presence is an event the gateway cannot wait for: the writer coalesces it per device and retries a busy store.
   const presence = new PresenceWriter({ store: o.store, logger: o.logger.child({ component: 'presence-writer' }) });
+  const presented = o.trustRoots.current();
   const gateway = createGateway({
-    hostKey: o.hostKey,
+    hostKey: presented.hostKey,
+    hostCertificate: presented.hostCertificate,
     userCaKeys: [o.userCa.publicKey],
     // Only certificates naming a real block of this broker's pool get in.
     portPool: o.config.ports,
@@ -167,8 +181,12 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     remoteReach: o.remoteReach,
     limits: { keepaliveIntervalMs: o.config.ssh.keepaliveIntervalSeconds * 1000, keepaliveCountMax: o.config.ssh.keepaliveCountMax, ...startupLimits(o.config) },
   });
+  const stopFollowing = o.trustRoots.onChange((next, previous) => presentHostIdentity(gateway, next, previous, log));
   const { host, port } = splitHostPort(o.config.ssh.listen);
-  const bound = await gateway.listen(port, host);
+  const bound = await gateway.listen(port, host).catch((err: unknown) => {
+    stopFollowing();
+    throw err;
+  });
   return {
     port: bound.port,
     statsSource: gateway,
@@ -188,6 +206,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     ...(loginCache ? { loginCache } : {}),
     problems: () => [],
     close: async () => {
+      stopFollowing();
       // Every session's offline is queued by now; what does not land in time the next start corrects (markEveryDeviceOffline).
       await gateway.close();
       await presence.close(PRESENCE_FLUSH_MS);
@@ -201,7 +220,7 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
     outDir,
     userCaKey: o.userCa.publicKey,
     hostKeyPath: o.paths.hostKey,
-    hostCertificate: o.hostCertificate,
+    hostCertificate: o.trustRoots.current().hostCertificate,
     krl: o.revocations.krl,
     pool: o.config.ports,
     deviceUser: DEVICE_LOGIN,

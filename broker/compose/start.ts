@@ -234,7 +234,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     if (relay) shutdown.add(() => relay.close());
     const events = new FleetEvents();
     const ssh = await startSshSide({
-      config, logger, store: announcingPresence(store, events), clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths,
+      config, logger, store: announcingPresence(store, events), clock, userCa: keys.userCa, trustRoots, revocations, paths,
       ...(clustered || relay ? { cluster: { nodeId: node.identity.id } } : {}), remoteReach: relay?.remoteReach,
     });
     shutdown.add(() => ssh.close());
