@@ -18,6 +18,8 @@ import type { GatewayStatsSource, PresenceWriteStatsSource } from '../telemetry/
 import { OPENSSH_FILES, writeOpensshFiles } from '../openssh/config-files.js';
 import { OpensshPresence } from '../openssh/presence.js';
 import { judgeSshdPort, readSshdPorts } from '../openssh/sshd-port.js';
+import { scanHostKeys, type ServedHostKeys, type SshdReloadSettings } from '../openssh/sshd-reload.js';
+import { SshdHostKeyFollower } from './openssh-host-key.js';
 import { killSessionsHoldingPorts, ticksSinceBoot } from '../openssh/session-killer.js';
 import type { RevocationList } from './revocation-list.js';
 import type { TrustRoots, TrustSnapshot } from '../core/trust-roots.js';
@@ -214,22 +216,45 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   };
 }
 
+/** What sshd serves, dialled on 127.0.0.1 at the port sshd -T says it listens on (else the devices' port). */
+async function scanSshd(o: SshSideOptions): Promise<ServedHostKeys | null> {
+  const read = await readSshdPorts({ sshdPath: o.config.ssh.sshdPath, configPath: o.config.ssh.sshdConfig });
+  const port = 'ports' in read ? read.ports[0] : (o.config.ssh.publicPort ?? splitHostPort(o.config.ssh.listen).port);
+  return port ? scanHostKeys('127.0.0.1', port) : null;
+}
+
+function sshdReloadSettings(config: BrokerConfig): SshdReloadSettings | null {
+  const { sshdReloadCommand, sshdPidFile, sshdPath, sshdConfig } = config.ssh;
+  if (sshdReloadCommand) return { command: sshdReloadCommand };
+  return sshdPidFile ? { pidFile: sshdPidFile, sshdPath, sshdConfig } : null;
+}
+
 async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
   const outDir = join(o.config.dataDir, o.config.ssh.opensshDir);
-  await writeOpensshFiles({
-    outDir,
-    userCaKey: o.userCa.publicKey,
-    hostKeyPath: o.paths.hostKey,
-    hostCertificate: o.trustRoots.current().hostCertificate,
-    krl: o.revocations.krl,
-    pool: o.config.ports,
-    deviceUser: DEVICE_LOGIN,
-    operatorUser: OPERATOR_LOGIN,
-    keepalive: { intervalSeconds: o.config.ssh.keepaliveIntervalSeconds, countMax: o.config.ssh.keepaliveCountMax },
-    startups: { maxStartups: o.config.ssh.maxStartups, perSource: o.config.ssh.perSourceMaxStartups, loginGraceSeconds: o.config.ssh.loginGraceSeconds },
+  // TrustedUserCAKeys, HostKey and HostCertificate from the snapshot: a rotation rewrites them (openssh-host-key.ts).
+  const writeFiles = async (snapshot: TrustSnapshot, hostKey: { hostKeyPath: string; hostCertificateFile: string }): Promise<void> => {
+    await writeOpensshFiles({
+      outDir,
+      userCaKeys: snapshot.acceptedUserCas,
+      ...hostKey,
+      hostCertificate: snapshot.hostCertificate,
+      krl: o.revocations.krl,
+      pool: o.config.ports,
+      deviceUser: DEVICE_LOGIN,
+      operatorUser: OPERATOR_LOGIN,
+      keepalive: { intervalSeconds: o.config.ssh.keepaliveIntervalSeconds, countMax: o.config.ssh.keepaliveCountMax },
+      startups: { maxStartups: o.config.ssh.maxStartups, perSource: o.config.ssh.perSourceMaxStartups, loginGraceSeconds: o.config.ssh.loginGraceSeconds },
+    });
+  };
+  const hostKeys = new SshdHostKeyFollower({
+    outDir, writeFiles, reload: sshdReloadSettings(o.config), scan: () => scanSshd(o), logger: o.logger.child({ component: 'openssh' }),
+    // A pending or failed reload is looked at again as often as live sessions are reconciled.
+    retryMs: o.config.ssh.reconcileSeconds * 1000,
   });
+  await hostKeys.start(o.trustRoots.current());
+  const stopFollowing = o.trustRoots.onChange((next, previous) => hostKeys.change(next, previous));
   o.logger.info({ outDir }, 'OpenSSH mode: wrote sshd configuration files');
-  // Only the KRL changes afterwards; a failed write is the revocation list's to retry.
+  // The KRL changes on its own (a failed write is the revocation list's to retry); the host key files on a rotation.
   o.revocations.addWriter((krl) => writeFileAtomic(join(outDir, OPENSSH_FILES.krl), krl, { mode: 0o644 }));
   const presence = new OpensshPresence({
     store: o.store, pool: o.config.ports, clock: o.clock, logger: o.logger.child({ component: 'openssh-presence' }),
@@ -241,7 +266,7 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
   const portProblem = await checkSshdPort(o, port);
   return {
     port,
-    problems: () => (portProblem ? [portProblem] : []),
+    problems: () => [...(portProblem ? [portProblem] : []), ...(hostKeys.problem() ? [hostKeys.problem()!] : [])],
     deviceRevoked: async (deviceId) => {
       await killer.endDevice(deviceId, 'revoked');
       await presence.poll();
@@ -265,7 +290,11 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
       }
       return ended;
     },
-    close: async () => presence.close(),
+    close: async () => {
+      stopFollowing();
+      hostKeys.close();
+      await presence.close();
+    },
   };
 }
 
