@@ -145,7 +145,9 @@ export interface CaResponse {
  * (`KRL_WRITE_FAILING`: the KRL file cannot be written; revocations still
  * hold in memory and the write is retried; `SSHD_PORT_MISMATCH`: OpenSSH
  * mode, sshd does not listen on the port devices are told, see
- * docs/operations.md).
+ * docs/operations.md; `SSHD_RELOAD_NEEDED` / `SSHD_RELOAD_FAILED`: OpenSSH
+ * mode, sshd does not serve the presented host key yet; `API_TLS_CERT_EXPIRING`:
+ * an operator's TLS certificate ends within 30 days).
  */
 export interface HealthResponse {
   status: 'ok' | 'degraded';

@@ -108,6 +108,8 @@ test('ok/the host certificate verifies with @cert-authority, and after a host-CA
     t.is(await hostCheck(b, [caLine(b, rig.initial.hostCa)], 'ca-old'), 'refused');
     // Devices that pinned the key itself are not affected by a host-CA rotation.
     t.is(await hostCheck(b, [keyLine(b, rig.initial.hostKey.publicKey)], 'key-pinned'), 'accepted');
+    // A known_hosts with the old CA and the pinned key (what agents write): OpenSSH falls back on the key.
+    t.is(await hostCheck(b, [caLine(b, rig.initial.hostCa), keyLine(b, rig.initial.hostKey.publicKey)], 'ca-old-and-key'), 'accepted');
   });
 });
 
