@@ -120,6 +120,8 @@ export class SshdHostKeyFollower {
     if (generation !== this.generation || this.closed) return;
     const log = this.deps.logger;
     const fingerprintLine = formatPublicKey(snapshot.hostKey.publicKey);
+    // Already served (reloaded by someone else, or a retry after a reload that took late): nothing to signal.
+    if (await this.served(snapshot, 0)) return this.settled(generation);
     if (this.deps.reload) {
       try {
         await reloadSshd(this.deps.reload);
@@ -131,15 +133,16 @@ export class SshdHostKeyFollower {
         return;
       }
     }
-    if (await this.served(snapshot, this.deps.reload ? (this.deps.settleMs ?? 15_000) : 0)) {
-      if (generation !== this.generation) return;
-      this.setProblem(null);
-      await this.removeStaleFiles();
-      return;
-    }
+    if (this.deps.reload && (await this.served(snapshot, this.deps.settleMs ?? 15_000))) return this.settled(generation);
     this.setProblem(this.deps.reload ? 'SSHD_RELOAD_FAILED' : 'SSHD_RELOAD_NEEDED');
     if (!this.deps.reload) log.warn({ code: 'SSHD_RELOAD_NEEDED', hostKey: fingerprintLine }, 'OpenSSH mode: reload sshd to serve the new host key (or set ssh.sshdReloadCommand / ssh.sshdPidFile)');
     this.schedule(() => this.queue(generation, snapshot));
+  }
+
+  private async settled(generation: number): Promise<void> {
+    if (generation !== this.generation) return;
+    this.setProblem(null);
+    await this.removeStaleFiles();
   }
 
   /** Whether sshd serves SNAPSHOT's key within WITHINMS (looked at once when 0). */

@@ -260,7 +260,11 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
     store: o.store, pool: o.config.ports, clock: o.clock, logger: o.logger.child({ component: 'openssh-presence' }),
     intervalMs: o.config.ssh.presencePollSeconds * 1000, node: o.cluster?.nodeId,
   });
-  await presence.start();
+  await presence.start().catch((err: unknown) => {
+    stopFollowing();
+    hostKeys.close();
+    throw err;
+  });
   const killer = opensshKiller(o, presence);
   const port = o.config.ssh.publicPort ?? splitHostPort(o.config.ssh.listen).port;
   const portProblem = await checkSshdPort(o, port);
