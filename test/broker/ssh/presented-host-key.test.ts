@@ -12,9 +12,9 @@ import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair, type KeyPair } from '../../../ca/index.js';
 import { withBroker, type TestBroker } from '../../../testkit/broker.js';
 import { connectDevice, enrollTestDevice } from '../../../testkit/device-tunnel.js';
-import { exchange, startDeviceService } from '../../../testkit/gateway.js';
+import { exchange, isListening, startDeviceService } from '../../../testkit/gateway.js';
 import { runCommand } from '../../../testkit/openssh.js';
-import { spawnSsh, sshArgs, writeClientIdentity } from '../../../testkit/ssh-client.js';
+import { spawnSsh, sshArgs, waitFor, writeClientIdentity } from '../../../testkit/ssh-client.js';
 import { dataDirTrust, hostCertificateLine, hostKeyRotation, type SettableTrustRoots } from '../../../testkit/trust.js';
 import type { TrustSnapshot } from '../../../broker/core/trust-roots.js';
 
@@ -110,6 +110,36 @@ test('ok/the host certificate verifies with @cert-authority, and after a host-CA
     t.is(await hostCheck(b, [keyLine(b, rig.initial.hostKey.publicKey)], 'key-pinned'), 'accepted');
     // A known_hosts with the old CA and the pinned key (what agents write): OpenSSH falls back on the key.
     t.is(await hostCheck(b, [caLine(b, rig.initial.hostCa), keyLine(b, rig.initial.hostKey.publicKey)], 'ca-old-and-key'), 'accepted');
+  });
+});
+
+test('ok/rekeys of a live tunnel that verified the host certificate: before and after the switch, on the key it began with', async (t) => {
+  await withRotatingBroker(async (b, rig) => {
+    const service = await startDeviceService('');
+    const device = await enrollTestDevice(b, 'rekey-1');
+    const knownHosts = join(b.dir, 'rekey.known_hosts');
+    await writeFile(knownHosts, `${caLine(b, rig.initial.hostCa)}\n`);
+    // RekeyLimit 16K: a key exchange every few chunks of traffic; -v: ssh says each one.
+    const tunnel = spawnSsh([
+      ...sshArgs({ port: b.broker.sshPort, knownHosts, identity: device.identity, user: device.grant.ssh.username }),
+      '-v', '-N', '-o', 'RekeyLimit=16K', '-o', 'ExitOnForwardFailure=yes', '-R', `127.0.0.1:${device.port}:127.0.0.1:${service.port}`,
+    ]);
+    try {
+      await waitFor(async () => tunnel.child.exitCode !== null || (await isListening(device.port)), 'the tunnel to listen', 20_000);
+      t.regex(tunnel.stderr(), /Server host certificate: ssh-ed25519-cert-v01@openssh.com/);
+      const payload = Buffer.alloc(256 * 1024, 7);
+      const keyExchanges = (): number => tunnel.stderr().match(/SSH2_MSG_NEWKEYS received/g)?.length ?? 0;
+      t.is((await exchange(device.port, payload)).length, payload.length);
+      const before = keyExchanges();
+      t.true(before > 4, `${before} key exchanges before the switch`);
+      rig.roots.set(hostKeyRotation(rig.initial, rig.hostCa).committed);
+      t.is((await exchange(device.port, payload)).length, payload.length);
+      t.true(keyExchanges() > before + 4, `${keyExchanges() - before} key exchanges after the switch`);
+      t.is(tunnel.child.exitCode, null, tunnel.stderr().split('\n').slice(-5).join('\n'));
+    } finally {
+      await tunnel.stop();
+      await service.close();
+    }
   });
 });
 
