@@ -135,7 +135,7 @@ async function reconcileTakeovers(store: Store, gateway: Pick<Gateway, 'sessions
 }
 
 /** A rotation changed the host key or certificate: new connections get them; a bad pair is refused loudly, the old kept. */
-function presentHostIdentity(gateway: Pick<Gateway, 'setHostIdentity'>, next: TrustSnapshot, previous: TrustSnapshot, log: Logger): void {
+function showNewHostIdentity(gateway: Pick<Gateway, 'setHostIdentity'>, next: TrustSnapshot, previous: TrustSnapshot, log: Logger): void {
   if (next.hostKey === previous.hostKey && next.hostCertificate === previous.hostCertificate) return;
   try {
     gateway.setHostIdentity({ hostKey: next.hostKey, hostCertificate: next.hostCertificate });
@@ -183,7 +183,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     remoteReach: o.remoteReach,
     limits: { keepaliveIntervalMs: o.config.ssh.keepaliveIntervalSeconds * 1000, keepaliveCountMax: o.config.ssh.keepaliveCountMax, ...startupLimits(o.config) },
   });
-  const stopFollowing = o.trustRoots.onChange((next, previous) => presentHostIdentity(gateway, next, previous, log));
+  const stopFollowing = o.trustRoots.onChange((next, previous) => showNewHostIdentity(gateway, next, previous, log));
   const { host, port } = splitHostPort(o.config.ssh.listen);
   const bound = await gateway.listen(port, host).catch((err: unknown) => {
     stopFollowing();
