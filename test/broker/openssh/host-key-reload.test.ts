@@ -15,13 +15,13 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { HealthResponse } from '../../../api/index.js';
-import { formatPublicKey } from '../../../ca/index.js';
+import { formatPublicKey, generateKeyPair } from '../../../ca/index.js';
 import { withBroker, type TestBroker } from '../../../testkit/broker.js';
 import { connectDevice, enrollTestDevice, startBrokerSshd } from '../../../testkit/device-tunnel.js';
 import { exchange, startDeviceService } from '../../../testkit/gateway.js';
 import { DEFAULT_SSHD } from '../../../testkit/sshd-check.js';
 import { waitFor } from '../../../testkit/ssh-client.js';
-import { dataDirTrust, hostKeyRotation, type SettableTrustRoots } from '../../../testkit/trust.js';
+import { dataDirTrust, hostCertificateLine, hostKeyRotation, type SettableTrustRoots } from '../../../testkit/trust.js';
 import type { RunningSshd } from '../../../testkit/sshd.js';
 import type { TrustSnapshot } from '../../../broker/core/trust-roots.js';
 import type { KeyPair } from '../../../ca/index.js';
@@ -115,6 +115,19 @@ sshdTest('ok/host-key rotation with ssh.sshdPidFile: sshd reloaded (SIGHUP), the
       await tunnel.stop();
       await service.close();
     }
+  });
+});
+
+sshdTest('ok/host-CA rotation with ssh.sshdPidFile: the same key, a certificate by the next CA, served after the reload', async (t) => {
+  await withOpensshBroker('pid-file', async (b, rig, sshd) => {
+    const nextCa = generateKeyPair();
+    const certificate = hostCertificateLine(nextCa, rig.initial.hostKey);
+    const certCore = certificate.split(' ').slice(0, 2).join(' ');
+    t.false((await scanHostKeys('127.0.0.1', sshd.port))!.certificates.includes(certCore));
+    rig.roots.set({ ...rig.initial, hostCa: nextCa.publicKey, hostCertificate: certificate, trust: { ...rig.initial.trust, hostCertificateAuthorities: [formatPublicKey(nextCa.publicKey)] } });
+    await waitFor(async () => (await scanHostKeys('127.0.0.1', sshd.port))?.certificates.includes(certCore) ?? false, 'sshd to serve the new certificate', DEADLINE_MS);
+    t.deepEqual(await served(sshd), [formatPublicKey(rig.initial.hostKey.publicKey)], 'the key is unchanged');
+    await waitFor(async () => (await problems(b)).every((p) => !p.startsWith('SSHD_RELOAD')), 'healthz without reload problems', DEADLINE_MS);
   });
 });
 
