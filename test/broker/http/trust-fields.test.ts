@@ -6,9 +6,11 @@
  */
 import test from 'ava';
 import { buildRenewRequest } from '../../../agent/renew-request.js';
-import type { BrokerStatusResponse, CaResponse, EnrollResponse, RenewResponse } from '../../../api/index.js';
+import type { BrokerStatusResponse, CaResponse, EnrollResponse, OperatorCertificateResponse, RenewResponse } from '../../../api/index.js';
 import { fingerprint, formatPublicKey, generateKeyPair } from '../../../ca/index.js';
 import { withBroker } from '../../../testkit/broker.js';
+import { connectDevice, enrollTestDevice } from '../../../testkit/device-tunnel.js';
+import { startDeviceService } from '../../../testkit/gateway.js';
 import { dataDirTrust, hostKeyRotation, type SettableTrustRoots } from '../../../testkit/trust.js';
 import type { TrustSnapshot } from '../../../broker/core/trust-roots.js';
 
@@ -50,6 +52,31 @@ test('ok/trust follows the snapshot: at rest, learn (both keys), committed (the 
     trustRoots: async (dir) => {
       ({ roots, initial, hostCa } = await dataDirTrust(dir));
       return roots;
+    },
+  });
+});
+
+test('ok/an operator certificate names the presented host key: the next once committed', async (t) => {
+  let rig: Awaited<ReturnType<typeof dataDirTrust>> | undefined;
+  await withBroker(async (b) => {
+    const service = await startDeviceService('');
+    const device = await enrollTestDevice(b, 'op-trust');
+    const tunnel = await connectDevice(device, b.broker.sshPort, service.port);
+    try {
+      const ask = (): Promise<OperatorCertificateResponse> =>
+        b.call<OperatorCertificateResponse>(b.admin, 'POST', `/v1/devices/${device.id}/operator-certificate`, { publicKey: formatPublicKey(generateKeyPair().publicKey) });
+      t.is((await ask()).ssh.hostKey, formatPublicKey(rig!.initial.hostKey.publicKey));
+      const rotation = hostKeyRotation(rig!.initial, rig!.hostCa);
+      rig!.roots.set(rotation.committed);
+      t.is((await ask()).ssh.hostKey, formatPublicKey(rotation.next.publicKey));
+    } finally {
+      await tunnel.stop();
+      await service.close();
+    }
+  }, {
+    trustRoots: async (dir) => {
+      rig = await dataDirTrust(dir);
+      return rig.roots;
     },
   });
 });
