@@ -6,6 +6,7 @@
  * with the same roles, callable with a bearer key too.
  */
 import type { ApiKeyRole } from './operator.js';
+import type { TrustSetWire } from './device.js';
 
 // ---- device labels: PUT /v1/devices/:ref/labels (admin, operator) --------------
 
@@ -78,6 +79,8 @@ export interface BrokerStatusResponse {
   /** Tunnels online, sampled every minute, oldest first (the last 24 hours at most). */
   tunnelsOnline: TunnelSample[];
   startedAt: string;
+  /** What devices are told to trust now (TrustSetWire, as in grants); absent from brokers before 0.5. */
+  trust?: TrustSetWire;
 }
 
 // ---- the console's session: GET /v1/console/session -----------------------------

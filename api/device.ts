@@ -145,7 +145,9 @@ export interface CaResponse {
  * (`KRL_WRITE_FAILING`: the KRL file cannot be written; revocations still
  * hold in memory and the write is retried; `SSHD_PORT_MISMATCH`: OpenSSH
  * mode, sshd does not listen on the port devices are told, see
- * docs/operations.md).
+ * docs/operations.md; `SSHD_RELOAD_NEEDED` / `SSHD_RELOAD_FAILED`: OpenSSH
+ * mode, sshd does not serve the presented host key yet; `API_TLS_CERT_EXPIRING`:
+ * an operator's TLS certificate ends within 30 days).
  */
 export interface HealthResponse {
   status: 'ok' | 'degraded';
@@ -167,4 +169,26 @@ export function renewMessage(req: Pick<RenewRequest, 'deviceId' | 'timestamp' | 
     `new-key ${req.newPublicKey ?? '-'}`,
     '',
   ].join('\n');
+}
+
+/** The TLS server name suffix that asks the broker for one of its API identities by pin (pinServerName). */
+export const PIN_SERVER_NAME_SUFFIX = '.pin.certunnel.invalid';
+
+/**
+ * The TLS server name (SNI) that asks the broker for the API identity whose
+ * key has PIN ("sha256//BASE64"): the first 32 hex digits of the SPKI's
+ * SHA-256, then PIN_SERVER_NAME_SUFFIX. During an api-tls rotation the
+ * broker serves the current identity by default and the next (or, for the
+ * renewal grace period after a commit, the retired one) by this name
+ * (docs/rotation.md), so an agent that holds only one pin still finds its
+ * key. `.invalid` never resolves (RFC 2606): the name is only ever sent as
+ * SNI. Returns null for a malformed pin.
+ */
+export function pinServerName(pin: string): string | null {
+  const m = /^sha256\/\/([A-Za-z0-9+/]{43}=)$/.exec(pin);
+  if (!m) return null;
+  const bytes = atob(m[1]!);
+  let hex = '';
+  for (let i = 0; i < 16; i++) hex += bytes.charCodeAt(i).toString(16).padStart(2, '0');
+  return `${hex}${PIN_SERVER_NAME_SUFFIX}`;
 }

@@ -12,6 +12,7 @@ import { loadConfig } from '../broker/compose/load-config.js';
 import { dataPaths, initDataDir, type InitResult } from '../broker/compose/data-dir.js';
 import { createLogger } from '../broker/telemetry/logger.js';
 import { startBroker, type RunningBroker } from '../broker/compose/start.js';
+import type { TrustRoots } from '../broker/core/trust-roots.js';
 import { TEST_PORTS_FIRST, TEST_PORTS_LAST } from './gateway.js';
 
 export interface TestClock {
@@ -48,6 +49,8 @@ export interface TestBroker {
 export interface BrokerFixtureOptions {
   readonly config?: Record<string, unknown>;
   readonly logLevel?: string;
+  /** The broker's TrustRoots, made from its fresh data directory (testkit/trust.ts dataDirTrust); absent: start's own. */
+  readonly trustRoots?: (dir: string) => Promise<TrustRoots>;
 }
 
 export async function withBroker<T>(fn: (b: TestBroker) => Promise<T>, options: BrokerFixtureOptions = {}): Promise<T> {
@@ -63,7 +66,8 @@ export async function withBroker<T>(fn: (b: TestBroker) => Promise<T>, options: 
     const init = await initDataDir({ dir, config });
     const clock = testClock();
     const logger = createLogger(options.logLevel ?? 'debug', new Writable({ write(chunk, _enc, cb) { logs.push(String(chunk)); cb(); } }));
-    broker = await startBroker({ config: await loadConfig({ dataDir: dir }), logger, clock: clock.now });
+    const trustRoots = await options.trustRoots?.(dir);
+    broker = await startBroker({ config: await loadConfig({ dataDir: dir }), logger, clock: clock.now, ...(trustRoots ? { trustRoots } : {}) });
     const anonymous: ApiClientOptions = { baseUrl: broker.apiUrl, pin: init.apiPin };
     const admin: ApiClientOptions = { ...anonymous, apiKey: init.adminKey };
     const running = broker;

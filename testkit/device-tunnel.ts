@@ -75,11 +75,12 @@ export async function connectDevice(device: TestDevice, sshPort: number, service
 /**
  * A real sshd configured only by the broker's OpenSSH-mode files (the
  * broker must run with ssh.mode openssh), with the broker's own host key.
- * Needs root (sshd switches to the tunnel user).
+ * Needs root (sshd switches to the tunnel user). EXTRACONFIG: lines after
+ * the Include (e.g. a PidFile), before the test sshd's defaults.
  */
-export async function startBrokerSshd(b: TestBroker): Promise<RunningSshd> {
+export async function startBrokerSshd(b: TestBroker, extraConfig: readonly string[] = []): Promise<RunningSshd> {
   await ensureGatewayUsers(['tunnel', 'operator']);
   // sshd reads the principals file as the tunnel user: every directory above it must be searchable.
   await chmod(b.dir, 0o755);
-  return startSshd({ config: [`Include ${join(b.dir, b.broker.core.config.ssh.opensshDir, OPENSSH_FILES.config)}`], hostKeyPath: dataPaths(b.dir).hostKey });
+  return startSshd({ config: [`Include ${join(b.dir, b.broker.core.config.ssh.opensshDir, OPENSSH_FILES.config)}`, ...extraConfig], hostKeyPath: dataPaths(b.dir).hostKey });
 }

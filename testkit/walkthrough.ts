@@ -90,6 +90,8 @@ const VOLATILE: ReadonlyArray<readonly [RegExp, string]> = [
   [/^ctk_key_[a-z2-7]*/, 'ctk_key_[a-z2-7]*'],
   [/^SHA256:[A-Za-z0-9+/]{43}/, 'SHA256:[A-Za-z0-9+/]{43}'],
   [/^sha256\/\/[A-Za-z0-9+/]{43}=/, 'sha256//[A-Za-z0-9+/]{43}='],
+  // OpenSSH mode's host key files, named after the key and its certificate.
+  [/^host_key-[0-9a-f]{16}-[0-9a-f]{16}/, 'host_key-[0-9a-f]{16}-[0-9a-f]{16}'],
   [/^(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)(?![a-z])/, '[A-Z][a-z]{2}'],
   [/^\d+[dhms](?:\d+[dhms])*(?![A-Za-z0-9])/, '(?:\\d+[dhms])+'],
   [/^\d+/, '\\d+'],

@@ -6,7 +6,7 @@
  *   presence read from the kernel's listening sockets.
  */
 import { join } from 'node:path';
-import { writeFileAtomic, type KeyPair, type PortBlock } from '../../ca/index.js';
+import { fingerprint, writeFileAtomic, type KeyPair, type PortBlock } from '../../ca/index.js';
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import type { LocalTunnelPresence } from '../core/presence.js';
 import { PresenceWriter } from '../core/presence-writer.js';
@@ -18,8 +18,11 @@ import type { GatewayStatsSource, PresenceWriteStatsSource } from '../telemetry/
 import { OPENSSH_FILES, writeOpensshFiles } from '../openssh/config-files.js';
 import { OpensshPresence } from '../openssh/presence.js';
 import { judgeSshdPort, readSshdPorts } from '../openssh/sshd-port.js';
+import { scanHostKeys, type ServedHostKeys, type SshdReloadSettings } from '../openssh/sshd-reload.js';
+import { SshdHostKeyFollower } from './openssh-host-key.js';
 import { killSessionsHoldingPorts, ticksSinceBoot } from '../openssh/session-killer.js';
 import type { RevocationList } from './revocation-list.js';
+import type { TrustRoots, TrustSnapshot } from '../core/trust-roots.js';
 import { createGateway, type Gateway, type GatewayDeps, type GatewayLimits } from '../ssh/index.js';
 import { IssuedCache } from '../ssh/issued-cache.js';
 import { activeDevices, type Store } from '../store/index.js';
@@ -69,8 +72,8 @@ export interface SshSideOptions {
   readonly store: Store;
   readonly clock: () => Date;
   readonly userCa: KeyPair;
-  readonly hostKey: KeyPair;
-  readonly hostCertificate: string;
+  /** The host key and certificate presented (followed on change: new connections get the new ones). */
+  readonly trustRoots: TrustRoots;
   readonly revocations: RevocationList;
   readonly paths: DataPaths;
   /** A node of a cluster (PostgreSQL store): presence names it, and logins may fall back on the login cache. */
@@ -131,6 +134,17 @@ async function reconcileTakeovers(store: Store, gateway: Pick<Gateway, 'sessions
   return ended;
 }
 
+/** A rotation changed the host key or certificate: new connections get them; a bad pair is refused loudly, the old kept. */
+function showNewHostIdentity(gateway: Pick<Gateway, 'setHostIdentity'>, next: TrustSnapshot, previous: TrustSnapshot, log: Logger): void {
+  if (next.hostKey === previous.hostKey && next.hostCertificate === previous.hostCertificate) return;
+  try {
+    gateway.setHostIdentity({ hostKey: next.hostKey, hostCertificate: next.hostCertificate });
+    log.info({ hostKey: fingerprint(next.hostKey.publicKey) }, 'ssh gateway: new connections are shown this host key and its certificate');
+  } catch (err) {
+    log.error({ err, hostKey: fingerprint(next.hostKey.publicKey) }, 'ssh gateway: the new host certificate does not certify the new host key; still showing the old');
+  }
+}
+
 async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   const log = o.logger.child({ component: 'ssh-gateway' });
   const node = o.cluster?.nodeId;
@@ -140,8 +154,10 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   if (stale > 0) log.info({ devices: stale }, 'marked devices offline that were online when the broker last stopped');
   // Presence is an event the gateway cannot wait for: the writer coalesces it per device and retries a busy store.
   const presence = new PresenceWriter({ store: o.store, logger: o.logger.child({ component: 'presence-writer' }) });
+  const presented = o.trustRoots.current();
   const gateway = createGateway({
-    hostKey: o.hostKey,
+    hostKey: presented.hostKey,
+    hostCertificate: presented.hostCertificate,
     userCaKeys: [o.userCa.publicKey],
     // Only certificates naming a real block of this broker's pool get in.
     portPool: o.config.ports,
@@ -167,8 +183,12 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     remoteReach: o.remoteReach,
     limits: { keepaliveIntervalMs: o.config.ssh.keepaliveIntervalSeconds * 1000, keepaliveCountMax: o.config.ssh.keepaliveCountMax, ...startupLimits(o.config) },
   });
+  const stopFollowing = o.trustRoots.onChange((next, previous) => showNewHostIdentity(gateway, next, previous, log));
   const { host, port } = splitHostPort(o.config.ssh.listen);
-  const bound = await gateway.listen(port, host);
+  const bound = await gateway.listen(port, host).catch((err: unknown) => {
+    stopFollowing();
+    throw err;
+  });
   return {
     port: bound.port,
     statsSource: gateway,
@@ -188,6 +208,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     ...(loginCache ? { loginCache } : {}),
     problems: () => [],
     close: async () => {
+      stopFollowing();
       // Every session's offline is queued by now; what does not land in time the next start corrects (markEveryDeviceOffline).
       await gateway.close();
       await presence.close(PRESENCE_FLUSH_MS);
@@ -195,34 +216,61 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   };
 }
 
+/** What sshd serves, dialled on 127.0.0.1 at the port sshd -T says it listens on (else the devices' port). */
+async function scanSshd(o: SshSideOptions): Promise<ServedHostKeys | null> {
+  const read = await readSshdPorts({ sshdPath: o.config.ssh.sshdPath, configPath: o.config.ssh.sshdConfig });
+  const port = 'ports' in read ? read.ports[0] : (o.config.ssh.publicPort ?? splitHostPort(o.config.ssh.listen).port);
+  return port ? scanHostKeys('127.0.0.1', port) : null;
+}
+
+function sshdReloadSettings(config: BrokerConfig): SshdReloadSettings | null {
+  const { sshdReloadCommand, sshdPidFile, sshdPath, sshdConfig } = config.ssh;
+  if (sshdReloadCommand) return { command: sshdReloadCommand };
+  return sshdPidFile ? { pidFile: sshdPidFile, sshdPath, sshdConfig } : null;
+}
+
 async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
   const outDir = join(o.config.dataDir, o.config.ssh.opensshDir);
-  await writeOpensshFiles({
-    outDir,
-    userCaKey: o.userCa.publicKey,
-    hostKeyPath: o.paths.hostKey,
-    hostCertificate: o.hostCertificate,
-    krl: o.revocations.krl,
-    pool: o.config.ports,
-    deviceUser: DEVICE_LOGIN,
-    operatorUser: OPERATOR_LOGIN,
-    keepalive: { intervalSeconds: o.config.ssh.keepaliveIntervalSeconds, countMax: o.config.ssh.keepaliveCountMax },
-    startups: { maxStartups: o.config.ssh.maxStartups, perSource: o.config.ssh.perSourceMaxStartups, loginGraceSeconds: o.config.ssh.loginGraceSeconds },
+  // TrustedUserCAKeys, HostKey and HostCertificate from the snapshot: a rotation rewrites them (openssh-host-key.ts).
+  const writeFiles = async (snapshot: TrustSnapshot, hostKey: { hostKeyPath: string; hostCertificateFile: string }): Promise<void> => {
+    await writeOpensshFiles({
+      outDir,
+      userCaKeys: snapshot.acceptedUserCas,
+      ...hostKey,
+      hostCertificate: snapshot.hostCertificate,
+      krl: o.revocations.krl,
+      pool: o.config.ports,
+      deviceUser: DEVICE_LOGIN,
+      operatorUser: OPERATOR_LOGIN,
+      keepalive: { intervalSeconds: o.config.ssh.keepaliveIntervalSeconds, countMax: o.config.ssh.keepaliveCountMax },
+      startups: { maxStartups: o.config.ssh.maxStartups, perSource: o.config.ssh.perSourceMaxStartups, loginGraceSeconds: o.config.ssh.loginGraceSeconds },
+    });
+  };
+  const hostKeys = new SshdHostKeyFollower({
+    outDir, writeFiles, reload: sshdReloadSettings(o.config), scan: () => scanSshd(o), logger: o.logger.child({ component: 'openssh' }),
+    // A pending or failed reload is looked at again as often as live sessions are reconciled.
+    retryMs: o.config.ssh.reconcileSeconds * 1000,
   });
+  await hostKeys.start(o.trustRoots.current());
+  const stopFollowing = o.trustRoots.onChange((next, previous) => hostKeys.change(next, previous));
   o.logger.info({ outDir }, 'OpenSSH mode: wrote sshd configuration files');
-  // Only the KRL changes afterwards; a failed write is the revocation list's to retry.
+  // The KRL changes on its own (a failed write is the revocation list's to retry); the host key files on a rotation.
   o.revocations.addWriter((krl) => writeFileAtomic(join(outDir, OPENSSH_FILES.krl), krl, { mode: 0o644 }));
   const presence = new OpensshPresence({
     store: o.store, pool: o.config.ports, clock: o.clock, logger: o.logger.child({ component: 'openssh-presence' }),
     intervalMs: o.config.ssh.presencePollSeconds * 1000, node: o.cluster?.nodeId,
   });
-  await presence.start();
+  await presence.start().catch((err: unknown) => {
+    stopFollowing();
+    hostKeys.close();
+    throw err;
+  });
   const killer = opensshKiller(o, presence);
   const port = o.config.ssh.publicPort ?? splitHostPort(o.config.ssh.listen).port;
   const portProblem = await checkSshdPort(o, port);
   return {
     port,
-    problems: () => (portProblem ? [portProblem] : []),
+    problems: () => [...(portProblem ? [portProblem] : []), ...(hostKeys.problem() ? [hostKeys.problem()!] : [])],
     deviceRevoked: async (deviceId) => {
       await killer.endDevice(deviceId, 'revoked');
       await presence.poll();
@@ -246,7 +294,11 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
       }
       return ended;
     },
-    close: async () => presence.close(),
+    close: async () => {
+      stopFollowing();
+      hostKeys.close();
+      await presence.close();
+    },
   };
 }
 

@@ -38,6 +38,9 @@ import { createClusterRelay } from './cluster-relay.js';
 import { storeLocation } from './store-location.js';
 import type { Store } from '../store/types.js';
 import { DEVICE_LOGIN, type SshEndpointWire } from '../../api/index.js';
+import type { TrustRoots } from '../core/trust-roots.js';
+import { loadTlsIdentity, trustRootsFromKeys } from './trust-from-keys.js';
+import { startApiTls, type ApiTls } from './api-tls.js';
 
 export interface StartBrokerOptions {
   readonly config: BrokerConfig;
@@ -49,6 +52,8 @@ export interface StartBrokerOptions {
   readonly env?: NodeJS.ProcessEnv;
   /** What this node registers for the node-to-node link (cluster-nodes.ts); absent: none. */
   readonly cluster?: Pick<NodeEndpoints, 'internalAddress' | 'relayKey'>;
+  /** What the broker presents, signs with and accepts (core/trust-roots.ts); absent: the data directory's keys, fixed. */
+  readonly trustRoots?: TrustRoots;
 }
 
 export interface RunningBroker {
@@ -166,14 +171,14 @@ function listen(server: HttpServer, hostPort: string): Promise<number> {
  * Anyone can connect, so every stage has a deadline (TLS handshake, headers, the whole request, keep-alive idle)
  * and sockets are capped per source and in all (connection-limits.ts).
  */
-async function startApiServer(config: BrokerConfig, paths: DataPaths, access: AccessLayer, koa: RequestListener, logger: Logger): Promise<{ port: number; close(): Promise<void> }> {
+async function startApiServer(config: BrokerConfig, tls: ApiTls | undefined, access: AccessLayer, koa: RequestListener, logger: Logger): Promise<{ port: number; close(): Promise<void> }> {
   const { api } = config;
   const listener = access.requestListener(koa);
   // How often node looks for requests past their deadlines (its default, 30 s, would let them run that much longer).
   const timing = { connectionsCheckingInterval: 1000 };
-  const server = api.insecureHttp
-    ? createHttpServer(timing, listener)
-    : createHttpsServer({ key: await readFile(paths.tlsKey), cert: await readFile(paths.tlsCert), handshakeTimeout: api.handshakeTimeoutSeconds * 1000, ...timing }, listener);
+  const https = tls ? createHttpsServer({ ...tls.serverOptions(), handshakeTimeout: api.handshakeTimeoutSeconds * 1000, ...timing }, listener) : undefined;
+  if (https) tls?.attach(https);
+  const server = https ?? createHttpServer(timing, listener);
   server.on('upgrade', (req, socket, head) => access.onUpgrade(req, socket, head));
   server.requestTimeout = config.proxy.enabled ? config.proxy.requestTimeoutSeconds * 1000 : 30_000;
   server.headersTimeout = Math.min(api.headersTimeoutSeconds * 1000, server.requestTimeout);
@@ -194,6 +199,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
   warnAboutConfig(config, logger);
   const paths = dataPaths(config.dataDir);
   const keys = await loadKeys(paths, options.passphrase);
+  const trustRoots = options.trustRoots ?? trustRootsFromKeys(keys, await loadTlsIdentity(paths, config.api.insecureHttp));
   const location = await storeLocation(paths, options.env);
   const store = await openStore({
     ...location,
@@ -229,7 +235,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     if (relay) shutdown.add(() => relay.close());
     const events = new FleetEvents();
     const ssh = await startSshSide({
-      config, logger, store: announcingPresence(store, events), clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths,
+      config, logger, store: announcingPresence(store, events), clock, userCa: keys.userCa, trustRoots, revocations, paths,
       ...(clustered || relay ? { cluster: { nodeId: node.identity.id } } : {}), remoteReach: relay?.remoteReach,
     });
     shutdown.add(() => ssh.close());
@@ -248,7 +254,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       return live.length > 0 ? [...live] : configured;
     };
     const coreBase = {
-      store, config, clock, ssh: sshEndpoint, sshEndpoints, ca: { userCa: keys.userCa, hostCaPublicKey: keys.hostCaPublicKey },
+      store, config, clock, ssh: sshEndpoint, sshEndpoints, trustRoots, ca: { userCa: keys.userCa, hostCaPublicKey: keys.hostCaPublicKey },
     };
     const access = await createAccessLayer({
       core: coreBase, logger, presence: relay && ssh.presence ? relay.presence(ssh.presence) : (ssh.presence ?? UNKNOWN_PRESENCE), sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,
@@ -263,7 +269,6 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       shutdown.add(() => clusterEvents.close());
     }
 
-    const apiPin = config.api.insecureHttp ? null : (await readFile(paths.apiPin, 'utf8')).trim();
     const sampler = startTunnelSampler({ store, clock, logger, intervalMs: 60_000, keep: 24 * 60 });
     shutdown.add(async () => sampler.stop());
     const consoleDeps = {
@@ -280,12 +285,15 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
           () => httpDeps,
         )
       : undefined;
+    // The API's TLS identities follow the snapshot (SNI for a rotation's other ones); the own certificate is renewed.
+    const apiTls = startApiTls({ config, paths, trustRoots, clock, logger, metrics });
+    shutdown.add(async () => apiTls?.close());
     const httpDeps: HttpDeps = {
-      core, logger, metrics, revocations, apiPin, access, problems: () => ssh.problems(), console: consoleDeps, ...(oidc ? { oidc } : {}),
-      publicKeys: { userCa: formatPublicKey(keys.userCa.publicKey), hostCa: formatPublicKey(keys.hostCaPublicKey), hostKey: core.ssh.hostKey },
+      core, logger, metrics, revocations, access, problems: () => [...ssh.problems(), ...(apiTls?.problem() ? [apiTls.problem()!] : [])], console: consoleDeps, ...(oidc ? { oidc } : {}),
+      publicKeys: { userCa: formatPublicKey(keys.userCa.publicKey) },
     };
     const app = createApp(httpDeps);
-    const api = await startApiServer(config, paths, access, app.callback(), logger);
+    const api = await startApiServer(config, apiTls?.tls, access, app.callback(), logger);
     shutdown.add(() => api.close());
     apiUrl = config.api.publicUrl ?? localApiUrl(config, api.port);
     oidc?.ready().catch((err: unknown) => logger.warn({ code: (err as { code?: unknown }).code }, 'single sign-on: the provider cannot be reached yet (sign-ins retry discovery)'));

@@ -85,6 +85,13 @@ const configSchema = z
         /** OpenSSH mode: the sshd binary (absolute path) and the sshd_config it runs with, for `sshd -T` at start (which port it listens on). */
         sshdPath: z.string().startsWith('/', 'must be an absolute path').default('/usr/sbin/sshd'),
         sshdConfig: z.string().default('/etc/ssh/sshd_config'),
+        /**
+         * OpenSSH mode: how the broker reloads sshd after the host key or host certificate changed (a rotation): a
+         * command (e.g. `systemctl reload ssh`), or SIGHUP to the pid in sshdPidFile once `sshd -t -f sshdConfig`
+         * passes. Neither: /healthz says SSHD_RELOAD_NEEDED until sshd serves the presented key (docs/operations.md).
+         */
+        sshdReloadCommand: z.string().min(1).max(1000).refine((v) => !v.includes('\n'), 'must be one line').optional(),
+        sshdPidFile: z.string().startsWith('/', 'must be an absolute path').optional(),
         /** OpenSSH mode: how often the broker looks for the devices' listening tunnel ports (presence). */
         presencePollSeconds: z.number().int().min(1).max(300).default(5),
         /**

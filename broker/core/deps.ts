@@ -7,6 +7,7 @@ import type { KeyPair, PublicKey } from '../../ca/index.js';
 import type { BrokerConfig } from './config.js';
 import type { Store } from '../store/types.js';
 import type { AuditSink } from './failure-audit.js';
+import type { TrustRoots } from './trust-roots.js';
 import type { ApiKeyRole, SshAddressWire, SshEndpointWire } from '../../api/index.js';
 
 export interface CaKeys {
@@ -44,8 +45,13 @@ export interface CoreDeps {
   readonly ca: CaKeys;
   readonly config: BrokerConfig;
   readonly clock: () => Date;
-  /** This broker's SSH endpoint: its host and port, the host key, host CA and device login every endpoint shares. */
+  /**
+   * This broker's SSH endpoint: its host, port and device login. Its host key and host CA are those of the start;
+   * grants and GET /v1/ca take them from trustRoots (presentedSshEndpoint in ssh-endpoints.ts).
+   */
   readonly ssh: SshEndpointWire;
+  /** What the broker presents, signs with and accepts now (trust-roots.ts); grants carry its `trust`. */
+  readonly trustRoots: TrustRoots;
   /**
    * Every SSH endpoint devices may dial, asked at each grant (ssh-endpoints.ts): today the config's ssh.endpoints
    * (or `ssh` alone); a node registry may answer it from the live nodes instead.

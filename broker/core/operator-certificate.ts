@@ -17,6 +17,7 @@ import { BrokerError } from './errors.js';
 import { failureSink, withFailureAudit, type FailureAuditRow } from './failure-audit.js';
 import type { DeviceRecord } from '../store/types.js';
 import { describeOffline, offlineSince, type TunnelPresence } from './presence.js';
+import { presentedSshEndpoint } from './ssh-endpoints.js';
 
 export interface OperatorCertificateDeps {
   readonly core: CoreDeps;
@@ -82,7 +83,7 @@ export async function issueOperatorCertificate(
         validAfter: validAfter.toISOString(),
         validBefore: validBefore.toISOString(),
         device: { id: target.id, name: target.name, ports: block, forwardedPorts: forwarded === undefined ? null : [...forwarded].sort((a, b) => a - b) },
-        ssh: { ...core.ssh, username: OPERATOR_LOGIN },
+        ssh: { ...presentedSshEndpoint(core), username: OPERATOR_LOGIN },
       };
     });
   });

@@ -26,13 +26,15 @@ export function registerDeviceRoutes(router: Router<AppState>, deps: HttpDeps): 
     ctx.body = await deps.metrics.registry.metrics();
   });
 
+  // The host key, host CA and pin are the presented ones (what a pre-0.5 device pins); `trust` adds a rotation's next.
   router.get('/v1/ca', (ctx) => {
+    const grant = sshGrantFields(deps.core);
     ctx.body = {
       userCertificateAuthority: deps.publicKeys.userCa,
-      hostCertificateAuthority: deps.publicKeys.hostCa,
-      hostKey: deps.publicKeys.hostKey,
-      apiPin: deps.apiPin,
-      ...sshGrantFields(deps.core),
+      hostCertificateAuthority: grant.ssh.hostCertificateAuthority,
+      hostKey: grant.ssh.hostKey,
+      apiPin: deps.core.trustRoots.current().tls?.pin ?? null,
+      ...grant,
     } satisfies CaResponse;
   });
 

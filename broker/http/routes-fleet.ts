@@ -21,12 +21,13 @@ function fingerprintOf(keyLine: string): string {
   return fingerprint(parsePublicKey(keyLine));
 }
 
-function brokerStatus(deps: HttpDeps): Omit<BrokerStatusResponse, 'devices'> {
+function brokerStatus(deps: HttpDeps): Omit<BrokerStatusResponse, 'devices' | 'trust'> {
+  const snapshot = deps.core.trustRoots.current();
   const problems = [...(deps.revocations.health().written ? [] : ['KRL_WRITE_FAILING']), ...(deps.problems?.() ?? [])];
   return {
     health: { status: problems.length === 0 ? 'ok' : 'degraded', problems },
-    fingerprints: { userCa: fingerprintOf(deps.publicKeys.userCa), hostCa: fingerprintOf(deps.publicKeys.hostCa), hostKey: fingerprintOf(deps.publicKeys.hostKey) },
-    apiPin: deps.apiPin,
+    fingerprints: { userCa: fingerprintOf(deps.publicKeys.userCa), hostCa: fingerprint(snapshot.hostCa), hostKey: fingerprint(snapshot.hostKey.publicKey) },
+    apiPin: snapshot.tls?.pin ?? null,
     krlVersion: (deps.console?.krlVersion() ?? 0n).toString(),
     tunnelsOnline: [...(deps.console?.tunnelSamples() ?? [])],
     startedAt: (deps.console?.startedAt ?? deps.core.clock()).toISOString(),
@@ -70,6 +71,7 @@ export function registerFleetRoutes(router: Router<AppState>, deps: HttpDeps): v
   router.get('/v1/broker', async (ctx) => {
     requireRole(await authenticate(ctx, deps), ['admin', 'operator']);
     ctx.set('cache-control', 'no-store');
-    ctx.body = { ...brokerStatus(deps), devices: await core.store.countDevicesByStatus() } satisfies BrokerStatusResponse;
+    // trust (0.5) comes after the fields clients have always seen.
+    ctx.body = { ...brokerStatus(deps), devices: await core.store.countDevicesByStatus(), trust: core.trustRoots.current().trust } satisfies BrokerStatusResponse;
   });
 }

@@ -18,9 +18,12 @@
  * - the Match blocks switch off everything else (sessions, TTY, agent/X11,
  *   tunnels, streamlocal) for both users.
  */
-import { join } from 'node:path';
-import { mkdir } from 'node:fs/promises';
-import { devicePrincipal, formatPublicKey, operatorPrincipal, writeFileAtomic, type PublicKey } from '../../ca/index.js';
+import { createHash } from 'node:crypto';
+import { basename, join } from 'node:path';
+import { mkdir, readdir } from 'node:fs/promises';
+import {
+  devicePrincipal, encodePrivateKey, formatPublicKey, operatorPrincipal, publicKeyBlob, writeFileAtomic, type KeyPair, type PublicKey,
+} from '../../ca/index.js';
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN, TUNNEL_HOST } from '../../api/index.js';
 import { BrokerError } from '../core/errors.js';
 import { isValidPool, poolBlocks, type PortPool } from '../core/port-pool.js';
@@ -34,12 +37,17 @@ export interface OpensshModeInput {
    * the device and operator users.
    */
   readonly outDir: string;
-  /** The user CA: TrustedUserCAKeys. */
-  readonly userCaKey: PublicKey;
-  /** The broker's host private key file, already on disk; referenced by HostKey, not copied. */
+  /** The user CAs whose certificates log in (TrustedUserCAKeys): the trust snapshot's acceptedUserCas, 1 to 4. */
+  readonly userCaKeys: readonly PublicKey[];
+  /** The broker's host private key file, already on disk (writeHostKeyFile); referenced by HostKey, not copied. */
   readonly hostKeyPath: string;
-  /** The host certificate line for that key, written to host_key-cert.pub. */
+  /** The host certificate line for that key. */
   readonly hostCertificate: string;
+  /**
+   * The name in outDir the host certificate is written to (writeHostKeyFile's, one per key and certificate: sshd
+   * reads it when it starts or reloads, so a rotation writes a new one beside the old); default host_key-cert.pub.
+   */
+  readonly hostCertificateFile?: string;
   /** The current KRL; always written. */
   readonly krl: Buffer;
   readonly pool: PortPool;
@@ -78,6 +86,8 @@ const SAFE_PATH = /^\/[A-Za-z0-9._+/-]*$/;
 // Portable user names (useradd's default NAME_REGEX), and nothing that sshd's
 // Match pattern language would read as a wildcard, negation or list.
 const SAFE_USER = /^[a-z_][a-z0-9_-]{0,31}$/;
+// What writeHostKeyFile names its files: host_key-<hex>[-<hex>]-cert.pub.
+const HOST_KEY_FILE = /^host_key(-[0-9a-f]{1,64}){0,2}(-cert\.pub)?$/;
 
 function invalid(message: string): never {
   throw new BrokerError('CONFIG_INVALID', message);
@@ -90,7 +100,10 @@ function checkPool(pool: PortPool): void {
 function checkInput(input: OpensshModeInput): { deviceUser: string; operatorUser: string } {
   if (!SAFE_PATH.test(input.outDir)) invalid('OpenSSH mode directory must be an absolute path of [A-Za-z0-9._+/-]');
   if (!SAFE_PATH.test(input.hostKeyPath)) invalid('host key path must be an absolute path of [A-Za-z0-9._+/-]');
-  if (input.userCaKey.length !== 32) invalid('user CA key must be a raw Ed25519 key');
+  if (input.userCaKeys.length < 1 || input.userCaKeys.length > 4 || input.userCaKeys.some((k) => k.length !== 32)) {
+    invalid('user CA keys must be 1 to 4 raw Ed25519 keys');
+  }
+  if (input.hostCertificateFile !== undefined && !HOST_KEY_FILE.test(input.hostCertificateFile)) invalid('host certificate file must be a plain name');
   if (!/^ssh-ed25519-cert-v01@openssh\.com [A-Za-z0-9+/]+={0,2}( [^\n]*)?$/.test(input.hostCertificate.trim())) {
     invalid('host certificate must be one Ed25519 certificate line');
   }
@@ -225,7 +238,7 @@ export function renderSshdConfig(input: OpensshModeInput): string {
 #
 # Global part: HostKey and HostCertificate are not allowed after Match.
 HostKey ${input.hostKeyPath}
-HostCertificate ${join(input.outDir, OPENSSH_FILES.hostCertificate)}
+HostCertificate ${join(input.outDir, input.hostCertificateFile ?? OPENSSH_FILES.hostCertificate)}
 ${startupLines(input).join('\n')}
 `;
   const device = matchBlock(deviceUser, `Devices: a remote forward on ${TUNNEL_HOST} of their own ports (principals.devices), nothing else.`, [
@@ -253,12 +266,36 @@ export function renderOpensshFiles(input: OpensshModeInput): Map<string, Openssh
   // principals files with the connecting user's uid, so they must be 0644.
   return new Map<string, OpensshFile>([
     [OPENSSH_FILES.krl, { content: input.krl, mode: 0o600 }],
-    [OPENSSH_FILES.userCa, { content: `${formatPublicKey(input.userCaKey, 'certunnel-user-ca')}\n`, mode: 0o600 }],
-    [OPENSSH_FILES.hostCertificate, { content: `${input.hostCertificate.trim()}\n`, mode: 0o600 }],
+    [OPENSSH_FILES.userCa, { content: input.userCaKeys.map((key) => `${formatPublicKey(key, 'certunnel-user-ca')}\n`).join(''), mode: 0o600 }],
+    [input.hostCertificateFile ?? OPENSSH_FILES.hostCertificate, { content: `${input.hostCertificate.trim()}\n`, mode: 0o600 }],
     [OPENSSH_FILES.devicePrincipals, { content: renderPrincipals(input.pool, 'devices'), mode: 0o644 }],
     [OPENSSH_FILES.operatorPrincipals, { content: renderPrincipals(input.pool, 'operators'), mode: 0o644 }],
     [OPENSSH_FILES.config, { content: config, mode: 0o600 }],
   ]);
+}
+
+/**
+ * The host key the broker presents, as a file of outDir named after the key
+ * and its certificate (host_key-<key>-<certificate>, 0600; the first 16 hex
+ * digits of each SHA-256): a rotation writes new files beside the ones the
+ * running sshd was started with, which stay until it has reloaded (sshd
+ * 9.2's per-connection processes read the host key files anew). Returns the
+ * key's path and the certificate's name for OpensshModeInput.
+ */
+export async function writeHostKeyFile(outDir: string, hostKey: KeyPair, hostCertificate: string): Promise<{ hostKeyPath: string; hostCertificateFile: string }> {
+  const id = (data: Buffer | string): string => createHash('sha256').update(data).digest('hex').slice(0, 16);
+  const name = `host_key-${id(publicKeyBlob(hostKey.publicKey))}-${id(hostCertificate.trim())}`;
+  await mkdir(outDir, { recursive: true, mode: 0o755 });
+  const hostKeyPath = join(outDir, name);
+  await writeFileAtomic(hostKeyPath, encodePrivateKey(hostKey, { comment: 'certunnel broker host key' }), { mode: 0o600 });
+  return { hostKeyPath, hostCertificateFile: `${name}-cert.pub` };
+}
+
+/** The host key files of outDir (writeHostKeyFile's) other than KEEP's: what a confirmed sshd reload leaves unused. */
+export async function staleHostKeyFiles(outDir: string, keep: { hostKeyPath: string; hostCertificateFile: string }): Promise<string[]> {
+  const names = await readdir(outDir).catch(() => [] as string[]);
+  const current = new Set([basename(keep.hostKeyPath), keep.hostCertificateFile]);
+  return names.filter((n) => /^host_key-[0-9a-f]{16}-[0-9a-f]{16}(-cert\.pub)?$/.test(n) && !current.has(n)).map((n) => join(outDir, n));
 }
 
 /** Writes every file atomically, in dependency order; returns the absolute paths written. */

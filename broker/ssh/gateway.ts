@@ -30,6 +30,7 @@ import { handleGlobalRequest, type ForwardRequestDeps } from './handle-global-re
 import { SessionRegistry, actorOf } from './registry.js';
 import { GatewaySession } from './session.js';
 import { installPaddingPool } from './ssh2-padding.js';
+import { prepareHostIdentity, presentHostIdentity, type HostIdentity, type PreparedHostIdentity } from './host-identity.js';
 import { GatewayCounters, type ConnectionRefusal, type GatewayStats } from './stats.js';
 import { DEFAULT_LIMITS, type AuditEvent, type Gateway, type GatewayDeps, type GatewayLimits, type PresenceUpdate } from './types.js';
 
@@ -74,6 +75,8 @@ class EmbeddedGateway implements Gateway {
   private unauthenticated = 0;
   private nextSessionId = 1;
   private closing = false;
+  /** What a new connection is shown (host-identity.ts). */
+  private presented: PreparedHostIdentity;
 
   constructor(private readonly deps: GatewayDeps) {
     const limits = (this.limits = resolveLimits(deps.limits));
@@ -97,6 +100,7 @@ class EmbeddedGateway implements Gateway {
     this.earlyDrop = { start: Math.min(limits.earlyDropStart, full), rate: limits.earlyDropRate, full };
     // ssh2 is used for the protocol only: sockets come from our own listener
     // (injectSocket), so that limits apply before ssh2 allocates anything.
+    this.presented = prepareHostIdentity({ hostKey: deps.hostKey, hostCertificate: deps.hostCertificate });
     this.sshServer = new ssh2.Server({
       hostKeys: [encodePrivateKey(deps.hostKey)],
       ident: 'certunnel',
@@ -176,7 +180,13 @@ class EmbeddedGateway implements Gateway {
     this.perSource.release(state.remoteAddr);
   }
 
+  setHostIdentity(identity: HostIdentity): void {
+    this.presented = prepareHostIdentity(identity);
+  }
+
   private onSshConnection(conn: Connection, info: { ip: string; port: number }): void {
+    // Before ssh2 sends its KEXINIT (it emits 'connection' first): this connection's host key for its life.
+    presentHostIdentity(conn, this.presented);
     const key = `${info.ip}|${info.port}`;
     const state = this.awaitingHeader.get(key);
     this.awaitingHeader.delete(key);

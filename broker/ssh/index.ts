@@ -1,5 +1,6 @@
 /** The embedded SSH gateway: the only broker module that imports ssh2. */
 export { createGateway } from './gateway.js';
+export { HOST_CERT_ALGORITHM, type HostIdentity } from './host-identity.js';
 export {
   DEFAULT_LIMITS,
   type AuditEvent,

@@ -8,6 +8,7 @@ import type { PortPool } from '../core/port-pool.js';
 import type { LookupIssued } from './issued.js';
 import type { SessionInfo } from './session.js';
 import type { GatewayStats } from './stats.js';
+import type { HostIdentity } from './host-identity.js';
 
 /**
  * What the gateway's audit events record: a refusal (ssh.auth, ssh.forward,
@@ -101,6 +102,8 @@ export const DEFAULT_LIMITS: Required<GatewayLimits> = Object.freeze({
 export interface GatewayDeps {
   /** The broker's Ed25519 host key. */
   readonly hostKey: KeyPair;
+  /** Its host certificate line (signed by the host CA), presented beside it; absent: the key alone. */
+  readonly hostCertificate?: string;
   /** Trusted user CA keys (device and operator certificates). */
   readonly userCaKeys: readonly PublicKey[];
   /**
@@ -143,6 +146,11 @@ export interface GatewayDeps {
 }
 
 export interface Gateway {
+  /**
+   * What new connections are shown from now on (host key, host certificate: a rotation); connections already
+   * open keep theirs. Throws, changing nothing, if the certificate does not certify the key.
+   */
+  setHostIdentity(identity: HostIdentity): void;
   /** Starts accepting SSH connections; resolves with the bound port (useful with port 0). */
   listen(port: number, host: string): Promise<{ port: number }>;
   /** Stops accepting, ends every session, frees every port. */

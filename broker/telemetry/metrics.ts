@@ -160,6 +160,17 @@ export class BrokerMetrics {
     this.gateway = source;
   }
 
+  /** How long the API's TLS certificate has left (api-tls-renewal.ts): alert well before 0. Not on plain HTTP. */
+  attachApiTls(source: { expirySeconds(): number | null }): void {
+    new Gauge({
+      name: 'certunnel_api_tls_cert_expiry_seconds', help: 'Seconds until the API TLS certificate served by default expires (negative: expired)', registers: [this.registry],
+      collect() {
+        const seconds = source.expirySeconds();
+        if (seconds !== null) this.set(seconds);
+      },
+    });
+  }
+
   /** The presence gauges: alert on certunnel_presence_writes_pending staying high (the store does not keep up). */
   attachPresenceWrites(source: PresenceWriteStatsSource): void {
     this.presenceWrites = source;

@@ -9,6 +9,7 @@ import type { BrokerStatusResponse, ListCertificatesResponse, ListTokenBatchesRe
 import { withBroker } from '../../testkit/broker.js';
 
 const SSH_ENDPOINT = ['host', 'port', 'username', 'hostKey', 'hostCertificateAuthority'];
+const TRUST_SET = ['hostKeys', 'hostCertificateAuthorities', 'apiPins'];
 const API_KEY_VIEW = ['id', 'name', 'role', 'createdAt', 'createdBy', 'revokedAt', 'lastUsedAt', 'expiresAt', 'status'];
 const DEVICE_VIEW = [
   'id', 'name', 'hardwareSerial', 'status', 'ports', 'publicKey', 'fingerprint', 'labels',
@@ -22,7 +23,9 @@ test('ok/every JSON route answers the contract fields, in order', async (t) => {
     t.deepEqual(await b.call<HealthResponse>(b.anonymous, 'GET', '/healthz'), { status: 'ok' });
     const ca = await b.call<CaResponse>(b.anonymous, 'GET', '/v1/ca');
     // sshEndpoints (0.4) comes before ssh, not after the others: shell agents read "host" with a greedy sed, which finds the last.
-    t.deepEqual(keys(ca), ['userCertificateAuthority', 'hostCertificateAuthority', 'hostKey', 'apiPin', 'sshEndpoints', 'ssh']);
+    // trust (0.5) comes last.
+    t.deepEqual(keys(ca), ['userCertificateAuthority', 'hostCertificateAuthority', 'hostKey', 'apiPin', 'sshEndpoints', 'ssh', 'trust']);
+    t.deepEqual(keys(ca.trust!), TRUST_SET);
     t.deepEqual(keys(ca.ssh), SSH_ENDPOINT);
     t.deepEqual(ca.sshEndpoints, [{ host: ca.ssh.host, port: ca.ssh.port }]);
 
@@ -35,7 +38,8 @@ test('ok/every JSON route answers the contract fields, in order', async (t) => {
     t.deepEqual(await b.call<RevokeTokensResponse>(b.admin, 'POST', '/v1/tokens/revoke', { id: minted.tokens[1]!.id }), { revoked: 1 });
 
     const grant = await b.call<EnrollResponse>(b.anonymous, 'POST', '/v1/enroll', { token: minted.tokens[0]!.token, publicKey: formatPublicKey(generateKeyPair().publicKey), name: 'wire-1' });
-    t.deepEqual(keys(grant), ['deviceId', 'name', 'ports', 'certificate', 'serial', 'validAfter', 'validBefore', 'renewAfter', 'sshEndpoints', 'ssh']);
+    t.deepEqual(keys(grant), ['deviceId', 'name', 'ports', 'certificate', 'serial', 'validAfter', 'validBefore', 'renewAfter', 'sshEndpoints', 'ssh', 'trust']);
+    t.deepEqual(keys(grant.trust!), TRUST_SET);
     t.deepEqual(keys(grant.sshEndpoints![0]!), ['host', 'port']);
     t.deepEqual(keys(grant.ports), ['first', 'last']);
     t.deepEqual(keys(grant.ssh), SSH_ENDPOINT);
@@ -55,7 +59,7 @@ test('ok/every JSON route answers the contract fields, in order', async (t) => {
       { batch: 'wire', total: 2, used: 1, active: 0, expired: 0, revoked: 1, firstCreatedAt: '', lastCreatedAt: '', lastExpiresAt: '' },
     ]);
     const broker = await b.call<BrokerStatusResponse>(b.admin, 'GET', '/v1/broker');
-    t.deepEqual(keys(broker), ['health', 'fingerprints', 'apiPin', 'krlVersion', 'tunnelsOnline', 'startedAt', 'devices']);
+    t.deepEqual(keys(broker), ['health', 'fingerprints', 'apiPin', 'krlVersion', 'tunnelsOnline', 'startedAt', 'devices', 'trust']);
     t.deepEqual(device.ports, grant.ports);
     const revoked = await b.call<RevokeDeviceResponse>(b.admin, 'POST', '/v1/devices/wire-1/revoke', { reason: 'wire test' });
     t.deepEqual(keys(revoked), ['device', 'alreadyRevoked', 'certificatesRevoked']);

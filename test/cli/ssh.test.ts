@@ -8,9 +8,10 @@ import test from 'ava';
 import { existsSync } from 'node:fs';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
+import { generateKeyPair } from '../../ca/index.js';
 import type { AuditEventView, ListAuditResponse } from '../../api/index.js';
 import { runCli } from '../../testkit/cli.js';
+import { staticTrustRoots, type TrustRoots } from '../../broker/core/trust-roots.js';
 import { runCommand } from '../../testkit/openssh.js';
 import { withFleet, type Fleet } from '../../testkit/operator-fixture.js';
 
@@ -142,16 +143,17 @@ sshdTest('fail/a broker SSH server with another host key is never trusted', (t) 
   withFleet(async (f) => {
     const dev = await f.enroll('kiosk-s', { connect: true, sshd: true });
     const op = await operatorOf(f);
-    // The API vouches for a host key the SSH server does not have (as if someone sat in between).
-    const core = f.b.broker.core as { ssh: { hostKey: string } };
-    const genuine = core.ssh;
-    core.ssh = { ...genuine, hostKey: formatPublicKey(generateKeyPair().publicKey) };
+    // The API vouches for a host key and a host CA the SSH server has neither of (as if someone sat in between).
+    // (The host key alone would not do: the gateway presents its host certificate, which the host CA vouches for.)
+    const core = f.b.broker.core as { trustRoots: TrustRoots };
+    const genuine = core.trustRoots;
+    core.trustRoots = staticTrustRoots({ ...genuine.current(), hostKey: generateKeyPair(), hostCa: generateKeyPair().publicKey });
     try {
       const run = await runCli(['ssh', 'kiosk-s', ...op.api, '--', ...op.login, 'echo', 'should not run'], op.env);
       t.is(run.code, 255);
       t.regex(run.stderr, /certunnel: BROKER_HOST_KEY_MISMATCH: /);
     } finally {
-      core.ssh = genuine;
+      core.trustRoots = genuine;
     }
     t.is(dev.sshd!.output().match(/Accepted publickey/g), null);
   }));

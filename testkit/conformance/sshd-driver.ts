@@ -99,7 +99,7 @@ async function startGateway(world: World, deviceUser: string, operatorUser: stri
   let krlVersion = 1n;
   await writeOpensshFiles({
     outDir,
-    userCaKey: world.userCa.publicKey,
+    userCaKeys: [world.userCa.publicKey],
     ...(await certifiedHostKey(world)),
     krl: encodeKrl({ caKey: world.userCa.publicKey, version: krlVersion, generatedAt: new Date() }),
     pool: world.pool,

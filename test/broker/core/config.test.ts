@@ -56,3 +56,22 @@ for (const bad of ['10:30', '100:30:10', '10:0:100', '10:101:100', '0:30:100', '
     t.regex(err!.message, /ssh\.maxStartups/);
   });
 }
+
+test('ok/ssh.sshdReloadCommand and ssh.sshdPidFile: unset by default, kept as given', (t) => {
+  const { ssh } = parseConfig({}, '/data');
+  t.is(ssh.sshdReloadCommand, undefined);
+  t.is(ssh.sshdPidFile, undefined);
+  t.like(parseConfig({ ssh: { sshdReloadCommand: 'systemctl reload ssh', sshdPidFile: '/run/sshd.pid' } }, '/data').ssh, { sshdReloadCommand: 'systemctl reload ssh', sshdPidFile: '/run/sshd.pid' });
+});
+
+for (const [name, ssh, setting] of [
+  ['two-line-command', { sshdReloadCommand: 'systemctl reload ssh\nrm -rf /' }, 'ssh.sshdReloadCommand'],
+  ['empty-command', { sshdReloadCommand: '' }, 'ssh.sshdReloadCommand'],
+  ['relative-pid-file', { sshdPidFile: 'run/sshd.pid' }, 'ssh.sshdPidFile'],
+] as const) {
+  test(`fail/${name}`, (t) => {
+    const err = t.throws(() => parseConfig({ ssh }, '/data'));
+    t.true(isBrokerError(err, 'CONFIG_INVALID'));
+    t.true(err!.message.includes(setting), err!.message);
+  });
+}

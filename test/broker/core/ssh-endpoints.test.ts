@@ -11,9 +11,13 @@ import { formatPublicKey, generateKeyPair } from '../../../ca/index.js';
 import { fromEnv, parseConfig } from '../../../broker/core/config.js';
 import { isBrokerError } from '../../../broker/core/errors.js';
 import { configuredSshEndpoints, sshGrantFields } from '../../../broker/core/ssh-endpoints.js';
+import { staticTrustRoots } from '../../../broker/core/trust-roots.js';
+import { snapshotFromKeys } from '../../../broker/compose/trust-from-keys.js';
 import { withBroker } from '../../../testkit/broker.js';
 
-const OWN = { host: 'broker.example', port: 2222, username: 'tunnel', hostKey: 'ssh-ed25519 AAAA', hostCertificateAuthority: 'ssh-ed25519 BBBB' };
+const KEYS = { userCa: generateKeyPair(), hostCaPublicKey: generateKeyPair().publicKey, hostKey: generateKeyPair(), hostCertificate: 'unused' };
+const OWN = { host: 'broker.example', port: 2222, username: 'tunnel', hostKey: formatPublicKey(KEYS.hostKey.publicKey), hostCertificateAuthority: formatPublicKey(KEYS.hostCaPublicKey) };
+const TRUST = snapshotFromKeys(KEYS, null).trust;
 
 const good: Array<[string, string[], SshAddressWire[]]> = [
   ['ok/one', ['node-1.example:2222'], [{ host: 'node-1.example', port: 2222 }]],
@@ -62,12 +66,12 @@ test('ok/CERTUNNEL_SSH_ENDPOINTS: a comma-separated list', (t) => {
 
 test('ok/sshGrantFields asks the seam at every grant: ssh is the first endpoint; an empty answer is this broker', (t) => {
   let answer: SshAddressWire[] = [{ host: 'n2.example', port: 22 }, { host: 'n1.example', port: 2222 }];
-  const deps = { ssh: OWN, sshEndpoints: () => answer };
-  t.deepEqual(sshGrantFields(deps), { sshEndpoints: answer, ssh: { ...OWN, host: 'n2.example', port: 22 } });
+  const deps = { ssh: OWN, sshEndpoints: () => answer, trustRoots: staticTrustRoots(snapshotFromKeys(KEYS, null)) };
+  t.deepEqual(sshGrantFields(deps), { sshEndpoints: answer, ssh: { ...OWN, host: 'n2.example', port: 22 }, trust: TRUST });
   answer = [{ host: 'n3.example', port: 2000 }];
   t.deepEqual(sshGrantFields(deps).sshEndpoints, [{ host: 'n3.example', port: 2000 }]);
   answer = [];
-  t.deepEqual(sshGrantFields(deps), { sshEndpoints: [{ host: 'broker.example', port: 2222 }], ssh: OWN });
+  t.deepEqual(sshGrantFields(deps), { sshEndpoints: [{ host: 'broker.example', port: 2222 }], ssh: OWN, trust: TRUST });
 });
 
 test('ok/a broker with ssh.endpoints: enrollment, renewal and GET /v1/ca carry the list, ssh is its first', async (t) => {

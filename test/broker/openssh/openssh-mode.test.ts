@@ -31,7 +31,7 @@ function sampleInput(outDir: string, hostKeyPath: string, pool = { first: 20000,
   const userCa = generateKeyPair();
   return {
     outDir,
-    userCaKey: userCa.publicKey,
+    userCaKeys: [userCa.publicKey],
     hostKeyPath,
     hostCertificate: formatCertificate(cert),
     krl: encodeKrl({ caKey: userCa.publicKey, version: 1n, generatedAt: new Date() }),
@@ -86,6 +86,16 @@ test('ok/files, modes and order: everything the config references comes before i
   t.is(config.match(/RevokedKeys \/srv\/certunnel\/openssh\/revoked\.krl/g)?.length, 2);
 });
 
+test('ok/TrustedUserCAKeys lists every accepted user CA; the host certificate goes where hostCertificateFile says', (t) => {
+  const good = sampleInput('/srv/certunnel/openssh', '/srv/certunnel/openssh/host_key-0123456789abcdef-0123456789abcdef');
+  const next = generateKeyPair().publicKey;
+  const files = renderOpensshFiles({ ...good, userCaKeys: [...good.userCaKeys, next], hostCertificateFile: 'host_key-0123456789abcdef-0123456789abcdef-cert.pub' });
+  t.is(String(files.get(OPENSSH_FILES.userCa)!.content).trimEnd().split('\n').length, 2);
+  t.true(files.has('host_key-0123456789abcdef-0123456789abcdef-cert.pub'));
+  t.false(files.has(OPENSSH_FILES.hostCertificate));
+  t.regex(String(files.get(OPENSSH_FILES.config)!.content), /\nHostCertificate \/srv\/certunnel\/openssh\/host_key-0123456789abcdef-0123456789abcdef-cert\.pub\n/);
+});
+
 test('fail/unsafe input is refused with CONFIG_INVALID', (t) => {
   const good = sampleInput('/srv/certunnel/openssh', '/srv/certunnel/host_key');
   const bad: Array<[string, Partial<OpensshModeInput>]> = [
@@ -93,6 +103,10 @@ test('fail/unsafe input is refused with CONFIG_INVALID', (t) => {
     ['space in dir', { outDir: '/srv/cert tunnel' }],
     ['%-token in dir', { outDir: '/srv/%u' }],
     ['quote in host key path', { hostKeyPath: '/srv/"k' }],
+    ['host certificate file outside the directory', { hostCertificateFile: '../host_key-cert.pub' }],
+    ['host certificate file of another name', { hostCertificateFile: 'sshd_config.certunnel' }],
+    ['no user CA', { userCaKeys: [] }],
+    ['five user CAs', { userCaKeys: Array.from({ length: 5 }, () => generateKeyPair().publicKey) }],
     ['empty pool', { pool: { first: 20000, last: 20000, perDevice: 2 } }],
     ['zero block size', { pool: { first: 20000, last: 20010, perDevice: 0 } }],
     ['pattern as user', { deviceUser: 'tun*' }],
