@@ -10,6 +10,7 @@ import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { connect as tlsConnect, type ConnectionOptions as TlsConnectionOptions } from 'node:tls';
 import { tlsPinOfSpki } from '../ca/index.js';
+import { pinServerName } from './device.js';
 import { ApiError, type ErrorResponse } from './errors.js';
 
 export interface ApiClientOptions {
@@ -42,25 +43,35 @@ class PinnedAgent extends HttpsAgent {
 
   override createConnection(options: HttpRequestOptions, callback?: (err: Error | null, stream: Duplex) => void): undefined {
     const host = String(options.host ?? 'localhost');
-    const socket = tlsConnect({ ...(options as TlsConnectionOptions), rejectUnauthorized: false, servername: isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });
-    let done = false;
-    const finish = (err: Error | null): void => {
-      if (done) return;
-      done = true;
-      socket.setTimeout(0);
-      if (err) socket.destroy();
-      callback?.(err, socket);
-    };
-    socket.setTimeout(this.timeoutMs, () => finish(new ApiError('UNREACHABLE', `no TLS handshake with ${host} within ${this.timeoutMs} ms`)));
-    socket.once('error', (err) => finish(new ApiError('UNREACHABLE', `cannot reach ${host}: ${err.message}`)));
-    socket.once('secureConnect', () => {
-      const cert = socket.getPeerCertificate();
-      if (!cert || !cert.pubkey || !this.pins.includes(tlsPinOfSpki(cert.pubkey))) {
+    // First the URL's own name; then, if the key does not match, each pin's server name (pinServerName):
+    // a broker keeps a rotation's next and retired TLS identities under those (docs/rotation.md), so an
+    // agent that slept through an api-tls rotation still finds the key it pins. Nothing is sent before a match.
+    const names = [isIP(host) ? undefined : host, ...this.pins.map(pinServerName).filter((n): n is string => n !== null)];
+    const attempt = (index: number): void => {
+      const socket = tlsConnect({ ...(options as TlsConnectionOptions), rejectUnauthorized: false, servername: names[index], ALPNProtocols: ['http/1.1'] });
+      let done = false;
+      const finish = (err: Error | null): void => {
+        if (done) return;
+        done = true;
+        socket.setTimeout(0);
+        if (err) socket.destroy();
+        callback?.(err, socket);
+      };
+      socket.setTimeout(this.timeoutMs, () => finish(new ApiError('UNREACHABLE', `no TLS handshake with ${host} within ${this.timeoutMs} ms`)));
+      socket.once('error', (err) => finish(new ApiError('UNREACHABLE', `cannot reach ${host}: ${err.message}`)));
+      socket.once('secureConnect', () => {
+        const cert = socket.getPeerCertificate();
+        if (cert && cert.pubkey && this.pins.includes(tlsPinOfSpki(cert.pubkey))) return finish(null);
+        if (index + 1 < names.length) {
+          done = true;
+          socket.setTimeout(0);
+          socket.destroy();
+          return attempt(index + 1);
+        }
         finish(new ApiError('PIN_MISMATCH', `the broker at ${host} does not present the pinned TLS key; nothing was sent. Check the pin (tls/api.pin in the broker's data directory); if the broker's TLS key was replaced on purpose, pin the new one`));
-      } else {
-        finish(null);
-      }
-    });
+      });
+    };
+    attempt(0);
     return undefined;
   }
 }

@@ -12,7 +12,7 @@ import { createPrivateKey, createPublicKey, X509Certificate } from 'node:crypto'
 import { readFile, writeFile } from 'node:fs/promises';
 import { connect, type TLSSocket } from 'node:tls';
 import forge from 'node-forge';
-import { pinServerName, type HealthResponse } from '../../../api/index.js';
+import { ApiError, apiRequest, pinServerName, type HealthResponse } from '../../../api/index.js';
 import { tlsPinOfSpki } from '../../../ca/index.js';
 import { dataPaths, withBroker, type TestBroker } from '../../../testkit/broker.js';
 import { runCommand } from '../../../testkit/openssh.js';
@@ -104,8 +104,13 @@ test('ok/api-tls rotation: the next by SNI in learn, the default at commit, the 
     }
     // The retired identity, by its name, for agents that slept through the rotation.
     t.is(await presentedPin(b, pinServerName(current.pin)!), current.pin);
+    // The agents' client (api/client.ts) finds it: the URL's name meets the next key, then the pin's name the retired one.
+    const oldPinOnly = { baseUrl: b.broker.apiUrl, pin: current.pin };
+    t.deepEqual(await apiRequest<HealthResponse>(oldPinOnly, 'GET', '/healthz'), { status: 'ok' });
     b.clock.advance((b.broker.core.config.certs.renewGraceSeconds + 60) * 1000);
     t.is(await presentedPin(b, pinServerName(current.pin)!), next.pin, 'after the grace period the retired one is gone');
+    const refused = await t.throwsAsync(apiRequest(oldPinOnly, 'GET', '/healthz'));
+    t.is((refused as ApiError).code, 'PIN_MISMATCH');
   });
 });
 
