@@ -6,16 +6,17 @@
  *   presence read from the kernel's listening sockets.
  */
 import { join } from 'node:path';
-import { writeFileAtomic, type KeyPair, type PortBlock } from '../../ca/index.js';
+import { writeFileAtomic, type KeyPair, type PortBlock, type PublicKey } from '../../ca/index.js';
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import type { LocalTunnelPresence } from '../core/presence.js';
 import { PresenceWriter } from '../core/presence-writer.js';
 import { splitHostPort, type BrokerConfig } from '../core/config.js';
 import { parseMaxStartups } from '../core/rate-limit.js';
 import type { DataPaths } from './data-dir.js';
+import type { TrustRoots } from '../core/trust-roots.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { GatewayStatsSource, PresenceWriteStatsSource } from '../telemetry/metrics.js';
-import { OPENSSH_FILES, writeOpensshFiles } from '../openssh/config-files.js';
+import { OPENSSH_FILES, renderTrustedUserCas, writeOpensshFiles } from '../openssh/config-files.js';
 import { OpensshPresence } from '../openssh/presence.js';
 import { judgeSshdPort, readSshdPorts } from '../openssh/sshd-port.js';
 import { killSessionsHoldingPorts, ticksSinceBoot } from '../openssh/session-killer.js';
@@ -73,6 +74,8 @@ export interface SshSideOptions {
   readonly hostCertificate: string;
   readonly revocations: RevocationList;
   readonly paths: DataPaths;
+  /** The trust roots: the user CAs accepted now (live, a rotation changes them); absent: userCa alone. */
+  readonly trustRoots?: TrustRoots;
   /** A node of a cluster (PostgreSQL store): presence names it, and logins may fall back on the login cache. */
   readonly cluster?: { readonly nodeId: string };
   /** Several nodes: an operator's connection to a tunnel another node holds (cluster-relay.ts). */
@@ -142,7 +145,10 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   const presence = new PresenceWriter({ store: o.store, logger: o.logger.child({ component: 'presence-writer' }) });
   const gateway = createGateway({
     hostKey: o.hostKey,
-    userCaKeys: [o.userCa.publicKey],
+    // A getter: the gateway reads it at every login.
+    get userCaKeys() {
+      return o.trustRoots?.current().acceptedUserCas ?? [o.userCa.publicKey];
+    },
     // Only certificates naming a real block of this broker's pool get in.
     portPool: o.config.ports,
     isRevoked: (cert) => o.revocations.isRevoked(cert),
@@ -195,11 +201,17 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   };
 }
 
+function sameKeys(a: readonly PublicKey[], b: readonly PublicKey[]): boolean {
+  return a.length === b.length && a.every((k, i) => k.equals(b[i]!));
+}
+
 async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
   const outDir = join(o.config.dataDir, o.config.ssh.opensshDir);
+  const accepted = o.trustRoots?.current().acceptedUserCas ?? [o.userCa.publicKey];
   await writeOpensshFiles({
     outDir,
-    userCaKey: o.userCa.publicKey,
+    userCaKey: accepted[0]!,
+    moreUserCaKeys: accepted.slice(1),
     hostKeyPath: o.paths.hostKey,
     hostCertificate: o.hostCertificate,
     krl: o.revocations.krl,
@@ -210,6 +222,14 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
     startups: { maxStartups: o.config.ssh.maxStartups, perSource: o.config.ssh.perSourceMaxStartups, loginGraceSeconds: o.config.ssh.loginGraceSeconds },
   });
   o.logger.info({ outDir }, 'OpenSSH mode: wrote sshd configuration files');
+  // The accepted user CAs change in a rotation: sshd reads TrustedUserCAKeys at every login, no reload needed.
+  const unsubscribe = o.trustRoots?.onChange((next, previous) => {
+    if (sameKeys(next.acceptedUserCas, previous.acceptedUserCas)) return;
+    writeFileAtomic(join(outDir, OPENSSH_FILES.userCa), renderTrustedUserCas(next.acceptedUserCas), { mode: 0o600 }).then(
+      () => o.logger.info({ userCas: next.acceptedUserCas.length }, 'OpenSSH mode: rewrote TrustedUserCAKeys'),
+      (err: unknown) => o.logger.error({ err }, 'OpenSSH mode: rewriting TrustedUserCAKeys failed; sshd accepts the user CAs of before'),
+    );
+  });
   // Only the KRL changes afterwards; a failed write is the revocation list's to retry.
   o.revocations.addWriter((krl) => writeFileAtomic(join(outDir, OPENSSH_FILES.krl), krl, { mode: 0o644 }));
   const presence = new OpensshPresence({
@@ -246,7 +266,10 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
       }
       return ended;
     },
-    close: async () => presence.close(),
+    close: async () => {
+      unsubscribe?.();
+      await presence.close();
+    },
   };
 }
 

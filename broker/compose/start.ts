@@ -218,6 +218,13 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const keys = await loadKeys(paths, options.passphrase);
     const revocations = new RevocationList(store, keys.userCa.publicKey, paths.krl, clock, { logger });
     shutdown.add(async () => revocations.close());
+    // The KRL has a section per accepted user CA (both during a user-ca rotation).
+    revocations.useUserCaKeys(trustRoots.current().acceptedUserCas);
+    const stopKrlFollow = trustRoots.onChange((next) => {
+      revocations.useUserCaKeys(next.acceptedUserCas);
+      revocations.refresh().catch((err: unknown) => logger.error({ err }, 'KRL rebuild after a trust change failed; retried by reconciliation'));
+    });
+    shutdown.add(async () => stopKrlFollow());
     // A KRL that cannot be written does not stop the start: memory has the store's revocations, and the write is retried.
     await revocations.refresh();
     const metrics = new BrokerMetrics(store, config, clock);
@@ -238,12 +245,12 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const clustered = location.databaseUrl !== undefined;
     // The node-to-node link (cluster-relay.ts), when this node has cluster.internalListen.
     const relay = config.cluster.internalListen
-      ? await createClusterRelay({ config, logger, store, clock, userCa: keys.userCa, revocations, nodeId: node.identity.id })
+      ? await createClusterRelay({ config, logger, store, clock, userCa: keys.userCa, trustRoots, revocations, nodeId: node.identity.id })
       : undefined;
     if (relay) shutdown.add(() => relay.close());
     const events = new FleetEvents();
     const ssh = await startSshSide({
-      config, logger, store: announcingPresence(store, events), clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths,
+      config, logger, store: announcingPresence(store, events), clock, userCa: keys.userCa, hostKey: keys.hostKey, hostCertificate: keys.hostCertificate, revocations, paths, trustRoots,
       ...(clustered || relay ? { cluster: { nodeId: node.identity.id } } : {}), remoteReach: relay?.remoteReach,
     });
     shutdown.add(() => ssh.close());

@@ -36,6 +36,8 @@ export interface OpensshModeInput {
   readonly outDir: string;
   /** The user CA: TrustedUserCAKeys. */
   readonly userCaKey: PublicKey;
+  /** More user CAs sshd trusts (a user CA rotation: certificates of both log in); TrustedUserCAKeys lists them after userCaKey. */
+  readonly moreUserCaKeys?: readonly PublicKey[];
   /** The broker's host private key file, already on disk; referenced by HostKey, not copied. */
   readonly hostKeyPath: string;
   /** The host certificate line for that key, written to host_key-cert.pub. */
@@ -90,7 +92,7 @@ function checkPool(pool: PortPool): void {
 function checkInput(input: OpensshModeInput): { deviceUser: string; operatorUser: string } {
   if (!SAFE_PATH.test(input.outDir)) invalid('OpenSSH mode directory must be an absolute path of [A-Za-z0-9._+/-]');
   if (!SAFE_PATH.test(input.hostKeyPath)) invalid('host key path must be an absolute path of [A-Za-z0-9._+/-]');
-  if (input.userCaKey.length !== 32) invalid('user CA key must be a raw Ed25519 key');
+  if (input.userCaKey.length !== 32 || (input.moreUserCaKeys ?? []).some((k) => k.length !== 32)) invalid('user CA key must be a raw Ed25519 key');
   if (!/^ssh-ed25519-cert-v01@openssh\.com [A-Za-z0-9+/]+={0,2}( [^\n]*)?$/.test(input.hostCertificate.trim())) {
     invalid('host certificate must be one Ed25519 certificate line');
   }
@@ -243,6 +245,20 @@ ${startupLines(input).join('\n')}
   return `${header}\n${device}\n\n${operator}\n`;
 }
 
+/**
+ * TrustedUserCAKeys: one key per line, each CA once. sshd reads the file at
+ * every login, so rewriting it (atomically) changes what logs in without a
+ * reload.
+ */
+export function renderTrustedUserCas(keys: readonly PublicKey[]): string {
+  const lines: string[] = [];
+  for (const key of keys) {
+    const line = formatPublicKey(key, 'certunnel-user-ca');
+    if (!lines.includes(line)) lines.push(line);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
 /** Every file of OpenSSH mode, by name relative to outDir. Pure. */
 export function renderOpensshFiles(input: OpensshModeInput): Map<string, OpensshFile> {
   const config = renderSshdConfig(input); // validates the input first
@@ -253,7 +269,7 @@ export function renderOpensshFiles(input: OpensshModeInput): Map<string, Openssh
   // principals files with the connecting user's uid, so they must be 0644.
   return new Map<string, OpensshFile>([
     [OPENSSH_FILES.krl, { content: input.krl, mode: 0o600 }],
-    [OPENSSH_FILES.userCa, { content: `${formatPublicKey(input.userCaKey, 'certunnel-user-ca')}\n`, mode: 0o600 }],
+    [OPENSSH_FILES.userCa, { content: renderTrustedUserCas([input.userCaKey, ...(input.moreUserCaKeys ?? [])]), mode: 0o600 }],
     [OPENSSH_FILES.hostCertificate, { content: `${input.hostCertificate.trim()}\n`, mode: 0o600 }],
     [OPENSSH_FILES.devicePrincipals, { content: renderPrincipals(input.pool, 'devices'), mode: 0o644 }],
     [OPENSSH_FILES.operatorPrincipals, { content: renderPrincipals(input.pool, 'operators'), mode: 0o644 }],

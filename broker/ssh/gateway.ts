@@ -83,7 +83,14 @@ class EmbeddedGateway implements Gateway {
     this.registry = new SessionRegistry({ counters: this.counters, logger, audit, presence });
     this.phases = {
       clock, logger, audit, counters: this.counters, registry: this.registry,
-      certDeps: { trustedCaKeys: deps.userCaKeys, isRevoked: (c) => deps.isRevoked(c), ...(deps.portPool ? { pool: deps.portPool } : {}) },
+      certDeps: {
+        // Read at every login: a user CA rotation changes the accepted CAs without a restart.
+        get trustedCaKeys() {
+          return deps.userCaKeys;
+        },
+        isRevoked: (c) => deps.isRevoked(c),
+        ...(deps.portPool ? { pool: deps.portPool } : {}),
+      },
       maxAuthAttempts: limits.maxAuthAttempts,
       sessionsOf: (identity) => this.registry.sessionsOf(identity),
       maxSessionsPerCertificate: limits.maxSessionsPerCertificate,
