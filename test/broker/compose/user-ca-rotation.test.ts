@@ -104,6 +104,9 @@ async function rotateThrough(t: import('ava').ExecutionContext, b: TestBroker, s
     await b.call(b.admin, 'POST', `/v1/devices/${doomed.id}/revoke`, {});
     t.true(await krlRevokes(krl, doomed.identity.certPath!), 'the next CA section revokes');
 
+    const metrics = (await b.call<Buffer>(b.anonymous, 'GET', '/metrics')).toString();
+    t.regex(metrics, /certunnel_rotation_devices\{state="learned"\} 1/);
+    t.regex(metrics, /certunnel_rotation_devices\{state="lagging"\} 2/);
     const lagging = await refused(t, b.call(b.admin, 'POST', '/v1/rotations/current/commit', {}), 'ROTATION_DEVICES_LAGGING');
     t.regex(lagging, /^2 of 3 active devices/);
     const forced = await b.call<RotationResponse>(b.admin, 'POST', '/v1/rotations/current/commit', { force: true });

@@ -32,6 +32,11 @@ test('ok/user-ca: start (a single node moves to learn at once), status, commit: 
     t.is(snapshot.acceptedUserCas.length, 2);
     t.is(fingerprint(snapshot.signingUserCa.publicKey), started.rotation.next);
     await refused(t, b.call(b.admin, 'POST', '/v1/rotations', { root: 'host-key' }), 'ROTATION_IN_PROGRESS', 409);
+    const metrics = (await b.call<Buffer>(b.anonymous, 'GET', '/metrics')).toString();
+    t.regex(metrics, /certunnel_rotation_phase\{root="user-ca",phase="learn"\} 1/);
+    t.regex(metrics, /certunnel_rotation_phase\{root="user-ca",phase="prepare"\} 0/);
+    t.regex(metrics, /certunnel_rotation_phase\{root="host-key",phase="learn"\} 0/);
+    t.regex(metrics, /certunnel_rotation_devices\{state="lagging"\} 0/);
 
     const done = await b.call<RotationResponse>(b.admin, 'POST', '/v1/rotations/current/commit', {});
     t.like(done.rotation, { outcome: 'committed', phase: 'learn' });
@@ -44,6 +49,7 @@ test('ok/user-ca: start (a single node moves to learn at once), status, commit: 
     t.is(after.rotation, null);
     t.deepEqual(after.acceptedUserCas.map((k) => fingerprint(k)), [started.rotation.next]);
     await refused(t, status(b), 'ROTATION_NOT_FOUND', 404);
+    t.notRegex((await b.call<Buffer>(b.anonymous, 'GET', '/metrics')).toString(), /certunnel_rotation_phase\{[^}]*\} 1/);
 
     const audit = await b.call<{ items: Array<{ action: string; actor: string; target: string }> }>(b.admin, 'GET', '/v1/audit?action=rotation.start');
     t.is(audit.items.length, 1);
