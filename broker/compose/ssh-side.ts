@@ -173,6 +173,12 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     remoteReach: o.remoteReach,
     limits: { keepaliveIntervalMs: o.config.ssh.keepaliveIntervalSeconds * 1000, keepaliveCountMax: o.config.ssh.keepaliveCountMax, ...startupLimits(o.config) },
   });
+  // A user CA retired by a committed rotation: the sessions it let in end with it (a leaked CA's too).
+  const unsubscribe = o.trustRoots?.onChange((next, previous) => {
+    if (previous.acceptedUserCas.every((k) => next.acceptedUserCas.some((n) => n.equals(k)))) return;
+    const ended = gateway.endSessionsOfRetiredCas(next.acceptedUserCas);
+    if (ended > 0) log.info({ sessions: ended }, 'ended the sessions of a retired user CA');
+  });
   const { host, port } = splitHostPort(o.config.ssh.listen);
   const bound = await gateway.listen(port, host);
   return {
@@ -194,6 +200,7 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     ...(loginCache ? { loginCache } : {}),
     problems: () => [],
     close: async () => {
+      unsubscribe?.();
       // Every session's offline is queued by now; what does not land in time the next start corrects (markEveryDeviceOffline).
       await gateway.close();
       await presence.close(PRESENCE_FLUSH_MS);

@@ -20,7 +20,7 @@
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import ssh2 from 'ssh2';
 import type { Connection } from 'ssh2';
-import { encodePrivateKey } from '../../ca/index.js';
+import { encodePrivateKey, type PublicKey } from '../../ca/index.js';
 import { ConnectionRateLimiter, PerSourceCap, shouldDropEarly, type EarlyDropPolicy } from '../core/rate-limit.js';
 import { handleUserauth, refuseUserauth, type Authenticating, type AuthenticationDeps } from './handle-userauth.js';
 import { authorizeReach, type ForwardRequest } from './authorize.js';
@@ -284,6 +284,16 @@ class EmbeddedGateway implements Gateway {
       const { identity } = session;
       if (identity.role !== 'device' || !isRevoked(identity)) continue;
       void this.registry.end(session, 'REVOKED');
+      ended += 1;
+    }
+    return ended;
+  }
+
+  endSessionsOfRetiredCas(accepted: readonly PublicKey[]): number {
+    let ended = 0;
+    for (const session of this.registry.all()) {
+      if (accepted.some((key) => key.equals(session.identity.signatureKey))) continue;
+      void this.registry.end(session, 'CA_RETIRED');
       ended += 1;
     }
     return ended;

@@ -25,7 +25,7 @@ import { connectDevice, enrollTestDevice, openDeviceTunnel, startBrokerSshd, typ
 import { isListening, startDeviceService } from '../../../testkit/gateway.js';
 import { sshKeygen, sshKeygenOk } from '../../../testkit/openssh.js';
 import { DEFAULT_SSHD } from '../../../testkit/sshd-check.js';
-import { writeClientIdentity } from '../../../testkit/ssh-client.js';
+import { waitFor, writeClientIdentity } from '../../../testkit/ssh-client.js';
 
 const CAN_RUN_SSHD = process.platform === 'linux' && process.getuid?.() === 0 && existsSync(DEFAULT_SSHD);
 const sshdTest = CAN_RUN_SSHD ? test.serial : test.serial.skip;
@@ -109,8 +109,16 @@ async function rotateThrough(t: import('ava').ExecutionContext, b: TestBroker, s
     t.regex(metrics, /certunnel_rotation_devices\{state="lagging"\} 2/);
     const lagging = await refused(t, b.call(b.admin, 'POST', '/v1/rotations/current/commit', {}), 'ROTATION_DEVICES_LAGGING');
     t.regex(lagging, /^2 of 3 active devices/);
+    // The embedded gateway knows which CA let each session in: one of the retired CA ends at commit.
+    const embedded = b.broker.core.config.ssh.mode !== 'openssh';
+    const live = embedded ? await connectDevice(stays, sshPort, service.port) : undefined;
     const forced = await b.call<RotationResponse>(b.admin, 'POST', '/v1/rotations/current/commit', { force: true });
     t.is(forced.rotation.outcome, 'forced');
+    if (live) {
+      await waitFor(async () => !(await isListening(stays.port)), 'the retired CA session to end', 20_000);
+      t.not(await live.exited, 0);
+      t.true(b.logs.some((l) => l.includes('ended the sessions of a retired user CA')));
+    }
     t.deepEqual(b.broker.core.trustRoots.current().acceptedUserCas.map((k) => fingerprint(k)), [nextCa]);
 
     t.true(await loginRefused(stays, sshPort, service.port), 'a certificate of the retired CA is refused after commit');
