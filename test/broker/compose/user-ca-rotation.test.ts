@@ -95,6 +95,9 @@ async function rotateThrough(t: import('ava').ExecutionContext, b: TestBroker, s
     t.is(await signingCaOf(renewed.identity.certPath!), nextCa, 'ssh-keygen -L: signed by the next CA');
     const record = await b.broker.store.findCertificate(BigInt(renewed.grant.serial));
     t.like(record, { signedBy: nextCa, trustRotation: started.rotation.id });
+    // An agent that does not say it stores trust sets is signed by the next CA too, but not counted as having learned the trust.
+    const plain = await b.call<RenewResponse>(b.anonymous, 'POST', '/v1/renew', buildRenewRequest({ deviceId: renewed.id, key: renewed.key }));
+    t.like(await b.broker.store.findCertificate(BigInt(plain.serial)), { signedBy: nextCa, trustRotation: null });
     t.true(await tunnels(stays, sshPort, service.port), 'a certificate of the current CA gets in during learn');
     t.true(await tunnels(renewed, sshPort, service.port), 'a certificate of the next CA gets in during learn');
 
