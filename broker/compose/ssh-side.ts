@@ -6,7 +6,7 @@
  *   presence read from the kernel's listening sockets.
  */
 import { join } from 'node:path';
-import { writeFileAtomic, type KeyPair, type PortBlock, type PublicKey } from '../../ca/index.js';
+import { fingerprint, writeFileAtomic, type KeyPair, type PortBlock, type PublicKey } from '../../ca/index.js';
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import type { LocalTunnelPresence } from '../core/presence.js';
 import { PresenceWriter } from '../core/presence-writer.js';
@@ -245,6 +245,11 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
   });
   await presence.start();
   const killer = opensshKiller(o, presence);
+  // A user CA retired by a committed rotation: sshd does not say which CA let a session in, so end what must have used it.
+  const stopRetiring = o.trustRoots?.onChange((next, previous) => {
+    if (previous.acceptedUserCas.every((k) => next.acceptedUserCas.some((n) => n.equals(k)))) return;
+    endRetiredCaSessions(o, presence, killer, next.acceptedUserCas).catch((err: unknown) => o.logger.error({ err }, 'OpenSSH mode: ending the sessions of a retired user CA failed'));
+  });
   const port = o.config.ssh.publicPort ?? splitHostPort(o.config.ssh.listen).port;
   const portProblem = await checkSshdPort(o, port);
   return {
@@ -275,6 +280,7 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
     },
     close: async () => {
       unsubscribe?.();
+      stopRetiring?.();
       await presence.close();
     },
   };
@@ -316,6 +322,29 @@ function opensshKiller(o: SshSideOptions, presence: OpensshPresence) {
       return endBlock({ first: device.portFirst, last: device.portLast }, deviceId, why, options);
     },
   };
+}
+
+/**
+ * The sshd sessions of devices that logged in with a certificate of a user
+ * CA no longer accepted: a device's sessions that began before it was first
+ * issued a certificate by an accepted CA (all of them when it never was).
+ * A session begun later used a certificate of an accepted CA: agents use
+ * their newest certificate.
+ */
+async function endRetiredCaSessions(o: SshSideOptions, presence: OpensshPresence, killer: ReturnType<typeof opensshKiller>, accepted: readonly PublicKey[]): Promise<number> {
+  const acceptedFingerprints = new Set(accepted.map((k) => fingerprint(k)));
+  await presence.poll();
+  let ended = 0;
+  for (const deviceId of new Set(presence.blockOwners().values())) {
+    if (deviceId === null) continue;
+    const certs = await o.store.listCertificatesOfDevice(deviceId, 50);
+    const firstAccepted = Math.min(...certs.filter((c) => c.signedBy !== null && acceptedFingerprints.has(c.signedBy)).map((c) => c.issuedAt.getTime()));
+    // /proc counts a process's start in ticks since boot (10 ms each).
+    const startedBy = ticksSinceBoot() - (Number.isFinite(firstAccepted) ? Math.max(0, o.clock().getTime() - firstAccepted) / 10 : 0);
+    ended += (await killer.endDevice(deviceId, 'user CA retired', { startedBy })).length;
+  }
+  if (ended > 0) o.logger.info({ sessions: ended }, 'ended the sessions of a retired user CA');
+  return ended;
 }
 
 export function startSshSide(options: SshSideOptions): Promise<SshSide> {

@@ -112,16 +112,16 @@ async function rotateThrough(t: import('ava').ExecutionContext, b: TestBroker, s
     t.regex(metrics, /certunnel_rotation_devices\{state="lagging"\} 2/);
     const lagging = await refused(t, b.call(b.admin, 'POST', '/v1/rotations/current/commit', {}), 'ROTATION_DEVICES_LAGGING');
     t.regex(lagging, /^2 of 3 active devices/);
-    // The embedded gateway knows which CA let each session in: one of the retired CA ends at commit.
-    const embedded = b.broker.core.config.ssh.mode !== 'openssh';
-    const live = embedded ? await connectDevice(stays, sshPort, service.port) : undefined;
+    // A live session of the retired CA ends at commit (the gateway knows the CA; for sshd, the device never had a certificate of the new one).
+    const live = await connectDevice(stays, sshPort, service.port);
+    const liveNext = await connectDevice(renewed, sshPort, service.port);
     const forced = await b.call<RotationResponse>(b.admin, 'POST', '/v1/rotations/current/commit', { force: true });
     t.is(forced.rotation.outcome, 'forced');
-    if (live) {
-      await waitFor(async () => !(await isListening(stays.port)), 'the retired CA session to end', 20_000);
-      t.not(await live.exited, 0);
-      t.true(b.logs.some((l) => l.includes('ended the sessions of a retired user CA')));
-    }
+    await waitFor(async () => !(await isListening(stays.port)), 'the retired CA session to end', 20_000);
+    t.not(await live.exited, 0);
+    await waitFor(() => b.logs.some((l) => l.includes('ended the sessions of a retired user CA')), 'the log line', 20_000);
+    t.true(await isListening(renewed.port), 'the session of the new CA stays up');
+    await liveNext.stop();
     t.deepEqual(b.broker.core.trustRoots.current().acceptedUserCas.map((k) => fingerprint(k)), [nextCa]);
 
     t.true(await loginRefused(stays, sshPort, service.port), 'a certificate of the retired CA is refused after commit');
