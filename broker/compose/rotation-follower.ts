@@ -314,10 +314,16 @@ function sameSnapshot(a: TrustSnapshot, b: TrustSnapshot): boolean {
   return view(a) === view(b);
 }
 
-/** Reads the data directory and the store (applying what was committed while this node was down), then follows the store. */
+/**
+ * Reads the data directory and the store (applying what was committed while
+ * this node was down), then follows the store. A rotation it cannot follow
+ * (a seal that does not open) is logged and retried at each poll, and the
+ * node starts on the keys it holds: a broker that refused to start could
+ * not be asked to roll the rotation back.
+ */
 export async function startRotationFollower(o: RotationFollowerOptions): Promise<RotationFollower> {
   const follower = new Follower(o, await loadCurrentKeys(o.config, o.paths, o.passphrase));
-  await follower.refresh();
+  await follower.refresh().catch(() => undefined);
   follower.follow();
   return follower;
 }

@@ -314,7 +314,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     shutdown.add(() => rm(paths.runtime, { force: true }));
     await node.start({ sshEndpoint: { host: core.ssh.host, port: core.ssh.port }, apiUrl, ...(relay ? relay.registration() : {}), ...options.cluster });
     // Registered: this node's ack of a rotation under way can land now.
-    await follower?.refresh();
+    await follower?.refresh().catch(() => undefined);
     logger.info({ apiUrl, sshPort: ssh.port, sshMode: config.ssh.mode }, 'broker started');
     return { apiUrl, apiPort: api.port, sshPort: ssh.port, store, core, revocations, ssh, access, node, close: () => shutdown.run() };
   } catch (err) {

@@ -15,7 +15,7 @@ import { fingerprint, isCaError, loadKeyPair, parseCertificateLine } from '../..
 import { dataPaths, initDataDir } from '../../../broker/compose/data-dir.js';
 import { loadConfig } from '../../../broker/compose/load-config.js';
 import { startRotationFollower, type RotationFollower } from '../../../broker/compose/rotation-follower.js';
-import { commitRotation, startRotation, type RotationDeps } from '../../../broker/core/rotation.js';
+import { commitRotation, rollbackRotation, startRotation, type RotationDeps } from '../../../broker/core/rotation.js';
 import type { TrustSnapshot } from '../../../broker/core/trust-roots.js';
 import { openStore, type Store } from '../../../broker/store/index.js';
 import { createLogger } from '../../../broker/telemetry/logger.js';
@@ -108,5 +108,11 @@ test('fail/a seal that does not open (altered in the store): the node keeps its 
     t.is((await r.store.activeRotation())?.phase, 'prepare', 'so learn does not begin');
     t.true(r.logs.some((l) => l.includes('rotation: following the store failed')));
     t.false(r.logs.some((l) => l.includes(blob.slice(3, 20))), 'the blob is not logged');
+    // A node (re)starting meanwhile starts on its keys, so that the rotation can be rolled back through it.
+    const restarted = await r.follow();
+    t.is(restarted.current().rotation, null);
+    await rollbackRotation(r.deps(restarted), ADMIN);
+    await f.refresh();
+    t.is(await r.store.activeRotation(), null);
   });
 });
