@@ -87,6 +87,16 @@ export const ERROR_STATUS = {
   MIGRATION_COPY_FAILED: 500,
   /** (CLI) `store migrate`: the copy read back does not match the SQLite file (counts or checksums); rolled back, nothing changed. */
   MIGRATION_VERIFY_FAILED: 500,
+  /** (Rotations) A rotation is under way already (one root at a time, cluster-wide): commit or roll it back first. */
+  ROTATION_IN_PROGRESS: 409,
+  /** (Rotations) No rotation is under way. */
+  ROTATION_NOT_FOUND: 404,
+  /** (Rotations) Commit before the learn phase: not every up node has loaded the next key yet. */
+  ROTATION_NOT_READY: 409,
+  /** (Rotations) Commit while active devices have not learned the next trust; the message says how many; {"force": true} commits anyway. */
+  ROTATION_DEVICES_LAGGING: 409,
+  /** (Rotations) This root cannot be rotated by this broker (api-tls when the API's TLS is not the broker's own). */
+  ROTATION_UNSUPPORTED: 409,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

@@ -5,6 +5,7 @@
  *   device.ts    enroll, renew (and the renewal message), GET /v1/ca, health
  *   operator.ts  tokens, devices, audit, API keys
  *   cluster.ts   the broker nodes of a cluster
+ *   rotation.ts  rotations of the trust roots
  *   access.ts    operator certificates, the nginx authorize headers
  *   tunnel.ts    what devices and operators do on the SSH server: logins,
  *                the loopback address, port-block slots, device names
@@ -15,6 +16,7 @@
 export * from './device.js';
 export * from './operator.js';
 export * from './cluster.js';
+export * from './rotation.js';
 export * from './access.js';
 export * from './tunnel.js';
 export * from './errors.js';

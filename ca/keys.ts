@@ -54,7 +54,8 @@ export function rawPublicKeyOf(privateKey: KeyObject): PublicKey {
   return Buffer.from(spki.subarray(SPKI_PREFIX.length));
 }
 
-function seedOf(privateKey: KeyObject): Buffer {
+/** The 32-byte seed of an Ed25519 private key (what openssh-key-v1 stores; key derivations start from it). */
+export function seedOf(privateKey: KeyObject): Buffer {
   const der = privateKey.export({ type: 'pkcs8', format: 'der' });
   if (der.length !== PKCS8_PREFIX.length + 32 || !der.subarray(0, PKCS8_PREFIX.length).equals(PKCS8_PREFIX)) {
     throw new CaError('KEY_INVALID', 'not an Ed25519 private key');

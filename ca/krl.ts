@@ -16,6 +16,12 @@ import { SshWriter } from './wire.js';
 export interface KrlInput {
   /** Raw Ed25519 CA public key the revoked certificates were signed by. */
   readonly caKey: PublicKey;
+  /**
+   * More CAs whose certificates the same serials and key ids revoke, each in
+   * a certificate section of its own (a user CA rotation: certificates of
+   * both CAs are accepted, so both must be revocable).
+   */
+  readonly moreCaKeys?: readonly PublicKey[];
   /** Revoked certificate serials (1 .. 2^64-1). */
   readonly serials?: Iterable<bigint>;
   /** Revoked certificate key ids. */
@@ -173,7 +179,14 @@ export function encodeKrl(input: KrlInput): Buffer {
   const comment = input.comment ?? '';
   assertCString(comment, 'the KRL comment');
 
-  const certs = certificateSection(input.caKey, planSerials(input.serials ?? []), sortedKeyIds(input.keyIds ?? []));
+  const plan = planSerials(input.serials ?? []);
+  const keyIds = sortedKeyIds(input.keyIds ?? []);
+  const caKeys = [input.caKey];
+  for (const key of input.moreCaKeys ?? []) {
+    assertRawKey(key, 'a CA key');
+    if (!caKeys.some((k) => k.equals(key))) caKeys.push(key);
+  }
+  const certs = caKeys.map((key) => certificateSection(key, plan, keyIds));
   const hashes = fingerprintSection(input.revokedKeys ?? []);
 
   // Section 1 header. An empty KRL is just this header: zero sections is
@@ -186,7 +199,7 @@ export function encodeKrl(input: KrlInput): Buffer {
     .uint64(0n) // flags: none defined
     .string(Buffer.alloc(0)) // reserved
     .string(comment);
-  if (certs) out.byte(KRL_SECTION_CERTIFICATES).string(certs);
+  for (const section of certs) if (section) out.byte(KRL_SECTION_CERTIFICATES).string(section);
   if (hashes) out.byte(KRL_SECTION_FINGERPRINT_SHA256).string(hashes);
   return out.toBuffer();
 }

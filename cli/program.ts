@@ -15,6 +15,7 @@ const GROUPS: ReadonlyArray<{ readonly commands: readonly string[]; readonly loa
   { commands: ['ca'], load: async () => (await import('./ca-commands.js')).registerCaCommands },
   { commands: ['init', 'broker', 'start'], load: async () => (await import('./broker-commands.js')).registerBrokerCommands },
   { commands: ['node', 'join'], load: async () => (await import('./node-commands.js')).registerNodeCommands },
+  { commands: ['rotate'], load: async () => (await import('./rotate-commands.js')).registerRotateCommands },
   { commands: ['apikey'], load: async () => (await import('./apikey-commands.js')).registerApiKeyCommands },
   { commands: ['token', 'device', 'audit'], load: async () => (await import('./operator-commands.js')).registerOperatorCommands },
   { commands: ['ssh', 'ssh-proxy', 'ssh-config'], load: async () => (await import('./ssh-commands.js')).registerSshCommands },

@@ -33,6 +33,7 @@ import {
   type RegisteredNode,
   type RelayNodeIdentity,
 } from '../ssh/index.js';
+import type { TrustRoots } from '../core/trust-roots.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { Store } from '../store/types.js';
 import type { RevocationList } from './revocation-list.js';
@@ -52,6 +53,8 @@ export interface ClusterRelayOptions {
   readonly store: Store;
   readonly clock: () => Date;
   readonly userCa: KeyPair;
+  /** Rotations: relay certificates are signed by the signing user CA and accepted from any accepted one; absent: userCa alone. */
+  readonly trustRoots?: TrustRoots;
   readonly revocations: Pick<RevocationList, 'isRevoked' | 'isDeviceRevoked'>;
   readonly nodeId: string;
 }
@@ -105,11 +108,17 @@ function offline(code: string, message: string): RelayDialError {
 export async function createClusterRelay(o: ClusterRelayOptions): Promise<ClusterRelay> {
   const log = o.logger.child({ component: 'cluster-relay' });
   const key = await loadOrCreateRelayKey(join(o.config.dataDir, RELAY_KEY_FILE));
-  const certDeps = { trustedCaKeys: [o.userCa.publicKey], isRevoked: (c: { serial: bigint; keyId: string }) => o.revocations.isRevoked(c) };
+  const certDeps = {
+    // Read at each verification: a user-ca rotation changes it without a restart.
+    get trustedCaKeys() {
+      return o.trustRoots?.current().acceptedUserCas ?? [o.userCa.publicKey];
+    },
+    isRevoked: (c: { serial: bigint; keyId: string }) => o.revocations.isRevoked(c),
+  };
   const downAfterMs = o.config.cluster.downAfterSeconds * 1000;
 
   const sign = async (): Promise<string> => {
-    const cert = signNodeCert({ ca: o.userCa, publicKey: key.publicKey, nodeId: o.nodeId, serial: await o.store.nextSerial(), now: o.clock(), validitySeconds: CERT_VALIDITY_S });
+    const cert = signNodeCert({ ca: o.trustRoots?.current().signingUserCa ?? o.userCa, publicKey: key.publicKey, nodeId: o.nodeId, serial: await o.store.nextSerial(), now: o.clock(), validitySeconds: CERT_VALIDITY_S });
     return formatCertificate(cert, cert.keyId);
   };
   let certificate = await sign();
@@ -120,6 +129,14 @@ export async function createClusterRelay(o: ClusterRelayOptions): Promise<Cluste
     );
   }, CERT_REFRESH_MS);
   refresh.unref();
+  // A new signing CA (a user-ca rotation's learn, or its commit): a certificate from it at once, before the old CA is retired.
+  const unsubscribe = o.trustRoots?.onChange((next, previous) => {
+    if (next.signingUserCa === previous.signingUserCa) return;
+    sign().then(
+      (line) => (certificate = line),
+      (err: unknown) => log.error({ err }, 'relay certificate renewal failed; retrying at the next interval'),
+    );
+  });
 
   const findNode = cachedLookup(async (id): Promise<RegisteredNode | undefined> => (await o.store.findNode(id)) ?? undefined);
   // Presence is read fresh: a device that just left must be DEVICE_OFFLINE at once, not a second later.
@@ -226,6 +243,7 @@ export async function createClusterRelay(o: ClusterRelayOptions): Promise<Cluste
     registration: () => ({ internalAddress, relayKey: formatPublicKey(key.publicKey, `certunnel-relay ${o.nodeId}`) }),
     async close() {
       clearInterval(refresh);
+      unsubscribe?.();
       client.close();
       await server?.close();
     },

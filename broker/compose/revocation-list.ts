@@ -55,14 +55,23 @@ export class RevocationList {
   private closed = false;
 
   private krlVersion = 0n;
+  /** Every user CA whose certificates log in now (more than one during a user-ca rotation): the KRL has a section for each. */
+  private userCaKeys: readonly PublicKey[];
   constructor(
     private readonly store: RevocationStore,
-    private readonly userCaKey: PublicKey,
+    userCaKey: PublicKey,
     private readonly krlPath: string,
     private readonly clock: () => Date,
     private readonly options: RevocationListOptions,
   ) {
+    this.userCaKeys = [userCaKey];
     this.bytes = encodeKrl({ caKey: userCaKey, version: 0n, generatedAt: clock() });
+  }
+
+  /** The accepted user CAs changed (a rotation): the next rebuild writes a section for each; call refresh() to write it now. */
+  useUserCaKeys(keys: readonly PublicKey[]): void {
+    if (keys.length === 0) throw new Error('revocation list: at least one user CA');
+    this.userCaKeys = [...keys];
   }
 
   /** Another place the KRL is written to on every rebuild (its failures count as the KRL's). */
@@ -112,7 +121,8 @@ export class RevocationList {
     this.serials = new Set([...serials, ...laterThan(this.deniedSerials, seq)]);
     this.deviceIds = new Set([...deviceIds, ...laterThan(this.deniedDevices, seq)]);
     const input: KrlInput = {
-      caKey: this.userCaKey,
+      caKey: this.userCaKeys[0]!,
+      moreCaKeys: this.userCaKeys.slice(1),
       serials,
       // Key ids too: they also cover a certificate signed while the revocation was committing.
       keyIds: deviceIds.map((id) => `device:${id}`),

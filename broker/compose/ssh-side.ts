@@ -6,7 +6,7 @@
  *   presence read from the kernel's listening sockets.
  */
 import { join } from 'node:path';
-import { fingerprint, writeFileAtomic, type KeyPair, type PortBlock } from '../../ca/index.js';
+import { fingerprint, writeFileAtomic, type KeyPair, type PortBlock, type PublicKey } from '../../ca/index.js';
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import type { LocalTunnelPresence } from '../core/presence.js';
 import { PresenceWriter } from '../core/presence-writer.js';
@@ -15,7 +15,7 @@ import { parseMaxStartups } from '../core/rate-limit.js';
 import type { DataPaths } from './data-dir.js';
 import type { Logger } from '../telemetry/logger.js';
 import type { GatewayStatsSource, PresenceWriteStatsSource } from '../telemetry/metrics.js';
-import { OPENSSH_FILES, writeOpensshFiles } from '../openssh/config-files.js';
+import { OPENSSH_FILES, renderTrustedUserCas, writeOpensshFiles } from '../openssh/config-files.js';
 import { OpensshPresence } from '../openssh/presence.js';
 import { judgeSshdPort, readSshdPorts } from '../openssh/sshd-port.js';
 import { scanHostKeys, type ServedHostKeys, type SshdReloadSettings } from '../openssh/sshd-reload.js';
@@ -71,8 +71,7 @@ export interface SshSideOptions {
   readonly logger: Logger;
   readonly store: Store;
   readonly clock: () => Date;
-  readonly userCa: KeyPair;
-  /** The host key and certificate presented (followed on change: new connections get the new ones). */
+  /** What is presented (host key and certificate) and accepted (user CAs), followed on change: a rotation needs no restart. */
   readonly trustRoots: TrustRoots;
   readonly revocations: RevocationList;
   readonly paths: DataPaths;
@@ -158,7 +157,10 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
   const gateway = createGateway({
     hostKey: presented.hostKey,
     hostCertificate: presented.hostCertificate,
-    userCaKeys: [o.userCa.publicKey],
+    // A getter: the gateway reads it at every login (a user-ca rotation accepts both CAs).
+    get userCaKeys() {
+      return o.trustRoots.current().acceptedUserCas;
+    },
     // Only certificates naming a real block of this broker's pool get in.
     portPool: o.config.ports,
     isRevoked: (cert) => o.revocations.isRevoked(cert),
@@ -183,7 +185,13 @@ async function startEmbedded(o: SshSideOptions): Promise<SshSide> {
     remoteReach: o.remoteReach,
     limits: { keepaliveIntervalMs: o.config.ssh.keepaliveIntervalSeconds * 1000, keepaliveCountMax: o.config.ssh.keepaliveCountMax, ...startupLimits(o.config) },
   });
-  const stopFollowing = o.trustRoots.onChange((next, previous) => showNewHostIdentity(gateway, next, previous, log));
+  const stopFollowing = o.trustRoots.onChange((next, previous) => {
+    showNewHostIdentity(gateway, next, previous, log);
+    // A user CA retired by a committed rotation: the sessions it let in end with it (a leaked CA's too).
+    if (!retiresUserCa(next, previous)) return;
+    const ended = gateway.endSessionsOfRetiredCas(next.acceptedUserCas);
+    if (ended > 0) log.info({ sessions: ended }, 'ended the sessions of a retired user CA');
+  });
   const { host, port } = splitHostPort(o.config.ssh.listen);
   const bound = await gateway.listen(port, host).catch((err: unknown) => {
     stopFollowing();
@@ -229,6 +237,15 @@ function sshdReloadSettings(config: BrokerConfig): SshdReloadSettings | null {
   return sshdPidFile ? { pidFile: sshdPidFile, sshdPath, sshdConfig } : null;
 }
 
+function sameKeys(a: readonly PublicKey[], b: readonly PublicKey[]): boolean {
+  return a.length === b.length && a.every((k, i) => k.equals(b[i]!));
+}
+
+/** A user CA accepted before is not any more (a user-ca rotation committed, or a prepare rolled back). */
+function retiresUserCa(next: TrustSnapshot, previous: TrustSnapshot): boolean {
+  return !previous.acceptedUserCas.every((k) => next.acceptedUserCas.some((n) => n.equals(k)));
+}
+
 async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
   const outDir = join(o.config.dataDir, o.config.ssh.opensshDir);
   // TrustedUserCAKeys, HostKey and HostCertificate from the snapshot: a rotation rewrites them (openssh-host-key.ts).
@@ -252,7 +269,15 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
     retryMs: o.config.ssh.reconcileSeconds * 1000,
   });
   await hostKeys.start(o.trustRoots.current());
-  const stopFollowing = o.trustRoots.onChange((next, previous) => hostKeys.change(next, previous));
+  const stopFollowing = o.trustRoots.onChange((next, previous) => {
+    hostKeys.change(next, previous);
+    // The accepted user CAs change in a user-ca rotation: sshd reads TrustedUserCAKeys at every login, no reload needed.
+    if (sameKeys(next.acceptedUserCas, previous.acceptedUserCas)) return;
+    writeFileAtomic(join(outDir, OPENSSH_FILES.userCa), renderTrustedUserCas(next.acceptedUserCas), { mode: 0o600 }).then(
+      () => o.logger.info({ userCas: next.acceptedUserCas.length }, 'OpenSSH mode: rewrote TrustedUserCAKeys'),
+      (err: unknown) => o.logger.error({ err }, 'OpenSSH mode: rewriting TrustedUserCAKeys failed; sshd accepts the user CAs of before'),
+    );
+  });
   o.logger.info({ outDir }, 'OpenSSH mode: wrote sshd configuration files');
   // The KRL changes on its own (a failed write is the revocation list's to retry); the host key files on a rotation.
   o.revocations.addWriter((krl) => writeFileAtomic(join(outDir, OPENSSH_FILES.krl), krl, { mode: 0o644 }));
@@ -266,6 +291,11 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
     throw err;
   });
   const killer = opensshKiller(o, presence);
+  // A user CA retired by a committed rotation: sshd does not say which CA let a session in, so end what must have used it.
+  const stopRetiring = o.trustRoots.onChange((next, previous) => {
+    if (!retiresUserCa(next, previous)) return;
+    endRetiredCaSessions(o, presence, killer, next.acceptedUserCas).catch((err: unknown) => o.logger.error({ err }, 'OpenSSH mode: ending the sessions of a retired user CA failed'));
+  });
   const port = o.config.ssh.publicPort ?? splitHostPort(o.config.ssh.listen).port;
   const portProblem = await checkSshdPort(o, port);
   return {
@@ -296,6 +326,7 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
     },
     close: async () => {
       stopFollowing();
+      stopRetiring();
       hostKeys.close();
       await presence.close();
     },
@@ -338,6 +369,29 @@ function opensshKiller(o: SshSideOptions, presence: OpensshPresence) {
       return endBlock({ first: device.portFirst, last: device.portLast }, deviceId, why, options);
     },
   };
+}
+
+/**
+ * The sshd sessions of devices that logged in with a certificate of a user
+ * CA no longer accepted: a device's sessions that began before it was first
+ * issued a certificate by an accepted CA (all of them when it never was).
+ * A session begun later used a certificate of an accepted CA: agents use
+ * their newest certificate.
+ */
+async function endRetiredCaSessions(o: SshSideOptions, presence: OpensshPresence, killer: ReturnType<typeof opensshKiller>, accepted: readonly PublicKey[]): Promise<number> {
+  const acceptedFingerprints = new Set(accepted.map((k) => fingerprint(k)));
+  await presence.poll();
+  let ended = 0;
+  for (const deviceId of new Set(presence.blockOwners().values())) {
+    if (deviceId === null) continue;
+    const certs = await o.store.listCertificatesOfDevice(deviceId, 50);
+    const firstAccepted = Math.min(...certs.filter((c) => c.signedBy !== null && acceptedFingerprints.has(c.signedBy)).map((c) => c.issuedAt.getTime()));
+    // /proc counts a process's start in ticks since boot (10 ms each).
+    const startedBy = ticksSinceBoot() - (Number.isFinite(firstAccepted) ? Math.max(0, o.clock().getTime() - firstAccepted) / 10 : 0);
+    ended += (await killer.endDevice(deviceId, 'user CA retired', { startedBy })).length;
+  }
+  if (ended > 0) o.logger.info({ sessions: ended }, 'ended the sessions of a retired user CA');
+  return ended;
 }
 
 export function startSshSide(options: SshSideOptions): Promise<SshSide> {

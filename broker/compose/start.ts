@@ -36,10 +36,11 @@ import { startClusterEvents } from './cluster-events.js';
 import { openStore } from '../store/index.js';
 import { createClusterRelay } from './cluster-relay.js';
 import { storeLocation } from './store-location.js';
+import { loadNodeIdentity } from './node-identity.js';
+import { startRotationFollower } from './rotation-follower.js';
+import type { TrustRoots } from '../core/trust-roots.js';
 import type { Store } from '../store/types.js';
 import { DEVICE_LOGIN, type SshEndpointWire } from '../../api/index.js';
-import type { TrustRoots } from '../core/trust-roots.js';
-import { loadTlsIdentity, trustRootsFromKeys } from './trust-from-keys.js';
 import { startApiTls, type ApiTls } from './api-tls.js';
 
 export interface StartBrokerOptions {
@@ -52,7 +53,7 @@ export interface StartBrokerOptions {
   readonly env?: NodeJS.ProcessEnv;
   /** What this node registers for the node-to-node link (cluster-nodes.ts); absent: none. */
   readonly cluster?: Pick<NodeEndpoints, 'internalAddress' | 'relayKey'>;
-  /** What the broker presents, signs with and accepts (core/trust-roots.ts); absent: the data directory's keys, fixed. */
+  /** The trust roots (tests); absent: this node's rotation follower keeps them from the store and the data directory. */
   readonly trustRoots?: TrustRoots;
 }
 
@@ -198,8 +199,6 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
   const clock = options.clock ?? (() => new Date());
   warnAboutConfig(config, logger);
   const paths = dataPaths(config.dataDir);
-  const keys = await loadKeys(paths, options.passphrase);
-  const trustRoots = options.trustRoots ?? trustRootsFromKeys(keys, await loadTlsIdentity(paths, config.api.insecureHttp));
   const location = await storeLocation(paths, options.env);
   const store = await openStore({
     ...location,
@@ -208,8 +207,25 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
   const shutdown = shutdownSteps(logger);
   shutdown.add(() => store.close());
   try {
+    // First: it applies a rotation committed while this node was down to the data directory's keys, which the rest loads.
+    const follower = options.trustRoots
+      ? undefined
+      : await startRotationFollower({
+          store, config, logger, clock, paths, passphrase: options.passphrase, nodeId: (await loadNodeIdentity(paths)).id,
+          ...(location.databaseUrl !== undefined ? { databaseUrl: location.databaseUrl } : {}),
+        });
+    if (follower) shutdown.add(() => follower.close());
+    const trustRoots = options.trustRoots ?? follower!;
+    const keys = await loadKeys(paths, options.passphrase);
     const revocations = new RevocationList(store, keys.userCa.publicKey, paths.krl, clock, { logger });
     shutdown.add(async () => revocations.close());
+    // The KRL has a section per accepted user CA (both during a user-ca rotation).
+    revocations.useUserCaKeys(trustRoots.current().acceptedUserCas);
+    const stopKrlFollow = trustRoots.onChange((next) => {
+      revocations.useUserCaKeys(next.acceptedUserCas);
+      revocations.refresh().catch((err: unknown) => logger.error({ err }, 'KRL rebuild after a trust change failed; retried by reconciliation'));
+    });
+    shutdown.add(async () => stopKrlFollow());
     // A KRL that cannot be written does not stop the start: memory has the store's revocations, and the write is retried.
     await revocations.refresh();
     const metrics = new BrokerMetrics(store, config, clock);
@@ -230,12 +246,12 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const clustered = location.databaseUrl !== undefined;
     // The node-to-node link (cluster-relay.ts), when this node has cluster.internalListen.
     const relay = config.cluster.internalListen
-      ? await createClusterRelay({ config, logger, store, clock, userCa: keys.userCa, revocations, nodeId: node.identity.id })
+      ? await createClusterRelay({ config, logger, store, clock, userCa: keys.userCa, trustRoots, revocations, nodeId: node.identity.id })
       : undefined;
     if (relay) shutdown.add(() => relay.close());
     const events = new FleetEvents();
     const ssh = await startSshSide({
-      config, logger, store: announcingPresence(store, events), clock, userCa: keys.userCa, trustRoots, revocations, paths,
+      config, logger, store: announcingPresence(store, events), clock, trustRoots, revocations, paths,
       ...(clustered || relay ? { cluster: { nodeId: node.identity.id } } : {}), remoteReach: relay?.remoteReach,
     });
     shutdown.add(() => ssh.close());
@@ -261,7 +277,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     });
     shutdown.add(async () => access.close());
     // Failures on the API are aggregated; the proxy bounds its own with its failed-key limiter and audit window.
-    const core: CoreDeps = { ...coreBase, failureAudit, hooks: revocationHooks({ revocations, ssh, access, logger, events }) };
+    const core: CoreDeps = { ...coreBase, trustRoots, ...(follower ? { rotation: follower } : {}), failureAudit, hooks: revocationHooks({ revocations, ssh, access, logger, events }) };
     const stopReconciliation = startReconciliation({ revocations, ssh, logger, intervalMs: config.ssh.reconcileSeconds * 1000 });
     shutdown.add(async () => stopReconciliation());
     if (location.databaseUrl !== undefined) {
@@ -300,6 +316,8 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     await writeFileAtomic(paths.runtime, `${JSON.stringify({ pid: process.pid, apiUrl, apiPort: api.port, sshPort: ssh.port, startedAt: clock().toISOString() })}\n`, { mode: 0o600 });
     shutdown.add(() => rm(paths.runtime, { force: true }));
     await node.start({ sshEndpoint: { host: core.ssh.host, port: core.ssh.port }, apiUrl, ...(relay ? relay.registration() : {}), ...options.cluster });
+    // Registered: this node's ack of a rotation under way can land now.
+    await follower?.refresh().catch(() => undefined);
     logger.info({ apiUrl, sshPort: ssh.port, sshMode: config.ssh.mode }, 'broker started');
     return { apiUrl, apiPort: api.port, sshPort: ssh.port, store, core, revocations, ssh, access, node, close: () => shutdown.run() };
   } catch (err) {

@@ -7,8 +7,9 @@ import type { KeyPair, PublicKey } from '../../ca/index.js';
 import type { BrokerConfig } from './config.js';
 import type { Store } from '../store/types.js';
 import type { AuditSink } from './failure-audit.js';
-import type { TrustRoots } from './trust-roots.js';
 import type { ApiKeyRole, SshAddressWire, SshEndpointWire } from '../../api/index.js';
+import type { TrustRootName, TrustRoots } from './trust-roots.js';
+import type { NextKeyMaterial } from './rotation-seal.js';
 
 export interface CaKeys {
   readonly userCa: KeyPair;
@@ -58,6 +59,24 @@ export interface CoreDeps {
    */
   sshEndpoints(): readonly SshAddressWire[];
   readonly hooks: CoreHooks;
+  /** Rotations of the trust roots (core/rotation.ts); absent when the trust roots are given (tests): rotation routes refuse ROTATION_UNSUPPORTED. */
+  readonly rotation?: RotationSupport;
   /** Failure audit rows go here (a FailureAggregator in front of the store); absent: straight to the store. */
   readonly failureAudit?: AuditSink;
+}
+
+/** A root's next key, made by the node that starts the rotation. */
+export interface NextKey {
+  readonly material: NextKeyMaterial;
+  /** Fingerprints (SHA256:… for SSH keys, the sha256// pin for TLS) of the root now and next. */
+  readonly fromFingerprint: string;
+  readonly nextFingerprint: string;
+}
+
+/** What only the composition has: the keys on disk, and this node's follower. */
+export interface RotationSupport {
+  /** Makes ROOT's next key; throws ROTATION_UNSUPPORTED when this broker cannot rotate it. */
+  makeNextKey(root: TrustRootName): Promise<NextKey>;
+  /** Re-reads the store now (after a change this node made: SQLite has no notifications). */
+  refresh(): Promise<void>;
 }

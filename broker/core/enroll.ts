@@ -55,12 +55,15 @@ interface EnrollContext {
   readonly publicKey: PublicKey;
   readonly now: Date;
   readonly actor: Pick<Actor, 'remoteAddr'>;
+  /** The request's AGENT_CAPABILITIES values. */
+  readonly capabilities: readonly string[];
 }
 
 /** DEVICE's certificate for BLOCK, audited as its enrollment (RETRY: the same token and key again). */
 function grantEnrollment(c: EnrollContext, device: Pick<DeviceRecord, 'id' | 'name' | 'keyFingerprint'>, block: PortBlock, serial: bigint, retry: boolean): Promise<CertificateGrantWire> {
   return issueDeviceCertificate(c.deps, c.tx, device, c.publicKey, block, c.now, {
     serial,
+    capabilities: c.capabilities,
     audit: (g) => ({
       at: c.now, actor: `token:${c.token.id}`, action: 'device.enroll', target: device.id, remoteAddr: c.actor.remoteAddr, outcome: 'ok',
       details: { name: device.name, ports: `${block.first}-${block.last}`, serial: g.serial, fingerprint: device.keyFingerprint, ...(retry ? { retry: true } : {}) },
@@ -95,7 +98,7 @@ export async function enrollDevice(deps: CoreDeps, req: EnrollRequest, actor: Pi
       if (!token) throw explainToken(null, now);
       checkBinding(token, req);
       const deviceId = newId('dev');
-      const context: EnrollContext = { deps, tx, token, publicKey, now, actor };
+      const context: EnrollContext = { deps, tx, token, publicKey, now, actor, capabilities: req.capabilities ?? [] };
       if (!(await tx.redeemToken(tokenHash, deviceId, now))) {
         const retried = await retryGrant(context, req, keyFingerprint);
         if (retried) return retried;

@@ -59,8 +59,9 @@ export async function issueOperatorCertificate(
     const target = device;
     return core.store.transaction(async (tx) => {
       const serial = await tx.nextSerial();
+      const signer = core.trustRoots.current().signingUserCa;
       const cert = signOperatorCert({
-        ca: core.ca.userCa, publicKey, operator: actor.name ?? actor.id, deviceId: target.id, ports: block, serial, now,
+        ca: signer, publicKey, operator: actor.name ?? actor.id, deviceId: target.id, ports: block, serial, now,
         validityMinutes: core.config.certs.operatorValidityMinutes,
       });
       const validAfter = new Date(Number(cert.validAfter) * 1000);
@@ -70,6 +71,7 @@ export async function issueOperatorCertificate(
       await Promise.all([
         tx.insertCertificate({
           serial, deviceId: target.id, kind: 'operator', keyFingerprint, keyId: cert.keyId, principal, validAfter, validBefore, issuedAt: now,
+          signedBy: fingerprint(signer.publicKey),
         }),
         tx.appendAudit({
           at: now, actor: actor.id, action: 'operator.certificate', target: target.id, remoteAddr: actor.remoteAddr, outcome: 'ok',

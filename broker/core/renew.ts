@@ -101,7 +101,7 @@ async function commitRenewal(
       keyFingerprint = fingerprint(newKey);
     }
     const block = { first: device.portFirst!, last: device.portLast! };
-    const signed = signDeviceCertificate(deps, { id: device.id, name: device.name, keyFingerprint }, key, block, now, await tx.nextSerial());
+    const signed = signDeviceCertificate(deps, { id: device.id, name: device.name, keyFingerprint }, key, block, now, await tx.nextSerial(), req.capabilities);
     const nonceExpiry = new Date(now.getTime() + 2 * deps.config.renew.maxSkewSeconds * 1000);
     const [fresh, again] = await Promise.all([
       tx.insertNonce(`${device.id}:${req.nonce}`, device.id, nonceExpiry),

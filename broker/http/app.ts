@@ -15,6 +15,7 @@ import { limitFailures } from './failure-limit.js';
 import { registerAccessRoutes } from './routes-access.js';
 import { registerDeviceRoutes } from './routes-device.js';
 import { registerNodeRoutes } from './routes-nodes.js';
+import { registerRotationRoutes } from './routes-rotation.js';
 import { registerOperatorRoutes } from './routes-operator.js';
 import { consolePages, registerConsoleRoutes } from './routes-console.js';
 import { registerFleetRoutes } from './routes-fleet.js';
@@ -98,6 +99,7 @@ export function createApp(deps: HttpDeps): Koa<AppState> {
   registerDeviceRoutes(router, deps);
   registerOperatorRoutes(router, deps);
   registerNodeRoutes(router, deps);
+  registerRotationRoutes(router, deps);
   registerFleetRoutes(router, deps);
   if (deps.console) registerConsoleRoutes(router, deps, deps.console);
   if (deps.access) registerAccessRoutes(router, deps, deps.access);

@@ -3,7 +3,7 @@
  * bounded, and a failure becomes BAD_REQUEST naming the field — never the value.
  */
 import { z } from 'zod';
-import { API_KEY_NAME, API_KEY_ROLES, DEVICE_NAME, DEVICE_SORTS, DEVICE_STATUSES, HARDWARE_SERIAL, LABEL_KEY, MAX_LABELS, TOKEN_BATCH, TOKEN_STATUSES } from '../../api/index.js';
+import { API_KEY_NAME, API_KEY_ROLES, DEVICE_NAME, DEVICE_SORTS, DEVICE_STATUSES, HARDWARE_SERIAL, LABEL_KEY, MAX_LABELS, TOKEN_BATCH, TOKEN_STATUSES, TRUST_ROOT_NAMES } from '../../api/index.js';
 import { BrokerError } from '../core/errors.js';
 
 const name = z.string().min(1).max(63).regex(DEVICE_NAME, 'lowercase letters, digits and inner hyphens (a DNS label)');
@@ -51,6 +51,10 @@ export const createApiKeySchema = z.strictObject({
 });
 
 export const revokeApiKeySchema = z.strictObject({ force: z.boolean().optional() });
+
+export const startRotationSchema = z.strictObject({ root: z.enum(TRUST_ROOT_NAMES) });
+
+export const commitRotationSchema = z.strictObject({ force: z.boolean().optional() });
 
 const limit = z.coerce.number().int().min(1).max(1000).optional();
 const cursor = z.string().max(512).optional();

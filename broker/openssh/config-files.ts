@@ -256,6 +256,20 @@ ${startupLines(input).join('\n')}
   return `${header}\n${device}\n\n${operator}\n`;
 }
 
+/**
+ * TrustedUserCAKeys: one key per line, each CA once. sshd reads the file at
+ * every login, so rewriting it (atomically) changes what logs in without a
+ * reload.
+ */
+export function renderTrustedUserCas(keys: readonly PublicKey[]): string {
+  const lines: string[] = [];
+  for (const key of keys) {
+    const line = formatPublicKey(key, 'certunnel-user-ca');
+    if (!lines.includes(line)) lines.push(line);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
 /** Every file of OpenSSH mode, by name relative to outDir. Pure. */
 export function renderOpensshFiles(input: OpensshModeInput): Map<string, OpensshFile> {
   const config = renderSshdConfig(input); // validates the input first
@@ -266,7 +280,7 @@ export function renderOpensshFiles(input: OpensshModeInput): Map<string, Openssh
   // principals files with the connecting user's uid, so they must be 0644.
   return new Map<string, OpensshFile>([
     [OPENSSH_FILES.krl, { content: input.krl, mode: 0o600 }],
-    [OPENSSH_FILES.userCa, { content: input.userCaKeys.map((key) => `${formatPublicKey(key, 'certunnel-user-ca')}\n`).join(''), mode: 0o600 }],
+    [OPENSSH_FILES.userCa, { content: renderTrustedUserCas(input.userCaKeys), mode: 0o600 }],
     [input.hostCertificateFile ?? OPENSSH_FILES.hostCertificate, { content: `${input.hostCertificate.trim()}\n`, mode: 0o600 }],
     [OPENSSH_FILES.devicePrincipals, { content: renderPrincipals(input.pool, 'devices'), mode: 0o644 }],
     [OPENSSH_FILES.operatorPrincipals, { content: renderPrincipals(input.pool, 'operators'), mode: 0o644 }],

@@ -86,6 +86,8 @@ interface IdentityBase {
   readonly validBefore: bigint;
   /** The certified Ed25519 key: the session signature must verify with it. */
   readonly publicKey: PublicKey;
+  /** The user CA that signed the certificate (a session of a CA retired by a rotation is ended). */
+  readonly signatureKey: PublicKey;
 }
 
 export interface DeviceIdentity extends IdentityBase {
@@ -154,7 +156,7 @@ function checkCommon(
 function identityBase(cert: Certificate, block: PortBlock) {
   return {
     keyId: cert.keyId, serial: cert.serial, principal: cert.principals[0]!, block,
-    validAfter: cert.validAfter, validBefore: cert.validBefore, publicKey: cert.publicKey,
+    validAfter: cert.validAfter, validBefore: cert.validBefore, publicKey: cert.publicKey, signatureKey: cert.signatureKey,
   };
 }
 

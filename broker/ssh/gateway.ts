@@ -20,7 +20,7 @@
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import ssh2 from 'ssh2';
 import type { Connection } from 'ssh2';
-import { encodePrivateKey } from '../../ca/index.js';
+import { encodePrivateKey, type PublicKey } from '../../ca/index.js';
 import { ConnectionRateLimiter, PerSourceCap, shouldDropEarly, type EarlyDropPolicy } from '../core/rate-limit.js';
 import { handleUserauth, refuseUserauth, type Authenticating, type AuthenticationDeps } from './handle-userauth.js';
 import { authorizeReach, type ForwardRequest } from './authorize.js';
@@ -86,7 +86,14 @@ class EmbeddedGateway implements Gateway {
     this.registry = new SessionRegistry({ counters: this.counters, logger, audit, presence });
     this.phases = {
       clock, logger, audit, counters: this.counters, registry: this.registry,
-      certDeps: { trustedCaKeys: deps.userCaKeys, isRevoked: (c) => deps.isRevoked(c), ...(deps.portPool ? { pool: deps.portPool } : {}) },
+      certDeps: {
+        // Read at every login: a user CA rotation changes the accepted CAs without a restart.
+        get trustedCaKeys() {
+          return deps.userCaKeys;
+        },
+        isRevoked: (c) => deps.isRevoked(c),
+        ...(deps.portPool ? { pool: deps.portPool } : {}),
+      },
       maxAuthAttempts: limits.maxAuthAttempts,
       sessionsOf: (identity) => this.registry.sessionsOf(identity),
       maxSessionsPerCertificate: limits.maxSessionsPerCertificate,
@@ -287,6 +294,16 @@ class EmbeddedGateway implements Gateway {
       const { identity } = session;
       if (identity.role !== 'device' || !isRevoked(identity)) continue;
       void this.registry.end(session, 'REVOKED');
+      ended += 1;
+    }
+    return ended;
+  }
+
+  endSessionsOfRetiredCas(accepted: readonly PublicKey[]): number {
+    let ended = 0;
+    for (const session of this.registry.all()) {
+      if (accepted.some((key) => key.equals(session.identity.signatureKey))) continue;
+      void this.registry.end(session, 'CA_RETIRED');
       ended += 1;
     }
     return ended;

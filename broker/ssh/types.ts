@@ -169,6 +169,8 @@ export interface Gateway {
    * periodic reconciliation against the store. Returns how many it ended.
    */
   endRevokedSessions(isRevoked: (cert: { serial: bigint; keyId: string }) => boolean): number;
+  /** Ends every session (device or operator) whose certificate was signed by a CA not in ACCEPTED (a user CA rotation committed); returns how many. */
+  endSessionsOfRetiredCas(accepted: readonly PublicKey[]): number;
   /** Ports DEVICEID's live sessions listen on right now, ascending ([] = offline). */
   tunnelPorts(deviceId: string): number[];
   /**

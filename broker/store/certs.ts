@@ -20,6 +20,8 @@ interface CertRow {
   valid_before: number | string;
   issued_at: number | string;
   revoked_at: number | string | null;
+  signed_by: string | null;
+  trust_rotation: number | string | null;
 }
 
 function certificateFromRow(row: CertRow): CertificateRecord {
@@ -34,6 +36,8 @@ function certificateFromRow(row: CertRow): CertificateRecord {
     validBefore: toDate(row.valid_before),
     issuedAt: toDate(row.issued_at),
     revokedAt: toDateOrNull(row.revoked_at),
+    signedBy: row.signed_by ?? null,
+    trustRotation: toNumberOrNull(row.trust_rotation ?? null),
   };
 }
 
@@ -82,8 +86,8 @@ export async function nextKrlVersion(db: Db): Promise<bigint> {
 }
 
 const INSERT_SQL = `
-  INSERT INTO certificates (serial, device_id, kind, key_fingerprint, key_id, principal, valid_after, valid_before, issued_at)
-  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`;
+  INSERT INTO certificates (serial, device_id, kind, key_fingerprint, key_id, principal, valid_after, valid_before, issued_at, signed_by, trust_rotation)
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
 
 export async function insertCertificate(db: Db, c: NewCertificate): Promise<void> {
   await db.run(INSERT_SQL, [
@@ -96,12 +100,14 @@ export async function insertCertificate(db: Db, c: NewCertificate): Promise<void
     toMillis(c.validAfter),
     toMillis(c.validBefore),
     toMillis(c.issuedAt),
+    c.signedBy ?? null,
+    c.trustRotation ?? null,
   ]);
 }
 
 const SELECT_CERT = `
   SELECT CAST(serial AS TEXT) AS serial, device_id, kind, key_fingerprint, key_id, principal,
-         valid_after, valid_before, issued_at, revoked_at
+         valid_after, valid_before, issued_at, revoked_at, signed_by, trust_rotation
   FROM certificates`;
 
 export async function findCertificate(db: Db, serial: bigint): Promise<CertificateRecord | null> {
@@ -138,7 +144,7 @@ export async function latestCertificatesOfDevices(db: Db, deviceIds: readonly st
 }
 
 /** The certificate columns, prefixed `cert_`, for a join with another table. */
-const CERT_COLUMNS = ['device_id', 'kind', 'key_fingerprint', 'key_id', 'principal', 'valid_after', 'valid_before', 'issued_at', 'revoked_at'] as const;
+const CERT_COLUMNS = ['device_id', 'kind', 'key_fingerprint', 'key_id', 'principal', 'valid_after', 'valid_before', 'issued_at', 'revoked_at', 'signed_by', 'trust_rotation'] as const;
 export const PREFIXED_CERT_COLUMNS = [
   'CAST(c.serial AS TEXT) AS cert_serial',
   ...CERT_COLUMNS.map((col) => `c.${col} AS cert_${col}`),
@@ -169,7 +175,7 @@ const MAX_STORED_SERIAL = 0x7fffffffffffffffn;
  */
 export const FIND_ISSUED_SQL = `
   SELECT CAST(c.serial AS TEXT) AS serial, c.device_id, c.kind, c.key_fingerprint, c.key_id, c.principal,
-         c.valid_after, c.valid_before, c.issued_at, c.revoked_at,
+         c.valid_after, c.valid_before, c.issued_at, c.revoked_at, c.signed_by, c.trust_rotation,
          d.id AS d_id, d.status AS d_status, d.port_first AS d_port_first, d.port_last AS d_port_last
   FROM certificates c
   LEFT JOIN devices d ON d.id = c.device_id

@@ -31,6 +31,7 @@ export const COPY_TABLES = [
   'meta',
   'nodes',
   'node_join_tokens',
+  'trust_rotations',
 ] as const;
 export type CopyTable = (typeof COPY_TABLES)[number];
 

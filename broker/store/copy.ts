@@ -16,8 +16,8 @@
  * 3. The migrations' seed rows (serial_counter, meta) are replaced by the
  *    source's; then table by table in foreign-key order (copy-tables.ts),
  *    in chunks read by keyset (primary key order) from SQLite and written
- *    as multi-row INSERTs, ids kept (audit ids too); audit_events' sequence
- *    is then set past the largest id.
+ *    as multi-row INSERTs, ids kept (audit and rotation ids too); their sequences are
+ *    then set past the largest id.
  * 4. Verification: each table read back from the target, in the same key
  *    order, its rows' count and SHA-256 over their canonical form compared
  *    with the source's (computed while reading it). Text keys are ordered
@@ -230,7 +230,9 @@ async function copyAndVerify(client: pg.ClientBase, source: SqliteReader, o: Cop
   for (const table of Object.keys(SEEDED_ROWS)) await client.query(`DELETE FROM ${quote(table)}`);
   const sources = new Map<CopyTable, TableDigest>();
   for (const shape of shapes) sources.set(shape.table, await copyTable(client, source, shape, chunkRows));
-  await client.query("SELECT setval(pg_get_serial_sequence('audit_events', 'id'), COALESCE(max(id), 1), max(id) IS NOT NULL) FROM audit_events");
+  for (const table of ['audit_events', 'trust_rotations']) {
+    await client.query(`SELECT setval(pg_get_serial_sequence('${table}', 'id'), COALESCE(max(id), 1), max(id) IS NOT NULL) FROM ${table}`);
+  }
   const report: TableCopyReport[] = [];
   for (const shape of shapes) {
     const copied = await digestTarget(client, shape, chunkRows);

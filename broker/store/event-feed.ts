@@ -18,14 +18,17 @@
  */
 import pg from 'pg';
 import { EVENTS_CHANNEL } from './migrations/004-cluster-events.js';
+import { ROTATIONS_CHANNEL } from './migrations/005-trust-rotations.js';
 
-export { EVENTS_CHANNEL };
+export { EVENTS_CHANNEL, ROTATIONS_CHANNEL };
 
 export interface EventFeedOptions {
   /** postgres://… (the store's URL). */
   readonly url: string;
   /** application_name of the listening connection, e.g. `certunnel-events:<node id>`. */
   readonly applicationName: string;
+  /** The channel to LISTEN on (default EVENTS_CHANNEL; rotations: ROTATIONS_CHANNEL, migration 005). */
+  readonly channel?: string;
   /** A notification's payload, as sent. */
   onNotification(payload: string): void;
   /** LISTEN succeeded (after start or a reconnection). */
@@ -66,6 +69,8 @@ export function openEventFeed(o: EventFeedOptions): EventFeed {
   const maxMs = o.maxDelayMs ?? 10_000;
   const pingIntervalMs = o.pingIntervalMs ?? 5000;
   const pingTimeoutMs = o.pingTimeoutMs ?? 5000;
+  const channel = o.channel ?? EVENTS_CHANNEL;
+  if (!/^[a-z_][a-z0-9_]*$/.test(channel)) throw new Error('event feed: invalid channel name');
   let client: pg.Client | undefined;
   let up = false;
   let closed = false;
@@ -115,11 +120,11 @@ export function openEventFeed(o: EventFeedOptions): EventFeed {
     c.on('error', (err) => drop(c, err));
     c.on('end', () => drop(c, new Error('connection ended')));
     c.on('notification', (msg) => {
-      if (msg.channel === EVENTS_CHANNEL && msg.payload !== undefined) o.onNotification(msg.payload);
+      if (msg.channel === channel && msg.payload !== undefined) o.onNotification(msg.payload);
     });
     try {
       await c.connect();
-      await c.query(`LISTEN ${EVENTS_CHANNEL}`);
+      await c.query(`LISTEN ${channel}`);
     } catch (err) {
       drop(c, err);
       return;

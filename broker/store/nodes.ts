@@ -3,7 +3,7 @@
  * cluster sharing this database, their heartbeats, presence per node, and
  * the single-use join tokens that let a new node take the cluster's keys.
  */
-import { toDate, toDateOrNull, toMillis, type Db } from './db.js';
+import { toDate, toDateOrNull, toMillis, toNumberOrNull, type Db } from './db.js';
 import type { NewNodeJoinToken, NodeRecord } from './types.js';
 
 interface NodeRow {
@@ -18,6 +18,7 @@ interface NodeRow {
   heartbeat_at: number | string;
   stopped_at: number | string | null;
   down_at: number | string | null;
+  rotation_ack: number | string | null;
 }
 
 function fromRow(row: NodeRow): NodeRecord {
@@ -33,11 +34,12 @@ function fromRow(row: NodeRow): NodeRecord {
     heartbeatAt: toDate(row.heartbeat_at),
     stoppedAt: toDateOrNull(row.stopped_at),
     downAt: toDateOrNull(row.down_at),
+    rotationAck: toNumberOrNull(row.rotation_ack),
   };
 }
 
 /** A node (re)starting: its row as it is now, heartbeat = startedAt, neither stopped nor down. */
-export async function registerNode(db: Db, node: Omit<NodeRecord, 'heartbeatAt' | 'stoppedAt' | 'downAt'>): Promise<void> {
+export async function registerNode(db: Db, node: Omit<NodeRecord, 'heartbeatAt' | 'stoppedAt' | 'downAt' | 'rotationAck'>): Promise<void> {
   const row = {
     id: node.id, name: node.name, ssh_endpoint: node.sshEndpoint, api_url: node.apiUrl, internal_address: node.internalAddress,
     relay_key: node.relayKey, version: node.version, started_at: toMillis(node.startedAt), heartbeat_at: toMillis(node.startedAt), stopped_at: null, down_at: null,

@@ -11,6 +11,7 @@ import type { Db } from './db.js';
 import * as devices from './devices.js';
 import * as nodes from './nodes.js';
 import * as ports from './ports.js';
+import * as rotations from './rotations.js';
 import * as tokens from './tokens.js';
 import type { StoreTx } from './types.js';
 
@@ -28,6 +29,7 @@ const READ_OPERATIONS: ReadonlySet<string> = new Set<keyof StoreTx>([
   'findCertificate', 'findIssuedCertificate', 'latestCertificateOfDevice', 'listCertificatesOfDevice', 'latestCertificatesOfDevices', 'findDeviceWithLatestCertificate', 'listRevokedUnexpiredSerials', 'listRevokedDeviceIds', 'isSerialRevoked',
   'findApiKey', 'listApiKeys',
   'listNodes', 'findNode', 'countOnlineDevicesByNode',
+  'activeRotation', 'findRotation', 'listRotations', 'rotationDeviceCounts',
   'listAudit', 'countAudit',
 ]);
 
@@ -72,6 +74,15 @@ export function bindOps(withDb: WithDb): StoreTx {
     clearPresenceOfNode: op('clearPresenceOfNode', nodes.clearPresenceOfNode),
     insertNodeJoinToken: op('insertNodeJoinToken', nodes.insertNodeJoinToken),
     redeemNodeJoinToken: op('redeemNodeJoinToken', nodes.redeemNodeJoinToken),
+
+    startRotation: op('startRotation', rotations.startRotation),
+    setRotationPhase: op('setRotationPhase', rotations.setRotationPhase),
+    ackRotation: op('ackRotation', rotations.ackRotation),
+    finishRotation: op('finishRotation', rotations.finishRotation),
+    activeRotation: op('activeRotation', rotations.activeRotation),
+    findRotation: op('findRotation', rotations.findRotation),
+    listRotations: op('listRotations', rotations.listRotations),
+    rotationDeviceCounts: op('rotationDeviceCounts', rotations.rotationDeviceCounts),
 
     allocatePortBlock: op('allocatePortBlock', ports.allocatePortBlock),
     releasePortBlock: op('releasePortBlock', ports.releasePortBlock),

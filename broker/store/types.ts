@@ -18,8 +18,9 @@
  */
 import type { ApiKeyRole, DeviceStatus, ErrorCode, TokenStatus } from '../../api/index.js';
 import type { PortBlock, PortPool } from '../core/port-pool.js';
+import type { RotationPhase, TrustRootName } from '../core/trust-roots.js';
 
-export type { ApiKeyRole, DeviceStatus, PortBlock, PortPool, TokenStatus };
+export type { ApiKeyRole, DeviceStatus, PortBlock, PortPool, RotationPhase, TokenStatus, TrustRootName };
 
 export type CertKind = 'device' | 'operator';
 /** Device labels: string keys to string values, stored as JSON text. */
@@ -153,6 +154,8 @@ export interface NodeRecord {
   stoppedAt: Date | null;
   /** Set by the node that found this one's heartbeat too old (markNodeDown); cleared by its next heartbeat. */
   downAt: Date | null;
+  /** The trust rotation whose next key this node has loaded (ackRotation); null: none yet. */
+  rotationAck: number | null;
 }
 export interface NewNodeJoinToken {
   id: string;
@@ -196,9 +199,15 @@ export interface NewCertificate {
   validAfter: Date;
   validBefore: Date;
   issuedAt: Date;
+  /** The fingerprint (SHA256:…) of the user CA that signed it; absent/null: not recorded (before migration 005). */
+  signedBy?: string | null;
+  /** The trust rotation whose next trust the grant carried to an agent that stores it ('trust-set-v1'). */
+  trustRotation?: number | null;
 }
 export interface CertificateRecord extends NewCertificate {
   revokedAt: Date | null;
+  signedBy: string | null;
+  trustRotation: number | null;
 }
 
 /**
@@ -210,6 +219,54 @@ export interface IssuedCertificateRecord {
   certificate: CertificateRecord;
   /** null when the row names no device, or none with that id exists. */
   device: Pick<DeviceRecord, 'id' | 'status' | 'portFirst' | 'portLast'> | null;
+}
+
+// ---- trust rotations (migration 005) ---------------------------------------
+
+export type RotationOutcome = 'committed' | 'rolled_back' | 'forced';
+
+export interface NewTrustRotation {
+  root: TrustRootName;
+  /** The next key material, sealed (broker/core/rotation-seal.ts). */
+  nextSealed: string;
+  /** The root's fingerprint before the rotation, and the next one's. */
+  fromFingerprint: string;
+  nextFingerprint: string;
+  startedAt: Date;
+  startedBy: string;
+}
+export interface TrustRotationRecord extends NewTrustRotation {
+  id: number;
+  /** While active, the phase it is in; once finished, the last one it reached. */
+  phase: RotationPhase;
+  learnAt: Date | null;
+  finishedAt: Date | null;
+  finishedBy: string | null;
+  outcome: RotationOutcome | null;
+}
+/** A device of the rotation's reckoning: active, and seen or issued a certificate since the window's start. */
+export interface RotationDevice {
+  id: string;
+  name: string | null;
+  lastSeenAt: Date | null;
+}
+export interface RotationDeviceCounts {
+  /** Active devices (not revoked, seen or issued a certificate at or after activeSince). */
+  active: number;
+  /** Of those, the ones holding a certificate that shows they learned the next trust. */
+  learned: number;
+  /** Some of the lagging ones (active, not learned), least recently seen first, at most the limit asked. */
+  lagging: RotationDevice[];
+}
+/** What counts as having learned a rotation: a certificate recorded with this trust rotation, or signed by this CA (user-ca). */
+export interface RotationLearnedBy {
+  rotationId: number;
+  /** The user CA fingerprint whose certificates count as learned (a user-ca rotation's next CA); null for other roots. */
+  signedBy: string | null;
+  /** Devices seen or issued a certificate at or after this time count as active. */
+  activeSince: Date;
+  /** How many lagging devices to list. */
+  limit: number;
 }
 
 // ---- API keys -------------------------------------------------------------
@@ -314,7 +371,7 @@ export interface StoreTx {
   countDevicesByStatus(): Promise<DeviceCounts>;
 
   // nodes (several brokers on one database)
-  registerNode(node: Omit<NodeRecord, 'heartbeatAt' | 'stoppedAt' | 'downAt'>): Promise<void>;
+  registerNode(node: Omit<NodeRecord, 'heartbeatAt' | 'stoppedAt' | 'downAt' | 'rotationAck'>): Promise<void>;
   /** Heartbeat: clears stoppedAt and downAt; false when the node has no row. */
   heartbeatNode(id: string, at: Date): Promise<boolean>;
   markNodeStopped(id: string, at: Date): Promise<void>;
@@ -326,6 +383,23 @@ export interface StoreTx {
   clearPresenceOfNode(nodeId: string, lastSeen: Date): Promise<number>;
   insertNodeJoinToken(token: NewNodeJoinToken): Promise<void>;
   redeemNodeJoinToken(tokenHash: string, nodeId: string, now: Date): Promise<string | null>;
+
+  // trust rotations
+  /** Records a rotation in phase prepare; throws ROTATION_IN_PROGRESS when one is active already (whichever node started it). */
+  startRotation(rotation: NewTrustRotation): Promise<TrustRotationRecord>;
+  /** Compare-and-swap: moves the active rotation ID from phase FROM to TO; false if it is not active in FROM. */
+  setRotationPhase(id: number, from: RotationPhase, to: RotationPhase, at: Date): Promise<boolean>;
+  /** Records that NODEID loaded rotation ID's next key; false if the node has no row. */
+  ackRotation(nodeId: string, id: number): Promise<boolean>;
+  /** Compare-and-swap: finishes the active rotation ID; false if it is not active (finished by another call). */
+  finishRotation(id: number, outcome: RotationOutcome, by: string, at: Date): Promise<boolean>;
+  /** The active rotation, or null. */
+  activeRotation(): Promise<TrustRotationRecord | null>;
+  findRotation(id: number): Promise<TrustRotationRecord | null>;
+  /** Rotations newest first, at most LIMIT. */
+  listRotations(limit: number): Promise<TrustRotationRecord[]>;
+  /** Active devices counted by whether they learned the rotation, with some of the lagging ones. */
+  rotationDeviceCounts(by: RotationLearnedBy): Promise<RotationDeviceCounts>;
 
   // port blocks
   /**

@@ -6,6 +6,8 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { NodeStatus } from '../../api/index.js';
 import type { BrokerConfig } from '../core/config.js';
+import { activeSince } from '../core/rotation.js';
+import { TRUST_ROOTS } from '../core/trust-roots.js';
 import { nodeStatus } from '../core/node-status.js';
 import type { Store } from '../store/types.js';
 
@@ -82,6 +84,24 @@ export class BrokerMetrics {
         const counts: Record<NodeStatus, number> = { up: 0, down: 0, stopped: 0 };
         for (const node of await store.listNodes()) counts[nodeStatus(node, now, config.cluster.downAfterSeconds)]++;
         for (const [status, n] of Object.entries(counts)) this.set({ status }, n);
+      },
+    });
+    new Gauge({
+      name: 'certunnel_rotation_phase', help: 'The trust root rotation under way: 1 for its root and phase, 0 for every other (docs/rotation.md)', labelNames: ['root', 'phase'], registers: [this.registry],
+      async collect() {
+        const active = await store.activeRotation();
+        for (const root of TRUST_ROOTS) for (const phase of ['prepare', 'learn'] as const) this.set({ root, phase }, active?.root === root && active.phase === phase ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'certunnel_rotation_devices', help: 'Active devices that have learned the next trust of the rotation under way, and those lagging (0 and 0 without one)', labelNames: ['state'], registers: [this.registry],
+      async collect() {
+        const active = await store.activeRotation();
+        const counts = active
+          ? await store.rotationDeviceCounts({ rotationId: active.id, signedBy: active.root === 'user-ca' ? active.nextFingerprint : null, activeSince: activeSince({ config, clock }), limit: 0 })
+          : { active: 0, learned: 0 };
+        this.set({ state: 'learned' }, counts.learned);
+        this.set({ state: 'lagging' }, counts.active - counts.learned);
       },
     });
     const krlHealth = (): ReturnType<KrlHealthSource['health']> | undefined => this.krl?.health();

@@ -251,3 +251,20 @@ test('ok/writeKrl replaces the file atomically with mode 0644 and leaves no temp
     t.deepEqual(await readdir(dir), ['revoked.krl']);
   });
 });
+
+test('ok/moreCaKeys: the same serials and key ids revoke certificates of every CA named (a rotation), and of no other; each CA once', async (t) => {
+  await withTempDir(async (dir) => {
+    const current = await makeOpensshKey(dir, 'current-ca');
+    const next = await makeOpensshKey(dir, 'next-ca');
+    const other = await makeOpensshKey(dir, 'other-ca');
+    const [currentKey, nextKey] = await Promise.all([loadPublicKey(`${current.path}.pub`), loadPublicKey(`${next.path}.pub`)]);
+    const ofCurrent = await issue(dir, current.path, [['fail/current-serial', 'device:a', 7n, true], ['fail/current-key-id', 'device:revoked', 9n, true], ['ok/current', 'device:b', 8n, false]], 'cur');
+    const ofNext = await issue(dir, next.path, [['fail/next-serial', 'device:a', 7n, true], ['fail/next-key-id', 'device:revoked', 10n, true], ['ok/next', 'device:b', 11n, false]], 'next');
+    const ofOther = await issue(dir, other.path, [['ok/other-ca-serial', 'device:a', 7n, false], ['ok/other-ca-key-id', 'device:revoked', 12n, false]], 'other');
+    const krl = join(dir, 'krl');
+    await writeKrl(krl, { caKey: currentKey, moreCaKeys: [nextKey, currentKey], serials: [7n], keyIds: ['device:revoked'], version: 1n, generatedAt: NOW });
+    for (const c of [...ofCurrent, ...ofNext, ...ofOther]) t.is(await isRevoked(krl, c.cert), c.revoked, c.name);
+    const dump = await dumpKrl(krl);
+    t.is(dump.split('\n').filter((l) => l.startsWith('# CA key')).length, 2, dump);
+  });
+});

@@ -9,12 +9,13 @@ import * as m001 from './001-initial.js';
 import * as m002 from './002-api-key-expiry-and-proxy-role.js';
 import * as m003 from './003-nodes.js';
 import * as m004 from './004-cluster-events.js';
+import * as m005 from './005-trust-rotations.js';
 
 interface NamedMigration extends Knex.Migration {
   name: string;
 }
 
-export const MIGRATIONS: readonly NamedMigration[] = [m001, m002, m003, m004];
+export const MIGRATIONS: readonly NamedMigration[] = [m001, m002, m003, m004, m005];
 
 export const migrationSource: Knex.MigrationSource<NamedMigration> = {
   getMigrations: async () => [...MIGRATIONS],

@@ -141,7 +141,7 @@ test('ok/the whole fleet copied, verified, read the same by the store on Postgre
   const result = await migrateStore({ dir, to: db.url, env: {}, logger: quiet(), chunkRows: 2 });
 
   t.deepEqual(result.tables.map((x) => x.table), [
-    'enrollment_tokens', 'devices', 'port_blocks', 'certificates', 'serial_counter', 'api_keys', 'renew_nonces', 'audit_events', 'meta', 'nodes', 'node_join_tokens',
+    'enrollment_tokens', 'devices', 'port_blocks', 'certificates', 'serial_counter', 'api_keys', 'renew_nonces', 'audit_events', 'meta', 'nodes', 'node_join_tokens', 'trust_rotations',
   ]);
   const rows = Object.fromEntries(result.tables.map((x) => [x.table, x.rows]));
   t.true(rows.audit_events! > 9);
@@ -286,7 +286,7 @@ test('cli/store migrate --json: per-table counts and checksums; the password nev
   const ok = await runCli(['store', 'migrate', '--data', dir, '--to', db.url, '--json']);
   t.is(ok.code, 0, ok.stderr);
   const out = JSON.parse(ok.stdout) as { target: string; tables: Array<{ table: string; rows: number; sha256: string }> };
-  t.is(out.tables.length, 11);
+  t.is(out.tables.length, 12);
   t.is(out.tables.find((x) => x.table === 'devices')!.rows, 3);
   t.true(out.target.includes(':***@'));
   const again = await runCli(['store', 'migrate', '--data', dir, '--to', db.url, '--json']);

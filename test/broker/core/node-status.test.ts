@@ -7,7 +7,7 @@ const NOW = new Date('2030-01-01T00:01:00Z');
 const ago = (s: number) => new Date(NOW.getTime() - s * 1000);
 const node = (id: string, over: Partial<NodeRecord> = {}): NodeRecord => ({
   id, name: id, sshEndpoint: `${id}.example:2222`, apiUrl: null, internalAddress: null, relayKey: null, version: '1',
-  startedAt: ago(60), heartbeatAt: ago(1), stoppedAt: null, downAt: null, ...over,
+  startedAt: ago(60), heartbeatAt: ago(1), stoppedAt: null, downAt: null, rotationAck: null, ...over,
 });
 
 for (const [name, over, expected] of [

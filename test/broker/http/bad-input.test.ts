@@ -49,6 +49,9 @@ test('fail/malformed enrollment requests get their code and change nothing', asy
         ['SQL-shaped token', JSON.stringify({ token: "' OR 1=1 --", publicKey: key }), 'TOKEN_UNKNOWN'],
         ['SQL-shaped name', JSON.stringify({ token, publicKey: key, name: "x'; DROP TABLE devices; --" }), 'BAD_REQUEST'],
         ['form body', 'token=x', 'UNSUPPORTED_MEDIA_TYPE', 'application/x-www-form-urlencoded'],
+        ['capabilities not a list', JSON.stringify({ token, publicKey: key, capabilities: 'trust-set-v1' }), 'BAD_REQUEST'],
+        ['too many capabilities', JSON.stringify({ token, publicKey: key, capabilities: Array.from({ length: 33 }, (_, i) => `c${i}`) }), 'BAD_REQUEST'],
+        ['an empty capability', JSON.stringify({ token, publicKey: key, capabilities: [''] }), 'BAD_REQUEST'],
       ];
       for (const [name, body, expected, type] of cases) {
         const res = await rawPost(b, '/v1/enroll', body, type);
@@ -57,8 +60,8 @@ test('fail/malformed enrollment requests get their code and change nothing', asy
         t.false(JSON.stringify(res.json).includes(token!), `${name}: the token leaked into the answer`);
       }
     });
-    // The token still works afterwards: nothing consumed it.
-    await b.call(b.anonymous, 'POST', '/v1/enroll', { token, publicKey: key });
+    // The token still works afterwards: nothing consumed it (capabilities unknown to this broker are ignored).
+    await b.call(b.anonymous, 'POST', '/v1/enroll', { token, publicKey: key, capabilities: ['trust-set-v1', 'from-the-future-v9'] });
   });
 });
 

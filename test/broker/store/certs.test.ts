@@ -12,7 +12,7 @@ test('ok/serials are 64-bit exact and stop before overflowing', async (t) => {
       principal: 'ports-1-2', validAfter: T0, validBefore: at(HOUR), issuedAt: T0,
     } as const;
     await store.insertCertificate(cert);
-    t.deepEqual(await store.findCertificate(max), { ...cert, revokedAt: null });
+    t.deepEqual(await store.findCertificate(max), { ...cert, revokedAt: null, signedBy: null, trustRotation: null });
     t.is(await store.findCertificate(max - 1n), null);
     t.false(await store.isSerialRevoked(max));
     await store.revokeCertificatesOfDevice('dev_x', T0);
@@ -47,9 +47,9 @@ test('findIssuedCertificate: the certificate as issued and its device as it is n
     for (const c of [issued, operator, orphan]) await store.insertCertificate(c);
     const active = { id: dev.id, status: 'active', portFirst: block.first, portLast: block.last };
 
-    t.deepEqual(await store.findIssuedCertificate(7n), { certificate: { ...issued, revokedAt: null }, device: active });
-    t.deepEqual(await store.findIssuedCertificate(8n), { certificate: { ...operator, revokedAt: null }, device: active });
-    t.deepEqual(await store.findIssuedCertificate(9n), { certificate: { ...orphan, revokedAt: null }, device: null });
+    t.deepEqual(await store.findIssuedCertificate(7n), { certificate: { ...issued, revokedAt: null, signedBy: null, trustRotation: null }, device: active });
+    t.deepEqual(await store.findIssuedCertificate(8n), { certificate: { ...operator, revokedAt: null, signedBy: null, trustRotation: null }, device: active });
+    t.deepEqual(await store.findIssuedCertificate(9n), { certificate: { ...orphan, revokedAt: null, signedBy: null, trustRotation: null }, device: null });
     // Never issued, and serials no counter hands out (a forged certificate may carry them): null, never a throw.
     for (const serial of [6n, 10n, 0n, 2n ** 63n, 2n ** 64n - 1n]) t.is(await store.findIssuedCertificate(serial), null, String(serial));
 
