@@ -6,7 +6,7 @@
  *   presence read from the kernel's listening sockets.
  */
 import { join } from 'node:path';
-import { fingerprint, writeFileAtomic, type KeyPair, type PortBlock, type PublicKey } from '../../ca/index.js';
+import { fingerprint, writeFileAtomic, type PortBlock, type PublicKey } from '../../ca/index.js';
 import { blockPorts, DEVICE_LOGIN, OPERATOR_LOGIN } from '../../api/index.js';
 import type { LocalTunnelPresence } from '../core/presence.js';
 import { PresenceWriter } from '../core/presence-writer.js';
