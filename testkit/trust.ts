@@ -4,11 +4,11 @@
  * to flip with set(), and next host keys, host CAs and TLS identities made
  * the way a rotation would make them.
  */
-import { readFile } from 'node:fs/promises';
-import { formatCertificate, formatPublicKey, generateKeyPair, loadKeyPair, loadPublicKey, signHostCert, type KeyPair } from '../ca/index.js';
+import { formatCertificate, formatPublicKey, generateKeyPair, loadKeyPair, signHostCert, type KeyPair, type PublicKey } from '../ca/index.js';
 import { dataPaths } from '../broker/compose/data-dir.js';
-import { generateTlsIdentity } from '../broker/compose/tls.js';
-import { loadTlsIdentity, snapshotFromKeys, tlsIdentityOf } from '../broker/compose/trust-from-keys.js';
+import { loadCurrentKeys } from '../broker/compose/rotation-follower.js';
+import { generateTlsIdentity, spkiPin } from '../broker/compose/tls.js';
+import { trustSnapshot } from '../broker/core/rotation-snapshot.js';
 import { staticTrustRoots, type TlsIdentity, type TrustRoots, type TrustSnapshot } from '../broker/core/trust-roots.js';
 
 export type SettableTrustRoots = TrustRoots & { set(next: TrustSnapshot): void };
@@ -19,14 +19,18 @@ export const TEST_HOSTNAMES = ['certunnel.local', 'localhost', '127.0.0.1'];
 /** A data directory's keys (made by initDataDir without a passphrase), the host CA's private key too, and a settable TrustRoots of them. */
 export async function dataDirTrust(dir: string, options: { insecureHttp?: boolean } = {}): Promise<{ roots: SettableTrustRoots; initial: TrustSnapshot; hostCa: KeyPair }> {
   const paths = dataPaths(dir);
-  const keys = {
-    userCa: await loadKeyPair(paths.userCa),
-    hostCaPublicKey: await loadPublicKey(`${paths.hostCa}.pub`),
-    hostKey: await loadKeyPair(paths.hostKey),
-    hostCertificate: (await readFile(paths.hostCert, 'utf8')).trim(),
-  };
-  const initial = snapshotFromKeys(keys, await loadTlsIdentity(paths, options.insecureHttp ?? false));
+  const initial = trustSnapshot(await loadCurrentKeys(paths, { insecureHttp: options.insecureHttp ?? false }), null);
   return { roots: staticTrustRoots(initial), initial, hostCa: await loadKeyPair(paths.hostCa) };
+}
+
+/** A TLS identity from PEM key and certificate; the pin is computed from the certificate. */
+export function tlsIdentityOf(key: string, cert: string): TlsIdentity {
+  return { key, cert, pin: spkiPin(cert) };
+}
+
+/** The snapshot of a broker at rest with these keys (no rotation, no TLS). */
+export function restingSnapshot(keys: { userCa: KeyPair; hostCa: PublicKey; hostKey: KeyPair; hostCertificate: string }): TrustSnapshot {
+  return trustSnapshot({ ...keys, tls: null }, null);
 }
 
 /** A host certificate line for HOSTKEY signed by HOSTCA, as init makes the broker's. */

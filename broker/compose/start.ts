@@ -306,7 +306,6 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     shutdown.add(async () => apiTls?.close());
     const httpDeps: HttpDeps = {
       core, logger, metrics, revocations, access, problems: () => [...ssh.problems(), ...(apiTls?.problem() ? [apiTls.problem()!] : [])], console: consoleDeps, ...(oidc ? { oidc } : {}),
-      publicKeys: { userCa: formatPublicKey(keys.userCa.publicKey) },
     };
     const app = createApp(httpDeps);
     const api = await startApiServer(config, apiTls?.tls, access, app.callback(), logger);

@@ -29,8 +29,6 @@ export interface HttpDeps {
   readonly revocations: { readonly krl: Buffer; health(): { written: boolean } };
   /** Other problems /healthz reports (the SSH side's, e.g. SSHD_PORT_MISMATCH); none when absent. */
   readonly problems?: () => readonly string[];
-  /** The user CA line GET /v1/ca names; the host key, host CA and TLS pin come from core.trustRoots. */
-  readonly publicKeys: { userCa: string };
   /** Operator certificates and the proxy's auth_request endpoint (broker/proxy). */
   readonly access?: AccessLayer;
   /** The operators' console (pages, its session cookie, live events); absent: no console. */

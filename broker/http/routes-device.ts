@@ -4,6 +4,7 @@
  */
 import type Router from '@koa/router';
 import type { CaResponse, EnrollRequest, EnrollResponse, HealthResponse, RenewRequest, RenewResponse } from '../../api/index.js';
+import { formatPublicKey } from '../../ca/index.js';
 import { enrollDevice } from '../core/enroll.js';
 import { renewDevice } from '../core/renew.js';
 import { sshGrantFields } from '../core/ssh-endpoints.js';
@@ -30,7 +31,8 @@ export function registerDeviceRoutes(router: Router<AppState>, deps: HttpDeps): 
   router.get('/v1/ca', (ctx) => {
     const grant = sshGrantFields(deps.core);
     ctx.body = {
-      userCertificateAuthority: deps.publicKeys.userCa,
+      // The user CA in force: the current one until a user-ca rotation commits (both are accepted during it).
+      userCertificateAuthority: formatPublicKey(deps.core.trustRoots.current().acceptedUserCas[0]!),
       hostCertificateAuthority: grant.ssh.hostCertificateAuthority,
       hostKey: grant.ssh.hostKey,
       apiPin: deps.core.trustRoots.current().tls?.pin ?? null,

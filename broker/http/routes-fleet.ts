@@ -5,7 +5,7 @@
  * broker's status (admin, operator).
  */
 import type Router from '@koa/router';
-import { fingerprint, parsePublicKey } from '../../ca/index.js';
+import { fingerprint } from '../../ca/index.js';
 import type { BrokerStatusResponse, ListCertificatesResponse, ListTokenBatchesResponse, SetDeviceLabelsRequest } from '../../api/index.js';
 import { requireRole } from '../core/api-keys.js';
 import { setDeviceLabels } from '../core/device-labels.js';
@@ -17,16 +17,12 @@ import { parseWith, setLabelsSchema } from './schemas.js';
 const CERTIFICATE_HISTORY = 50;
 const BATCHES = 200;
 
-function fingerprintOf(keyLine: string): string {
-  return fingerprint(parsePublicKey(keyLine));
-}
-
 function brokerStatus(deps: HttpDeps): Omit<BrokerStatusResponse, 'devices' | 'trust'> {
   const snapshot = deps.core.trustRoots.current();
   const problems = [...(deps.revocations.health().written ? [] : ['KRL_WRITE_FAILING']), ...(deps.problems?.() ?? [])];
   return {
     health: { status: problems.length === 0 ? 'ok' : 'degraded', problems },
-    fingerprints: { userCa: fingerprintOf(deps.publicKeys.userCa), hostCa: fingerprint(snapshot.hostCa), hostKey: fingerprint(snapshot.hostKey.publicKey) },
+    fingerprints: { userCa: fingerprint(snapshot.acceptedUserCas[0]!), hostCa: fingerprint(snapshot.hostCa), hostKey: fingerprint(snapshot.hostKey.publicKey) },
     apiPin: snapshot.tls?.pin ?? null,
     krlVersion: (deps.console?.krlVersion() ?? 0n).toString(),
     tunnelsOnline: [...(deps.console?.tunnelSamples() ?? [])],

@@ -143,6 +143,8 @@ export class FaultProxy {
 
 export interface BrokerSshd {
   readonly port: number;
+  /** The sshd_config it runs (what the broker's ssh.sshdConfig names, for `sshd -t` before a reload). */
+  readonly configPath: string;
   output(): string;
   stop(): Promise<void>;
 }
@@ -150,9 +152,10 @@ export interface BrokerSshd {
 /**
  * sshd on 127.0.0.1:PORT configured by nothing but the broker's OpenSSH-mode
  * files in DATADIR/openssh (plus what any test sshd needs). DATADIR is made
- * searchable: sshd reads the principals file as the device user.
+ * searchable: sshd reads the principals file as the device user. EXTRA
+ * lines replace `PidFile none` (e.g. a PidFile for ssh.sshdPidFile).
  */
-export async function startBrokerSshd(dataDir: string, port: number, pool: { first: number; last: number }): Promise<BrokerSshd> {
+export async function startBrokerSshd(dataDir: string, port: number, pool: { first: number; last: number }, extra: readonly string[] = ['PidFile none']): Promise<BrokerSshd> {
   await ensureGatewayUsers(['tunnel', 'operator']);
   await chmod(dataDir, 0o755);
   const configPath = join(dataDir, 'sshd_config.test');
@@ -160,7 +163,7 @@ export async function startBrokerSshd(dataDir: string, port: number, pool: { fir
     `Include ${join(dataDir, 'openssh', OPENSSH_FILES.config)}`,
     `Port ${port}`,
     'ListenAddress 127.0.0.1',
-    'PidFile none',
+    ...extra,
     'UsePAM no',
     'StrictModes no',
     'LogLevel VERBOSE',
@@ -188,6 +191,7 @@ export async function startBrokerSshd(dataDir: string, port: number, pool: { fir
   });
   return {
     port,
+    configPath,
     output: () => log,
     async stop() {
       // Per-connection children call setsid(): end those holding pool ports, then the master's group.

@@ -16,9 +16,8 @@ import { ApiError, apiRequest, pinServerName, type HealthResponse } from '../../
 import { tlsPinOfSpki } from '../../../ca/index.js';
 import { dataPaths, withBroker, type TestBroker } from '../../../testkit/broker.js';
 import { runCommand } from '../../../testkit/openssh.js';
-import { dataDirTrust, nextTlsIdentity, TEST_HOSTNAMES, type SettableTrustRoots } from '../../../testkit/trust.js';
+import { dataDirTrust, nextTlsIdentity, TEST_HOSTNAMES, tlsIdentityOf, type SettableTrustRoots } from '../../../testkit/trust.js';
 import { issueSelfSignedCertificate } from '../../../broker/compose/tls.js';
-import { tlsIdentityOf } from '../../../broker/compose/trust-from-keys.js';
 import { staticTrustRoots, type TrustSnapshot } from '../../../broker/core/trust-roots.js';
 
 function handshake(port: number, servername?: string): Promise<TLSSocket> {

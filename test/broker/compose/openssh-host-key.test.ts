@@ -11,20 +11,19 @@ import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { formatPublicKey, generateKeyPair, type KeyPair } from '../../../ca/index.js';
 import { SshdHostKeyFollower } from '../../../broker/compose/openssh-host-key.js';
-import { snapshotFromKeys } from '../../../broker/compose/trust-from-keys.js';
 import type { TrustSnapshot } from '../../../broker/core/trust-roots.js';
 import type { ServedHostKeys } from '../../../broker/openssh/sshd-reload.js';
 import { createLogger } from '../../../broker/telemetry/logger.js';
 import { withTempDir } from '../../../testkit/openssh.js';
 import { waitFor } from '../../../testkit/ssh-client.js';
-import { hostCertificateLine } from '../../../testkit/trust.js';
+import { hostCertificateLine, restingSnapshot } from '../../../testkit/trust.js';
 import { Writable } from 'node:stream';
 
 const silent = createLogger('fatal', new Writable({ write: (_c, _e, cb) => cb() }));
 
 function snapshotOf(hostCa: KeyPair, hostKey: KeyPair): TrustSnapshot {
   const userCa = generateKeyPair();
-  return snapshotFromKeys({ userCa, hostCaPublicKey: hostCa.publicKey, hostKey, hostCertificate: hostCertificateLine(hostCa, hostKey) }, null);
+  return restingSnapshot({ userCa, hostCa: hostCa.publicKey, hostKey, hostCertificate: hostCertificateLine(hostCa, hostKey) });
 }
 
 function servedBy(snapshot: TrustSnapshot): ServedHostKeys {

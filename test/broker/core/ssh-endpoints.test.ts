@@ -12,12 +12,12 @@ import { fromEnv, parseConfig } from '../../../broker/core/config.js';
 import { isBrokerError } from '../../../broker/core/errors.js';
 import { configuredSshEndpoints, sshGrantFields } from '../../../broker/core/ssh-endpoints.js';
 import { staticTrustRoots } from '../../../broker/core/trust-roots.js';
-import { snapshotFromKeys } from '../../../broker/compose/trust-from-keys.js';
 import { withBroker } from '../../../testkit/broker.js';
+import { restingSnapshot } from '../../../testkit/trust.js';
 
-const KEYS = { userCa: generateKeyPair(), hostCaPublicKey: generateKeyPair().publicKey, hostKey: generateKeyPair(), hostCertificate: 'unused' };
-const OWN = { host: 'broker.example', port: 2222, username: 'tunnel', hostKey: formatPublicKey(KEYS.hostKey.publicKey), hostCertificateAuthority: formatPublicKey(KEYS.hostCaPublicKey) };
-const TRUST = snapshotFromKeys(KEYS, null).trust;
+const KEYS = { userCa: generateKeyPair(), hostCa: generateKeyPair().publicKey, hostKey: generateKeyPair(), hostCertificate: 'unused' };
+const OWN = { host: 'broker.example', port: 2222, username: 'tunnel', hostKey: formatPublicKey(KEYS.hostKey.publicKey), hostCertificateAuthority: formatPublicKey(KEYS.hostCa) };
+const TRUST = restingSnapshot(KEYS).trust;
 
 const good: Array<[string, string[], SshAddressWire[]]> = [
   ['ok/one', ['node-1.example:2222'], [{ host: 'node-1.example', port: 2222 }]],
@@ -66,7 +66,7 @@ test('ok/CERTUNNEL_SSH_ENDPOINTS: a comma-separated list', (t) => {
 
 test('ok/sshGrantFields asks the seam at every grant: ssh is the first endpoint; an empty answer is this broker', (t) => {
   let answer: SshAddressWire[] = [{ host: 'n2.example', port: 22 }, { host: 'n1.example', port: 2222 }];
-  const deps = { ssh: OWN, sshEndpoints: () => answer, trustRoots: staticTrustRoots(snapshotFromKeys(KEYS, null)) };
+  const deps = { ssh: OWN, sshEndpoints: () => answer, trustRoots: staticTrustRoots(restingSnapshot(KEYS)) };
   t.deepEqual(sshGrantFields(deps), { sshEndpoints: answer, ssh: { ...OWN, host: 'n2.example', port: 22 }, trust: TRUST });
   answer = [{ host: 'n3.example', port: 2000 }];
   t.deepEqual(sshGrantFields(deps).sshEndpoints, [{ host: 'n3.example', port: 2000 }]);
