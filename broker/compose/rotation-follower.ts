@@ -65,13 +65,17 @@ async function loadTls(paths: DataPaths, insecureHttp: boolean): Promise<TlsIden
 }
 
 /** The data directory's keys (the current ones); no TLS identity when the API is plain HTTP (api.insecureHttp). */
-export async function loadCurrentKeys(paths: DataPaths, options: { readonly insecureHttp: boolean; readonly passphrase?: string | undefined }): Promise<CurrentKeys> {
+export async function loadCurrentKeys(
+  paths: DataPaths,
+  options: { readonly insecureHttp: boolean; readonly passphrase?: string | undefined; readonly backupPins?: readonly string[] },
+): Promise<CurrentKeys> {
   return {
     userCa: await loadKeyPair(paths.userCa, { passphrase: options.passphrase }),
     hostCa: await loadPublicKey(`${paths.hostCa}.pub`),
     hostKey: await loadKeyPair(paths.hostKey),
     hostCertificate: (await readFile(paths.hostCert, 'utf8')).trim(),
     tls: await loadTls(paths, options.insecureHttp),
+    backupPins: options.backupPins ?? [],
   };
 }
 
@@ -277,7 +281,7 @@ class Follower implements RotationFollower {
       // Sealed under the user CA current at its start: the one on disk until this very rotation (if a user-ca one) is applied.
       const next = loadNext(openNextKey(r.nextSealed, r.root, this.#keys.userCa));
       await writeCommitted(this.o.paths, r.id, next, this.o.passphrase);
-      this.#keys = await loadCurrentKeys(this.o.paths, { insecureHttp: this.o.config.api.insecureHttp, passphrase: this.o.passphrase });
+      this.#keys = await loadCurrentKeys(this.o.paths, { insecureHttp: this.o.config.api.insecureHttp, passphrase: this.o.passphrase, backupPins: this.o.config.api.backupPins });
       this.o.logger.info({ rotation: r.id, root: r.root, outcome: r.outcome, now: r.nextFingerprint }, 'rotation: committed; the new key is current and on disk (the old kept as .retired)');
       if (this.#loaded?.id === r.id) this.#loaded = null;
     }
@@ -322,7 +326,7 @@ function sameSnapshot(a: TrustSnapshot, b: TrustSnapshot): boolean {
  * not be asked to roll the rotation back.
  */
 export async function startRotationFollower(o: RotationFollowerOptions): Promise<RotationFollower> {
-  const follower = new Follower(o, await loadCurrentKeys(o.paths, { insecureHttp: o.config.api.insecureHttp, passphrase: o.passphrase }));
+  const follower = new Follower(o, await loadCurrentKeys(o.paths, { insecureHttp: o.config.api.insecureHttp, passphrase: o.passphrase, backupPins: o.config.api.backupPins }));
   await follower.refresh().catch(() => undefined);
   follower.follow();
   return follower;

@@ -35,6 +35,12 @@ const configSchema = z
          * Optional only because data directories from before it existed lack it: see trustsProxy.
          */
         trustProxy: z.boolean().optional(),
+        /**
+         * Pins ("sha256//BASE64" of a SubjectPublicKeyInfo) of TLS keys kept in reserve, told to devices in every
+         * grant's trust set beside the served key's: a certificate for one of them (e.g. from a public CA) can be
+         * put in place later, or in an emergency, and devices accept it (docs/rotation.md, "Backup pins").
+         */
+        backupPins: z.array(z.string().regex(/^sha256\/\/[A-Za-z0-9+/]{43}=$/, 'must be sha256// and the base64 of 32 bytes')).max(2).default([]),
         /** URL devices and operators use; defaults from listen. */
         publicUrl: z.string().url().optional(),
         bodyLimitBytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(64 * 1024),

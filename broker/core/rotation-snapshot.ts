@@ -16,6 +16,8 @@ export interface CurrentKeys {
   readonly hostCertificate: string;
   /** Null when the broker does not serve its own TLS (api.insecureHttp, behind a proxy). */
   readonly tls: TlsIdentity | null;
+  /** api.backupPins: TLS keys in reserve, in every trust set after the served key's (and a rotation's next). */
+  readonly backupPins?: readonly string[];
 }
 
 /** A rotation's next key, opened. */
@@ -62,6 +64,7 @@ export function trustSnapshot(current: CurrentKeys, rotation: LoadedRotation | n
     hostCa: current.hostCa,
     tls: current.tls,
     otherTls,
-    trust: { hostKeys, hostCertificateAuthorities: hostCas, apiPins },
+    // Backup pins only beside a TLS identity of the broker's own (behind a proxy devices pin nothing of it).
+    trust: { hostKeys, hostCertificateAuthorities: hostCas, apiPins: current.tls ? [...new Set([...apiPins, ...(current.backupPins ?? [])])] : [] },
   };
 }

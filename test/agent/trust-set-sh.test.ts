@@ -288,7 +288,10 @@ test('shell: ok/renewal over the API pinned by the trust set when the configured
           }
         };
         // Certificates of 60 s renewed at a tenth of their life: each run renews within seconds.
-        const stalePin = { ...enrolled, broker: { url: enrolled.broker.url, pin: PIN_A } };
+        // As an older broker left it: no set (this broker sent one, naming its pin).
+        const { trust: given, ...untrusting } = enrolled;
+        t.deepEqual(given?.apiPins, [b.init.apiPin]);
+        const stalePin = { ...untrusting, broker: { url: enrolled.broker.url, pin: PIN_A } };
         const failed = await run(stalePin);
         t.is(failed.event, 'renew_failed', 'the stale pin alone: nothing sent');
         t.is(failed.code, 'UNREACHABLE', 'curl refused the TLS key');

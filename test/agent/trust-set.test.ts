@@ -284,9 +284,12 @@ test('ok/API: a pin from the trust set is accepted beside the configured one; ne
       const stateDir = join(dir, 'state');
       await enrollDevice({ stateDir, broker: { url: b.broker.apiUrl, pin: b.init.apiPin }, token: await mintToken(b) });
       const stale = { url: b.broker.apiUrl, pin: PIN_A };
+      // As an older broker left it: no set (this broker sent one, naming its pin).
+      const { trust: given, ...state } = await stateOf(stateDir);
+      t.deepEqual(given?.apiPins, [b.init.apiPin]);
+      await writeFile(statePaths(stateDir).state, JSON.stringify(state));
       const refused = await t.throwsAsync(renewCertificate({ enrollment: (await loadEnrollment(stateDir))!, broker: stale, timeoutMs: 5000, api: apiRequest, now: new Date() }));
       t.is((refused as ApiError).code, 'PIN_MISMATCH', 'without a set: the configured pin alone');
-      const state = await stateOf(stateDir);
       const trust: TrustSetWire = { hostKeys: [state.ssh.hostKey], hostCertificateAuthorities: [state.ssh.hostCertificateAuthority], apiPins: [PIN_A, b.init.apiPin] };
       await writeFile(statePaths(stateDir).state, JSON.stringify({ ...state, trust }));
       const renewed = await renewCertificate({ enrollment: (await loadEnrollment(stateDir))!, broker: stale, timeoutMs: 5000, api: apiRequest, now: new Date() });
