@@ -7,9 +7,11 @@
  * agent that slept through the whole rotation, pinning only the old key,
  * can still renew and learn the new pin. A snapshot change replaces the
  * default context (server.setSecureContext) and the SNI map for new
- * handshakes; connections already open keep theirs. Retired identities are
- * kept in memory: a restart forgets them (docs/rotation.md).
+ * handshakes; connections already open keep theirs. A restart within the
+ * grace period serves the retired identities again from the copies the
+ * commit kept (tls/api.key.retired-<id>, retiredTlsIdentities).
  */
+import { readFile } from 'node:fs/promises';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import type { Server as HttpsServer } from 'node:https';
 import { PIN_SERVER_NAME_SUFFIX, pinServerName } from '../../api/index.js';
@@ -17,8 +19,10 @@ import type { TlsIdentity, TrustRoots, TrustSnapshot } from '../core/trust-roots
 import type { Logger } from '../telemetry/logger.js';
 import type { BrokerMetrics } from '../telemetry/metrics.js';
 import type { BrokerConfig } from '../core/config.js';
+import type { Store } from '../store/types.js';
 import { tlsHostnames, type DataPaths } from './data-dir.js';
 import { startApiTlsRenewal } from './api-tls-renewal.js';
+import { spkiPin } from './tls.js';
 
 export interface ApiTlsOptions {
   readonly trustRoots: TrustRoots;
@@ -26,6 +30,14 @@ export interface ApiTlsOptions {
   readonly logger: Logger;
   /** How long a retired identity is still served by its SNI name (config.certs.renewGraceSeconds). */
   readonly retiredForMs: number;
+  /** Identities retired before this start (retiredTlsIdentities), served by SNI until their time is up. */
+  readonly retired?: readonly RetiredTls[];
+}
+
+/** A TLS identity an api-tls rotation retired, served by its SNI name until UNTIL (ms). */
+export interface RetiredTls {
+  readonly identity: TlsIdentity;
+  readonly until: number;
 }
 
 /** The SNI label of PIN (pinServerName without the suffix). */
@@ -49,6 +61,10 @@ export class ApiTls {
   private readonly unsubscribe: () => void;
 
   constructor(private readonly o: ApiTlsOptions) {
+    for (const r of o.retired ?? []) {
+      const label = labelOf(r.identity.pin);
+      if (label) this.retired.set(label, { served: this.serve(r.identity), until: r.until });
+    }
     this.apply(o.trustRoots.current(), null);
     this.unsubscribe = o.trustRoots.onChange((next, previous) => this.apply(next, previous));
   }
@@ -129,12 +145,37 @@ export interface RunningApiTls {
   close(): void;
 }
 
+/**
+ * The identities committed api-tls rotations retired less than GRACEMS ago, from the copies the commit kept
+ * beside tls/api.key (rotation-follower.ts); a copy that is gone or unreadable is left out (logged).
+ */
+export async function retiredTlsIdentities(o: {
+  store: Pick<Store, 'listRotations'>; paths: Pick<DataPaths, 'tlsKey' | 'tlsCert'>; graceMs: number; now: number; logger: Logger;
+}): Promise<RetiredTls[]> {
+  const out: RetiredTls[] = [];
+  for (const r of await o.store.listRotations(50)) {
+    if (r.root !== 'api-tls' || r.finishedAt === null || (r.outcome !== 'committed' && r.outcome !== 'forced')) continue;
+    const until = r.finishedAt.getTime() + o.graceMs;
+    if (until <= o.now) continue;
+    try {
+      const [key, cert] = await Promise.all([readFile(`${o.paths.tlsKey}.retired-${r.id}`, 'utf8'), readFile(`${o.paths.tlsCert}.retired-${r.id}`, 'utf8')]);
+      out.push({ identity: { key, cert, pin: spkiPin(cert) }, until });
+    } catch (err) {
+      o.logger.warn({ rotation: r.id, code: (err as { code?: unknown }).code }, 'API TLS: the identity rotation retired is not on disk; agents that slept through it need the new pin');
+    }
+  }
+  return out;
+}
+
 /** The API's TLS identities and the renewal of the broker's own certificate; null on plain HTTP (api.insecureHttp). */
 export function startApiTls(o: {
   config: BrokerConfig; paths: Pick<DataPaths, 'tlsCert'>; trustRoots: TrustRoots; clock: () => Date; logger: Logger; metrics: Pick<BrokerMetrics, 'attachApiTls'>;
+  retired?: readonly RetiredTls[];
 }): RunningApiTls | null {
   if (o.config.api.insecureHttp) return null;
-  const tls = new ApiTls({ trustRoots: o.trustRoots, clock: o.clock, logger: o.logger, retiredForMs: o.config.certs.renewGraceSeconds * 1000 });
+  const tls = new ApiTls({
+    trustRoots: o.trustRoots, clock: o.clock, logger: o.logger, retiredForMs: o.config.certs.renewGraceSeconds * 1000, ...(o.retired ? { retired: o.retired } : {}),
+  });
   const renewal = startApiTlsRenewal({
     served: () => tls.served(), renewed: (pin, cert) => tls.renewedCertificate(pin, cert), certPath: o.paths.tlsCert, hostnames: tlsHostnames(o.config), clock: o.clock, logger: o.logger,
   });

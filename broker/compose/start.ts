@@ -41,7 +41,7 @@ import { startRotationFollower } from './rotation-follower.js';
 import type { TrustRoots } from '../core/trust-roots.js';
 import type { Store } from '../store/types.js';
 import { DEVICE_LOGIN, type SshEndpointWire } from '../../api/index.js';
-import { startApiTls, type ApiTls } from './api-tls.js';
+import { retiredTlsIdentities, startApiTls, type ApiTls } from './api-tls.js';
 
 export interface StartBrokerOptions {
   readonly config: BrokerConfig;
@@ -302,7 +302,10 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
         )
       : undefined;
     // The API's TLS identities follow the snapshot (SNI for a rotation's other ones); the own certificate is renewed.
-    const apiTls = startApiTls({ config, paths, trustRoots, clock, logger, metrics });
+    const retired = config.api.insecureHttp
+      ? []
+      : await retiredTlsIdentities({ store, paths, graceMs: config.certs.renewGraceSeconds * 1000, now: clock().getTime(), logger });
+    const apiTls = startApiTls({ config, paths, trustRoots, clock, logger, metrics, retired });
     shutdown.add(async () => apiTls?.close());
     const httpDeps: HttpDeps = {
       core, logger, metrics, revocations, access, problems: () => [...ssh.problems(), ...(apiTls?.problem() ? [apiTls.problem()!] : [])], console: consoleDeps, ...(oidc ? { oidc } : {}),
