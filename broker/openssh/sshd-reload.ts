@@ -76,12 +76,13 @@ function scannedLines(stdout: string): string[] {
 /** What sshd on HOST:PORT presents (its Ed25519 key and certificate); null when it cannot be reached. */
 export async function scanHostKeys(host: string, port: number, timeoutSeconds = 5): Promise<ServedHostKeys | null> {
   const args = ['-T', String(timeoutSeconds), '-t', 'ed25519', '-p', String(port)];
-  const [plain, certs] = await Promise.all([
-    run('ssh-keyscan', [...args, host], (timeoutSeconds + 5) * 1000),
-    run('ssh-keyscan', ['-c', ...args, host], (timeoutSeconds + 5) * 1000),
-  ]);
+  const plain = await run('ssh-keyscan', [...args, host], (timeoutSeconds + 5) * 1000);
   const keys = scannedLines(plain.stdout);
   if (keys.length === 0) return null;
+  // sshd answered: a certificate scan that gets nothing is asked once more before it counts (a loaded
+  // machine can miss keyscan's timeout once; a false "not served" would ask for a reload for nothing).
+  let certs = await run('ssh-keyscan', ['-c', ...args, host], (timeoutSeconds + 5) * 1000);
+  if (scannedLines(certs.stdout).length === 0) certs = await run('ssh-keyscan', ['-c', ...args, host], (timeoutSeconds + 5) * 1000);
   return { keys, certificates: scannedLines(certs.stdout) };
 }
 
