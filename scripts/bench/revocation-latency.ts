@@ -31,11 +31,8 @@ import { withBroker, type TestBroker } from '../../testkit/broker.js';
 import { connectDevice, enrollTestDevice, startBrokerSshd } from '../../testkit/device-tunnel.js';
 import { isListening, startDeviceService, type DeviceService } from '../../testkit/gateway.js';
 import { DEFAULT_SSHD } from '../../testkit/sshd-check.js';
+import { arg, formatStats, stats, type Stats } from './figures.js';
 
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-}
 const ROUNDS = Number(arg('rounds') ?? 15);
 const MODES = (arg('modes') ?? 'embedded,openssh').split(',') as Mode[];
 const LOAD = Number(arg('load') ?? 0);
@@ -54,17 +51,6 @@ interface Round {
   readonly apiMs: number;
 }
 
-interface Stats {
-  readonly median: number;
-  readonly p90: number;
-  readonly max: number;
-}
-
-function stats(values: readonly number[]): Stats {
-  const sorted = [...values].sort((a, b) => a - b);
-  const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!;
-  return { median: at(0.5), p90: at(0.9), max: sorted[sorted.length - 1]! };
-}
 
 function log(line: string): void {
   process.stderr.write(`${line}\n`);
@@ -162,7 +148,7 @@ async function main(): Promise<void> {
     process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
     return;
   }
-  const ms = (s: Stats): string => `${s.median.toFixed(0)}/${s.p90.toFixed(0)}/${s.max.toFixed(0)}`;
+  const ms = formatStats;
   process.stdout.write(`revocation latency, ms median/p90/max (${ROUNDS} rounds, ${LOAD} busy loops, settle ${SETTLE_MS} ms)\n`);
   process.stdout.write(`${'mode'.padEnd(10)}${'refused'.padStart(16)}${'dropped'.padStart(16)}${'api'.padStart(16)}\n`);
   for (const r of results) process.stdout.write(`${r.mode.padEnd(10)}${ms(r.refused).padStart(16)}${ms(r.dropped).padStart(16)}${ms(r.api).padStart(16)}\n`);

@@ -36,11 +36,8 @@ import { withBroker, type TestBroker } from '../../testkit/broker.js';
 import { startBrokerSshd } from '../../testkit/device-tunnel.js';
 import { DEFAULT_SSHD } from '../../testkit/sshd-check.js';
 import { waitFor } from '../../testkit/ssh-client.js';
+import { arg, formatStats, stats, type Stats } from './figures.js';
 
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-}
 const ROUNDS = Number(arg('rounds') ?? 10);
 const MODES = (arg('modes') ?? 'embedded,openssh').split(',') as Mode[];
 const JSON_OUT = process.argv.includes('--json');
@@ -59,17 +56,6 @@ interface Round {
   readonly tlsServedMs: number;
 }
 
-interface Stats {
-  readonly median: number;
-  readonly p90: number;
-  readonly max: number;
-}
-
-function stats(values: readonly number[]): Stats {
-  const sorted = [...values].sort((a, b) => a - b);
-  const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!;
-  return { median: at(0.5), p90: at(0.9), max: sorted[sorted.length - 1]! };
-}
 
 function log(line: string): void {
   process.stderr.write(`${line}\n`);
@@ -187,7 +173,7 @@ async function main(): Promise<void> {
     process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
     return;
   }
-  const ms = (s: Stats): string => `${s.median.toFixed(0)}/${s.p90.toFixed(0)}/${s.max.toFixed(0)}`;
+  const ms = formatStats;
   process.stdout.write(`rotation steps, ms median/p90/max (${ROUNDS} rounds of host-key then api-tls)\n`);
   process.stdout.write(`${'mode'.padEnd(10)}${'key learn'.padStart(16)}${'tls learn'.padStart(16)}${'commit answer'.padStart(16)}${'ssh served'.padStart(16)}${'tls served'.padStart(16)}\n`);
   for (const r of results) {
