@@ -6,7 +6,8 @@
  * lagging ones), and what an admin is shown: the phase, the fingerprints,
  * the counts, the lagging devices with their last-seen and links, "and N
  * more"; then a forced commit and a rollback from the page, each confirmed
- * by a second click that says what it does. An operator is shown none of
+ * by a second click that says what it does, and a commit the broker refuses
+ * (the rotation ended between the clicks) shown as refused. An operator is shown none of
  * it and the page asks the API for none of it. No console error or CSP
  * violation on any page.
  */
@@ -141,6 +142,17 @@ test.serial('ok/admin follows a host-key rotation on the Broker page (phase, cou
       t.is(commits.items.length, 1);
       t.like(commits.items[0], { target: `rotation:${started.rotation.id}`, details: { outcome: 'forced', devicesLagging: 52 } });
 
+      // A rotation that ends elsewhere between the two clicks: the broker's refusal is shown, nothing else happens.
+      const ended = await b.call<RotationResponse>(b.admin, 'POST', '/v1/rotations', { root: 'user-ca' });
+      await openBrokerPage(admin.page, api);
+      await section.getByRole('button', { name: 'Commit with force…' }).click();
+      t.true(((await section.locator('.danger-zone').textContent()) ?? '').includes("their certificates are refused from then on"), 'the user CA\'s consequence');
+      await b.call(b.admin, 'POST', '/v1/rotations/current/rollback');
+      await section.getByRole('button', { name: 'Confirm: commit with force' }).click();
+      await section.locator('#rotation-result').getByText(/^ROTATION_NOT_FOUND: /).waitFor({ timeout: WAIT_MS });
+      t.true(await section.getByRole('button', { name: 'Roll back…' }).isEnabled(), 'the buttons are usable again');
+      t.is((await b.call<ListAuditResponse>(b.admin, 'GET', '/v1/audit?action=rotation.commit')).items.length, 1, 'no second commit');
+
       // Roll back the next one from the page: the current user CA stays.
       const second = await b.call<RotationResponse>(b.admin, 'POST', '/v1/rotations', { root: 'user-ca' });
       await openBrokerPage(admin.page, api);
@@ -152,10 +164,11 @@ test.serial('ok/admin follows a host-key rotation on the Broker page (phase, cou
       t.true(((await admin.page.locator('#rotation-last').textContent()) ?? '').includes(`rotation ${second.rotation.id} of user-ca, rolled back`));
       t.is((await b.call<BrokerStatusResponse>(b.admin, 'GET', '/v1/broker')).fingerprints.userCa, second.rotation.from);
       const rollbacks = await b.call<ListAuditResponse>(b.admin, 'GET', '/v1/audit?action=rotation.rollback');
-      t.is(rollbacks.items.length, 1);
-      t.regex(rollbacks.items[0]!.actor, /^apikey:key_/, 'the admin\'s console session acted');
+      t.deepEqual(rollbacks.items.map((e) => e.target), [`rotation:${ended.rotation.id}`, `rotation:${second.rotation.id}`]);
+      t.regex(rollbacks.items[1]!.actor, /^apikey:key_/, 'the admin\'s console session acted');
 
-      t.deepEqual(admin.problems.list, [], 'no console errors or CSP violations');
+      t.deepEqual(admin.problems.list.filter((p) => !/status of 404/.test(p)), [], 'no console errors or CSP violations');
+      t.is(admin.problems.list.length, 1, 'but the refused commit');
       t.deepEqual(op.problems.list, [], 'the operator\'s page made no refused call');
     } finally {
       await admin.context.close();

@@ -580,10 +580,11 @@ async function lastRotation() {
 }
 
 /** What a forced commit does to devices that have not learned the next trust (as `certunnel rotate status` says it). */
+const SSH_SERVER_UNKNOWN = "they no longer recognise the broker's SSH server and cannot connect until given the new trust by hand (or enrolled again).";
 const FORCED_CONSEQUENCE = {
   'user-ca': "their certificates are refused from then on; each is back once it renews with its device key (within certs.renewGraceSeconds of its certificate's expiry), otherwise it must be enrolled again.",
-  'host-key': "they no longer recognise the broker's SSH server and cannot connect until given the new trust by hand (or enrolled again).",
-  'host-ca': "they no longer recognise the broker's SSH server and cannot connect until given the new trust by hand (or enrolled again).",
+  'host-key': SSH_SERVER_UNKNOWN,
+  'host-ca': SSH_SERVER_UNKNOWN,
   'api-tls': "their pins no longer match the API's certificate: they cannot renew until given the new pin by hand (or enrolled again).",
 };
 
