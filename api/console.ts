@@ -7,6 +7,7 @@
  */
 import type { ApiKeyRole } from './operator.js';
 import type { TrustSetWire } from './device.js';
+import type { RotationView } from './rotation.js';
 
 // ---- device labels: PUT /v1/devices/:ref/labels (admin, operator) --------------
 
@@ -81,6 +82,11 @@ export interface BrokerStatusResponse {
   startedAt: string;
   /** What devices are told to trust now (TrustSetWire, as in grants); absent from brokers before 0.5. */
   trust?: TrustSetWire;
+  /**
+   * Admin sessions only: the rotation under way as this node follows it (GET /v1/rotations/current tells how far it
+   * is), null when none; absent for other roles and from brokers before 0.5.
+   */
+  rotation?: Pick<RotationView, 'id' | 'root' | 'phase'> | null;
 }
 
 // ---- the console's session: GET /v1/console/session -----------------------------

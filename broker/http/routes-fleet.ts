@@ -17,7 +17,7 @@ import { parseWith, setLabelsSchema } from './schemas.js';
 const CERTIFICATE_HISTORY = 50;
 const BATCHES = 200;
 
-function brokerStatus(deps: HttpDeps): Omit<BrokerStatusResponse, 'devices' | 'trust'> {
+function brokerStatus(deps: HttpDeps): Omit<BrokerStatusResponse, 'devices' | 'trust' | 'rotation'> {
   const snapshot = deps.core.trustRoots.current();
   const problems = [...(deps.revocations.health().written ? [] : ['KRL_WRITE_FAILING']), ...(deps.problems?.() ?? [])];
   return {
@@ -65,9 +65,14 @@ export function registerFleetRoutes(router: Router<AppState>, deps: HttpDeps): v
   });
 
   router.get('/v1/broker', async (ctx) => {
-    requireRole(await authenticate(ctx, deps), ['admin', 'operator']);
+    const actor = await authenticate(ctx, deps);
+    requireRole(actor, ['admin', 'operator']);
     ctx.set('cache-control', 'no-store');
-    // trust (0.5) comes after the fields clients have always seen.
-    ctx.body = { ...brokerStatus(deps), devices: await core.store.countDevicesByStatus(), trust: core.trustRoots.current().trust } satisfies BrokerStatusResponse;
+    // trust and rotation (0.5) come after the fields clients have always seen; rotations are the admins' (routes-rotation.ts).
+    const { trust, rotation } = core.trustRoots.current();
+    ctx.body = {
+      ...brokerStatus(deps), devices: await core.store.countDevicesByStatus(), trust,
+      ...(actor.role === 'admin' ? { rotation: rotation ? { id: rotation.id, root: rotation.root, phase: rotation.phase } : null } : {}),
+    } satisfies BrokerStatusResponse;
   });
 }

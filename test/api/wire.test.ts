@@ -59,7 +59,8 @@ test('ok/every JSON route answers the contract fields, in order', async (t) => {
       { batch: 'wire', total: 2, used: 1, active: 0, expired: 0, revoked: 1, firstCreatedAt: '', lastCreatedAt: '', lastExpiresAt: '' },
     ]);
     const broker = await b.call<BrokerStatusResponse>(b.admin, 'GET', '/v1/broker');
-    t.deepEqual(keys(broker), ['health', 'fingerprints', 'apiPin', 'krlVersion', 'tunnelsOnline', 'startedAt', 'devices', 'trust']);
+    t.deepEqual(keys(broker), ['health', 'fingerprints', 'apiPin', 'krlVersion', 'tunnelsOnline', 'startedAt', 'devices', 'trust', 'rotation']);
+    t.is(broker.rotation, null, 'admins are told whether a rotation is under way: none here');
     t.deepEqual(device.ports, grant.ports);
     const revoked = await b.call<RevokeDeviceResponse>(b.admin, 'POST', '/v1/devices/wire-1/revoke', { reason: 'wire test' });
     t.deepEqual(keys(revoked), ['device', 'alreadyRevoked', 'certificatesRevoked']);

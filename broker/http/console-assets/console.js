@@ -1,4 +1,4 @@
-// Long file: the whole console in one shipped script (six pages, their forms and the live view), so that the browser
+// Long file: the whole console in one shipped script (six pages and the broker's trust rotation, their forms and the live view), so that the browser
 // fetches one small file and the broker serves it without a build step.
 //
 // The certunnel console: a client of the broker's HTTP API, like the CLI. It
@@ -522,7 +522,107 @@ async function renderBroker() {
     ['User CA', h('code', {}, b.fingerprints.userCa)], ['Host CA', h('code', {}, b.fingerprints.hostCa)], ['Host key', h('code', {}, b.fingerprints.hostKey)],
     ['API pin', h('code', {}, b.apiPin ?? 'none (plain HTTP)')], ['KRL version', b.krlVersion], ['Up since', when(b.startedAt)],
   ].flatMap(([k, ...v]) => [h('dt', {}, k), h('dd', {}, v)]));
-  show(h('h1', {}, 'Broker'), facts, h('h2', {}, 'Tunnels online'), chart(b.tunnelsOnline), h('p', { className: 'hint' }, `${b.tunnelsOnline.length} samples, one a minute, since the broker started (24 hours at most).`));
+  // Rotations are the admins' (the API refuses the others); /v1/broker says whether one is under way, so that a broker
+  // without one is not asked for it (a 404 the browser would log as an error).
+  const rotation = session.role === 'admin' ? await rotationSection(b.rotation) : null;
+  show(h('h1', {}, 'Broker'), facts, rotation, h('h2', {}, 'Tunnels online'), chart(b.tunnelsOnline), h('p', { className: 'hint' }, `${b.tunnelsOnline.length} samples, one a minute, since the broker started (24 hours at most).`));
+}
+
+const PHASE_HINT = {
+  prepare: 'Prepare: every broker node loads the next key; nothing else changes yet. Learn begins once all nodes that are up have it.',
+  learn: 'Learn: devices are told the next trust at their next renewal or enrollment; what the broker presents is still the current one.',
+};
+const OUTCOME = { committed: 'committed', forced: 'committed with force', rolled_back: 'rolled back' };
+
+/** GET /v1/rotations/current when /v1/broker names one (it may have finished in between: then as if none). */
+async function rotationSection(underWay) {
+  const section = h('section', { id: 'rotation', 'aria-labelledby': 'rotation-title' }, h('h2', { id: 'rotation-title' }, 'Trust rotation'));
+  let s = null;
+  if (underWay) s = await api('GET', '/v1/rotations/current').catch((err) => (err.code === 'ROTATION_NOT_FOUND' ? null : Promise.reject(err)));
+  if (!s) return append(section, h('p', {}, 'No rotation under way.'), await lastRotation());
+  const r = s.rotation;
+  const nodes = `${s.nodes.acked} of ${s.nodes.up} up have loaded the next key${s.nodes.lagging.length ? ` (not yet: ${s.nodes.lagging.join(', ')})` : ''}`;
+  const facts = h('dl', { className: 'facts' }, [
+    ['Rotation', `${r.id} of ${r.root}`], ['Phase', h('span', { className: 'badge phase' }, r.phase)],
+    ['Started', `${when(r.startedAt)} by ${r.startedBy}`], r.learnAt ? ['Learn since', when(r.learnAt)] : null,
+    ['From', h('code', {}, r.from)], ['Next', h('code', {}, r.next)],
+    ['Nodes', nodes], ['Devices', `${s.devices.learned} of ${s.devices.active} active have learned the next trust`],
+  ].filter(Boolean).flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+  const lagging = s.devices.active - s.devices.learned;
+  const rows = s.devices.lagging.map((d) => h('tr', { 'data-lagging': d.name ?? d.id },
+    h('td', {}, h('a', { href: `#/device/${encodeURIComponent(d.name ?? d.id)}` }, d.name ?? d.id)), h('td', {}, d.id),
+    h('td', {}, d.lastSeenAt ? `${ago(d.lastSeenAt)} (${when(d.lastSeenAt)})` : 'never')));
+  return append(section, facts, h('p', { className: 'hint' }, PHASE_HINT[r.phase] ?? ''),
+    h('h3', {}, `Lagging devices (${lagging})`),
+    table('Active devices that have not learned the next trust, least recently seen first', ['Name', 'Id', 'Last seen'], rows, 'None: every active device has learned the next trust.'),
+    s.devices.laggingNotListed > 0 ? h('p', { className: 'hint', id: 'lagging-more' }, `and ${s.devices.laggingNotListed} more`) : null,
+    rotationActions(s, lagging));
+}
+
+/** The newest finished rotation, from the audit trail (rotation.commit and rotation.rollback, few and indexed by action). */
+async function lastRotation() {
+  const events = [];
+  for (const action of ['rotation.commit', 'rotation.rollback']) {
+    let cursor;
+    do {
+      const page = await api('GET', `/v1/audit${query({ action, limit: 1000, cursor })}`);
+      events.push(...page.items);
+      cursor = page.nextCursor;
+    } while (cursor);
+  }
+  const e = events.sort((a, b) => a.id - b.id).pop();
+  if (!e) return null;
+  const d = e.details;
+  const rolledBack = e.action === 'rotation.rollback';
+  const id = (e.target ?? '').replace(/^rotation:/, '');
+  return h('p', { id: 'rotation-last' }, `The last one: rotation ${id} of ${d.root}, ${OUTCOME[rolledBack ? 'rolled_back' : d.outcome] ?? e.action} ${when(e.at)} by ${e.actorName ?? e.actor}: `,
+    ...(rolledBack ? [h('code', {}, d.from), ' stayed; ', h('code', {}, d.next), ' was dropped.'] : [h('code', {}, d.next), ' replaced ', h('code', {}, d.from), '.']));
+}
+
+/** What a forced commit does to devices that have not learned the next trust (as `certunnel rotate status` says it). */
+const SSH_SERVER_UNKNOWN = "they no longer recognise the broker's SSH server and cannot connect until given the new trust by hand (or enrolled again).";
+const FORCED_CONSEQUENCE = {
+  'user-ca': "their certificates are refused from then on; each is back once it renews with its device key (within certs.renewGraceSeconds of its certificate's expiry), otherwise it must be enrolled again.",
+  'host-key': SSH_SERVER_UNKNOWN,
+  'host-ca': SSH_SERVER_UNKNOWN,
+  'api-tls': "their pins no longer match the API's certificate: they cannot renew until given the new pin by hand (or enrolled again).",
+};
+
+/** Commit and Roll back, each armed by a first click that says what it will do; then the page is read again. */
+function rotationActions(s, lagging) {
+  const r = s.rotation;
+  const force = lagging > 0 || r.phase !== 'learn';
+  const status = h('div', { id: 'rotation-result' });
+  const warning = h('div');
+  const commit = h('button', { type: 'button', className: force ? 'danger' : '' }, force ? 'Commit with force…' : 'Commit…');
+  const rollback = h('button', { type: 'button', className: 'danger' }, 'Roll back…');
+  const arm = (button, confirmText, explain, run) => button.addEventListener('click', async () => {
+    if (button.dataset.armed !== 'yes') {
+      for (const b of [commit, rollback]) delete b.dataset.armed;
+      commit.textContent = force ? 'Commit with force…' : 'Commit…';
+      rollback.textContent = 'Roll back…';
+      button.dataset.armed = 'yes';
+      button.textContent = confirmText;
+      warning.replaceChildren(h('p', { className: 'card danger-zone', role: 'status' }, explain));
+      return;
+    }
+    commit.disabled = rollback.disabled = true;
+    try {
+      await run();
+      route();
+    } catch (err) {
+      commit.disabled = rollback.disabled = false;
+      message(status, `${err.code}: ${err.message}`, 'err');
+    }
+  });
+  const committed = `${r.next} becomes the ${r.root} on every node; ${r.from} is retired.`;
+  arm(commit, force ? 'Confirm: commit with force' : 'Confirm: commit',
+    lagging > 0 ? `${committed} ${lagging} of ${s.devices.active} active devices have not learned it: ${FORCED_CONSEQUENCE[r.root]}`
+      : r.phase !== 'learn' ? `${committed} Not every node has loaded the next key yet (still in prepare).` : committed,
+    () => api('POST', '/v1/rotations/current/commit', force ? { force: true } : {}));
+  arm(rollback, 'Confirm: roll back', `${r.next} is dropped and ${r.from} stays; devices keep working on it.${r.root === 'user-ca' ? ' Certificates the next CA signed meanwhile are refused; their devices renew with their device key and get one from the current CA.' : ''}`,
+    () => api('POST', '/v1/rotations/current/rollback', {}));
+  return h('div', { className: 'card', 'aria-label': 'Rotation actions' }, h('div', { className: 'row' }, commit, rollback), warning, status);
 }
 
 // ---- live events ---------------------------------------------------------------
