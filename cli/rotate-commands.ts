@@ -55,10 +55,11 @@ function forcedConsequence(root: TrustRootWire): string {
     case 'user-ca':
       return 'lagging devices\' certificates are refused from then on; each is back once it renews with its device key (within certs.renewGraceSeconds of its certificate\'s expiry), otherwise it must be enrolled again.';
     case 'host-key':
+      return 'lagging devices meet a host key they do not know at their next connection: each renews once over the API, learns the new key from the answer and connects (agents from 0.5 on; older ones at their next scheduled renewal).';
     case 'host-ca':
-      return 'lagging devices no longer recognise the broker\'s SSH server and cannot connect until given the new trust by hand (or re-enrolled).';
+      return 'nothing is refused: the host key stays, so lagging devices connect as before and learn the new host CA at their next renewal.';
     case 'api-tls':
-      return 'lagging devices\' pins no longer match the API\'s certificate: they cannot renew until given the new pin by hand (or re-enrolled).';
+      return 'lagging devices\' pins no longer match the API\'s default key: the Node agent (0.5 on) renews under its pin\'s server name while this broker process serves the retired key (certs.renewGraceSeconds) and learns the new pin; the shell agent, older agents, and any device after that window or a broker restart need the new pin by hand (or enrollment again).';
   }
 }
 

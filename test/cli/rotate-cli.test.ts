@@ -4,7 +4,8 @@
  * --json documents, refusals with their codes.
  */
 import test from 'ava';
-import type { RotationResponse, RotationStatusResponse } from '../../api/index.js';
+import type { RotationResponse, RotationStatusResponse, TrustRootWire } from '../../api/index.js';
+import { describeStatus } from '../../cli/rotate-commands.js';
 import { withBroker } from '../../testkit/broker.js';
 import { enrollTestDevice } from '../../testkit/device-tunnel.js';
 import { runCli } from '../../testkit/cli.js';
@@ -53,3 +54,22 @@ test('ok/rotate rollback; fail/an unknown root: BAD_ARGUMENT before any request'
     t.is((JSON.parse(bad.stderr) as { error: { code: string } }).error.code, 'BAD_ARGUMENT');
     t.is(await b.broker.store.activeRotation(), null);
   }));
+
+/** A status in learn with one lagging device, for ROOT. */
+function laggingStatus(root: TrustRootWire): RotationStatusResponse {
+  return {
+    rotation: { id: 7, root, phase: 'learn', from: 'SHA256:from', next: 'SHA256:next', startedAt: '2026-12-06T03:00:00.000Z', startedBy: 'apikey:key_x', learnAt: '2026-12-06T03:00:00.010Z', finishedAt: null, finishedBy: null, outcome: null },
+    nodes: { acked: 1, up: 1, lagging: [] },
+    devices: { active: 2, learned: 1, lagging: [{ id: 'dev_aaaaaaaaaaaaaaaa', name: 'kiosk-3', lastSeenAt: '2026-12-06T02:59:00.000Z' }], laggingNotListed: 0 },
+  };
+}
+
+test('ok/rotate status: what --force does to a lagging device is said per root, as docs/rotation.md tells it', (t) => {
+  const forced = (root: TrustRootWire): string => /Commit now only with --force: (.*)$/.exec(describeStatus(laggingStatus(root)))![1]!;
+  t.regex(forced('user-ca'), /certificates are refused from then on; each is back once it renews with its device key/);
+  // The host key stays: a device that missed the new host CA still connects (it pins the key).
+  t.regex(forced('host-ca'), /^nothing is refused: the host key stays/);
+  t.regex(forced('host-key'), /each renews once over the API, learns the new key from the answer and connects/);
+  t.regex(forced('api-tls'), /renews under its pin's server name while this broker process serves the retired key/);
+  t.true(describeStatus(laggingStatus('host-ca')).includes('\n  dev_aaaaaaaaaaaaaaaa  kiosk-3  last seen 2026-12-06T02:59:00.000Z\n'));
+});
