@@ -83,3 +83,11 @@ export function browserForFile(test: TestFn): FileBrowser {
   });
   return file;
 }
+
+/** Signs PAGE in to the console at APIURL with the API key KEY (the sign-in form), and waits for the console's first page. */
+export async function signInWithKey(page: Page, apiUrl: string, key: string): Promise<void> {
+  await page.goto(`${apiUrl}/console/sign-in`);
+  await page.getByLabel('API key').fill(key);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.waitForURL('**/console/#/**');
+}

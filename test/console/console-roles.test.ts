@@ -12,17 +12,10 @@ import { join } from 'node:path';
 import type { BrowserContext, Page } from 'playwright-core';
 import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
 import { withBroker, type TestBroker } from '../../testkit/broker.js';
-import { browserForFile } from '../../testkit/browser.js';
+import { browserForFile, signInWithKey } from '../../testkit/browser.js';
 import { waitFor } from '../../testkit/ssh-client.js';
 
 const file = browserForFile(test);
-
-async function signIn(page: Page, apiUrl: string, key: string): Promise<void> {
-  await page.goto(`${apiUrl}/console/sign-in`);
-  await page.getByLabel('API key').fill(key);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.waitForURL('**/console/#/**');
-}
 
 const navLinks = (page: Page): Promise<string[]> => page.locator('#nav a').allTextContents();
 
@@ -50,7 +43,7 @@ test.serial('ok/provisioner sees tokens only, mints a batch, downloads its manif
     const provisioner = await keyOf(b, 'provisioner');
     const { context, page, problems } = await file.browser!.newPage();
     try {
-      await signIn(page, b.broker.apiUrl, provisioner.key);
+      await signInWithKey(page, b.broker.apiUrl, provisioner.key);
       t.deepEqual(await navLinks(page), ['Tokens']);
       t.regex(page.url(), /#\/tokens$/);
       await page.goto(`${b.broker.apiUrl}/console/#/fleet`);
@@ -100,7 +93,7 @@ test.serial('ok/operator sees no API keys or tokens; admin manages keys, reads t
     const admin = await file.browser!.newPage();
     try {
       // Operator: the fleet, the audit, the broker; never API keys or tokens, and the server agrees.
-      await signIn(op.page, b.broker.apiUrl, operator.key);
+      await signInWithKey(op.page, b.broker.apiUrl, operator.key);
       t.deepEqual(await navLinks(op.page), ['Fleet', 'Audit', 'Broker']);
       await op.page.goto(`${b.broker.apiUrl}/console/#/keys`);
       await op.page.waitForURL('**/#/fleet');
@@ -109,7 +102,7 @@ test.serial('ok/operator sees no API keys or tokens; admin manages keys, reads t
       t.is((await callAs(op.context, api, 'POST', '/v1/tokens', { body: { count: 1 } })).code, 'FORBIDDEN');
 
       // Admin: every page; a key created (its secret shown once) and revoked.
-      await signIn(admin.page, b.broker.apiUrl, b.init.adminKey);
+      await signInWithKey(admin.page, b.broker.apiUrl, b.init.adminKey);
       t.deepEqual(await navLinks(admin.page), ['Fleet', 'Tokens', 'API keys', 'Audit', 'Broker']);
       // CSRF: the session cookie alone does not change anything.
       const before = (await b.call<{ items: unknown[] }>(b.admin, 'GET', '/v1/apikeys')).items.length;

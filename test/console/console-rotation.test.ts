@@ -17,7 +17,7 @@ import type { Page } from 'playwright-core';
 import { AGENT_CAPABILITIES, type BrokerStatusResponse, type DeviceView, type ListAuditResponse, type RotationResponse, type RotationStatusResponse } from '../../api/index.js';
 import { formatPublicKey, generateKeyPair } from '../../ca/index.js';
 import { withBroker, type TestBroker } from '../../testkit/broker.js';
-import { browserForFile } from '../../testkit/browser.js';
+import { browserForFile, signInWithKey } from '../../testkit/browser.js';
 import { connectDevice, enrollTestDevice } from '../../testkit/device-tunnel.js';
 import { startDeviceService } from '../../testkit/gateway.js';
 import { waitFor } from '../../testkit/ssh-client.js';
@@ -26,13 +26,6 @@ import { waitFor } from '../../testkit/ssh-client.js';
 const WAIT_MS = 15_000;
 
 const file = browserForFile(test);
-
-async function signIn(page: Page, apiUrl: string, key: string): Promise<void> {
-  await page.goto(`${apiUrl}/console/sign-in`);
-  await page.getByLabel('API key').fill(key);
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await page.waitForURL('**/console/#/**');
-}
 
 async function openBrokerPage(page: Page, apiUrl: string): Promise<void> {
   await page.goto(`${apiUrl}/console/#/broker`);
@@ -68,8 +61,8 @@ test.serial('ok/admin follows a host-key rotation on the Broker page (phase, cou
     const admin = await file.browser!.newPage();
     const op = await file.browser!.newPage();
     try {
-      await signIn(admin.page, api, b.init.adminKey);
-      await signIn(op.page, api, operator.key);
+      await signInWithKey(admin.page, api, b.init.adminKey);
+      await signInWithKey(op.page, api, operator.key);
 
       // No rotation yet: said so, and nothing finished to tell of.
       await openBrokerPage(admin.page, api);
