@@ -52,9 +52,8 @@ export interface ClusterRelayOptions {
   readonly logger: Logger;
   readonly store: Store;
   readonly clock: () => Date;
-  readonly userCa: KeyPair;
-  /** Rotations: relay certificates are signed by the signing user CA and accepted from any accepted one; absent: userCa alone. */
-  readonly trustRoots?: TrustRoots;
+  /** Relay certificates are signed by the snapshot's signing user CA and accepted from any accepted one (a user-ca rotation, live). */
+  readonly trustRoots: TrustRoots;
   readonly revocations: Pick<RevocationList, 'isRevoked' | 'isDeviceRevoked'>;
   readonly nodeId: string;
 }
@@ -111,14 +110,14 @@ export async function createClusterRelay(o: ClusterRelayOptions): Promise<Cluste
   const certDeps = {
     // Read at each verification: a user-ca rotation changes it without a restart.
     get trustedCaKeys() {
-      return o.trustRoots?.current().acceptedUserCas ?? [o.userCa.publicKey];
+      return o.trustRoots.current().acceptedUserCas;
     },
     isRevoked: (c: { serial: bigint; keyId: string }) => o.revocations.isRevoked(c),
   };
   const downAfterMs = o.config.cluster.downAfterSeconds * 1000;
 
   const sign = async (): Promise<string> => {
-    const cert = signNodeCert({ ca: o.trustRoots?.current().signingUserCa ?? o.userCa, publicKey: key.publicKey, nodeId: o.nodeId, serial: await o.store.nextSerial(), now: o.clock(), validitySeconds: CERT_VALIDITY_S });
+    const cert = signNodeCert({ ca: o.trustRoots.current().signingUserCa, publicKey: key.publicKey, nodeId: o.nodeId, serial: await o.store.nextSerial(), now: o.clock(), validitySeconds: CERT_VALIDITY_S });
     return formatCertificate(cert, cert.keyId);
   };
   let certificate = await sign();
@@ -130,7 +129,7 @@ export async function createClusterRelay(o: ClusterRelayOptions): Promise<Cluste
   }, CERT_REFRESH_MS);
   refresh.unref();
   // A new signing CA (a user-ca rotation's learn, or its commit): a certificate from it at once, before the old CA is retired.
-  const unsubscribe = o.trustRoots?.onChange((next, previous) => {
+  const unsubscribe = o.trustRoots.onChange((next, previous) => {
     if (next.signingUserCa === previous.signingUserCa) return;
     sign().then(
       (line) => (certificate = line),
@@ -243,7 +242,7 @@ export async function createClusterRelay(o: ClusterRelayOptions): Promise<Cluste
     registration: () => ({ internalAddress, relayKey: formatPublicKey(key.publicKey, `certunnel-relay ${o.nodeId}`) }),
     async close() {
       clearInterval(refresh);
-      unsubscribe?.();
+      unsubscribe();
       client.close();
       await server?.close();
     },

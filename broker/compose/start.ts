@@ -5,11 +5,11 @@
  * the data plane. Each piece is built after what it needs, so nothing
  * refers to a piece made later; close() undoes it all, last piece first.
  */
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { createServer as createHttpServer, type RequestListener, type Server as HttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { formatPublicKey, loadKeyPair, loadPublicKey, writeFileAtomic, type KeyPair, type PublicKey } from '../../ca/index.js';
+import { formatPublicKey, writeFileAtomic } from '../../ca/index.js';
 import { createAccessLayer, UNKNOWN_PRESENCE, type AccessLayer } from '../proxy/index.js';
 import { loadOrCreateSessionSecret } from '../proxy/session-cookie.js';
 import { FleetEvents } from '../core/fleet-events.js';
@@ -20,7 +20,7 @@ import { configuredSshEndpoints } from '../core/ssh-endpoints.js';
 import type { CoreDeps, CoreHooks } from '../core/deps.js';
 import { prepareClusterNode, type ClusterNode, type NodeEndpoints } from './cluster-nodes.js';
 import { limitConnections } from './connection-limits.js';
-import { brokerHostnames, dataPaths, localApiUrl, type DataPaths } from './data-dir.js';
+import { brokerHostnames, dataPaths, localApiUrl } from './data-dir.js';
 import { createApp } from '../http/app.js';
 import { consoleSingleSignOn } from '../http/console-seam.js';
 import type { HttpDeps } from '../http/context.js';
@@ -38,7 +38,7 @@ import { createClusterRelay } from './cluster-relay.js';
 import { storeLocation } from './store-location.js';
 import { loadNodeIdentity } from './node-identity.js';
 import { startRotationFollower } from './rotation-follower.js';
-import type { TrustRoots } from '../core/trust-roots.js';
+import type { TrustRoots, TrustSnapshot } from '../core/trust-roots.js';
 import type { Store } from '../store/types.js';
 import { DEVICE_LOGIN, type SshEndpointWire } from '../../api/index.js';
 import { retiredTlsIdentities, startApiTls, type ApiTls } from './api-tls.js';
@@ -70,23 +70,6 @@ export interface RunningBroker {
   close(): Promise<void>;
 }
 
-/** The broker's keys and host certificate, from the data directory. */
-interface BrokerKeys {
-  readonly userCa: KeyPair;
-  readonly hostCaPublicKey: PublicKey;
-  readonly hostKey: KeyPair;
-  readonly hostCertificate: string;
-}
-
-async function loadKeys(paths: DataPaths, passphrase: string | undefined): Promise<BrokerKeys> {
-  return {
-    userCa: await loadKeyPair(paths.userCa, { passphrase }),
-    hostCaPublicKey: await loadPublicKey(`${paths.hostCa}.pub`),
-    hostKey: await loadKeyPair(paths.hostKey),
-    hostCertificate: (await readFile(paths.hostCert, 'utf8')).trim(),
-  };
-}
-
 /** What the configuration may get wrong without being invalid: said once, at start. */
 function warnAboutConfig(config: BrokerConfig, logger: Logger): void {
   const overlap = ephemeralOverlapWarning(config.ports, readEphemeralRange());
@@ -106,15 +89,15 @@ function shutdownSteps(logger: Logger): { add(step: () => Promise<void>): void; 
   };
 }
 
-/** What devices are told about the SSH server: where it is, the login, the host key and host CA. */
-function sshEndpointOf(config: BrokerConfig, sshPort: number, keys: BrokerKeys): SshEndpointWire {
+/** What devices are told about the SSH server: where it is, the login, and the host key and host CA of the start (grants take the current ones from the trust snapshot). */
+function sshEndpointOf(config: BrokerConfig, sshPort: number, keys: Pick<TrustSnapshot, 'hostKey' | 'hostCa'>): SshEndpointWire {
   const sshListen = splitHostPort(config.ssh.listen);
   return {
     host: config.ssh.publicHost ?? (isWildcardAddress(sshListen.host) ? config.domain : sshListen.host),
     port: config.ssh.publicPort ?? sshPort,
     username: DEVICE_LOGIN,
     hostKey: formatPublicKey(keys.hostKey.publicKey),
-    hostCertificateAuthority: formatPublicKey(keys.hostCaPublicKey),
+    hostCertificateAuthority: formatPublicKey(keys.hostCa),
   };
 }
 
@@ -216,11 +199,12 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
         });
     if (follower) shutdown.add(() => follower.close());
     const trustRoots = options.trustRoots ?? follower!;
-    const keys = await loadKeys(paths, options.passphrase);
-    const revocations = new RevocationList(store, keys.userCa.publicKey, paths.krl, clock, { logger });
+    // The keys the follower loaded (the data directory's, a missed commit applied): not read a second time.
+    const keys = trustRoots.current();
+    const revocations = new RevocationList(store, keys.acceptedUserCas[0]!, paths.krl, clock, { logger });
     shutdown.add(async () => revocations.close());
     // The KRL has a section per accepted user CA (both during a user-ca rotation).
-    revocations.useUserCaKeys(trustRoots.current().acceptedUserCas);
+    revocations.useUserCaKeys(keys.acceptedUserCas);
     const stopKrlFollow = trustRoots.onChange((next) => {
       revocations.useUserCaKeys(next.acceptedUserCas);
       revocations.refresh().catch((err: unknown) => logger.error({ err }, 'KRL rebuild after a trust change failed; retried by reconciliation'));
@@ -246,7 +230,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     const clustered = location.databaseUrl !== undefined;
     // The node-to-node link (cluster-relay.ts), when this node has cluster.internalListen.
     const relay = config.cluster.internalListen
-      ? await createClusterRelay({ config, logger, store, clock, userCa: keys.userCa, trustRoots, revocations, nodeId: node.identity.id })
+      ? await createClusterRelay({ config, logger, store, clock, trustRoots, revocations, nodeId: node.identity.id })
       : undefined;
     if (relay) shutdown.add(() => relay.close());
     const events = new FleetEvents();
@@ -270,7 +254,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
       return live.length > 0 ? [...live] : configured;
     };
     const coreBase = {
-      store, config, clock, ssh: sshEndpoint, sshEndpoints, trustRoots, ca: { userCa: keys.userCa, hostCaPublicKey: keys.hostCaPublicKey },
+      store, config, clock, ssh: sshEndpoint, sshEndpoints, trustRoots,
     };
     const access = await createAccessLayer({
       core: coreBase, logger, presence: relay && ssh.presence ? relay.presence(ssh.presence) : (ssh.presence ?? UNKNOWN_PRESENCE), sessionKeyPath: paths.proxySessionKey, reservedHosts: brokerHostnames(config), metrics,

@@ -1,20 +1,14 @@
 /**
  * What the enrollment / renewal / revocation rules need, as narrow
- * interfaces: a store, the CA keys, a clock, the config, and hooks for what
+ * interfaces: a store, the trust roots, a clock, the config, and hooks for what
  * happens after a commit. No koa, no ssh2 here.
  */
-import type { KeyPair, PublicKey } from '../../ca/index.js';
 import type { BrokerConfig } from './config.js';
 import type { Store } from '../store/types.js';
 import type { AuditSink } from './failure-audit.js';
 import type { ApiKeyRole, SshAddressWire, SshEndpointWire } from '../../api/index.js';
 import type { TrustRootName, TrustRoots } from './trust-roots.js';
 import type { NextKeyMaterial } from './rotation-seal.js';
-
-export interface CaKeys {
-  readonly userCa: KeyPair;
-  readonly hostCaPublicKey: PublicKey;
-}
 
 /** Who is acting and from where, for authorization and the audit trail. */
 export interface Actor {
@@ -43,7 +37,6 @@ export interface CoreHooks {
 
 export interface CoreDeps {
   readonly store: Store;
-  readonly ca: CaKeys;
   readonly config: BrokerConfig;
   readonly clock: () => Date;
   /**

@@ -214,5 +214,5 @@ export async function startBrokerSshd(dataDir: string, port: number, pool: { fir
  */
 export async function startPeerGateway(b: TestBroker, port: number): Promise<GatewayEnv> {
   const hostKey = await loadKeyPair(dataPaths(b.dir).hostKey);
-  return startGatewayEnv({ hostKey, ca: b.broker.core.ca.userCa, port });
+  return startGatewayEnv({ hostKey, ca: b.broker.core.trustRoots.current().signingUserCa, port });
 }

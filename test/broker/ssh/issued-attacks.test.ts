@@ -38,7 +38,7 @@ const now = (f: Fleet): Date => f.b.broker.core.clock();
 
 /** A device certificate signed with the broker's own user CA key, with whatever fields the attacker chose. */
 function forgeDevice(f: Fleet, o: { key: KeyPair; deviceId: string; ports: PortBlock; serial: bigint }): Certificate {
-  return signDeviceCert({ ca: f.b.broker.core.ca.userCa, publicKey: o.key.publicKey, deviceId: o.deviceId, ports: o.ports, serial: o.serial, now: now(f), validitySeconds: 3600 });
+  return signDeviceCert({ ca: f.b.broker.core.trustRoots.current().signingUserCa, publicKey: o.key.publicKey, deviceId: o.deviceId, ports: o.ports, serial: o.serial, now: now(f), validitySeconds: 3600 });
 }
 
 let names = 0;
@@ -137,7 +137,7 @@ test.serial('attack/operator-certificates: a never-issued operator serial, and o
     const key = generateKeyPair();
     const res = await f.b.call<OperatorCertificateResponse>(await f.b.apiKey('operator'), 'POST', '/v1/devices/kiosk-a/operator-certificate', { publicKey: formatPublicKey(key.publicKey) });
     const sign = (deviceId: string, ports: PortBlock, serial: bigint): Certificate =>
-      signOperatorCert({ ca: f.b.broker.core.ca.userCa, publicKey: key.publicKey, operator: 'test-operator', deviceId, ports, serial, now: now(f) });
+      signOperatorCert({ ca: f.b.broker.core.trustRoots.current().signingUserCa, publicKey: key.publicKey, operator: 'test-operator', deviceId, ports, serial, now: now(f) });
     const httpA = blockOf(a).first + 1;
     const httpB = blockOf(b).first + 1;
 
