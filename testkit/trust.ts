@@ -7,7 +7,7 @@
 import { formatCertificate, formatPublicKey, generateKeyPair, loadKeyPair, signHostCert, type KeyPair, type PublicKey } from '../ca/index.js';
 import { dataPaths } from '../broker/compose/data-dir.js';
 import { loadCurrentKeys } from '../broker/compose/rotation-follower.js';
-import { generateTlsIdentity, spkiPin } from '../broker/compose/tls.js';
+import { generateTlsIdentity, servedTlsIdentity } from '../broker/compose/tls.js';
 import { trustSnapshot } from '../broker/core/rotation-snapshot.js';
 import { staticTrustRoots, type TlsIdentity, type TrustRoots, type TrustSnapshot } from '../broker/core/trust-roots.js';
 
@@ -24,9 +24,7 @@ export async function dataDirTrust(dir: string, options: { insecureHttp?: boolea
 }
 
 /** A TLS identity from PEM key and certificate; the pin is computed from the certificate. */
-export function tlsIdentityOf(key: string, cert: string): TlsIdentity {
-  return { key, cert, pin: spkiPin(cert) };
-}
+export const tlsIdentityOf = servedTlsIdentity;
 
 /** The snapshot of a broker at rest with these keys (no rotation, no TLS). */
 export function restingSnapshot(keys: { userCa: KeyPair; hostCa: PublicKey; hostKey: KeyPair; hostCertificate: string }): TrustSnapshot {

@@ -22,7 +22,7 @@ import type { BrokerConfig } from '../core/config.js';
 import type { Store } from '../store/types.js';
 import { tlsHostnames, type DataPaths } from './data-dir.js';
 import { startApiTlsRenewal } from './api-tls-renewal.js';
-import { spkiPin } from './tls.js';
+import { servedTlsIdentity } from './tls.js';
 
 export interface ApiTlsOptions {
   readonly trustRoots: TrustRoots;
@@ -159,7 +159,7 @@ export async function retiredTlsIdentities(o: {
     if (until <= o.now) continue;
     try {
       const [key, cert] = await Promise.all([readFile(`${o.paths.tlsKey}.retired-${r.id}`, 'utf8'), readFile(`${o.paths.tlsCert}.retired-${r.id}`, 'utf8')]);
-      out.push({ identity: { key, cert, pin: spkiPin(cert) }, until });
+      out.push({ identity: servedTlsIdentity(key, cert), until });
     } catch (err) {
       o.logger.warn({ rotation: r.id, code: (err as { code?: unknown }).code }, 'API TLS: the identity rotation retired is not on disk; agents that slept through it need the new pin');
     }

@@ -35,7 +35,7 @@ import type { Store, TrustRotationRecord } from '../store/types.js';
 import { openEventFeed, ROTATIONS_CHANNEL, type EventFeed } from '../store/event-feed.js';
 import type { Logger } from '../telemetry/logger.js';
 import { brokerHostnames, tlsHostnames, type DataPaths } from './data-dir.js';
-import { generateTlsIdentity, spkiPin } from './tls.js';
+import { generateTlsIdentity, servedTlsIdentity } from './tls.js';
 
 export interface RotationFollowerOptions {
   readonly store: Store;
@@ -60,8 +60,7 @@ export interface RotationFollower extends TrustRoots, RotationSupport {
 /** The API's TLS identity on disk; null when the broker does not serve TLS itself. */
 async function loadTls(paths: DataPaths, insecureHttp: boolean): Promise<TlsIdentity | null> {
   if (insecureHttp) return null;
-  const cert = await readFile(paths.tlsCert, 'utf8');
-  return { key: await readFile(paths.tlsKey, 'utf8'), cert, pin: spkiPin(cert) };
+  return servedTlsIdentity(await readFile(paths.tlsKey, 'utf8'), await readFile(paths.tlsCert, 'utf8'));
 }
 
 /** The data directory's keys (the current ones); no TLS identity when the API is plain HTTP (api.insecureHttp). */
@@ -102,7 +101,7 @@ function loadNext(material: NextKeyMaterial): LoadedNext {
     case 'host-ca':
       return { root: 'host-ca', hostCa: decodePrivateKey(material.key), hostCertificate: material.hostCertificate.trim() };
     case 'api-tls':
-      return { root: 'api-tls', tls: { key: material.key, cert: material.cert, pin: spkiPin(material.cert) } };
+      return { root: 'api-tls', tls: servedTlsIdentity(material.key, material.cert) };
   }
 }
 

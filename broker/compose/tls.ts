@@ -8,6 +8,7 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, X509Certificate } from 'node:crypto';
 import forge from 'node-forge';
 import { tlsPinOfSpki } from '../../ca/index.js';
+import type { TlsIdentity as ServedTls } from '../core/trust-roots.js';
 
 export interface TlsIdentity {
   readonly keyPem: string;
@@ -20,6 +21,11 @@ export interface TlsIdentity {
 
 export function spkiPin(certPem: string): string {
   return tlsPinOfSpki(createPublicKey(certPem).export({ type: 'spki', format: 'der' }));
+}
+
+/** An identity the API serves (core/trust-roots.ts) from PEM key and certificate: the pin is computed, never read (a stale api.pin cannot lie). */
+export function servedTlsIdentity(key: string, cert: string): ServedTls {
+  return { key, cert, pin: spkiPin(cert) };
 }
 
 export function generateTlsIdentity(hostnames: readonly string[], now = new Date()): TlsIdentity {
