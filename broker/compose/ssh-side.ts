@@ -22,7 +22,7 @@ import { scanHostKeys, type ServedHostKeys, type SshdReloadSettings } from '../o
 import { SshdHostKeyFollower } from './openssh-host-key.js';
 import { killSessionsHoldingPorts, ticksSinceBoot } from '../openssh/session-killer.js';
 import type { RevocationList } from './revocation-list.js';
-import type { TrustRoots, TrustSnapshot } from '../core/trust-roots.js';
+import { userCasChanged, type TrustRoots, type TrustSnapshot } from '../core/trust-roots.js';
 import { createGateway, type Gateway, type GatewayDeps, type GatewayLimits } from '../ssh/index.js';
 import { IssuedCache } from '../ssh/issued-cache.js';
 import { activeDevices, type Store } from '../store/index.js';
@@ -237,10 +237,6 @@ function sshdReloadSettings(config: BrokerConfig): SshdReloadSettings | null {
   return sshdPidFile ? { pidFile: sshdPidFile, sshdPath, sshdConfig } : null;
 }
 
-function sameKeys(a: readonly PublicKey[], b: readonly PublicKey[]): boolean {
-  return a.length === b.length && a.every((k, i) => k.equals(b[i]!));
-}
-
 /** A user CA accepted before is not any more (a user-ca rotation committed, or a prepare rolled back). */
 function retiresUserCa(next: TrustSnapshot, previous: TrustSnapshot): boolean {
   return !previous.acceptedUserCas.every((k) => next.acceptedUserCas.some((n) => n.equals(k)));
@@ -272,7 +268,7 @@ async function startOpenssh(o: SshSideOptions): Promise<SshSide> {
   const stopFollowing = o.trustRoots.onChange((next, previous) => {
     hostKeys.change(next, previous);
     // The accepted user CAs change in a user-ca rotation: sshd reads TrustedUserCAKeys at every login, no reload needed.
-    if (sameKeys(next.acceptedUserCas, previous.acceptedUserCas)) return;
+    if (!userCasChanged(next, previous)) return;
     writeFileAtomic(join(outDir, OPENSSH_FILES.userCa), renderTrustedUserCas(next.acceptedUserCas), { mode: 0o600 }).then(
       () => o.logger.info({ userCas: next.acceptedUserCas.length }, 'OpenSSH mode: rewrote TrustedUserCAKeys'),
       (err: unknown) => o.logger.error({ err }, 'OpenSSH mode: rewriting TrustedUserCAKeys failed; sshd accepts the user CAs of before'),

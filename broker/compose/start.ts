@@ -38,7 +38,7 @@ import { createClusterRelay } from './cluster-relay.js';
 import { storeLocation } from './store-location.js';
 import { loadNodeIdentity } from './node-identity.js';
 import { startRotationFollower } from './rotation-follower.js';
-import type { TrustRoots, TrustSnapshot } from '../core/trust-roots.js';
+import { userCasChanged, type TrustRoots, type TrustSnapshot } from '../core/trust-roots.js';
 import type { Store } from '../store/types.js';
 import { DEVICE_LOGIN, type SshEndpointWire } from '../../api/index.js';
 import { retiredTlsIdentities, startApiTls, type ApiTls } from './api-tls.js';
@@ -205,7 +205,9 @@ export async function startBroker(options: StartBrokerOptions): Promise<RunningB
     shutdown.add(async () => revocations.close());
     // The KRL has a section per accepted user CA (both during a user-ca rotation).
     revocations.useUserCaKeys(keys.acceptedUserCas);
-    const stopKrlFollow = trustRoots.onChange((next) => {
+    const stopKrlFollow = trustRoots.onChange((next, previous) => {
+      // Only a user-ca rotation changes the KRL's sections; other roots' phases leave it alone.
+      if (!userCasChanged(next, previous)) return;
       revocations.useUserCaKeys(next.acceptedUserCas);
       revocations.refresh().catch((err: unknown) => logger.error({ err }, 'KRL rebuild after a trust change failed; retried by reconciliation'));
     });

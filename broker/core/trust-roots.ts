@@ -74,6 +74,12 @@ export interface TrustRoots {
   onChange(listener: (snapshot: TrustSnapshot, previous: TrustSnapshot) => void): () => void;
 }
 
+/** Whether the user CAs accepted differ between two snapshots (a user-ca rotation's prepare, commit or rollback): what the KRL and TrustedUserCAKeys follow. */
+export function userCasChanged(next: TrustSnapshot, previous: TrustSnapshot): boolean {
+  const [a, b] = [next.acceptedUserCas, previous.acceptedUserCas];
+  return a.length !== b.length || a.some((k, i) => !k.equals(b[i]!));
+}
+
 /** A TrustRoots that changes only when told (tests, and a broker whose store has no rotation). */
 export function staticTrustRoots(initial: TrustSnapshot): TrustRoots & { set(next: TrustSnapshot): void } {
   let snapshot = initial;
